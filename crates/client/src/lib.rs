@@ -1,0 +1,167 @@
+//! A Rust client for natter's WebSocket protocol (`docs/protocol.md`), used by the CLI, the
+//! benchmark and the tests.
+
+use futures::{SinkExt, StreamExt};
+use protocol::encoding::Encoded;
+use protocol::frames::{ClientFrame, ServerFrame};
+use protocol::{ConversationId, Encoding, MessageId};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub use protocol;
+
+/// Why a connection could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The server refused the handshake with this HTTP status (401: bad token).
+    #[error("handshake refused with HTTP {0}")]
+    Refused(u16),
+    #[error("connection failed: {0}")]
+    Transport(#[from] tungstenite::Error),
+}
+
+/// What the server sent next.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Frame(ServerFrame),
+    /// The server closed the connection with this close code (None: no close frame).
+    Closed(Option<u16>),
+}
+
+/// Errors while talking on an open connection.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("transport: {0}")]
+    Transport(#[from] tungstenite::Error),
+    #[error("undecodable server frame: {0}")]
+    Decode(#[from] protocol::DecodeError),
+}
+
+/// One open connection (one device).
+pub struct Connection {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    encoding: Encoding,
+}
+
+impl Connection {
+    /// Connects to `url` (`ws://host:port/v1/ws`) with a bearer token.
+    pub async fn connect(url: &str, token: &str, encoding: Encoding) -> Result<Self, ConnectError> {
+        let mut request = url.into_client_request()?;
+        let h = request.headers_mut();
+        if let Ok(v) = HeaderValue::from_str(&format!("Bearer {token}")) {
+            h.insert("authorization", v);
+        }
+        h.insert("sec-websocket-protocol", HeaderValue::from_static(encoding.protocol()));
+        Self::open(request, encoding).await
+    }
+
+    /// Connects with a prepared request (custom headers, query token, no token...).
+    pub async fn open(
+        request: tungstenite::handshake::client::Request,
+        encoding: Encoding,
+    ) -> Result<Self, ConnectError> {
+        match tokio_tungstenite::connect_async(request).await {
+            Ok((ws, _)) => Ok(Self { ws, encoding }),
+            Err(tungstenite::Error::Http(resp)) => Err(ConnectError::Refused(resp.status().as_u16())),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub fn encoding(&self) -> Encoding {
+        self.encoding
+    }
+
+    pub async fn send_frame(&mut self, frame: &ClientFrame) -> Result<(), ClientError> {
+        let msg = match self.encoding.encode_client(frame) {
+            Encoded::Text(t) => Message::text(t),
+            Encoded::Binary(b) => Message::binary(b),
+        };
+        self.ws.send(msg).await?;
+        Ok(())
+    }
+
+    /// Sends a raw WebSocket message (tests of malformed input).
+    pub async fn send_raw(&mut self, msg: Message) -> Result<(), ClientError> {
+        self.ws.send(msg).await?;
+        Ok(())
+    }
+
+    /// Sends a 1:1 message; `cid` is reused on retries.
+    pub async fn send(&mut self, to: &str, cid: &str, body: &str) -> Result<(), ClientError> {
+        self.send_frame(&ClientFrame::Send {
+            to: to.into(),
+            cid: cid.into(),
+            body: body.into(),
+        })
+        .await
+    }
+
+    /// Tells the sender this device received `id`.
+    pub async fn ack(&mut self, conversation: &ConversationId, id: MessageId) -> Result<(), ClientError> {
+        self.send_frame(&ClientFrame::Ack {
+            conversation: conversation.to_string(),
+            id: id.to_string(),
+        })
+        .await
+    }
+
+    /// Marks `conversation` read up to `up_to`.
+    pub async fn read(&mut self, conversation: &ConversationId, up_to: MessageId) -> Result<(), ClientError> {
+        self.send_frame(&ClientFrame::Read {
+            conversation: conversation.to_string(),
+            up_to: up_to.to_string(),
+        })
+        .await
+    }
+
+    pub async fn ping(&mut self, ts: Option<u64>) -> Result<(), ClientError> {
+        self.send_frame(&ClientFrame::Ping { ts }).await
+    }
+
+    /// The next server frame or the close. WebSocket-level pings are answered internally.
+    pub async fn next_event(&mut self) -> Result<Event, ClientError> {
+        loop {
+            let msg = match self.ws.next().await {
+                None => return Ok(Event::Closed(None)),
+                Some(Err(tungstenite::Error::ConnectionClosed)) => return Ok(Event::Closed(None)),
+                Some(Err(tungstenite::Error::Protocol(_))) => return Ok(Event::Closed(None)),
+                Some(Err(tungstenite::Error::Io(_))) => return Ok(Event::Closed(None)),
+                Some(Err(e)) => return Err(e.into()),
+                Some(Ok(msg)) => msg,
+            };
+            return Ok(match msg {
+                Message::Text(t) => Event::Frame(self.encoding.decode_server(t.as_bytes(), true)?),
+                Message::Binary(b) => Event::Frame(self.encoding.decode_server(&b, false)?),
+                Message::Close(frame) => Event::Closed(frame.map(|f| u16::from(f.code))),
+                _ => continue,
+            });
+        }
+    }
+
+    /// The next frame; a close is an error here.
+    pub async fn next_frame(&mut self) -> Result<ServerFrame, ClientError> {
+        match self.next_event().await? {
+            Event::Frame(f) => Ok(f),
+            Event::Closed(_) => Err(ClientError::Transport(tungstenite::Error::ConnectionClosed)),
+        }
+    }
+
+    /// The next raw WebSocket message, undecoded (wire-format tests).
+    pub async fn next_raw(&mut self) -> Option<Message> {
+        loop {
+            match self.ws.next().await? {
+                Ok(Message::Ping(_)) | Ok(Message::Pong(_)) => continue,
+                Ok(m) => return Some(m),
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Closes politely.
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
+}

@@ -1,0 +1,126 @@
+//! The NATS connection and the JetStream resources natter owns: the messages stream and the
+//! presence buckets. Every service calls the `ensure_*` functions it depends on at startup;
+//! they are idempotent, so start order does not matter.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv, stream};
+use protocol::subjects;
+use serde::{Deserialize, Serialize};
+
+/// How services reach NATS and how the shared JetStream resources are shaped.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BusConfig {
+    /// NATS server URL(s), comma separated. Empty in the all-in-one means "start one".
+    pub nats_url: String,
+    /// Replicas for streams and buckets: 1 for a single node, 3 for a cluster.
+    pub replicas: usize,
+    /// Window in which a resend with the same client message id is recognised.
+    pub dedup_window_ms: u64,
+    /// How long the messages stream keeps messages (the history store keeps them for good).
+    pub messages_max_age_ms: u64,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        Self {
+            nats_url: String::new(),
+            replicas: 1,
+            dedup_window_ms: 60_000,
+            messages_max_age_ms: 7 * 24 * 3600 * 1000,
+        }
+    }
+}
+
+/// Connects to NATS. The first connect must succeed (a typo'd URL fails fast); afterwards the
+/// client reconnects forever and buffers publishes while disconnected.
+pub async fn connect(url: &str, name: &str) -> anyhow::Result<async_nats::Client> {
+    let client = async_nats::ConnectOptions::new()
+        .name(name)
+        .connection_timeout(Duration::from_secs(5))
+        .request_timeout(Some(Duration::from_secs(5)))
+        .connect(url)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot connect to NATS at {url}: {e}"))?;
+    Ok(client)
+}
+
+/// Creates or updates the stream that holds every accepted message.
+pub async fn ensure_messages_stream(
+    js: &jetstream::Context,
+    cfg: &BusConfig,
+) -> anyhow::Result<stream::Stream> {
+    let config = stream::Config {
+        name: subjects::MESSAGES_STREAM.into(),
+        description: Some("every accepted natter message; see subjects.md".into()),
+        subjects: vec![subjects::MESSAGES_SUBJECTS.into()],
+        storage: stream::StorageType::File,
+        retention: stream::RetentionPolicy::Limits,
+        discard: stream::DiscardPolicy::Old,
+        max_age: Duration::from_millis(cfg.messages_max_age_ms),
+        duplicate_window: Duration::from_millis(cfg.dedup_window_ms),
+        num_replicas: cfg.replicas,
+        allow_direct: true,
+        ..Default::default()
+    };
+    js.create_or_update_stream(config)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot create stream {}: {e}", subjects::MESSAGES_STREAM))?;
+    Ok(js.get_stream(subjects::MESSAGES_STREAM).await?)
+}
+
+/// The presence buckets: sessions (one key per connection) and gateway leases.
+#[derive(Clone)]
+pub struct PresenceBuckets {
+    pub sessions: kv::Store,
+    pub gateways: kv::Store,
+}
+
+/// Creates the presence buckets if they do not exist yet.
+pub async fn ensure_presence_buckets(
+    js: &jetstream::Context,
+    cfg: &BusConfig,
+) -> anyhow::Result<PresenceBuckets> {
+    let sessions = ensure_bucket(
+        js,
+        kv::Config {
+            bucket: subjects::SESSIONS_BUCKET.into(),
+            description: "one key per connected session: <user>.<gateway>.<conn>".into(),
+            history: 1,
+            // Purge markers carry a TTL so disconnected sessions leave nothing behind.
+            limit_markers: Some(Duration::from_secs(60)),
+            num_replicas: cfg.replicas,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let gateways = ensure_bucket(
+        js,
+        kv::Config {
+            bucket: subjects::GATEWAYS_BUCKET.into(),
+            description: "one lease per live gateway, refreshed by the gateway".into(),
+            history: 1,
+            limit_markers: Some(Duration::from_secs(60)),
+            num_replicas: cfg.replicas,
+            ..Default::default()
+        },
+    )
+    .await?;
+    Ok(PresenceBuckets { sessions, gateways })
+}
+
+async fn ensure_bucket(js: &jetstream::Context, config: kv::Config) -> anyhow::Result<kv::Store> {
+    if let Ok(store) = js.get_key_value(&config.bucket).await {
+        return Ok(store);
+    }
+    let name = config.bucket.clone();
+    match js.create_key_value(config).await {
+        Ok(store) => Ok(store),
+        // Another service created it between our get and create.
+        Err(_) => js
+            .get_key_value(&name)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot create KV bucket {name}: {e}")),
+    }
+}

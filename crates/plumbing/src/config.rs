@@ -1,0 +1,27 @@
+//! Loading typed configuration with figment: defaults, then an optional TOML file, then
+//! `NATTER_*` environment variables (`NATTER_GATEWAY__LISTEN_ADDR` sets `gateway.listen_addr`).
+
+use std::path::Path;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Loads `T` from its defaults, `file` (if given) and the environment. Errors name the key
+/// and the source that was wrong.
+pub fn load<T: Serialize + DeserializeOwned + Default>(
+    file: Option<&Path>,
+) -> Result<T, figment::Error> {
+    let mut figment = Figment::from(Serialized::defaults(T::default()));
+    if let Some(file) = file {
+        figment = figment.merge(Toml::file_exact(file));
+    }
+    figment.merge(Env::prefixed("NATTER_").split("__")).extract()
+}
+
+/// Durations in config files are written in humantime-free, unit-named integers
+/// (`heartbeat_timeout_ms = 60000`); this keeps TOML and env values plain numbers.
+pub fn ms(v: u64) -> std::time::Duration {
+    std::time::Duration::from_millis(v)
+}

@@ -1,0 +1,13 @@
+//! Service plumbing shared by natter's services: configuration loading, telemetry, metrics,
+//! the NATS connection and JetStream resources, shutdown signals, and a managed nats-server.
+
+pub mod bus;
+pub mod config;
+pub mod metrics;
+pub mod nats_server;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use bus::BusConfig;
+pub use metrics::{Counter, Gauge, Histogram, Metrics};
+pub use nats_server::NatsServer;

@@ -1,0 +1,211 @@
+//! The two wire encodings: JSON in text frames and MessagePack in binary frames, chosen per
+//! connection through `Sec-WebSocket-Protocol`.
+
+use serde::Deserialize;
+
+use crate::frames::{ClientFrame, ServerFrame};
+
+/// A connection's encoding, negotiated at the handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Encoding {
+    Json,
+    MsgPack,
+}
+
+/// An encoded frame, ready to become a WebSocket text or binary message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Encoded {
+    Text(String),
+    Binary(Vec<u8>),
+}
+
+/// Why a client frame could not be decoded. Each maps to one error code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("frame is not valid {0}")]
+    Malformed(&'static str),
+    #[error("unknown frame type {0:?}")]
+    UnknownType(String),
+    #[error("a {0} frame on a {1} session")]
+    WrongFrameKind(&'static str, &'static str),
+}
+
+impl Encoding {
+    /// Subprotocol names, in order of preference when a client offers both.
+    pub const JSON_PROTOCOL: &'static str = "natter.v1.json";
+    pub const MSGPACK_PROTOCOL: &'static str = "natter.v1.msgpack";
+
+    /// Picks the encoding from a `Sec-WebSocket-Protocol` header value. No header means JSON;
+    /// a header naming none of ours is refused (`None`).
+    pub fn negotiate(offered: Option<&str>) -> Option<Self> {
+        let Some(offered) = offered else {
+            return Some(Encoding::Json);
+        };
+        let names: Vec<&str> = offered.split(',').map(str::trim).collect();
+        if names.contains(&Self::MSGPACK_PROTOCOL) && !names.contains(&Self::JSON_PROTOCOL) {
+            Some(Encoding::MsgPack)
+        } else if names.contains(&Self::JSON_PROTOCOL) {
+            Some(Encoding::Json)
+        } else {
+            None
+        }
+    }
+
+    pub fn protocol(self) -> &'static str {
+        match self {
+            Encoding::Json => Self::JSON_PROTOCOL,
+            Encoding::MsgPack => Self::MSGPACK_PROTOCOL,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Encoding::Json => "JSON",
+            Encoding::MsgPack => "MessagePack",
+        }
+    }
+
+    pub fn encode_server(self, frame: &ServerFrame) -> Encoded {
+        self.encode(frame)
+    }
+
+    pub fn encode_client(self, frame: &ClientFrame) -> Encoded {
+        self.encode(frame)
+    }
+
+    fn encode<T: serde::Serialize>(self, frame: &T) -> Encoded {
+        // Serialising our own frame types cannot fail: all keys are strings, no maps of
+        // non-string keys, no I/O.
+        match self {
+            Encoding::Json => Encoded::Text(serde_json::to_string(frame).expect("frame to JSON")),
+            Encoding::MsgPack => {
+                Encoded::Binary(rmp_serde::to_vec_named(frame).expect("frame to MessagePack"))
+            }
+        }
+    }
+
+    /// Decodes a client frame that arrived as a text (`is_text`) or binary message.
+    pub fn decode_client(self, bytes: &[u8], is_text: bool) -> Result<ClientFrame, DecodeError> {
+        self.decode(bytes, is_text, ClientFrame::TYPES)
+    }
+
+    /// Decodes a server frame (used by clients).
+    pub fn decode_server(self, bytes: &[u8], is_text: bool) -> Result<ServerFrame, DecodeError> {
+        self.decode(bytes, is_text, &[])
+    }
+
+    fn decode<T: serde::de::DeserializeOwned>(
+        self,
+        bytes: &[u8],
+        is_text: bool,
+        known_types: &[&str],
+    ) -> Result<T, DecodeError> {
+        let kind = |text| if text { "text" } else { "binary" };
+        if is_text != (self == Encoding::Json) {
+            return Err(DecodeError::WrongFrameKind(kind(is_text), self.name()));
+        }
+        let parsed = match self {
+            Encoding::Json => serde_json::from_slice::<T>(bytes).map_err(|_| ()),
+            Encoding::MsgPack => rmp_serde::from_slice::<T>(bytes).map_err(|_| ()),
+        };
+        parsed.map_err(|()| {
+            // Only on the error path: tell an unknown `type` from a broken frame.
+            #[derive(Deserialize)]
+            struct Probe {
+                #[serde(rename = "type")]
+                kind: String,
+            }
+            let probe = match self {
+                Encoding::Json => serde_json::from_slice::<Probe>(bytes).ok(),
+                Encoding::MsgPack => rmp_serde::from_slice::<Probe>(bytes).ok(),
+            };
+            match probe {
+                Some(p) if !known_types.is_empty() && !known_types.contains(&p.kind.as_str()) => {
+                    DecodeError::UnknownType(p.kind)
+                }
+                _ => DecodeError::Malformed(self.name()),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::*;
+
+    #[test]
+    fn negotiation_prefers_json_and_refuses_strangers() {
+        assert_eq!(Encoding::negotiate(None), Some(Encoding::Json));
+        assert_eq!(Encoding::negotiate(Some("natter.v1.msgpack")), Some(Encoding::MsgPack));
+        assert_eq!(
+            Encoding::negotiate(Some("natter.v1.msgpack, natter.v1.json")),
+            Some(Encoding::Json)
+        );
+        assert_eq!(Encoding::negotiate(Some("mqtt")), None);
+    }
+
+    #[test]
+    fn json_wire_format_is_pinned() {
+        let f = Encoding::Json
+            .decode_client(br#"{"type":"send","to":"bob","cid":"c1","body":"hi"}"#, true)
+            .unwrap();
+        assert_eq!(
+            f,
+            ClientFrame::Send {
+                to: "bob".into(),
+                cid: "c1".into(),
+                body: "hi".into()
+            }
+        );
+        let sent = ServerFrame::Sent {
+            cid: ClientMsgId::new("c1").unwrap(),
+            id: "01ARZ3NDEKTSV4RRFFQ69G5FAV".parse().unwrap(),
+            conversation: "dm:alice:bob".parse().unwrap(),
+            ts: 7,
+        };
+        let Encoded::Text(t) = Encoding::Json.encode_server(&sent) else { panic!() };
+        assert_eq!(
+            t,
+            r#"{"type":"sent","cid":"c1","id":"01ARZ3NDEKTSV4RRFFQ69G5FAV","conversation":"dm:alice:bob","ts":7}"#
+        );
+        let err = ServerFrame::error(ErrorCode::InvalidId, "bad", None);
+        let Encoded::Text(t) = Encoding::Json.encode_server(&err) else { panic!() };
+        assert_eq!(t, r#"{"type":"error","code":1002,"reason":"bad"}"#);
+    }
+
+    #[test]
+    fn decode_errors_are_classified() {
+        let j = Encoding::Json;
+        assert_eq!(j.decode_client(b"{not json", true), Err(DecodeError::Malformed("JSON")));
+        assert_eq!(
+            j.decode_client(br#"{"type":"teleport"}"#, true),
+            Err(DecodeError::UnknownType("teleport".into()))
+        );
+        assert_eq!(
+            j.decode_client(br#"{"type":"send","to":"bob"}"#, true),
+            Err(DecodeError::Malformed("JSON"))
+        );
+        assert!(matches!(j.decode_client(b"\x80", false), Err(DecodeError::WrongFrameKind(..))));
+    }
+
+    #[test]
+    fn msgpack_round_trips_every_server_frame_shape() {
+        let m = ServerFrame::Message(crate::frames::Message {
+            id: "01ARZ3NDEKTSV4RRFFQ69G5FAV".parse().unwrap(),
+            conversation: "dm:alice:bob".parse().unwrap(),
+            from: UserId::new("alice").unwrap(),
+            to: UserId::new("bob").unwrap(),
+            cid: ClientMsgId::new("c1").unwrap(),
+            body: "hé".into(),
+            ts: 1,
+        });
+        for f in [m, ServerFrame::Pong { ts: Some(3) }, ServerFrame::Pong { ts: None }] {
+            let Encoded::Binary(b) = Encoding::MsgPack.encode_server(&f) else { panic!() };
+            assert_eq!(Encoding::MsgPack.decode_server(&b, false).unwrap(), f);
+        }
+        let ping = ClientFrame::Ping { ts: Some(9) };
+        let Encoded::Binary(b) = Encoding::MsgPack.encode_client(&ping) else { panic!() };
+        assert_eq!(Encoding::MsgPack.decode_client(&b, false).unwrap(), ping);
+    }
+}

@@ -1,0 +1,15 @@
+//! natter's wire contract. Everything that crosses a socket or a NATS subject is defined here:
+//! validated ids, client and server frames, NATS payloads, error and close codes, and the
+//! functions that build subjects. No other crate formats a subject.
+
+pub mod codes;
+pub mod encoding;
+pub mod frames;
+pub mod ids;
+pub mod payloads;
+pub mod subjects;
+
+pub use codes::{CloseCode, ErrorCode};
+pub use encoding::{DecodeError, Encoding};
+pub use frames::{ClientFrame, ServerFrame};
+pub use ids::{ClientMsgId, ConnId, ConversationId, GatewayId, IdError, MessageId, UserId};

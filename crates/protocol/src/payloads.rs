@@ -1,0 +1,76 @@
+//! Payloads on NATS subjects (JSON), between services and for integrators.
+//! `subjects.md` documents each one next to its subject.
+
+use serde::{Deserialize, Serialize};
+
+use crate::frames::{Message, ServerFrame};
+use crate::ids::{ConnId, ConversationId, GatewayId, MessageId, UserId};
+
+/// `natter.chat.send` request: a user sends a 1:1 message. Answered with a
+/// [`ServerFrame::Sent`] or [`ServerFrame::Error`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SendRequest {
+    /// The authenticated sender. Gateways fill it from the token; integrators are trusted by
+    /// their NATS permissions.
+    pub from: UserId,
+    pub to: String,
+    pub cid: String,
+    pub body: String,
+    /// The device that sent it; it gets `sent` instead of an echo of the message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<ConnId>,
+}
+
+/// An entry of the messages stream: the message plus routing facts that are not shown to
+/// clients.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredMessage {
+    #[serde(flatten)]
+    pub message: Message,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<ConnId>,
+}
+
+/// `natter.gw.<gateway>.deliver`: one frame for a list of connections on one gateway.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivery {
+    pub targets: Vec<ConnId>,
+    pub frame: ServerFrame,
+}
+
+/// What a receipt reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReceiptKind {
+    /// A device of `by` received message `id`.
+    Delivered,
+    /// `by` read the conversation up to and including `id`.
+    Seen,
+}
+
+/// `natter.chat.receipt`: a recipient's device acknowledged or read a message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt {
+    pub kind: ReceiptKind,
+    pub by: UserId,
+    pub conversation: ConversationId,
+    pub id: MessageId,
+}
+
+/// Value of a gateway's presence lease in the `natter_gateways` bucket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayLease {
+    pub gateway: GatewayId,
+    /// Connection ids of this run are all greater than `boot`; older ones are stale.
+    pub boot: ConnId,
+    /// How long the lease lives without a refresh, in milliseconds.
+    pub ttl_ms: u64,
+}
+
+/// Value stored under a session's key in `natter_sessions` (the key says who and where).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionEntry {
+    pub user: UserId,
+    pub gateway: GatewayId,
+    pub conn: ConnId,
+}

@@ -1,0 +1,252 @@
+//! Test kit: a real nats-server on a random port with a temporary store, and natter's own
+//! services on `127.0.0.1:0`, assembled by a builder that reads like the scenario:
+//!
+//! ```ignore
+//! let stack = Stack::new().gateways(2).start().await;
+//! let mut alice = stack.connect("alice", 0).await;
+//! ```
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use client::Connection;
+use plumbing::nats_server::{NatsServer, NatsServerOptions};
+use plumbing::BusConfig;
+use protocol::frames::ServerFrame;
+use protocol::Encoding;
+use tokio_util::sync::CancellationToken;
+
+pub use client;
+
+/// The secret every test token is signed with.
+pub const SECRET: &str = "test-secret-not-for-production";
+
+/// A nats-server for one test: JetStream on, random port, store in a temp dir; killed and
+/// deleted on drop.
+pub struct TestNats {
+    pub server: NatsServer,
+    _store: tempfile::TempDir,
+}
+
+impl TestNats {
+    pub fn start() -> Self {
+        Self::start_with_sync("2m")
+    }
+
+    pub fn start_with_sync(sync_interval: &str) -> Self {
+        let store = tempfile::tempdir().expect("temp dir");
+        let server = NatsServer::start(NatsServerOptions {
+            store_dir: store.path().join("jetstream"),
+            port: None,
+            sync_interval: sync_interval.into(),
+        })
+        .expect("start nats-server (run scripts/install-deps)");
+        Self {
+            server,
+            _store: store,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        self.server.url()
+    }
+
+    pub async fn client(&self) -> async_nats::Client {
+        plumbing::bus::connect(&self.url(), "test").await.expect("connect to test NATS")
+    }
+}
+
+/// Builder for a natter stack.
+pub struct StackBuilder {
+    gateways: usize,
+    gateway: gateway::GatewayConfig,
+    chat: chat::ChatConfig,
+    bus: BusConfig,
+}
+
+impl StackBuilder {
+    pub fn gateways(mut self, n: usize) -> Self {
+        self.gateways = n;
+        self
+    }
+
+    /// Changes every gateway's configuration.
+    pub fn gateway_config(mut self, f: impl FnOnce(&mut gateway::GatewayConfig)) -> Self {
+        f(&mut self.gateway);
+        self
+    }
+
+    pub fn chat_config(mut self, f: impl FnOnce(&mut chat::ChatConfig)) -> Self {
+        f(&mut self.chat);
+        self
+    }
+
+    pub async fn start(self) -> Stack {
+        plumbing::telemetry::init();
+        let nats = TestNats::start();
+        let mut bus = self.bus;
+        bus.nats_url = nats.url();
+        let mut stack = Stack {
+            nats,
+            bus,
+            gateway_config: self.gateway,
+            chat_config: self.chat,
+            gateways: Vec::new(),
+            chats: Vec::new(),
+        };
+        let chat_config = stack.chat_config.clone();
+        stack.start_chat(chat_config).await;
+        for i in 0..self.gateways {
+            stack.start_gateway(&format!("gw-{i}")).await;
+        }
+        stack
+    }
+}
+
+/// A running gateway of a stack.
+pub struct RunningGateway {
+    pub addr: SocketAddr,
+    pub id: String,
+    pub shutdown: CancellationToken,
+    handle: Option<gateway::Gateway>,
+}
+
+impl RunningGateway {
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/v1/ws", self.addr)
+    }
+
+    /// Shuts the gateway down gracefully and waits for it.
+    pub async fn shutdown(&mut self) {
+        self.shutdown.cancel();
+        if let Some(handle) = self.handle.take() {
+            handle.wait().await;
+        }
+    }
+}
+
+/// A running chat service of a stack.
+pub struct RunningChat {
+    pub shutdown: CancellationToken,
+    pub metrics: plumbing::Metrics,
+    handle: Option<chat::Chat>,
+}
+
+impl RunningChat {
+    /// Kills it at once, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(handle) = self.handle.take() {
+            handle.abort();
+        }
+    }
+}
+
+/// nats-server, chat service(s) and gateways.
+pub struct Stack {
+    pub nats: TestNats,
+    pub bus: BusConfig,
+    pub gateway_config: gateway::GatewayConfig,
+    pub chat_config: chat::ChatConfig,
+    pub gateways: Vec<RunningGateway>,
+    pub chats: Vec<RunningChat>,
+}
+
+impl Stack {
+    #[allow(clippy::new_ret_no_self)]
+    pub fn new() -> StackBuilder {
+        let gateway = gateway::GatewayConfig {
+            listen_addr: ([127, 0, 0, 1], 0).into(),
+            jwt_secret: SECRET.into(),
+            shutdown_grace_ms: 5_000,
+            ..Default::default()
+        };
+        StackBuilder {
+            gateways: 1,
+            gateway,
+            chat: chat::ChatConfig::default(),
+            bus: BusConfig::default(),
+        }
+    }
+
+    pub async fn start_gateway(&mut self, id: &str) -> usize {
+        let mut config = self.gateway_config.clone();
+        config.gateway_id = id.into();
+        let nats = plumbing::bus::connect(&self.bus.nats_url, id).await.expect("connect");
+        let shutdown = CancellationToken::new();
+        let handle = gateway::Gateway::start(config, &self.bus, nats, shutdown.clone())
+            .await
+            .expect("start gateway");
+        self.gateways.push(RunningGateway {
+            addr: handle.addr,
+            id: id.into(),
+            shutdown,
+            handle: Some(handle),
+        });
+        self.gateways.len() - 1
+    }
+
+    pub async fn start_chat(&mut self, config: chat::ChatConfig) -> usize {
+        let nats = plumbing::bus::connect(&self.bus.nats_url, "chat").await.expect("connect");
+        let shutdown = CancellationToken::new();
+        let handle = chat::Chat::start(config, &self.bus, nats, shutdown.clone())
+            .await
+            .expect("start chat");
+        self.chats.push(RunningChat {
+            shutdown,
+            metrics: handle.metrics.clone(),
+            handle: Some(handle),
+        });
+        self.chats.len() - 1
+    }
+
+    /// A valid token for `user`.
+    pub fn token(&self, user: &str) -> String {
+        gateway::mint_token(SECRET, user, 3600)
+    }
+
+    /// Connects `user` to gateway `gw` with JSON and waits for `welcome`.
+    pub async fn connect(&self, user: &str, gw: usize) -> Connection {
+        self.connect_with(user, gw, Encoding::Json).await
+    }
+
+    pub async fn connect_with(&self, user: &str, gw: usize, encoding: Encoding) -> Connection {
+        let mut conn = Connection::connect(&self.gateways[gw].ws_url(), &self.token(user), encoding)
+            .await
+            .expect("connect");
+        match within(conn.next_frame()).await.expect("welcome") {
+            ServerFrame::Welcome { .. } => conn,
+            other => panic!("expected welcome, got {other:?}"),
+        }
+    }
+
+    /// Number of messages in the messages stream.
+    pub async fn stored_messages(&self) -> u64 {
+        let js = async_nats::jetstream::new(self.nats.client().await);
+        let mut stream = js.get_stream(protocol::subjects::MESSAGES_STREAM).await.expect("stream");
+        stream.info().await.expect("stream info").state.messages
+    }
+}
+
+/// How long a test waits for an expected event before failing.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+/// Awaits `fut`, failing the test after [`PATIENCE`].
+pub async fn within<T>(fut: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(PATIENCE, fut).await.expect("timed out waiting")
+}
+
+/// Reads frames until one matches `pick`, failing after [`PATIENCE`].
+pub async fn expect_frame<T>(
+    conn: &mut Connection,
+    mut pick: impl FnMut(&ServerFrame) -> Option<T>,
+) -> T {
+    within(async {
+        loop {
+            let frame = conn.next_frame().await.expect("connection open");
+            if let Some(t) = pick(&frame) {
+                return t;
+            }
+        }
+    })
+    .await
+}

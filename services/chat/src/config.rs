@@ -1,0 +1,35 @@
+//! The chat service's configuration.
+
+use serde::{Deserialize, Serialize};
+
+/// Configuration of one chat service instance.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ChatConfig {
+    /// Largest accepted message body, in bytes (UTF-8).
+    pub max_body_bytes: usize,
+    /// Answer `natter.chat.send` requests (validate, de-duplicate, persist, answer SENT).
+    pub ingest: bool,
+    /// Route persisted messages and receipts to gateways. Ingest and routing can be scaled,
+    /// or restarted, independently: routing resumes from the durable consumer.
+    pub route: bool,
+    /// How often the presence view drops sessions of gateways whose lease lapsed.
+    pub presence_sweep_ms: u64,
+    /// Messages handed to the router at once; also its bound on unacknowledged messages.
+    pub router_batch: usize,
+    /// How long a routed message may stay unacknowledged before it is routed again.
+    pub router_ack_wait_ms: u64,
+}
+
+impl Default for ChatConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 64 * 1024,
+            ingest: true,
+            route: true,
+            presence_sweep_ms: 1_000,
+            router_batch: 512,
+            router_ack_wait_ms: 30_000,
+        }
+    }
+}

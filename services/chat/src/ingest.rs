@@ -1,0 +1,158 @@
+//! Accepting sends on `natter.chat.send`: validate, de-duplicate, assign the permanent id,
+//! persist in the messages stream, and answer SENT only after JetStream acknowledged.
+//!
+//! De-duplication uses JetStream's own: the publish carries `Nats-Msg-Id: <from>:<cid>`, the
+//! stream remembers ids for its duplicate window (60 s by default), and a duplicate's ack
+//! names the original's sequence, from which the original id is read back. It survives chat
+//! restarts because the state lives in the stream, not in this process.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream;
+use futures::StreamExt;
+use protocol::frames::{Message, ServerFrame};
+use protocol::payloads::{SendRequest, StoredMessage};
+use protocol::{ClientMsgId, ConversationId, ErrorCode, MessageId, UserId, subjects};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::ChatConfig;
+use crate::metrics::ChatMetrics;
+
+pub struct Ingest {
+    pub config: ChatConfig,
+    pub nats: async_nats::Client,
+    pub js: jetstream::Context,
+    pub stream: jetstream::stream::Stream,
+    pub metrics: ChatMetrics,
+}
+
+/// Serves send requests until `stop`; requests in progress are finished.
+pub async fn serve(ingest: Arc<Ingest>, stop: CancellationToken) -> anyhow::Result<()> {
+    let mut sub = ingest
+        .nats
+        .queue_subscribe(subjects::CHAT_SEND, subjects::CHAT_QUEUE.into())
+        .await?;
+    let tracker = TaskTracker::new();
+    loop {
+        let msg = tokio::select! {
+            _ = stop.cancelled() => break,
+            next = sub.next() => match next {
+                Some(msg) => msg,
+                None => break,
+            },
+        };
+        let Some(reply) = msg.reply.clone() else {
+            continue;
+        };
+        let ingest = ingest.clone();
+        tracker.spawn(async move {
+            let frame = ingest.accept(&msg.payload).await;
+            let payload = serde_json::to_vec(&frame).expect("frame to JSON");
+            if let Err(e) = ingest.nats.publish(reply, payload.into()).await {
+                tracing::warn!(error = %e, "could not answer a send");
+            }
+        });
+    }
+    let _ = sub.unsubscribe().await;
+    tracker.close();
+    tracker.wait().await;
+    Ok(())
+}
+
+impl Ingest {
+    /// Turns one send request into its answer: `sent` or `error`.
+    async fn accept(&self, payload: &[u8]) -> ServerFrame {
+        let frame = self.try_accept(payload).await;
+        if matches!(frame, ServerFrame::Error { .. }) {
+            self.metrics.sends_rejected.inc();
+        }
+        frame
+    }
+
+    async fn try_accept(&self, payload: &[u8]) -> ServerFrame {
+        let Ok(req) = serde_json::from_slice::<SendRequest>(payload) else {
+            return ServerFrame::error(ErrorCode::MalformedFrame, "not a send request", None);
+        };
+        let Ok(cid) = ClientMsgId::new(&req.cid) else {
+            return ServerFrame::error(ErrorCode::InvalidId, "cid is not a valid id", None);
+        };
+        let Ok(to) = UserId::new(&req.to) else {
+            return ServerFrame::error(ErrorCode::InvalidId, "to is not a valid user id", Some(cid));
+        };
+        if req.body.len() > self.config.max_body_bytes {
+            let reason = format!("body exceeds {} bytes", self.config.max_body_bytes);
+            return ServerFrame::error(ErrorCode::BodyTooLarge, reason, Some(cid));
+        }
+        let conversation = ConversationId::direct(&req.from, &to);
+        let id = MessageId(ulid::Ulid::new());
+        let stored = StoredMessage {
+            message: Message {
+                id,
+                conversation: conversation.clone(),
+                from: req.from.clone(),
+                to,
+                cid: cid.clone(),
+                body: req.body,
+                ts: id.timestamp_ms(),
+            },
+            origin: req.origin,
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(subjects::MSG_ID_HEADER, subjects::dedup_id(&req.from, &cid).as_str());
+        let body = serde_json::to_vec(&stored).expect("message to JSON");
+        let started = Instant::now();
+        let ack = match self
+            .js
+            .publish_with_headers(subjects::message(&conversation), headers, body.into())
+            .await
+        {
+            Ok(pending) => pending.await,
+            Err(e) => Err(e),
+        };
+        let ack = match ack {
+            Ok(ack) => ack,
+            Err(e) => {
+                tracing::warn!(error = %e, "message not persisted");
+                return ServerFrame::error(
+                    ErrorCode::Unavailable,
+                    "message store unavailable; retry with the same cid",
+                    Some(cid),
+                );
+            }
+        };
+        self.metrics.persist_latency.observe(started.elapsed());
+        if !ack.duplicate {
+            self.metrics.sends.inc();
+            return ServerFrame::Sent {
+                cid,
+                id,
+                conversation,
+                ts: id.timestamp_ms(),
+            };
+        }
+        self.metrics.duplicates.inc();
+        match self.original(ack.sequence).await {
+            Some(original) => ServerFrame::Sent {
+                cid,
+                id: original.id,
+                conversation: original.conversation,
+                ts: original.ts,
+            },
+            None => ServerFrame::error(
+                ErrorCode::Unavailable,
+                "could not read the original message; retry with the same cid",
+                Some(cid),
+            ),
+        }
+    }
+
+    /// The message stored at `sequence` (the original of a duplicate).
+    async fn original(&self, sequence: u64) -> Option<Message> {
+        let raw = self.stream.direct_get(sequence).await.ok()?;
+        let stored: StoredMessage = serde_json::from_slice(&raw.payload).ok()?;
+        Some(stored.message)
+    }
+}

@@ -1,0 +1,16 @@
+//! The chat service: accepts sends (validation, de-duplication, ULID ids, persistence in the
+//! messages stream, the SENT answer), routes persisted messages to the recipients' gateways
+//! from a durable consumer, and routes delivered/seen receipts back to senders.
+//! Instances share the work through a NATS queue group and a shared durable consumer.
+
+mod config;
+mod ingest;
+mod metrics;
+mod presence_view;
+mod receipts;
+mod router;
+mod service;
+
+pub use config::ChatConfig;
+pub use presence_view::PresenceView;
+pub use service::{Chat, run};

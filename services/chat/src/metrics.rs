@@ -1,0 +1,40 @@
+//! The chat service's metrics.
+
+use plumbing::{Counter, Histogram, Metrics};
+
+#[derive(Clone)]
+pub struct ChatMetrics {
+    pub registry: Metrics,
+    pub sends: Counter,
+    pub sends_rejected: Counter,
+    pub duplicates: Counter,
+    pub persist_latency: Histogram,
+    pub routed: Counter,
+    pub gateway_publishes: Counter,
+    pub receipts: Counter,
+}
+
+impl ChatMetrics {
+    pub fn new() -> Self {
+        let m = Metrics::default();
+        Self {
+            sends: m.counter("natter_chat_sends_total", "messages accepted and persisted"),
+            sends_rejected: m.counter("natter_chat_sends_rejected_total", "sends refused"),
+            duplicates: m.counter(
+                "natter_chat_duplicates_total",
+                "resends answered with the original message id",
+            ),
+            persist_latency: m.histogram(
+                "natter_chat_persist_seconds",
+                "time for JetStream to acknowledge a message",
+            ),
+            routed: m.counter("natter_chat_routed_total", "messages routed from the stream"),
+            gateway_publishes: m.counter(
+                "natter_chat_gateway_publishes_total",
+                "per-gateway delivery publishes (one per gateway per event)",
+            ),
+            receipts: m.counter("natter_chat_receipts_total", "receipts routed to senders"),
+            registry: m,
+        }
+    }
+}

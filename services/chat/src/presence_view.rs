@@ -1,0 +1,271 @@
+//! The chat service's in-memory view of who is connected where, kept by watching the presence
+//! buckets, so routing a message costs no lookup round trip.
+//!
+//! A session counts only while its gateway holds a live lease and the session belongs to the
+//! gateway's current run (its connection id is newer than the lease's boot id). A gateway
+//! whose lease lapses or is released takes all its sessions offline at once; their keys are
+//! then purged by the sweeper.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use futures::StreamExt;
+use protocol::payloads::GatewayLease;
+use protocol::{ConnId, GatewayId, UserId, subjects};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Marker TTL for purges done by the sweeper (see the gateway's presence module).
+const MARKER_TTL: Duration = Duration::from_secs(60);
+
+/// A session as routing sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub gateway: GatewayId,
+    pub conn: ConnId,
+}
+
+struct Lease {
+    boot: ConnId,
+    expires: Instant,
+}
+
+#[derive(Default)]
+struct State {
+    sessions: HashMap<UserId, Vec<Route>>,
+    leases: HashMap<GatewayId, Lease>,
+}
+
+/// Cloneable handle to the view.
+#[derive(Clone)]
+pub struct PresenceView {
+    state: Arc<RwLock<State>>,
+    /// Highest sessions-bucket revision applied to the view.
+    applied: watch::Receiver<u64>,
+    sessions_stream: jetstream::stream::Stream,
+}
+
+impl PresenceView {
+    /// Loads the current presence and keeps it up to date until `stop`.
+    pub async fn start(
+        js: &jetstream::Context,
+        buckets: plumbing::bus::PresenceBuckets,
+        sweep_every: Duration,
+        stop: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let state = Arc::new(RwLock::new(State::default()));
+        let mut sessions_stream = js.get_stream(format!("KV_{}", subjects::SESSIONS_BUCKET)).await?;
+        let info = sessions_stream.info().await?.clone();
+        let (applied_tx, applied) = watch::channel(0);
+        if info.state.messages == 0 {
+            // Nothing to replay: the view is as fresh as the bucket's last revision.
+            applied_tx.send_replace(info.state.last_sequence);
+        }
+        let sessions_watch = buckets.sessions.watch_with_history(">").await?;
+        let leases_watch = buckets.gateways.watch_with_history(">").await?;
+        tokio::spawn(watch_sessions(
+            state.clone(),
+            sessions_watch,
+            applied_tx,
+            info.state.last_sequence,
+            stop.clone(),
+        ));
+        tokio::spawn(watch_leases(state.clone(), leases_watch, stop.clone()));
+        tokio::spawn(sweep(state.clone(), buckets.sessions, sweep_every, stop));
+        Ok(Self {
+            state,
+            applied,
+            sessions_stream,
+        })
+    }
+
+    /// The live sessions of `user`.
+    pub fn routes_of(&self, user: &UserId) -> Vec<Route> {
+        let state = self.state.read().unwrap();
+        let now = Instant::now();
+        state
+            .sessions
+            .get(user)
+            .map(|routes| {
+                routes
+                    .iter()
+                    .filter(|r| {
+                        state
+                            .leases
+                            .get(&r.gateway)
+                            .is_some_and(|l| l.expires > now && r.conn > l.boot)
+                    })
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Waits until every presence change acknowledged before this call is in the view (at
+    /// most `patience`). Used before declaring a user offline, so a device whose registration
+    /// was acknowledged is never missed. Costs one round trip, and only for offline users.
+    pub async fn catch_up(&self, patience: Duration) {
+        let mut stream = self.sessions_stream.clone();
+        let Ok(info) = stream.info().await else {
+            return;
+        };
+        let target = info.state.last_sequence;
+        let mut applied = self.applied.clone();
+        let _ = tokio::time::timeout(patience, applied.wait_for(|rev| *rev >= target)).await;
+    }
+}
+
+fn parse_session_key(key: &str) -> Option<(UserId, GatewayId, ConnId)> {
+    let mut parts = key.split('.');
+    let user = UserId::new(parts.next()?).ok()?;
+    let gateway = GatewayId::new(parts.next()?).ok()?;
+    let conn = parts.next()?.parse().ok()?;
+    parts.next().is_none().then_some((user, gateway, conn))
+}
+
+async fn watch_sessions(
+    state: Arc<RwLock<State>>,
+    mut watch: kv::Watch,
+    applied: watch::Sender<u64>,
+    initial_last: u64,
+    stop: CancellationToken,
+) {
+    loop {
+        let entry = tokio::select! {
+            _ = stop.cancelled() => return,
+            next = watch.next() => match next {
+                Some(Ok(entry)) => entry,
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "presence watch error");
+                    continue;
+                }
+                None => return,
+            },
+        };
+        if let Some((user, gateway, conn)) = parse_session_key(&entry.key) {
+            let mut s = state.write().unwrap();
+            match entry.operation {
+                kv::Operation::Put => {
+                    let routes = s.sessions.entry(user).or_default();
+                    if !routes.iter().any(|r| r.conn == conn) {
+                        routes.push(Route { gateway, conn });
+                    }
+                }
+                kv::Operation::Delete | kv::Operation::Purge => {
+                    if let Some(routes) = s.sessions.get_mut(&user) {
+                        routes.retain(|r| r.conn != conn);
+                        if routes.is_empty() {
+                            s.sessions.remove(&user);
+                        }
+                    }
+                }
+            }
+        }
+        // Once the replay is done, everything up to the bucket's last revision at start is in.
+        let rev = if entry.delta == 0 {
+            entry.revision.max(initial_last)
+        } else {
+            entry.revision
+        };
+        applied.send_if_modified(|cur| {
+            let newer = rev > *cur;
+            if newer {
+                *cur = rev;
+            }
+            newer
+        });
+    }
+}
+
+async fn watch_leases(state: Arc<RwLock<State>>, mut watch: kv::Watch, stop: CancellationToken) {
+    loop {
+        let entry = tokio::select! {
+            _ = stop.cancelled() => return,
+            next = watch.next() => match next {
+                Some(Ok(entry)) => entry,
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "lease watch error");
+                    continue;
+                }
+                None => return,
+            },
+        };
+        let Ok(gateway) = GatewayId::new(&entry.key) else {
+            continue;
+        };
+        let mut s = state.write().unwrap();
+        match entry.operation {
+            kv::Operation::Put => {
+                let Ok(lease) = serde_json::from_slice::<GatewayLease>(&entry.value) else {
+                    tracing::warn!(%gateway, "undecodable lease");
+                    continue;
+                };
+                // Counted from when we see it: after a chat restart a dead gateway's replayed
+                // lease can therefore live up to one TTL longer, never shorter.
+                let expires = Instant::now() + Duration::from_millis(lease.ttl_ms);
+                s.leases.insert(
+                    gateway,
+                    Lease {
+                        boot: lease.boot,
+                        expires,
+                    },
+                );
+            }
+            kv::Operation::Delete | kv::Operation::Purge => {
+                tracing::info!(%gateway, "gateway released its lease");
+                if let Some(lease) = s.leases.get_mut(&gateway) {
+                    lease.expires = Instant::now();
+                }
+            }
+        }
+    }
+}
+
+/// Forgets, and purges from the bucket, sessions of gateways whose lease has lapsed and
+/// sessions left over from a gateway's previous run.
+async fn sweep(
+    state: Arc<RwLock<State>>,
+    sessions: kv::Store,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let dead: Vec<(UserId, Route)> = {
+            let mut s = state.write().unwrap();
+            let now = Instant::now();
+            let State { sessions, leases } = &mut *s;
+            let mut dead = Vec::new();
+            sessions.retain(|user, routes| {
+                routes.retain(|r| {
+                    // Unknown gateways are kept: their lease may not have been replayed yet.
+                    let alive = leases
+                        .get(&r.gateway)
+                        .is_none_or(|l| l.expires > now && r.conn > l.boot);
+                    if !alive {
+                        dead.push((user.clone(), r.clone()));
+                    }
+                    alive
+                });
+                !routes.is_empty()
+            });
+            leases.retain(|_, l| l.expires + Duration::from_secs(3600) > now);
+            dead
+        };
+        if !dead.is_empty() {
+            tracing::info!(sessions = dead.len(), "dropping sessions of dead gateways");
+        }
+        for (user, route) in dead {
+            let key = subjects::session_key(&user, &route.gateway, route.conn);
+            if let Err(e) = sessions.purge_with_ttl(key, MARKER_TTL).await {
+                tracing::debug!(error = %e, "purge of a dead session failed");
+            }
+        }
+    }
+}

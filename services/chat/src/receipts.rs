@@ -1,0 +1,52 @@
+//! Routing receipts on `natter.chat.receipt`: a recipient's device acknowledged (DELIVERED) or
+//! the recipient read (SEEN) a message; the sender's devices are told.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use protocol::frames::ServerFrame;
+use protocol::payloads::{Receipt, ReceiptKind};
+use protocol::subjects;
+use tokio_util::sync::CancellationToken;
+
+use crate::router::Router;
+
+pub async fn serve(router: Arc<Router>, stop: CancellationToken) -> anyhow::Result<()> {
+    let mut sub = router
+        .nats
+        .queue_subscribe(subjects::CHAT_RECEIPT, subjects::CHAT_QUEUE.into())
+        .await?;
+    loop {
+        let msg = tokio::select! {
+            _ = stop.cancelled() => break,
+            next = sub.next() => match next {
+                Some(msg) => msg,
+                None => break,
+            },
+        };
+        let Ok(receipt) = serde_json::from_slice::<Receipt>(&msg.payload) else {
+            tracing::warn!("undecodable receipt");
+            continue;
+        };
+        // Only a participant may report on a conversation; the peer is the sender.
+        let Some(sender) = receipt.conversation.peer_of(&receipt.by) else {
+            tracing::warn!(by = %receipt.by, "receipt for a foreign conversation");
+            continue;
+        };
+        let frame = match receipt.kind {
+            ReceiptKind::Delivered => ServerFrame::Delivered {
+                conversation: receipt.conversation,
+                id: receipt.id,
+                by: receipt.by,
+            },
+            ReceiptKind::Seen => ServerFrame::Seen {
+                conversation: receipt.conversation,
+                up_to: receipt.id,
+                by: receipt.by,
+            },
+        };
+        router.metrics.receipts.inc();
+        router.notify_user(&sender, frame).await;
+    }
+    Ok(())
+}

@@ -1,0 +1,100 @@
+//! Starting and stopping the chat service.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use plumbing::BusConfig;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ChatConfig;
+use crate::ingest::{self, Ingest};
+use crate::metrics::ChatMetrics;
+use crate::presence_view::PresenceView;
+use crate::receipts;
+use crate::router::{self, Router};
+
+/// A running chat service instance.
+pub struct Chat {
+    pub metrics: plumbing::Metrics,
+    tasks: JoinSet<anyhow::Result<()>>,
+    stop: CancellationToken,
+}
+
+impl Chat {
+    /// Ensures the stream and consumer exist, then starts the enabled roles.
+    pub async fn start(
+        config: ChatConfig,
+        bus: &BusConfig,
+        nats: async_nats::Client,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let js = async_nats::jetstream::new(nats.clone());
+        let stream = plumbing::bus::ensure_messages_stream(&js, bus).await?;
+        let ack_wait = Duration::from_millis(config.router_ack_wait_ms);
+        let consumer = router::ensure_consumer(&stream, config.router_batch, ack_wait).await?;
+        let metrics = ChatMetrics::new();
+        let stop = shutdown.child_token();
+        let mut tasks = JoinSet::new();
+
+        if config.route {
+            let buckets = plumbing::bus::ensure_presence_buckets(&js, bus).await?;
+            let sweep = Duration::from_millis(config.presence_sweep_ms);
+            let view = PresenceView::start(&js, buckets, sweep, stop.clone()).await?;
+            let router = Arc::new(Router {
+                nats: nats.clone(),
+                view,
+                metrics: metrics.clone(),
+            });
+            tasks.spawn(router::serve(router.clone(), consumer, config.router_batch, stop.clone()));
+            tasks.spawn(receipts::serve(router, stop.clone()));
+        }
+        if config.ingest {
+            let ingest = Arc::new(Ingest {
+                config: config.clone(),
+                nats,
+                js,
+                stream,
+                metrics: metrics.clone(),
+            });
+            tasks.spawn(ingest::serve(ingest, stop.clone()));
+        }
+        tracing::info!(ingest = config.ingest, route = config.route, "chat service started");
+        Ok(Self {
+            metrics: metrics.registry,
+            tasks,
+            stop,
+        })
+    }
+
+    /// Waits until every role has stopped (after shutdown), returning the first error.
+    pub async fn wait(mut self) -> anyhow::Result<()> {
+        let mut result = Ok(());
+        while let Some(done) = self.tasks.join_next().await {
+            if let Ok(Err(e)) = done {
+                tracing::error!(error = %e, "chat role failed");
+                self.stop.cancel();
+                result = Err(e);
+            }
+        }
+        result
+    }
+
+    /// Kills every role at once, as a crash would (tests).
+    pub fn abort(mut self) {
+        self.tasks.abort_all();
+        self.stop.cancel();
+    }
+}
+
+/// Runs the chat service until `shutdown`. Shutdown order: stop taking new sends (in-flight
+/// ones are answered), stop routing (unacknowledged messages are routed again by another
+/// instance or after restart), stop watching presence.
+pub async fn run(
+    config: ChatConfig,
+    bus: &BusConfig,
+    nats: async_nats::Client,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    Chat::start(config, bus, nats, shutdown).await?.wait().await
+}

@@ -1,0 +1,126 @@
+//! Token checks at the handshake: an HS256 JWT whose `sub` is the user id, taken from
+//! `Authorization: Bearer` or, for browsers that cannot set headers, `?access_token=`.
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use protocol::UserId;
+use serde::{Deserialize, Serialize};
+
+/// The claims natter reads. Other claims are ignored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    pub sub: String,
+    /// Expiry, seconds since the Unix epoch.
+    pub exp: u64,
+}
+
+/// Why a token was refused; logged, never shown in detail to the client.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("no token")]
+    Missing,
+    #[error("invalid token: {0}")]
+    Invalid(#[from] jsonwebtoken::errors::Error),
+    #[error("token subject is not a valid user id")]
+    BadSubject,
+}
+
+/// A verified identity.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub user: UserId,
+    /// Expiry, seconds since the Unix epoch; the session closes when it passes.
+    pub exp: u64,
+}
+
+/// Verifies tokens with one secret.
+pub struct Verifier {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+impl Verifier {
+    pub fn new(secret: &str, leeway_secs: u64) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = leeway_secs;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        Self {
+            key: DecodingKey::from_secret(secret.as_bytes()),
+            validation,
+        }
+    }
+
+    pub fn verify(&self, token: Option<&str>) -> Result<Identity, AuthError> {
+        let token = token.filter(|t| !t.is_empty()).ok_or(AuthError::Missing)?;
+        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)?;
+        let user = UserId::new(&data.claims.sub).map_err(|_| AuthError::BadSubject)?;
+        Ok(Identity {
+            user,
+            exp: data.claims.exp,
+        })
+    }
+}
+
+/// The token of a request: the bearer header wins over the query parameter.
+pub fn token_from(authorization: Option<&str>, query: Option<&str>) -> Option<String> {
+    if let Some(h) = authorization {
+        return h.strip_prefix("Bearer ").map(|t| t.trim().to_string());
+    }
+    url_query_param(query?, "access_token")
+}
+
+fn url_query_param(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        // JWTs are base64url and dots: no percent-decoding needed for a valid one.
+        (k == name).then(|| v.to_string())
+    })
+}
+
+/// Mints a token for `user` valid for `ttl_secs` (dev tokens, tests, the CLI).
+pub fn mint_token(secret: &str, user: &str, ttl_secs: u64) -> String {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+        .saturating_add(ttl_secs);
+    let claims = Claims {
+        sub: user.to_string(),
+        exp,
+    };
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("HS256 signing cannot fail")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verifies_good_tokens_and_refuses_bad_ones() {
+        let v = Verifier::new("s3cret", 0);
+        let ok = mint_token("s3cret", "alice", 60);
+        assert_eq!(v.verify(Some(&ok)).unwrap().user.as_str(), "alice");
+        assert!(matches!(v.verify(None), Err(AuthError::Missing)));
+        assert!(v.verify(Some(&mint_token("other", "alice", 60))).is_err());
+        assert!(v.verify(Some(&mint_token("s3cret", "bob.*", 60))).is_err());
+        let expired = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &Claims { sub: "alice".into(), exp: 1 },
+            &EncodingKey::from_secret(b"s3cret"),
+        )
+        .unwrap();
+        assert!(v.verify(Some(&expired)).is_err());
+    }
+
+    #[test]
+    fn token_comes_from_header_or_query() {
+        assert_eq!(token_from(Some("Bearer abc"), None).as_deref(), Some("abc"));
+        assert_eq!(token_from(Some("Basic abc"), Some("access_token=x")), None);
+        assert_eq!(token_from(None, Some("a=1&access_token=x.y")).as_deref(), Some("x.y"));
+        assert_eq!(token_from(None, Some("a=1")), None);
+    }
+}

@@ -1,0 +1,59 @@
+//! The gateway's configuration.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// Configuration of one gateway process. Durations are in milliseconds, as their names say.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GatewayConfig {
+    /// Address for WebSocket, `/healthz` and `/metrics`. Port 0 picks a free port.
+    pub listen_addr: SocketAddr,
+    /// This gateway's id: names its NATS subjects and presence lease. Must be unique among
+    /// live gateways. Empty picks `gw-<random>`.
+    pub gateway_id: String,
+    /// HS256 secret that signs client tokens. Required; there is no default.
+    pub jwt_secret: String,
+    /// Leeway for token expiry checks, to absorb clock skew between issuer and gateway.
+    pub jwt_leeway_secs: u64,
+    /// A connection from which nothing arrives for this long is closed (two missed 30 s pings).
+    pub heartbeat_timeout_ms: u64,
+    /// How long a gateway's presence lease lives without refresh. Its sessions count as
+    /// offline this long after the gateway dies. Refreshed every third of it.
+    pub lease_ttl_ms: u64,
+    /// Frames queued for one session before it is closed as a slow consumer.
+    pub outbound_queue_frames: usize,
+    /// Sends of one session waiting for `sent` before further sends are refused.
+    pub max_in_flight_sends: usize,
+    /// Largest WebSocket frame or message accepted from a client.
+    pub max_frame_bytes: usize,
+    /// Largest message body; advertised in `welcome`, enforced by the chat service.
+    pub max_body_bytes: usize,
+    /// Connections above this number are refused with HTTP 503.
+    pub max_connections: usize,
+    /// Time given to sessions to close and NATS to drain on shutdown.
+    pub shutdown_grace_ms: u64,
+    /// How long a `send` waits for the chat service before the client gets `unavailable`.
+    pub send_timeout_ms: u64,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            listen_addr: ([127, 0, 0, 1], 8080).into(),
+            gateway_id: String::new(),
+            jwt_secret: String::new(),
+            jwt_leeway_secs: 30,
+            heartbeat_timeout_ms: 60_000,
+            lease_ttl_ms: 60_000,
+            outbound_queue_frames: 1024,
+            max_in_flight_sends: 256,
+            max_frame_bytes: 128 * 1024,
+            max_body_bytes: 64 * 1024,
+            max_connections: 100_000,
+            shutdown_grace_ms: 10_000,
+            send_timeout_ms: 10_000,
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! The WebSocket handshake, done by hand so each connection gets our own small buffers instead
+//! of warp's default 128 KiB read buffer. Checks the upgrade headers the way warp's `ws()`
+//! filter does, authenticates before upgrading (HTTP 401 otherwise), negotiates the encoding,
+//! answers `101 Switching Protocols` and spawns the session once hyper hands over the socket.
+
+use std::sync::{Arc, Mutex};
+
+use headers::{HeaderMapExt, SecWebsocketAccept, SecWebsocketKey};
+use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use protocol::Encoding;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use warp::reply::{Reply, Response};
+
+use crate::auth;
+use crate::server::Shared;
+use crate::session::Session;
+
+/// hyper's upgrade handle, made cloneable so a warp filter can extract it from the request.
+#[derive(Clone)]
+pub struct UpgradeSlot(Arc<Mutex<Option<OnUpgrade>>>);
+
+impl UpgradeSlot {
+    pub fn new(on_upgrade: OnUpgrade) -> Self {
+        Self(Arc::new(Mutex::new(Some(on_upgrade))))
+    }
+
+    fn take(&self) -> Option<OnUpgrade> {
+        self.0.lock().unwrap().take()
+    }
+}
+
+/// Answers a request to `/v1/ws`.
+pub fn respond(
+    shared: &Arc<Shared>,
+    method: &Method,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    slot: Option<UpgradeSlot>,
+) -> Response {
+    let refuse = |status: StatusCode, why: &'static str| {
+        shared.metrics.handshakes_refused.inc();
+        warp::reply::with_status(why, status).into_response()
+    };
+
+    // 1. It must be a WebSocket upgrade (the same checks as warp's `ws()` filter).
+    let header_is = |name: header::HeaderName, want: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(want)))
+    };
+    if method != Method::GET
+        || !header_is(header::CONNECTION, "upgrade")
+        || !header_is(header::UPGRADE, "websocket")
+        || headers.get(header::SEC_WEBSOCKET_VERSION) != Some(&HeaderValue::from_static("13"))
+    {
+        return refuse(StatusCode::BAD_REQUEST, "expected a WebSocket upgrade (version 13)");
+    }
+    let Some(key) = headers.typed_get::<SecWebsocketKey>() else {
+        return refuse(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key");
+    };
+
+    // 2. Authenticate before anything is allocated for the connection.
+    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let token = auth::token_from(authorization, query);
+    let identity = match shared.verifier.verify(token.as_deref()) {
+        Ok(identity) => identity,
+        Err(e) => {
+            tracing::info!(reason = %e, "handshake refused");
+            return refuse(StatusCode::UNAUTHORIZED, "missing or invalid token");
+        }
+    };
+
+    // 3. Encoding, limits, shutdown.
+    let offered = headers.get(header::SEC_WEBSOCKET_PROTOCOL).and_then(|v| v.to_str().ok());
+    let Some(encoding) = Encoding::negotiate(offered) else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "unsupported subprotocol; offer natter.v1.json or natter.v1.msgpack",
+        );
+    };
+    if shared.shutdown.is_cancelled() {
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, "gateway is shutting down");
+    }
+    if shared.registry.len() >= shared.config.max_connections {
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, "gateway is full");
+    }
+    let Some(on_upgrade) = slot.and_then(|s| s.take()) else {
+        return refuse(StatusCode::BAD_REQUEST, "connection cannot be upgraded");
+    };
+
+    // 4. Hand the socket to a session once hyper has sent the 101.
+    let shared_for_task = shared.clone();
+    shared.sessions.spawn(async move {
+        let shared = shared_for_task;
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(e) => {
+                tracing::debug!(error = %e, "upgrade failed");
+                return;
+            }
+        };
+        let ws = WebSocketStream::from_raw_socket(
+            TokioIo::new(upgraded),
+            Role::Server,
+            Some(ws_config(shared.config.max_frame_bytes)),
+        )
+        .await;
+        Session::new(shared, identity, encoding, ws).run().await;
+    });
+
+    let mut res = Response::default();
+    *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = res.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.typed_insert(SecWebsocketAccept::from(key));
+    if offered.is_some() {
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(encoding.protocol()),
+        );
+    }
+    res
+}
+
+/// Per-connection buffers sized for a chat session, not for bulk transfer: a 1 KiB read
+/// buffer that grows only while a large frame is being read, and a write buffer that collects
+/// a batch of frames until the session flushes. Idle connections then cost a few KiB instead
+/// of 134 KiB.
+fn ws_config(max_frame_bytes: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(1024)
+        .write_buffer_size(16 * 1024)
+        .max_write_buffer_size(4 * 1024 * 1024)
+        .max_message_size(Some(max_frame_bytes))
+        .max_frame_size(Some(max_frame_bytes))
+}

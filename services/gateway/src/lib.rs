@@ -1,0 +1,19 @@
+//! The WebSocket gateway: authenticates connections at the handshake, holds one `Session` per
+//! device, registers presence, forwards client frames to the chat service and pushes the
+//! deliveries addressed to it (`natter.gw.<id>.deliver`) to its local sessions.
+//! It knows no routing logic.
+
+mod auth;
+mod config;
+mod handshake;
+mod inbox;
+mod metrics;
+mod outbox;
+mod presence;
+mod registry;
+mod server;
+mod session;
+
+pub use auth::{Claims, mint_token};
+pub use config::GatewayConfig;
+pub use server::{Gateway, run};

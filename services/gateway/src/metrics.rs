@@ -1,0 +1,54 @@
+//! The gateway's metrics.
+
+use plumbing::{Counter, Gauge, Histogram, Metrics};
+
+#[derive(Clone)]
+pub struct GatewayMetrics {
+    pub registry: Metrics,
+    pub connections: Gauge,
+    pub users_online: Gauge,
+    pub connections_total: Counter,
+    pub handshakes_refused: Counter,
+    pub frames_in: Counter,
+    pub frames_out: Counter,
+    pub deliveries: Counter,
+    pub bad_frames: Counter,
+    pub slow_consumers: Counter,
+    pub heartbeat_timeouts: Counter,
+    pub send_latency: Histogram,
+}
+
+impl GatewayMetrics {
+    pub fn new() -> Self {
+        let m = Metrics::default();
+        Self {
+            connections: m.gauge("natter_gateway_connections", "open WebSocket sessions"),
+            users_online: m.gauge("natter_gateway_users_online", "users with a session here"),
+            connections_total: m.counter("natter_gateway_connections_total", "sessions opened"),
+            handshakes_refused: m.counter(
+                "natter_gateway_handshakes_refused_total",
+                "upgrades refused (auth, headers, limits)",
+            ),
+            frames_in: m.counter("natter_gateway_frames_in_total", "client frames received"),
+            frames_out: m.counter("natter_gateway_frames_out_total", "frames sent to clients"),
+            deliveries: m.counter(
+                "natter_gateway_deliveries_total",
+                "delivery batches received from NATS",
+            ),
+            bad_frames: m.counter("natter_gateway_bad_frames_total", "client frames refused"),
+            slow_consumers: m.counter(
+                "natter_gateway_slow_consumers_total",
+                "sessions closed because their outbound queue filled",
+            ),
+            heartbeat_timeouts: m.counter(
+                "natter_gateway_heartbeat_timeouts_total",
+                "sessions closed for silence",
+            ),
+            send_latency: m.histogram(
+                "natter_gateway_send_seconds",
+                "time from a client send to its sent answer",
+            ),
+            registry: m,
+        }
+    }
+}

@@ -1,0 +1,252 @@
+//! Starting, serving and stopping a gateway: the accept loop (hyper HTTP/1 with upgrades,
+//! routed by warp), the presence lease, the NATS inbox, and the shutdown order.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use plumbing::BusConfig;
+use protocol::{CloseCode, ConnId, GatewayId};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower_service::Service;
+use warp::Filter;
+
+use crate::auth::Verifier;
+use crate::config::GatewayConfig;
+use crate::handshake::{self, UpgradeSlot};
+use crate::inbox;
+use crate::metrics::GatewayMetrics;
+use crate::presence::Presence;
+use crate::registry::Registry;
+
+/// State shared by every session of this gateway.
+pub struct Shared {
+    pub config: GatewayConfig,
+    pub gateway: GatewayId,
+    pub nats: async_nats::Client,
+    pub verifier: Verifier,
+    pub registry: Registry,
+    pub presence: Presence,
+    pub metrics: GatewayMetrics,
+    pub shutdown: CancellationToken,
+    pub sessions: TaskTracker,
+    conn_ids: Mutex<ulid::Generator>,
+}
+
+impl Shared {
+    /// A new connection id, greater than the boot id and every id before it.
+    pub fn next_conn_id(&self) -> ConnId {
+        let mut g = self.conn_ids.lock().unwrap();
+        // The monotonic generator only fails after 2^80 ids in one millisecond.
+        ConnId(g.generate().unwrap_or_else(|_| ulid::Ulid::new()))
+    }
+}
+
+/// A running gateway.
+pub struct Gateway {
+    /// Where it listens (useful with port 0).
+    pub addr: SocketAddr,
+    pub id: GatewayId,
+    task: JoinHandle<()>,
+}
+
+impl Gateway {
+    /// Connects the gateway's NATS resources, binds, and serves until `shutdown` is cancelled.
+    pub async fn start(
+        config: GatewayConfig,
+        bus: &BusConfig,
+        nats: async_nats::Client,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            !config.jwt_secret.is_empty(),
+            "gateway.jwt_secret is empty: set it in the config file or NATTER_GATEWAY__JWT_SECRET"
+        );
+        let gateway = if config.gateway_id.is_empty() {
+            GatewayId::new(format!("gw-{}", ulid::Ulid::new().to_string().to_lowercase()))?
+        } else {
+            GatewayId::new(&config.gateway_id)
+                .map_err(|e| anyhow::anyhow!("gateway.gateway_id: {e}"))?
+        };
+        let js = async_nats::jetstream::new(nats.clone());
+        let buckets = plumbing::bus::ensure_presence_buckets(&js, bus).await?;
+        let mut conn_ids = ulid::Generator::new();
+        let boot = ConnId(conn_ids.generate()?);
+        let presence = Presence::new(
+            buckets,
+            gateway.clone(),
+            boot,
+            Duration::from_millis(config.lease_ttl_ms),
+        );
+        // The lease goes first: sessions registered before it would look stale.
+        presence.put_lease().await?;
+
+        let listener = TcpListener::bind(config.listen_addr).await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            verifier: Verifier::new(&config.jwt_secret, config.jwt_leeway_secs),
+            config,
+            gateway: gateway.clone(),
+            nats,
+            registry: Registry::default(),
+            presence,
+            metrics: GatewayMetrics::new(),
+            shutdown,
+            sessions: TaskTracker::new(),
+            conn_ids: Mutex::new(conn_ids),
+        });
+        let inbox = inbox::subscribe(shared.clone()).await?;
+        tracing::info!(gateway = %gateway, %addr, "gateway listening");
+        let task = tokio::spawn(serve(shared, listener, inbox));
+        Ok(Self {
+            addr,
+            id: gateway,
+            task,
+        })
+    }
+
+    /// Waits until the gateway has shut down.
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+}
+
+/// Runs a gateway until `shutdown`, then stops it in this order:
+/// 1. stop accepting connections;
+/// 2. stop refreshing and release the presence lease, so the chat service counts every
+///    session here as offline at once instead of after the lease TTL;
+/// 3. send every session a close frame with code 4000 (reconnect elsewhere);
+/// 4. wait for the sessions to finish, at most `shutdown_grace_ms`;
+/// 5. flush what is still buffered for NATS.
+pub async fn run(
+    config: GatewayConfig,
+    bus: &BusConfig,
+    nats: async_nats::Client,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    Gateway::start(config, bus, nats, shutdown).await?.wait().await;
+    Ok(())
+}
+
+async fn serve(shared: Arc<Shared>, listener: TcpListener, inbox: JoinHandle<()>) {
+    let lease_stop = CancellationToken::new();
+    let lease = tokio::spawn(shared.presence.clone().keep_lease(lease_stop.clone()));
+    let routes = routes(shared.clone());
+
+    loop {
+        let (stream, _peer) = tokio::select! {
+            _ = shared.shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Typically EMFILE: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let routes = routes.clone();
+        let shutdown = shared.shutdown.clone();
+        tokio::spawn(serve_http(stream, routes, shutdown));
+    }
+
+    drop(listener);
+    lease_stop.cancel();
+    let _ = lease.await;
+    if let Err(e) = shared.presence.release_lease().await {
+        tracing::warn!(error = %e, "could not release presence lease");
+    }
+    for (_, handle) in shared.registry.all() {
+        handle.outbox.close(CloseCode::Reconnect);
+    }
+    shared.sessions.close();
+    let grace = Duration::from_millis(shared.config.shutdown_grace_ms);
+    if tokio::time::timeout(grace, shared.sessions.wait()).await.is_err() {
+        tracing::warn!(left = shared.registry.len(), "sessions still open after grace period");
+    }
+    inbox.abort();
+    let _ = shared.nats.flush().await;
+    tracing::info!(gateway = %shared.gateway, "gateway stopped");
+}
+
+/// Serves one TCP connection: HTTP/1 requests until it upgrades to a WebSocket or closes.
+async fn serve_http(stream: tokio::net::TcpStream, routes: Routes, shutdown: CancellationToken) {
+    let warp_service = warp::service(routes);
+    let service = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+        // Make hyper's upgrade handle reachable from a warp filter.
+        if let Some(on_upgrade) = req.extensions_mut().remove::<OnUpgrade>() {
+            req.extensions_mut().insert(UpgradeSlot::new(on_upgrade));
+        }
+        let mut warp_service = warp_service.clone();
+        async move { warp_service.call(req).await }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        // Slow-loris guard: a client gets 10 s to send its request headers.
+        .header_read_timeout(Duration::from_secs(10))
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+type Routes = warp::filters::BoxedFilter<(warp::reply::Response,)>;
+
+fn routes(shared: Arc<Shared>) -> Routes {
+    let with_shared = {
+        let shared = shared.clone();
+        warp::any().map(move || shared.clone())
+    };
+    let ws = warp::path!("v1" / "ws")
+        .and(with_shared.clone())
+        .and(warp::method())
+        .and(warp::header::headers_cloned())
+        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
+        .and(warp::ext::optional::<UpgradeSlot>())
+        .map(
+            |shared: Arc<Shared>, method, headers, query: String, slot| {
+                let query = (!query.is_empty()).then_some(query.as_str());
+                handshake::respond(&shared, &method, &headers, query, slot)
+            },
+        );
+    let healthz = warp::path!("healthz").and(with_shared.clone()).map(|shared: Arc<Shared>| {
+        use warp::Reply;
+        match shared.nats.connection_state() {
+            async_nats::connection::State::Connected => {
+                warp::reply::with_status("ok", http::StatusCode::OK).into_response()
+            }
+            _ => warp::reply::with_status("nats disconnected", http::StatusCode::SERVICE_UNAVAILABLE)
+                .into_response(),
+        }
+    });
+    let metrics = warp::path!("metrics").and(with_shared).map(|shared: Arc<Shared>| {
+        use warp::Reply;
+        shared.metrics.connections.set(shared.registry.len() as i64);
+        shared.metrics.users_online.set(shared.registry.users_online() as i64);
+        warp::reply::with_header(
+            shared.metrics.registry.render(),
+            "content-type",
+            "text/plain; version=0.0.4",
+        )
+        .into_response()
+    });
+    let not_found = warp::any().map(|| {
+        use warp::Reply;
+        warp::reply::with_status("not found", http::StatusCode::NOT_FOUND).into_response()
+    });
+    ws.or(healthz).unify().or(metrics).unify().or(not_found).unify().boxed()
+}

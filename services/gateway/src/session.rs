@@ -1,0 +1,378 @@
+//! One client connection. A `Session` owns the WebSocket and runs one loop that races the next
+//! client frame, queued deliveries, the answer to the send in flight, and the heartbeat
+//! deadline. Shutdown and slow-consumer eviction arrive through the outbox as a close code.
+//!
+//! Sends are forwarded to the chat service one at a time, in the order the client sent them,
+//! so a conversation's order is the order of the sender's frames.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures::{SinkExt, StreamExt};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use protocol::frames::{ClientFrame, ServerFrame};
+use protocol::payloads::{Receipt, ReceiptKind, SendRequest};
+use protocol::{
+    ClientMsgId, CloseCode, ConnId, ConversationId, DecodeError, Encoding, ErrorCode, MessageId,
+    UserId, subjects,
+};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+use crate::auth::Identity;
+use crate::inbox::to_ws;
+use crate::outbox::{Drained, Outbox};
+use crate::registry::SessionHandle;
+use crate::server::Shared;
+
+type Socket = WebSocketStream<TokioIo<Upgraded>>;
+type SendResult = Result<async_nats::Message, SendFailure>;
+type InFlight = Pin<Box<dyn Future<Output = SendResult> + Send>>;
+
+/// Why a send got no answer from the chat service.
+#[derive(Debug)]
+enum SendFailure {
+    TimedOut,
+    NoChatService,
+}
+
+/// How long writing one batch to a client may take before it counts as a slow consumer.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct Session {
+    shared: Arc<Shared>,
+    conn: ConnId,
+    user: UserId,
+    /// Token expiry, seconds since the Unix epoch.
+    token_exp: u64,
+    encoding: Encoding,
+    handle: Arc<SessionHandle>,
+    ws: Socket,
+    /// Sends waiting for the one in flight, in client order.
+    pending: VecDeque<(ClientMsgId, SendRequest)>,
+    in_flight: Option<(ClientMsgId, Instant, InFlight)>,
+    /// Frames to write at the end of this loop turn, flushed once.
+    batch: Vec<Message>,
+}
+
+impl Session {
+    pub fn new(shared: Arc<Shared>, identity: Identity, encoding: Encoding, ws: Socket) -> Self {
+        let conn = shared.next_conn_id();
+        let handle = Arc::new(SessionHandle {
+            user: identity.user.clone(),
+            encoding,
+            outbox: Outbox::new(shared.config.outbound_queue_frames),
+        });
+        Self {
+            shared,
+            conn,
+            user: identity.user,
+            token_exp: identity.exp,
+            encoding,
+            handle,
+            ws,
+            pending: VecDeque::new(),
+            in_flight: None,
+            batch: Vec::new(),
+        }
+    }
+
+    /// Registers, serves until the connection ends, then unregisters and closes.
+    pub async fn run(mut self) {
+        let span = tracing::debug_span!("session", user = %self.user, conn = %self.conn);
+        let _guard = span.enter();
+        let metrics = self.shared.metrics.clone();
+        metrics.connections.inc();
+        metrics.connections_total.inc();
+        if let Err(e) = self.shared.presence.register(&self.user, self.conn).await {
+            tracing::warn!(error = %e, "presence registration failed");
+            self.close(CloseCode::ServerError).await;
+            metrics.connections.dec();
+            return;
+        }
+        self.shared.registry.insert(self.conn, self.handle.clone());
+        if self.shared.shutdown.is_cancelled() {
+            self.handle.outbox.close(CloseCode::Reconnect);
+        }
+        self.queue(&ServerFrame::Welcome {
+            user: self.user.clone(),
+            conn: self.conn,
+            heartbeat_timeout_ms: self.shared.config.heartbeat_timeout_ms,
+            max_body_bytes: self.shared.config.max_body_bytes,
+        });
+        let close = self.serve().await;
+        self.shared.registry.remove(self.conn);
+        if let Err(e) = self.shared.presence.unregister(&self.user, self.conn).await {
+            tracing::warn!(error = %e, "presence removal failed; the lease TTL will cover it");
+        }
+        if let Some(code) = close {
+            tracing::debug!(?code, "closing session");
+            self.close(code).await;
+        }
+        metrics.connections.dec();
+    }
+
+    /// The session loop. Returns the close code to send, or `None` if the client went away.
+    async fn serve(&mut self) -> Option<CloseCode> {
+        let timeout = Duration::from_millis(self.shared.config.heartbeat_timeout_ms);
+        let heartbeat = tokio::time::sleep(timeout);
+        tokio::pin!(heartbeat);
+        loop {
+            if let Err(code) = self.flush().await {
+                return Some(code);
+            }
+            tokio::select! {
+                frame = self.ws.next() => {
+                    let msg = match frame {
+                        None => return None,
+                        Some(Ok(msg)) => msg,
+                        Some(Err(e)) => return close_code_for(e),
+                    };
+                    heartbeat.as_mut().reset(tokio::time::Instant::now() + timeout);
+                    if let Some(code) = self.on_message(msg).await {
+                        return Some(code);
+                    }
+                }
+                _ = self.handle.outbox.ready() => {
+                    if let Drained::Close(code) = self.handle.outbox.drain(&mut self.batch) {
+                        if code == CloseCode::SlowConsumer {
+                            self.shared.metrics.slow_consumers.inc();
+                        }
+                        let _ = self.flush().await;
+                        return Some(code);
+                    }
+                }
+                result = poll_in_flight(&mut self.in_flight), if self.in_flight.is_some() => {
+                    let (cid, started, _) = self.in_flight.take().expect("guarded by is_some");
+                    self.on_send_answer(cid, started, result);
+                    self.start_next_send();
+                }
+                _ = &mut heartbeat => {
+                    if self.token_expired() {
+                        return Some(CloseCode::TokenExpired);
+                    }
+                    self.shared.metrics.heartbeat_timeouts.inc();
+                    return Some(CloseCode::HeartbeatTimeout);
+                }
+            }
+            if self.token_expired() {
+                return Some(CloseCode::TokenExpired);
+            }
+        }
+    }
+
+    async fn on_message(&mut self, msg: Message) -> Option<CloseCode> {
+        let (bytes, is_text) = match &msg {
+            Message::Text(t) => (t.as_bytes(), true),
+            Message::Binary(b) => (&b[..], false),
+            Message::Close(_) => return None,
+            // WebSocket pings are answered by tungstenite; pongs and raw frames need nothing.
+            _ => return None,
+        };
+        self.shared.metrics.frames_in.inc();
+        match self.encoding.decode_client(bytes, is_text) {
+            Ok(frame) => self.on_frame(frame).await,
+            Err(DecodeError::WrongFrameKind(..)) => {
+                self.shared.metrics.bad_frames.inc();
+                Some(CloseCode::ProtocolViolation)
+            }
+            Err(e) => {
+                self.shared.metrics.bad_frames.inc();
+                let code = match e {
+                    DecodeError::UnknownType(_) => ErrorCode::UnknownFrameType,
+                    _ => ErrorCode::MalformedFrame,
+                };
+                self.queue(&ServerFrame::error(code, e.to_string(), None));
+                None
+            }
+        }
+    }
+
+    async fn on_frame(&mut self, frame: ClientFrame) -> Option<CloseCode> {
+        match frame {
+            ClientFrame::Send { to, cid, body } => self.on_send(to, cid, body),
+            ClientFrame::Ack { conversation, id } => {
+                self.on_receipt(ReceiptKind::Delivered, conversation, id).await
+            }
+            ClientFrame::Read { conversation, up_to } => {
+                self.on_receipt(ReceiptKind::Seen, conversation, up_to).await
+            }
+            ClientFrame::Ping { ts } => self.queue(&ServerFrame::Pong { ts }),
+        }
+        None
+    }
+
+    fn on_send(&mut self, to: String, cid: String, body: String) {
+        let Ok(cid) = ClientMsgId::new(&cid) else {
+            return self.reject(ErrorCode::InvalidId, "cid is not a valid client message id", None);
+        };
+        if UserId::new(&to).is_err() {
+            return self.reject(ErrorCode::InvalidId, "to is not a valid user id", Some(cid));
+        }
+        if body.len() > self.shared.config.max_body_bytes {
+            let reason = format!("body exceeds {} bytes", self.shared.config.max_body_bytes);
+            return self.reject(ErrorCode::BodyTooLarge, reason, Some(cid));
+        }
+        if self.pending.len() >= self.shared.config.max_in_flight_sends {
+            return self.reject(
+                ErrorCode::TooManyInFlight,
+                "too many sends waiting; wait for sent",
+                Some(cid),
+            );
+        }
+        self.queue(&ServerFrame::Accepted { cid: cid.clone() });
+        let request = SendRequest {
+            from: self.user.clone(),
+            to,
+            cid: cid.to_string(),
+            body,
+            origin: Some(self.conn),
+        };
+        self.pending.push_back((cid, request));
+        if self.in_flight.is_none() {
+            self.start_next_send();
+        }
+    }
+
+    fn start_next_send(&mut self) {
+        let Some((cid, request)) = self.pending.pop_front() else {
+            return;
+        };
+        let nats = self.shared.nats.clone();
+        let payload = serde_json::to_vec(&request).expect("send request to JSON");
+        let timeout = Duration::from_millis(self.shared.config.send_timeout_ms);
+        let fut: InFlight = Box::pin(async move {
+            match tokio::time::timeout(timeout, nats.request(subjects::CHAT_SEND, payload.into()))
+                .await
+            {
+                Ok(Ok(reply)) => Ok(reply),
+                Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
+                    Err(SendFailure::NoChatService)
+                }
+                _ => Err(SendFailure::TimedOut),
+            }
+        });
+        self.in_flight = Some((cid, Instant::now(), fut));
+    }
+
+    fn on_send_answer(&mut self, cid: ClientMsgId, started: Instant, result: SendResult) {
+        let frame = match result {
+            Ok(reply) => match serde_json::from_slice::<ServerFrame>(&reply.payload) {
+                Ok(frame @ ServerFrame::Sent { .. }) => {
+                    self.shared.metrics.send_latency.observe(started.elapsed());
+                    frame
+                }
+                Ok(frame @ ServerFrame::Error { .. }) => frame,
+                _ => {
+                    tracing::warn!("unexpected answer from chat service");
+                    ServerFrame::error(ErrorCode::Unavailable, "chat service failed", Some(cid))
+                }
+            },
+            Err(failure) => {
+                tracing::warn!(?failure, "send not answered");
+                ServerFrame::error(
+                    ErrorCode::Unavailable,
+                    "chat service unavailable; retry with the same cid",
+                    Some(cid),
+                )
+            }
+        };
+        self.queue(&frame);
+    }
+
+    async fn on_receipt(&mut self, kind: ReceiptKind, conversation: String, id: String) {
+        let (Ok(conversation), Ok(id)) =
+            (conversation.parse::<ConversationId>(), id.parse::<MessageId>())
+        else {
+            return self.reject(ErrorCode::InvalidId, "invalid conversation or message id", None);
+        };
+        if !conversation.has_participant(&self.user) {
+            return self.reject(ErrorCode::Forbidden, "not a participant of that conversation", None);
+        }
+        let receipt = Receipt {
+            kind,
+            by: self.user.clone(),
+            conversation,
+            id,
+        };
+        let payload = serde_json::to_vec(&receipt).expect("receipt to JSON");
+        if let Err(e) = self.shared.nats.publish(subjects::CHAT_RECEIPT, payload.into()).await {
+            tracing::warn!(error = %e, "receipt not published");
+        }
+    }
+
+    fn reject(&mut self, code: ErrorCode, reason: impl Into<String>, cid: Option<ClientMsgId>) {
+        self.shared.metrics.bad_frames.inc();
+        self.queue(&ServerFrame::error(code, reason, cid));
+    }
+
+    fn queue(&mut self, frame: &ServerFrame) {
+        self.batch.push(to_ws(self.encoding.encode_server(frame)));
+    }
+
+    /// Writes the batch and flushes once. A client that cannot take it within the write
+    /// timeout is a slow consumer.
+    async fn flush(&mut self) -> Result<(), CloseCode> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let n = self.batch.len() as u64;
+        let ws = &mut self.ws;
+        let batch = &mut self.batch;
+        let write = async move {
+            for msg in batch.drain(..) {
+                ws.feed(msg).await?;
+            }
+            ws.flush().await
+        };
+        match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+            Ok(Ok(())) => {
+                self.shared.metrics.frames_out.add(n);
+                if self.batch.capacity() > 64 {
+                    self.batch = Vec::new();
+                }
+                Ok(())
+            }
+            Ok(Err(_)) => Err(CloseCode::ServerError),
+            Err(_) => Err(CloseCode::SlowConsumer),
+        }
+    }
+
+    async fn close(&mut self, code: CloseCode) {
+        let frame = CloseFrame {
+            code: WsCloseCode::from(code as u16),
+            reason: code.reason().into(),
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.ws.close(Some(frame))).await;
+    }
+
+    fn token_expired(&self) -> bool {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        now > self.token_exp.saturating_add(self.shared.config.jwt_leeway_secs)
+    }
+}
+
+async fn poll_in_flight(in_flight: &mut Option<(ClientMsgId, Instant, InFlight)>) -> SendResult {
+    match in_flight {
+        Some((_, _, fut)) => fut.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn close_code_for(e: WsError) -> Option<CloseCode> {
+    match e {
+        WsError::Capacity(_) => Some(CloseCode::FrameTooLarge),
+        WsError::Protocol(_) | WsError::Utf8(_) => Some(CloseCode::ProtocolViolation),
+        // The connection is gone; there is nobody to tell.
+        _ => None,
+    }
+}

@@ -1,0 +1,55 @@
+//! The all-in-one configuration: each service's own section plus what the binary adds.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use chat::ChatConfig;
+use gateway::GatewayConfig;
+use plumbing::BusConfig;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NatterConfig {
+    pub bus: BusConfig,
+    pub gateway: GatewayConfig,
+    pub chat: ChatConfig,
+    /// Where the local nats-server keeps its data, and the dev secret is kept.
+    pub data_dir: PathBuf,
+    /// JetStream `sync_interval` of the local nats-server: `always` (fsync before every ack,
+    /// the default) or a duration such as `2m`. See docs/operations.md.
+    pub nats_sync_interval: String,
+}
+
+impl Default for NatterConfig {
+    fn default() -> Self {
+        Self {
+            bus: BusConfig::default(),
+            gateway: GatewayConfig::default(),
+            chat: ChatConfig::default(),
+            data_dir: PathBuf::from(".data"),
+            nats_sync_interval: "always".into(),
+        }
+    }
+}
+
+impl NatterConfig {
+    /// Uses the configured secret, or on a local install a random dev secret kept in
+    /// `data_dir/dev-secret` so that `natter token` and `natter up` agree.
+    pub fn resolve_secret(&mut self) -> anyhow::Result<()> {
+        if !self.gateway.jwt_secret.is_empty() {
+            return Ok(());
+        }
+        let path = self.data_dir.join("dev-secret");
+        if let Ok(secret) = std::fs::read_to_string(&path) {
+            self.gateway.jwt_secret = secret.trim().to_string();
+            return Ok(());
+        }
+        std::fs::create_dir_all(&self.data_dir)
+            .with_context(|| format!("creating {}", self.data_dir.display()))?;
+        let secret = format!("{}{}", ulid::Ulid::new(), ulid::Ulid::new());
+        std::fs::write(&path, &secret).with_context(|| format!("writing {}", path.display()))?;
+        self.gateway.jwt_secret = secret;
+        Ok(())
+    }
+}

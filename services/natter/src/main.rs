@@ -1,0 +1,94 @@
+//! `natter`: the all-in-one binary (gateway + chat service, and a local nats-server when no
+//! NATS URL is configured) and the command line for people testing a deployment.
+
+mod config;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use plumbing::nats_server::{NatsServer, NatsServerOptions};
+
+use crate::config::NatterConfig;
+
+#[derive(Parser)]
+#[command(name = "natter", version, about = "natter chat backend")]
+struct Cli {
+    /// Configuration file (TOML); `NATTER_*` environment variables override it.
+    #[arg(long, short, global = true, env = "NATTER_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run everything in one process: gateway, chat service and, unless `bus.nats_url` is
+    /// set, a local nats-server with its data under `data_dir`.
+    Up,
+    /// Print a token for USER, signed with the configured (or local dev) secret.
+    Token {
+        user: String,
+        /// Validity in seconds.
+        #[arg(long, default_value_t = 24 * 3600)]
+        ttl_secs: u64,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    plumbing::telemetry::init();
+    let cli = Cli::parse();
+    let mut config: NatterConfig = plumbing::config::load(cli.config.as_deref())
+        .context("invalid configuration")?;
+    match cli.command {
+        Command::Up => up(config).await,
+        Command::Token { user, ttl_secs } => {
+            protocol::UserId::new(&user).context("invalid user id")?;
+            config.resolve_secret()?;
+            println!("{}", gateway::mint_token(&config.gateway.jwt_secret, &user, ttl_secs));
+            Ok(())
+        }
+    }
+}
+
+async fn up(mut config: NatterConfig) -> anyhow::Result<()> {
+    config.resolve_secret()?;
+    let shutdown = plumbing::shutdown::on_signal();
+    // Started first and stopped last: everything else depends on it.
+    let mut local_nats = None;
+    if config.bus.nats_url.is_empty() {
+        let server = NatsServer::start(NatsServerOptions {
+            store_dir: config.data_dir.join("nats"),
+            port: None,
+            sync_interval: config.nats_sync_interval.clone(),
+        })
+        .context("starting the local nats-server")?;
+        config.bus.nats_url = server.url();
+        tracing::info!(url = %server.url(), "local nats-server started");
+        local_nats = Some(server);
+    }
+    let nats = plumbing::bus::connect(&config.bus.nats_url, "natter").await?;
+    let chat = chat::Chat::start(config.chat.clone(), &config.bus, nats.clone(), shutdown.clone())
+        .await?;
+    let gw = gateway::Gateway::start(
+        config.gateway.clone(),
+        &config.bus,
+        nats.clone(),
+        shutdown.clone(),
+    )
+    .await?;
+    println!("natter is up");
+    println!("  WebSocket: ws://{}/v1/ws", gw.addr);
+    println!("  NATS:      {}", config.bus.nats_url);
+    println!("  token:     natter token <user>");
+
+    // Shutdown order: the gateway closes its sessions first, then the chat service stops,
+    // then NATS is drained, and the local nats-server goes last.
+    gw.wait().await;
+    let _ = tokio::time::timeout(Duration::from_secs(10), chat.wait()).await;
+    let _ = nats.drain().await;
+    drop(local_nats);
+    Ok(())
+}
