@@ -54,7 +54,10 @@ impl Connection {
         if let Ok(v) = HeaderValue::from_str(&format!("Bearer {token}")) {
             h.insert("authorization", v);
         }
-        h.insert("sec-websocket-protocol", HeaderValue::from_static(encoding.protocol()));
+        h.insert(
+            "sec-websocket-protocol",
+            HeaderValue::from_static(encoding.protocol()),
+        );
         Self::open(request, encoding).await
     }
 
@@ -65,7 +68,9 @@ impl Connection {
     ) -> Result<Self, ConnectError> {
         match tokio_tungstenite::connect_async(request).await {
             Ok((ws, _)) => Ok(Self { ws, encoding }),
-            Err(tungstenite::Error::Http(resp)) => Err(ConnectError::Refused(resp.status().as_u16())),
+            Err(tungstenite::Error::Http(resp)) => {
+                Err(ConnectError::Refused(resp.status().as_u16()))
+            }
             Err(e) => Err(e.into()),
         }
     }
@@ -100,7 +105,11 @@ impl Connection {
     }
 
     /// Tells the sender this device received `id`.
-    pub async fn ack(&mut self, conversation: &ConversationId, id: MessageId) -> Result<(), ClientError> {
+    pub async fn ack(
+        &mut self,
+        conversation: &ConversationId,
+        id: MessageId,
+    ) -> Result<(), ClientError> {
         self.send_frame(&ClientFrame::Ack {
             conversation: conversation.to_string(),
             id: id.to_string(),
@@ -109,7 +118,11 @@ impl Connection {
     }
 
     /// Marks `conversation` read up to `up_to`.
-    pub async fn read(&mut self, conversation: &ConversationId, up_to: MessageId) -> Result<(), ClientError> {
+    pub async fn read(
+        &mut self,
+        conversation: &ConversationId,
+        up_to: MessageId,
+    ) -> Result<(), ClientError> {
         self.send_frame(&ClientFrame::Read {
             conversation: conversation.to_string(),
             up_to: up_to.to_string(),

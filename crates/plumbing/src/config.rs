@@ -12,16 +12,13 @@ use serde::de::DeserializeOwned;
 /// and the source that was wrong.
 pub fn load<T: Serialize + DeserializeOwned + Default>(
     file: Option<&Path>,
-) -> Result<T, figment::Error> {
+) -> Result<T, Box<figment::Error>> {
     let mut figment = Figment::from(Serialized::defaults(T::default()));
     if let Some(file) = file {
         figment = figment.merge(Toml::file_exact(file));
     }
-    figment.merge(Env::prefixed("NATTER_").split("__")).extract()
-}
-
-/// Durations in config files are written in humantime-free, unit-named integers
-/// (`heartbeat_timeout_ms = 60000`); this keeps TOML and env values plain numbers.
-pub fn ms(v: u64) -> std::time::Duration {
-    std::time::Duration::from_millis(v)
+    figment
+        .merge(Env::prefixed("NATTER_").split("__"))
+        .extract()
+        .map_err(Box::new)
 }

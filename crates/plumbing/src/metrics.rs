@@ -66,7 +66,9 @@ impl Histogram {
             }
         }
         self.0.count.fetch_add(1, Ordering::Relaxed);
-        self.0.sum_micros.fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+        self.0
+            .sum_micros
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
     }
 }
 
@@ -76,10 +78,13 @@ enum Metric {
     Histogram(Histogram),
 }
 
+/// One registered metric: name, help text, value.
+type Entry = (&'static str, &'static str, Metric);
+
 /// The registry a service renders at `/metrics`.
 #[derive(Clone, Default)]
 pub struct Metrics {
-    entries: Arc<Mutex<Vec<(&'static str, &'static str, Metric)>>>,
+    entries: Arc<Mutex<Vec<Entry>>>,
 }
 
 impl Metrics {
@@ -143,7 +148,8 @@ mod tests {
         let m = Metrics::default();
         m.counter("natter_x_total", "x").add(3);
         m.gauge("natter_y", "y").set(-2);
-        m.histogram("natter_z_seconds", "z").observe(std::time::Duration::from_millis(2));
+        m.histogram("natter_z_seconds", "z")
+            .observe(std::time::Duration::from_millis(2));
         let text = m.render();
         assert!(text.contains("natter_x_total 3\n"));
         assert!(text.contains("natter_y -2\n"));

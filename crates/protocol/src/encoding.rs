@@ -132,12 +132,16 @@ impl Encoding {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ErrorCode;
     use crate::ids::*;
 
     #[test]
     fn negotiation_prefers_json_and_refuses_strangers() {
         assert_eq!(Encoding::negotiate(None), Some(Encoding::Json));
-        assert_eq!(Encoding::negotiate(Some("natter.v1.msgpack")), Some(Encoding::MsgPack));
+        assert_eq!(
+            Encoding::negotiate(Some("natter.v1.msgpack")),
+            Some(Encoding::MsgPack)
+        );
         assert_eq!(
             Encoding::negotiate(Some("natter.v1.msgpack, natter.v1.json")),
             Some(Encoding::Json)
@@ -148,7 +152,10 @@ mod tests {
     #[test]
     fn json_wire_format_is_pinned() {
         let f = Encoding::Json
-            .decode_client(br#"{"type":"send","to":"bob","cid":"c1","body":"hi"}"#, true)
+            .decode_client(
+                br#"{"type":"send","to":"bob","cid":"c1","body":"hi"}"#,
+                true,
+            )
             .unwrap();
         assert_eq!(
             f,
@@ -164,20 +171,27 @@ mod tests {
             conversation: "dm:alice:bob".parse().unwrap(),
             ts: 7,
         };
-        let Encoded::Text(t) = Encoding::Json.encode_server(&sent) else { panic!() };
+        let Encoded::Text(t) = Encoding::Json.encode_server(&sent) else {
+            panic!()
+        };
         assert_eq!(
             t,
             r#"{"type":"sent","cid":"c1","id":"01ARZ3NDEKTSV4RRFFQ69G5FAV","conversation":"dm:alice:bob","ts":7}"#
         );
         let err = ServerFrame::error(ErrorCode::InvalidId, "bad", None);
-        let Encoded::Text(t) = Encoding::Json.encode_server(&err) else { panic!() };
+        let Encoded::Text(t) = Encoding::Json.encode_server(&err) else {
+            panic!()
+        };
         assert_eq!(t, r#"{"type":"error","code":1002,"reason":"bad"}"#);
     }
 
     #[test]
     fn decode_errors_are_classified() {
         let j = Encoding::Json;
-        assert_eq!(j.decode_client(b"{not json", true), Err(DecodeError::Malformed("JSON")));
+        assert_eq!(
+            j.decode_client(b"{not json", true),
+            Err(DecodeError::Malformed("JSON"))
+        );
         assert_eq!(
             j.decode_client(br#"{"type":"teleport"}"#, true),
             Err(DecodeError::UnknownType("teleport".into()))
@@ -186,7 +200,10 @@ mod tests {
             j.decode_client(br#"{"type":"send","to":"bob"}"#, true),
             Err(DecodeError::Malformed("JSON"))
         );
-        assert!(matches!(j.decode_client(b"\x80", false), Err(DecodeError::WrongFrameKind(..))));
+        assert!(matches!(
+            j.decode_client(b"\x80", false),
+            Err(DecodeError::WrongFrameKind(..))
+        ));
     }
 
     #[test]
@@ -200,12 +217,20 @@ mod tests {
             body: "hé".into(),
             ts: 1,
         });
-        for f in [m, ServerFrame::Pong { ts: Some(3) }, ServerFrame::Pong { ts: None }] {
-            let Encoded::Binary(b) = Encoding::MsgPack.encode_server(&f) else { panic!() };
+        for f in [
+            m,
+            ServerFrame::Pong { ts: Some(3) },
+            ServerFrame::Pong { ts: None },
+        ] {
+            let Encoded::Binary(b) = Encoding::MsgPack.encode_server(&f) else {
+                panic!()
+            };
             assert_eq!(Encoding::MsgPack.decode_server(&b, false).unwrap(), f);
         }
         let ping = ClientFrame::Ping { ts: Some(9) };
-        let Encoded::Binary(b) = Encoding::MsgPack.encode_client(&ping) else { panic!() };
+        let Encoded::Binary(b) = Encoding::MsgPack.encode_client(&ping) else {
+            panic!()
+        };
         assert_eq!(Encoding::MsgPack.decode_client(&b, false).unwrap(), ping);
     }
 }

@@ -13,7 +13,11 @@ use crate::ids::{ClientMsgId, ConnId, ConversationId, MessageId, UserId};
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientFrame {
     /// Send a 1:1 message. `cid` is the client's own id, reused on retries.
-    Send { to: String, cid: String, body: String },
+    Send {
+        to: String,
+        cid: String,
+        body: String,
+    },
     /// This device received message `id` of `conversation`; the sender sees `delivered`.
     Ack { conversation: String, id: String },
     /// The user read `conversation` up to and including `up_to`; the sender sees `seen`.

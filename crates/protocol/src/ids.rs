@@ -34,7 +34,10 @@ fn check_token(s: &str) -> Result<(), IdError> {
     if s.len() > MAX_ID_BYTES {
         return Err(IdError::TooLong);
     }
-    match s.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_')) {
+    match s
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
+    {
         Some(c) => Err(IdError::BadChar(c)),
         None => Ok(()),
     }
@@ -274,7 +277,14 @@ mod tests {
 
     #[test]
     fn conversation_parse_rejects_unsorted_and_garbage() {
-        for bad in ["dm:bob:alice", "dm:alice", "dm:a:b:c", "g:x", "dm:a.b:c", ""] {
+        for bad in [
+            "dm:bob:alice",
+            "dm:alice",
+            "dm:a:b:c",
+            "g:x",
+            "dm:a.b:c",
+            "",
+        ] {
             assert!(bad.parse::<ConversationId>().is_err(), "{bad:?}");
         }
     }

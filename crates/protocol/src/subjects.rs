@@ -19,6 +19,8 @@ pub const ROUTER_CONSUMER: &str = "natter-router";
 
 /// KV bucket: one key per connected session.
 pub const SESSIONS_BUCKET: &str = "natter_sessions";
+/// The JetStream stream behind [`SESSIONS_BUCKET`] (watched for its last revision).
+pub const SESSIONS_STREAM: &str = "KV_natter_sessions";
 /// KV bucket: one lease per live gateway.
 pub const GATEWAYS_BUCKET: &str = "natter_gateways";
 
@@ -67,6 +69,7 @@ pub fn catalogue() -> Vec<String> {
         MESSAGES_SUBJECTS.into(),
         ROUTER_CONSUMER.into(),
         SESSIONS_BUCKET.into(),
+        SESSIONS_STREAM.into(),
         GATEWAYS_BUCKET.into(),
         MSG_ID_HEADER.into(),
         "natter.msg.<conversation>".into(),
@@ -85,7 +88,10 @@ mod tests {
     fn builders_match_the_catalogue_forms() {
         let (a, b) = (UserId::new("alice").unwrap(), UserId::new("bob").unwrap());
         let gw = GatewayId::new("gw-1").unwrap();
-        assert_eq!(message(&ConversationId::direct(&a, &b)), "natter.msg.dm:alice:bob");
+        assert_eq!(
+            message(&ConversationId::direct(&a, &b)),
+            "natter.msg.dm:alice:bob"
+        );
         assert_eq!(gateway_deliver(&gw), "natter.gw.gw-1.deliver");
         assert_eq!(gateway_inbox(&gw), "natter.gw.gw-1.>");
         assert_eq!(dedup_id(&a, &ClientMsgId::new("c1").unwrap()), "alice:c1");

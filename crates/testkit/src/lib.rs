@@ -1,7 +1,7 @@
 //! Test kit: a real nats-server on a random port with a temporary store, and natter's own
 //! services on `127.0.0.1:0`, assembled by a builder that reads like the scenario:
 //!
-//! ```ignore
+//! ```text
 //! let stack = Stack::new().gateways(2).start().await;
 //! let mut alice = stack.connect("alice", 0).await;
 //! ```
@@ -10,10 +10,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use client::Connection;
-use plumbing::nats_server::{NatsServer, NatsServerOptions};
 use plumbing::BusConfig;
-use protocol::frames::ServerFrame;
+use plumbing::nats_server::{NatsServer, NatsServerOptions};
 use protocol::Encoding;
+use protocol::frames::ServerFrame;
 use tokio_util::sync::CancellationToken;
 
 pub use client;
@@ -52,7 +52,9 @@ impl TestNats {
     }
 
     pub async fn client(&self) -> async_nats::Client {
-        plumbing::bus::connect(&self.url(), "test").await.expect("connect to test NATS")
+        plumbing::bus::connect(&self.url(), "test")
+            .await
+            .expect("connect to test NATS")
     }
 }
 
@@ -171,7 +173,9 @@ impl Stack {
     pub async fn start_gateway(&mut self, id: &str) -> usize {
         let mut config = self.gateway_config.clone();
         config.gateway_id = id.into();
-        let nats = plumbing::bus::connect(&self.bus.nats_url, id).await.expect("connect");
+        let nats = plumbing::bus::connect(&self.bus.nats_url, id)
+            .await
+            .expect("connect");
         let shutdown = CancellationToken::new();
         let handle = gateway::Gateway::start(config, &self.bus, nats, shutdown.clone())
             .await
@@ -186,7 +190,9 @@ impl Stack {
     }
 
     pub async fn start_chat(&mut self, config: chat::ChatConfig) -> usize {
-        let nats = plumbing::bus::connect(&self.bus.nats_url, "chat").await.expect("connect");
+        let nats = plumbing::bus::connect(&self.bus.nats_url, "chat")
+            .await
+            .expect("connect");
         let shutdown = CancellationToken::new();
         let handle = chat::Chat::start(config, &self.bus, nats, shutdown.clone())
             .await
@@ -210,9 +216,10 @@ impl Stack {
     }
 
     pub async fn connect_with(&self, user: &str, gw: usize, encoding: Encoding) -> Connection {
-        let mut conn = Connection::connect(&self.gateways[gw].ws_url(), &self.token(user), encoding)
-            .await
-            .expect("connect");
+        let mut conn =
+            Connection::connect(&self.gateways[gw].ws_url(), &self.token(user), encoding)
+                .await
+                .expect("connect");
         match within(conn.next_frame()).await.expect("welcome") {
             ServerFrame::Welcome { .. } => conn,
             other => panic!("expected welcome, got {other:?}"),
@@ -222,7 +229,10 @@ impl Stack {
     /// Number of messages in the messages stream.
     pub async fn stored_messages(&self) -> u64 {
         let js = async_nats::jetstream::new(self.nats.client().await);
-        let mut stream = js.get_stream(protocol::subjects::MESSAGES_STREAM).await.expect("stream");
+        let mut stream = js
+            .get_stream(protocol::subjects::MESSAGES_STREAM)
+            .await
+            .expect("stream");
         stream.info().await.expect("stream info").state.messages
     }
 }
@@ -232,7 +242,9 @@ pub const PATIENCE: Duration = Duration::from_secs(10);
 
 /// Awaits `fut`, failing the test after [`PATIENCE`].
 pub async fn within<T>(fut: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(PATIENCE, fut).await.expect("timed out waiting")
+    tokio::time::timeout(PATIENCE, fut)
+        .await
+        .expect("timed out waiting")
 }
 
 /// Reads frames until one matches `pick`, failing after [`PATIENCE`].

@@ -13,6 +13,9 @@ pub struct ChatConfig {
     /// Route persisted messages and receipts to gateways. Ingest and routing can be scaled,
     /// or restarted, independently: routing resumes from the durable consumer.
     pub route: bool,
+    /// Sends processed at once by this instance; further requests wait in the NATS
+    /// subscription (and time out at the gateway as `unavailable` if the wait is too long).
+    pub max_concurrent_sends: usize,
     /// How often the presence view drops sessions of gateways whose lease lapsed.
     pub presence_sweep_ms: u64,
     /// Messages handed to the router at once; also its bound on unacknowledged messages.
@@ -27,6 +30,7 @@ impl Default for ChatConfig {
             max_body_bytes: 64 * 1024,
             ingest: true,
             route: true,
+            max_concurrent_sends: 4096,
             presence_sweep_ms: 1_000,
             router_batch: 512,
             router_ack_wait_ms: 30_000,

@@ -29,13 +29,25 @@ pub struct Ingest {
     pub metrics: ChatMetrics,
 }
 
-/// Serves send requests until `stop`; requests in progress are finished.
-pub async fn serve(ingest: Arc<Ingest>, stop: CancellationToken) -> anyhow::Result<()> {
-    let mut sub = ingest
-        .nats
+/// Subscribes to send requests; the subscription is live on the server when this returns.
+pub async fn subscribe(nats: &async_nats::Client) -> anyhow::Result<async_nats::Subscriber> {
+    let sub = nats
         .queue_subscribe(subjects::CHAT_SEND, subjects::CHAT_QUEUE.into())
         .await?;
+    nats.flush().await?;
+    Ok(sub)
+}
+
+/// Serves send requests until `stop`; requests in progress are finished.
+pub async fn serve(
+    ingest: Arc<Ingest>,
+    mut sub: async_nats::Subscriber,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
     let tracker = TaskTracker::new();
+    let permits = Arc::new(tokio::sync::Semaphore::new(
+        ingest.config.max_concurrent_sends,
+    ));
     loop {
         let msg = tokio::select! {
             _ = stop.cancelled() => break,
@@ -47,8 +59,12 @@ pub async fn serve(ingest: Arc<Ingest>, stop: CancellationToken) -> anyhow::Resu
         let Some(reply) = msg.reply.clone() else {
             continue;
         };
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            break;
+        };
         let ingest = ingest.clone();
         tracker.spawn(async move {
+            let _permit = permit;
             let frame = ingest.accept(&msg.payload).await;
             let payload = serde_json::to_vec(&frame).expect("frame to JSON");
             if let Err(e) = ingest.nats.publish(reply, payload.into()).await {
@@ -80,7 +96,11 @@ impl Ingest {
             return ServerFrame::error(ErrorCode::InvalidId, "cid is not a valid id", None);
         };
         let Ok(to) = UserId::new(&req.to) else {
-            return ServerFrame::error(ErrorCode::InvalidId, "to is not a valid user id", Some(cid));
+            return ServerFrame::error(
+                ErrorCode::InvalidId,
+                "to is not a valid user id",
+                Some(cid),
+            );
         };
         if req.body.len() > self.config.max_body_bytes {
             let reason = format!("body exceeds {} bytes", self.config.max_body_bytes);
@@ -101,7 +121,10 @@ impl Ingest {
             origin: req.origin,
         };
         let mut headers = HeaderMap::new();
-        headers.insert(subjects::MSG_ID_HEADER, subjects::dedup_id(&req.from, &cid).as_str());
+        headers.insert(
+            subjects::MSG_ID_HEADER,
+            subjects::dedup_id(&req.from, &cid).as_str(),
+        );
         let body = serde_json::to_vec(&stored).expect("message to JSON");
         let started = Instant::now();
         let ack = match self

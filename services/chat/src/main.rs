@@ -16,7 +16,8 @@ struct Config {
 async fn main() -> anyhow::Result<()> {
     plumbing::telemetry::init();
     let file = std::env::args().nth(1).map(PathBuf::from);
-    let config: Config = plumbing::config::load(file.as_deref()).context("invalid configuration")?;
+    let config: Config =
+        plumbing::config::load(file.as_deref()).context("invalid configuration")?;
     let shutdown = plumbing::shutdown::on_signal();
     let nats = plumbing::bus::connect(&config.bus.nats_url, "natter-chat").await?;
     chat::run(config.chat, &config.bus, nats.clone(), shutdown).await?;

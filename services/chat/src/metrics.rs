@@ -28,7 +28,10 @@ impl ChatMetrics {
                 "natter_chat_persist_seconds",
                 "time for JetStream to acknowledge a message",
             ),
-            routed: m.counter("natter_chat_routed_total", "messages routed from the stream"),
+            routed: m.counter(
+                "natter_chat_routed_total",
+                "messages routed from the stream",
+            ),
             gateway_publishes: m.counter(
                 "natter_chat_gateway_publishes_total",
                 "per-gateway delivery publishes (one per gateway per event)",

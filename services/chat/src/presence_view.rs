@@ -57,7 +57,9 @@ impl PresenceView {
         stop: CancellationToken,
     ) -> anyhow::Result<Self> {
         let state = Arc::new(RwLock::new(State::default()));
-        let mut sessions_stream = js.get_stream(format!("KV_{}", subjects::SESSIONS_BUCKET)).await?;
+        let mut sessions_stream = js
+            .get_stream(format!("KV_{}", subjects::SESSIONS_BUCKET))
+            .await?;
         let info = sessions_stream.info().await?.clone();
         let (applied_tx, applied) = watch::channel(0);
         if info.state.messages == 0 {

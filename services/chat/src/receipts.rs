@@ -11,11 +11,20 @@ use tokio_util::sync::CancellationToken;
 
 use crate::router::Router;
 
-pub async fn serve(router: Arc<Router>, stop: CancellationToken) -> anyhow::Result<()> {
-    let mut sub = router
-        .nats
+/// Subscribes to receipts; the subscription is live on the server when this returns.
+pub async fn subscribe(nats: &async_nats::Client) -> anyhow::Result<async_nats::Subscriber> {
+    let sub = nats
         .queue_subscribe(subjects::CHAT_RECEIPT, subjects::CHAT_QUEUE.into())
         .await?;
+    nats.flush().await?;
+    Ok(sub)
+}
+
+pub async fn serve(
+    router: Arc<Router>,
+    mut sub: async_nats::Subscriber,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
     loop {
         let msg = tokio::select! {
             _ = stop.cancelled() => break,

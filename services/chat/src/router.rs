@@ -44,10 +44,10 @@ pub async fn ensure_consumer(
         deliver_policy: consumer::DeliverPolicy::New,
         ..Default::default()
     };
-    Ok(stream
+    stream
         .get_or_create_consumer(subjects::ROUTER_CONSUMER, config)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot create consumer {}: {e}", subjects::ROUTER_CONSUMER))?)
+        .map_err(|e| anyhow::anyhow!("cannot create consumer {}: {e}", subjects::ROUTER_CONSUMER))
 }
 
 /// Routes messages until `stop`.
@@ -111,14 +111,18 @@ impl Router {
             }
         }
         self.metrics.routed.inc();
-        self.publish(by_gateway, ServerFrame::Message(stored.message)).await;
+        self.publish(by_gateway, ServerFrame::Message(stored.message))
+            .await;
     }
 
     /// Routes a receipt frame to every session of `user`.
     pub async fn notify_user(&self, user: &UserId, frame: ServerFrame) {
         let mut by_gateway: HashMap<GatewayId, Vec<ConnId>> = HashMap::new();
         for route in self.view.routes_of(user) {
-            by_gateway.entry(route.gateway).or_default().push(route.conn);
+            by_gateway
+                .entry(route.gateway)
+                .or_default()
+                .push(route.conn);
         }
         self.publish(by_gateway, frame).await;
     }

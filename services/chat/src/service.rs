@@ -46,10 +46,17 @@ impl Chat {
                 view,
                 metrics: metrics.clone(),
             });
-            tasks.spawn(router::serve(router.clone(), consumer, config.router_batch, stop.clone()));
-            tasks.spawn(receipts::serve(router, stop.clone()));
+            tasks.spawn(router::serve(
+                router.clone(),
+                consumer,
+                config.router_batch,
+                stop.clone(),
+            ));
+            let sub = receipts::subscribe(&nats).await?;
+            tasks.spawn(receipts::serve(router, sub, stop.clone()));
         }
         if config.ingest {
+            let sub = ingest::subscribe(&nats).await?;
             let ingest = Arc::new(Ingest {
                 config: config.clone(),
                 nats,
@@ -57,9 +64,13 @@ impl Chat {
                 stream,
                 metrics: metrics.clone(),
             });
-            tasks.spawn(ingest::serve(ingest, stop.clone()));
+            tasks.spawn(ingest::serve(ingest, sub, stop.clone()));
         }
-        tracing::info!(ingest = config.ingest, route = config.route, "chat service started");
+        tracing::info!(
+            ingest = config.ingest,
+            route = config.route,
+            "chat service started"
+        );
         Ok(Self {
             metrics: metrics.registry,
             tasks,

@@ -87,9 +87,14 @@ pub fn mint_token(secret: &str, user: &str, ttl_secs: u64) -> String {
         sub: user.to_string(),
         exp,
     };
+    encode_claims(secret, &claims)
+}
+
+/// Signs arbitrary claims with HS256 (tests of expired or odd tokens).
+pub fn encode_claims(secret: &str, claims: &Claims) -> String {
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
-        &claims,
+        claims,
         &EncodingKey::from_secret(secret.as_bytes()),
     )
     .expect("HS256 signing cannot fail")
@@ -107,12 +112,13 @@ mod tests {
         assert!(matches!(v.verify(None), Err(AuthError::Missing)));
         assert!(v.verify(Some(&mint_token("other", "alice", 60))).is_err());
         assert!(v.verify(Some(&mint_token("s3cret", "bob.*", 60))).is_err());
-        let expired = jsonwebtoken::encode(
-            &Header::new(Algorithm::HS256),
-            &Claims { sub: "alice".into(), exp: 1 },
-            &EncodingKey::from_secret(b"s3cret"),
-        )
-        .unwrap();
+        let expired = encode_claims(
+            "s3cret",
+            &Claims {
+                sub: "alice".into(),
+                exp: 1,
+            },
+        );
         assert!(v.verify(Some(&expired)).is_err());
     }
 
@@ -120,7 +126,10 @@ mod tests {
     fn token_comes_from_header_or_query() {
         assert_eq!(token_from(Some("Bearer abc"), None).as_deref(), Some("abc"));
         assert_eq!(token_from(Some("Basic abc"), Some("access_token=x")), None);
-        assert_eq!(token_from(None, Some("a=1&access_token=x.y")).as_deref(), Some("x.y"));
+        assert_eq!(
+            token_from(None, Some("a=1&access_token=x.y")).as_deref(),
+            Some("x.y")
+        );
         assert_eq!(token_from(None, Some("a=1")), None);
     }
 }

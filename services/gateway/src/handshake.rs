@@ -57,14 +57,19 @@ pub fn respond(
         || !header_is(header::UPGRADE, "websocket")
         || headers.get(header::SEC_WEBSOCKET_VERSION) != Some(&HeaderValue::from_static("13"))
     {
-        return refuse(StatusCode::BAD_REQUEST, "expected a WebSocket upgrade (version 13)");
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "expected a WebSocket upgrade (version 13)",
+        );
     }
     let Some(key) = headers.typed_get::<SecWebsocketKey>() else {
         return refuse(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key");
     };
 
     // 2. Authenticate before anything is allocated for the connection.
-    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
     let token = auth::token_from(authorization, query);
     let identity = match shared.verifier.verify(token.as_deref()) {
         Ok(identity) => identity,
@@ -75,7 +80,9 @@ pub fn respond(
     };
 
     // 3. Encoding, limits, shutdown.
-    let offered = headers.get(header::SEC_WEBSOCKET_PROTOCOL).and_then(|v| v.to_str().ok());
+    let offered = headers
+        .get(header::SEC_WEBSOCKET_PROTOCOL)
+        .and_then(|v| v.to_str().ok());
     let Some(encoding) = Encoding::negotiate(offered) else {
         return refuse(
             StatusCode::BAD_REQUEST,

@@ -15,7 +15,11 @@ use crate::server::Shared;
 
 /// Subscribes and returns the task that pushes deliveries to sessions.
 pub async fn subscribe(shared: Arc<Shared>) -> anyhow::Result<JoinHandle<()>> {
-    let mut sub = shared.nats.subscribe(subjects::gateway_inbox(&shared.gateway)).await?;
+    let mut sub = shared
+        .nats
+        .subscribe(subjects::gateway_inbox(&shared.gateway))
+        .await?;
+    shared.nats.flush().await?;
     let deliver = subjects::gateway_deliver(&shared.gateway);
     Ok(tokio::spawn(async move {
         while let Some(msg) = sub.next().await {

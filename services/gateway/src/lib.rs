@@ -14,6 +14,6 @@ mod registry;
 mod server;
 mod session;
 
-pub use auth::{Claims, mint_token};
+pub use auth::{Claims, encode_claims, mint_token};
 pub use config::GatewayConfig;
 pub use server::{Gateway, run};

@@ -96,8 +96,14 @@ mod tests {
         assert!(outbox.push(Message::text("b")));
         assert!(!outbox.push(Message::text("c")));
         let mut out = Vec::new();
-        assert!(matches!(outbox.drain(&mut out), Drained::Close(CloseCode::SlowConsumer)));
-        assert!(out.is_empty(), "a slow consumer's backlog is dropped, not sent");
+        assert!(matches!(
+            outbox.drain(&mut out),
+            Drained::Close(CloseCode::SlowConsumer)
+        ));
+        assert!(
+            out.is_empty(),
+            "a slow consumer's backlog is dropped, not sent"
+        );
     }
 
     #[test]
@@ -106,7 +112,10 @@ mod tests {
         outbox.push(Message::text("a"));
         outbox.close(CloseCode::Reconnect);
         let mut out = Vec::new();
-        assert!(matches!(outbox.drain(&mut out), Drained::Close(CloseCode::Reconnect)));
+        assert!(matches!(
+            outbox.drain(&mut out),
+            Drained::Close(CloseCode::Reconnect)
+        ));
         assert_eq!(out.len(), 1);
     }
 }

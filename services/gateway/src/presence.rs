@@ -27,7 +27,12 @@ pub struct Presence {
 }
 
 impl Presence {
-    pub fn new(buckets: PresenceBuckets, gateway: GatewayId, boot: ConnId, lease_ttl: Duration) -> Self {
+    pub fn new(
+        buckets: PresenceBuckets,
+        gateway: GatewayId,
+        boot: ConnId,
+        lease_ttl: Duration,
+    ) -> Self {
         Self {
             sessions: buckets.sessions,
             gateways: buckets.gateways,
@@ -44,7 +49,9 @@ impl Presence {
             conn,
         };
         let key = subjects::session_key(user, &self.gateway, conn);
-        self.sessions.put(key, Bytes::from(serde_json::to_vec(&entry)?)).await?;
+        self.sessions
+            .put(key, Bytes::from(serde_json::to_vec(&entry)?))
+            .await?;
         Ok(())
     }
 
@@ -76,7 +83,10 @@ impl Presence {
             ttl_ms: self.lease_ttl.as_millis() as u64,
         };
         self.gateways
-            .put(subjects::lease_key(&self.gateway), Bytes::from(serde_json::to_vec(&lease)?))
+            .put(
+                subjects::lease_key(&self.gateway),
+                Bytes::from(serde_json::to_vec(&lease)?),
+            )
             .await?;
         Ok(())
     }

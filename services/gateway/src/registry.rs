@@ -29,7 +29,11 @@ struct Inner {
 impl Registry {
     pub fn insert(&self, conn: ConnId, handle: Arc<SessionHandle>) {
         let mut inner = self.inner.write().unwrap();
-        inner.users.entry(handle.user.clone()).or_default().push(conn);
+        inner
+            .users
+            .entry(handle.user.clone())
+            .or_default()
+            .push(conn);
         inner.sessions.insert(conn, handle);
     }
 
@@ -58,7 +62,11 @@ impl Registry {
     /// Every session, for shutdown and re-registration.
     pub fn all(&self) -> Vec<(ConnId, Arc<SessionHandle>)> {
         let inner = self.inner.read().unwrap();
-        inner.sessions.iter().map(|(c, h)| (*c, h.clone())).collect()
+        inner
+            .sessions
+            .iter()
+            .map(|(c, h)| (*c, h.clone()))
+            .collect()
     }
 
     pub fn len(&self) -> usize {

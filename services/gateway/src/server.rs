@@ -69,7 +69,10 @@ impl Gateway {
             "gateway.jwt_secret is empty: set it in the config file or NATTER_GATEWAY__JWT_SECRET"
         );
         let gateway = if config.gateway_id.is_empty() {
-            GatewayId::new(format!("gw-{}", ulid::Ulid::new().to_string().to_lowercase()))?
+            GatewayId::new(format!(
+                "gw-{}",
+                ulid::Ulid::new().to_string().to_lowercase()
+            ))?
         } else {
             GatewayId::new(&config.gateway_id)
                 .map_err(|e| anyhow::anyhow!("gateway.gateway_id: {e}"))?
@@ -130,7 +133,10 @@ pub async fn run(
     nats: async_nats::Client,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    Gateway::start(config, bus, nats, shutdown).await?.wait().await;
+    Gateway::start(config, bus, nats, shutdown)
+        .await?
+        .wait()
+        .await;
     Ok(())
 }
 
@@ -169,8 +175,14 @@ async fn serve(shared: Arc<Shared>, listener: TcpListener, inbox: JoinHandle<()>
     }
     shared.sessions.close();
     let grace = Duration::from_millis(shared.config.shutdown_grace_ms);
-    if tokio::time::timeout(grace, shared.sessions.wait()).await.is_err() {
-        tracing::warn!(left = shared.registry.len(), "sessions still open after grace period");
+    if tokio::time::timeout(grace, shared.sessions.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            left = shared.registry.len(),
+            "sessions still open after grace period"
+        );
     }
     inbox.abort();
     let _ = shared.nats.flush().await;
@@ -180,14 +192,15 @@ async fn serve(shared: Arc<Shared>, listener: TcpListener, inbox: JoinHandle<()>
 /// Serves one TCP connection: HTTP/1 requests until it upgrades to a WebSocket or closes.
 async fn serve_http(stream: tokio::net::TcpStream, routes: Routes, shutdown: CancellationToken) {
     let warp_service = warp::service(routes);
-    let service = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-        // Make hyper's upgrade handle reachable from a warp filter.
-        if let Some(on_upgrade) = req.extensions_mut().remove::<OnUpgrade>() {
-            req.extensions_mut().insert(UpgradeSlot::new(on_upgrade));
-        }
-        let mut warp_service = warp_service.clone();
-        async move { warp_service.call(req).await }
-    });
+    let service =
+        hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+            // Make hyper's upgrade handle reachable from a warp filter.
+            if let Some(on_upgrade) = req.extensions_mut().remove::<OnUpgrade>() {
+                req.extensions_mut().insert(UpgradeSlot::new(on_upgrade));
+            }
+            let mut warp_service = warp_service.clone();
+            async move { warp_service.call(req).await }
+        });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         // Slow-loris guard: a client gets 10 s to send its request headers.
@@ -223,30 +236,46 @@ fn routes(shared: Arc<Shared>) -> Routes {
                 handshake::respond(&shared, &method, &headers, query, slot)
             },
         );
-    let healthz = warp::path!("healthz").and(with_shared.clone()).map(|shared: Arc<Shared>| {
-        use warp::Reply;
-        match shared.nats.connection_state() {
-            async_nats::connection::State::Connected => {
-                warp::reply::with_status("ok", http::StatusCode::OK).into_response()
-            }
-            _ => warp::reply::with_status("nats disconnected", http::StatusCode::SERVICE_UNAVAILABLE)
+    let healthz = warp::path!("healthz")
+        .and(with_shared.clone())
+        .map(|shared: Arc<Shared>| {
+            use warp::Reply;
+            match shared.nats.connection_state() {
+                async_nats::connection::State::Connected => {
+                    warp::reply::with_status("ok", http::StatusCode::OK).into_response()
+                }
+                _ => warp::reply::with_status(
+                    "nats disconnected",
+                    http::StatusCode::SERVICE_UNAVAILABLE,
+                )
                 .into_response(),
-        }
-    });
-    let metrics = warp::path!("metrics").and(with_shared).map(|shared: Arc<Shared>| {
-        use warp::Reply;
-        shared.metrics.connections.set(shared.registry.len() as i64);
-        shared.metrics.users_online.set(shared.registry.users_online() as i64);
-        warp::reply::with_header(
-            shared.metrics.registry.render(),
-            "content-type",
-            "text/plain; version=0.0.4",
-        )
-        .into_response()
-    });
+            }
+        });
+    let metrics = warp::path!("metrics")
+        .and(with_shared)
+        .map(|shared: Arc<Shared>| {
+            use warp::Reply;
+            shared.metrics.connections.set(shared.registry.len() as i64);
+            shared
+                .metrics
+                .users_online
+                .set(shared.registry.users_online() as i64);
+            warp::reply::with_header(
+                shared.metrics.registry.render(),
+                "content-type",
+                "text/plain; version=0.0.4",
+            )
+            .into_response()
+        });
     let not_found = warp::any().map(|| {
         use warp::Reply;
         warp::reply::with_status("not found", http::StatusCode::NOT_FOUND).into_response()
     });
-    ws.or(healthz).unify().or(metrics).unify().or(not_found).unify().boxed()
+    ws.or(healthz)
+        .unify()
+        .or(metrics)
+        .unify()
+        .or(not_found)
+        .unify()
+        .boxed()
 }

@@ -198,10 +198,15 @@ impl Session {
         match frame {
             ClientFrame::Send { to, cid, body } => self.on_send(to, cid, body),
             ClientFrame::Ack { conversation, id } => {
-                self.on_receipt(ReceiptKind::Delivered, conversation, id).await
+                self.on_receipt(ReceiptKind::Delivered, conversation, id)
+                    .await
             }
-            ClientFrame::Read { conversation, up_to } => {
-                self.on_receipt(ReceiptKind::Seen, conversation, up_to).await
+            ClientFrame::Read {
+                conversation,
+                up_to,
+            } => {
+                self.on_receipt(ReceiptKind::Seen, conversation, up_to)
+                    .await
             }
             ClientFrame::Ping { ts } => self.queue(&ServerFrame::Pong { ts }),
         }
@@ -210,7 +215,11 @@ impl Session {
 
     fn on_send(&mut self, to: String, cid: String, body: String) {
         let Ok(cid) = ClientMsgId::new(&cid) else {
-            return self.reject(ErrorCode::InvalidId, "cid is not a valid client message id", None);
+            return self.reject(
+                ErrorCode::InvalidId,
+                "cid is not a valid client message id",
+                None,
+            );
         };
         if UserId::new(&to).is_err() {
             return self.reject(ErrorCode::InvalidId, "to is not a valid user id", Some(cid));
@@ -287,13 +296,22 @@ impl Session {
     }
 
     async fn on_receipt(&mut self, kind: ReceiptKind, conversation: String, id: String) {
-        let (Ok(conversation), Ok(id)) =
-            (conversation.parse::<ConversationId>(), id.parse::<MessageId>())
-        else {
-            return self.reject(ErrorCode::InvalidId, "invalid conversation or message id", None);
+        let (Ok(conversation), Ok(id)) = (
+            conversation.parse::<ConversationId>(),
+            id.parse::<MessageId>(),
+        ) else {
+            return self.reject(
+                ErrorCode::InvalidId,
+                "invalid conversation or message id",
+                None,
+            );
         };
         if !conversation.has_participant(&self.user) {
-            return self.reject(ErrorCode::Forbidden, "not a participant of that conversation", None);
+            return self.reject(
+                ErrorCode::Forbidden,
+                "not a participant of that conversation",
+                None,
+            );
         }
         let receipt = Receipt {
             kind,
@@ -302,7 +320,12 @@ impl Session {
             id,
         };
         let payload = serde_json::to_vec(&receipt).expect("receipt to JSON");
-        if let Err(e) = self.shared.nats.publish(subjects::CHAT_RECEIPT, payload.into()).await {
+        if let Err(e) = self
+            .shared
+            .nats
+            .publish(subjects::CHAT_RECEIPT, payload.into())
+            .await
+        {
             tracing::warn!(error = %e, "receipt not published");
         }
     }
@@ -357,7 +380,9 @@ impl Session {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        now > self.token_exp.saturating_add(self.shared.config.jwt_leeway_secs)
+        now > self
+            .token_exp
+            .saturating_add(self.shared.config.jwt_leeway_secs)
     }
 }
 

@@ -40,14 +40,17 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     plumbing::telemetry::init();
     let cli = Cli::parse();
-    let mut config: NatterConfig = plumbing::config::load(cli.config.as_deref())
-        .context("invalid configuration")?;
+    let mut config: NatterConfig =
+        plumbing::config::load(cli.config.as_deref()).context("invalid configuration")?;
     match cli.command {
         Command::Up => up(config).await,
         Command::Token { user, ttl_secs } => {
             protocol::UserId::new(&user).context("invalid user id")?;
             config.resolve_secret()?;
-            println!("{}", gateway::mint_token(&config.gateway.jwt_secret, &user, ttl_secs));
+            println!(
+                "{}",
+                gateway::mint_token(&config.gateway.jwt_secret, &user, ttl_secs)
+            );
             Ok(())
         }
     }
@@ -70,8 +73,16 @@ async fn up(mut config: NatterConfig) -> anyhow::Result<()> {
         local_nats = Some(server);
     }
     let nats = plumbing::bus::connect(&config.bus.nats_url, "natter").await?;
-    let chat = chat::Chat::start(config.chat.clone(), &config.bus, nats.clone(), shutdown.clone())
-        .await?;
+    // The chat service stops only after the gateway has closed its sessions, so sends made
+    // during the drain are still answered.
+    let chat_shutdown = tokio_util::sync::CancellationToken::new();
+    let chat = chat::Chat::start(
+        config.chat.clone(),
+        &config.bus,
+        nats.clone(),
+        chat_shutdown.clone(),
+    )
+    .await?;
     let gw = gateway::Gateway::start(
         config.gateway.clone(),
         &config.bus,
@@ -87,6 +98,7 @@ async fn up(mut config: NatterConfig) -> anyhow::Result<()> {
     // Shutdown order: the gateway closes its sessions first, then the chat service stops,
     // then NATS is drained, and the local nats-server goes last.
     gw.wait().await;
+    chat_shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(10), chat.wait()).await;
     let _ = nats.drain().await;
     drop(local_nats);

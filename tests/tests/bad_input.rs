@@ -1,0 +1,208 @@
+//! Bad input gets the documented error or close code; the gateway keeps serving everyone else
+//! and nothing is persisted for a rejected send.
+
+use protocol::frames::ServerFrame;
+use protocol::{CloseCode, Encoding, ErrorCode};
+use testkit::client::{ConnectError, Connection, Event};
+use testkit::{Stack, expect_frame, within};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+async fn error_code(conn: &mut Connection) -> ErrorCode {
+    expect_frame(conn, |f| match f {
+        ServerFrame::Error { code, .. } => Some(*code),
+        _ => None,
+    })
+    .await
+}
+
+async fn close_code(conn: &mut Connection) -> Option<u16> {
+    within(async {
+        loop {
+            if let Event::Closed(code) = conn.next_event().await.unwrap() {
+                return code;
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn bad_frames_get_error_codes_and_nothing_is_persisted() {
+    let stack = Stack::new()
+        .gateway_config(|g| g.max_body_bytes = 1024)
+        .chat_config(|c| c.max_body_bytes = 1024)
+        .start()
+        .await;
+    let mut mallory = stack.connect("mallory", 0).await;
+    let mut alice = stack.connect("alice", 0).await;
+    let mut bob = stack.connect("bob", 0).await;
+
+    let cases: [(&str, ErrorCode); 5] = [
+        ("{not json", ErrorCode::MalformedFrame),
+        (
+            r#"{"type":"teleport","to":"bob"}"#,
+            ErrorCode::UnknownFrameType,
+        ),
+        (r#"{"type":"send","to":"bob"}"#, ErrorCode::MalformedFrame),
+        (
+            r#"{"type":"send","to":"bob.*","cid":"x1","body":"hi"}"#,
+            ErrorCode::InvalidId,
+        ),
+        (
+            r#"{"type":"ack","conversation":"dm:alice:bob","id":"01ARZ3NDEKTSV4RRFFQ69G5FAV"}"#,
+            ErrorCode::Forbidden,
+        ),
+    ];
+    for (raw, want) in cases {
+        mallory.send_raw(Message::text(raw)).await.unwrap();
+        assert_eq!(error_code(&mut mallory).await, want, "for {raw}");
+    }
+    let big = "x".repeat(1025);
+    mallory.send("bob", "big", &big).await.unwrap();
+    assert_eq!(error_code(&mut mallory).await, ErrorCode::BodyTooLarge);
+
+    // The sender is the token's user, whatever the frame claims.
+    mallory
+        .send_raw(Message::text(
+            r#"{"type":"send","from":"alice","to":"bob","cid":"f1","body":"spoof"}"#,
+        ))
+        .await
+        .unwrap();
+    let got = expect_frame(&mut bob, |f| match f {
+        ServerFrame::Message(m) => Some(m.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!((got.from.as_str(), got.body.as_str()), ("mallory", "spoof"));
+
+    // Only that one valid send was stored; others are still served.
+    assert_eq!(stack.stored_messages().await, 1);
+    alice.send("bob", "ok", "still here").await.unwrap();
+    expect_frame(&mut alice, |f| {
+        matches!(f, ServerFrame::Sent { .. }).then_some(())
+    })
+    .await;
+    // Mallory's connection also still works.
+    mallory.ping(Some(3)).await.unwrap();
+    expect_frame(&mut mallory, |f| {
+        (f == &ServerFrame::Pong { ts: Some(3) }).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn oversize_frames_and_wrong_frame_kinds_close_the_connection() {
+    let stack = Stack::new()
+        .gateway_config(|g| g.max_frame_bytes = 4096)
+        .start()
+        .await;
+    let mut big = stack.connect("alice", 0).await;
+    big.send_raw(Message::text("x".repeat(5000))).await.unwrap();
+    assert_eq!(
+        close_code(&mut big).await,
+        Some(CloseCode::FrameTooLarge as u16)
+    );
+
+    let mut binary = stack.connect("alice", 0).await;
+    binary
+        .send_raw(Message::binary(vec![0x81, 0x00]))
+        .await
+        .unwrap();
+    assert_eq!(
+        close_code(&mut binary).await,
+        Some(CloseCode::ProtocolViolation as u16)
+    );
+
+    // The gateway is unharmed.
+    let mut fine = stack.connect("carol", 0).await;
+    fine.ping(None).await.unwrap();
+    expect_frame(&mut fine, |f| {
+        (f == &ServerFrame::Pong { ts: None }).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn bad_tokens_get_http_401_before_the_upgrade() {
+    let stack = Stack::new().start().await;
+    let url = stack.gateways[0].ws_url();
+    let forged = gateway::mint_token("some-other-secret", "alice", 3600);
+    let expired = gateway::encode_claims(
+        testkit::SECRET,
+        &gateway::Claims {
+            sub: "alice".into(),
+            exp: 1_000,
+        },
+    );
+    for token in [forged.as_str(), expired.as_str(), "", "not-a-jwt"] {
+        let err = Connection::connect(&url, token, Encoding::Json).await.err();
+        assert!(
+            matches!(err, Some(ConnectError::Refused(401))),
+            "token {token:?}: {err:?}"
+        );
+    }
+    // No token at all.
+    let request = url.as_str().into_client_request().unwrap();
+    let err = Connection::open(request, Encoding::Json).await.err();
+    assert!(matches!(err, Some(ConnectError::Refused(401))), "{err:?}");
+
+    // A token in the query string works (browsers cannot set headers).
+    let request = format!("{url}?access_token={}", stack.token("alice"))
+        .into_client_request()
+        .unwrap();
+    let mut conn = Connection::open(request, Encoding::Json).await.unwrap();
+    let welcome = within(conn.next_frame()).await.unwrap();
+    assert!(matches!(welcome, ServerFrame::Welcome { ref user, .. } if user.as_str() == "alice"));
+}
+
+#[tokio::test]
+async fn a_silent_client_is_closed_with_the_heartbeat_code() {
+    let stack = Stack::new()
+        .gateway_config(|g| g.heartbeat_timeout_ms = 300)
+        .start()
+        .await;
+    let mut silent = stack.connect("alice", 0).await;
+    assert_eq!(
+        close_code(&mut silent).await,
+        Some(CloseCode::HeartbeatTimeout as u16)
+    );
+    assert!(CloseCode::HeartbeatTimeout.should_reconnect());
+}
+
+#[tokio::test]
+async fn a_pinging_client_outlives_the_heartbeat_timeout() {
+    let stack = Stack::new()
+        .gateway_config(|g| g.heartbeat_timeout_ms = 300)
+        .start()
+        .await;
+    let mut alive = stack.connect("alice", 0).await;
+    for i in 0..8 {
+        // Pacing, not synchronisation: 8 × 100 ms spans more than two timeouts.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        alive.ping(Some(i)).await.unwrap();
+        expect_frame(&mut alive, |f| {
+            (f == &ServerFrame::Pong { ts: Some(i) }).then_some(())
+        })
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn shutdown_sends_every_client_the_reconnect_code() {
+    let mut stack = Stack::new().start().await;
+    let mut clients = Vec::new();
+    for i in 0..20 {
+        clients.push(stack.connect(&format!("user{i}"), 0).await);
+    }
+    stack.gateways[0].shutdown().await;
+    for client in &mut clients {
+        assert_eq!(close_code(client).await, Some(CloseCode::Reconnect as u16));
+    }
+    let url = stack.gateways[0].ws_url();
+    assert!(
+        Connection::connect(&url, &stack.token("late"), Encoding::Json)
+            .await
+            .is_err()
+    );
+}

@@ -1,0 +1,192 @@
+//! End-to-end tests of 1:1 chat against a real nats-server, real gateways and the chat
+//! service: delivery across gateways, receipts, retries, devices, order, crash recovery.
+
+use protocol::frames::{Message, ServerFrame};
+use protocol::{ClientMsgId, ConversationId, Encoding, MessageId};
+use testkit::client::Connection;
+use testkit::{Stack, expect_frame, within};
+
+/// Waits for the `sent` answering `cid`.
+async fn sent(conn: &mut Connection, cid: &str) -> (MessageId, ConversationId) {
+    expect_frame(conn, |f| match f {
+        ServerFrame::Sent {
+            cid: c,
+            id,
+            conversation,
+            ..
+        } if c.as_str() == cid => Some((*id, conversation.clone())),
+        ServerFrame::Error { cid: Some(c), .. } if c.as_str() == cid => {
+            panic!("send {cid} failed: {f:?}")
+        }
+        _ => None,
+    })
+    .await
+}
+
+async fn message(conn: &mut Connection) -> Message {
+    expect_frame(conn, |f| match f {
+        ServerFrame::Message(m) => Some(m.clone()),
+        _ => None,
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_message_crosses_gateways_and_reaches_sent_delivered_seen() {
+    let stack = Stack::new().gateways(2).start().await;
+    let mut alice = stack.connect("alice", 0).await;
+    let mut bob = stack.connect("bob", 1).await;
+
+    alice.send("bob", "c1", "hello bob").await.unwrap();
+    let accepted = expect_frame(&mut alice, |f| match f {
+        ServerFrame::Accepted { cid } => Some(cid.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(accepted, ClientMsgId::new("c1").unwrap());
+    let (id, conversation) = sent(&mut alice, "c1").await;
+    assert_eq!(conversation.as_str(), "dm:alice:bob");
+
+    let got = message(&mut bob).await;
+    assert_eq!(
+        (got.id, got.body.as_str(), got.from.as_str()),
+        (id, "hello bob", "alice")
+    );
+
+    bob.ack(&got.conversation, got.id).await.unwrap();
+    let delivered = expect_frame(&mut alice, |f| match f {
+        ServerFrame::Delivered { id, by, .. } => Some((*id, by.to_string())),
+        _ => None,
+    })
+    .await;
+    assert_eq!(delivered, (id, "bob".to_string()));
+
+    bob.read(&got.conversation, got.id).await.unwrap();
+    let seen = expect_frame(&mut alice, |f| match f {
+        ServerFrame::Seen { up_to, by, .. } => Some((*up_to, by.to_string())),
+        _ => None,
+    })
+    .await;
+    assert_eq!(seen, (id, "bob".to_string()));
+
+    // Exactly once: a ping answered after the message proves nothing else was queued.
+    bob.ping(Some(1)).await.unwrap();
+    let next = within(bob.next_frame()).await.unwrap();
+    assert_eq!(next, ServerFrame::Pong { ts: Some(1) });
+}
+
+#[tokio::test]
+async fn a_retry_gets_the_original_id_before_and_after_a_chat_restart() {
+    let mut stack = Stack::new().start().await;
+    let mut alice = stack.connect("alice", 0).await;
+    let mut bob = stack.connect("bob", 0).await;
+
+    alice.send("bob", "retry-1", "once").await.unwrap();
+    let (first, _) = sent(&mut alice, "retry-1").await;
+    alice.send("bob", "retry-1", "once").await.unwrap();
+    let (second, _) = sent(&mut alice, "retry-1").await;
+    assert_eq!(first, second);
+
+    // Restart the chat service: de-duplication state lives in the stream, not the process.
+    stack.chats[0].kill();
+    let config = stack.chat_config.clone();
+    stack.start_chat(config).await;
+    alice.send("bob", "retry-1", "once").await.unwrap();
+    let (third, _) = sent(&mut alice, "retry-1").await;
+    assert_eq!(first, third);
+
+    // Bob got it once: the next message he sees is the marker sent afterwards.
+    alice.send("bob", "marker", "after").await.unwrap();
+    sent(&mut alice, "marker").await;
+    assert_eq!(message(&mut bob).await.id, first);
+    assert_eq!(message(&mut bob).await.body, "after");
+    assert_eq!(stack.stored_messages().await, 2);
+}
+
+#[tokio::test]
+async fn every_device_receives_and_the_senders_other_device_gets_a_copy() {
+    let stack = Stack::new().gateways(2).start().await;
+    let mut alice_phone = stack.connect("alice", 0).await;
+    let mut alice_laptop = stack.connect("alice", 1).await;
+    let mut bob_phone = stack.connect("bob", 0).await;
+    let mut bob_laptop = stack.connect("bob", 1).await;
+
+    alice_phone
+        .send("bob", "d1", "to all devices")
+        .await
+        .unwrap();
+    let (id, _) = sent(&mut alice_phone, "d1").await;
+    assert_eq!(message(&mut bob_phone).await.id, id);
+    assert_eq!(message(&mut bob_laptop).await.id, id);
+    assert_eq!(message(&mut alice_laptop).await.id, id);
+
+    // The sending device gets `sent`, not an echo.
+    alice_phone.ping(Some(7)).await.unwrap();
+    let next = expect_frame(&mut alice_phone, |f| match f {
+        ServerFrame::Message(_) | ServerFrame::Pong { .. } => Some(f.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(next, ServerFrame::Pong { ts: Some(7) });
+}
+
+#[tokio::test]
+async fn a_thousand_messages_arrive_in_order() {
+    let stack = Stack::new().gateways(2).start().await;
+    let mut alice = stack.connect("alice", 0).await;
+    let mut bob = stack.connect("bob", 1).await;
+
+    // Alice pipelines up to 100 sends, as a client respecting max_in_flight_sends would.
+    let sender = tokio::spawn(async move {
+        let mut answered = 0;
+        for i in 0..1000 {
+            alice
+                .send("bob", &format!("o{i}"), &i.to_string())
+                .await
+                .unwrap();
+            while i + 1 - answered >= 100 {
+                sent(&mut alice, &format!("o{answered}")).await;
+                answered += 1;
+            }
+        }
+        alice
+    });
+    for i in 0..1000 {
+        assert_eq!(message(&mut bob).await.body, i.to_string());
+    }
+    sender.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_message_answered_sent_is_routed_after_the_chat_service_dies() {
+    // The first chat instance persists and answers but never routes: it stands for a process
+    // killed between the JetStream ack and routing.
+    let mut stack = Stack::new().chat_config(|c| c.route = false).start().await;
+    let mut alice = stack.connect("alice", 0).await;
+    let mut bob = stack.connect("bob", 0).await;
+    alice.send("bob", "crash-1", "survives").await.unwrap();
+    let (id, _) = sent(&mut alice, "crash-1").await;
+    stack.chats[0].kill();
+
+    let mut config = stack.chat_config.clone();
+    config.route = true;
+    stack.start_chat(config).await;
+    let got = message(&mut bob).await;
+    assert_eq!((got.id, got.body.as_str()), (id, "survives"));
+}
+
+#[tokio::test]
+async fn json_and_msgpack_clients_talk_to_each_other() {
+    let stack = Stack::new().start().await;
+    let mut alice = stack.connect_with("alice", 0, Encoding::Json).await;
+    let mut bob = stack.connect_with("bob", 0, Encoding::MsgPack).await;
+    assert_eq!(bob.encoding(), Encoding::MsgPack);
+
+    alice.send("bob", "e1", "from json").await.unwrap();
+    sent(&mut alice, "e1").await;
+    assert_eq!(message(&mut bob).await.body, "from json");
+
+    bob.send("alice", "e2", "from msgpack ✓").await.unwrap();
+    sent(&mut bob, "e2").await;
+    assert_eq!(message(&mut alice).await.body, "from msgpack ✓");
+}
