@@ -64,9 +64,16 @@ pub struct StackBuilder {
     gateway: gateway::GatewayConfig,
     chat: chat::ChatConfig,
     bus: BusConfig,
+    sync_interval: String,
 }
 
 impl StackBuilder {
+    /// JetStream `sync_interval` of the test nats-server (`always` or a duration).
+    pub fn sync_interval(mut self, v: &str) -> Self {
+        self.sync_interval = v.into();
+        self
+    }
+
     pub fn gateways(mut self, n: usize) -> Self {
         self.gateways = n;
         self
@@ -85,7 +92,7 @@ impl StackBuilder {
 
     pub async fn start(self) -> Stack {
         plumbing::telemetry::init();
-        let nats = TestNats::start();
+        let nats = TestNats::start_with_sync(&self.sync_interval);
         let mut bus = self.bus;
         bus.nats_url = nats.url();
         let mut stack = Stack {
@@ -167,6 +174,7 @@ impl Stack {
             gateway,
             chat: chat::ChatConfig::default(),
             bus: BusConfig::default(),
+            sync_interval: "2m".into(),
         }
     }
 

@@ -1,1 +1,70 @@
-fn main() {}
+//! `natter-bench`: measured figures, not hopes. Scenarios:
+//!
+//! * `idle`: RSS of a separate `natter-gateway` process per idle authenticated connection;
+//! * `direct`: persisted 1:1 delivery latency (p50/p99/p99.9) at increasing offered rates,
+//!   next to a raw core-NATS relay measured in the same invocation as the ceiling.
+//!
+//! `--json` prints one JSON object per measurement, one per line.
+
+mod direct;
+mod idle;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "natter-bench")]
+struct Cli {
+    /// Print JSON lines instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// Gateway RSS per idle authenticated connection.
+    Idle {
+        /// Connection counts to measure, in order (cumulative).
+        #[arg(long, value_delimiter = ',', default_value = "10000,19000")]
+        connections: Vec<usize>,
+    },
+    /// Persisted 1:1 delivery latency and throughput, with a raw NATS relay as the ceiling.
+    Direct {
+        /// Offered rates in messages per second.
+        #[arg(long, value_delimiter = ',', default_value = "1000,2500,5000")]
+        rates: Vec<u64>,
+        /// Seconds per rate.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Sender/receiver pairs.
+        #[arg(long, default_value_t = 50)]
+        pairs: usize,
+        /// JetStream sync_interval of the nats-server: `always` or a duration like `2m`.
+        #[arg(long, default_value = "always")]
+        sync: String,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.scenario {
+        Scenario::Idle { connections } => idle::run(&connections, cli.json).await,
+        Scenario::Direct {
+            rates,
+            seconds,
+            pairs,
+            sync,
+        } => direct::run(&rates, seconds, pairs, &sync, cli.json).await,
+    }
+}
+
+/// Percentile (0..=1) of sorted microsecond samples, in milliseconds.
+pub fn percentile_ms(sorted_us: &[u64], p: f64) -> f64 {
+    if sorted_us.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted_us.len() as f64 - 1.0) * p).round() as usize;
+    sorted_us[i] as f64 / 1000.0
+}
