@@ -134,13 +134,13 @@ pub fn respond(
     res
 }
 
-/// Per-connection buffers sized for a chat session, not for bulk transfer: a 1 KiB read
+/// Per-connection buffers sized for a chat session, not for bulk transfer: a 256-byte read
 /// buffer that grows only while a large frame is being read, and a write buffer that collects
 /// a batch of frames until the session flushes. Idle connections then cost a few KiB instead
 /// of 134 KiB.
 fn ws_config(max_frame_bytes: usize) -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(1024)
+        .read_buffer_size(256)
         .write_buffer_size(16 * 1024)
         .max_write_buffer_size(4 * 1024 * 1024)
         .max_message_size(Some(max_frame_bytes))

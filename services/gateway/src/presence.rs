@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::kv;
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use plumbing::bus::PresenceBuckets;
 use protocol::payloads::{GatewayLease, SessionEntry};
 use protocol::{ConnId, GatewayId, UserId, subjects};
@@ -42,23 +43,37 @@ impl Presence {
         }
     }
 
-    pub async fn register(&self, user: &UserId, conn: ConnId) -> anyhow::Result<()> {
+    // `register` and `unregister` return boxed futures built in a plain function: the KV
+    // futures are large and every session awaits them once, so keeping them out of the
+    // session's own state machine saves memory on every idle connection.
+
+    pub fn register(&self, user: &UserId, conn: ConnId) -> BoxFuture<'static, anyhow::Result<()>> {
         let entry = SessionEntry {
             user: user.clone(),
             gateway: self.gateway.clone(),
             conn,
         };
         let key = subjects::session_key(user, &self.gateway, conn);
-        self.sessions
-            .put(key, Bytes::from(serde_json::to_vec(&entry)?))
-            .await?;
-        Ok(())
+        let sessions = self.sessions.clone();
+        Box::pin(async move {
+            sessions
+                .put(key, Bytes::from(serde_json::to_vec(&entry)?))
+                .await?;
+            Ok(())
+        })
     }
 
-    pub async fn unregister(&self, user: &UserId, conn: ConnId) -> anyhow::Result<()> {
+    pub fn unregister(
+        &self,
+        user: &UserId,
+        conn: ConnId,
+    ) -> BoxFuture<'static, anyhow::Result<()>> {
         let key = subjects::session_key(user, &self.gateway, conn);
-        self.sessions.purge_with_ttl(key, MARKER_TTL).await?;
-        Ok(())
+        let sessions = self.sessions.clone();
+        Box::pin(async move {
+            sessions.purge_with_ttl(key, MARKER_TTL).await?;
+            Ok(())
+        })
     }
 
     /// Writes the lease now and then every third of its TTL until `stop`; removes it on stop.

@@ -42,6 +42,14 @@ enum SendFailure {
     NoChatService,
 }
 
+/// What the session loop does after a client message.
+enum Step {
+    Continue,
+    Close(CloseCode),
+    /// Finish this work (boxed, see `on_message`) before the next turn.
+    Await(Pin<Box<dyn Future<Output = ()> + Send>>),
+}
+
 /// How long writing one batch to a client may take before it counts as a slow consumer.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -135,8 +143,10 @@ impl Session {
                         Some(Err(e)) => return close_code_for(e),
                     };
                     heartbeat.as_mut().reset(tokio::time::Instant::now() + timeout);
-                    if let Some(code) = self.on_message(msg).await {
-                        return Some(code);
+                    match self.on_message(msg) {
+                        Step::Continue => {}
+                        Step::Close(code) => return Some(code),
+                        Step::Await(work) => work.await,
                     }
                 }
                 _ = self.handle.outbox.ready() => {
@@ -167,20 +177,22 @@ impl Session {
         }
     }
 
-    async fn on_message(&mut self, msg: Message) -> Option<CloseCode> {
+    /// Handles one client message. Synchronous on purpose: work that must await (publishing
+    /// a receipt) comes back boxed, so the rarely used large futures do not sit in every idle
+    /// session's task (this keeps an idle connection within a few KiB).
+    fn on_message(&mut self, msg: Message) -> Step {
         let (bytes, is_text) = match &msg {
             Message::Text(t) => (t.as_bytes(), true),
             Message::Binary(b) => (&b[..], false),
-            Message::Close(_) => return None,
-            // WebSocket pings are answered by tungstenite; pongs and raw frames need nothing.
-            _ => return None,
+            // tungstenite answers a close; pings are answered by it too; pongs need nothing.
+            _ => return Step::Continue,
         };
         self.shared.metrics.frames_in.inc();
         match self.encoding.decode_client(bytes, is_text) {
-            Ok(frame) => self.on_frame(frame).await,
+            Ok(frame) => self.on_frame(frame),
             Err(DecodeError::WrongFrameKind(..)) => {
                 self.shared.metrics.bad_frames.inc();
-                Some(CloseCode::ProtocolViolation)
+                Step::Close(CloseCode::ProtocolViolation)
             }
             Err(e) => {
                 self.shared.metrics.bad_frames.inc();
@@ -189,28 +201,24 @@ impl Session {
                     _ => ErrorCode::MalformedFrame,
                 };
                 self.queue(&ServerFrame::error(code, e.to_string(), None));
-                None
+                Step::Continue
             }
         }
     }
 
-    async fn on_frame(&mut self, frame: ClientFrame) -> Option<CloseCode> {
+    fn on_frame(&mut self, frame: ClientFrame) -> Step {
         match frame {
             ClientFrame::Send { to, cid, body } => self.on_send(to, cid, body),
             ClientFrame::Ack { conversation, id } => {
-                self.on_receipt(ReceiptKind::Delivered, conversation, id)
-                    .await
+                return self.on_receipt(ReceiptKind::Delivered, conversation, id);
             }
             ClientFrame::Read {
                 conversation,
                 up_to,
-            } => {
-                self.on_receipt(ReceiptKind::Seen, conversation, up_to)
-                    .await
-            }
+            } => return self.on_receipt(ReceiptKind::Seen, conversation, up_to),
             ClientFrame::Ping { ts } => self.queue(&ServerFrame::Pong { ts }),
         }
-        None
+        Step::Continue
     }
 
     fn on_send(&mut self, to: String, cid: String, body: String) {
@@ -295,23 +303,25 @@ impl Session {
         self.queue(&frame);
     }
 
-    async fn on_receipt(&mut self, kind: ReceiptKind, conversation: String, id: String) {
+    fn on_receipt(&mut self, kind: ReceiptKind, conversation: String, id: String) -> Step {
         let (Ok(conversation), Ok(id)) = (
             conversation.parse::<ConversationId>(),
             id.parse::<MessageId>(),
         ) else {
-            return self.reject(
+            self.reject(
                 ErrorCode::InvalidId,
                 "invalid conversation or message id",
                 None,
             );
+            return Step::Continue;
         };
         if !conversation.has_participant(&self.user) {
-            return self.reject(
+            self.reject(
                 ErrorCode::Forbidden,
                 "not a participant of that conversation",
                 None,
             );
+            return Step::Continue;
         }
         let receipt = Receipt {
             kind,
@@ -320,14 +330,12 @@ impl Session {
             id,
         };
         let payload = serde_json::to_vec(&receipt).expect("receipt to JSON");
-        if let Err(e) = self
-            .shared
-            .nats
-            .publish(subjects::CHAT_RECEIPT, payload.into())
-            .await
-        {
-            tracing::warn!(error = %e, "receipt not published");
-        }
+        let nats = self.shared.nats.clone();
+        Step::Await(Box::pin(async move {
+            if let Err(e) = nats.publish(subjects::CHAT_RECEIPT, payload.into()).await {
+                tracing::warn!(error = %e, "receipt not published");
+            }
+        }))
     }
 
     fn reject(&mut self, code: ErrorCode, reason: impl Into<String>, cid: Option<ClientMsgId>) {
@@ -354,7 +362,7 @@ impl Session {
             }
             ws.flush().await
         };
-        match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+        match Box::pin(tokio::time::timeout(WRITE_TIMEOUT, write)).await {
             Ok(Ok(())) => {
                 self.shared.metrics.frames_out.add(n);
                 if self.batch.capacity() > 64 {
@@ -372,7 +380,11 @@ impl Session {
             code: WsCloseCode::from(code as u16),
             reason: code.reason().into(),
         };
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.ws.close(Some(frame))).await;
+        let _ = Box::pin(tokio::time::timeout(
+            Duration::from_secs(2),
+            self.ws.close(Some(frame)),
+        ))
+        .await;
     }
 
     fn token_expired(&self) -> bool {
