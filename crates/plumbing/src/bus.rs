@@ -46,6 +46,15 @@ pub async fn connect(url: &str, name: &str) -> anyhow::Result<async_nats::Client
     Ok(client)
 }
 
+/// Returns once the server has processed everything this client sent before the call (for
+/// example a SUB), so that other connections' messages can already reach it. `flush` alone
+/// only empties our write buffer. A request to a subject nobody serves comes back as "no
+/// responders" from the server itself: one round trip.
+pub async fn round_trip(client: &async_nats::Client) {
+    let subject = format!("_NATTER.sync.{}", client.new_inbox().replace('.', "_"));
+    let _ = client.request(subject, bytes::Bytes::new()).await;
+}
+
 /// Creates or updates the stream that holds every accepted message.
 pub async fn ensure_messages_stream(
     js: &jetstream::Context,

@@ -34,7 +34,7 @@ pub async fn subscribe(nats: &async_nats::Client) -> anyhow::Result<async_nats::
     let sub = nats
         .queue_subscribe(subjects::CHAT_SEND, subjects::CHAT_QUEUE.into())
         .await?;
-    nats.flush().await?;
+    plumbing::bus::round_trip(nats).await;
     Ok(sub)
 }
 

@@ -19,7 +19,7 @@ pub async fn subscribe(shared: Arc<Shared>) -> anyhow::Result<JoinHandle<()>> {
         .nats
         .subscribe(subjects::gateway_inbox(&shared.gateway))
         .await?;
-    shared.nats.flush().await?;
+    plumbing::bus::round_trip(&shared.nats).await;
     let deliver = subjects::gateway_deliver(&shared.gateway);
     Ok(tokio::spawn(async move {
         while let Some(msg) = sub.next().await {
