@@ -130,6 +130,13 @@ async fn every_device_receives_and_the_senders_other_device_gets_a_copy() {
     assert_eq!(next, ServerFrame::Pong { ts: Some(7) });
 }
 
+fn metric(stack: &Stack, name: &str) -> u64 {
+    let text = stack.chats[0].metrics.render();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no metric {name} in {text}"))
+}
+
 #[tokio::test]
 async fn a_thousand_messages_arrive_in_order() {
     let stack = Stack::new().gateways(2).start().await;

@@ -158,3 +158,35 @@ mod tests {
         assert!(text.contains("natter_z_seconds_count 1\n"));
     }
 }
+
+/// Serves `/metrics` and `/healthz` on `addr` until `shutdown` (for services without a
+/// gateway's HTTP listener). `healthy` decides the health answer.
+pub async fn serve(
+    addr: std::net::SocketAddr,
+    metrics: Metrics,
+    healthy: impl Fn() -> bool + Clone + Send + Sync + 'static,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<std::net::SocketAddr> {
+    use warp::Filter;
+    let render = warp::path!("metrics").map(move || {
+        warp::reply::with_header(
+            metrics.render(),
+            "content-type",
+            "text/plain; version=0.0.4",
+        )
+    });
+    let health = warp::path!("healthz").map(move || {
+        if healthy() {
+            warp::reply::with_status("ok", warp::http::StatusCode::OK)
+        } else {
+            warp::reply::with_status("unhealthy", warp::http::StatusCode::SERVICE_UNAVAILABLE)
+        }
+    });
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let server = warp::serve(render.or(health))
+        .incoming(listener)
+        .graceful(async move { shutdown.cancelled().await });
+    tokio::spawn(server.run());
+    Ok(bound)
+}

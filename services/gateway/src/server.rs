@@ -37,6 +37,8 @@ pub struct Shared {
     pub shutdown: CancellationToken,
     pub sessions: TaskTracker,
     conn_ids: Mutex<ulid::Generator>,
+    /// Other registries rendered at `/metrics` (the chat service's, in the all-in-one).
+    extra_metrics: Mutex<Vec<plumbing::Metrics>>,
 }
 
 impl Shared {
@@ -54,6 +56,7 @@ pub struct Gateway {
     pub addr: SocketAddr,
     pub id: GatewayId,
     task: JoinHandle<()>,
+    shared: Arc<Shared>,
 }
 
 impl Gateway {
@@ -103,15 +106,22 @@ impl Gateway {
             shutdown,
             sessions: TaskTracker::new(),
             conn_ids: Mutex::new(conn_ids),
+            extra_metrics: Mutex::new(Vec::new()),
         });
         let inbox = inbox::subscribe(shared.clone()).await?;
         tracing::info!(gateway = %gateway, %addr, "gateway listening");
-        let task = tokio::spawn(serve(shared, listener, inbox));
+        let task = tokio::spawn(serve(shared.clone(), listener, inbox));
         Ok(Self {
             addr,
             id: gateway,
             task,
+            shared,
         })
+    }
+
+    /// Also renders `metrics` at this gateway's `/metrics`.
+    pub fn export_metrics(&self, metrics: plumbing::Metrics) {
+        self.shared.extra_metrics.lock().unwrap().push(metrics);
     }
 
     /// Waits until the gateway has shut down.

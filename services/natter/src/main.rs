@@ -90,6 +90,7 @@ async fn up(mut config: NatterConfig) -> anyhow::Result<()> {
         shutdown.clone(),
     )
     .await?;
+    gw.export_metrics(chat.metrics.clone());
     println!("natter is up");
     println!("  WebSocket: ws://{}/v1/ws", gw.addr);
     println!("  NATS:      {}", config.bus.nats_url);
