@@ -139,26 +139,6 @@ impl Metrics {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn renders_prometheus_text() {
-        let m = Metrics::default();
-        m.counter("natter_x_total", "x").add(3);
-        m.gauge("natter_y", "y").set(-2);
-        m.histogram("natter_z_seconds", "z")
-            .observe(std::time::Duration::from_millis(2));
-        let text = m.render();
-        assert!(text.contains("natter_x_total 3\n"));
-        assert!(text.contains("natter_y -2\n"));
-        assert!(text.contains("natter_z_seconds_bucket{le=\"0.001\"} 0\n"));
-        assert!(text.contains("natter_z_seconds_bucket{le=\"0.0025\"} 1\n"));
-        assert!(text.contains("natter_z_seconds_count 1\n"));
-    }
-}
-
 /// Serves `/metrics` and `/healthz` on `addr` until `shutdown` (for services without a
 /// gateway's HTTP listener). `healthy` decides the health answer.
 pub async fn serve(
@@ -189,4 +169,24 @@ pub async fn serve(
         .graceful(async move { shutdown.cancelled().await });
     tokio::spawn(server.run());
     Ok(bound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let m = Metrics::default();
+        m.counter("natter_x_total", "x").add(3);
+        m.gauge("natter_y", "y").set(-2);
+        m.histogram("natter_z_seconds", "z")
+            .observe(std::time::Duration::from_millis(2));
+        let text = m.render();
+        assert!(text.contains("natter_x_total 3\n"));
+        assert!(text.contains("natter_y -2\n"));
+        assert!(text.contains("natter_z_seconds_bucket{le=\"0.001\"} 0\n"));
+        assert!(text.contains("natter_z_seconds_bucket{le=\"0.0025\"} 1\n"));
+        assert!(text.contains("natter_z_seconds_count 1\n"));
+    }
 }
