@@ -119,6 +119,8 @@ async fn every_device_receives_and_the_senders_other_device_gets_a_copy() {
     assert_eq!(message(&mut bob_phone).await.id, id);
     assert_eq!(message(&mut bob_laptop).await.id, id);
     assert_eq!(message(&mut alice_laptop).await.id, id);
+    // Three devices on two gateways: one publish per gateway, not one per device.
+    assert_eq!(metric(&stack, "natter_chat_gateway_publishes_total"), 2);
 
     // The sending device gets `sent`, not an echo.
     alice_phone.ping(Some(7)).await.unwrap();
