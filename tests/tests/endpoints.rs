@@ -15,6 +15,7 @@ async fn get(addr: std::net::SocketAddr, path: &str) -> String {
 #[tokio::test]
 async fn health_and_metrics_are_served() {
     let stack = Stack::new().start().await;
+    stack.gateways[0].export_metrics(stack.chats[0].metrics.clone());
     let addr = stack.gateways[0].addr;
     let _alice = stack.connect("alice", 0).await;
 
@@ -28,6 +29,10 @@ async fn health_and_metrics_are_served() {
         "{metrics}"
     );
     assert!(metrics.contains("# TYPE natter_gateway_send_seconds histogram"));
+    assert!(
+        metrics.contains("\nnatter_chat_sends_total 0\n"),
+        "exported chat metrics: {metrics}"
+    );
 
     let plain = get(addr, "/v1/ws").await;
     assert!(

@@ -125,6 +125,13 @@ impl RunningGateway {
         format!("ws://{}/v1/ws", self.addr)
     }
 
+    /// Also serves `metrics` at this gateway's `/metrics` (as the all-in-one does).
+    pub fn export_metrics(&self, metrics: plumbing::Metrics) {
+        if let Some(handle) = &self.handle {
+            handle.export_metrics(metrics);
+        }
+    }
+
     /// Shuts the gateway down gracefully and waits for it.
     pub async fn shutdown(&mut self) {
         self.shutdown.cancel();

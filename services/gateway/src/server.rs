@@ -270,12 +270,12 @@ fn routes(shared: Arc<Shared>) -> Routes {
                 .metrics
                 .users_online
                 .set(shared.registry.users_online() as i64);
-            warp::reply::with_header(
-                shared.metrics.registry.render(),
-                "content-type",
-                "text/plain; version=0.0.4",
-            )
-            .into_response()
+            let mut text = shared.metrics.registry.render();
+            for extra in shared.extra_metrics.lock().unwrap().iter() {
+                text.push_str(&extra.render());
+            }
+            warp::reply::with_header(text, "content-type", "text/plain; version=0.0.4")
+                .into_response()
         });
     let not_found = warp::any().map(|| {
         use warp::Reply;

@@ -102,6 +102,9 @@ async fn up(mut config: NatterConfig) -> anyhow::Result<()> {
     chat_shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(10), chat.wait()).await;
     let _ = nats.drain().await;
-    drop(local_nats);
+    if let Some(mut server) = local_nats {
+        // SIGTERM lets JetStream flush and close its files cleanly.
+        server.stop(Duration::from_secs(10));
+    }
     Ok(())
 }
