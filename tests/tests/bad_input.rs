@@ -173,13 +173,13 @@ async fn a_silent_client_is_closed_with_the_heartbeat_code() {
 #[tokio::test]
 async fn a_pinging_client_outlives_the_heartbeat_timeout() {
     let stack = Stack::new()
-        .gateway_config(|g| g.heartbeat_timeout_ms = 300)
+        .gateway_config(|g| g.heartbeat_timeout_ms = 1_000)
         .start()
         .await;
     let mut alive = stack.connect("alice", 0).await;
-    for i in 0..8 {
-        // Pacing, not synchronisation: 8 × 100 ms spans more than two timeouts.
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    for i in 0..10 {
+        // Pacing, not synchronisation: 10 × 250 ms spans more than two timeouts.
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
         alive.ping(Some(i)).await.unwrap();
         expect_frame(&mut alive, |f| {
             (f == &ServerFrame::Pong { ts: Some(i) }).then_some(())

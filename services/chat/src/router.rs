@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer};
+use async_nats::jetstream::{self, AckKind, consumer};
 use futures::StreamExt;
 use protocol::frames::ServerFrame;
 use protocol::payloads::{Delivery, StoredMessage};
@@ -21,6 +21,9 @@ use crate::presence_view::PresenceView;
 /// How long routing waits for the presence view to catch up before it treats a recipient
 /// with no known session as offline.
 const PRESENCE_PATIENCE: Duration = Duration::from_millis(500);
+
+/// How long a message whose delivery publish failed waits before it is routed again.
+const NAK_DELAY: Duration = Duration::from_secs(1);
 
 pub struct Router {
     pub nats: async_nats::Client,
@@ -76,11 +79,21 @@ pub async fn serve(
                 None => break,
             },
         };
-        match serde_json::from_slice::<StoredMessage>(&msg.payload) {
+        let routed = match serde_json::from_slice::<StoredMessage>(&msg.payload) {
             Ok(stored) => router.route(stored).await,
-            Err(e) => tracing::warn!(error = %e, subject = %msg.subject, "unroutable message"),
-        }
-        if let Err(e) = msg.ack().await {
+            Err(e) => {
+                // Not ours to fix by retrying: an integrator published garbage to the stream.
+                tracing::warn!(error = %e, subject = %msg.subject, "unroutable message");
+                true
+            }
+        };
+        let answer = if routed {
+            msg.ack().await
+        } else {
+            // A publish to a gateway failed: have the stream deliver it again shortly.
+            msg.ack_with(AckKind::Nak(Some(NAK_DELAY))).await
+        };
+        if let Err(e) = answer {
             tracing::warn!(error = %e, "router ack failed; the message will be routed again");
         }
     }
@@ -88,7 +101,8 @@ pub async fn serve(
 }
 
 impl Router {
-    async fn route(&self, stored: StoredMessage) {
+    /// Routes one message; `false` if a publish failed and it must be routed again.
+    async fn route(&self, stored: StoredMessage) -> bool {
         let message = &stored.message;
         let mut targets = self.view.routes_of(&message.to);
         if targets.is_empty() {
@@ -112,7 +126,7 @@ impl Router {
         }
         self.metrics.routed.inc();
         self.publish(by_gateway, ServerFrame::Message(stored.message))
-            .await;
+            .await
     }
 
     /// Routes a receipt frame to every session of `user`.
@@ -124,11 +138,17 @@ impl Router {
                 .or_default()
                 .push(route.conn);
         }
-        self.publish(by_gateway, frame).await;
+        // Receipts are at most once (documented in subjects.md).
+        let _ = self.publish(by_gateway, frame).await;
     }
 
-    /// One publish per gateway, carrying that gateway's target list.
-    async fn publish(&self, by_gateway: HashMap<GatewayId, Vec<ConnId>>, frame: ServerFrame) {
+    /// One publish per gateway, carrying that gateway's target list. `false` if any failed.
+    async fn publish(
+        &self,
+        by_gateway: HashMap<GatewayId, Vec<ConnId>>,
+        frame: ServerFrame,
+    ) -> bool {
+        let mut all_published = true;
         for (gateway, targets) in by_gateway {
             let delivery = Delivery {
                 targets,
@@ -142,7 +162,9 @@ impl Router {
                 .await
             {
                 tracing::warn!(error = %e, %gateway, "delivery publish failed");
+                all_published = false;
             }
         }
+        all_published
     }
 }
