@@ -231,12 +231,22 @@ impl Stack {
     }
 
     pub async fn connect_with(&self, user: &str, gw: usize, encoding: Encoding) -> Connection {
-        let mut conn =
-            Connection::connect(&self.gateways[gw].ws_url(), &self.token(user), encoding)
-                .await
-                .expect("connect");
+        self.connect_welcomed(user, gw, encoding).await.0
+    }
+
+    /// Connects and returns the connection with the id its gateway gave it.
+    pub async fn connect_welcomed(
+        &self,
+        user: &str,
+        gw: usize,
+        encoding: Encoding,
+    ) -> (Connection, protocol::ConnId) {
+        let url = self.gateways[gw].ws_url();
+        let mut conn = Connection::connect(&url, &self.token(user), encoding)
+            .await
+            .expect("connect");
         match within(conn.next_frame()).await.expect("welcome") {
-            ServerFrame::Welcome { .. } => conn,
+            ServerFrame::Welcome { conn: id, .. } => (conn, id),
             other => panic!("expected welcome, got {other:?}"),
         }
     }

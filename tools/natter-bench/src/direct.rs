@@ -1,14 +1,14 @@
 //! Persisted 1:1 delivery: `pairs` senders on gateway 0 send to `pairs` receivers on gateway 1
 //! at a fixed offered rate; latency is from just before the send to the arrival at the
 //! receiver, through the gateway, the chat service, a JetStream ack, the router and the other
-//! gateway. The ceiling is a raw core-NATS relay (publish → subscribe, no JetStream, no
-//! WebSocket) at the same rate, in the same invocation.
+//! gateway. The ceiling is a raw core-NATS relay at the same rate, in the same invocation: a
+//! NATS publish straight to the receiving gateway's deliver subject, then that gateway and the
+//! WebSocket to the client (no sending gateway, no chat service, no JetStream).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use protocol::frames::ServerFrame;
 use testkit::Stack;
 use tokio::sync::Mutex;
@@ -159,39 +159,68 @@ async fn relay_run(
     seconds: u64,
     pairs: usize,
 ) -> anyhow::Result<Figures> {
+    // Core NATS straight to the receiving gateway's deliver subject: the receiving half of
+    // natter's path (gateway inbox, outbox, WebSocket) without JetStream or the chat service.
     let publisher = stack.nats.client().await;
-    let subscriber = stack.nats.client().await;
-    let subject = format!("bench.relay.{rate}");
-    let mut sub = subscriber.subscribe(subject.clone()).await?;
-    subscriber.flush().await?;
-    let total = (rate * seconds) as usize;
-    let receiver = tokio::spawn(async move {
-        let mut lat = Vec::with_capacity(total);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds + 5);
-        while lat.len() < total {
-            let Ok(Some(msg)) = tokio::time::timeout_at(deadline, sub.next()).await else {
-                break;
-            };
-            let sent_us: u64 = std::str::from_utf8(&msg.payload)
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(0);
-            lat.push((epoch.elapsed().as_micros() as u64).saturating_sub(sent_us));
-        }
-        lat
-    });
-    let _ = pairs;
+    let gateway = protocol::GatewayId::new(&stack.gateways[1].id)?;
+    let subject = protocol::subjects::gateway_deliver(&gateway);
+    let per_pair = rate as f64 / pairs as f64;
+    let expected = (per_pair * seconds as f64).round() as u64;
+    let latencies = Arc::new(Mutex::new(Vec::new()));
+    let mut receivers = Vec::new();
+    let mut targets = Vec::new();
+    for i in 0..pairs {
+        let (mut rx, conn) = stack
+            .connect_welcomed(&format!("relay{rate}-{i}"), 1, protocol::Encoding::Json)
+            .await;
+        targets.push(conn);
+        let latencies = latencies.clone();
+        receivers.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds + 5);
+            while (mine.len() as u64) < expected {
+                let Ok(Ok(frame)) = tokio::time::timeout_at(deadline, rx.next_frame()).await else {
+                    break;
+                };
+                if let ServerFrame::Message(m) = frame {
+                    let sent_us: u64 = m.body.parse().unwrap_or(0);
+                    mine.push((epoch.elapsed().as_micros() as u64).saturating_sub(sent_us));
+                }
+            }
+            latencies.lock().await.extend(mine);
+        }));
+    }
+    let template = protocol::frames::Message {
+        id: protocol::MessageId(ulid::Ulid::new()),
+        conversation: "dm:relay:relay2".parse()?,
+        from: protocol::UserId::new("relay")?,
+        to: protocol::UserId::new("relay2")?,
+        cid: protocol::ClientMsgId::new("relay")?,
+        body: String::new(),
+        ts: 0,
+    };
+    let total = expected * pairs as u64;
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    for _ in 0..total {
+    for n in 0..total {
         tick.tick().await;
-        let body = epoch.elapsed().as_micros().to_string();
-        publisher.publish(subject.clone(), body.into()).await?;
+        let mut message = template.clone();
+        message.body = epoch.elapsed().as_micros().to_string();
+        let delivery = protocol::payloads::Delivery {
+            targets: vec![targets[n as usize % pairs]],
+            frame: ServerFrame::Message(message),
+        };
+        publisher
+            .publish(subject.clone(), serde_json::to_vec(&delivery)?.into())
+            .await?;
     }
     publisher.flush().await?;
-    let latencies_us = receiver.await?;
+    for r in receivers {
+        r.await?;
+    }
+    let latencies_us = std::mem::take(&mut *latencies.lock().await);
     Ok(Figures {
-        sent: total as u64,
+        sent: total,
         received: latencies_us.len() as u64,
         latencies_us,
     })
