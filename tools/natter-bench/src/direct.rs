@@ -90,25 +90,17 @@ async fn natter_run(
     let mut senders = Vec::new();
     for i in 0..pairs {
         let to = format!("r{rate}-{i}");
-        let mut rx = stack.connect(&to, 1).await;
+        let rx = stack.connect(&to, 1).await;
         let mut tx = stack.connect(&format!("s{rate}-{i}"), 0).await;
-        let (latencies, received) = (latencies.clone(), received.clone());
         let expected = (per_pair * seconds as f64).round() as u64;
-        receivers.push(tokio::spawn(async move {
-            let mut mine = Vec::new();
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds + 5);
-            while (mine.len() as u64) < expected {
-                let Ok(Ok(frame)) = tokio::time::timeout_at(deadline, rx.next_frame()).await else {
-                    break;
-                };
-                if let ServerFrame::Message(m) = frame {
-                    let sent_us: u64 = m.body.parse().unwrap_or(0);
-                    mine.push((epoch.elapsed().as_micros() as u64).saturating_sub(sent_us));
-                    received.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            latencies.lock().await.extend(mine);
-        }));
+        receivers.push(tokio::spawn(receive(
+            rx,
+            epoch,
+            expected,
+            seconds,
+            latencies.clone(),
+            received.clone(),
+        )));
         let sent = sent.clone();
         senders.push(tokio::spawn(async move {
             let interval = Duration::from_secs_f64(1.0 / per_pair);
@@ -170,25 +162,18 @@ async fn relay_run(
     let mut receivers = Vec::new();
     let mut targets = Vec::new();
     for i in 0..pairs {
-        let (mut rx, conn) = stack
+        let (rx, conn) = stack
             .connect_welcomed(&format!("relay{rate}-{i}"), 1, protocol::Encoding::Json)
             .await;
         targets.push(conn);
-        let latencies = latencies.clone();
-        receivers.push(tokio::spawn(async move {
-            let mut mine = Vec::new();
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds + 5);
-            while (mine.len() as u64) < expected {
-                let Ok(Ok(frame)) = tokio::time::timeout_at(deadline, rx.next_frame()).await else {
-                    break;
-                };
-                if let ServerFrame::Message(m) = frame {
-                    let sent_us: u64 = m.body.parse().unwrap_or(0);
-                    mine.push((epoch.elapsed().as_micros() as u64).saturating_sub(sent_us));
-                }
-            }
-            latencies.lock().await.extend(mine);
-        }));
+        receivers.push(tokio::spawn(receive(
+            rx,
+            epoch,
+            expected,
+            seconds,
+            latencies.clone(),
+            Arc::new(AtomicU64::new(0)),
+        )));
     }
     let template = protocol::frames::Message {
         id: protocol::MessageId(ulid::Ulid::new()),
@@ -224,4 +209,29 @@ async fn relay_run(
         received: latencies_us.len() as u64,
         latencies_us,
     })
+}
+
+/// Reads `expected` messages (or until the deadline), recording each one's latency from the
+/// send time carried in its body.
+async fn receive(
+    mut rx: client::Connection,
+    epoch: Instant,
+    expected: u64,
+    seconds: u64,
+    latencies: Arc<Mutex<Vec<u64>>>,
+    received: Arc<AtomicU64>,
+) {
+    let mut mine = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds + 5);
+    while (mine.len() as u64) < expected {
+        let Ok(Ok(frame)) = tokio::time::timeout_at(deadline, rx.next_frame()).await else {
+            break;
+        };
+        if let ServerFrame::Message(m) = frame {
+            let sent_us: u64 = m.body.parse().unwrap_or(0);
+            mine.push((epoch.elapsed().as_micros() as u64).saturating_sub(sent_us));
+            received.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    latencies.lock().await.extend(mine);
 }
