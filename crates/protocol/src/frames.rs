@@ -22,6 +22,24 @@ pub enum ClientFrame {
     Ack { conversation: String, id: String },
     /// The user read `conversation` up to and including `up_to`; the sender sees `seen`.
     Read { conversation: String, up_to: String },
+    /// Messages of a conversation: the newest `limit` (default 50, at most 100), or those
+    /// `before` a message id (scrolling back), or those `after` one (catching up).
+    History {
+        qid: String,
+        conversation: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        before: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<u32>,
+    },
+    /// The user's conversations, most recently active first, with unread counts.
+    Conversations {
+        qid: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<u32>,
+    },
     /// Application heartbeat; `ts` is echoed in the `pong`.
     Ping {
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -31,7 +49,8 @@ pub enum ClientFrame {
 
 impl ClientFrame {
     /// Every `type` a client may send; used to tell an unknown type from a malformed frame.
-    pub const TYPES: &'static [&'static str] = &["send", "ack", "read", "ping"];
+    pub const TYPES: &'static [&'static str] =
+        &["send", "ack", "read", "history", "conversations", "ping"];
 }
 
 /// A message as stored in the messages stream and delivered to clients.
@@ -46,6 +65,19 @@ pub struct Message {
     pub body: String,
     /// Server time of acceptance, milliseconds since the Unix epoch.
     pub ts: u64,
+}
+
+/// One entry of a user's conversation list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConversationSummary {
+    pub conversation: ConversationId,
+    /// The newest message: its id, time, sender and the start of its body.
+    pub last_id: MessageId,
+    pub last_ts: u64,
+    pub last_from: UserId,
+    pub preview: String,
+    /// Messages from others after the user's read marker (capped at 1000).
+    pub unread: u32,
 }
 
 /// A frame from the gateway to a client.
@@ -86,12 +118,28 @@ pub enum ServerFrame {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         ts: Option<u64>,
     },
+    /// Answer to `history`: messages in ascending order; `more` says whether further
+    /// messages exist beyond this page in the direction asked (older, or newer for `after`).
+    History {
+        qid: ClientMsgId,
+        conversation: ConversationId,
+        messages: Vec<Message>,
+        more: bool,
+    },
+    /// Answer to `conversations`.
+    Conversations {
+        qid: ClientMsgId,
+        conversations: Vec<ConversationSummary>,
+    },
     /// A request failed; `cid` names the `send` it answers, when there is one.
     Error {
         code: ErrorCode,
         reason: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         cid: Option<ClientMsgId>,
+        /// The query (`history`, `conversations`) it answers, when there is one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        qid: Option<ClientMsgId>,
     },
 }
 
@@ -101,6 +149,17 @@ impl ServerFrame {
             code,
             reason: reason.into(),
             cid,
+            qid: None,
+        }
+    }
+
+    /// An error answering the query `qid`.
+    pub fn query_error(code: ErrorCode, reason: impl Into<String>, qid: ClientMsgId) -> Self {
+        ServerFrame::Error {
+            code,
+            reason: reason.into(),
+            cid: None,
+            qid: Some(qid),
         }
     }
 }

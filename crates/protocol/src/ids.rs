@@ -107,6 +107,10 @@ token_id!(
     /// The sender's own id for a message, reused on retries; the de-duplication key.
     ClientMsgId
 );
+token_id!(
+    /// A group chat.
+    GroupId
+);
 
 macro_rules! ulid_id {
     ($(#[$doc:meta])* $name:ident) => {
@@ -166,7 +170,8 @@ ulid_id!(
 );
 
 /// A conversation: `dm:<a>:<b>` for a 1:1 chat, with the two user ids sorted, so both
-/// participants derive the same id. `:` cannot occur in a user id, so the form is unambiguous.
+/// participants derive the same id; `g:<group>` for a group. `:` cannot occur in an id, so
+/// the forms are unambiguous.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConversationId(Box<str>);
 
@@ -177,8 +182,22 @@ impl ConversationId {
         Self(format!("dm:{lo}:{hi}").into())
     }
 
+    /// The conversation of a group.
+    pub fn group(group: &GroupId) -> Self {
+        Self(format!("g:{group}").into())
+    }
+
+    /// The group, for a group conversation.
+    pub fn group_id(&self) -> Option<GroupId> {
+        self.0.strip_prefix("g:").map(|g| GroupId(g.into()))
+    }
+
+    pub fn is_direct(&self) -> bool {
+        self.0.starts_with("dm:")
+    }
+
     /// The two participants of a 1:1 conversation.
-    pub fn participants(&self) -> (UserId, UserId) {
+    fn participants(&self) -> (UserId, UserId) {
         let mut parts = self.0.splitn(3, ':').skip(1);
         let a = parts.next().unwrap_or_default();
         let b = parts.next().unwrap_or_default();
@@ -186,8 +205,12 @@ impl ConversationId {
         (UserId(a.into()), UserId(b.into()))
     }
 
-    /// The participant of a 1:1 conversation who is not `me`, or `None` if `me` is not in it.
+    /// The participant of a 1:1 conversation who is not `me`, or `None` if `me` is not in it
+    /// (or it is a group: membership lives in the history store).
     pub fn peer_of(&self, me: &UserId) -> Option<UserId> {
+        if !self.is_direct() {
+            return None;
+        }
         let (a, b) = self.participants();
         if &a == me {
             Some(b)
@@ -219,6 +242,7 @@ impl FromStr for ConversationId {
                 }
                 Ok(Self::direct(&a, &b))
             }
+            (Some("g"), Some(g), None, None) => Ok(Self::group(&GroupId::new(g)?)),
             _ => Err(IdError::BadConversation),
         }
     }
@@ -277,11 +301,16 @@ mod tests {
 
     #[test]
     fn conversation_parse_rejects_unsorted_and_garbage() {
+        let g: ConversationId = "g:team-1".parse().unwrap();
+        assert_eq!(g.group_id(), Some(GroupId::new("team-1").unwrap()));
+        assert_eq!(g.peer_of(&UserId::new("alice").unwrap()), None);
         for bad in [
+            "g:x.y",
+            "g:",
+            "x:y",
             "dm:bob:alice",
             "dm:alice",
             "dm:a:b:c",
-            "g:x",
             "dm:a.b:c",
             "",
         ] {

@@ -12,4 +12,6 @@ pub mod subjects;
 pub use codes::{CloseCode, ErrorCode};
 pub use encoding::{DecodeError, Encoding};
 pub use frames::{ClientFrame, ServerFrame};
-pub use ids::{ClientMsgId, ConnId, ConversationId, GatewayId, IdError, MessageId, UserId};
+pub use ids::{
+    ClientMsgId, ConnId, ConversationId, GatewayId, GroupId, IdError, MessageId, UserId,
+};

@@ -74,3 +74,31 @@ pub struct SessionEntry {
     pub gateway: GatewayId,
     pub conn: ConnId,
 }
+
+/// `natter.history.query` request: a user asks for history. Answered with a
+/// [`ServerFrame::History`], [`ServerFrame::Conversations`] or [`ServerFrame::Error`] carrying
+/// the same `qid`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryRequest {
+    /// The authenticated user; only participants and members may read a conversation.
+    pub user: UserId,
+    pub qid: crate::ids::ClientMsgId,
+    pub query: HistoryQuery,
+}
+
+/// What a history request asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum HistoryQuery {
+    /// The newest `limit` messages, or those before/after a cursor (at most one of the two).
+    Messages {
+        conversation: ConversationId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        before: Option<MessageId>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<MessageId>,
+        limit: u32,
+    },
+    /// The user's conversation list, most recently active first.
+    Conversations { limit: u32 },
+}

@@ -10,6 +10,13 @@ pub const CHAT_RECEIPT: &str = "natter.chat.receipt";
 /// Queue group shared by all chat service instances.
 pub const CHAT_QUEUE: &str = "natter-chat";
 
+/// Request/reply: history queries (gateways and integrators → history service).
+pub const HISTORY_QUERY: &str = "natter.history.query";
+/// Queue group shared by all history service instances.
+pub const HISTORY_QUEUE: &str = "natter-history";
+/// Durable consumer on [`MESSAGES_STREAM`] that writes messages to the history store.
+pub const HISTORY_CONSUMER: &str = "natter-history-writer";
+
 /// JetStream stream holding every accepted message.
 pub const MESSAGES_STREAM: &str = "NATTER_MESSAGES";
 /// Subjects captured by [`MESSAGES_STREAM`].
@@ -65,6 +72,9 @@ pub fn catalogue() -> Vec<String> {
         CHAT_SEND.into(),
         CHAT_RECEIPT.into(),
         CHAT_QUEUE.into(),
+        HISTORY_QUERY.into(),
+        HISTORY_QUEUE.into(),
+        HISTORY_CONSUMER.into(),
         MESSAGES_STREAM.into(),
         MESSAGES_SUBJECTS.into(),
         ROUTER_CONSUMER.into(),

@@ -102,9 +102,12 @@ impl StackBuilder {
             chat_config: self.chat,
             gateways: Vec::new(),
             chats: Vec::new(),
+            histories: Vec::new(),
+            history_dir: tempfile::tempdir().expect("temp dir"),
         };
         let chat_config = stack.chat_config.clone();
         stack.start_chat(chat_config).await;
+        stack.start_history().await;
         for i in 0..self.gateways {
             stack.start_gateway(&format!("gw-{i}")).await;
         }
@@ -165,6 +168,25 @@ pub struct Stack {
     pub chat_config: chat::ChatConfig,
     pub gateways: Vec<RunningGateway>,
     pub chats: Vec<RunningChat>,
+    pub histories: Vec<RunningHistory>,
+    /// Where the history service's embedded store lives.
+    pub history_dir: tempfile::TempDir,
+}
+
+/// A running history service of a stack.
+pub struct RunningHistory {
+    pub metrics: plumbing::Metrics,
+    pub cache: std::sync::Arc<history::HistoryCache<history::EmbeddedStore>>,
+    handle: Option<history::History<history::EmbeddedStore>>,
+}
+
+impl RunningHistory {
+    /// Kills it at once, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(handle) = self.handle.take() {
+            handle.abort();
+        }
+    }
 }
 
 impl Stack {
@@ -218,6 +240,30 @@ impl Stack {
             handle: Some(handle),
         });
         self.chats.len() - 1
+    }
+
+    /// Starts a history service over the stack's embedded store.
+    pub async fn start_history(&mut self) -> usize {
+        self.start_history_with(history::HistoryConfig::default())
+            .await
+    }
+
+    pub async fn start_history_with(&mut self, config: history::HistoryConfig) -> usize {
+        let nats = plumbing::bus::connect(&self.bus.nats_url, "history")
+            .await
+            .expect("connect");
+        let store = history::EmbeddedStore::open(&self.history_dir.path().join("history.redb"))
+            .expect("open embedded store");
+        let handle =
+            history::History::start(config, &self.bus, nats, store, CancellationToken::new())
+                .await
+                .expect("start history");
+        self.histories.push(RunningHistory {
+            metrics: handle.metrics.clone(),
+            cache: handle.cache.clone(),
+            handle: Some(handle),
+        });
+        self.histories.len() - 1
     }
 
     /// A valid token for `user`.

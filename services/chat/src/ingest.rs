@@ -27,6 +27,9 @@ pub struct Ingest {
     pub js: jetstream::Context,
     pub stream: jetstream::stream::Stream,
     pub metrics: ChatMetrics,
+    /// Message ids of this instance are strictly increasing, also within one millisecond,
+    /// so id order is acceptance order (history pages sort by id).
+    pub ids: std::sync::Mutex<ulid::Generator>,
 }
 
 /// Subscribes to send requests; the subscription is live on the server when this returns.
@@ -107,7 +110,11 @@ impl Ingest {
             return ServerFrame::error(ErrorCode::BodyTooLarge, reason, Some(cid));
         }
         let conversation = ConversationId::direct(&req.from, &to);
-        let id = MessageId(ulid::Ulid::new());
+        let id = {
+            let mut ids = self.ids.lock().unwrap();
+            // Fails only after 2^80 ids in one millisecond; a fresh ULID is then still unique.
+            MessageId(ids.generate().unwrap_or_else(|_| ulid::Ulid::new()))
+        };
         let stored = StoredMessage {
             message: Message {
                 id,

@@ -63,6 +63,7 @@ impl Chat {
                 js,
                 stream,
                 metrics: metrics.clone(),
+                ids: std::sync::Mutex::new(ulid::Generator::new()),
             });
             tasks.spawn(ingest::serve(ingest, sub, stop.clone()));
         }

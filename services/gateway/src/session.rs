@@ -11,11 +11,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use futures::stream::FuturesUnordered;
 use futures::{SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use protocol::frames::{ClientFrame, ServerFrame};
-use protocol::payloads::{Receipt, ReceiptKind, SendRequest};
+use protocol::payloads::{HistoryQuery, HistoryRequest, Receipt, ReceiptKind, SendRequest};
 use protocol::{
     ClientMsgId, CloseCode, ConnId, ConversationId, DecodeError, Encoding, ErrorCode, MessageId,
     UserId, subjects,
@@ -34,6 +35,13 @@ use crate::server::Shared;
 type Socket = WebSocketStream<TokioIo<Upgraded>>;
 type SendResult = Result<async_nats::Message, SendFailure>;
 type InFlight = Pin<Box<dyn Future<Output = SendResult> + Send>>;
+type Query = Pin<Box<dyn Future<Output = ServerFrame> + Send>>;
+
+/// Messages per history page unless the client asks otherwise, and the most it may ask.
+const DEFAULT_PAGE: u32 = 50;
+const MAX_PAGE: u32 = 100;
+/// History queries one session may have waiting at once.
+const MAX_QUERIES: usize = 8;
 
 /// Why a send got no answer from the chat service.
 #[derive(Debug)]
@@ -65,6 +73,9 @@ pub struct Session {
     /// Sends waiting for the one in flight, in client order.
     pending: VecDeque<(ClientMsgId, SendRequest)>,
     in_flight: Option<(ClientMsgId, Instant, InFlight)>,
+    /// History queries waiting for their answer; created on the first query, so idle
+    /// sessions pay nothing for it.
+    queries: Option<FuturesUnordered<Query>>,
     /// Frames to write at the end of this loop turn, flushed once.
     batch: Vec<Message>,
 }
@@ -87,6 +98,7 @@ impl Session {
             ws,
             pending: VecDeque::new(),
             in_flight: None,
+            queries: None,
             batch: Vec::new(),
         }
     }
@@ -158,6 +170,9 @@ impl Session {
                         return Some(code);
                     }
                 }
+                Some(frame) = next_answer(&mut self.queries), if self.has_queries() => {
+                    self.queue(&frame);
+                }
                 result = poll_in_flight(&mut self.in_flight), if self.in_flight.is_some() => {
                     let (cid, started, _) = self.in_flight.take().expect("guarded by is_some");
                     self.on_send_answer(cid, started, result);
@@ -217,8 +232,119 @@ impl Session {
                 up_to,
             } => return self.on_receipt(ReceiptKind::Seen, conversation, up_to),
             ClientFrame::Ping { ts } => self.queue(&ServerFrame::Pong { ts }),
+            ClientFrame::History {
+                qid,
+                conversation,
+                before,
+                after,
+                limit,
+            } => self.on_history(qid, conversation, before, after, limit),
+            ClientFrame::Conversations { qid, limit } => {
+                let Ok(qid) = ClientMsgId::new(&qid) else {
+                    self.reject(ErrorCode::InvalidId, "qid is not a valid id", None);
+                    return Step::Continue;
+                };
+                let limit = limit.unwrap_or(DEFAULT_PAGE).min(MAX_PAGE);
+                self.start_query(qid, HistoryQuery::Conversations { limit });
+            }
         }
         Step::Continue
+    }
+
+    fn on_history(
+        &mut self,
+        qid: String,
+        conversation: String,
+        before: Option<String>,
+        after: Option<String>,
+        limit: Option<u32>,
+    ) {
+        let Ok(qid) = ClientMsgId::new(&qid) else {
+            return self.reject(ErrorCode::InvalidId, "qid is not a valid id", None);
+        };
+        let cursor = |c: Option<String>| c.map(|c| c.parse::<MessageId>()).transpose();
+        let (Ok(conversation), Ok(before), Ok(after)) = (
+            conversation.parse::<ConversationId>(),
+            cursor(before),
+            cursor(after),
+        ) else {
+            let frame = ServerFrame::query_error(
+                ErrorCode::InvalidId,
+                "invalid conversation or cursor",
+                qid,
+            );
+            self.shared.metrics.bad_frames.inc();
+            return self.queue(&frame);
+        };
+        if before.is_some() && after.is_some() {
+            let frame = ServerFrame::query_error(
+                ErrorCode::MalformedFrame,
+                "give before or after, not both",
+                qid,
+            );
+            self.shared.metrics.bad_frames.inc();
+            return self.queue(&frame);
+        }
+        let limit = limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
+        let query = HistoryQuery::Messages {
+            conversation,
+            before,
+            after,
+            limit,
+        };
+        self.start_query(qid, query);
+    }
+
+    /// Asks the history service; the answer (or an error with the same qid) is queued when it
+    /// arrives. Authorisation is the history service's: it knows group membership.
+    fn start_query(&mut self, qid: ClientMsgId, query: HistoryQuery) {
+        if self
+            .queries
+            .as_ref()
+            .is_some_and(|q| q.len() >= MAX_QUERIES)
+        {
+            let frame = ServerFrame::query_error(
+                ErrorCode::TooManyInFlight,
+                "too many queries waiting; wait for their answers",
+                qid,
+            );
+            return self.queue(&frame);
+        }
+        let request = HistoryRequest {
+            user: self.user.clone(),
+            qid: qid.clone(),
+            query,
+        };
+        let payload = serde_json::to_vec(&request).expect("history request to JSON");
+        let nats = self.shared.nats.clone();
+        let timeout = Duration::from_millis(self.shared.config.send_timeout_ms);
+        let fut: Query = Box::pin(async move {
+            let answer = tokio::time::timeout(
+                timeout,
+                nats.request(subjects::HISTORY_QUERY, payload.into()),
+            )
+            .await;
+            match answer {
+                Ok(Ok(reply)) => match serde_json::from_slice::<ServerFrame>(&reply.payload) {
+                    Ok(frame) => frame,
+                    Err(_) => {
+                        ServerFrame::query_error(ErrorCode::Unavailable, "history failed", qid)
+                    }
+                },
+                _ => ServerFrame::query_error(
+                    ErrorCode::Unavailable,
+                    "history service unavailable; retry",
+                    qid,
+                ),
+            }
+        });
+        self.queries
+            .get_or_insert_with(FuturesUnordered::new)
+            .push(fut);
+    }
+
+    fn has_queries(&self) -> bool {
+        self.queries.as_ref().is_some_and(|q| !q.is_empty())
     }
 
     fn on_send(&mut self, to: String, cid: String, body: String) {
@@ -395,6 +521,13 @@ impl Session {
         now > self
             .token_exp
             .saturating_add(self.shared.config.jwt_leeway_secs)
+    }
+}
+
+async fn next_answer(queries: &mut Option<FuturesUnordered<Query>>) -> Option<ServerFrame> {
+    match queries {
+        Some(q) => q.next().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use chat::ChatConfig;
 use gateway::GatewayConfig;
+use history::HistoryConfig;
 use plumbing::BusConfig;
 use serde::{Deserialize, Serialize};
 
@@ -14,6 +15,9 @@ pub struct NatterConfig {
     pub bus: BusConfig,
     pub gateway: GatewayConfig,
     pub chat: ChatConfig,
+    /// The history service; its embedded store lives in `data_dir` unless
+    /// `history.embedded_path` is set to another place.
+    pub history: HistoryConfig,
     /// Where the local nats-server keeps its data, and the dev secret is kept.
     pub data_dir: PathBuf,
     /// JetStream `sync_interval` of the local nats-server: `always` (fsync before every ack,
@@ -27,6 +31,7 @@ impl Default for NatterConfig {
             bus: BusConfig::default(),
             gateway: GatewayConfig::default(),
             chat: ChatConfig::default(),
+            history: HistoryConfig::default(),
             data_dir: PathBuf::from(".data"),
             nats_sync_interval: "always".into(),
         }
@@ -34,6 +39,15 @@ impl Default for NatterConfig {
 }
 
 impl NatterConfig {
+    /// The embedded history store's file.
+    pub fn history_path(&self) -> PathBuf {
+        if self.history.embedded_path == HistoryConfig::default().embedded_path {
+            self.data_dir.join("history.redb")
+        } else {
+            self.history.embedded_path.clone()
+        }
+    }
+
     /// Uses the configured secret, or on a local install a random dev secret kept in
     /// `data_dir/dev-secret` so that `natter token` and `natter up` agree.
     pub fn resolve_secret(&mut self) -> anyhow::Result<()> {

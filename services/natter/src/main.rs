@@ -83,6 +83,17 @@ async fn up(mut config: NatterConfig) -> anyhow::Result<()> {
         chat_shutdown.clone(),
     )
     .await?;
+    let history_shutdown = tokio_util::sync::CancellationToken::new();
+    let store = history::EmbeddedStore::open(&config.history_path())
+        .with_context(|| format!("opening {}", config.history_path().display()))?;
+    let history = history::History::start(
+        config.history.clone(),
+        &config.bus,
+        nats.clone(),
+        store,
+        history_shutdown.clone(),
+    )
+    .await?;
     let gw = gateway::Gateway::start(
         config.gateway.clone(),
         &config.bus,
@@ -91,16 +102,19 @@ async fn up(mut config: NatterConfig) -> anyhow::Result<()> {
     )
     .await?;
     gw.export_metrics(chat.metrics.clone());
+    gw.export_metrics(history.metrics.clone());
     println!("natter is up");
     println!("  WebSocket: ws://{}/v1/ws", gw.addr);
     println!("  NATS:      {}", config.bus.nats_url);
     println!("  token:     natter token <user>");
 
     // Shutdown order: the gateway closes its sessions first, then the chat service stops,
-    // then NATS is drained, and the local nats-server goes last.
+    // then the history service, then NATS is drained, and the local nats-server goes last.
     gw.wait().await;
     chat_shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(10), chat.wait()).await;
+    history_shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(10), history.wait()).await;
     let _ = nats.drain().await;
     if let Some(mut server) = local_nats {
         // SIGTERM lets JetStream flush and close its files cleanly.

@@ -1,0 +1,216 @@
+//! The moka cache in front of the store: the most recent messages of each conversation
+//! (100 per conversation for 10,000 conversations by default), written through on append.
+//!
+//! Concurrent misses on one conversation are merged into one store read, and a reader never
+//! sees a page with a gap: loading a page and writing new messages through to it are
+//! serialised per conversation (striped async locks), and the write-through happens only after
+//! the store confirmed the write. So a load either sees the new message in the store, or
+//! finishes before the write-through, which then adds it to the loaded page.
+
+use std::collections::VecDeque;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, RwLock};
+
+use plumbing::{Counter, Metrics};
+use protocol::ConversationId;
+use protocol::frames::Message;
+use serde::{Deserialize, Serialize};
+
+use crate::store::{Page, Store, StoreError};
+
+/// Cache sizes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CacheConfig {
+    /// Conversations kept.
+    pub conversations: u64,
+    /// Newest messages kept per conversation.
+    pub messages_per_conversation: usize,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            conversations: 10_000,
+            messages_per_conversation: 100,
+        }
+    }
+}
+
+/// The newest messages of one conversation, oldest first.
+struct Recent {
+    messages: VecDeque<Message>,
+    /// The page holds the whole conversation (it never overflowed its capacity).
+    complete: bool,
+}
+
+impl Recent {
+    fn merge(&mut self, m: &Message, capacity: usize) {
+        let pos = self.messages.partition_point(|x| x.id < m.id);
+        if self.messages.get(pos).is_some_and(|x| x.id == m.id) {
+            return; // a replay
+        }
+        if pos == 0 && !self.complete {
+            return; // older than the page, which is not the whole conversation
+        }
+        self.messages.insert(pos, m.clone());
+        if self.messages.len() > capacity {
+            self.messages.pop_front();
+            self.complete = false;
+        }
+    }
+
+    /// Serves `page` from memory, or `None` when the store must answer.
+    fn serve(&self, page: Page, limit: usize) -> Option<Vec<Message>> {
+        let oldest = self.messages.front().map(|m| m.id);
+        match page {
+            Page::Latest => (self.complete || self.messages.len() >= limit)
+                .then(|| self.messages.iter().rev().take(limit).cloned().collect()),
+            Page::Before(id) => {
+                let end = self.messages.partition_point(|x| x.id < id);
+                (self.complete || end >= limit).then(|| {
+                    self.messages
+                        .range(..end)
+                        .rev()
+                        .take(limit)
+                        .cloned()
+                        .collect()
+                })
+            }
+            Page::After(id) => (self.complete || oldest.is_some_and(|o| o <= id)).then(|| {
+                let start = self.messages.partition_point(|x| x.id <= id);
+                self.messages.range(start..).take(limit).cloned().collect()
+            }),
+        }
+    }
+}
+
+type Slot = Arc<RwLock<Recent>>;
+
+/// Cache counters, exported at `/metrics`.
+#[derive(Clone)]
+pub struct CacheMetrics {
+    pub hits: Counter,
+    pub misses: Counter,
+    pub store_reads: Counter,
+}
+
+/// The store behind a cache of recent messages.
+pub struct HistoryCache<S> {
+    store: S,
+    pages: moka::future::Cache<ConversationId, Slot>,
+    stripes: Vec<tokio::sync::Mutex<()>>,
+    capacity: usize,
+    pub metrics: CacheMetrics,
+}
+
+impl<S: Store> HistoryCache<S> {
+    pub fn new(store: S, config: &CacheConfig, metrics: &Metrics) -> Self {
+        Self {
+            store,
+            pages: moka::future::Cache::new(config.conversations),
+            stripes: (0..1024).map(|_| tokio::sync::Mutex::new(())).collect(),
+            capacity: config.messages_per_conversation,
+            metrics: CacheMetrics {
+                hits: metrics.counter(
+                    "natter_history_cache_hits_total",
+                    "reads served from the cache",
+                ),
+                misses: metrics.counter(
+                    "natter_history_cache_misses_total",
+                    "reads the cache could not serve",
+                ),
+                store_reads: metrics.counter(
+                    "natter_history_store_reads_total",
+                    "message page reads sent to the store",
+                ),
+            },
+        }
+    }
+
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    fn stripe(&self, conversation: &ConversationId) -> &tokio::sync::Mutex<()> {
+        // A fixed hasher: one conversation must always map to the same stripe.
+        let mut fixed = std::collections::hash_map::DefaultHasher::new();
+        conversation.hash(&mut fixed);
+        &self.stripes[(fixed.finish() as usize) % self.stripes.len()]
+    }
+
+    /// Writes to the store, then through to cached pages.
+    pub async fn append(&self, messages: &[Message]) -> Result<(), StoreError> {
+        self.store.append(messages).await?;
+        let mut by_conversation: Vec<(&ConversationId, Vec<&Message>)> = Vec::new();
+        for m in messages {
+            match by_conversation
+                .iter_mut()
+                .find(|(c, _)| *c == &m.conversation)
+            {
+                Some((_, ms)) => ms.push(m),
+                None => by_conversation.push((&m.conversation, vec![m])),
+            }
+        }
+        for (conversation, ms) in by_conversation {
+            let _guard = self.stripe(conversation).lock().await;
+            if let Some(slot) = self.pages.get(conversation).await {
+                let mut recent = slot.write().unwrap();
+                for m in ms {
+                    recent.merge(m, self.capacity);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Up to `limit` messages, in the store's order for `page` (see [`Store::page`]).
+    pub async fn page(
+        &self,
+        conversation: &ConversationId,
+        page: Page,
+        limit: usize,
+    ) -> Result<Vec<Message>, StoreError> {
+        if limit <= self.capacity {
+            let (slot, loaded) = self.slot(conversation).await?;
+            let served = slot.read().unwrap().serve(page, limit);
+            if let Some(found) = served {
+                if loaded {
+                    self.metrics.misses.inc();
+                } else {
+                    self.metrics.hits.inc();
+                }
+                return Ok(found);
+            }
+        }
+        self.metrics.misses.inc();
+        self.metrics.store_reads.inc();
+        self.store.page(conversation, page, limit).await
+    }
+
+    /// The cached page of `conversation`, loaded from the store on a miss. Concurrent misses
+    /// wait on the same stripe; the first loads, the others find its page.
+    /// `true` with the slot when this call loaded it.
+    async fn slot(&self, conversation: &ConversationId) -> Result<(Slot, bool), StoreError> {
+        if let Some(slot) = self.pages.get(conversation).await {
+            return Ok((slot, false));
+        }
+        let _guard = self.stripe(conversation).lock().await;
+        if let Some(slot) = self.pages.get(conversation).await {
+            return Ok((slot, false));
+        }
+        self.metrics.store_reads.inc();
+        let mut newest = self
+            .store
+            .page(conversation, Page::Latest, self.capacity)
+            .await?;
+        let complete = newest.len() < self.capacity;
+        newest.reverse();
+        let slot = Arc::new(RwLock::new(Recent {
+            messages: newest.into(),
+            complete,
+        }));
+        self.pages.insert(conversation.clone(), slot.clone()).await;
+        Ok((slot, true))
+    }
+}

@@ -1,0 +1,42 @@
+//! `natter-history`: one history service instance over the embedded store.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+#[derive(Default, Serialize, Deserialize)]
+#[serde(default)]
+struct Config {
+    bus: plumbing::BusConfig,
+    history: history::HistoryConfig,
+    /// Where `/metrics` and `/healthz` are served.
+    metrics_addr: Option<std::net::SocketAddr>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    plumbing::telemetry::init();
+    let file = std::env::args().nth(1).map(PathBuf::from);
+    let config: Config =
+        plumbing::config::load(file.as_deref()).context("invalid configuration")?;
+    let shutdown = plumbing::shutdown::on_signal();
+    let nats = plumbing::bus::connect(&config.bus.nats_url, "natter-history").await?;
+    let store = history::EmbeddedStore::open(&config.history.embedded_path)
+        .with_context(|| format!("opening {}", config.history.embedded_path.display()))?;
+    let service = history::History::start(
+        config.history,
+        &config.bus,
+        nats.clone(),
+        store,
+        shutdown.clone(),
+    )
+    .await?;
+    let addr = config.metrics_addr.unwrap_or(([127, 0, 0, 1], 9091).into());
+    let probe = nats.clone();
+    let healthy = move || probe.connection_state() == async_nats::connection::State::Connected;
+    plumbing::metrics::serve(addr, service.metrics.clone(), healthy, shutdown).await?;
+    service.wait().await?;
+    let _ = nats.drain().await;
+    Ok(())
+}

@@ -1,0 +1,144 @@
+//! History through the gateway: messages written by the history writer are paged with client
+//! frames, the conversation list counts unread messages, and only participants may read.
+
+use std::time::{Duration, Instant};
+
+use protocol::frames::{ConversationSummary, Message, ServerFrame};
+use protocol::{ErrorCode, MessageId};
+use testkit::client::Connection;
+use testkit::{Stack, expect_frame};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+async fn history(
+    conn: &mut Connection,
+    qid: &str,
+    before: Option<MessageId>,
+    limit: u32,
+) -> (Vec<Message>, bool) {
+    let mut frame = serde_json::json!({
+        "type": "history", "qid": qid, "conversation": "dm:alice:bob", "limit": limit
+    });
+    if let Some(b) = before {
+        frame["before"] = b.to_string().into();
+    }
+    conn.send_raw(WsMessage::text(frame.to_string()))
+        .await
+        .unwrap();
+    expect_frame(conn, |f| match f {
+        ServerFrame::History {
+            qid: q,
+            messages,
+            more,
+            ..
+        } if q.as_str() == qid => Some((messages.clone(), *more)),
+        ServerFrame::Error { qid: Some(q), .. } if q.as_str() == qid => panic!("{f:?}"),
+        _ => None,
+    })
+    .await
+}
+
+async fn conversations(conn: &mut Connection, qid: &str) -> Vec<ConversationSummary> {
+    let frame = serde_json::json!({"type": "conversations", "qid": qid});
+    conn.send_raw(WsMessage::text(frame.to_string()))
+        .await
+        .unwrap();
+    expect_frame(conn, |f| match f {
+        ServerFrame::Conversations {
+            qid: q,
+            conversations,
+        } if q.as_str() == qid => Some(conversations.clone()),
+        _ => None,
+    })
+    .await
+}
+
+/// Polls the conversation list until `done` holds: the writer persists asynchronously.
+async fn list_until(
+    conn: &mut Connection,
+    mut done: impl FnMut(&[ConversationSummary]) -> bool,
+) -> Vec<ConversationSummary> {
+    let started = Instant::now();
+    for i in 0.. {
+        let list = conversations(conn, &format!("poll{i}")).await;
+        if done(&list) {
+            return list;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "history never caught up: {list:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    unreachable!()
+}
+
+#[tokio::test]
+async fn bob_pages_through_history_after_reconnecting() {
+    let stack = Stack::new().start().await;
+    let mut alice = stack.connect("alice", 0).await;
+    let mut ids = Vec::new();
+    for i in 0..120 {
+        alice
+            .send("bob", &format!("h{i}"), &format!("message {i}"))
+            .await
+            .unwrap();
+        let id = expect_frame(&mut alice, |f| match f {
+            ServerFrame::Sent { id, .. } => Some(*id),
+            _ => None,
+        })
+        .await;
+        ids.push(id);
+    }
+
+    let mut bob = stack.connect("bob", 0).await;
+    let list = list_until(&mut bob, |l| {
+        l.first().is_some_and(|c| c.last_id == ids[119])
+    })
+    .await;
+    assert_eq!(list.len(), 1);
+    assert_eq!(
+        (list[0].unread, list[0].preview.as_str()),
+        (120, "message 119")
+    );
+
+    let (newest, more) = history(&mut bob, "q1", None, 50).await;
+    assert!(more);
+    let (middle, more) = history(&mut bob, "q2", Some(newest[0].id), 50).await;
+    assert!(more);
+    let (oldest, more) = history(&mut bob, "q3", Some(middle[0].id), 50).await;
+    assert!(!more, "the first message is in this page");
+    let all: Vec<MessageId> = [oldest, middle, newest]
+        .concat()
+        .iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(all, ids, "every message once, in order");
+
+    // Reading resets bob's unread count (not alice's, who has none).
+    let read =
+        serde_json::json!({"type": "read", "conversation": "dm:alice:bob", "up_to": ids[119]});
+    bob.send_raw(WsMessage::text(read.to_string()))
+        .await
+        .unwrap();
+    list_until(&mut bob, |l| l[0].unread == 0).await;
+    assert_eq!(conversations(&mut alice, "a1").await[0].unread, 0);
+}
+
+#[tokio::test]
+async fn a_stranger_cannot_read_a_conversation() {
+    let stack = Stack::new().start().await;
+    let mut mallory = stack.connect("mallory", 0).await;
+    let frame = serde_json::json!({"type": "history", "qid": "x", "conversation": "dm:alice:bob"});
+    mallory
+        .send_raw(WsMessage::text(frame.to_string()))
+        .await
+        .unwrap();
+    let code = expect_frame(&mut mallory, |f| match f {
+        ServerFrame::Error {
+            code, qid: Some(_), ..
+        } => Some(*code),
+        _ => None,
+    })
+    .await;
+    assert_eq!(code, ErrorCode::Forbidden);
+}
