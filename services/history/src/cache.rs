@@ -188,6 +188,12 @@ impl<S: Store> HistoryCache<S> {
         self.store.page(conversation, page, limit).await
     }
 
+    /// Drops the cached page of `conversation` (the next read loads it again).
+    pub async fn evict(&self, conversation: &ConversationId) {
+        let _guard = self.stripe(conversation).lock().await;
+        self.pages.invalidate(conversation).await;
+    }
+
     /// The cached page of `conversation`, loaded from the store on a miss. Concurrent misses
     /// wait on the same stripe; the first loads, the others find its page.
     /// `true` with the slot when this call loaded it.
