@@ -5,11 +5,25 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::cache::CacheConfig;
+use crate::store::scylla::ScyllaConfig;
+
+/// Which store holds history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreKind {
+    /// redb on local disk: one machine.
+    Embedded,
+    /// ScyllaDB (or Cassandra) through `scylla`.
+    Scylla,
+}
 
 /// Configuration of one history service instance.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct HistoryConfig {
+    pub store: StoreKind,
+    /// The cluster, when `store = "scylla"`.
+    pub scylla: ScyllaConfig,
     /// Where the embedded store keeps its file.
     pub embedded_path: PathBuf,
     pub cache: CacheConfig,
@@ -25,6 +39,8 @@ pub struct HistoryConfig {
 impl Default for HistoryConfig {
     fn default() -> Self {
         Self {
+            store: StoreKind::Embedded,
+            scylla: ScyllaConfig::default(),
             embedded_path: PathBuf::from(".data/history.redb"),
             cache: CacheConfig::default(),
             writer_batch: 256,

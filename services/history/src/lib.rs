@@ -10,7 +10,8 @@ pub mod store;
 mod writer;
 
 pub use cache::{CacheConfig, HistoryCache};
-pub use config::HistoryConfig;
+pub use config::{HistoryConfig, StoreKind};
 pub use service::History;
 pub use store::embedded::EmbeddedStore;
+pub use store::scylla::{ScyllaConfig, ScyllaStore};
 pub use store::{Page, Role, Store, StoreError};

@@ -1,12 +1,14 @@
 //! `natter-bench`: measured figures, not hopes. Scenarios:
 //!
 //! * `idle`: RSS of a separate `natter-gateway` process per idle authenticated connection;
+//! * `history`: store write throughput, "last 50" read latency, writer lag;
 //! * `direct`: persisted 1:1 delivery latency (p50/p99/p99.9) at increasing offered rates,
 //!   next to a raw core-NATS relay measured in the same invocation as the ceiling.
 //!
 //! `--json` prints one JSON object per measurement, one per line.
 
 mod direct;
+mod history;
 mod idle;
 
 use clap::{Parser, Subcommand};
@@ -44,6 +46,9 @@ enum Scenario {
         #[arg(long, default_value = "always")]
         sync: String,
     },
+    /// History store writes, "last 50" read latency (cache hit, embedded miss, CQL miss when
+    /// NATTER_SCYLLA_URI is set) and the writer's lag at 5,000 msg/s.
+    History,
 }
 
 #[tokio::main]
@@ -57,6 +62,7 @@ async fn main() -> anyhow::Result<()> {
             pairs,
             sync,
         } => direct::run(&rates, seconds, pairs, &sync, cli.json).await,
+        Scenario::History => history::run(cli.json).await,
     }
 }
 

@@ -16,6 +16,7 @@
 //! rather than counted, which is what makes replays safe.
 
 pub mod embedded;
+pub mod scylla;
 
 use std::future::Future;
 

@@ -1,0 +1,247 @@
+//! History: batched store writes, "last 50" read latency from the cache, from an embedded-store
+//! miss and (with `NATTER_SCYLLA_URI`) from a CQL-store miss, and the writer's lag while
+//! 5,000 msg/s flow into the messages stream.
+
+use std::time::{Duration, Instant};
+
+use history::store::suite::message;
+use history::{
+    CacheConfig, EmbeddedStore, HistoryCache, HistoryConfig, Page, ScyllaConfig, ScyllaStore, Store,
+};
+use protocol::ConversationId;
+use protocol::frames::Message;
+use protocol::payloads::StoredMessage;
+use testkit::TestNats;
+
+const T0: u64 = 1_750_000_000_000;
+
+fn conversation(i: usize) -> ConversationId {
+    format!("dm:a{i}:b{i}").parse().unwrap()
+}
+
+/// `per` messages in each of `n` conversations, interleaved in time.
+fn corpus(n: usize, per: usize) -> Vec<Message> {
+    let mut out = Vec::with_capacity(n * per);
+    for k in 0..per {
+        for i in 0..n {
+            let c = conversation(i);
+            let (a, b) = (format!("a{i}"), format!("b{i}"));
+            out.push(message(
+                &a,
+                &c,
+                &b,
+                T0 + (k * n + i) as u64,
+                (k * n + i) as u64,
+            ));
+        }
+    }
+    out
+}
+
+fn emit(json: bool, value: serde_json::Value, text: String) {
+    if json {
+        println!("{value}");
+    } else {
+        println!("{text}");
+    }
+}
+
+async fn write_throughput<S: Store>(store: &S, messages: &[Message], batch: usize) -> f64 {
+    let started = Instant::now();
+    for chunk in messages.chunks(batch) {
+        store.append(chunk).await.expect("append");
+    }
+    messages.len() as f64 / started.elapsed().as_secs_f64()
+}
+
+/// p50/p99 in ms of `f` over `n` calls.
+async fn latency<F, Fut>(n: usize, mut f: F) -> (f64, f64)
+where
+    F: FnMut(usize) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut us = Vec::with_capacity(n);
+    for i in 0..n {
+        let t = Instant::now();
+        f(i).await;
+        us.push(t.elapsed().as_micros() as u64);
+    }
+    us.sort_unstable();
+    (
+        crate::percentile_ms(&us, 0.5),
+        crate::percentile_ms(&us, 0.99),
+    )
+}
+
+pub async fn run(json: bool) -> anyhow::Result<()> {
+    let conversations = 1_000;
+    let messages = corpus(conversations, 100);
+    let dir = tempfile::tempdir()?;
+
+    // Embedded store: batched writes, then reads.
+    let embedded = EmbeddedStore::open(&dir.path().join("bench.redb"))?;
+    let rate = write_throughput(&embedded, &messages, 256).await;
+    emit(
+        json,
+        serde_json::json!({"scenario": "history", "store": "embedded", "write_msgs_per_s": rate, "batch": 256}),
+        format!("history: embedded store writes {rate:.0} msg/s in batches of 256"),
+    );
+
+    let metrics = plumbing::Metrics::default();
+    let cache = HistoryCache::new(embedded.clone(), &CacheConfig::default(), &metrics);
+    for i in 0..conversations {
+        cache.page(&conversation(i), Page::Latest, 50).await?; // warm
+    }
+    let (p50, p99) = latency(20_000, |i| {
+        let c = conversation(i % conversations);
+        let cache = &cache;
+        async move {
+            cache.page(&c, Page::Latest, 50).await.unwrap();
+        }
+    })
+    .await;
+    emit(
+        json,
+        serde_json::json!({"scenario": "history", "read": "cache_hit", "p50_ms": p50, "p99_ms": p99}),
+        format!("history: last 50, cache hit: p50 {p50:.3} ms p99 {p99:.3} ms"),
+    );
+
+    let (p50, p99) = latency(5_000, |i| {
+        let c = conversation(i % conversations);
+        let store = &embedded;
+        async move {
+            store.page(&c, Page::Latest, 50).await.unwrap();
+        }
+    })
+    .await;
+    emit(
+        json,
+        serde_json::json!({"scenario": "history", "read": "embedded_miss", "p50_ms": p50, "p99_ms": p99}),
+        format!("history: last 50, embedded-store miss: p50 {p50:.3} ms p99 {p99:.3} ms"),
+    );
+
+    if let Ok(uri) = std::env::var("NATTER_SCYLLA_URI") {
+        let config = ScyllaConfig {
+            uri,
+            keyspace: format!(
+                "natter_bench_{}",
+                ulid::Ulid::new().to_string().to_lowercase()
+            ),
+            replication: "{'class': 'SimpleStrategy', 'replication_factor': 1}".into(),
+            consistency: "one".into(),
+            local_dc: None,
+        };
+        let scylla = ScyllaStore::connect(&config).await?;
+        let sample = corpus(100, 100);
+        let rate = write_throughput(&scylla, &sample, 256).await;
+        emit(
+            json,
+            serde_json::json!({"scenario": "history", "store": "cql", "write_msgs_per_s": rate, "batch": 256}),
+            format!("history: CQL store writes {rate:.0} msg/s in batches of 256"),
+        );
+        let (p50, p99) = latency(2_000, |i| {
+            let c = conversation(i % 100);
+            let store = &scylla;
+            async move {
+                store.page(&c, Page::Latest, 50).await.unwrap();
+            }
+        })
+        .await;
+        emit(
+            json,
+            serde_json::json!({"scenario": "history", "read": "cql_miss", "p50_ms": p50, "p99_ms": p99}),
+            format!("history: last 50, CQL miss: p50 {p50:.3} ms p99 {p99:.3} ms"),
+        );
+    }
+
+    writer_lag(json).await
+}
+
+/// Publishes 5,000 msg/s into the stream for 10 s and samples the writer's lag.
+async fn writer_lag(json: bool) -> anyhow::Result<()> {
+    let nats = TestNats::start();
+    let client = nats.client().await;
+    let bus = plumbing::BusConfig::default();
+    let js = async_nats::jetstream::new(client.clone());
+    plumbing::bus::ensure_messages_stream(&js, &bus).await?;
+    let dir = tempfile::tempdir()?;
+    let store = EmbeddedStore::open(&dir.path().join("lag.redb"))?;
+    let service = history::History::start(
+        HistoryConfig::default(),
+        &bus,
+        client.clone(),
+        store,
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await?;
+    let rate = 5_000u64;
+    let seconds = 10u64;
+    let publisher = {
+        let js = js.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let mut acks = Vec::new();
+            for n in 0..rate * seconds {
+                tick.tick().await;
+                let i = (n % 1000) as usize;
+                let c = conversation(i);
+                let m = message(&format!("a{i}"), &c, &format!("b{i}"), T0 + n, n);
+                let stored = StoredMessage {
+                    message: m,
+                    origin: None,
+                };
+                let payload = serde_json::to_vec(&stored).unwrap();
+                acks.push(
+                    js.publish(protocol::subjects::message(&c), payload.into())
+                        .await
+                        .unwrap(),
+                );
+                if acks.len() >= 512 {
+                    for a in acks.drain(..) {
+                        a.await.unwrap();
+                    }
+                }
+            }
+            for a in acks {
+                a.await.unwrap();
+            }
+        })
+    };
+    let text = |m: &plumbing::Metrics| {
+        m.render()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("natter_history_writer_lag_messages ")?
+                    .parse::<i64>()
+                    .ok()
+            })
+            .unwrap_or(0)
+    };
+    let mut samples = Vec::new();
+    let started = Instant::now();
+    while !publisher.is_finished() {
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        samples.push(text(&service.metrics));
+    }
+    publisher.await?;
+    // Then until the writer has caught up.
+    let mut drained_after = None;
+    for _ in 0..300 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if text(&service.metrics) == 0 {
+            drained_after = Some(started.elapsed().as_secs_f64() - seconds as f64);
+            break;
+        }
+    }
+    let max = samples.iter().copied().max().unwrap_or(0);
+    emit(
+        json,
+        serde_json::json!({"scenario": "history", "writer_rate": rate, "lag_samples": samples, "max_lag_messages": max, "caught_up_after_s": drained_after}),
+        format!(
+            "history: writer at {rate} msg/s: lag samples {samples:?} (max {max}), caught up {drained_after:?} s after the last publish"
+        ),
+    );
+    service.abort();
+    Ok(())
+}
