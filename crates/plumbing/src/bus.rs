@@ -133,3 +133,47 @@ async fn ensure_bucket(js: &jetstream::Context, config: kv::Config) -> anyhow::R
             .map_err(|e| anyhow::anyhow!("cannot create KV bucket {name}: {e}")),
     }
 }
+
+/// A durable pull consumer that several service instances share (each message goes to one
+/// of them, and is redelivered if not acknowledged within `ack_wait`).
+pub struct Durable<'a> {
+    pub name: &'a str,
+    pub description: &'a str,
+    pub deliver_policy: async_nats::jetstream::consumer::DeliverPolicy,
+    /// Messages pulled at once; up to four batches may be unacknowledged.
+    pub batch: usize,
+    pub ack_wait: Duration,
+}
+
+/// Creates the durable consumer if it does not exist yet.
+pub async fn ensure_durable(
+    stream: &stream::Stream,
+    durable: Durable<'_>,
+) -> anyhow::Result<async_nats::jetstream::consumer::PullConsumer> {
+    use async_nats::jetstream::consumer;
+    let config = consumer::pull::Config {
+        durable_name: Some(durable.name.into()),
+        description: Some(durable.description.into()),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: durable.ack_wait,
+        max_ack_pending: (durable.batch * 4) as i64,
+        deliver_policy: durable.deliver_policy,
+        ..Default::default()
+    };
+    stream
+        .get_or_create_consumer(durable.name, config)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot create consumer {}: {e}", durable.name))
+}
+
+/// The next message of `sub`, or `None` once `stop` is cancelled or the subscription ends.
+pub async fn next_or_stop(
+    sub: &mut async_nats::Subscriber,
+    stop: &tokio_util::sync::CancellationToken,
+) -> Option<async_nats::Message> {
+    use futures::StreamExt;
+    tokio::select! {
+        _ = stop.cancelled() => None,
+        next = sub.next() => next,
+    }
+}

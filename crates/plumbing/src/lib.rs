@@ -5,6 +5,7 @@ pub mod bus;
 pub mod config;
 pub mod metrics;
 pub mod nats_server;
+pub mod roles;
 pub mod shutdown;
 pub mod telemetry;
 

@@ -11,7 +11,6 @@ use std::time::Instant;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream;
-use futures::StreamExt;
 use protocol::frames::{Message, ServerFrame};
 use protocol::payloads::{SendRequest, StoredMessage};
 use protocol::{ClientMsgId, ConversationId, ErrorCode, MessageId, UserId, subjects};
@@ -52,12 +51,8 @@ pub async fn serve(
         ingest.config.max_concurrent_sends,
     ));
     loop {
-        let msg = tokio::select! {
-            _ = stop.cancelled() => break,
-            next = sub.next() => match next {
-                Some(msg) => msg,
-                None => break,
-            },
+        let Some(msg) = plumbing::bus::next_or_stop(&mut sub, &stop).await else {
+            break;
         };
         let Some(reply) = msg.reply.clone() else {
             continue;

@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use futures::StreamExt;
 use protocol::frames::ServerFrame;
 use protocol::payloads::{Receipt, ReceiptKind};
 use protocol::subjects;
@@ -26,12 +25,8 @@ pub async fn serve(
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
     loop {
-        let msg = tokio::select! {
-            _ = stop.cancelled() => break,
-            next = sub.next() => match next {
-                Some(msg) => msg,
-                None => break,
-            },
+        let Some(msg) = plumbing::bus::next_or_stop(&mut sub, &stop).await else {
+            break;
         };
         let Ok(receipt) = serde_json::from_slice::<Receipt>(&msg.payload) else {
             tracing::warn!("undecodable receipt");

@@ -38,19 +38,17 @@ pub async fn ensure_consumer(
     batch: usize,
     ack_wait: Duration,
 ) -> anyhow::Result<consumer::PullConsumer> {
-    let config = consumer::pull::Config {
-        durable_name: Some(subjects::ROUTER_CONSUMER.into()),
-        description: Some("routes every message to its recipients' gateways".into()),
-        ack_policy: consumer::AckPolicy::Explicit,
-        ack_wait,
-        max_ack_pending: (batch * 4) as i64,
-        deliver_policy: consumer::DeliverPolicy::New,
-        ..Default::default()
-    };
-    stream
-        .get_or_create_consumer(subjects::ROUTER_CONSUMER, config)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot create consumer {}: {e}", subjects::ROUTER_CONSUMER))
+    plumbing::bus::ensure_durable(
+        stream,
+        plumbing::bus::Durable {
+            name: subjects::ROUTER_CONSUMER,
+            description: "routes every message to its recipients' gateways",
+            deliver_policy: consumer::DeliverPolicy::New,
+            batch,
+            ack_wait,
+        },
+    )
+    .await
 }
 
 /// Routes messages until `stop`.

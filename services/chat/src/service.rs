@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use plumbing::BusConfig;
-use tokio::task::JoinSet;
+use plumbing::roles::Roles;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ChatConfig;
@@ -17,8 +17,7 @@ use crate::router::{self, Router};
 /// A running chat service instance.
 pub struct Chat {
     pub metrics: plumbing::Metrics,
-    tasks: JoinSet<anyhow::Result<()>>,
-    stop: CancellationToken,
+    roles: Roles,
 }
 
 impl Chat {
@@ -34,8 +33,8 @@ impl Chat {
         let ack_wait = Duration::from_millis(config.router_ack_wait_ms);
         let consumer = router::ensure_consumer(&stream, config.router_batch, ack_wait).await?;
         let metrics = ChatMetrics::new();
-        let stop = shutdown.child_token();
-        let mut tasks = JoinSet::new();
+        let mut roles = Roles::new(&shutdown);
+        let stop = roles.stop();
 
         if config.route {
             let buckets = plumbing::bus::ensure_presence_buckets(&js, bus).await?;
@@ -46,14 +45,14 @@ impl Chat {
                 view,
                 metrics: metrics.clone(),
             });
-            tasks.spawn(router::serve(
+            roles.spawn(router::serve(
                 router.clone(),
                 consumer,
                 config.router_batch,
                 stop.clone(),
             ));
             let sub = receipts::subscribe(&nats).await?;
-            tasks.spawn(receipts::serve(router, sub, stop.clone()));
+            roles.spawn(receipts::serve(router, sub, stop.clone()));
         }
         if config.ingest {
             let sub = ingest::subscribe(&nats).await?;
@@ -65,7 +64,7 @@ impl Chat {
                 metrics: metrics.clone(),
                 ids: std::sync::Mutex::new(ulid::Generator::new()),
             });
-            tasks.spawn(ingest::serve(ingest, sub, stop.clone()));
+            roles.spawn(ingest::serve(ingest, sub, stop.clone()));
         }
         tracing::info!(
             ingest = config.ingest,
@@ -74,28 +73,18 @@ impl Chat {
         );
         Ok(Self {
             metrics: metrics.registry,
-            tasks,
-            stop,
+            roles,
         })
     }
 
     /// Waits until every role has stopped (after shutdown), returning the first error.
-    pub async fn wait(mut self) -> anyhow::Result<()> {
-        let mut result = Ok(());
-        while let Some(done) = self.tasks.join_next().await {
-            if let Ok(Err(e)) = done {
-                tracing::error!(error = %e, "chat role failed");
-                self.stop.cancel();
-                result = Err(e);
-            }
-        }
-        result
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.roles.wait().await
     }
 
     /// Kills every role at once, as a crash would (tests).
-    pub fn abort(mut self) {
-        self.tasks.abort_all();
-        self.stop.cancel();
+    pub fn abort(self) {
+        self.roles.abort();
     }
 }
 

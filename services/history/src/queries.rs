@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 
-use futures::StreamExt;
 use protocol::frames::ServerFrame;
 use protocol::payloads::{HistoryQuery, HistoryRequest, Receipt, ReceiptKind};
 use protocol::{ErrorCode, subjects};
@@ -42,12 +41,8 @@ pub async fn serve<S: Store>(
     let tracker = TaskTracker::new();
     let permits = Arc::new(tokio::sync::Semaphore::new(max_concurrent));
     loop {
-        let msg = tokio::select! {
-            _ = stop.cancelled() => break,
-            next = sub.next() => match next {
-                Some(msg) => msg,
-                None => break,
-            },
+        let Some(msg) = plumbing::bus::next_or_stop(&mut sub, &stop).await else {
+            break;
         };
         let Some(reply) = msg.reply.clone() else {
             continue;
@@ -157,12 +152,8 @@ pub async fn serve_markers<S: Store>(
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
     loop {
-        let msg = tokio::select! {
-            _ = stop.cancelled() => break,
-            next = sub.next() => match next {
-                Some(msg) => msg,
-                None => break,
-            },
+        let Some(msg) = plumbing::bus::next_or_stop(&mut sub, &stop).await else {
+            break;
         };
         let Ok(receipt) = serde_json::from_slice::<Receipt>(&msg.payload) else {
             continue;

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use plumbing::BusConfig;
-use tokio::task::JoinSet;
+use plumbing::roles::Roles;
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::HistoryCache;
@@ -16,8 +16,7 @@ use crate::{queries, writer};
 pub struct History<S> {
     pub metrics: plumbing::Metrics,
     pub cache: Arc<HistoryCache<S>>,
-    tasks: JoinSet<anyhow::Result<()>>,
-    stop: CancellationToken,
+    roles: Roles,
 }
 
 impl<S: Store> History<S> {
@@ -39,29 +38,29 @@ impl<S: Store> History<S> {
             "messages in the stream not yet written to the store",
         );
         let cache = Arc::new(HistoryCache::new(store, &config.cache, &metrics));
-        let stop = shutdown.child_token();
+        let mut roles = Roles::new(&shutdown);
+        let stop = roles.stop();
         let (query_sub, receipt_sub) = queries::subscribe(&nats).await?;
 
-        let mut tasks = JoinSet::new();
-        tasks.spawn(writer::serve(
+        roles.spawn(writer::serve(
             cache.clone(),
             consumer.clone(),
             config.writer_batch,
             stop.clone(),
         ));
         let lag_stop = stop.clone();
-        tasks.spawn(async move {
+        roles.spawn(async move {
             writer::report_lag(consumer, lag, lag_stop).await;
             Ok(())
         });
-        tasks.spawn(queries::serve(
+        roles.spawn(queries::serve(
             cache.clone(),
             nats,
             query_sub,
             config.max_concurrent_queries,
             stop.clone(),
         ));
-        tasks.spawn(queries::serve_markers(
+        roles.spawn(queries::serve_markers(
             cache.clone(),
             receipt_sub,
             stop.clone(),
@@ -70,27 +69,17 @@ impl<S: Store> History<S> {
         Ok(Self {
             metrics,
             cache,
-            tasks,
-            stop,
+            roles,
         })
     }
 
     /// Waits until every task has stopped (after shutdown), returning the first error.
-    pub async fn wait(mut self) -> anyhow::Result<()> {
-        let mut result = Ok(());
-        while let Some(done) = self.tasks.join_next().await {
-            if let Ok(Err(e)) = done {
-                tracing::error!(error = %e, "history task failed");
-                self.stop.cancel();
-                result = Err(e);
-            }
-        }
-        result
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.roles.wait().await
     }
 
     /// Kills every task at once, as a crash would (tests).
-    pub fn abort(mut self) {
-        self.tasks.abort_all();
-        self.stop.cancel();
+    pub fn abort(self) {
+        self.roles.abort();
     }
 }

@@ -27,19 +27,17 @@ pub async fn ensure_consumer(
     batch: usize,
     ack_wait: Duration,
 ) -> anyhow::Result<consumer::PullConsumer> {
-    let config = consumer::pull::Config {
-        durable_name: Some(subjects::HISTORY_CONSUMER.into()),
-        description: Some("writes every message to the history store".into()),
-        ack_policy: consumer::AckPolicy::Explicit,
-        ack_wait,
-        max_ack_pending: (batch * 4) as i64,
-        deliver_policy: consumer::DeliverPolicy::All,
-        ..Default::default()
-    };
-    stream
-        .get_or_create_consumer(subjects::HISTORY_CONSUMER, config)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot create consumer {}: {e}", subjects::HISTORY_CONSUMER))
+    plumbing::bus::ensure_durable(
+        stream,
+        plumbing::bus::Durable {
+            name: subjects::HISTORY_CONSUMER,
+            description: "writes every message to the history store",
+            deliver_policy: consumer::DeliverPolicy::All,
+            batch,
+            ack_wait,
+        },
+    )
+    .await
 }
 
 /// Writes messages until `stop`.
