@@ -22,6 +22,9 @@ pub enum ClientFrame {
     Ack { conversation: String, id: String },
     /// The user read `conversation` up to and including `up_to`; the sender sees `seen`.
     Read { conversation: String, up_to: String },
+    /// The user is typing in `conversation`. Ephemeral: never stored, rate-limited by the
+    /// gateway to one per second per connection, shown to the other participant's devices.
+    Typing { conversation: String },
     /// Messages of a conversation: the newest `limit` (default 50, at most 100), or those
     /// `before` a message id (scrolling back), or those `after` one (catching up).
     History {
@@ -49,8 +52,15 @@ pub enum ClientFrame {
 
 impl ClientFrame {
     /// Every `type` a client may send; used to tell an unknown type from a malformed frame.
-    pub const TYPES: &'static [&'static str] =
-        &["send", "ack", "read", "history", "conversations", "ping"];
+    pub const TYPES: &'static [&'static str] = &[
+        "send",
+        "ack",
+        "read",
+        "typing",
+        "history",
+        "conversations",
+        "ping",
+    ];
 }
 
 /// A message as stored in the messages stream and delivered to clients.
@@ -117,6 +127,12 @@ pub enum ServerFrame {
     Pong {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         ts: Option<u64>,
+    },
+    /// `by` is typing in `conversation` (show it for a few seconds; it is repeated while the
+    /// user keeps typing).
+    Typing {
+        conversation: ConversationId,
+        by: UserId,
     },
     /// Answer to `history`: messages in ascending order; `more` says whether further
     /// messages exist beyond this page in the direction asked (older, or newer for `after`).

@@ -57,6 +57,13 @@ pub struct Receipt {
     pub id: MessageId,
 }
 
+/// `natter.chat.typing`: a user is typing in a conversation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Typing {
+    pub by: UserId,
+    pub conversation: ConversationId,
+}
+
 /// Value of a gateway's presence lease in the `natter_gateways` bucket.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GatewayLease {

@@ -7,6 +7,8 @@ use crate::ids::{ClientMsgId, ConnId, ConversationId, GatewayId, UserId};
 pub const CHAT_SEND: &str = "natter.chat.send";
 /// Publish: a delivered/seen receipt (gateways → chat).
 pub const CHAT_RECEIPT: &str = "natter.chat.receipt";
+/// Publish: a typing indicator (gateways → chat); never stored.
+pub const CHAT_TYPING: &str = "natter.chat.typing";
 /// Queue group shared by all chat service instances.
 pub const CHAT_QUEUE: &str = "natter-chat";
 
@@ -71,6 +73,7 @@ pub fn catalogue() -> Vec<String> {
     vec![
         CHAT_SEND.into(),
         CHAT_RECEIPT.into(),
+        CHAT_TYPING.into(),
         CHAT_QUEUE.into(),
         HISTORY_QUERY.into(),
         HISTORY_QUEUE.into(),

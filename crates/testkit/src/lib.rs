@@ -128,6 +128,27 @@ impl RunningGateway {
         format!("ws://{}/v1/ws", self.addr)
     }
 
+    /// GETs `path` from the gateway's HTTP listener; returns the whole response.
+    pub async fn http_get(&self, path: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(self.addr)
+            .await
+            .expect("connect");
+        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.expect("write");
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.expect("read");
+        out
+    }
+
+    /// The value of a counter or gauge at this gateway's `/metrics`.
+    pub async fn metric(&self, name: &str) -> i64 {
+        let text = self.http_get("/metrics").await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no metric {name}"))
+    }
+
     /// Also serves `metrics` at this gateway's `/metrics` (as the all-in-one does).
     pub fn export_metrics(&self, metrics: plumbing::Metrics) {
         if let Some(handle) = &self.handle {

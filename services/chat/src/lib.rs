@@ -10,6 +10,7 @@ mod presence_view;
 mod receipts;
 mod router;
 mod service;
+mod typing;
 
 pub use config::ChatConfig;
 pub use presence_view::PresenceView;

@@ -13,6 +13,7 @@ use crate::metrics::ChatMetrics;
 use crate::presence_view::PresenceView;
 use crate::receipts;
 use crate::router::{self, Router};
+use crate::typing;
 
 /// A running chat service instance.
 pub struct Chat {
@@ -52,7 +53,9 @@ impl Chat {
                 stop.clone(),
             ));
             let sub = receipts::subscribe(&nats).await?;
-            roles.spawn(receipts::serve(router, sub, stop.clone()));
+            roles.spawn(receipts::serve(router.clone(), sub, stop.clone()));
+            let sub = typing::subscribe(&nats).await?;
+            roles.spawn(typing::serve(router, sub, stop.clone()));
         }
         if config.ingest {
             let sub = ingest::subscribe(&nats).await?;

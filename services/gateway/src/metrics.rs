@@ -15,6 +15,7 @@ pub struct GatewayMetrics {
     pub bad_frames: Counter,
     pub slow_consumers: Counter,
     pub heartbeat_timeouts: Counter,
+    pub typing_dropped: Counter,
     pub send_latency: Histogram,
 }
 
@@ -43,6 +44,10 @@ impl GatewayMetrics {
             heartbeat_timeouts: m.counter(
                 "natter_gateway_heartbeat_timeouts_total",
                 "sessions closed for silence",
+            ),
+            typing_dropped: m.counter(
+                "natter_gateway_typing_dropped_total",
+                "typing indicators over the rate limit, dropped",
             ),
             send_latency: m.histogram(
                 "natter_gateway_send_seconds",

@@ -16,7 +16,7 @@ use futures::{SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use protocol::frames::{ClientFrame, ServerFrame};
-use protocol::payloads::{HistoryQuery, HistoryRequest, Receipt, ReceiptKind, SendRequest};
+use protocol::payloads::{HistoryQuery, HistoryRequest, Receipt, ReceiptKind, SendRequest, Typing};
 use protocol::{
     ClientMsgId, CloseCode, ConnId, ConversationId, DecodeError, Encoding, ErrorCode, MessageId,
     UserId, subjects,
@@ -40,6 +40,8 @@ type Query = Pin<Box<dyn Future<Output = ServerFrame> + Send>>;
 /// Messages per history page unless the client asks otherwise, and the most it may ask.
 const DEFAULT_PAGE: u32 = 50;
 const MAX_PAGE: u32 = 100;
+/// At most one typing indicator per connection in this interval; more are dropped.
+const TYPING_INTERVAL: Duration = Duration::from_secs(1);
 /// History queries one session may have waiting at once.
 const MAX_QUERIES: usize = 8;
 
@@ -76,6 +78,8 @@ pub struct Session {
     /// History queries waiting for their answer; created on the first query, so idle
     /// sessions pay nothing for it.
     queries: Option<FuturesUnordered<Query>>,
+    /// When this connection last sent a typing indicator on (rate limit).
+    last_typing: Option<Instant>,
     /// Frames to write at the end of this loop turn, flushed once.
     batch: Vec<Message>,
 }
@@ -99,6 +103,7 @@ impl Session {
             pending: VecDeque::new(),
             in_flight: None,
             queries: None,
+            last_typing: None,
             batch: Vec::new(),
         }
     }
@@ -232,6 +237,7 @@ impl Session {
                 up_to,
             } => return self.on_receipt(ReceiptKind::Seen, conversation, up_to),
             ClientFrame::Ping { ts } => self.queue(&ServerFrame::Pong { ts }),
+            ClientFrame::Typing { conversation } => return self.on_typing(conversation),
             ClientFrame::History {
                 qid,
                 conversation,
@@ -249,6 +255,41 @@ impl Session {
             }
         }
         Step::Continue
+    }
+
+    fn on_typing(&mut self, conversation: String) -> Step {
+        let Ok(conversation) = conversation.parse::<ConversationId>() else {
+            self.reject(ErrorCode::InvalidId, "invalid conversation id", None);
+            return Step::Continue;
+        };
+        if !conversation.has_participant(&self.user) {
+            self.reject(
+                ErrorCode::Forbidden,
+                "not a participant of that conversation",
+                None,
+            );
+            return Step::Continue;
+        }
+        let now = Instant::now();
+        if self
+            .last_typing
+            .is_some_and(|t| now.duration_since(t) < TYPING_INTERVAL)
+        {
+            self.shared.metrics.typing_dropped.inc();
+            return Step::Continue;
+        }
+        self.last_typing = Some(now);
+        let typing = Typing {
+            by: self.user.clone(),
+            conversation,
+        };
+        let payload = serde_json::to_vec(&typing).expect("typing to JSON");
+        let nats = self.shared.nats.clone();
+        Step::Await(Box::pin(async move {
+            if let Err(e) = nats.publish(subjects::CHAT_TYPING, payload.into()).await {
+                tracing::debug!(error = %e, "typing not published");
+            }
+        }))
     }
 
     fn on_history(

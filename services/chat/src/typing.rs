@@ -1,0 +1,41 @@
+//! Routing typing indicators on `natter.chat.typing` to the other participant's devices.
+//! Ephemeral by design: nothing is stored, nothing is retried.
+
+use std::sync::Arc;
+
+use protocol::frames::ServerFrame;
+use protocol::payloads::Typing;
+use protocol::subjects;
+use tokio_util::sync::CancellationToken;
+
+use crate::router::Router;
+
+/// Subscribes; the subscription is live on the server when this returns.
+pub async fn subscribe(nats: &async_nats::Client) -> anyhow::Result<async_nats::Subscriber> {
+    let sub = nats
+        .queue_subscribe(subjects::CHAT_TYPING, subjects::CHAT_QUEUE.into())
+        .await?;
+    plumbing::bus::round_trip(nats).await;
+    Ok(sub)
+}
+
+pub async fn serve(
+    router: Arc<Router>,
+    mut sub: async_nats::Subscriber,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    while let Some(msg) = plumbing::bus::next_or_stop(&mut sub, &stop).await {
+        let Ok(typing) = serde_json::from_slice::<Typing>(&msg.payload) else {
+            continue;
+        };
+        let Some(peer) = typing.conversation.peer_of(&typing.by) else {
+            continue;
+        };
+        let frame = ServerFrame::Typing {
+            conversation: typing.conversation,
+            by: typing.by,
+        };
+        router.notify_user(&peer, frame).await;
+    }
+    Ok(())
+}
