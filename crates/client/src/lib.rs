@@ -11,6 +11,9 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+pub mod backoff;
+
+pub use backoff::Backoff;
 pub use protocol;
 
 /// Why a connection could not be opened.
