@@ -177,3 +177,29 @@ pub async fn next_or_stop(
         next = sub.next() => next,
     }
 }
+
+/// Joins `queue` on `subject`; the subscription is live on the server when this returns, so
+/// requests sent from other connections right after can already reach it.
+pub async fn serve_queue(
+    nats: &async_nats::Client,
+    subject: &'static str,
+    queue: &'static str,
+) -> anyhow::Result<async_nats::Subscriber> {
+    let sub = nats.queue_subscribe(subject, queue.into()).await?;
+    round_trip(nats).await;
+    Ok(sub)
+}
+
+/// The message stream of a shared durable consumer, pulled `batch` at a time.
+pub async fn pull(
+    consumer: &async_nats::jetstream::consumer::PullConsumer,
+    batch: usize,
+) -> anyhow::Result<async_nats::jetstream::consumer::pull::Stream> {
+    Ok(consumer
+        .stream()
+        .max_messages_per_batch(batch)
+        .heartbeat(Duration::from_secs(5))
+        .expires(Duration::from_secs(30))
+        .messages()
+        .await?)
+}

@@ -31,13 +31,9 @@ pub struct Ingest {
     pub ids: std::sync::Mutex<ulid::Generator>,
 }
 
-/// Subscribes to send requests; the subscription is live on the server when this returns.
+/// Joins the chat queue group on send requests.
 pub async fn subscribe(nats: &async_nats::Client) -> anyhow::Result<async_nats::Subscriber> {
-    let sub = nats
-        .queue_subscribe(subjects::CHAT_SEND, subjects::CHAT_QUEUE.into())
-        .await?;
-    plumbing::bus::round_trip(nats).await;
-    Ok(sub)
+    plumbing::bus::serve_queue(nats, subjects::CHAT_SEND, subjects::CHAT_QUEUE).await
 }
 
 /// Serves send requests until `stop`; requests in progress are finished.

@@ -58,13 +58,7 @@ pub async fn serve(
     batch: usize,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut messages = consumer
-        .stream()
-        .max_messages_per_batch(batch)
-        .heartbeat(Duration::from_secs(5))
-        .expires(Duration::from_secs(30))
-        .messages()
-        .await?;
+    let mut messages = plumbing::bus::pull(&consumer, batch).await?;
     loop {
         let msg = tokio::select! {
             _ = stop.cancelled() => break,

@@ -10,13 +10,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::router::Router;
 
-/// Subscribes; the subscription is live on the server when this returns.
+/// Joins the chat queue group on typing indicators.
 pub async fn subscribe(nats: &async_nats::Client) -> anyhow::Result<async_nats::Subscriber> {
-    let sub = nats
-        .queue_subscribe(subjects::CHAT_TYPING, subjects::CHAT_QUEUE.into())
-        .await?;
-    plumbing::bus::round_trip(nats).await;
-    Ok(sub)
+    plumbing::bus::serve_queue(nats, subjects::CHAT_TYPING, subjects::CHAT_QUEUE).await
 }
 
 pub async fn serve(

@@ -20,13 +20,10 @@ pub const MAX_PAGE: u32 = 100;
 pub async fn subscribe(
     nats: &async_nats::Client,
 ) -> anyhow::Result<(async_nats::Subscriber, async_nats::Subscriber)> {
-    let queries = nats
-        .queue_subscribe(subjects::HISTORY_QUERY, subjects::HISTORY_QUEUE.into())
-        .await?;
-    let receipts = nats
-        .queue_subscribe(subjects::CHAT_RECEIPT, subjects::HISTORY_QUEUE.into())
-        .await?;
-    plumbing::bus::round_trip(nats).await;
+    let queries =
+        plumbing::bus::serve_queue(nats, subjects::HISTORY_QUERY, subjects::HISTORY_QUEUE).await?;
+    let receipts =
+        plumbing::bus::serve_queue(nats, subjects::CHAT_RECEIPT, subjects::HISTORY_QUEUE).await?;
     Ok((queries, receipts))
 }
 

@@ -47,13 +47,7 @@ pub async fn serve<S: Store>(
     batch: usize,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut messages = consumer
-        .stream()
-        .max_messages_per_batch(batch)
-        .heartbeat(Duration::from_secs(5))
-        .expires(Duration::from_secs(30))
-        .messages()
-        .await?;
+    let mut messages = plumbing::bus::pull(&consumer, batch).await?;
     let mut pending = Vec::with_capacity(batch);
     loop {
         // Wait for one message, then take whatever else is already here.
