@@ -203,39 +203,46 @@ impl ScyllaStore {
         Ok(rows.into_iter().map(|(t,)| t).collect())
     }
 
-    async fn rows(
+    /// Every row of one unpaged query (a bounded page), decoded as `R`.
+    async fn typed_rows<R>(
         &self,
         st: &PreparedStatement,
         values: impl scylla::serialize::row::SerializeRow,
-    ) -> Result<Vec<MessageRow>, StoreError> {
+    ) -> Result<Vec<R>, StoreError>
+    where
+        R: for<'f, 'm> scylla::deserialize::row::DeserializeRow<'f, 'm>,
+    {
         let result = self
             .session
             .execute_unpaged(st, values)
             .await
             .map_err(err)?;
         let rows = result.into_rows_result().map_err(err)?;
-        rows.rows::<MessageRow>()
+        rows.rows::<R>()
             .map_err(err)?
             .collect::<Result<_, _>>()
             .map_err(corrupt)
     }
 
+    async fn rows(
+        &self,
+        st: &PreparedStatement,
+        values: impl scylla::serialize::row::SerializeRow,
+    ) -> Result<Vec<MessageRow>, StoreError> {
+        self.typed_rows(st, values).await
+    }
+
+    /// Group rows have no recipient column: the group is the recipient.
     async fn group_rows(
         &self,
         st: &PreparedStatement,
         values: impl scylla::serialize::row::SerializeRow,
     ) -> Result<Vec<MessageRow>, StoreError> {
-        let result = self
-            .session
-            .execute_unpaged(st, values)
-            .await
-            .map_err(err)?;
-        let rows = result.into_rows_result().map_err(err)?;
-        rows.rows::<(String, i64, String, String, String)>()
-            .map_err(err)?
-            .map(|r| r.map(|(id, ts, from, cid, body)| (id, ts, from, None, cid, body)))
-            .collect::<Result<_, _>>()
-            .map_err(corrupt)
+        let rows: Vec<(String, i64, String, String, String)> = self.typed_rows(st, values).await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, ts, from, cid, body)| (id, ts, from, None, cid, body))
+            .collect())
     }
 
     async fn members(&self, group: &GroupId) -> Result<Vec<String>, StoreError> {
