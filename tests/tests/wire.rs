@@ -54,6 +54,7 @@ async fn json_frames_have_the_documented_shape() {
             "body",
             "cid",
             "conversation",
+            "cursor",
             "from",
             "id",
             "to",

@@ -4,7 +4,7 @@
 use futures::{SinkExt, StreamExt};
 use protocol::encoding::Encoded;
 use protocol::frames::{ClientFrame, ServerFrame};
-use protocol::{ConversationId, Encoding, MessageId};
+use protocol::{ConversationId, Cursor, Encoding, MessageId};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
@@ -44,9 +44,14 @@ pub enum ClientError {
 }
 
 /// One open connection (one device).
+///
+/// It keeps the device's cursor: the position after the last message (or `synced`) that
+/// [`Connection::next_event`] returned. Keep it when the connection ends and pass it to
+/// [`Connection::sync`] on the next one to receive exactly what was missed.
 pub struct Connection {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
     encoding: Encoding,
+    cursor: Option<Cursor>,
 }
 
 impl Connection {
@@ -64,13 +69,34 @@ impl Connection {
         Self::open(request, encoding).await
     }
 
+    /// Connects and resumes from `cursor` (the last connection's [`Connection::cursor`];
+    /// `None` for a new device): the gateway first replays everything for this user after
+    /// the cursor, then sends `synced`, then live traffic. This is how a device reconnects.
+    pub async fn resume(
+        url: &str,
+        token: &str,
+        encoding: Encoding,
+        cursor: Option<Cursor>,
+    ) -> Result<Self, ConnectError> {
+        let sep = if url.contains('?') { '&' } else { '?' };
+        let cursor_param = cursor.map(|c| c.to_string()).unwrap_or_default();
+        let url = format!("{url}{sep}cursor={cursor_param}");
+        let mut conn = Self::connect(&url, token, encoding).await?;
+        conn.cursor = cursor;
+        Ok(conn)
+    }
+
     /// Connects with a prepared request (custom headers, query token, no token...).
     pub async fn open(
         request: tungstenite::handshake::client::Request,
         encoding: Encoding,
     ) -> Result<Self, ConnectError> {
         match tokio_tungstenite::connect_async(request).await {
-            Ok((ws, _)) => Ok(Self { ws, encoding }),
+            Ok((ws, _)) => Ok(Self {
+                ws,
+                encoding,
+                cursor: None,
+            }),
             Err(tungstenite::Error::Http(resp)) => {
                 Err(ConnectError::Refused(resp.status().as_u16()))
             }
@@ -80,6 +106,23 @@ impl Connection {
 
     pub fn encoding(&self) -> Encoding {
         self.encoding
+    }
+
+    /// The device's position: pass it to `sync` after reconnecting.
+    pub fn cursor(&self) -> Option<Cursor> {
+        self.cursor
+    }
+
+    /// Asks, on an open connection, for everything after `cursor`. Live messages that
+    /// arrived before the gateway read this frame are not ordered with the replay, so prefer
+    /// [`Connection::resume`], which asks while connecting. On `synced` with
+    /// `recovered: false`, refetch from history.
+    pub async fn sync(&mut self, cursor: Option<Cursor>) -> Result<(), ClientError> {
+        self.cursor = cursor;
+        self.send_frame(&ClientFrame::Sync {
+            cursor: cursor.map(|c| c.to_string()),
+        })
+        .await
     }
 
     pub async fn send_frame(&mut self, frame: &ClientFrame) -> Result<(), ClientError> {
@@ -148,12 +191,20 @@ impl Connection {
                 Some(Err(e)) => return Err(e.into()),
                 Some(Ok(msg)) => msg,
             };
-            return Ok(match msg {
-                Message::Text(t) => Event::Frame(self.encoding.decode_server(t.as_bytes(), true)?),
-                Message::Binary(b) => Event::Frame(self.encoding.decode_server(&b, false)?),
-                Message::Close(frame) => Event::Closed(frame.map(|f| u16::from(f.code))),
+            let frame = match msg {
+                Message::Text(t) => self.encoding.decode_server(t.as_bytes(), true)?,
+                Message::Binary(b) => self.encoding.decode_server(&b, false)?,
+                Message::Close(frame) => {
+                    return Ok(Event::Closed(frame.map(|f| u16::from(f.code))));
+                }
                 _ => continue,
-            });
+            };
+            match &frame {
+                ServerFrame::Message(m) if m.cursor.is_some() => self.cursor = m.cursor,
+                ServerFrame::Synced { cursor, .. } => self.cursor = Some(*cursor),
+                _ => {}
+            }
+            return Ok(Event::Frame(frame));
         }
     }
 

@@ -79,11 +79,13 @@ pub async fn ensure_messages_stream(
     Ok(js.get_stream(subjects::MESSAGES_STREAM).await?)
 }
 
-/// The presence buckets: sessions (one key per connection) and gateway leases.
+/// The presence buckets: sessions (one key per connection), gateway leases, and each user's
+/// online state and last-seen time.
 #[derive(Clone)]
 pub struct PresenceBuckets {
     pub sessions: kv::Store,
     pub gateways: kv::Store,
+    pub users: kv::Store,
 }
 
 /// Creates the presence buckets if they do not exist yet.
@@ -116,7 +118,22 @@ pub async fn ensure_presence_buckets(
         },
     )
     .await?;
-    Ok(PresenceBuckets { sessions, gateways })
+    let users = ensure_bucket(
+        js,
+        kv::Config {
+            bucket: subjects::PRESENCE_BUCKET.into(),
+            description: "per user: online or not, and when last seen".into(),
+            history: 1,
+            num_replicas: cfg.replicas,
+            ..Default::default()
+        },
+    )
+    .await?;
+    Ok(PresenceBuckets {
+        sessions,
+        gateways,
+        users,
+    })
 }
 
 async fn ensure_bucket(js: &jetstream::Context, config: kv::Config) -> anyhow::Result<kv::Store> {
@@ -134,6 +151,19 @@ async fn ensure_bucket(js: &jetstream::Context, config: kv::Config) -> anyhow::R
     }
 }
 
+/// The priority group of pinned durables (see [`Durable::pinned`]).
+const PINNED_GROUP: &str = "natter";
+/// How long a pinned instance keeps its pin without pulling; the standby takes over after it.
+const PIN_TIMEOUT: Duration = Duration::from_secs(6);
+/// Pull expiry for pinned durables, well below [`PIN_TIMEOUT`] so a live instance keeps its pin.
+const PINNED_PULL_EXPIRY: Duration = Duration::from_secs(2);
+
+/// The creation time of a stream in milliseconds since the Unix epoch: tells one incarnation
+/// of a stream from the next, whose sequence numbers start again at 1.
+pub fn stream_epoch(info: &stream::Info) -> u64 {
+    (info.created.unix_timestamp_nanos() / 1_000_000) as u64
+}
+
 /// A durable pull consumer that several service instances share (each message goes to one
 /// of them, and is redelivered if not acknowledged within `ack_wait`).
 pub struct Durable<'a> {
@@ -143,6 +173,9 @@ pub struct Durable<'a> {
     /// Messages pulled at once; up to four batches may be unacknowledged.
     pub batch: usize,
     pub ack_wait: Duration,
+    /// Deliver to one instance at a time, in stream order (JetStream's pinned-client priority
+    /// policy); the others stand by and take over within a few seconds if it stops pulling.
+    pub pinned: bool,
 }
 
 /// Creates the durable consumer if it does not exist yet.
@@ -160,10 +193,20 @@ pub async fn ensure_durable(
         deliver_policy: durable.deliver_policy,
         ..Default::default()
     };
-    stream
-        .get_or_create_consumer(durable.name, config)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot create consumer {}: {e}", durable.name))
+    let created = if durable.pinned {
+        // Create or update, so a consumer made before pinning existed is converted.
+        stream
+            .create_consumer(consumer::pull::Config {
+                priority_policy: consumer::PriorityPolicy::PinnedClient,
+                priority_groups: vec![PINNED_GROUP.into()],
+                priority_timeout: PIN_TIMEOUT,
+                ..config
+            })
+            .await
+    } else {
+        stream.get_or_create_consumer(durable.name, config).await
+    };
+    created.map_err(|e| anyhow::anyhow!("cannot create consumer {}: {e}", durable.name))
 }
 
 /// The next message of `sub`, or `None` once `stop` is cancelled or the subscription ends.
@@ -195,11 +238,17 @@ pub async fn pull(
     consumer: &async_nats::jetstream::consumer::PullConsumer,
     batch: usize,
 ) -> anyhow::Result<async_nats::jetstream::consumer::pull::Stream> {
-    Ok(consumer
-        .stream()
-        .max_messages_per_batch(batch)
-        .heartbeat(Duration::from_secs(5))
-        .expires(Duration::from_secs(30))
-        .messages()
-        .await?)
+    use async_nats::jetstream::consumer::PriorityPolicy;
+    let builder = consumer.stream().max_messages_per_batch(batch);
+    let builder = if consumer.cached_info().config.priority_policy == PriorityPolicy::PinnedClient {
+        builder
+            .group(PINNED_GROUP)
+            .expires(PINNED_PULL_EXPIRY)
+            .heartbeat(PINNED_PULL_EXPIRY / 4)
+    } else {
+        builder
+            .expires(Duration::from_secs(30))
+            .heartbeat(Duration::from_secs(5))
+    };
+    Ok(builder.messages().await?)
 }

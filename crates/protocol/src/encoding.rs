@@ -216,9 +216,20 @@ mod tests {
             cid: ClientMsgId::new("c1").unwrap(),
             body: "hé".into(),
             ts: 1,
+            cursor: Some("17-5".parse().unwrap()),
         });
         for f in [
             m,
+            ServerFrame::Synced {
+                cursor: "17-9".parse().unwrap(),
+                recovered: false,
+                gap: Some(crate::SyncGap::Trimmed),
+            },
+            ServerFrame::Presence {
+                user: UserId::new("bob").unwrap(),
+                online: false,
+                last_seen: Some(12),
+            },
             ServerFrame::Pong { ts: Some(3) },
             ServerFrame::Pong { ts: None },
         ] {

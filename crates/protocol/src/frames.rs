@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::codes::ErrorCode;
+use crate::cursor::{Cursor, SyncGap};
 use crate::ids::{ClientMsgId, ConnId, ConversationId, MessageId, UserId};
 
 /// A frame from a client to the gateway.
@@ -43,6 +44,16 @@ pub enum ClientFrame {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         limit: Option<u32>,
     },
+    /// Replay what this device missed: every message for the user after `cursor` (the cursor
+    /// of the last message the device processed), in stream order, then `synced`. Without a
+    /// cursor (a new device) nothing is replayed and `synced` says where live traffic starts.
+    Sync {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cursor: Option<String>,
+    },
+    /// Watch the presence of these users (people you share a conversation with). Answered
+    /// with one `presence` frame per user, then another whenever one of them changes.
+    Presence { users: Vec<String> },
     /// Application heartbeat; `ts` is echoed in the `pong`.
     Ping {
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -59,6 +70,8 @@ impl ClientFrame {
         "typing",
         "history",
         "conversations",
+        "sync",
+        "presence",
         "ping",
     ];
 }
@@ -75,6 +88,10 @@ pub struct Message {
     pub body: String,
     /// Server time of acceptance, milliseconds since the Unix epoch.
     pub ts: u64,
+    /// The device's cursor once it has processed this message (live and replayed messages;
+    /// absent in history pages and in the stream itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<Cursor>,
 }
 
 /// One entry of a user's conversation list.
@@ -141,6 +158,24 @@ pub enum ServerFrame {
         conversation: ConversationId,
         messages: Vec<Message>,
         more: bool,
+    },
+    /// The end of a `sync` replay. With `recovered: true` every message after the device's
+    /// cursor was replayed. With `recovered: false` (`gap` says why) nothing was replayed and
+    /// the device must refetch from history (`conversations`, then `history` per
+    /// conversation). Either way it stores `cursor` and live messages follow.
+    Synced {
+        cursor: Cursor,
+        recovered: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        gap: Option<SyncGap>,
+    },
+    /// `user` is online (one of their devices is connected) or not; `last_seen` is when their
+    /// last device disconnected, milliseconds since the Unix epoch (absent: never seen).
+    Presence {
+        user: UserId,
+        online: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        last_seen: Option<u64>,
     },
     /// Answer to `conversations`.
     Conversations {

@@ -3,6 +3,7 @@
 //! functions that build subjects. No other crate formats a subject.
 
 pub mod codes;
+pub mod cursor;
 pub mod encoding;
 pub mod frames;
 pub mod ids;
@@ -10,6 +11,7 @@ pub mod payloads;
 pub mod subjects;
 
 pub use codes::{CloseCode, ErrorCode};
+pub use cursor::{Cursor, SyncGap};
 pub use encoding::{DecodeError, Encoding};
 pub use frames::{ClientFrame, ServerFrame};
 pub use ids::{

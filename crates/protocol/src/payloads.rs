@@ -64,6 +64,41 @@ pub struct Typing {
     pub conversation: ConversationId,
 }
 
+/// `natter.chat.undelivered`: a delivery named a connection this gateway no longer has (its
+/// socket is gone). The chat service removes the stale session from presence; the device
+/// gets the message from its cursor when it reconnects.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Undelivered {
+    pub gateway: GatewayId,
+    pub conn: ConnId,
+    /// The user the connection belonged to.
+    pub user: UserId,
+    pub conversation: ConversationId,
+    pub id: MessageId,
+    /// Who sent the message.
+    pub from: UserId,
+}
+
+/// `natter.user.offline_message`: `user` has a new message and none of their devices is
+/// online. The notifier batches these into digests; integrators may send their own pushes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OfflineMessage {
+    pub user: UserId,
+    pub conversation: ConversationId,
+    pub id: MessageId,
+    pub from: UserId,
+}
+
+/// `natter.presence.<user>` event and value of `<user>` in the `natter_presence` bucket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserPresence {
+    pub user: UserId,
+    pub online: bool,
+    /// When the user's last device disconnected, milliseconds since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<u64>,
+}
+
 /// Value of a gateway's presence lease in the `natter_gateways` bucket.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GatewayLease {

@@ -9,6 +9,12 @@ pub const CHAT_SEND: &str = "natter.chat.send";
 pub const CHAT_RECEIPT: &str = "natter.chat.receipt";
 /// Publish: a typing indicator (gateways → chat); never stored.
 pub const CHAT_TYPING: &str = "natter.chat.typing";
+/// Publish: a gateway could not deliver a message to a connection that is gone
+/// (gateways → chat), which then corrects presence and treats the recipient as offline.
+pub const CHAT_UNDELIVERED: &str = "natter.chat.undelivered";
+/// Publish: a message reached a user none of whose devices is online (chat → the notifier
+/// and any integrator sending pushes).
+pub const USER_OFFLINE_MESSAGE: &str = "natter.user.offline_message";
 /// Queue group shared by all chat service instances.
 pub const CHAT_QUEUE: &str = "natter-chat";
 
@@ -32,13 +38,34 @@ pub const SESSIONS_BUCKET: &str = "natter_sessions";
 pub const SESSIONS_STREAM: &str = "KV_natter_sessions";
 /// KV bucket: one lease per live gateway.
 pub const GATEWAYS_BUCKET: &str = "natter_gateways";
+/// KV bucket: per user, online or not and when last seen (written by the presence role).
+pub const PRESENCE_BUCKET: &str = "natter_presence";
+/// Durable consumer on [`SESSIONS_STREAM`] that turns session changes into user presence.
+pub const PRESENCE_CONSUMER: &str = "natter-presence";
 
 /// Header carrying the de-duplication key on publishes to [`MESSAGES_STREAM`].
 pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
 
-/// `natter.msg.<conversation>`: a message of one conversation, in the messages stream.
+/// `natter.msg.dm.<a>.<b>` or `natter.msg.g.<group>`: a message of one conversation, in the
+/// messages stream. The conversation id's `:` become subject tokens, so one user's 1:1
+/// messages can be selected with two wildcard filters (see [`user_messages`]).
 pub fn message(conversation: &ConversationId) -> String {
-    format!("natter.msg.{conversation}")
+    format!("natter.msg.{}", conversation.as_str().replace(':', "."))
+}
+
+/// The filters selecting every 1:1 message of `user` in the messages stream (as first or
+/// second participant): used to replay what a device missed.
+pub fn user_messages(user: &UserId) -> [String; 2] {
+    [
+        format!("natter.msg.dm.{user}.*"),
+        format!("natter.msg.dm.*.{user}"),
+    ]
+}
+
+/// `natter.presence.<user>`: a user went online or offline (presence role → gateways and
+/// integrators).
+pub fn presence(user: &UserId) -> String {
+    format!("natter.presence.{user}")
 }
 
 /// `natter.gw.<gateway>.>`: everything addressed to one gateway.
@@ -85,7 +112,15 @@ pub fn catalogue() -> Vec<String> {
         SESSIONS_STREAM.into(),
         GATEWAYS_BUCKET.into(),
         MSG_ID_HEADER.into(),
-        "natter.msg.<conversation>".into(),
+        "natter.msg.dm.<a>.<b>".into(),
+        "natter.msg.g.<group>".into(),
+        "natter.msg.dm.<user>.*".into(),
+        "natter.msg.dm.*.<user>".into(),
+        CHAT_UNDELIVERED.into(),
+        USER_OFFLINE_MESSAGE.into(),
+        PRESENCE_BUCKET.into(),
+        PRESENCE_CONSUMER.into(),
+        "natter.presence.<user>".into(),
         gateway_inbox(&gw).replace("GW", "<gateway>"),
         gateway_deliver(&gw).replace("GW", "<gateway>"),
         "<user>.<gateway>.<conn>".into(),
@@ -103,8 +138,13 @@ mod tests {
         let gw = GatewayId::new("gw-1").unwrap();
         assert_eq!(
             message(&ConversationId::direct(&a, &b)),
-            "natter.msg.dm:alice:bob"
+            "natter.msg.dm.alice.bob"
         );
+        assert_eq!(
+            user_messages(&b),
+            ["natter.msg.dm.bob.*", "natter.msg.dm.*.bob"]
+        );
+        assert_eq!(presence(&a), "natter.presence.alice");
         assert_eq!(gateway_deliver(&gw), "natter.gw.gw-1.deliver");
         assert_eq!(gateway_inbox(&gw), "natter.gw.gw-1.>");
         assert_eq!(dedup_id(&a, &ClientMsgId::new("c1").unwrap()), "alice:c1");

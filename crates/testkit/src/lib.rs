@@ -318,6 +318,32 @@ impl Stack {
         }
     }
 
+    /// Connects `user` to gateway `gw` resuming from `cursor` (see `Connection::resume`) and
+    /// waits for `welcome`; the replay follows.
+    pub async fn resume(
+        &self,
+        user: &str,
+        gw: usize,
+        cursor: Option<protocol::Cursor>,
+    ) -> Connection {
+        let url = self.gateways[gw].ws_url();
+        let mut conn = Connection::resume(&url, &self.token(user), Encoding::Json, cursor)
+            .await
+            .expect("connect");
+        match within(conn.next_frame()).await.expect("welcome") {
+            ServerFrame::Welcome { .. } => conn,
+            other => panic!("expected welcome, got {other:?}"),
+        }
+    }
+
+    /// The messages stream, for tests that inspect or trim it.
+    pub async fn messages_stream(&self) -> async_nats::jetstream::stream::Stream {
+        let js = async_nats::jetstream::new(self.nats.client().await);
+        js.get_stream(protocol::subjects::MESSAGES_STREAM)
+            .await
+            .expect("stream")
+    }
+
     /// Number of messages in the messages stream.
     pub async fn stored_messages(&self) -> u64 {
         let js = async_nats::jetstream::new(self.nats.client().await);

@@ -115,6 +115,7 @@ impl Ingest {
                 cid: cid.clone(),
                 body: req.body,
                 ts: id.timestamp_ms(),
+                cursor: None,
             },
             origin: req.origin,
         };

@@ -11,6 +11,8 @@ mod receipts;
 mod router;
 mod service;
 mod typing;
+mod undelivered;
+mod user_presence;
 
 pub use config::ChatConfig;
 pub use presence_view::PresenceView;

@@ -12,6 +12,9 @@ pub struct ChatMetrics {
     pub routed: Counter,
     pub gateway_publishes: Counter,
     pub receipts: Counter,
+    pub offline_recipients: Counter,
+    pub undelivered: Counter,
+    pub presence_changes: Counter,
 }
 
 impl ChatMetrics {
@@ -37,6 +40,18 @@ impl ChatMetrics {
                 "per-gateway delivery publishes (one per gateway per event)",
             ),
             receipts: m.counter("natter_chat_receipts_total", "receipts routed to senders"),
+            offline_recipients: m.counter(
+                "natter_chat_offline_recipients_total",
+                "messages whose recipient had no online device",
+            ),
+            undelivered: m.counter(
+                "natter_chat_undelivered_total",
+                "deliveries a gateway reported as undeliverable (connection gone)",
+            ),
+            presence_changes: m.counter(
+                "natter_chat_presence_changes_total",
+                "users that went online or offline",
+            ),
             registry: m,
         }
     }

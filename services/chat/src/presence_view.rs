@@ -43,9 +43,56 @@ struct State {
 #[derive(Clone)]
 pub struct PresenceView {
     state: Arc<RwLock<State>>,
-    /// Highest sessions-bucket revision applied to the view.
+    sessions: Progress,
+    leases: Progress,
+    bucket: kv::Store,
+}
+
+/// How far the view has applied one bucket: its highest revision applied, and the bucket's
+/// stream to ask for the latest revision written.
+#[derive(Clone)]
+struct Progress {
     applied: watch::Receiver<u64>,
-    sessions_stream: jetstream::stream::Stream,
+    stream: jetstream::stream::Stream,
+}
+
+impl Progress {
+    /// Starts following `bucket`: replays its history, then applies changes until `stop`.
+    async fn follow(
+        js: &jetstream::Context,
+        bucket: &kv::Store,
+        name: &str,
+        state: Arc<RwLock<State>>,
+        apply: fn(&mut State, &kv::Entry),
+        stop: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        let mut stream = js.get_stream(format!("KV_{name}")).await?;
+        let info = stream.info().await?.state.clone();
+        let last = info.last_sequence;
+        // With nothing to replay, the view is as fresh as the bucket's last revision;
+        // otherwise it is once the replay is done (see `apply_changes`).
+        let (applied_tx, applied) = watch::channel(if info.messages == 0 { last } else { 0 });
+        let watch = bucket.watch_with_history(">").await?;
+        tokio::spawn(apply_changes(state, watch, apply, applied_tx, last, stop));
+        Ok(Self { applied, stream })
+    }
+
+    /// Waits until every change written before this call is applied (at most `patience`).
+    async fn catch_up(&self, patience: Duration) {
+        let mut stream = self.stream.clone();
+        let Ok(info) = stream.info().await else {
+            return;
+        };
+        let target = info.state.last_sequence;
+        let mut applied = self.applied.clone();
+        let _ = tokio::time::timeout(patience, applied.wait_for(|rev| *rev >= target)).await;
+    }
+
+    /// Waits until the change with revision `rev` is applied (at most `patience`).
+    async fn reach(&self, rev: u64, patience: Duration) {
+        let mut applied = self.applied.clone();
+        let _ = tokio::time::timeout(patience, applied.wait_for(|r| *r >= rev)).await;
+    }
 }
 
 impl PresenceView {
@@ -57,30 +104,31 @@ impl PresenceView {
         stop: CancellationToken,
     ) -> anyhow::Result<Self> {
         let state = Arc::new(RwLock::new(State::default()));
-        let mut sessions_stream = js
-            .get_stream(format!("KV_{}", subjects::SESSIONS_BUCKET))
-            .await?;
-        let info = sessions_stream.info().await?.clone();
-        let (applied_tx, applied) = watch::channel(0);
-        if info.state.messages == 0 {
-            // Nothing to replay: the view is as fresh as the bucket's last revision.
-            applied_tx.send_replace(info.state.last_sequence);
-        }
-        let sessions_watch = buckets.sessions.watch_with_history(">").await?;
-        let leases_watch = buckets.gateways.watch_with_history(">").await?;
-        tokio::spawn(watch_sessions(
+        let sessions = Progress::follow(
+            js,
+            &buckets.sessions,
+            subjects::SESSIONS_BUCKET,
             state.clone(),
-            sessions_watch,
-            applied_tx,
-            info.state.last_sequence,
+            apply_session,
             stop.clone(),
-        ));
-        tokio::spawn(watch_leases(state.clone(), leases_watch, stop.clone()));
+        )
+        .await?;
+        let leases = Progress::follow(
+            js,
+            &buckets.gateways,
+            subjects::GATEWAYS_BUCKET,
+            state.clone(),
+            apply_lease,
+            stop.clone(),
+        )
+        .await?;
+        let bucket = buckets.sessions.clone();
         tokio::spawn(sweep(state.clone(), buckets.sessions, sweep_every, stop));
         Ok(Self {
             state,
-            applied,
-            sessions_stream,
+            sessions,
+            leases,
+            bucket,
         })
     }
 
@@ -107,16 +155,36 @@ impl PresenceView {
     }
 
     /// Waits until every presence change acknowledged before this call is in the view (at
-    /// most `patience`). Used before declaring a user offline, so a device whose registration
-    /// was acknowledged is never missed. Costs one round trip, and only for offline users.
+    /// most `patience`): sessions and gateway leases. Routing calls it once per batch of
+    /// messages before looking anyone up, so a device whose registration was acknowledged
+    /// before a message was written is never missed. Costs one round trip per bucket.
     pub async fn catch_up(&self, patience: Duration) {
-        let mut stream = self.sessions_stream.clone();
-        let Ok(info) = stream.info().await else {
-            return;
-        };
-        let target = info.state.last_sequence;
-        let mut applied = self.applied.clone();
-        let _ = tokio::time::timeout(patience, applied.wait_for(|rev| *rev >= target)).await;
+        tokio::join!(
+            self.sessions.catch_up(patience),
+            self.leases.catch_up(patience)
+        );
+    }
+
+    /// Drops a session the gateway reported gone: from the view at once, and from the bucket.
+    pub async fn forget(&self, user: &UserId, gateway: &GatewayId, conn: ConnId) {
+        {
+            let mut s = self.state.write().unwrap();
+            if let Some(routes) = s.sessions.get_mut(user) {
+                routes.retain(|r| r.conn != conn);
+                if routes.is_empty() {
+                    s.sessions.remove(user);
+                }
+            }
+        }
+        let key = subjects::session_key(user, gateway, conn);
+        if let Err(e) = self.bucket.purge_with_ttl(key, MARKER_TTL).await {
+            tracing::debug!(error = %e, "purge of a gone session failed");
+        }
+    }
+
+    /// Waits until the sessions-bucket change with revision `rev` is applied.
+    pub async fn reach_session_revision(&self, rev: u64, patience: Duration) {
+        self.sessions.reach(rev, patience).await
     }
 }
 
@@ -128,9 +196,11 @@ fn parse_session_key(key: &str) -> Option<(UserId, GatewayId, ConnId)> {
     parts.next().is_none().then_some((user, gateway, conn))
 }
 
-async fn watch_sessions(
+/// Applies a bucket's changes to the view until `stop`, publishing the revision applied.
+async fn apply_changes(
     state: Arc<RwLock<State>>,
     mut watch: kv::Watch,
+    apply: fn(&mut State, &kv::Entry),
     applied: watch::Sender<u64>,
     initial_last: u64,
     stop: CancellationToken,
@@ -147,25 +217,7 @@ async fn watch_sessions(
                 None => return,
             },
         };
-        if let Some((user, gateway, conn)) = parse_session_key(&entry.key) {
-            let mut s = state.write().unwrap();
-            match entry.operation {
-                kv::Operation::Put => {
-                    let routes = s.sessions.entry(user).or_default();
-                    if !routes.iter().any(|r| r.conn == conn) {
-                        routes.push(Route { gateway, conn });
-                    }
-                }
-                kv::Operation::Delete | kv::Operation::Purge => {
-                    if let Some(routes) = s.sessions.get_mut(&user) {
-                        routes.retain(|r| r.conn != conn);
-                        if routes.is_empty() {
-                            s.sessions.remove(&user);
-                        }
-                    }
-                }
-            }
-        }
+        apply(&mut state.write().unwrap(), &entry);
         // Once the replay is done, everything up to the bucket's last revision at start is in.
         let rev = if entry.delta == 0 {
             entry.revision.max(initial_last)
@@ -182,45 +234,53 @@ async fn watch_sessions(
     }
 }
 
-async fn watch_leases(state: Arc<RwLock<State>>, mut watch: kv::Watch, stop: CancellationToken) {
-    loop {
-        let entry = tokio::select! {
-            _ = stop.cancelled() => return,
-            next = watch.next() => match next {
-                Some(Ok(entry)) => entry,
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "lease watch error");
-                    continue;
-                }
-                None => return,
-            },
-        };
-        let Ok(gateway) = GatewayId::new(&entry.key) else {
-            continue;
-        };
-        let mut s = state.write().unwrap();
-        match entry.operation {
-            kv::Operation::Put => {
-                let Ok(lease) = serde_json::from_slice::<GatewayLease>(&entry.value) else {
-                    tracing::warn!(%gateway, "undecodable lease");
-                    continue;
-                };
-                // Counted from when we see it: after a chat restart a dead gateway's replayed
-                // lease can therefore live up to one TTL longer, never shorter.
-                let expires = Instant::now() + Duration::from_millis(lease.ttl_ms);
-                s.leases.insert(
-                    gateway,
-                    Lease {
-                        boot: lease.boot,
-                        expires,
-                    },
-                );
+fn apply_session(s: &mut State, entry: &kv::Entry) {
+    let Some((user, gateway, conn)) = parse_session_key(&entry.key) else {
+        return;
+    };
+    match entry.operation {
+        kv::Operation::Put => {
+            let routes = s.sessions.entry(user).or_default();
+            if !routes.iter().any(|r| r.conn == conn) {
+                routes.push(Route { gateway, conn });
             }
-            kv::Operation::Delete | kv::Operation::Purge => {
-                tracing::info!(%gateway, "gateway released its lease");
-                if let Some(lease) = s.leases.get_mut(&gateway) {
-                    lease.expires = Instant::now();
+        }
+        kv::Operation::Delete | kv::Operation::Purge => {
+            if let Some(routes) = s.sessions.get_mut(&user) {
+                routes.retain(|r| r.conn != conn);
+                if routes.is_empty() {
+                    s.sessions.remove(&user);
                 }
+            }
+        }
+    }
+}
+
+fn apply_lease(s: &mut State, entry: &kv::Entry) {
+    let Ok(gateway) = GatewayId::new(&entry.key) else {
+        return;
+    };
+    match entry.operation {
+        kv::Operation::Put => {
+            let Ok(lease) = serde_json::from_slice::<GatewayLease>(&entry.value) else {
+                tracing::warn!(%gateway, "undecodable lease");
+                return;
+            };
+            // Counted from when we see it: after a chat restart a dead gateway's replayed
+            // lease can therefore live up to one TTL longer, never shorter.
+            let expires = Instant::now() + Duration::from_millis(lease.ttl_ms);
+            s.leases.insert(
+                gateway,
+                Lease {
+                    boot: lease.boot,
+                    expires,
+                },
+            );
+        }
+        kv::Operation::Delete | kv::Operation::Purge => {
+            tracing::info!(%gateway, "gateway released its lease");
+            if let Some(lease) = s.leases.get_mut(&gateway) {
+                lease.expires = Instant::now();
             }
         }
     }

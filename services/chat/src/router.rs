@@ -1,34 +1,43 @@
 //! Routing persisted messages from the durable consumer `natter-router`: look up the
 //! recipient's sessions and the sender's other devices in the presence view, group them by
-//! gateway, and publish one delivery per gateway. A message is acknowledged only after its
-//! deliveries are published, so a router that dies mid-way leaves it to be routed again by
-//! any instance (clients drop the duplicate by message id).
+//! gateway, and publish one delivery per gateway.
+//!
+//! Two properties make a device's cursor safe to resume from (see `protocol::cursor`):
+//! - **Stream order.** The consumer is pinned: one chat instance routes at a time, in stream
+//!   order, and a failed publish is retried in place rather than skipped. The others stand by
+//!   and take over within seconds (unacknowledged messages are routed again; clients drop the
+//!   duplicates by message id).
+//! - **No missed registrations.** Before routing a batch the presence view catches up with
+//!   every registration acknowledged so far, so a device registered before a message was
+//!   written is among its targets. Messages written before the registration are the device's
+//!   to replay with `sync`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, AckKind, consumer};
-use futures::StreamExt;
+use async_nats::jetstream::{self, consumer};
+use futures::{FutureExt, StreamExt};
 use protocol::frames::ServerFrame;
-use protocol::payloads::{Delivery, StoredMessage};
-use protocol::{ConnId, GatewayId, UserId, subjects};
+use protocol::payloads::{Delivery, OfflineMessage, StoredMessage};
+use protocol::{ConnId, Cursor, GatewayId, UserId, subjects};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::ChatMetrics;
 use crate::presence_view::PresenceView;
 
-/// How long routing waits for the presence view to catch up before it treats a recipient
-/// with no known session as offline.
+/// How long routing waits for the presence view to catch up before routing anyway.
 const PRESENCE_PATIENCE: Duration = Duration::from_millis(500);
 
-/// How long a message whose delivery publish failed waits before it is routed again.
-const NAK_DELAY: Duration = Duration::from_secs(1);
+/// Pause before retrying a delivery publish that failed (the NATS connection is down).
+const RETRY_DELAY: Duration = Duration::from_millis(200);
 
 pub struct Router {
     pub nats: async_nats::Client,
     pub view: PresenceView,
     pub metrics: ChatMetrics,
+    /// The messages stream's epoch, for the cursors stamped on deliveries.
+    pub epoch: u64,
 }
 
 /// Creates the router's durable consumer if needed. Called by ingest too, so that a message
@@ -46,6 +55,7 @@ pub async fn ensure_consumer(
             deliver_policy: consumer::DeliverPolicy::New,
             batch,
             ack_wait,
+            pinned: true,
         },
     )
     .await
@@ -59,49 +69,66 @@ pub async fn serve(
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut messages = plumbing::bus::pull(&consumer, batch).await?;
+    let mut ready = Vec::with_capacity(batch);
     loop {
-        let msg = tokio::select! {
+        let first = tokio::select! {
             _ = stop.cancelled() => break,
-            next = messages.next() => match next {
-                Some(Ok(msg)) => msg,
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "router consumer error");
-                    continue;
-                }
-                None => break,
-            },
+            next = messages.next() => next,
         };
-        let routed = match serde_json::from_slice::<StoredMessage>(&msg.payload) {
-            Ok(stored) => router.route(stored).await,
-            Err(e) => {
-                // Not ours to fix by retrying: an integrator published garbage to the stream.
-                tracing::warn!(error = %e, subject = %msg.subject, "unroutable message");
-                true
+        match first {
+            Some(Ok(msg)) => ready.push(msg),
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "router consumer");
+                continue;
             }
-        };
-        let answer = if routed {
-            msg.ack().await
-        } else {
-            // A publish to a gateway failed: have the stream deliver it again shortly.
-            msg.ack_with(AckKind::Nak(Some(NAK_DELAY))).await
-        };
-        if let Err(e) = answer {
-            tracing::warn!(error = %e, "router ack failed; the message will be routed again");
+            None => break,
+        }
+        // Take whatever else has already arrived, so one catch-up covers the whole batch.
+        while ready.len() < batch {
+            match messages.next().now_or_never() {
+                Some(Some(Ok(msg))) => ready.push(msg),
+                _ => break,
+            }
+        }
+        router.view.catch_up(PRESENCE_PATIENCE).await;
+        for msg in ready.drain(..) {
+            let seq = msg.info().map(|i| i.stream_sequence).unwrap_or_default();
+            match serde_json::from_slice::<StoredMessage>(&msg.payload) {
+                Ok(stored) => {
+                    if !router.route(stored, seq, &stop).await {
+                        // Stopped mid-retry: leave it unacknowledged for the next router.
+                        return Ok(());
+                    }
+                }
+                // Not ours to fix by retrying: an integrator published garbage to the stream.
+                Err(e) => tracing::warn!(error = %e, subject = %msg.subject, "unroutable message"),
+            }
+            if let Err(e) = msg.ack().await {
+                tracing::warn!(error = %e, "router ack failed; the message will be routed again");
+            }
         }
     }
     Ok(())
 }
 
 impl Router {
-    /// Routes one message; `false` if a publish failed and it must be routed again.
-    async fn route(&self, stored: StoredMessage) -> bool {
-        let message = &stored.message;
+    /// Routes one message; `false` if `stop` came while a publish was failing.
+    async fn route(&self, stored: StoredMessage, seq: u64, stop: &CancellationToken) -> bool {
+        let mut message = stored.message;
+        message.cursor = Some(Cursor {
+            epoch: self.epoch,
+            seq,
+        });
         let mut targets = self.view.routes_of(&message.to);
         if targets.is_empty() {
-            // Before treating the recipient as offline, make sure no acknowledged connect is
-            // still on its way into the view.
-            self.view.catch_up(PRESENCE_PATIENCE).await;
-            targets = self.view.routes_of(&message.to);
+            self.metrics.offline_recipients.inc();
+            let offline = OfflineMessage {
+                user: message.to.clone(),
+                conversation: message.conversation.clone(),
+                id: message.id,
+                from: message.from.clone(),
+            };
+            self.publish_offline(&offline).await;
         }
         if message.from != message.to {
             targets.extend(self.view.routes_of(&message.from));
@@ -117,11 +144,33 @@ impl Router {
             }
         }
         self.metrics.routed.inc();
-        self.publish(by_gateway, ServerFrame::Message(stored.message))
-            .await
+        let frame = ServerFrame::Message(message);
+        for (gateway, targets) in by_gateway {
+            let payload = delivery_payload(targets, &frame);
+            while !self.publish(&gateway, payload.clone()).await {
+                tokio::select! {
+                    _ = stop.cancelled() => return false,
+                    _ = tokio::time::sleep(RETRY_DELAY) => {}
+                }
+            }
+        }
+        true
     }
 
-    /// Routes a receipt frame to every session of `user`.
+    /// Tells whoever sends pushes that `offline.user` has a message waiting.
+    pub async fn publish_offline(&self, offline: &OfflineMessage) {
+        let payload = serde_json::to_vec(offline).expect("offline message to JSON");
+        if let Err(e) = self
+            .nats
+            .publish(subjects::USER_OFFLINE_MESSAGE, payload.into())
+            .await
+        {
+            tracing::debug!(error = %e, "offline message event not published");
+        }
+    }
+
+    /// Routes a frame to every session of `user` (receipts and typing: at most once, as
+    /// documented in subjects.md).
     pub async fn notify_user(&self, user: &UserId, frame: ServerFrame) {
         let mut by_gateway: HashMap<GatewayId, Vec<ConnId>> = HashMap::new();
         for route in self.view.routes_of(user) {
@@ -130,33 +179,35 @@ impl Router {
                 .or_default()
                 .push(route.conn);
         }
-        // Receipts are at most once (documented in subjects.md).
-        let _ = self.publish(by_gateway, frame).await;
+        for (gateway, targets) in by_gateway {
+            self.publish(&gateway, delivery_payload(targets, &frame))
+                .await;
+        }
     }
 
-    /// One publish per gateway, carrying that gateway's target list. `false` if any failed.
-    async fn publish(
-        &self,
-        by_gateway: HashMap<GatewayId, Vec<ConnId>>,
-        frame: ServerFrame,
-    ) -> bool {
-        let mut all_published = true;
-        for (gateway, targets) in by_gateway {
-            let delivery = Delivery {
-                targets,
-                frame: frame.clone(),
-            };
-            let payload = serde_json::to_vec(&delivery).expect("delivery to JSON");
-            self.metrics.gateway_publishes.inc();
-            if let Err(e) = self
-                .nats
-                .publish(subjects::gateway_deliver(&gateway), payload.into())
-                .await
-            {
+    /// One publish to one gateway, carrying its target list. `false` if it failed.
+    async fn publish(&self, gateway: &GatewayId, payload: bytes::Bytes) -> bool {
+        self.metrics.gateway_publishes.inc();
+        match self
+            .nats
+            .publish(subjects::gateway_deliver(gateway), payload)
+            .await
+        {
+            Ok(()) => true,
+            Err(e) => {
                 tracing::warn!(error = %e, %gateway, "delivery publish failed");
-                all_published = false;
+                false
             }
         }
-        all_published
     }
+}
+
+fn delivery_payload(targets: Vec<ConnId>, frame: &ServerFrame) -> bytes::Bytes {
+    let delivery = Delivery {
+        targets,
+        frame: frame.clone(),
+    };
+    serde_json::to_vec(&delivery)
+        .expect("delivery to JSON")
+        .into()
 }

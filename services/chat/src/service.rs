@@ -14,6 +14,8 @@ use crate::presence_view::PresenceView;
 use crate::receipts;
 use crate::router::{self, Router};
 use crate::typing;
+use crate::undelivered;
+use crate::user_presence::{self, UserPresenceRole};
 
 /// A running chat service instance.
 pub struct Chat {
@@ -40,11 +42,13 @@ impl Chat {
         if config.route {
             let buckets = plumbing::bus::ensure_presence_buckets(&js, bus).await?;
             let sweep = Duration::from_millis(config.presence_sweep_ms);
-            let view = PresenceView::start(&js, buckets, sweep, stop.clone()).await?;
+            let view = PresenceView::start(&js, buckets.clone(), sweep, stop.clone()).await?;
+            let epoch = plumbing::bus::stream_epoch(&stream.get_info().await?);
             let router = Arc::new(Router {
                 nats: nats.clone(),
                 view,
                 metrics: metrics.clone(),
+                epoch,
             });
             roles.spawn(router::serve(
                 router.clone(),
@@ -55,7 +59,17 @@ impl Chat {
             let sub = receipts::subscribe(&nats).await?;
             roles.spawn(receipts::serve(router.clone(), sub, stop.clone()));
             let sub = typing::subscribe(&nats).await?;
-            roles.spawn(typing::serve(router, sub, stop.clone()));
+            roles.spawn(typing::serve(router.clone(), sub, stop.clone()));
+            let sub = undelivered::subscribe(&nats).await?;
+            roles.spawn(undelivered::serve(router.clone(), sub, stop.clone()));
+            let role = Arc::new(UserPresenceRole {
+                nats: nats.clone(),
+                view: router.view.clone(),
+                users: buckets.users,
+                metrics: metrics.clone(),
+            });
+            let consumer = user_presence::ensure_consumer(&js).await?;
+            roles.spawn(user_presence::serve(role, consumer, stop.clone()));
         }
         if config.ingest {
             let sub = ingest::subscribe(&nats).await?;

@@ -68,7 +68,7 @@ pub fn token_from(authorization: Option<&str>, query: Option<&str>) -> Option<St
     url_query_param(query?, "access_token")
 }
 
-fn url_query_param(query: &str, name: &str) -> Option<String> {
+pub fn url_query_param(query: &str, name: &str) -> Option<String> {
     query.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=')?;
         // JWTs are base64url and dots: no percent-decoding needed for a valid one.

@@ -36,6 +36,14 @@ pub struct GatewayConfig {
     pub shutdown_grace_ms: u64,
     /// How long a `send` waits for the chat service before the client gets `unavailable`.
     pub send_timeout_ms: u64,
+    /// The most messages one `sync` replays. A device further behind is answered
+    /// `recovered: false` and refetches from history (the per-user offline queue limit; the
+    /// age limit is the messages stream's `bus.messages_max_age_ms`).
+    pub sync_max_messages: u64,
+    /// Messages read from the stream per replay step.
+    pub sync_page: usize,
+    /// Replays running at once on this gateway; more wait their turn (reconnect storms).
+    pub sync_concurrency: usize,
 }
 
 impl Default for GatewayConfig {
@@ -54,6 +62,9 @@ impl Default for GatewayConfig {
             max_connections: 100_000,
             shutdown_grace_ms: 10_000,
             send_timeout_ms: 10_000,
+            sync_max_messages: 10_000,
+            sync_page: 256,
+            sync_concurrency: 64,
         }
     }
 }

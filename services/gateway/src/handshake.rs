@@ -79,7 +79,18 @@ pub fn respond(
         }
     };
 
-    // 3. Encoding, limits, shutdown.
+    // 3. Resuming from a cursor (`?cursor=<cursor>`, empty for a new device): the replay
+    //    starts with the session, before any live message can overtake it.
+    let resume = match query.and_then(|q| auth::url_query_param(q, "cursor")) {
+        None => None,
+        Some(c) if c.is_empty() => Some(None),
+        Some(c) => match c.parse::<protocol::Cursor>() {
+            Ok(cursor) => Some(Some(cursor)),
+            Err(_) => return refuse(StatusCode::BAD_REQUEST, "cursor is not a natter cursor"),
+        },
+    };
+
+    // 4. Encoding, limits, shutdown.
     let offered = headers
         .get(header::SEC_WEBSOCKET_PROTOCOL)
         .and_then(|v| v.to_str().ok());
@@ -99,7 +110,7 @@ pub fn respond(
         return refuse(StatusCode::BAD_REQUEST, "connection cannot be upgraded");
     };
 
-    // 4. Hand the socket to a session once hyper has sent the 101.
+    // 5. Hand the socket to a session once hyper has sent the 101.
     let shared_for_task = shared.clone();
     shared.sessions.spawn(async move {
         let shared = shared_for_task;
@@ -116,7 +127,9 @@ pub fn respond(
             Some(ws_config(shared.config.max_frame_bytes)),
         )
         .await;
-        Session::new(shared, identity, encoding, ws).run().await;
+        Session::new(shared, identity, encoding, ws)
+            .run(resume)
+            .await;
     });
 
     let mut res = Response::default();

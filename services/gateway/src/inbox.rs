@@ -1,12 +1,14 @@
 //! The gateway's NATS inbox, `natter.gw.<id>.>`: deliveries from the chat service, each one
 //! frame for a list of this gateway's connections. The frame is encoded once per encoding
-//! and the encoded bytes are shared by every target.
+//! and the encoded bytes are shared by every target. A message for a connection that has
+//! just closed is reported on `natter.chat.undelivered`.
 
 use std::sync::Arc;
 
 use futures::StreamExt;
 use protocol::encoding::Encoded;
-use protocol::payloads::Delivery;
+use protocol::frames::ServerFrame;
+use protocol::payloads::{Delivery, Undelivered};
 use protocol::{Encoding, subjects};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
@@ -35,22 +37,56 @@ pub async fn subscribe(shared: Arc<Shared>) -> anyhow::Result<JoinHandle<()>> {
     }))
 }
 
-fn deliver_locally(shared: &Shared, delivery: Delivery) {
+pub fn deliver_locally(shared: &Shared, delivery: Delivery) {
     shared.metrics.deliveries.inc();
     let mut json: Option<Message> = None;
     let mut msgpack: Option<Message> = None;
-    shared.registry.for_each_of(&delivery.targets, |handle| {
-        let slot = match handle.encoding {
-            Encoding::Json => &mut json,
-            Encoding::MsgPack => &mut msgpack,
+    let message = match &delivery.frame {
+        ServerFrame::Message(m) => Some(m),
+        _ => None,
+    };
+    let seq = message.and_then(|m| m.cursor).map(|c| c.seq);
+    let mut gone = Vec::new();
+    shared.registry.deliver_to(
+        &delivery.targets,
+        |handle| {
+            let slot = match handle.encoding {
+                Encoding::Json => &mut json,
+                Encoding::MsgPack => &mut msgpack,
+            };
+            let frame = slot
+                .get_or_insert_with(|| to_ws(handle.encoding.encode_server(&delivery.frame)))
+                .clone();
+            if !handle.outbox.push_at(frame, seq) {
+                shared.metrics.slow_consumers.inc();
+            }
+        },
+        |conn, user| gone.push((conn, user.clone())),
+    );
+    let Some(message) = message else {
+        return;
+    };
+    for (conn, user) in gone {
+        shared.metrics.undelivered.inc();
+        let report = Undelivered {
+            gateway: shared.gateway.clone(),
+            conn,
+            user,
+            conversation: message.conversation.clone(),
+            id: message.id,
+            from: message.from.clone(),
         };
-        let frame = slot
-            .get_or_insert_with(|| to_ws(handle.encoding.encode_server(&delivery.frame)))
-            .clone();
-        if !handle.outbox.push(frame) {
-            shared.metrics.slow_consumers.inc();
-        }
-    });
+        let payload = serde_json::to_vec(&report).expect("report to JSON");
+        let nats = shared.nats.clone();
+        tokio::spawn(async move {
+            if let Err(e) = nats
+                .publish(subjects::CHAT_UNDELIVERED, payload.into())
+                .await
+            {
+                tracing::debug!(error = %e, "undelivered report not published");
+            }
+        });
+    }
 }
 
 pub fn to_ws(encoded: Encoded) -> Message {

@@ -11,8 +11,10 @@ mod metrics;
 mod outbox;
 mod presence;
 mod registry;
+mod replay;
 mod server;
 mod session;
+mod watchers;
 
 pub use auth::{Claims, encode_claims, mint_token};
 pub use config::GatewayConfig;

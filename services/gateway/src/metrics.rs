@@ -17,6 +17,10 @@ pub struct GatewayMetrics {
     pub heartbeat_timeouts: Counter,
     pub typing_dropped: Counter,
     pub send_latency: Histogram,
+    pub undelivered: Counter,
+    pub replays: Counter,
+    pub replay_gaps: Counter,
+    pub replayed: Counter,
 }
 
 impl GatewayMetrics {
@@ -52,6 +56,19 @@ impl GatewayMetrics {
             send_latency: m.histogram(
                 "natter_gateway_send_seconds",
                 "time from a client send to its sent answer",
+            ),
+            undelivered: m.counter(
+                "natter_gateway_undelivered_total",
+                "messages for connections that had just closed, reported to chat",
+            ),
+            replays: m.counter("natter_gateway_replays_total", "sync requests answered"),
+            replay_gaps: m.counter(
+                "natter_gateway_replay_gaps_total",
+                "sync requests answered recovered: false",
+            ),
+            replayed: m.counter(
+                "natter_gateway_replayed_messages_total",
+                "messages sent by sync replays",
             ),
             registry: m,
         }

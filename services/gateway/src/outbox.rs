@@ -1,6 +1,11 @@
 //! A session's bounded outbound queue. Producers (the NATS inbox, the session itself) push
 //! encoded frames; the session drains everything queued in one go and flushes once.
 //! A full queue evicts the session (slow consumer) instead of growing memory.
+//!
+//! While the session replays what the device missed (`sync`), live messages are held back
+//! and released after the replay, so the device sees the replay, then `synced`, then live
+//! traffic: its cursor only ever moves forward. Held messages the replay already covered are
+//! dropped.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -21,6 +26,14 @@ struct State {
     /// Set once: the session must close with this code after sending what is queued
     /// (or at once, for a slow consumer).
     close: Option<CloseCode>,
+    /// Live messages held during a replay, by stream sequence.
+    held: Option<Held>,
+}
+
+struct Held {
+    /// The last sequence the replay covers, once known.
+    upto: Option<u64>,
+    frames: VecDeque<(u64, Message)>,
 }
 
 /// What a drain found.
@@ -42,22 +55,66 @@ impl Outbox {
 
     /// Queues a frame. Returns `false` when the queue was full: the session is then closed
     /// as a slow consumer and the frame is dropped (the client resyncs on reconnect).
-    pub fn push(&self, frame: Message) -> bool {
+    /// A message frame comes with its stream sequence: it is held back during a replay.
+    pub fn push_at(&self, frame: Message, seq: Option<u64>) -> bool {
         let mut state = self.state.lock().unwrap();
         if state.close == Some(CloseCode::SlowConsumer) {
             return false;
         }
-        if state.frames.len() >= self.capacity {
+        let held = state.held.as_ref().map_or(0, |h| h.frames.len());
+        if state.frames.len() + held >= self.capacity {
             state.frames.clear();
+            state.held = None;
             state.close = Some(CloseCode::SlowConsumer);
             drop(state);
             self.notify.notify_one();
             return false;
         }
-        state.frames.push_back(frame);
+        match (&mut state.held, seq) {
+            (Some(held), Some(seq)) => {
+                if held.upto.is_none_or(|upto| seq > upto) {
+                    held.frames.push_back((seq, frame));
+                }
+                // Otherwise the replay carries it.
+                return true;
+            }
+            _ => state.frames.push_back(frame),
+        }
         drop(state);
         self.notify.notify_one();
         true
+    }
+
+    /// Starts holding live messages back (a replay begins).
+    pub fn hold(&self) {
+        self.state.lock().unwrap().held.get_or_insert(Held {
+            upto: None,
+            frames: VecDeque::new(),
+        });
+    }
+
+    /// The replay covers every message up to `seq`: held ones at or below it are dropped.
+    pub fn covered_upto(&self, seq: u64) {
+        if let Some(held) = &mut self.state.lock().unwrap().held {
+            held.upto = Some(seq);
+            held.frames.retain(|(s, _)| *s > seq);
+        }
+    }
+
+    /// Ends the hold: held messages are queued after everything the replay wrote.
+    pub fn release(&self) {
+        let mut state = self.state.lock().unwrap();
+        if let Some(held) = state.held.take() {
+            let upto = held.upto.unwrap_or(0);
+            state.frames.extend(
+                held.frames
+                    .into_iter()
+                    .filter(|(s, _)| *s > upto)
+                    .map(|(_, f)| f),
+            );
+            drop(state);
+            self.notify.notify_one();
+        }
     }
 
     /// Asks the session to close with `code` after sending what is already queued.
@@ -92,9 +149,9 @@ mod tests {
     #[test]
     fn a_full_queue_evicts_as_slow_consumer() {
         let outbox = Outbox::new(2);
-        assert!(outbox.push(Message::text("a")));
-        assert!(outbox.push(Message::text("b")));
-        assert!(!outbox.push(Message::text("c")));
+        assert!(outbox.push_at(Message::text("a"), None));
+        assert!(outbox.push_at(Message::text("b"), None));
+        assert!(!outbox.push_at(Message::text("c"), None));
         let mut out = Vec::new();
         assert!(matches!(
             outbox.drain(&mut out),
@@ -107,9 +164,31 @@ mod tests {
     }
 
     #[test]
+    fn a_replay_holds_live_messages_and_drops_what_it_covered() {
+        let outbox = Outbox::new(8);
+        outbox.hold();
+        assert!(outbox.push_at(Message::text("live 5"), Some(5)));
+        assert!(outbox.push_at(Message::text("receipt"), None));
+        outbox.covered_upto(6);
+        assert!(outbox.push_at(Message::text("live 6"), Some(6)));
+        assert!(outbox.push_at(Message::text("live 7"), Some(7)));
+        let mut out = Vec::new();
+        outbox.drain(&mut out);
+        assert_eq!(out, vec![Message::text("receipt")], "live messages wait");
+        outbox.release();
+        out.clear();
+        outbox.drain(&mut out);
+        assert_eq!(out, vec![Message::text("live 7")]);
+        assert!(outbox.push_at(Message::text("live 8"), Some(8)));
+        out.clear();
+        outbox.drain(&mut out);
+        assert_eq!(out, vec![Message::text("live 8")], "no longer held");
+    }
+
+    #[test]
     fn close_keeps_queued_frames() {
         let outbox = Outbox::new(8);
-        outbox.push(Message::text("a"));
+        outbox.push_at(Message::text("a"), None);
         outbox.close(CloseCode::Reconnect);
         let mut out = Vec::new();
         assert!(matches!(

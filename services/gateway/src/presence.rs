@@ -10,7 +10,7 @@ use async_nats::jetstream::kv;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use plumbing::bus::PresenceBuckets;
-use protocol::payloads::{GatewayLease, SessionEntry};
+use protocol::payloads::{GatewayLease, SessionEntry, UserPresence};
 use protocol::{ConnId, GatewayId, UserId, subjects};
 use tokio_util::sync::CancellationToken;
 
@@ -22,6 +22,7 @@ const MARKER_TTL: Duration = Duration::from_secs(60);
 pub struct Presence {
     sessions: kv::Store,
     gateways: kv::Store,
+    users: kv::Store,
     gateway: GatewayId,
     boot: ConnId,
     lease_ttl: Duration,
@@ -37,6 +38,7 @@ impl Presence {
         Self {
             sessions: buckets.sessions,
             gateways: buckets.gateways,
+            users: buckets.users,
             gateway,
             boot,
             lease_ttl,
@@ -74,6 +76,18 @@ impl Presence {
             sessions.purge_with_ttl(key, MARKER_TTL).await?;
             Ok(())
         })
+    }
+
+    /// A user's recorded presence (offline and never seen if nothing is recorded).
+    pub async fn of_user(&self, user: &UserId) -> anyhow::Result<UserPresence> {
+        let recorded = self.users.get(user.as_str()).await?;
+        Ok(recorded
+            .and_then(|v| serde_json::from_slice(&v).ok())
+            .unwrap_or(UserPresence {
+                user: user.clone(),
+                online: false,
+                last_seen: None,
+            }))
     }
 
     /// Writes the lease now and then every third of its TTL until `stop`; removes it on stop.

@@ -1,7 +1,7 @@
 //! The gateway's local registry: connection id → session handle, and user → connections.
 //! A small lock, never held across `.await`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, RwLock};
 
 use protocol::{ConnId, Encoding, UserId};
@@ -20,10 +20,15 @@ pub struct Registry {
     inner: RwLock<Inner>,
 }
 
+/// Closed connections remembered, so a delivery arriving just after a close can be reported
+/// with its user (see `inbox`).
+const RECENTLY_CLOSED: usize = 4096;
+
 #[derive(Default)]
 struct Inner {
     sessions: HashMap<ConnId, Arc<SessionHandle>>,
     users: HashMap<UserId, Vec<ConnId>>,
+    closed: VecDeque<(ConnId, UserId)>,
 }
 
 impl Registry {
@@ -46,15 +51,27 @@ impl Registry {
             if conns.is_empty() {
                 inner.users.remove(&handle.user);
             }
+            if inner.closed.len() == RECENTLY_CLOSED {
+                inner.closed.pop_front();
+            }
+            inner.closed.push_back((conn, handle.user.clone()));
         }
     }
 
-    /// Calls `f` for each of `conns` that is connected here.
-    pub fn for_each_of(&self, conns: &[ConnId], mut f: impl FnMut(&SessionHandle)) {
+    /// Calls `f` for each of `conns` that is connected here, and `gone` with the user of each
+    /// one that recently closed.
+    pub fn deliver_to(
+        &self,
+        conns: &[ConnId],
+        mut f: impl FnMut(&SessionHandle),
+        mut gone: impl FnMut(ConnId, &UserId),
+    ) {
         let inner = self.inner.read().unwrap();
         for conn in conns {
             if let Some(handle) = inner.sessions.get(conn) {
                 f(handle);
+            } else if let Some((_, user)) = inner.closed.iter().rev().find(|(c, _)| c == conn) {
+                gone(*conn, user);
             }
         }
     }

@@ -24,6 +24,8 @@ use crate::inbox;
 use crate::metrics::GatewayMetrics;
 use crate::presence::Presence;
 use crate::registry::Registry;
+use crate::replay::Replayer;
+use crate::watchers::Watchers;
 
 /// State shared by every session of this gateway.
 pub struct Shared {
@@ -33,6 +35,8 @@ pub struct Shared {
     pub verifier: Verifier,
     pub registry: Registry,
     pub presence: Presence,
+    pub replayer: Replayer,
+    pub watchers: Watchers,
     pub metrics: GatewayMetrics,
     pub shutdown: CancellationToken,
     pub sessions: TaskTracker,
@@ -95,9 +99,17 @@ impl Gateway {
 
         let listener = TcpListener::bind(config.listen_addr).await?;
         let addr = listener.local_addr()?;
+        let replayer = Replayer {
+            js,
+            max_messages: config.sync_max_messages,
+            page: config.sync_page.max(1),
+            permits: tokio::sync::Semaphore::new(config.sync_concurrency.max(1)),
+        };
         let shared = Arc::new(Shared {
             verifier: Verifier::new(&config.jwt_secret, config.jwt_leeway_secs),
             config,
+            replayer,
+            watchers: Watchers::default(),
             gateway: gateway.clone(),
             nats,
             registry: Registry::default(),

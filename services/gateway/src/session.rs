@@ -30,12 +30,15 @@ use crate::auth::Identity;
 use crate::inbox::to_ws;
 use crate::outbox::{Drained, Outbox};
 use crate::registry::SessionHandle;
+use crate::replay::{Replay, Turn};
 use crate::server::Shared;
+use crate::watchers::{MAX_WATCHED, Watchers};
 
 type Socket = WebSocketStream<TokioIo<Upgraded>>;
 type SendResult = Result<async_nats::Message, SendFailure>;
 type InFlight = Pin<Box<dyn Future<Output = SendResult> + Send>>;
-type Query = Pin<Box<dyn Future<Output = ServerFrame> + Send>>;
+type Query = Pin<Box<dyn Future<Output = Vec<ServerFrame>> + Send>>;
+type ReplayTurn = Pin<Box<dyn Future<Output = anyhow::Result<Turn>> + Send>>;
 
 /// Messages per history page unless the client asks otherwise, and the most it may ask.
 const DEFAULT_PAGE: u32 = 50;
@@ -78,6 +81,8 @@ pub struct Session {
     /// History queries waiting for their answer; created on the first query, so idle
     /// sessions pay nothing for it.
     queries: Option<FuturesUnordered<Query>>,
+    /// The `sync` replay's next step, while one runs.
+    replay: Option<ReplayTurn>,
     /// When this connection last sent a typing indicator on (rate limit).
     last_typing: Option<Instant>,
     /// Frames to write at the end of this loop turn, flushed once.
@@ -103,18 +108,24 @@ impl Session {
             pending: VecDeque::new(),
             in_flight: None,
             queries: None,
+            replay: None,
             last_typing: None,
             batch: Vec::new(),
         }
     }
 
-    /// Registers, serves until the connection ends, then unregisters and closes.
-    pub async fn run(mut self) {
+    /// Registers, serves until the connection ends, then unregisters and closes. With
+    /// `resume` (the handshake's `cursor`), live messages are held back from the start and
+    /// the replay of what the device missed begins right after `welcome`.
+    pub async fn run(mut self, resume: Option<Option<protocol::Cursor>>) {
         let span = tracing::debug_span!("session", user = %self.user, conn = %self.conn);
         let _guard = span.enter();
         let metrics = self.shared.metrics.clone();
         metrics.connections.inc();
         metrics.connections_total.inc();
+        if resume.is_some() {
+            self.handle.outbox.hold();
+        }
         if let Err(e) = self.shared.presence.register(&self.user, self.conn).await {
             tracing::warn!(error = %e, "presence registration failed");
             self.close(CloseCode::ServerError).await;
@@ -131,8 +142,16 @@ impl Session {
             heartbeat_timeout_ms: self.shared.config.heartbeat_timeout_ms,
             max_body_bytes: self.shared.config.max_body_bytes,
         });
+        if let Some(cursor) = resume {
+            self.shared.metrics.replays.inc();
+            self.start_replay_turn(Replay::Start {
+                user: self.user.clone(),
+                cursor,
+            });
+        }
         let close = self.serve().await;
         self.shared.registry.remove(self.conn);
+        self.shared.watchers.forget(self.conn);
         if let Err(e) = self.shared.presence.unregister(&self.user, self.conn).await {
             tracing::warn!(error = %e, "presence removal failed; the lease TTL will cover it");
         }
@@ -175,8 +194,13 @@ impl Session {
                         return Some(code);
                     }
                 }
-                Some(frame) = next_answer(&mut self.queries), if self.has_queries() => {
-                    self.queue(&frame);
+                Some(frames) = next_answer(&mut self.queries), if self.has_queries() => {
+                    for frame in &frames {
+                        self.queue(frame);
+                    }
+                }
+                turn = poll_replay(&mut self.replay), if self.replay.is_some() => {
+                    self.on_replay_turn(turn);
                 }
                 result = poll_in_flight(&mut self.in_flight), if self.in_flight.is_some() => {
                     let (cid, started, _) = self.in_flight.take().expect("guarded by is_some");
@@ -237,6 +261,8 @@ impl Session {
                 up_to,
             } => return self.on_receipt(ReceiptKind::Seen, conversation, up_to),
             ClientFrame::Ping { ts } => self.queue(&ServerFrame::Pong { ts }),
+            ClientFrame::Sync { cursor } => self.on_sync(cursor),
+            ClientFrame::Presence { users } => self.on_presence(users),
             ClientFrame::Typing { conversation } => return self.on_typing(conversation),
             ClientFrame::History {
                 qid,
@@ -255,6 +281,144 @@ impl Session {
             }
         }
         Step::Continue
+    }
+
+    fn on_sync(&mut self, cursor: Option<String>) {
+        if self.replay.is_some() {
+            return self.reject(
+                ErrorCode::TooManyInFlight,
+                "a sync is already running; wait for synced",
+                None,
+            );
+        }
+        let cursor = match cursor.map(|c| c.parse::<protocol::Cursor>()).transpose() {
+            Ok(cursor) => cursor,
+            Err(e) => return self.reject(ErrorCode::InvalidId, e.to_string(), None),
+        };
+        self.shared.metrics.replays.inc();
+        self.handle.outbox.hold();
+        self.start_replay_turn(Replay::Start {
+            user: self.user.clone(),
+            cursor,
+        });
+    }
+
+    fn start_replay_turn(&mut self, replay: Replay) {
+        let shared = self.shared.clone();
+        self.replay = Some(Box::pin(async move { shared.replayer.turn(replay).await }));
+    }
+
+    /// Sends what a replay step read; the next step starts after this turn's write, so a
+    /// large backlog goes at the pace of the socket.
+    fn on_replay_turn(&mut self, turn: anyhow::Result<Turn>) {
+        self.replay = None;
+        let turn = match turn {
+            Ok(turn) => turn,
+            Err(e) => {
+                tracing::warn!(error = %e, "sync failed");
+                self.handle.outbox.release();
+                return self.queue(&ServerFrame::error(
+                    ErrorCode::Unavailable,
+                    "sync failed; send sync again with the same cursor",
+                    None,
+                ));
+            }
+        };
+        if let Some(head) = turn.head {
+            self.handle.outbox.covered_upto(head);
+        }
+        for frame in &turn.frames {
+            match frame {
+                ServerFrame::Message(_) => self.shared.metrics.replayed.inc(),
+                ServerFrame::Synced {
+                    recovered: false, ..
+                } => self.shared.metrics.replay_gaps.inc(),
+                _ => {}
+            }
+            self.queue(frame);
+        }
+        match turn.next {
+            Some(next) => self.start_replay_turn(next),
+            None => self.handle.outbox.release(),
+        }
+    }
+
+    /// Starts watching the presence of `users`: each must share a conversation with this
+    /// user (they have exchanged a message). Answered with each one's presence now; changes
+    /// follow as they happen.
+    fn on_presence(&mut self, users: Vec<String>) {
+        let Ok(users) = users.iter().map(UserId::new).collect::<Result<Vec<_>, _>>() else {
+            return self.reject(ErrorCode::InvalidId, "invalid user id", None);
+        };
+        if users.is_empty() || self.shared.watchers.count(self.conn) + users.len() > MAX_WATCHED {
+            let reason = format!("watch between 1 and {MAX_WATCHED} users per connection");
+            return self.reject(ErrorCode::MalformedFrame, reason, None);
+        }
+        if self
+            .queries
+            .as_ref()
+            .is_some_and(|q| q.len() >= MAX_QUERIES)
+        {
+            return self.reject(
+                ErrorCode::TooManyInFlight,
+                "too many queries waiting; wait for their answers",
+                None,
+            );
+        }
+        let (shared, me, conn) = (self.shared.clone(), self.user.clone(), self.conn);
+        let fut: Query = Box::pin(async move {
+            let checks = users.into_iter().map(|user| {
+                let (shared, me) = (shared.clone(), me.clone());
+                async move {
+                    let shares = shares_conversation(&shared, &me, &user).await;
+                    (user, shares)
+                }
+            });
+            let mut frames = Vec::new();
+            let mut refused = Vec::new();
+            for (user, shares) in futures::future::join_all(checks).await {
+                match shares {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        refused.push(user.to_string());
+                        continue;
+                    }
+                    Err(()) => {
+                        frames.push(ServerFrame::error(
+                            ErrorCode::Unavailable,
+                            format!("presence of {user} unavailable; retry"),
+                            None,
+                        ));
+                        continue;
+                    }
+                }
+                // Subscribe first, then read: a change in between is sent twice, never lost.
+                let watched = Watchers::watch(&shared, conn, user.clone()).await;
+                match (watched, shared.presence.of_user(&user).await) {
+                    (Ok(()), Ok(p)) => frames.push(ServerFrame::Presence {
+                        user: p.user,
+                        online: p.online,
+                        last_seen: p.last_seen,
+                    }),
+                    _ => frames.push(ServerFrame::error(
+                        ErrorCode::Unavailable,
+                        format!("presence of {user} unavailable; retry"),
+                        None,
+                    )),
+                }
+            }
+            if !refused.is_empty() {
+                frames.push(ServerFrame::error(
+                    ErrorCode::Forbidden,
+                    format!("no conversation shared with {}", refused.join(", ")),
+                    None,
+                ));
+            }
+            frames
+        });
+        self.queries
+            .get_or_insert_with(FuturesUnordered::new)
+            .push(fut);
     }
 
     fn on_typing(&mut self, conversation: String) -> Step {
@@ -359,26 +523,8 @@ impl Session {
         let payload = serde_json::to_vec(&request).expect("history request to JSON");
         let nats = self.shared.nats.clone();
         let timeout = Duration::from_millis(self.shared.config.send_timeout_ms);
-        let fut: Query = Box::pin(async move {
-            let answer = tokio::time::timeout(
-                timeout,
-                nats.request(subjects::HISTORY_QUERY, payload.into()),
-            )
-            .await;
-            match answer {
-                Ok(Ok(reply)) => match serde_json::from_slice::<ServerFrame>(&reply.payload) {
-                    Ok(frame) => frame,
-                    Err(_) => {
-                        ServerFrame::query_error(ErrorCode::Unavailable, "history failed", qid)
-                    }
-                },
-                _ => ServerFrame::query_error(
-                    ErrorCode::Unavailable,
-                    "history service unavailable; retry",
-                    qid,
-                ),
-            }
-        });
+        let fut: Query =
+            Box::pin(async move { vec![query_history(nats, payload, timeout, qid).await] });
         self.queries
             .get_or_insert_with(FuturesUnordered::new)
             .push(fut);
@@ -565,9 +711,66 @@ impl Session {
     }
 }
 
-async fn next_answer(queries: &mut Option<FuturesUnordered<Query>>) -> Option<ServerFrame> {
+async fn next_answer(queries: &mut Option<FuturesUnordered<Query>>) -> Option<Vec<ServerFrame>> {
     match queries {
         Some(q) => q.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Asks the history service; an error with the same qid if it does not answer.
+async fn query_history(
+    nats: async_nats::Client,
+    payload: Vec<u8>,
+    timeout: Duration,
+    qid: ClientMsgId,
+) -> ServerFrame {
+    let answer = tokio::time::timeout(
+        timeout,
+        nats.request(subjects::HISTORY_QUERY, payload.into()),
+    )
+    .await;
+    match answer {
+        Ok(Ok(reply)) => match serde_json::from_slice::<ServerFrame>(&reply.payload) {
+            Ok(frame) => frame,
+            Err(_) => ServerFrame::query_error(ErrorCode::Unavailable, "history failed", qid),
+        },
+        _ => ServerFrame::query_error(
+            ErrorCode::Unavailable,
+            "history service unavailable; retry",
+            qid,
+        ),
+    }
+}
+
+/// Whether `me` and `other` share a conversation: they have exchanged a message (asked of
+/// the history service, whose cache makes it cheap). `Err` if history did not answer.
+async fn shares_conversation(shared: &Shared, me: &UserId, other: &UserId) -> Result<bool, ()> {
+    if me == other {
+        return Ok(true);
+    }
+    let qid = ClientMsgId::new("presence").expect("valid id");
+    let request = HistoryRequest {
+        user: me.clone(),
+        qid: qid.clone(),
+        query: HistoryQuery::Messages {
+            conversation: ConversationId::direct(me, other),
+            before: None,
+            after: None,
+            limit: 1,
+        },
+    };
+    let payload = serde_json::to_vec(&request).expect("history request to JSON");
+    let timeout = Duration::from_millis(shared.config.send_timeout_ms);
+    match query_history(shared.nats.clone(), payload, timeout, qid).await {
+        ServerFrame::History { messages, .. } => Ok(!messages.is_empty()),
+        _ => Err(()),
+    }
+}
+
+async fn poll_replay(replay: &mut Option<ReplayTurn>) -> anyhow::Result<Turn> {
+    match replay {
+        Some(fut) => fut.as_mut().await,
         None => std::future::pending().await,
     }
 }

@@ -35,6 +35,8 @@ pub async fn ensure_consumer(
             deliver_policy: consumer::DeliverPolicy::All,
             batch,
             ack_wait,
+            // Order does not matter to the store (writes are idempotent): share the load.
+            pinned: false,
         },
     )
     .await

@@ -183,6 +183,7 @@ async fn relay_run(
         cid: protocol::ClientMsgId::new("relay")?,
         body: String::new(),
         ts: 0,
+        cursor: None,
     };
     let total = expected * pairs as u64;
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));

@@ -118,6 +118,7 @@ fn to_message(
         cid: ClientMsgId::new(&cid).map_err(corrupt)?,
         body,
         ts: ts as u64,
+        cursor: None,
     })
 }
 

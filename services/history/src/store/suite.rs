@@ -22,6 +22,7 @@ pub fn message(from: &str, conversation: &ConversationId, to: &str, ts: u64, seq
         cid: ClientMsgId::new(format!("c{ts}-{seq}")).unwrap(),
         body: format!("{from} says {seq}"),
         ts,
+        cursor: None,
     }
 }
 

@@ -1,0 +1,50 @@
+//! Deliveries a gateway could not make because the connection was gone
+//! (`natter.chat.undelivered`). The session is removed from presence at once instead of when
+//! its gateway's lease lapses, and a recipient left with no device online is treated as
+//! offline for that message: the notifier hears of it. The message itself is not lost: the
+//! device replays it from its cursor when it reconnects.
+
+use std::sync::Arc;
+
+use protocol::payloads::{OfflineMessage, Undelivered};
+use protocol::subjects;
+use tokio_util::sync::CancellationToken;
+
+use crate::router::Router;
+
+/// Joins the chat queue group on undelivered reports.
+pub async fn subscribe(nats: &async_nats::Client) -> anyhow::Result<async_nats::Subscriber> {
+    plumbing::bus::serve_queue(nats, subjects::CHAT_UNDELIVERED, subjects::CHAT_QUEUE).await
+}
+
+pub async fn serve(
+    router: Arc<Router>,
+    mut sub: async_nats::Subscriber,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    loop {
+        let Some(msg) = plumbing::bus::next_or_stop(&mut sub, &stop).await else {
+            break;
+        };
+        let Ok(report) = serde_json::from_slice::<Undelivered>(&msg.payload) else {
+            tracing::warn!("undecodable undelivered report");
+            continue;
+        };
+        router.metrics.undelivered.inc();
+        router
+            .view
+            .forget(&report.user, &report.gateway, report.conn)
+            .await;
+        if report.user != report.from && router.view.routes_of(&report.user).is_empty() {
+            router.metrics.offline_recipients.inc();
+            let offline = OfflineMessage {
+                user: report.user,
+                conversation: report.conversation,
+                id: report.id,
+                from: report.from,
+            };
+            router.publish_offline(&offline).await;
+        }
+    }
+    Ok(())
+}

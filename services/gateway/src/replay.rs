@@ -1,0 +1,201 @@
+//! Replaying what a device missed: the `sync` frame.
+//!
+//! The messages stream is the per-user offline queue: every message of a user is already in
+//! it under `natter.msg.dm.<a>.<b>`, so a device's backlog is "the user's messages after my
+//! cursor", read with a short-lived consumer filtered to the user's subjects. Nothing is
+//! removed when a device acknowledges, so several devices each catch up from their own
+//! cursor, and a device that disconnects half-way resumes where it stopped.
+//!
+//! A replay is gap-free or it is refused: `synced` says `recovered: false` (with the reason)
+//! when the cursor is missing, names another incarnation of the stream, lies in the future,
+//! precedes messages the stream has trimmed (its age limit), or when more messages are
+//! waiting than one replay may send (`sync_max_messages`). The device then refetches from
+//! history, which keeps everything.
+//!
+//! The replay reads one page per turn of the session loop, and the session writes each page
+//! before asking for the next, so a large backlog flows at the pace of the socket. Replays
+//! running at once on one gateway are bounded, so a reconnect storm queues here instead of
+//! overloading JetStream.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer};
+use futures::StreamExt;
+use protocol::frames::ServerFrame;
+use protocol::payloads::StoredMessage;
+use protocol::{Cursor, SyncGap, UserId, subjects};
+use tokio::sync::Semaphore;
+
+/// How long an abandoned replay consumer lives on the server.
+const CONSUMER_IDLE: Duration = Duration::from_secs(30);
+
+/// Replay limits and the gateway-wide bound on concurrent replays.
+pub struct Replayer {
+    pub js: jetstream::Context,
+    /// The most messages one replay sends; above it the device resyncs from history.
+    pub max_messages: u64,
+    /// Messages read per turn.
+    pub page: usize,
+    pub permits: Semaphore,
+}
+
+/// Where a replay stands between turns of the session loop.
+pub enum Replay {
+    Start {
+        user: UserId,
+        cursor: Option<Cursor>,
+    },
+    Reading(Box<Reading>),
+}
+
+/// A replay's consumer, reading up to `head`.
+pub struct Reading {
+    stream: jetstream::stream::Stream,
+    consumer: consumer::PullConsumer,
+    head: Cursor,
+}
+
+/// What one turn produced: frames to send, and the replay to continue with (`None`: done,
+/// the last frame is `synced`).
+pub struct Turn {
+    pub frames: Vec<ServerFrame>,
+    pub next: Option<Replay>,
+    /// The last stream sequence the replay covers, once known.
+    pub head: Option<u64>,
+}
+
+impl Replayer {
+    /// Runs one turn of `replay`.
+    pub async fn turn(&self, replay: Replay) -> anyhow::Result<Turn> {
+        let _permit = self.permits.acquire().await?;
+        match replay {
+            Replay::Start { user, cursor } => self.start(user, cursor).await,
+            Replay::Reading(r) => {
+                let Reading {
+                    stream,
+                    consumer,
+                    head,
+                } = *r;
+                self.read(stream, consumer, head).await
+            }
+        }
+    }
+
+    async fn start(&self, user: UserId, cursor: Option<Cursor>) -> anyhow::Result<Turn> {
+        let stream = self.js.get_stream(subjects::MESSAGES_STREAM).await?;
+        let info = stream.cached_info();
+        let head = Cursor {
+            epoch: plumbing::bus::stream_epoch(info),
+            seq: info.state.last_sequence,
+        };
+        let gap = match cursor {
+            None => Some(SyncGap::NoCursor),
+            Some(c) if c.epoch != head.epoch => Some(SyncGap::UnknownCursor),
+            Some(c) if c.seq > head.seq => Some(SyncGap::FutureCursor),
+            // Messages between the cursor and the stream's first were trimmed.
+            Some(c) if c.seq + 1 < info.state.first_sequence => Some(SyncGap::Trimmed),
+            Some(c) if c.seq == head.seq => return Ok(done(head, None)),
+            Some(_) => None,
+        };
+        if let Some(gap) = gap {
+            return Ok(done(head, Some(gap)));
+        }
+        let from = cursor.expect("no gap means a cursor").seq + 1;
+        let consumer = stream
+            .create_consumer(consumer::pull::Config {
+                filter_subjects: subjects::user_messages(&user).to_vec(),
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: from,
+                },
+                ack_policy: consumer::AckPolicy::None,
+                inactive_threshold: CONSUMER_IDLE,
+                memory_storage: true,
+                num_replicas: 1,
+                ..Default::default()
+            })
+            .await?;
+        // Pending counts matching messages from the cursor on, including any written since
+        // `head`: an upper bound of what this replay sends.
+        if consumer.cached_info().num_pending > self.max_messages {
+            discard(stream, consumer);
+            return Ok(done(head, Some(SyncGap::TooMany)));
+        }
+        let mut turn = self.read(stream, consumer, head).await?;
+        turn.head = Some(head.seq);
+        Ok(turn)
+    }
+
+    async fn read(
+        &self,
+        stream: jetstream::stream::Stream,
+        consumer: consumer::PullConsumer,
+        head: Cursor,
+    ) -> anyhow::Result<Turn> {
+        let mut batch = consumer.fetch().max_messages(self.page).messages().await?;
+        let mut frames = Vec::new();
+        let mut finished = true;
+        while let Some(msg) = batch.next().await {
+            let msg = msg.map_err(|e| anyhow::anyhow!("replay read: {e}"))?;
+            let info = msg
+                .info()
+                .map_err(|e| anyhow::anyhow!("replay read: {e}"))?;
+            let seq = info.stream_sequence;
+            if seq > head.seq {
+                // Live traffic from here on.
+                finished = true;
+                break;
+            }
+            finished = seq == head.seq || info.pending == 0;
+            match serde_json::from_slice::<StoredMessage>(&msg.payload) {
+                Ok(stored) => {
+                    let mut message = stored.message;
+                    message.cursor = Some(Cursor {
+                        epoch: head.epoch,
+                        seq,
+                    });
+                    frames.push(ServerFrame::Message(message));
+                }
+                Err(e) => tracing::warn!(error = %e, seq, "unreadable message skipped in replay"),
+            }
+            if finished {
+                break;
+            }
+        }
+        if finished {
+            discard(stream, consumer);
+            let mut turn = done(head, None);
+            frames.append(&mut turn.frames);
+            turn.frames = frames;
+            return Ok(turn);
+        }
+        Ok(Turn {
+            frames,
+            next: Some(Replay::Reading(Box::new(Reading {
+                stream,
+                consumer,
+                head,
+            }))),
+            head: None,
+        })
+    }
+}
+
+fn done(head: Cursor, gap: Option<SyncGap>) -> Turn {
+    Turn {
+        frames: vec![ServerFrame::Synced {
+            cursor: head,
+            recovered: gap.is_none(),
+            gap,
+        }],
+        next: None,
+        head: Some(head.seq),
+    }
+}
+
+/// Deletes a finished replay's consumer in the background (it would expire by itself).
+fn discard(stream: jetstream::stream::Stream, consumer: consumer::PullConsumer) {
+    let name = consumer.cached_info().name.clone();
+    tokio::spawn(async move {
+        let _ = stream.delete_consumer(&name).await;
+    });
+}

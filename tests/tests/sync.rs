@@ -1,0 +1,384 @@
+//! Offline queue and reconnect sync: a device resumes from its cursor and gets exactly what
+//! it missed, in per-conversation order, or is told explicitly that it cannot.
+
+use std::collections::{HashMap, HashSet};
+
+use futures::StreamExt;
+use protocol::frames::{Message, ServerFrame};
+use protocol::payloads::OfflineMessage;
+use protocol::{ConversationId, Cursor, MessageId, SyncGap, UserId, subjects};
+use testkit::client::{ConnectError, Connection};
+use testkit::{Stack, within};
+
+/// What a replay ended with.
+#[derive(Debug)]
+struct Synced {
+    cursor: Cursor,
+    recovered: bool,
+    gap: Option<SyncGap>,
+}
+
+/// Reads frames until `synced`, returning the messages replayed before it.
+async fn replay(conn: &mut Connection) -> (Vec<Message>, Synced) {
+    within(async {
+        let mut messages = Vec::new();
+        loop {
+            match conn.next_frame().await.expect("connection open") {
+                ServerFrame::Message(m) => messages.push(m),
+                ServerFrame::Synced {
+                    cursor,
+                    recovered,
+                    gap,
+                } => {
+                    let synced = Synced {
+                        cursor,
+                        recovered,
+                        gap,
+                    };
+                    return (messages, synced);
+                }
+                _ => {}
+            }
+        }
+    })
+    .await
+}
+
+/// `senders` users each send `per_sender` numbered messages to `to`; returns the message ids
+/// per sender in sending order.
+async fn send_many(
+    stack: &Stack,
+    senders: &[String],
+    to: &str,
+    per_sender: usize,
+) -> HashMap<String, Vec<MessageId>> {
+    let sends = senders.iter().map(|sender| async move {
+        let mut conn = stack.connect(sender, 0).await;
+        let mut ids = Vec::new();
+        // In windows below the gateway's limit of sends waiting for `sent`.
+        for window in (0..per_sender).collect::<Vec<_>>().chunks(100) {
+            for i in window {
+                conn.send(to, &format!("c{i}"), &format!("{sender} #{i}"))
+                    .await
+                    .unwrap();
+            }
+            let done = ids.len() + window.len();
+            while ids.len() < done {
+                if let ServerFrame::Sent { id, .. } = within(conn.next_frame()).await.unwrap() {
+                    ids.push(id);
+                }
+            }
+        }
+        conn.close().await;
+        (sender.clone(), ids)
+    });
+    futures::future::join_all(sends).await.into_iter().collect()
+}
+
+/// Checks each conversation's messages arrive in the order they were sent.
+fn assert_conversation_order(received: &[Message], sent: &HashMap<String, Vec<MessageId>>) {
+    let mut by_sender: HashMap<&str, Vec<MessageId>> = HashMap::new();
+    for m in received {
+        by_sender.entry(m.from.as_str()).or_default().push(m.id);
+    }
+    for (sender, ids) in by_sender {
+        let expected: Vec<MessageId> = sent[sender]
+            .iter()
+            .filter(|id| ids.contains(id))
+            .copied()
+            .collect();
+        assert_eq!(ids, expected, "order of {sender}'s messages");
+    }
+}
+
+/// A fresh device has no cursor: it is told where live traffic starts.
+async fn new_device(stack: &Stack, user: &str) -> Cursor {
+    let mut conn = stack.resume(user, 0, None).await;
+    let (replayed, synced) = replay(&mut conn).await;
+    assert!(replayed.is_empty());
+    assert!(!synced.recovered);
+    assert_eq!(synced.gap, Some(SyncGap::NoCursor));
+    assert_eq!(conn.cursor(), Some(synced.cursor));
+    conn.close().await;
+    synced.cursor
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offline_user_gets_every_message_and_resumes_after_partial_acks() {
+    let stack = Stack::new().start().await;
+    let start = new_device(&stack, "bob").await;
+    let nats = stack.nats.client().await;
+    let mut offline_events = nats
+        .subscribe(subjects::USER_OFFLINE_MESSAGE)
+        .await
+        .unwrap();
+    plumbing::bus::round_trip(&nats).await;
+
+    // 1,000 messages across 20 conversations while bob is offline.
+    let senders: Vec<String> = (0..20).map(|i| format!("sender{i}")).collect();
+    let sent = send_many(&stack, &senders, "bob", 50).await;
+    let all: HashSet<MessageId> = sent.values().flatten().copied().collect();
+    assert_eq!(all.len(), 1000);
+
+    // Each one was announced as an offline message (for the notifier).
+    let mut announced = 0;
+    while announced < 1000 {
+        let msg = within(offline_events.next()).await.unwrap();
+        let event: OfflineMessage = serde_json::from_slice(&msg.payload).unwrap();
+        assert_eq!(event.user.as_str(), "bob");
+        assert!(all.contains(&event.id));
+        announced += 1;
+    }
+
+    // bob connects, acknowledges 137, and the connection drops.
+    let mut bob = stack.resume("bob", 0, Some(start)).await;
+    let mut first = Vec::new();
+    while first.len() < 137 {
+        if let ServerFrame::Message(m) = within(bob.next_frame()).await.unwrap() {
+            bob.ack(&m.conversation, m.id).await.unwrap();
+            first.push(m);
+        }
+    }
+    let cursor = bob.cursor().expect("a cursor after messages");
+    drop(bob);
+
+    // Reconnecting from there brings exactly the other 863.
+    let mut bob = stack.resume("bob", 0, Some(cursor)).await;
+    let (rest, synced) = replay(&mut bob).await;
+    assert!(synced.recovered, "{synced:?}");
+    assert_eq!(rest.len(), 863);
+    let mut received: Vec<Message> = first.clone();
+    received.extend(rest);
+    let ids: HashSet<MessageId> = received.iter().map(|m| m.id).collect();
+    assert_eq!(ids.len(), 1000, "no duplicates");
+    assert_eq!(ids, all, "nothing lost");
+    assert_conversation_order(&received, &sent);
+    let cursors: Vec<u64> = received.iter().map(|m| m.cursor.unwrap().seq).collect();
+    assert!(cursors.windows(2).all(|w| w[0] < w[1]), "cursors increase");
+
+    // Nothing is removed by acknowledging: another device of bob's still gets all 1,000.
+    let mut tablet = stack.resume("bob", 0, Some(start)).await;
+    let (replayed, synced) = replay(&mut tablet).await;
+    assert!(synced.recovered);
+    assert_eq!(replayed.len(), 1000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_edge_cases_each_get_their_documented_answer() {
+    let stack = Stack::new().start().await;
+    let start = new_device(&stack, "bob").await;
+    let sent = send_many(&stack, &["alice".to_string()], "bob", 5).await;
+
+    // At the head: nothing to replay, and that is a full recovery.
+    let mut bob = stack.resume("bob", 0, Some(start)).await;
+    let (replayed, synced) = replay(&mut bob).await;
+    assert_eq!(replayed.len(), 5);
+    let head = synced.cursor;
+    drop(bob);
+    let mut bob = stack.resume("bob", 0, Some(head)).await;
+    let (replayed, synced) = replay(&mut bob).await;
+    assert!(replayed.is_empty());
+    assert!(synced.recovered);
+    assert_eq!(synced.gap, None);
+    assert_eq!(synced.cursor, head);
+    drop(bob);
+
+    // In the future: the stream was reset under the device.
+    let future = Cursor {
+        seq: head.seq + 1_000,
+        ..head
+    };
+    let mut bob = stack.resume("bob", 0, Some(future)).await;
+    let (replayed, synced) = replay(&mut bob).await;
+    assert!(replayed.is_empty());
+    assert_eq!(
+        (synced.recovered, synced.gap),
+        (false, Some(SyncGap::FutureCursor))
+    );
+    assert_eq!(synced.cursor, head, "told where to continue from");
+    drop(bob);
+
+    // Unknown: the cursor names another incarnation of the stream.
+    let foreign = Cursor {
+        epoch: head.epoch + 1,
+        seq: 1,
+    };
+    let mut bob = stack.resume("bob", 0, Some(foreign)).await;
+    let (replayed, synced) = replay(&mut bob).await;
+    assert!(replayed.is_empty());
+    assert_eq!(
+        (synced.recovered, synced.gap),
+        (false, Some(SyncGap::UnknownCursor))
+    );
+    drop(bob);
+
+    // Garbage is refused at the handshake.
+    let url = stack.gateways[0].ws_url();
+    let refused = Connection::connect(
+        &format!("{url}?cursor=yesterday"),
+        &stack.token("bob"),
+        protocol::Encoding::Json,
+    )
+    .await;
+    assert!(
+        matches!(refused, Err(ConnectError::Refused(400))),
+        "{:?}",
+        refused.err()
+    );
+
+    // Trimmed: the stream dropped messages after the cursor (its age limit, here a purge).
+    stack
+        .messages_stream()
+        .await
+        .purge()
+        .sequence(start.seq + 3)
+        .await
+        .unwrap();
+    let mut bob = stack.resume("bob", 0, Some(start)).await;
+    let (replayed, synced) = replay(&mut bob).await;
+    assert!(replayed.is_empty(), "never a silent partial recovery");
+    assert_eq!(
+        (synced.recovered, synced.gap),
+        (false, Some(SyncGap::Trimmed))
+    );
+    drop(bob);
+    // From a cursor after the trimmed part, the rest is still replayed.
+    let kept = Cursor {
+        seq: start.seq + 2,
+        ..start
+    };
+    let mut bob = stack.resume("bob", 0, Some(kept)).await;
+    let (replayed, synced) = replay(&mut bob).await;
+    assert!(synced.recovered);
+    let ids: Vec<MessageId> = replayed.iter().map(|m| m.id).collect();
+    assert_eq!(ids, sent["alice"][2..].to_vec());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_over_the_per_user_limit_is_refused_not_truncated() {
+    let stack = Stack::new()
+        .gateway_config(|c| c.sync_max_messages = 5)
+        .start()
+        .await;
+    let start = new_device(&stack, "bob").await;
+    send_many(&stack, &["alice".to_string()], "bob", 6).await;
+    let mut bob = stack.resume("bob", 0, Some(start)).await;
+    let (replayed, synced) = replay(&mut bob).await;
+    assert!(replayed.is_empty());
+    assert_eq!(
+        (synced.recovered, synced.gap),
+        (false, Some(SyncGap::TooMany))
+    );
+    // History has them all (once its writer caught up), for the resync the client is told
+    // to do.
+    within(async {
+        for attempt in 0.. {
+            bob.send_frame(&protocol::ClientFrame::History {
+                qid: format!("h{attempt}"),
+                conversation: "dm:alice:bob".into(),
+                before: None,
+                after: None,
+                limit: None,
+            })
+            .await
+            .unwrap();
+            let n = testkit::expect_frame(&mut bob, |f| match f {
+                ServerFrame::History { messages, .. } => Some(messages.len()),
+                _ => None,
+            })
+            .await;
+            if n == 6 {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_messages_wait_for_the_replay_and_nothing_is_doubled() {
+    let stack = Stack::new().start().await;
+    let start = new_device(&stack, "bob").await;
+    send_many(&stack, &["carol".to_string()], "bob", 300).await;
+
+    // alice keeps sending while bob resumes.
+    let live = {
+        let mut alice = stack.connect("alice", 0).await;
+        tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for i in 0..100 {
+                alice.send("bob", &format!("l{i}"), "live").await.unwrap();
+            }
+            while ids.len() < 100 {
+                if let ServerFrame::Sent { id, .. } = within(alice.next_frame()).await.unwrap() {
+                    ids.push(id);
+                }
+            }
+            ids
+        })
+    };
+    let mut bob = stack.resume("bob", 0, Some(start)).await;
+    let (replayed, synced) = replay(&mut bob).await;
+    assert!(synced.recovered);
+    assert!(
+        replayed
+            .iter()
+            .all(|m| m.cursor.unwrap().seq <= synced.cursor.seq),
+        "the replay ends at its head"
+    );
+    let live_ids = live.await.unwrap();
+    let mut after = Vec::new();
+    let already: HashSet<MessageId> = replayed.iter().map(|m| m.id).collect();
+    let missing = live_ids.iter().filter(|id| !already.contains(id)).count();
+    while after.len() < missing {
+        if let ServerFrame::Message(m) = within(bob.next_frame()).await.unwrap() {
+            after.push(m);
+        }
+    }
+    assert!(
+        after
+            .iter()
+            .all(|m| m.cursor.unwrap().seq > synced.cursor.seq),
+        "live traffic follows synced"
+    );
+    let all: Vec<&Message> = replayed.iter().chain(&after).collect();
+    let ids: HashSet<MessageId> = all.iter().map(|m| m.id).collect();
+    assert_eq!(ids.len(), all.len(), "nothing twice");
+    assert_eq!(ids.len(), 400);
+    let seqs: Vec<u64> = all.iter().map(|m| m.cursor.unwrap().seq).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "one increasing order");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_device_catches_up_on_what_the_first_saw_and_sent() {
+    let stack = Stack::new().start().await;
+    let tablet_cursor = new_device(&stack, "bob").await;
+    let mut phone = stack.connect("bob", 0).await;
+    let mut alice = stack.connect("alice", 0).await;
+    let conversation =
+        ConversationId::direct(&UserId::new("alice").unwrap(), &UserId::new("bob").unwrap());
+    let mut expected = Vec::new();
+    for i in 0..10 {
+        let (from, to) = if i % 2 == 0 {
+            (&mut alice, "bob")
+        } else {
+            (&mut phone, "alice")
+        };
+        from.send(to, &format!("m{i}"), &format!("#{i}"))
+            .await
+            .unwrap();
+        let id = testkit::expect_frame(from, |f| match f {
+            ServerFrame::Sent { id, .. } => Some(*id),
+            _ => None,
+        })
+        .await;
+        expected.push(id);
+    }
+    let mut tablet = stack.resume("bob", 0, Some(tablet_cursor)).await;
+    let (replayed, synced) = replay(&mut tablet).await;
+    assert!(synced.recovered);
+    assert!(replayed.iter().all(|m| m.conversation == conversation));
+    let ids: Vec<MessageId> = replayed.iter().map(|m| m.id).collect();
+    assert_eq!(ids, expected, "both directions, in order");
+}
