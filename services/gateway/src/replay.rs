@@ -6,6 +6,12 @@
 //! removed when a device acknowledges, so several devices each catch up from their own
 //! cursor, and a device that disconnects half-way resumes where it stopped.
 //!
+//! The user's two filters (first or second participant) are read by two consumers, one filter
+//! each, merged by stream sequence: JetStream recomputes a multi-filter consumer's pending
+//! count against every subject of the stream, which made a reconnect storm three times
+//! slower than two single-filter consumers (measured with 2,000 replays over 5,000
+//! conversations).
+//!
 //! A replay is gap-free or it is refused: `synced` says `recovered: false` (with the reason)
 //! when the cursor is missing, names another incarnation of the stream, lies in the future,
 //! precedes messages the stream has trimmed (its age limit), or when more messages are
@@ -17,6 +23,7 @@
 //! running at once on one gateway are bounded, so a reconnect storm queues here instead of
 //! overloading JetStream.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
@@ -48,11 +55,19 @@ pub enum Replay {
     Reading(Box<Reading>),
 }
 
-/// A replay's consumer, reading up to `head`.
+/// A replay under way: one source per filter, read up to `head`.
 pub struct Reading {
     stream: jetstream::stream::Stream,
-    consumer: consumer::PullConsumer,
+    sources: Vec<Source>,
     head: Cursor,
+}
+
+/// One filter's consumer and the messages read from it but not sent yet.
+struct Source {
+    consumer: consumer::PullConsumer,
+    buffered: VecDeque<(u64, StoredMessage)>,
+    /// Nothing more to read from it (up to `head`).
+    exhausted: bool,
 }
 
 /// What one turn produced: frames to send, and the replay to continue with (`None`: done,
@@ -70,14 +85,7 @@ impl Replayer {
         let _permit = self.permits.acquire().await?;
         match replay {
             Replay::Start { user, cursor } => self.start(user, cursor).await,
-            Replay::Reading(r) => {
-                let Reading {
-                    stream,
-                    consumer,
-                    head,
-                } = *r;
-                self.read(stream, consumer, head).await
-            }
+            Replay::Reading(reading) => self.read(*reading).await,
         }
     }
 
@@ -101,83 +109,141 @@ impl Replayer {
             return Ok(done(head, Some(gap)));
         }
         let from = cursor.expect("no gap means a cursor").seq + 1;
-        let consumer = stream
-            .create_consumer(consumer::pull::Config {
-                filter_subjects: subjects::user_messages(&user).to_vec(),
-                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                    start_sequence: from,
-                },
-                ack_policy: consumer::AckPolicy::None,
-                inactive_threshold: CONSUMER_IDLE,
-                memory_storage: true,
-                num_replicas: 1,
-                ..Default::default()
-            })
-            .await?;
+        let filters = subjects::user_messages(&user);
+        let (a, b) = tokio::join!(
+            open(&stream, &filters[0], from),
+            open(&stream, &filters[1], from)
+        );
+        let sources = match (a, b) {
+            (Ok(a), Ok(b)) => vec![a, b],
+            (a, b) => {
+                for source in [a, b].into_iter().flatten() {
+                    discard(&stream, source);
+                }
+                anyhow::bail!("could not open the replay");
+            }
+        };
         // Pending counts matching messages from the cursor on, including any written since
         // `head`: an upper bound of what this replay sends.
-        if consumer.cached_info().num_pending > self.max_messages {
-            discard(stream, consumer);
+        let pending: u64 = sources
+            .iter()
+            .map(|s| s.consumer.cached_info().num_pending)
+            .sum();
+        let reading = Reading {
+            stream,
+            sources,
+            head,
+        };
+        if pending > self.max_messages {
+            reading.discard();
             return Ok(done(head, Some(SyncGap::TooMany)));
         }
-        let mut turn = self.read(stream, consumer, head).await?;
+        let mut turn = self.read(reading).await?;
         turn.head = Some(head.seq);
         Ok(turn)
     }
 
-    async fn read(
-        &self,
-        stream: jetstream::stream::Stream,
-        consumer: consumer::PullConsumer,
-        head: Cursor,
-    ) -> anyhow::Result<Turn> {
-        let mut batch = consumer.fetch().max_messages(self.page).messages().await?;
+    /// Sends up to a page of messages in stream order, refilling each source as it runs dry.
+    async fn read(&self, mut reading: Reading) -> anyhow::Result<Turn> {
         let mut frames = Vec::new();
-        let mut finished = true;
+        while frames.len() < self.page {
+            for source in &mut reading.sources {
+                if source.buffered.is_empty() && !source.exhausted {
+                    source.fill(self.page, reading.head.seq).await?;
+                }
+            }
+            // The smallest sequence among the sources; each is in order, and a source with
+            // nothing buffered is exhausted, so nothing smaller can come later.
+            let Some(next) = reading
+                .sources
+                .iter_mut()
+                .filter(|s| !s.buffered.is_empty())
+                .min_by_key(|s| s.buffered[0].0)
+            else {
+                let head = reading.head;
+                reading.discard();
+                let mut turn = done(head, None);
+                frames.append(&mut turn.frames);
+                turn.frames = frames;
+                return Ok(turn);
+            };
+            let (seq, stored) = next.buffered.pop_front().expect("not empty");
+            let mut message = stored.message;
+            message.cursor = Some(Cursor {
+                epoch: reading.head.epoch,
+                seq,
+            });
+            frames.push(ServerFrame::Message(message));
+        }
+        Ok(Turn {
+            frames,
+            next: Some(Replay::Reading(Box::new(reading))),
+            head: None,
+        })
+    }
+}
+
+impl Source {
+    /// Reads up to `page` more messages, none beyond `head`.
+    async fn fill(&mut self, page: usize, head: u64) -> anyhow::Result<()> {
+        let mut batch = self.consumer.fetch().max_messages(page).messages().await?;
+        self.exhausted = true;
         while let Some(msg) = batch.next().await {
             let msg = msg.map_err(|e| anyhow::anyhow!("replay read: {e}"))?;
             let info = msg
                 .info()
                 .map_err(|e| anyhow::anyhow!("replay read: {e}"))?;
             let seq = info.stream_sequence;
-            if seq > head.seq {
+            if seq > head {
                 // Live traffic from here on.
-                finished = true;
                 break;
             }
-            finished = seq == head.seq || info.pending == 0;
             match serde_json::from_slice::<StoredMessage>(&msg.payload) {
-                Ok(stored) => {
-                    let mut message = stored.message;
-                    message.cursor = Some(Cursor {
-                        epoch: head.epoch,
-                        seq,
-                    });
-                    frames.push(ServerFrame::Message(message));
-                }
+                Ok(stored) => self.buffered.push_back((seq, stored)),
                 Err(e) => tracing::warn!(error = %e, seq, "unreadable message skipped in replay"),
             }
-            if finished {
+            self.exhausted = seq == head || info.pending == 0;
+            if self.exhausted {
                 break;
             }
         }
-        if finished {
-            discard(stream, consumer);
-            let mut turn = done(head, None);
-            frames.append(&mut turn.frames);
-            turn.frames = frames;
-            return Ok(turn);
-        }
-        Ok(Turn {
-            frames,
-            next: Some(Replay::Reading(Box::new(Reading {
-                stream,
-                consumer,
-                head,
-            }))),
-            head: None,
-        })
+        Ok(())
     }
+}
+
+impl Reading {
+    fn discard(self) {
+        for source in self.sources {
+            discard(&self.stream, source);
+        }
+    }
+}
+
+/// A consumer of one filter, from `from` on.
+async fn open(
+    stream: &jetstream::stream::Stream,
+    filter: &str,
+    from: u64,
+) -> anyhow::Result<Source> {
+    let consumer = stream
+        .create_consumer(consumer::pull::Config {
+            filter_subject: filter.to_string(),
+            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: from,
+            },
+            ack_policy: consumer::AckPolicy::None,
+            inactive_threshold: CONSUMER_IDLE,
+            memory_storage: true,
+            num_replicas: 1,
+            ..Default::default()
+        })
+        .await?;
+    let exhausted = consumer.cached_info().num_pending == 0;
+    Ok(Source {
+        consumer,
+        buffered: VecDeque::new(),
+        exhausted,
+    })
 }
 
 fn done(head: Cursor, gap: Option<SyncGap>) -> Turn {
@@ -192,9 +258,10 @@ fn done(head: Cursor, gap: Option<SyncGap>) -> Turn {
     }
 }
 
-/// Deletes a finished replay's consumer in the background (it would expire by itself).
-fn discard(stream: jetstream::stream::Stream, consumer: consumer::PullConsumer) {
-    let name = consumer.cached_info().name.clone();
+/// Deletes a finished source's consumer in the background (it would expire by itself).
+fn discard(stream: &jetstream::stream::Stream, source: Source) {
+    let name = source.consumer.cached_info().name.clone();
+    let stream = stream.clone();
     tokio::spawn(async move {
         let _ = stream.delete_consumer(&name).await;
     });

@@ -38,14 +38,6 @@ fn corpus(n: usize, per: usize) -> Vec<Message> {
     out
 }
 
-fn emit(json: bool, value: serde_json::Value, text: String) {
-    if json {
-        println!("{value}");
-    } else {
-        println!("{text}");
-    }
-}
-
 async fn write_throughput<S: Store>(store: &S, messages: &[Message], batch: usize) -> f64 {
     let started = Instant::now();
     for chunk in messages.chunks(batch) {
@@ -81,7 +73,7 @@ pub async fn run(json: bool) -> anyhow::Result<()> {
     // Embedded store: batched writes, then reads.
     let embedded = EmbeddedStore::open(&dir.path().join("bench.redb"))?;
     let rate = write_throughput(&embedded, &messages, 256).await;
-    emit(
+    crate::emit(
         json,
         serde_json::json!({"scenario": "history", "store": "embedded", "write_msgs_per_s": rate, "batch": 256}),
         format!("history: embedded store writes {rate:.0} msg/s in batches of 256"),
@@ -100,7 +92,7 @@ pub async fn run(json: bool) -> anyhow::Result<()> {
         }
     })
     .await;
-    emit(
+    crate::emit(
         json,
         serde_json::json!({"scenario": "history", "read": "cache_hit", "p50_ms": p50, "p99_ms": p99}),
         format!("history: last 50, cache hit: p50 {p50:.3} ms p99 {p99:.3} ms"),
@@ -114,7 +106,7 @@ pub async fn run(json: bool) -> anyhow::Result<()> {
         }
     })
     .await;
-    emit(
+    crate::emit(
         json,
         serde_json::json!({"scenario": "history", "read": "embedded_miss", "p50_ms": p50, "p99_ms": p99}),
         format!("history: last 50, embedded-store miss: p50 {p50:.3} ms p99 {p99:.3} ms"),
@@ -134,7 +126,7 @@ pub async fn run(json: bool) -> anyhow::Result<()> {
         let scylla = ScyllaStore::connect(&config).await?;
         let sample = corpus(100, 100);
         let rate = write_throughput(&scylla, &sample, 256).await;
-        emit(
+        crate::emit(
             json,
             serde_json::json!({"scenario": "history", "store": "cql", "write_msgs_per_s": rate, "batch": 256}),
             format!("history: CQL store writes {rate:.0} msg/s in batches of 256"),
@@ -147,7 +139,7 @@ pub async fn run(json: bool) -> anyhow::Result<()> {
             }
         })
         .await;
-        emit(
+        crate::emit(
             json,
             serde_json::json!({"scenario": "history", "read": "cql_miss", "p50_ms": p50, "p99_ms": p99}),
             format!("history: last 50, CQL miss: p50 {p50:.3} ms p99 {p99:.3} ms"),
@@ -235,7 +227,7 @@ async fn writer_lag(json: bool) -> anyhow::Result<()> {
         }
     }
     let max = samples.iter().copied().max().unwrap_or(0);
-    emit(
+    crate::emit(
         json,
         serde_json::json!({"scenario": "history", "writer_rate": rate, "lag_samples": samples, "max_lag_messages": max, "caught_up_after_s": drained_after}),
         format!(

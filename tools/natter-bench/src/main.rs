@@ -3,13 +3,16 @@
 //! * `idle`: RSS of a separate `natter-gateway` process per idle authenticated connection;
 //! * `history`: store write throughput, "last 50" read latency, writer lag;
 //! * `direct`: persisted 1:1 delivery latency (p50/p99/p99.9) at increasing offered rates,
-//!   next to a raw core-NATS relay measured in the same invocation as the ceiling.
+//!   next to a raw core-NATS relay measured in the same invocation as the ceiling;
+//! * `resync`: one device draining a large backlog from its cursor (next to a bare JetStream
+//!   read), and a reconnect storm of many devices resuming at once.
 //!
 //! `--json` prints one JSON object per measurement, one per line.
 
 mod direct;
 mod history;
 mod idle;
+mod resync;
 
 use clap::{Parser, Subcommand};
 
@@ -49,6 +52,18 @@ enum Scenario {
     /// History store writes, "last 50" read latency (cache hit, embedded miss, CQL miss when
     /// NATTER_SCYLLA_URI is set) and the writer's lag at 5,000 msg/s.
     History,
+    /// Replay after being away: one device's backlog drain rate, and a reconnect storm.
+    Resync {
+        /// Messages waiting for the draining device.
+        #[arg(long, default_value_t = 10_000)]
+        backlog: usize,
+        /// Devices reconnecting at once in the storm.
+        #[arg(long, default_value_t = 5_000)]
+        clients: usize,
+        /// Messages waiting for each of them.
+        #[arg(long, default_value_t = 5)]
+        per_client: usize,
+    },
 }
 
 #[tokio::main]
@@ -63,6 +78,20 @@ async fn main() -> anyhow::Result<()> {
             sync,
         } => direct::run(&rates, seconds, pairs, &sync, cli.json).await,
         Scenario::History => history::run(cli.json).await,
+        Scenario::Resync {
+            backlog,
+            clients,
+            per_client,
+        } => resync::run(backlog, clients, per_client, cli.json).await,
+    }
+}
+
+/// Prints one measurement: a JSON line with `--json`, else a line of text.
+pub fn emit(json: bool, value: serde_json::Value, text: String) {
+    if json {
+        println!("{value}");
+    } else {
+        println!("{text}");
     }
 }
 

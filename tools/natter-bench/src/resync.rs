@@ -1,0 +1,212 @@
+//! Catching up after being away, through a real gateway:
+//!
+//! * **drain**: one device with a backlog of `backlog` messages resumes from its cursor;
+//!   figure: messages per second until `synced`, next to a bare JetStream ordered read of the
+//!   same messages in the same invocation (the ceiling);
+//! * **storm**: `clients` devices, each with `per_client` messages waiting, reconnect at once;
+//!   figures: time until every one has its `synced`, and per-client p50/p99.
+//!
+//! Backlogs are written straight into the messages stream (as ingest would), so the figures
+//! are about the replay, not about sending.
+
+use std::time::Instant;
+
+use futures::StreamExt;
+use protocol::frames::{Message, ServerFrame};
+use protocol::payloads::StoredMessage;
+use protocol::{ClientMsgId, ConversationId, Cursor, MessageId, UserId, subjects};
+use testkit::Stack;
+
+pub async fn run(
+    backlog: usize,
+    clients: usize,
+    per_client: usize,
+    json: bool,
+) -> anyhow::Result<()> {
+    let stack = Stack::new()
+        .gateway_config(|g| {
+            g.heartbeat_timeout_ms = 600_000;
+            g.max_connections = clients + 100;
+        })
+        .start()
+        .await;
+    drain(&stack, backlog, json).await?;
+    storm(&stack, clients, per_client, json).await
+}
+
+/// Where live traffic starts for a new device of `user`.
+async fn head(stack: &Stack, user: &str) -> Cursor {
+    let mut conn = stack.resume(user, 0, None).await;
+    loop {
+        if let ServerFrame::Synced { cursor, .. } = conn.next_frame().await.expect("synced") {
+            return cursor;
+        }
+    }
+}
+
+/// Writes `n` messages from `from` to each of `to` into the stream, pipelining the acks.
+async fn backlog(stack: &Stack, from: &str, to: &[String], n: usize) -> anyhow::Result<()> {
+    let js = async_nats::jetstream::new(stack.nats.client().await);
+    let from = UserId::new(from)?;
+    let mut acks = Vec::new();
+    let mut ids = ulid::Generator::new();
+    for i in 0..n {
+        for user in to {
+            let user = UserId::new(user)?;
+            let conversation = ConversationId::direct(&from, &user);
+            let id = MessageId(ids.generate()?);
+            let stored = StoredMessage {
+                message: Message {
+                    id,
+                    conversation: conversation.clone(),
+                    from: from.clone(),
+                    to: user,
+                    cid: ClientMsgId::new(format!("b{i}"))?,
+                    body: format!("backlog message {i}, about as long as a chat line"),
+                    ts: id.timestamp_ms(),
+                    cursor: None,
+                },
+                origin: None,
+            };
+            let payload = serde_json::to_vec(&stored)?;
+            acks.push(
+                js.publish(subjects::message(&conversation), payload.into())
+                    .await?,
+            );
+            if acks.len() >= 1024 {
+                for ack in acks.drain(..) {
+                    ack.await?;
+                }
+            }
+        }
+    }
+    for ack in acks {
+        ack.await?;
+    }
+    Ok(())
+}
+
+/// Waits until the router and the history writer have processed everything in the stream,
+/// so a measurement is not sharing the machine with their catching up.
+async fn settle(stack: &Stack) -> anyhow::Result<()> {
+    let js = async_nats::jetstream::new(stack.nats.client().await);
+    let stream = js.get_stream(subjects::MESSAGES_STREAM).await?;
+    for name in [subjects::ROUTER_CONSUMER, subjects::HISTORY_CONSUMER] {
+        loop {
+            let info = stream
+                .get_consumer::<async_nats::jetstream::consumer::pull::Config>(name)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .get_info()
+                .await?;
+            if info.num_pending == 0 && info.num_ack_pending == 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
+}
+
+async fn drain(stack: &Stack, n: usize, json: bool) -> anyhow::Result<()> {
+    let cursor = head(stack, "drainer").await;
+    backlog(stack, "drain-source", &["drainer".to_string()], n).await?;
+    settle(stack).await?;
+
+    // The ceiling: an ordered consumer reading the same messages, no gateway, no socket.
+    let js = async_nats::jetstream::new(stack.nats.client().await);
+    let stream = js.get_stream(subjects::MESSAGES_STREAM).await?;
+    let started = Instant::now();
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
+            filter_subjects: subjects::user_messages(&UserId::new("drainer")?).to_vec(),
+            deliver_policy: async_nats::jetstream::consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: cursor.seq + 1,
+            },
+            ..Default::default()
+        })
+        .await?;
+    let mut messages = consumer.messages().await?;
+    let mut read = 0;
+    while read < n {
+        let msg = messages.next().await.expect("ordered consumer")?;
+        let _: StoredMessage = serde_json::from_slice(&msg.payload)?;
+        read += 1;
+    }
+    let baseline = started.elapsed();
+
+    let started = Instant::now();
+    let mut conn = stack.resume("drainer", 0, Some(cursor)).await;
+    let mut replayed = 0;
+    loop {
+        match conn.next_frame().await? {
+            ServerFrame::Message(_) => replayed += 1,
+            ServerFrame::Synced { recovered, .. } => {
+                anyhow::ensure!(recovered && replayed == n, "replayed {replayed} of {n}");
+                break;
+            }
+            _ => {}
+        }
+    }
+    let took = started.elapsed();
+    let rate = n as f64 / took.as_secs_f64();
+    let ceiling = n as f64 / baseline.as_secs_f64();
+    crate::emit(
+        json,
+        serde_json::json!({"scenario": "drain", "messages": n, "seconds": took.as_secs_f64(),
+            "rate": rate, "jetstream_rate": ceiling, "ratio": rate / ceiling}),
+        format!(
+            "drain: {n} messages replayed to one device in {took:.2?}: {rate:.0} msg/s \
+             (bare JetStream read {ceiling:.0} msg/s, ratio {:.2})",
+            rate / ceiling
+        ),
+    );
+    Ok(())
+}
+
+async fn storm(stack: &Stack, clients: usize, per_client: usize, json: bool) -> anyhow::Result<()> {
+    let users: Vec<String> = (0..clients).map(|i| format!("storm{i}")).collect();
+    let cursor = head(stack, &users[0]).await;
+    backlog(stack, "storm-source", &users, per_client).await?;
+    settle(stack).await?;
+
+    let started = Instant::now();
+    let resyncs = users.iter().map(|user| async move {
+        let mut conn = stack.resume(user, 0, Some(cursor)).await;
+        let mut replayed = 0;
+        loop {
+            match conn.next_frame().await? {
+                ServerFrame::Message(_) => replayed += 1,
+                ServerFrame::Synced { recovered, .. } => {
+                    anyhow::ensure!(recovered && replayed == per_client, "{user}: {replayed}");
+                    return Ok((started.elapsed(), conn));
+                }
+                _ => {}
+            }
+        }
+    });
+    let done = futures::future::join_all(resyncs).await;
+    let all = started.elapsed();
+    let mut times_us = Vec::with_capacity(clients);
+    let mut conns = Vec::with_capacity(clients);
+    for r in done {
+        let (t, conn) = r?;
+        times_us.push(t.as_micros() as u64);
+        conns.push(conn);
+    }
+    times_us.sort_unstable();
+    let p = crate::percentile_ms;
+    crate::emit(
+        json,
+        serde_json::json!({"scenario": "storm", "clients": clients, "backlog_per_client": per_client,
+            "all_resynced_s": all.as_secs_f64(), "p50_ms": p(&times_us, 0.5), "p99_ms": p(&times_us, 0.99)}),
+        format!(
+            "storm: {clients} clients with {per_client} messages each reconnected at once; all \
+             resynced in {all:.2?} (per client p50 {:.0} ms, p99 {:.0} ms)",
+            p(&times_us, 0.5),
+            p(&times_us, 0.99)
+        ),
+    );
+    drop(conns);
+    Ok(())
+}
