@@ -382,3 +382,65 @@ async fn a_second_device_catches_up_on_what_the_first_saw_and_sent() {
     let ids: Vec<MessageId> = replayed.iter().map(|m| m.id).collect();
     assert_eq!(ids, expected, "both directions, in order");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_reconnects_with_backoff_and_resumes_where_it_was() {
+    // A fixed port, so the gateway can come back where the client expects it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut stack = Stack::new()
+        .gateways(0)
+        .gateway_config(|c| c.listen_addr = ([127, 0, 0, 1], port).into())
+        .start()
+        .await;
+    stack.start_gateway("gw-fixed").await;
+    let url = stack.gateways[0].ws_url();
+    let token = stack.token("bob");
+    let mut backoff = testkit::client::Backoff::new(
+        std::time::Duration::from_millis(20),
+        std::time::Duration::from_millis(200),
+    );
+    let mut bob = Connection::reconnect(&url, &token, protocol::Encoding::Json, None, &mut backoff)
+        .await
+        .unwrap();
+    let (_, synced) = replay(&mut bob).await;
+    let cursor = bob.cursor();
+    assert_eq!(cursor, Some(synced.cursor));
+
+    // The gateway goes away; bob's client keeps trying while alice sends through a second one.
+    stack.gateways[0].shutdown().await;
+    let reconnecting = tokio::spawn(async move {
+        Connection::reconnect(&url, &token, protocol::Encoding::Json, cursor, &mut backoff).await
+    });
+    stack.gateway_config.listen_addr = ([127, 0, 0, 1], 0).into();
+    stack.start_gateway("gw-other").await;
+    let mut alice = stack.connect("alice", 1).await;
+    let mut sent = Vec::new();
+    for i in 0..3 {
+        alice
+            .send("bob", &format!("away{i}"), "while you were out")
+            .await
+            .unwrap();
+        sent.push(
+            testkit::expect_frame(&mut alice, |f| match f {
+                ServerFrame::Sent { id, .. } => Some(*id),
+                _ => None,
+            })
+            .await,
+        );
+    }
+
+    // The gateway is back on its port: bob's client gets in and catches up.
+    stack.gateway_config.listen_addr = ([127, 0, 0, 1], port).into();
+    stack.start_gateway("gw-fixed-again").await;
+    let mut bob = within(reconnecting).await.unwrap().expect("reconnected");
+    let welcome = within(bob.next_frame()).await.unwrap();
+    assert!(matches!(welcome, ServerFrame::Welcome { .. }));
+    let (replayed, synced) = replay(&mut bob).await;
+    assert!(synced.recovered);
+    let ids: Vec<MessageId> = replayed.iter().map(|m| m.id).collect();
+    assert_eq!(ids, sent);
+}

@@ -86,6 +86,34 @@ impl Connection {
         Ok(conn)
     }
 
+    /// Reconnects after a lost connection: [`Connection::resume`] from `cursor`, retried with
+    /// `backoff` (1 s doubling to 60 s, jittered) while the gateway is unreachable or answers
+    /// 503, and reset once connected. A refusal that retrying cannot fix (401: get a new
+    /// token; other 4xx) is returned at once.
+    pub async fn reconnect(
+        url: &str,
+        token: &str,
+        encoding: Encoding,
+        cursor: Option<Cursor>,
+        backoff: &mut Backoff,
+    ) -> Result<Self, ConnectError> {
+        loop {
+            match Self::resume(url, token, encoding, cursor).await {
+                Ok(conn) => {
+                    backoff.reset();
+                    return Ok(conn);
+                }
+                Err(ConnectError::Refused(status)) if (400..500).contains(&status) => {
+                    return Err(ConnectError::Refused(status));
+                }
+                Err(_) => {
+                    let delay = backoff.next_delay(&mut rand::rng());
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
     /// Connects with a prepared request (custom headers, query token, no token...).
     pub async fn open(
         request: tungstenite::handshake::client::Request,
