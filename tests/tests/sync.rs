@@ -173,6 +173,7 @@ async fn resume_edge_cases_each_get_their_documented_answer() {
     let mut bob = stack.resume("bob", 0, Some(start)).await;
     let (replayed, synced) = replay(&mut bob).await;
     assert_eq!(replayed.len(), 5);
+    let cursors: Vec<Cursor> = replayed.iter().map(|m| m.cursor.unwrap()).collect();
     let head = synced.cursor;
     drop(bob);
     let mut bob = stack.resume("bob", 0, Some(head)).await;
@@ -180,7 +181,8 @@ async fn resume_edge_cases_each_get_their_documented_answer() {
     assert!(replayed.is_empty());
     assert!(synced.recovered);
     assert_eq!(synced.gap, None);
-    assert_eq!(synced.cursor, head);
+    // The head moved only by this connection's own registration marker.
+    assert!(synced.cursor >= head);
     drop(bob);
 
     // In the future: the stream was reset under the device.
@@ -195,7 +197,7 @@ async fn resume_edge_cases_each_get_their_documented_answer() {
         (synced.recovered, synced.gap),
         (false, Some(SyncGap::FutureCursor))
     );
-    assert_eq!(synced.cursor, head, "told where to continue from");
+    assert!(synced.cursor >= head, "told where to continue from");
     drop(bob);
 
     // Unknown: the cursor names another incarnation of the stream.
@@ -231,7 +233,7 @@ async fn resume_edge_cases_each_get_their_documented_answer() {
         .messages_stream()
         .await
         .purge()
-        .sequence(start.seq + 3)
+        .sequence(cursors[2].seq)
         .await
         .unwrap();
     let mut bob = stack.resume("bob", 0, Some(start)).await;
@@ -243,10 +245,7 @@ async fn resume_edge_cases_each_get_their_documented_answer() {
     );
     drop(bob);
     // From a cursor after the trimmed part, the rest is still replayed.
-    let kept = Cursor {
-        seq: start.seq + 2,
-        ..start
-    };
+    let kept = cursors[1];
     let mut bob = stack.resume("bob", 0, Some(kept)).await;
     let (replayed, synced) = replay(&mut bob).await;
     assert!(synced.recovered);

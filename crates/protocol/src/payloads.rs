@@ -99,6 +99,18 @@ pub struct UserPresence {
     pub last_seen: Option<u64>,
 }
 
+/// `natter.msg.session`: a gateway registered a session; the revisions of its session key and
+/// of the gateway's lease that the router's presence view must have applied before it routes
+/// anything written after this marker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionMarker {
+    pub user: UserId,
+    pub gateway: GatewayId,
+    pub conn: ConnId,
+    pub session_revision: u64,
+    pub lease_revision: u64,
+}
+
 /// Value of a gateway's presence lease in the `natter_gateways` bucket.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GatewayLease {

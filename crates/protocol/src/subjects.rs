@@ -29,6 +29,10 @@ pub const HISTORY_CONSUMER: &str = "natter-history-writer";
 pub const MESSAGES_STREAM: &str = "NATTER_MESSAGES";
 /// Subjects captured by [`MESSAGES_STREAM`].
 pub const MESSAGES_SUBJECTS: &str = "natter.msg.>";
+/// Session markers in [`MESSAGES_STREAM`]: a gateway registered a session. They put the
+/// registration in order with the messages, so the router never routes a message written
+/// after a registration without knowing the session.
+pub const SESSION_MARKERS: &str = "natter.msg.session";
 /// Durable consumer on [`MESSAGES_STREAM`] that routes messages to gateways.
 pub const ROUTER_CONSUMER: &str = "natter-router";
 
@@ -107,6 +111,7 @@ pub fn catalogue() -> Vec<String> {
         HISTORY_CONSUMER.into(),
         MESSAGES_STREAM.into(),
         MESSAGES_SUBJECTS.into(),
+        SESSION_MARKERS.into(),
         ROUTER_CONSUMER.into(),
         SESSIONS_BUCKET.into(),
         SESSIONS_STREAM.into(),

@@ -344,14 +344,26 @@ impl Stack {
             .expect("stream")
     }
 
-    /// Number of messages in the messages stream.
+    /// Number of conversation messages in the messages stream (session markers aside).
     pub async fn stored_messages(&self) -> u64 {
         let js = async_nats::jetstream::new(self.nats.client().await);
-        let mut stream = js
+        let stream = js
             .get_stream(protocol::subjects::MESSAGES_STREAM)
             .await
             .expect("stream");
-        stream.info().await.expect("stream info").state.messages
+        use futures::StreamExt;
+        let mut subjects = stream
+            .info_with_subjects(protocol::subjects::MESSAGES_SUBJECTS)
+            .await
+            .expect("stream info");
+        let mut n = 0;
+        while let Some(entry) = subjects.next().await {
+            let (subject, count) = entry.expect("stream subjects");
+            if subject != protocol::subjects::SESSION_MARKERS {
+                n += count as u64;
+            }
+        }
+        n
     }
 }
 

@@ -48,12 +48,10 @@ pub struct PresenceView {
     bucket: kv::Store,
 }
 
-/// How far the view has applied one bucket: its highest revision applied, and the bucket's
-/// stream to ask for the latest revision written.
+/// How far the view has applied one bucket: its highest revision applied.
 #[derive(Clone)]
 struct Progress {
     applied: watch::Receiver<u64>,
-    stream: jetstream::stream::Stream,
 }
 
 impl Progress {
@@ -74,18 +72,7 @@ impl Progress {
         let (applied_tx, applied) = watch::channel(if info.messages == 0 { last } else { 0 });
         let watch = bucket.watch_with_history(">").await?;
         tokio::spawn(apply_changes(state, watch, apply, applied_tx, last, stop));
-        Ok(Self { applied, stream })
-    }
-
-    /// Waits until every change written before this call is applied (at most `patience`).
-    async fn catch_up(&self, patience: Duration) {
-        let mut stream = self.stream.clone();
-        let Ok(info) = stream.info().await else {
-            return;
-        };
-        let target = info.state.last_sequence;
-        let mut applied = self.applied.clone();
-        let _ = tokio::time::timeout(patience, applied.wait_for(|rev| *rev >= target)).await;
+        Ok(Self { applied })
     }
 
     /// Waits until the change with revision `rev` is applied (at most `patience`).
@@ -154,14 +141,12 @@ impl PresenceView {
             .unwrap_or_default()
     }
 
-    /// Waits until every presence change acknowledged before this call is in the view (at
-    /// most `patience`): sessions and gateway leases. Routing calls it once per batch of
-    /// messages before looking anyone up, so a device whose registration was acknowledged
-    /// before a message was written is never missed. Costs one round trip per bucket.
-    pub async fn catch_up(&self, patience: Duration) {
+    /// Waits until the view has applied a registration: its session key's revision and the
+    /// lease revision current when it was written (at most `patience` for each).
+    pub async fn reach(&self, session_revision: u64, lease_revision: u64, patience: Duration) {
         tokio::join!(
-            self.sessions.catch_up(patience),
-            self.leases.catch_up(patience)
+            self.sessions.reach(session_revision, patience),
+            self.leases.reach(lease_revision, patience)
         );
     }
 

@@ -7,26 +7,26 @@
 //!   order, and a failed publish is retried in place rather than skipped. The others stand by
 //!   and take over within seconds (unacknowledged messages are routed again; clients drop the
 //!   duplicates by message id).
-//! - **No missed registrations.** Before routing a batch the presence view catches up with
-//!   every registration acknowledged so far, so a device registered before a message was
-//!   written is among its targets. Messages written before the registration are the device's
-//!   to replay with `sync`.
+//! - **No missed registrations.** A gateway appends a session marker to the stream when it
+//!   registers a session; at a marker the router waits until its presence view has applied
+//!   that registration. A message written after a device registered is therefore routed to
+//!   it; messages written before are the device's replay. This costs nothing per message.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use protocol::frames::ServerFrame;
-use protocol::payloads::{Delivery, OfflineMessage, StoredMessage};
+use protocol::payloads::{Delivery, OfflineMessage, SessionMarker, StoredMessage};
 use protocol::{ConnId, Cursor, GatewayId, UserId, subjects};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::ChatMetrics;
 use crate::presence_view::PresenceView;
 
-/// How long routing waits for the presence view to catch up before routing anyway.
+/// How long routing waits at a session marker for the presence view to apply it.
 const PRESENCE_PATIENCE: Duration = Duration::from_millis(500);
 
 /// Pause before retrying a delivery publish that failed (the NATS connection is down).
@@ -69,29 +69,33 @@ pub async fn serve(
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut messages = plumbing::bus::pull(&consumer, batch).await?;
-    let mut ready = Vec::with_capacity(batch);
     loop {
-        let first = tokio::select! {
+        let msg = tokio::select! {
             _ = stop.cancelled() => break,
-            next = messages.next() => next,
+            next = messages.next() => match next {
+                Some(Ok(msg)) => msg,
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "router consumer");
+                    continue;
+                }
+                None => break,
+            },
         };
-        match first {
-            Some(Ok(msg)) => ready.push(msg),
-            Some(Err(e)) => {
-                tracing::debug!(error = %e, "router consumer");
-                continue;
+        if msg.subject.as_str() == subjects::SESSION_MARKERS {
+            match serde_json::from_slice::<SessionMarker>(&msg.payload) {
+                Ok(marker) => {
+                    router
+                        .view
+                        .reach(
+                            marker.session_revision,
+                            marker.lease_revision,
+                            PRESENCE_PATIENCE,
+                        )
+                        .await
+                }
+                Err(e) => tracing::warn!(error = %e, "undecodable session marker"),
             }
-            None => break,
-        }
-        // Take whatever else has already arrived, so one catch-up covers the whole batch.
-        while ready.len() < batch {
-            match messages.next().now_or_never() {
-                Some(Some(Ok(msg))) => ready.push(msg),
-                _ => break,
-            }
-        }
-        router.view.catch_up(PRESENCE_PATIENCE).await;
-        for msg in ready.drain(..) {
+        } else {
             let seq = msg.info().map(|i| i.stream_sequence).unwrap_or_default();
             match serde_json::from_slice::<StoredMessage>(&msg.payload) {
                 Ok(stored) => {
@@ -103,9 +107,9 @@ pub async fn serve(
                 // Not ours to fix by retrying: an integrator published garbage to the stream.
                 Err(e) => tracing::warn!(error = %e, subject = %msg.subject, "unroutable message"),
             }
-            if let Err(e) = msg.ack().await {
-                tracing::warn!(error = %e, "router ack failed; the message will be routed again");
-            }
+        }
+        if let Err(e) = msg.ack().await {
+            tracing::warn!(error = %e, "router ack failed; the message will be routed again");
         }
     }
     Ok(())

@@ -3,14 +3,22 @@
 //! refreshed every third of its TTL: upkeep costs one KV write per gateway, not one per user.
 //! When the lease lapses (the gateway died or was cut off), the chat service counts all of
 //! the gateway's sessions as offline.
+//!
+//! A registration also appends a session marker to the messages stream, naming the revisions
+//! just written. The router reads markers in order with the messages and waits, at a marker,
+//! until its presence view has those revisions: a message written after a device registered
+//! is therefore always routed to it, and everything before is the device's replay.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use async_nats::jetstream;
 use async_nats::jetstream::kv;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use plumbing::bus::PresenceBuckets;
-use protocol::payloads::{GatewayLease, SessionEntry, UserPresence};
+use protocol::payloads::{GatewayLease, SessionEntry, SessionMarker, UserPresence};
 use protocol::{ConnId, GatewayId, UserId, subjects};
 use tokio_util::sync::CancellationToken;
 
@@ -23,14 +31,18 @@ pub struct Presence {
     sessions: kv::Store,
     gateways: kv::Store,
     users: kv::Store,
+    js: jetstream::Context,
     gateway: GatewayId,
     boot: ConnId,
     lease_ttl: Duration,
+    /// Revision of the lease's last write, named in session markers.
+    lease_revision: Arc<AtomicU64>,
 }
 
 impl Presence {
     pub fn new(
         buckets: PresenceBuckets,
+        js: jetstream::Context,
         gateway: GatewayId,
         boot: ConnId,
         lease_ttl: Duration,
@@ -39,6 +51,8 @@ impl Presence {
             sessions: buckets.sessions,
             gateways: buckets.gateways,
             users: buckets.users,
+            js,
+            lease_revision: Arc::default(),
             gateway,
             boot,
             lease_ttl,
@@ -57,10 +71,25 @@ impl Presence {
         };
         let key = subjects::session_key(user, &self.gateway, conn);
         let sessions = self.sessions.clone();
+        let js = self.js.clone();
+        let lease_revision = self.lease_revision.clone();
         Box::pin(async move {
-            sessions
+            let session_revision = sessions
                 .put(key, Bytes::from(serde_json::to_vec(&entry)?))
                 .await?;
+            let marker = SessionMarker {
+                user: entry.user,
+                gateway: entry.gateway,
+                conn,
+                session_revision,
+                lease_revision: lease_revision.load(Ordering::Acquire),
+            };
+            js.publish(
+                subjects::SESSION_MARKERS,
+                serde_json::to_vec(&marker)?.into(),
+            )
+            .await?
+            .await?;
             Ok(())
         })
     }
@@ -111,12 +140,14 @@ impl Presence {
             boot: self.boot,
             ttl_ms: self.lease_ttl.as_millis() as u64,
         };
-        self.gateways
+        let revision = self
+            .gateways
             .put(
                 subjects::lease_key(&self.gateway),
                 Bytes::from(serde_json::to_vec(&lease)?),
             )
             .await?;
+        self.lease_revision.fetch_max(revision, Ordering::AcqRel);
         Ok(())
     }
 

@@ -86,10 +86,13 @@ impl Gateway {
         };
         let js = async_nats::jetstream::new(nats.clone());
         let buckets = plumbing::bus::ensure_presence_buckets(&js, bus).await?;
+        // Session markers go to the messages stream, whoever starts first.
+        plumbing::bus::ensure_messages_stream(&js, bus).await?;
         let mut conn_ids = ulid::Generator::new();
         let boot = ConnId(conn_ids.generate()?);
         let presence = Presence::new(
             buckets,
+            js.clone(),
             gateway.clone(),
             boot,
             Duration::from_millis(config.lease_ttl_ms),

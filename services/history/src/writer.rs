@@ -73,6 +73,9 @@ pub async fn serve<S: Store>(
         }
         let mut batch_messages = Vec::with_capacity(pending.len());
         for m in &pending {
+            if m.subject.as_str() == subjects::SESSION_MARKERS {
+                continue; // routing's, not history's
+            }
             match serde_json::from_slice::<StoredMessage>(&m.payload) {
                 Ok(stored) => batch_messages.push(stored.message),
                 Err(e) => tracing::warn!(error = %e, subject = %m.subject, "unstorable message"),
