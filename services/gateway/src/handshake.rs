@@ -103,6 +103,13 @@ pub fn respond(
     if shared.shutdown.is_cancelled() {
         return refuse(StatusCode::SERVICE_UNAVAILABLE, "gateway is shutting down");
     }
+    // A session could not register its presence, so nothing would be routed to it.
+    if shared.nats.connection_state() != async_nats::connection::State::Connected {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "gateway is not connected to the message bus",
+        );
+    }
     if shared.registry.len() >= shared.config.max_connections {
         return refuse(StatusCode::SERVICE_UNAVAILABLE, "gateway is full");
     }
