@@ -5,8 +5,14 @@
 //! gateway's current run (its connection id is newer than the lease's boot id). A gateway
 //! whose lease lapses or is released takes all its sessions offline at once; their keys are
 //! then purged by the sweeper.
+//!
+//! Lease clocks run only while this service can see refreshes: the sweeper pauses while its
+//! own NATS connection is down, and after a reconnect every lease that lapsed meanwhile gets
+//! a full TTL again. Otherwise a NATS outage longer than the TTL would take every gateway
+//! offline here, and the purges queued during it would land after the gateways re-registered.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -31,12 +37,25 @@ pub struct Route {
 struct Lease {
     boot: ConnId,
     expires: Instant,
+    ttl: Duration,
+    /// The gateway purged it (shutdown): a reconnect does not revive it.
+    released: bool,
 }
 
-#[derive(Default)]
 struct State {
     sessions: HashMap<UserId, Vec<Route>>,
     leases: HashMap<GatewayId, Lease>,
+    /// This service's NATS connects when the view last accounted for them.
+    connects: u64,
+    /// When the sweeper last saw this service connected to NATS.
+    connected_at: Instant,
+}
+
+/// This service's own NATS connection, as the lease clocks need it.
+#[derive(Clone)]
+struct Link {
+    nats: async_nats::Client,
+    statistics: Arc<async_nats::Statistics>,
 }
 
 /// Cloneable handle to the view.
@@ -46,6 +65,7 @@ pub struct PresenceView {
     sessions: Progress,
     leases: Progress,
     bucket: kv::Store,
+    link: Link,
 }
 
 /// How far the view has applied one bucket: its highest revision applied.
@@ -90,7 +110,17 @@ impl PresenceView {
         sweep_every: Duration,
         stop: CancellationToken,
     ) -> anyhow::Result<Self> {
-        let state = Arc::new(RwLock::new(State::default()));
+        let nats = js.client();
+        let link = Link {
+            statistics: nats.statistics(),
+            nats,
+        };
+        let state = Arc::new(RwLock::new(State {
+            sessions: HashMap::new(),
+            leases: HashMap::new(),
+            connects: link.statistics.connects.load(Ordering::Relaxed),
+            connected_at: Instant::now(),
+        }));
         let sessions = Progress::follow(
             js,
             &buckets.sessions,
@@ -110,17 +140,25 @@ impl PresenceView {
         )
         .await?;
         let bucket = buckets.sessions.clone();
-        tokio::spawn(sweep(state.clone(), buckets.sessions, sweep_every, stop));
+        tokio::spawn(sweep(
+            state.clone(),
+            link.clone(),
+            buckets.sessions,
+            sweep_every,
+            stop,
+        ));
         Ok(Self {
             state,
             sessions,
             leases,
             bucket,
+            link,
         })
     }
 
     /// The live sessions of `user`.
     pub fn routes_of(&self, user: &UserId) -> Vec<Route> {
+        rebase_after_reconnect(&self.state, &self.link);
         let state = self.state.read().unwrap();
         let now = Instant::now();
         state
@@ -259,6 +297,8 @@ fn apply_lease(s: &mut State, entry: &kv::Entry) {
                 Lease {
                     boot: lease.boot,
                     expires,
+                    ttl: Duration::from_millis(lease.ttl_ms),
+                    released: false,
                 },
             );
         }
@@ -266,6 +306,7 @@ fn apply_lease(s: &mut State, entry: &kv::Entry) {
             tracing::info!(%gateway, "gateway released its lease");
             if let Some(lease) = s.leases.get_mut(&gateway) {
                 lease.expires = Instant::now();
+                lease.released = true;
             }
         }
     }
@@ -275,6 +316,7 @@ fn apply_lease(s: &mut State, entry: &kv::Entry) {
 /// sessions left over from a gateway's previous run.
 async fn sweep(
     state: Arc<RwLock<State>>,
+    link: Link,
     sessions: kv::Store,
     every: Duration,
     stop: CancellationToken,
@@ -284,10 +326,18 @@ async fn sweep(
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
         }
+        // Cut off, the view cannot tell a dead gateway from its own outage.
+        if link.nats.connection_state() != async_nats::connection::State::Connected {
+            continue;
+        }
+        rebase_after_reconnect(&state, &link);
         let dead: Vec<(UserId, Route)> = {
             let mut s = state.write().unwrap();
             let now = Instant::now();
-            let State { sessions, leases } = &mut *s;
+            s.connected_at = now;
+            let State {
+                sessions, leases, ..
+            } = &mut *s;
             let mut dead = Vec::new();
             sessions.retain(|user, routes| {
                 routes.retain(|r| {
@@ -315,4 +365,32 @@ async fn sweep(
             }
         }
     }
+}
+
+/// After this service reconnected to NATS, gives every lease that lapsed while it could not
+/// see refreshes a full TTL from now. A gateway that really died meanwhile is then counted
+/// offline up to one TTL late, never early. Costs one atomic load when nothing happened.
+fn rebase_after_reconnect(state: &RwLock<State>, link: &Link) {
+    let connects = link.statistics.connects.load(Ordering::Relaxed);
+    if state.read().unwrap().connects == connects {
+        return;
+    }
+    let mut s = state.write().unwrap();
+    if s.connects == connects {
+        return;
+    }
+    s.connects = connects;
+    let now = Instant::now();
+    let blind_since = s.connected_at;
+    let mut rebased = 0;
+    for lease in s.leases.values_mut() {
+        if !lease.released && lease.expires > blind_since {
+            lease.expires = lease.expires.max(now + lease.ttl);
+            rebased += 1;
+        }
+    }
+    tracing::info!(
+        leases = rebased,
+        "nats connection re-established; lease clocks restarted"
+    );
 }
