@@ -45,7 +45,11 @@ pub fn deliver_locally(shared: &Shared, delivery: Delivery) {
         ServerFrame::Message(m) => Some(m),
         _ => None,
     };
-    let seq = message.and_then(|m| m.cursor).map(|c| c.seq);
+    let cursor = message.and_then(|m| m.cursor);
+    if let Some(cursor) = cursor {
+        shared.routed.observe(cursor);
+    }
+    let seq = cursor.map(|c| c.seq);
     let mut gone = Vec::new();
     shared.registry.deliver_to(
         &delivery.targets,

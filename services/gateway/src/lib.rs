@@ -12,6 +12,7 @@ mod outbox;
 mod presence;
 mod registry;
 mod replay;
+mod reregister;
 mod server;
 mod session;
 mod watchers;

@@ -16,6 +16,7 @@ pub struct GatewayMetrics {
     pub slow_consumers: Counter,
     pub heartbeat_timeouts: Counter,
     pub typing_dropped: Counter,
+    pub reregistrations: Counter,
     pub send_latency: Histogram,
     pub undelivered: Counter,
     pub replays: Counter,
@@ -52,6 +53,10 @@ impl GatewayMetrics {
             typing_dropped: m.counter(
                 "natter_gateway_typing_dropped_total",
                 "typing indicators over the rate limit, dropped",
+            ),
+            reregistrations: m.counter(
+                "natter_gateway_reregistrations_total",
+                "times the lease and every session were written again after NATS came back",
             ),
             send_latency: m.histogram(
                 "natter_gateway_send_seconds",

@@ -10,7 +10,7 @@
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
-use protocol::CloseCode;
+use protocol::{CloseCode, Cursor};
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -28,6 +28,9 @@ struct State {
     close: Option<CloseCode>,
     /// Live messages held during a replay, by stream sequence.
     held: Option<Held>,
+    /// Messages after this cursor may have been lost while the gateway was cut off from
+    /// NATS: the session replays them (see `reregister`).
+    resync: Option<Cursor>,
 }
 
 struct Held {
@@ -115,6 +118,20 @@ impl Outbox {
             drop(state);
             self.notify.notify_one();
         }
+    }
+
+    /// Asks the session to replay its user's messages after `after` (the earliest asked for
+    /// wins until the session takes it).
+    pub fn resync_after(&self, after: Cursor) {
+        let mut state = self.state.lock().unwrap();
+        state.resync = Some(state.resync.map_or(after, |c| c.min(after)));
+        drop(state);
+        self.notify.notify_one();
+    }
+
+    /// The pending resync request, if any.
+    pub fn take_resync(&self) -> Option<Cursor> {
+        self.state.lock().unwrap().resync.take()
     }
 
     /// Asks the session to close with `code` after sending what is already queued.

@@ -86,6 +86,10 @@ impl Registry {
             .collect()
     }
 
+    pub fn contains(&self, conn: ConnId) -> bool {
+        self.inner.read().unwrap().sessions.contains_key(&conn)
+    }
+
     pub fn len(&self) -> usize {
         self.inner.read().unwrap().sessions.len()
     }

@@ -25,6 +25,7 @@ use crate::metrics::GatewayMetrics;
 use crate::presence::Presence;
 use crate::registry::Registry;
 use crate::replay::Replayer;
+use crate::reregister::{self, RoutedUpto};
 use crate::watchers::Watchers;
 
 /// State shared by every session of this gateway.
@@ -37,6 +38,8 @@ pub struct Shared {
     pub presence: Presence,
     pub replayer: Replayer,
     pub watchers: Watchers,
+    /// Where this gateway's deliveries stand in the messages stream (see `reregister`).
+    pub routed: RoutedUpto,
     pub metrics: GatewayMetrics,
     pub shutdown: CancellationToken,
     pub sessions: TaskTracker,
@@ -102,6 +105,7 @@ impl Gateway {
 
         let listener = TcpListener::bind(config.listen_addr).await?;
         let addr = listener.local_addr()?;
+        let routed_from = reregister::stream_head(&js).await;
         let replayer = Replayer {
             js,
             max_messages: config.sync_max_messages,
@@ -113,6 +117,7 @@ impl Gateway {
             config,
             replayer,
             watchers: Watchers::default(),
+            routed: RoutedUpto::new(routed_from),
             gateway: gateway.clone(),
             nats,
             registry: Registry::default(),
@@ -167,7 +172,10 @@ pub async fn run(
 
 async fn serve(shared: Arc<Shared>, listener: TcpListener, inbox: JoinHandle<()>) {
     let lease_stop = CancellationToken::new();
-    let lease = tokio::spawn(shared.presence.clone().keep_lease(lease_stop.clone()));
+    let lease = tokio::spawn(reregister::keep_registered(
+        shared.clone(),
+        lease_stop.clone(),
+    ));
     let routes = routes(shared.clone());
 
     loop {

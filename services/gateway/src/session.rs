@@ -193,6 +193,11 @@ impl Session {
                         let _ = self.flush().await;
                         return Some(code);
                     }
+                    if self.replay.is_none()
+                        && let Some(after) = self.handle.outbox.take_resync()
+                    {
+                        self.start_replay(Some(after));
+                    }
                 }
                 Some(frames) = next_answer(&mut self.queries), if self.has_queries() => {
                     for frame in &frames {
@@ -295,6 +300,12 @@ impl Session {
             Ok(cursor) => cursor,
             Err(e) => return self.reject(ErrorCode::InvalidId, e.to_string(), None),
         };
+        self.start_replay(cursor);
+    }
+
+    /// Replays the user's messages after `cursor`, holding live ones back meanwhile: for a
+    /// `sync`, and unasked after the gateway was cut off from NATS (`reregister`).
+    fn start_replay(&mut self, cursor: Option<protocol::Cursor>) {
         self.shared.metrics.replays.inc();
         self.handle.outbox.hold();
         self.start_replay_turn(Replay::Start {

@@ -1,0 +1,166 @@
+//! Keeping this gateway registered, and whole again after it was cut off from NATS.
+//!
+//! While the gateway is cut off, its sessions stay open, but two things can go wrong:
+//! * its lease can lapse in the chat services' presence views, which then purge its session
+//!   keys, so nothing would be routed to its users any more;
+//! * deliveries published to it meanwhile are lost: `natter.gw.<id>.deliver` is plain NATS,
+//!   and its subscription exists again only once the client has reconnected. This includes
+//!   messages routed in the moment between the chat service's reconnect and its own.
+//!
+//! So after every reconnect the gateway writes its lease and every live session's key again,
+//! then has every session replay its user's messages after the last one routed to this
+//! gateway before the cut (the `sync` replay, ending with an unasked `synced`). The router
+//! routes in stream order, so nothing before that point can be missing.
+//!
+//! Reconnects are noticed through the client's connect counter (`Statistics::connects`),
+//! checked every `CHECK_EVERY`. The counter only grows, so a disconnection shorter than the
+//! check interval is not missed, and the gateway needs no callback installed when its NATS
+//! connection was made (it is handed a connected client).
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use protocol::Cursor;
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+
+use crate::server::Shared;
+
+/// How often the connect counter is checked.
+const CHECK_EVERY: Duration = Duration::from_millis(100);
+/// Session keys written at once during a re-registration.
+const CONCURRENT_PUTS: usize = 64;
+/// Pause after a failed re-registration, doubling up to `RETRY_MAX` (JetStream may still be
+/// recovering its streams when the connection is back).
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// The cursor of the newest message routed to this gateway (or the stream's head when it
+/// started): what the inbox has received so far.
+#[derive(Default)]
+pub struct RoutedUpto(Mutex<Option<Cursor>>);
+
+impl RoutedUpto {
+    pub fn new(start: Option<Cursor>) -> Self {
+        Self(Mutex::new(start))
+    }
+
+    /// Records a delivered message's cursor.
+    pub fn observe(&self, cursor: Cursor) {
+        let mut upto = self.0.lock().unwrap();
+        // A new epoch (the stream was recreated) starts over.
+        if upto.is_none_or(|u| u.epoch != cursor.epoch || u.seq < cursor.seq) {
+            *upto = Some(cursor);
+        }
+    }
+
+    fn get(&self) -> Option<Cursor> {
+        *self.0.lock().unwrap()
+    }
+}
+
+/// The messages stream's head, where this gateway's deliveries start (`None` before any chat
+/// service created the stream).
+pub async fn stream_head(js: &async_nats::jetstream::Context) -> Option<Cursor> {
+    let mut stream = js
+        .get_stream(protocol::subjects::MESSAGES_STREAM)
+        .await
+        .ok()?;
+    let info = stream.info().await.ok()?;
+    Some(Cursor {
+        epoch: plumbing::bus::stream_epoch(info),
+        seq: info.state.last_sequence,
+    })
+}
+
+/// Refreshes the lease and re-registers after every reconnect, until `stop`. When it returns
+/// it has handed every write to the NATS client, so a lease release issued afterwards is
+/// applied after them.
+pub async fn keep_registered(shared: Arc<Shared>, stop: CancellationToken) {
+    tokio::join!(
+        shared.presence.clone().keep_lease(stop.clone()),
+        reregister_on_reconnect(&shared, &stop),
+    );
+}
+
+async fn reregister_on_reconnect(shared: &Shared, stop: &CancellationToken) {
+    let statistics = shared.nats.statistics();
+    let mut seen = statistics.connects.load(Ordering::Relaxed);
+    // Taken while the connection was known to be up, so it precedes any delivery lost since.
+    let mut routed_before = shared.routed.get();
+    let mut check = tokio::time::interval(CHECK_EVERY);
+    check.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = check.tick() => {}
+        }
+        // Read before the counter: if the counter has not moved, no delivery of the new
+        // connection can be in it.
+        let routed_now = shared.routed.get();
+        let connects = statistics.connects.load(Ordering::Relaxed);
+        if connects == seen {
+            routed_before = routed_now;
+            continue;
+        }
+        seen = connects;
+        tracing::info!("nats connection re-established; re-registering presence");
+        let mut pause = RETRY_FIRST;
+        loop {
+            let attempt = tokio::select! {
+                _ = stop.cancelled() => return,
+                attempt = reregister(shared) => attempt,
+            };
+            match attempt {
+                Ok(sessions) => {
+                    shared.metrics.reregistrations.inc();
+                    tracing::info!(sessions, "presence re-registered");
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "re-registration failed; retrying");
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(pause) => {}
+                    }
+                    pause = (pause * 2).min(RETRY_MAX);
+                }
+            }
+        }
+        // Registered again, so new messages reach the sessions live (held while they replay).
+        match routed_before {
+            Some(after) => {
+                for (_, handle) in shared.registry.all() {
+                    handle.outbox.resync_after(after);
+                }
+            }
+            None => tracing::warn!("no stream position known; sessions cannot replay"),
+        }
+        // A reconnect during the attempt moved the counter again: the next check repeats it.
+    }
+}
+
+/// Writes the lease, then every live session's key; returns the number of sessions. The
+/// lease goes first, because the chat services sweep the sessions of a lapsed lease.
+async fn reregister(shared: &Shared) -> anyhow::Result<usize> {
+    shared.presence.put_lease().await?;
+    let sessions = shared.registry.all();
+    let count = sessions.len();
+    let mut puts = futures::stream::iter(sessions)
+        .map(|(conn, handle)| async move {
+            shared.presence.register(&handle.user, conn).await?;
+            // A session that ended meanwhile may have purged its key before this put landed.
+            // If it is still registered now, its purge comes after this put.
+            if !shared.registry.contains(conn) {
+                shared.presence.unregister(&handle.user, conn).await?;
+            }
+            anyhow::Ok(())
+        })
+        .buffer_unordered(CONCURRENT_PUTS);
+    while let Some(put) = puts.next().await {
+        put?;
+    }
+    Ok(count)
+}
