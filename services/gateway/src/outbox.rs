@@ -31,6 +31,8 @@ struct State {
     /// Messages after this cursor may have been lost while the gateway was cut off from
     /// NATS: the session replays them (see `reregister`).
     resync: Option<Cursor>,
+    /// The resync the running replay serves, to retry it if the replay fails.
+    resyncing: Option<Cursor>,
 }
 
 struct Held {
@@ -107,6 +109,7 @@ impl Outbox {
     /// Ends the hold: held messages are queued after everything the replay wrote.
     pub fn release(&self) {
         let mut state = self.state.lock().unwrap();
+        state.resyncing = None;
         if let Some(held) = state.held.take() {
             let upto = held.upto.unwrap_or(0);
             state.frames.extend(
@@ -129,9 +132,16 @@ impl Outbox {
         self.notify.notify_one();
     }
 
-    /// The pending resync request, if any.
+    /// The pending resync request, if any; the replay it starts serves it.
     pub fn take_resync(&self) -> Option<Cursor> {
-        self.state.lock().unwrap().resync.take()
+        let mut state = self.state.lock().unwrap();
+        state.resyncing = state.resync.take();
+        state.resyncing
+    }
+
+    /// The resync the failed replay served, if it was one.
+    pub fn resync_failed(&self) -> Option<Cursor> {
+        self.state.lock().unwrap().resyncing.take()
     }
 
     /// Asks the session to close with `code` after sending what is already queued.
@@ -178,6 +188,22 @@ mod tests {
             out.is_empty(),
             "a slow consumer's backlog is dropped, not sent"
         );
+    }
+
+    #[test]
+    fn a_resync_request_waits_for_the_session_and_the_earliest_wins() {
+        let outbox = Outbox::new(8);
+        let at = |seq| Cursor { epoch: 1, seq };
+        outbox.resync_after(at(7));
+        outbox.resync_after(at(5));
+        assert_eq!(outbox.take_resync(), Some(at(5)));
+        assert_eq!(outbox.take_resync(), None);
+        // A failed replay hands its resync back once, to be retried.
+        assert_eq!(outbox.resync_failed(), None);
+        outbox.resync_after(at(9));
+        outbox.take_resync();
+        assert_eq!(outbox.resync_failed(), Some(at(9)));
+        assert_eq!(outbox.resync_failed(), None);
     }
 
     #[test]

@@ -35,6 +35,8 @@ use tokio::sync::Semaphore;
 
 /// How long an abandoned replay consumer lives on the server.
 const CONSUMER_IDLE: Duration = Duration::from_secs(30);
+/// The longest one replay turn may take.
+const TURN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Replay limits and the gateway-wide bound on concurrent replays.
 pub struct Replayer {
@@ -80,13 +82,20 @@ pub struct Turn {
 }
 
 impl Replayer {
-    /// Runs one turn of `replay`.
+    /// Runs one turn of `replay`. A turn that takes longer than `TURN_TIMEOUT` fails: a
+    /// consumer whose server went away answers nothing, and the session holds its live
+    /// messages back until the replay ends.
     pub async fn turn(&self, replay: Replay) -> anyhow::Result<Turn> {
         let _permit = self.permits.acquire().await?;
-        match replay {
-            Replay::Start { user, cursor } => self.start(user, cursor).await,
-            Replay::Reading(reading) => self.read(*reading).await,
-        }
+        let turn = async {
+            match replay {
+                Replay::Start { user, cursor } => self.start(user, cursor).await,
+                Replay::Reading(reading) => self.read(*reading).await,
+            }
+        };
+        tokio::time::timeout(TURN_TIMEOUT, turn)
+            .await
+            .map_err(|_| anyhow::anyhow!("replay turn timed out"))?
     }
 
     async fn start(&self, user: UserId, cursor: Option<Cursor>) -> anyhow::Result<Turn> {

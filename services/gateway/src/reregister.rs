@@ -10,7 +10,9 @@
 //! So after every reconnect the gateway writes its lease and every live session's key again,
 //! then has every session replay its user's messages after the last one routed to this
 //! gateway before the cut (the `sync` replay, ending with an unasked `synced`). The router
-//! routes in stream order, so nothing before that point can be missing.
+//! routes in stream order, so nothing before that point can be missing. A replay that fails
+//! is retried by the gateway, not left to the client, whose cursor may already be past the
+//! messages that were lost.
 //!
 //! Reconnects are noticed through the client's connect counter (`Statistics::connects`),
 //! checked every `CHECK_EVERY`. The counter only grows, so a disconnection shorter than the
@@ -26,6 +28,7 @@ use protocol::Cursor;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
+use crate::registry::SessionHandle;
 use crate::server::Shared;
 
 /// How often the connect counter is checked.
@@ -36,6 +39,8 @@ const CONCURRENT_PUTS: usize = 64;
 /// recovering its streams when the connection is back).
 const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
+/// Pause before a session retries a replay of its own that failed.
+const RESYNC_RETRY: Duration = Duration::from_secs(1);
 
 /// The cursor of the newest message routed to this gateway (or the stream's head when it
 /// started): what the inbox has received so far.
@@ -140,6 +145,15 @@ async fn reregister_on_reconnect(shared: &Shared, stop: &CancellationToken) {
         }
         // A reconnect during the attempt moved the counter again: the next check repeats it.
     }
+}
+
+/// Asks `session` again, after `RESYNC_RETRY`, for the replay after `after` that failed.
+/// A session closed meanwhile ignores it.
+pub fn resync_later(session: Arc<SessionHandle>, after: Cursor) {
+    tokio::spawn(async move {
+        tokio::time::sleep(RESYNC_RETRY).await;
+        session.outbox.resync_after(after);
+    });
 }
 
 /// Writes the lease, then every live session's key; returns the number of sessions. The

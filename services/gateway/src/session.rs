@@ -327,7 +327,13 @@ impl Session {
             Ok(turn) => turn,
             Err(e) => {
                 tracing::warn!(error = %e, "sync failed");
+                let resync = self.handle.outbox.resync_failed();
                 self.handle.outbox.release();
+                if let Some(after) = resync {
+                    // The gateway asked for it, not the client, whose cursor may already be
+                    // past what was lost: the gateway tries again itself.
+                    return crate::reregister::resync_later(self.handle.clone(), after);
+                }
                 return self.queue(&ServerFrame::error(
                     ErrorCode::Unavailable,
                     "sync failed; send sync again with the same cursor",
