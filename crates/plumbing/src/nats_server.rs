@@ -1,5 +1,6 @@
 //! A nats-server child process with JetStream: started by the all-in-one binary when no NATS
-//! URL is configured, and by tests on a random port with a temporary store. Killed on drop.
+//! URL is configured, and by tests on a random port with a temporary store, alone or as a node
+//! of a cluster. Killed on drop.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -20,11 +21,36 @@ pub struct NatsServerOptions {
     pub sync_interval: String,
 }
 
+/// Membership of a managed nats-server in a cluster. A clustered node also serves monitoring
+/// (`/healthz` says whether its JetStream is current) on a loopback port.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// Cluster name, the same on every node.
+    pub name: String,
+    /// This node's `server_name`: unique, and the same across restarts, because JetStream's
+    /// replication groups know the node by it.
+    pub server_name: String,
+    /// Route port; `None` picks a free one. Kept across restarts.
+    pub port: Option<u16>,
+    /// The other nodes' route URLs (`nats-route://127.0.0.1:PORT`).
+    pub routes: Vec<String>,
+}
+
+/// The ports a running server listens on.
+#[derive(Debug, Clone, Copy, Default)]
+struct Ports {
+    client: u16,
+    cluster: Option<u16>,
+    monitor: Option<u16>,
+}
+
 /// A running nats-server. Dropping it kills the process (the store is left in place).
 pub struct NatsServer {
     child: Option<Child>,
     options: NatsServerOptions,
+    cluster: Option<ClusterOptions>,
     port: u16,
+    ports: Ports,
     _run_dir: tempfile::TempDir,
 }
 
@@ -54,14 +80,55 @@ impl NatsServer {
 
     /// Starts a server and waits until it accepts clients.
     pub fn start(options: NatsServerOptions) -> anyhow::Result<Self> {
+        Self::start_node(options, None)
+    }
+
+    /// Starts a node of a cluster and waits until it accepts clients (its JetStream may still
+    /// be electing leaders: see `monitor_port`).
+    pub fn start_clustered(
+        options: NatsServerOptions,
+        cluster: ClusterOptions,
+    ) -> anyhow::Result<Self> {
+        Self::start_node(options, Some(cluster))
+    }
+
+    fn start_node(
+        options: NatsServerOptions,
+        cluster: Option<ClusterOptions>,
+    ) -> anyhow::Result<Self> {
         let run_dir = tempfile::tempdir()?;
-        let (child, port) = spawn(&options, run_dir.path())?;
+        let (child, ports) = spawn(&options, cluster.as_ref(), None, run_dir.path())?;
         Ok(Self {
             child: Some(child),
             options,
-            port,
+            cluster,
+            port: ports.client,
+            ports,
             _run_dir: run_dir,
         })
+    }
+
+    /// This node's route URL, for the other nodes of its cluster.
+    pub fn route_url(&self) -> Option<String> {
+        let port = self.ports.cluster?;
+        Some(format!("nats-route://127.0.0.1:{port}"))
+    }
+
+    /// The monitoring port of a clustered node (`GET /healthz`).
+    pub fn monitor_port(&self) -> Option<u16> {
+        self.ports.monitor
+    }
+
+    /// Replaces the routes to the other nodes; used at the next restart.
+    pub fn set_routes(&mut self, routes: Vec<String>) {
+        if let Some(cluster) = &mut self.cluster {
+            cluster.routes = routes;
+        }
+    }
+
+    /// Whether the process is running (not killed or stopped).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 
     pub fn port(&self) -> u16 {
@@ -100,14 +167,24 @@ impl NatsServer {
         }
     }
 
-    /// Restarts on the same port with the same store, as an operator's restart would.
+    /// Restarts on the same ports with the same store, as an operator's restart would.
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.kill();
         let mut options = self.options.clone();
         options.port = Some(self.port);
-        let (child, port) = spawn(&options, self._run_dir.path())?;
+        let mut cluster = self.cluster.clone();
+        if let Some(cluster) = &mut cluster {
+            cluster.port = self.ports.cluster;
+        }
+        let (child, ports) = spawn(
+            &options,
+            cluster.as_ref(),
+            self.ports.monitor,
+            self._run_dir.path(),
+        )?;
         self.child = Some(child);
-        self.port = port;
+        self.port = ports.client;
+        self.ports = ports;
         Ok(())
     }
 }
@@ -118,19 +195,40 @@ impl Drop for NatsServer {
     }
 }
 
-fn spawn(options: &NatsServerOptions, run_dir: &Path) -> anyhow::Result<(Child, u16)> {
+/// A fixed port, or -1: nats-server picks a free one.
+fn port_or_random(port: Option<u16>) -> i32 {
+    port.map(i32::from).unwrap_or(-1)
+}
+
+fn spawn(
+    options: &NatsServerOptions,
+    cluster: Option<&ClusterOptions>,
+    monitor_port: Option<u16>,
+    run_dir: &Path,
+) -> anyhow::Result<(Child, Ports)> {
     std::fs::create_dir_all(&options.store_dir)?;
     let conf = run_dir.join("nats.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "host: 127.0.0.1\nport: {port}\nmax_payload: 1MB\n\
-             jetstream {{\n  store_dir: {store:?}\n  sync_interval: {sync}\n}}\n",
-            port = options.port.map(i32::from).unwrap_or(-1),
-            store = options.store_dir,
-            sync = options.sync_interval,
-        ),
-    )?;
+    let mut text = format!(
+        "host: 127.0.0.1\nport: {port}\nmax_payload: 1MB\n\
+         jetstream {{\n  store_dir: {store:?}\n  sync_interval: {sync}\n}}\n",
+        port = port_or_random(options.port),
+        store = options.store_dir,
+        sync = options.sync_interval,
+    );
+    if let Some(cluster) = cluster {
+        let routes: Vec<String> = cluster.routes.iter().map(|r| format!("{r:?}")).collect();
+        text.push_str(&format!(
+            "server_name: {server:?}\nhttp_port: {monitor}\n\
+             cluster {{\n  name: {name:?}\n  host: 127.0.0.1\n  port: {port}\n  \
+             routes: [{routes}]\n}}\n",
+            server = cluster.server_name,
+            monitor = port_or_random(monitor_port),
+            name = cluster.name,
+            port = port_or_random(cluster.port),
+            routes = routes.join(", "),
+        ));
+    }
+    std::fs::write(&conf, text)?;
     let ports_dir = run_dir.join(format!("ports-{}", ulid_like()));
     std::fs::create_dir_all(&ports_dir)?;
     let binary = NatsServer::binary()?;
@@ -153,10 +251,10 @@ fn spawn(options: &NatsServerOptions, run_dir: &Path) -> anyhow::Result<(Child, 
         if let Some(status) = child.try_wait()? {
             anyhow::bail!("nats-server exited at startup with {status}");
         }
-        if let Some(port) = read_ports_file(&ports_dir)
-            && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        if let Some(ports) = read_ports_file(&ports_dir)
+            && std::net::TcpStream::connect(("127.0.0.1", ports.client)).is_ok()
         {
-            return Ok((child, port));
+            return Ok((child, ports));
         }
         if Instant::now() > deadline {
             let _ = child.kill();
@@ -166,13 +264,21 @@ fn spawn(options: &NatsServerOptions, run_dir: &Path) -> anyhow::Result<(Child, 
     }
 }
 
-/// nats-server writes `{"nats":["nats://127.0.0.1:PORT"],...}` once it listens.
-fn read_ports_file(dir: &Path) -> Option<u16> {
+/// nats-server writes `{"nats":["nats://127.0.0.1:PORT"],"cluster":[...],"monitoring":[...]}`
+/// once it listens.
+fn read_ports_file(dir: &Path) -> Option<Ports> {
     let entry = std::fs::read_dir(dir).ok()?.flatten().next()?;
     let text = std::fs::read_to_string(entry.path()).ok()?;
     let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-    let url = v.get("nats")?.get(0)?.as_str()?;
-    url.rsplit(':').next()?.parse().ok()
+    let port = |kind: &str| -> Option<u16> {
+        let url = v.get(kind)?.get(0)?.as_str()?;
+        url.rsplit(':').next()?.parse().ok()
+    };
+    Some(Ports {
+        client: port("nats")?,
+        cluster: port("cluster"),
+        monitor: port("monitoring"),
+    })
 }
 
 fn ulid_like() -> String {

@@ -6,6 +6,10 @@
 //! let mut alice = stack.connect("alice", 0).await;
 //! ```
 
+mod cluster;
+mod link;
+mod traffic;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -17,6 +21,9 @@ use protocol::frames::ServerFrame;
 use tokio_util::sync::CancellationToken;
 
 pub use client;
+pub use cluster::TestCluster;
+pub use link::Link;
+pub use traffic::{Traffic, TrafficPlan, TrafficReport};
 
 /// The secret every test token is signed with.
 pub const SECRET: &str = "test-secret-not-for-production";
@@ -58,6 +65,44 @@ impl TestNats {
     }
 }
 
+/// The NATS a stack runs on: one server, or the nodes of a cluster.
+pub enum StackNats {
+    One(TestNats),
+    Cluster(TestCluster),
+}
+
+impl StackNats {
+    /// What services connect to: the server's URL, or every node's, comma separated.
+    pub fn url(&self) -> String {
+        match self {
+            Self::One(nats) => nats.url(),
+            Self::Cluster(cluster) => cluster.urls(),
+        }
+    }
+
+    pub async fn client(&self) -> async_nats::Client {
+        plumbing::bus::connect(&self.url(), "test")
+            .await
+            .expect("connect to test NATS")
+    }
+
+    /// The single server (to kill or restart it). Panics for a cluster.
+    pub fn server(&mut self) -> &mut NatsServer {
+        match self {
+            Self::One(nats) => &mut nats.server,
+            Self::Cluster(_) => panic!("this stack runs on a cluster"),
+        }
+    }
+
+    /// The cluster. Panics for a single server.
+    pub fn cluster(&mut self) -> &mut TestCluster {
+        match self {
+            Self::Cluster(cluster) => cluster,
+            Self::One(_) => panic!("this stack runs on a single server"),
+        }
+    }
+}
+
 /// Builder for a natter stack.
 pub struct StackBuilder {
     gateways: usize,
@@ -65,6 +110,7 @@ pub struct StackBuilder {
     chat: chat::ChatConfig,
     bus: BusConfig,
     sync_interval: String,
+    cluster_nodes: Option<usize>,
 }
 
 impl StackBuilder {
@@ -76,6 +122,13 @@ impl StackBuilder {
 
     pub fn gateways(mut self, n: usize) -> Self {
         self.gateways = n;
+        self
+    }
+
+    /// Runs on a cluster of `nodes` nats-servers, with streams and buckets replicated on all.
+    pub fn cluster(mut self, nodes: usize) -> Self {
+        self.cluster_nodes = Some(nodes);
+        self.bus.replicas = nodes;
         self
     }
 
@@ -92,7 +145,10 @@ impl StackBuilder {
 
     pub async fn start(self) -> Stack {
         plumbing::telemetry::init();
-        let nats = TestNats::start_with_sync(&self.sync_interval);
+        let nats = match self.cluster_nodes {
+            Some(nodes) => StackNats::Cluster(TestCluster::start(nodes, &self.sync_interval).await),
+            None => StackNats::One(TestNats::start_with_sync(&self.sync_interval)),
+        };
         let mut bus = self.bus;
         bus.nats_url = nats.url();
         let mut stack = Stack {
@@ -183,7 +239,7 @@ impl RunningChat {
 
 /// nats-server, chat service(s) and gateways.
 pub struct Stack {
-    pub nats: TestNats,
+    pub nats: StackNats,
     pub bus: BusConfig,
     pub gateway_config: gateway::GatewayConfig,
     pub chat_config: chat::ChatConfig,
@@ -225,15 +281,20 @@ impl Stack {
             chat: chat::ChatConfig::default(),
             bus: BusConfig::default(),
             sync_interval: "2m".into(),
+            cluster_nodes: None,
         }
     }
 
     pub async fn start_gateway(&mut self, id: &str) -> usize {
+        let url = self.bus.nats_url.clone();
+        self.start_gateway_via(id, &url).await
+    }
+
+    /// Starts a gateway that reaches NATS at `nats_url` (a [`Link`], to cut it off).
+    pub async fn start_gateway_via(&mut self, id: &str, nats_url: &str) -> usize {
         let mut config = self.gateway_config.clone();
         config.gateway_id = id.into();
-        let nats = plumbing::bus::connect(&self.bus.nats_url, id)
-            .await
-            .expect("connect");
+        let nats = plumbing::bus::connect(nats_url, id).await.expect("connect");
         let shutdown = CancellationToken::new();
         let handle = gateway::Gateway::start(config, &self.bus, nats, shutdown.clone())
             .await
@@ -375,6 +436,19 @@ pub async fn within<T>(fut: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(PATIENCE, fut)
         .await
         .expect("timed out waiting")
+}
+
+/// Polls `done` every 20 ms until it holds, failing the test after `patience` (for state
+/// that changes asynchronously: metrics, buckets, health).
+pub async fn eventually(what: &str, patience: Duration, mut done: impl AsyncFnMut() -> bool) {
+    let deadline = std::time::Instant::now() + patience;
+    while !done().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not within {patience:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Reads frames until one matches `pick`, failing after [`PATIENCE`].
