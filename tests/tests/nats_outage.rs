@@ -1,0 +1,234 @@
+//! Losing NATS: a restart of the nats-server in the middle of traffic, and one gateway cut
+//! off while the rest stays connected. The gateways keep their WebSocket connections and
+//! answer heartbeats while NATS is gone, refuse new connections with 503, and re-register
+//! their presence when it is back; their sessions then replay what may have been lost. Sends
+//! refused meanwhile are retried with the same cid; every message answered SENT is stored
+//! once and reaches its recipient.
+
+use std::time::{Duration, Instant};
+
+use protocol::frames::ServerFrame;
+use protocol::{Encoding, GatewayId, MessageId, UserId, subjects};
+use testkit::client::{ConnectError, Connection};
+use testkit::{Link, Stack, Traffic, TrafficPlan, eventually, expect_frame};
+
+/// The gateways' presence lease in this test. The outage lasts longer, so every lease would
+/// have lapsed in the chat service's presence view had its clocks kept running.
+const LEASE_TTL: Duration = Duration::from_secs(3);
+/// How long traffic and recovery may take at each step on a loaded 2-core machine.
+const RECOVERY: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_restart_mid_traffic_loses_nothing_and_stores_nothing_twice() {
+    let test_started = Instant::now();
+    let mut stack = Stack::new()
+        .gateways(2)
+        .gateway_config(|c| {
+            c.lease_ttl_ms = LEASE_TTL.as_millis() as u64;
+            c.send_timeout_ms = 1_000;
+        })
+        .start()
+        .await;
+    let mut alice = stack.connect_with("alice", 0, Encoding::Json).await;
+    let mut bob = stack.connect_with("bob", 1, Encoding::Json).await;
+    let traffic = Traffic::start(
+        &stack,
+        TrafficPlan {
+            pairs: 20,
+            messages_per_s: 400.0,
+            window: 8,
+            resend_after: Duration::from_secs(5),
+        },
+    )
+    .await;
+    traffic.wait_acked(1_000, RECOVERY).await;
+
+    // NATS goes away.
+    stack.nats.server().kill();
+    let outage_started = Instant::now();
+    for gw in &stack.gateways {
+        eventually("gateway sees NATS down", RECOVERY, async || {
+            gw.http_get("/healthz").await.starts_with("HTTP/1.1 503")
+        })
+        .await;
+    }
+    // New connections are refused, existing ones are served.
+    let refused = Connection::connect(
+        &stack.gateways[0].ws_url(),
+        &stack.token("carol"),
+        Encoding::Json,
+    )
+    .await;
+    assert!(
+        matches!(refused, Err(ConnectError::Refused(503))),
+        "a connection during the outage: {:?}",
+        refused.map(|_| "accepted")
+    );
+    pong(&mut alice, 1).await;
+    pong(&mut bob, 1).await;
+    // The outage outlasts the lease TTL. This sleep is the fault's duration, not a wait for
+    // some event: nothing could tell the test that the lease "has lapsed", because the
+    // point is that no one must act on it.
+    tokio::time::sleep(LEASE_TTL + Duration::from_secs(1)).await;
+    pong(&mut alice, 2).await;
+    let at_restart = traffic.acked();
+    tokio::task::block_in_place(|| stack.nats.server().restart()).expect("restart nats-server");
+    let outage = outage_started.elapsed();
+
+    for gw in &stack.gateways {
+        eventually("gateway re-registered", RECOVERY, async || {
+            gw.metric("natter_gateway_reregistrations_total").await >= 1
+        })
+        .await;
+    }
+    let recovered_after = outage_started.elapsed();
+    traffic.wait_acked(at_restart + 1_000, RECOVERY).await;
+    // No connection was closed or opened again: each gateway still holds the 21 it got.
+    for gw in &stack.gateways {
+        assert_eq!(gw.metric("natter_gateway_connections").await, 21);
+        assert_eq!(gw.metric("natter_gateway_connections_total").await, 21);
+    }
+    let report = traffic.finish(RECOVERY).await;
+    assert!(
+        report.missing.is_empty(),
+        "{} SENT messages never reached their recipient, e.g. {:?}",
+        report.missing.len(),
+        report.missing.first()
+    );
+
+    // A user connected before the outage gets a message live.
+    alice
+        .send("bob", "after-restart", "hello again")
+        .await
+        .unwrap();
+    let id = expect_frame(&mut alice, |f| match f {
+        ServerFrame::Sent { id, .. } => Some(*id),
+        ServerFrame::Error { .. } => panic!("send after the restart failed: {f:?}"),
+        _ => None,
+    })
+    .await;
+    let got = expect_frame(&mut bob, |f| match f {
+        ServerFrame::Message(m) => Some(m.id),
+        _ => None,
+    })
+    .await;
+    assert_eq!(got, id);
+
+    // Every SENT message is stored once and reached its recipient.
+    let stored = stack.stream_messages().await;
+    report.assert_stored_once(&stored);
+    println!(
+        "nats restart: {} messages SENT ({} resends, {} duplicate deliveries dropped), \
+         outage {:.1} s, gateways re-registered {:.1} s after the kill, longest gap between \
+         SENT answers {:.2} s, {:.0} msg/s, test {:.1} s",
+        report.sent.len(),
+        report.resends,
+        report.duplicates_received,
+        outage.as_secs_f64(),
+        recovered_after.as_secs_f64(),
+        report.longest_ack_gap.as_secs_f64(),
+        report.rate(),
+        test_started.elapsed().as_secs_f64(),
+    );
+}
+
+/// Pings and waits for the matching pong.
+async fn pong(conn: &mut Connection, ts: u64) {
+    conn.ping(Some(ts)).await.unwrap();
+    expect_frame(conn, |f| match f {
+        ServerFrame::Pong { ts: Some(t) } if *t == ts => Some(()),
+        _ => None,
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_cut_off_from_nats_keeps_its_sessions_and_catches_up_when_back() {
+    let mut stack = Stack::new()
+        .gateway_config(|c| {
+            c.lease_ttl_ms = LEASE_TTL.as_millis() as u64;
+            c.send_timeout_ms = 1_000;
+        })
+        .start()
+        .await;
+    let link = Link::start(&stack.nats.url()).await;
+    let cut_off = stack.start_gateway_via("gw-cut", &link.url()).await;
+    let mut alice = stack.connect("alice", 0).await;
+    let (mut bob, bob_conn) = stack.connect_welcomed("bob", cut_off, Encoding::Json).await;
+    let before = send(&mut alice, "before").await;
+    assert_eq!(next_message(&mut bob).await, before);
+
+    link.cut();
+    let gw = &stack.gateways[cut_off];
+    eventually("gateway sees NATS down", RECOVERY, async || {
+        gw.http_get("/healthz").await.starts_with("HTTP/1.1 503")
+    })
+    .await;
+    // Routed while bob's gateway still counts as alive: published to a gateway that cannot
+    // receive it.
+    let lost_in_flight = send(&mut alice, "while-cut-off").await;
+    // Once the lease lapsed, the chat service purges bob's session: he counts as offline.
+    let sessions = async_nats::jetstream::new(stack.nats.client().await)
+        .get_key_value(subjects::SESSIONS_BUCKET)
+        .await
+        .unwrap();
+    let key = subjects::session_key(
+        &UserId::new("bob").unwrap(),
+        &GatewayId::new("gw-cut").unwrap(),
+        bob_conn,
+    );
+    eventually("bob's session purged", RECOVERY, async || {
+        sessions.get(&key).await.unwrap().is_none()
+    })
+    .await;
+    let while_offline = send(&mut alice, "while-offline").await;
+    // The cut-off gateway still serves bob and refuses newcomers.
+    pong(&mut bob, 1).await;
+    let refused = Connection::connect(&gw.ws_url(), &stack.token("carol"), Encoding::Json).await;
+    assert!(matches!(refused, Err(ConnectError::Refused(503))));
+
+    link.restore();
+    eventually("gateway re-registered", RECOVERY, async || {
+        gw.metric("natter_gateway_reregistrations_total").await >= 1
+    })
+    .await;
+    eventually("bob's session back", RECOVERY, async || {
+        sessions.get(&key).await.unwrap().is_some()
+    })
+    .await;
+    // Bob gets what he missed, replayed unasked, then live traffic again.
+    let mut replayed = Vec::new();
+    let recovered = expect_frame(&mut bob, |f| match f {
+        ServerFrame::Message(m) => {
+            replayed.push(m.id);
+            None
+        }
+        ServerFrame::Synced { recovered, .. } => Some(*recovered),
+        _ => None,
+    })
+    .await;
+    assert!(recovered);
+    assert_eq!(replayed, [lost_in_flight, while_offline]);
+    let after = send(&mut alice, "after").await;
+    assert_eq!(next_message(&mut bob).await, after);
+    assert_eq!(gw.metric("natter_gateway_connections_total").await, 1);
+}
+
+/// Sends to bob and waits for SENT.
+async fn send(alice: &mut Connection, body: &str) -> MessageId {
+    alice.send("bob", body, body).await.unwrap();
+    expect_frame(alice, |f| match f {
+        ServerFrame::Sent { id, .. } => Some(*id),
+        ServerFrame::Error { .. } => panic!("send failed: {f:?}"),
+        _ => None,
+    })
+    .await
+}
+
+async fn next_message(conn: &mut Connection) -> MessageId {
+    expect_frame(conn, |f| match f {
+        ServerFrame::Message(m) => Some(m.id),
+        _ => None,
+    })
+    .await
+}
