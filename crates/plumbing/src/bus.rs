@@ -232,6 +232,41 @@ pub async fn next_or_stop(
     }
 }
 
+/// The next message of `sub` that decodes as JSON `T`, or `None` once `stop` is cancelled or
+/// the subscription ends. Undecodable messages are logged (not their content) and skipped.
+pub async fn next_json<T: serde::de::DeserializeOwned>(
+    sub: &mut async_nats::Subscriber,
+    stop: &tokio_util::sync::CancellationToken,
+) -> Option<T> {
+    loop {
+        let msg = next_or_stop(sub, stop).await?;
+        match serde_json::from_slice(&msg.payload) {
+            Ok(value) => return Some(value),
+            Err(e) => tracing::warn!(error = %e, subject = %msg.subject, "undecodable payload"),
+        }
+    }
+}
+
+/// The next message pulled from a durable, or `None` once `stop` is cancelled or the pull
+/// stream ends. Pull errors (heartbeats missed during a reconnect...) are logged and skipped:
+/// the stream keeps pulling.
+pub async fn next_pulled(
+    messages: &mut async_nats::jetstream::consumer::pull::Stream,
+    stop: &tokio_util::sync::CancellationToken,
+) -> Option<async_nats::jetstream::Message> {
+    use futures::StreamExt;
+    loop {
+        let next = tokio::select! {
+            _ = stop.cancelled() => return None,
+            next = messages.next() => next,
+        };
+        match next? {
+            Ok(msg) => return Some(msg),
+            Err(e) => tracing::debug!(error = %e, "pull consumer"),
+        }
+    }
+}
+
 /// Joins `queue` on `subject`; the subscription is live on the server when this returns, so
 /// requests sent from other connections right after can already reach it.
 pub async fn serve_queue(

@@ -20,14 +20,7 @@ pub async fn serve(
     mut sub: async_nats::Subscriber,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
-    loop {
-        let Some(msg) = plumbing::bus::next_or_stop(&mut sub, &stop).await else {
-            break;
-        };
-        let Ok(receipt) = serde_json::from_slice::<Receipt>(&msg.payload) else {
-            tracing::warn!("undecodable receipt");
-            continue;
-        };
+    while let Some(receipt) = plumbing::bus::next_json::<Receipt>(&mut sub, &stop).await {
         // Only a participant may report on a conversation; the peer is the sender.
         let Some(sender) = receipt.conversation.peer_of(&receipt.by) else {
             tracing::warn!(by = %receipt.by, "receipt for a foreign conversation");

@@ -17,7 +17,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
-use futures::StreamExt;
 use protocol::frames::ServerFrame;
 use protocol::payloads::{Delivery, OfflineMessage, SessionMarker, StoredMessage};
 use protocol::{ConnId, Cursor, GatewayId, UserId, subjects};
@@ -69,18 +68,7 @@ pub async fn serve(
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut messages = plumbing::bus::pull(&consumer, batch).await?;
-    loop {
-        let msg = tokio::select! {
-            _ = stop.cancelled() => break,
-            next = messages.next() => match next {
-                Some(Ok(msg)) => msg,
-                Some(Err(e)) => {
-                    tracing::debug!(error = %e, "router consumer");
-                    continue;
-                }
-                None => break,
-            },
-        };
+    while let Some(msg) = plumbing::bus::next_pulled(&mut messages, &stop).await {
         if msg.subject.as_str() == subjects::SESSION_MARKERS {
             match serde_json::from_slice::<SessionMarker>(&msg.payload) {
                 Ok(marker) => {

@@ -20,10 +20,7 @@ pub async fn serve(
     mut sub: async_nats::Subscriber,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
-    while let Some(msg) = plumbing::bus::next_or_stop(&mut sub, &stop).await {
-        let Ok(typing) = serde_json::from_slice::<Typing>(&msg.payload) else {
-            continue;
-        };
+    while let Some(typing) = plumbing::bus::next_json::<Typing>(&mut sub, &stop).await {
         let Some(peer) = typing.conversation.peer_of(&typing.by) else {
             continue;
         };

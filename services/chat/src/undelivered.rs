@@ -22,14 +22,7 @@ pub async fn serve(
     mut sub: async_nats::Subscriber,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
-    loop {
-        let Some(msg) = plumbing::bus::next_or_stop(&mut sub, &stop).await else {
-            break;
-        };
-        let Ok(report) = serde_json::from_slice::<Undelivered>(&msg.payload) else {
-            tracing::warn!("undecodable undelivered report");
-            continue;
-        };
+    while let Some(report) = plumbing::bus::next_json::<Undelivered>(&mut sub, &stop).await {
         router.metrics.undelivered.inc();
         router
             .view

@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, kv};
 use bytes::Bytes;
-use futures::StreamExt;
 use protocol::payloads::UserPresence;
 use protocol::{UserId, subjects};
 use tokio_util::sync::CancellationToken;
@@ -60,18 +59,7 @@ pub async fn serve(
     // Users this instance has seen online; others are looked up in the bucket.
     let mut online: HashSet<UserId> = HashSet::new();
     let prefix = format!("$KV.{}.", subjects::SESSIONS_BUCKET);
-    loop {
-        let msg = tokio::select! {
-            _ = stop.cancelled() => break,
-            next = messages.next() => match next {
-                Some(Ok(msg)) => msg,
-                Some(Err(e)) => {
-                    tracing::debug!(error = %e, "presence consumer");
-                    continue;
-                }
-                None => break,
-            },
-        };
+    while let Some(msg) = plumbing::bus::next_pulled(&mut messages, &stop).await {
         let user = msg
             .subject
             .strip_prefix(prefix.as_str())

@@ -148,13 +148,7 @@ pub async fn serve_markers<S: Store>(
     mut sub: async_nats::Subscriber,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
-    loop {
-        let Some(msg) = plumbing::bus::next_or_stop(&mut sub, &stop).await else {
-            break;
-        };
-        let Ok(receipt) = serde_json::from_slice::<Receipt>(&msg.payload) else {
-            continue;
-        };
+    while let Some(receipt) = plumbing::bus::next_json::<Receipt>(&mut sub, &stop).await {
         if receipt.kind != ReceiptKind::Seen {
             continue;
         }
