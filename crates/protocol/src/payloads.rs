@@ -36,6 +36,19 @@ pub struct StoredMessage {
 pub struct Delivery {
     pub targets: Vec<ConnId>,
     pub frame: ServerFrame,
+    /// Set on routed messages: this delivery's place in the router's sequence for this
+    /// gateway, so the gateway notices a delivery lost on the way (see [`DeliveryOrder`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order: Option<DeliveryOrder>,
+}
+
+/// The router numbers the message deliveries it publishes to each gateway: `n` counts up
+/// from 1 within one router `run`. A gateway that sees `n` skip within a run lost a delivery
+/// (a NATS node died with it) and has its sessions replay from before the gap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryOrder {
+    pub run: u64,
+    pub n: u64,
 }
 
 /// What a receipt reports.

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
 use protocol::frames::ServerFrame;
-use protocol::payloads::{Delivery, OfflineMessage, SessionMarker, StoredMessage};
+use protocol::payloads::{Delivery, DeliveryOrder, OfflineMessage, SessionMarker, StoredMessage};
 use protocol::{ConnId, Cursor, GatewayId, UserId, subjects};
 use tokio_util::sync::CancellationToken;
 
@@ -37,6 +37,10 @@ pub struct Router {
     pub metrics: ChatMetrics,
     /// The messages stream's epoch, for the cursors stamped on deliveries.
     pub epoch: u64,
+    /// This router's run and the last number given to each gateway's message deliveries
+    /// (only the router loop numbers them, so they leave in order).
+    pub run: u64,
+    pub numbered: std::sync::Mutex<HashMap<GatewayId, u64>>,
 }
 
 /// Creates the router's durable consumer if needed. Called by ingest too, so that a message
@@ -138,7 +142,14 @@ impl Router {
         self.metrics.routed.inc();
         let frame = ServerFrame::Message(message);
         for (gateway, targets) in by_gateway {
-            let payload = delivery_payload(targets, &frame);
+            let n = {
+                let mut numbered = self.numbered.lock().unwrap();
+                let n = numbered.entry(gateway.clone()).or_default();
+                *n += 1;
+                *n
+            };
+            let order = DeliveryOrder { run: self.run, n };
+            let payload = delivery_payload(targets, &frame, Some(order));
             while !self.publish(&gateway, payload.clone()).await {
                 tokio::select! {
                     _ = stop.cancelled() => return false,
@@ -172,7 +183,7 @@ impl Router {
                 .push(route.conn);
         }
         for (gateway, targets) in by_gateway {
-            self.publish(&gateway, delivery_payload(targets, &frame))
+            self.publish(&gateway, delivery_payload(targets, &frame, None))
                 .await;
         }
     }
@@ -194,10 +205,15 @@ impl Router {
     }
 }
 
-fn delivery_payload(targets: Vec<ConnId>, frame: &ServerFrame) -> bytes::Bytes {
+fn delivery_payload(
+    targets: Vec<ConnId>,
+    frame: &ServerFrame,
+    order: Option<DeliveryOrder>,
+) -> bytes::Bytes {
     let delivery = Delivery {
         targets,
         frame: frame.clone(),
+        order,
     };
     serde_json::to_vec(&delivery)
         .expect("delivery to JSON")

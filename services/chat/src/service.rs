@@ -49,6 +49,8 @@ impl Chat {
                 view,
                 metrics: metrics.clone(),
                 epoch,
+                run: ulid::Ulid::new().random() as u64,
+                numbered: Default::default(),
             });
             roles.spawn(router::serve(
                 router.clone(),

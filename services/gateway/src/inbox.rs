@@ -2,13 +2,18 @@
 //! frame for a list of this gateway's connections. The frame is encoded once per encoding
 //! and the encoded bytes are shared by every target. A message for a connection that has
 //! just closed is reported on `natter.chat.undelivered`.
+//!
+//! Deliveries are plain NATS publishes: a NATS node that dies while forwarding one loses it,
+//! and the device's cursor would then move past it with the next message. So the router
+//! numbers each gateway's message deliveries, and a gap in the numbers makes every session
+//! here replay from the last message received before it.
 
 use std::sync::Arc;
 
 use futures::StreamExt;
 use protocol::encoding::Encoded;
 use protocol::frames::ServerFrame;
-use protocol::payloads::{Delivery, Undelivered};
+use protocol::payloads::{Delivery, DeliveryOrder, Undelivered};
 use protocol::{Encoding, subjects};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
@@ -37,8 +42,43 @@ pub async fn subscribe(shared: Arc<Shared>) -> anyhow::Result<JoinHandle<()>> {
     }))
 }
 
+/// The last numbered delivery received, to notice one that went missing.
+#[derive(Default)]
+pub struct DeliveryGaps(std::sync::Mutex<Option<DeliveryOrder>>);
+
+impl DeliveryGaps {
+    /// Records `order`; `true` if deliveries of the same router run were skipped.
+    fn missed_before(&self, order: DeliveryOrder) -> bool {
+        let mut last = self.0.lock().unwrap();
+        let missed = last.is_some_and(|l| l.run == order.run && order.n > l.n + 1);
+        if last.is_none_or(|l| l.run != order.run || order.n > l.n) {
+            *last = Some(order);
+        }
+        missed
+    }
+}
+
 pub fn deliver_locally(shared: &Shared, delivery: Delivery) {
     shared.metrics.deliveries.inc();
+    if let Some(order) = delivery.order
+        && shared.delivery_gaps.missed_before(order)
+    {
+        // Replay from the last message received before the gap; it precedes the lost ones.
+        match shared.routed.get() {
+            Some(after) => {
+                shared.metrics.delivery_gaps.inc();
+                tracing::warn!(
+                    run = order.run,
+                    n = order.n,
+                    "a delivery was lost; sessions replay"
+                );
+                for (_, handle) in shared.registry.all() {
+                    handle.outbox.resync_after(after);
+                }
+            }
+            None => tracing::warn!("a delivery was lost and no stream position is known"),
+        }
+    }
     let mut json: Option<Message> = None;
     let mut msgpack: Option<Message> = None;
     let message = match &delivery.frame {
@@ -97,5 +137,22 @@ pub fn to_ws(encoded: Encoded) -> Message {
     match encoded {
         Encoded::Text(s) => Message::text(s),
         Encoded::Binary(b) => Message::binary(b),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_skipped_number_is_a_gap_and_a_new_run_is_not() {
+        let gaps = DeliveryGaps::default();
+        let at = |run, n| DeliveryOrder { run, n };
+        assert!(!gaps.missed_before(at(1, 1)));
+        assert!(!gaps.missed_before(at(1, 2)));
+        assert!(gaps.missed_before(at(1, 4)), "3 went missing");
+        assert!(!gaps.missed_before(at(1, 5)));
+        assert!(!gaps.missed_before(at(2, 1)), "another router took over");
+        assert!(!gaps.missed_before(at(2, 2)));
     }
 }

@@ -22,6 +22,7 @@ pub struct GatewayMetrics {
     pub replays: Counter,
     pub replay_gaps: Counter,
     pub replayed: Counter,
+    pub delivery_gaps: Counter,
 }
 
 impl GatewayMetrics {
@@ -74,6 +75,10 @@ impl GatewayMetrics {
             replayed: m.counter(
                 "natter_gateway_replayed_messages_total",
                 "messages sent by sync replays",
+            ),
+            delivery_gaps: m.counter(
+                "natter_gateway_delivery_gaps_total",
+                "lost deliveries noticed (a gap in the router's numbering); sessions replayed",
             ),
             registry: m,
         }

@@ -61,7 +61,7 @@ impl RoutedUpto {
         }
     }
 
-    fn get(&self) -> Option<Cursor> {
+    pub fn get(&self) -> Option<Cursor> {
         *self.0.lock().unwrap()
     }
 }

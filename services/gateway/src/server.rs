@@ -40,6 +40,7 @@ pub struct Shared {
     pub watchers: Watchers,
     /// Where this gateway's deliveries stand in the messages stream (see `reregister`).
     pub routed: RoutedUpto,
+    pub delivery_gaps: crate::inbox::DeliveryGaps,
     pub metrics: GatewayMetrics,
     pub shutdown: CancellationToken,
     pub sessions: TaskTracker,
@@ -118,6 +119,7 @@ impl Gateway {
             replayer,
             watchers: Watchers::default(),
             routed: RoutedUpto::new(routed_from),
+            delivery_gaps: Default::default(),
             gateway: gateway.clone(),
             nats,
             registry: Registry::default(),

@@ -89,7 +89,12 @@ impl Watchers {
                         online: p.online,
                         last_seen: p.last_seen,
                     };
-                    deliver_locally(&shared, Delivery { targets, frame });
+                    let delivery = Delivery {
+                        targets,
+                        frame,
+                        order: None,
+                    };
+                    deliver_locally(&shared, delivery);
                 }
             })
         };

@@ -195,6 +195,7 @@ async fn relay_run(
         let delivery = protocol::payloads::Delivery {
             targets: vec![targets[n as usize % pairs]],
             frame: ServerFrame::Message(message),
+            order: None,
         };
         publisher
             .publish(subject.clone(), serde_json::to_vec(&delivery)?.into())
