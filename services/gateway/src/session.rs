@@ -443,12 +443,7 @@ impl Session {
             self.reject(ErrorCode::InvalidId, "invalid conversation id", None);
             return Step::Continue;
         };
-        if !conversation.has_participant(&self.user) {
-            self.reject(
-                ErrorCode::Forbidden,
-                "not a participant of that conversation",
-                None,
-            );
+        if !self.is_participant(&conversation) {
             return Step::Continue;
         }
         let now = Instant::now();
@@ -645,12 +640,7 @@ impl Session {
             );
             return Step::Continue;
         };
-        if !conversation.has_participant(&self.user) {
-            self.reject(
-                ErrorCode::Forbidden,
-                "not a participant of that conversation",
-                None,
-            );
+        if !self.is_participant(&conversation) {
             return Step::Continue;
         }
         let receipt = Receipt {
@@ -666,6 +656,19 @@ impl Session {
                 tracing::warn!(error = %e, "receipt not published");
             }
         }))
+    }
+
+    /// Whether this user takes part in the 1:1 `conversation`; refuses the frame if not.
+    fn is_participant(&mut self, conversation: &ConversationId) -> bool {
+        let member = conversation.has_participant(&self.user);
+        if !member {
+            self.reject(
+                ErrorCode::Forbidden,
+                "not a participant of that conversation",
+                None,
+            );
+        }
+        member
     }
 
     fn reject(&mut self, code: ErrorCode, reason: impl Into<String>, cid: Option<ClientMsgId>) {
