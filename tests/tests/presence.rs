@@ -161,6 +161,7 @@ async fn a_delivery_to_a_closed_socket_is_reported_and_the_recipient_counts_as_o
         body: "you just left".into(),
         ts: now_ms(),
         cursor: None,
+        event: None,
     };
     let delivery = Delivery {
         targets: vec![bob_conn],
@@ -177,7 +178,7 @@ async fn a_delivery_to_a_closed_socket_is_reported_and_the_recipient_counts_as_o
 
     let event = within(offline_events.next()).await.unwrap();
     let event: OfflineMessage = serde_json::from_slice(&event.payload).unwrap();
-    assert_eq!((event.user, event.id), (bob_id, message.id));
+    assert_eq!((event.users, event.id), (vec![bob_id], message.id));
     assert_eq!(
         stack.gateways[0]
             .metric("natter_gateway_undelivered_total")

@@ -29,6 +29,7 @@ async fn replay(conn: &mut Connection) -> (Vec<Message>, Synced) {
                     cursor,
                     recovered,
                     gap,
+                    ..
                 } => {
                     let synced = Synced {
                         cursor,
@@ -125,7 +126,7 @@ async fn an_offline_user_gets_every_message_and_resumes_after_partial_acks() {
     while announced < 1000 {
         let msg = within(offline_events.next()).await.unwrap();
         let event: OfflineMessage = serde_json::from_slice(&msg.payload).unwrap();
-        assert_eq!(event.user.as_str(), "bob");
+        assert_eq!(event.users, [UserId::new("bob").unwrap()]);
         assert!(all.contains(&event.id));
         announced += 1;
     }

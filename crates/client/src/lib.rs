@@ -172,8 +172,34 @@ impl Connection {
     pub async fn send(&mut self, to: &str, cid: &str, body: &str) -> Result<(), ClientError> {
         self.send_frame(&ClientFrame::Send {
             to: to.into(),
+            group: None,
             cid: cid.into(),
             body: body.into(),
+        })
+        .await
+    }
+
+    /// Sends a message to a group; `cid` is reused on retries.
+    pub async fn send_group(
+        &mut self,
+        group: &str,
+        cid: &str,
+        body: &str,
+    ) -> Result<(), ClientError> {
+        self.send_frame(&ClientFrame::Send {
+            to: String::new(),
+            group: Some(group.into()),
+            cid: cid.into(),
+            body: body.into(),
+        })
+        .await
+    }
+
+    /// Asks for a group operation; the answer carries `qid`.
+    pub async fn group(&mut self, qid: &str, op: protocol::GroupOp) -> Result<(), ClientError> {
+        self.send_frame(&ClientFrame::Group {
+            qid: qid.into(),
+            op,
         })
         .await
     }

@@ -23,6 +23,10 @@ pub enum ErrorCode {
     Forbidden = 1004,
     /// Too many sends are waiting for their `sent`; wait for some before sending more.
     TooManyInFlight = 1005,
+    /// The group (or the member, or the message) does not exist.
+    NotFound = 1006,
+    /// The group has reached its member limit.
+    GroupFull = 1007,
     /// A backend is unavailable; retry the same frame with the same `cid`.
     Unavailable = 1500,
 }
@@ -50,6 +54,8 @@ impl TryFrom<u16> for ErrorCode {
             1003 => BodyTooLarge,
             1004 => Forbidden,
             1005 => TooManyInFlight,
+            1006 => NotFound,
+            1007 => GroupFull,
             1500 => Unavailable,
             other => return Err(format!("unknown error code {other}")),
         })
@@ -126,6 +132,8 @@ mod tests {
             ErrorCode::BodyTooLarge,
             ErrorCode::Forbidden,
             ErrorCode::TooManyInFlight,
+            ErrorCode::NotFound,
+            ErrorCode::GroupFull,
             ErrorCode::Unavailable,
         ] {
             assert_eq!(ErrorCode::try_from(u16::from(c)), Ok(c));

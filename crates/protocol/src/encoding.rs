@@ -161,6 +161,7 @@ mod tests {
             f,
             ClientFrame::Send {
                 to: "bob".into(),
+                group: None,
                 cid: "c1".into(),
                 body: "hi".into()
             }
@@ -183,6 +184,49 @@ mod tests {
             panic!()
         };
         assert_eq!(t, r#"{"type":"error","code":1002,"reason":"bad"}"#);
+    }
+
+    #[test]
+    fn group_frames_are_flat_in_both_encodings() {
+        let create = Encoding::Json
+            .decode_client(
+                br#"{"type":"group","qid":"q1","op":"create","name":"Team","members":["bob"]}"#,
+                true,
+            )
+            .unwrap();
+        assert_eq!(
+            create,
+            ClientFrame::Group {
+                qid: "q1".into(),
+                op: crate::GroupOp::Create {
+                    name: "Team".into(),
+                    members: vec!["bob".into()],
+                },
+            }
+        );
+        let mine = Encoding::Json
+            .decode_client(br#"{"type":"group","qid":"q2","op":"mine"}"#, true)
+            .unwrap();
+        assert_eq!(
+            mine,
+            ClientFrame::Group {
+                qid: "q2".into(),
+                op: crate::GroupOp::Mine,
+            }
+        );
+        let send = Encoding::Json
+            .decode_client(
+                br#"{"type":"send","group":"team","cid":"c1","body":"hi"}"#,
+                true,
+            )
+            .unwrap();
+        assert!(matches!(send, ClientFrame::Send { ref to, group: Some(_), .. } if to.is_empty()));
+        for f in [create, mine, send] {
+            let Encoded::Binary(b) = Encoding::MsgPack.encode_client(&f) else {
+                panic!()
+            };
+            assert_eq!(Encoding::MsgPack.decode_client(&b, false).unwrap(), f);
+        }
     }
 
     #[test]
@@ -217,6 +261,7 @@ mod tests {
             body: "hé".into(),
             ts: 1,
             cursor: Some("17-5".parse().unwrap()),
+            event: None,
         });
         for f in [
             m,
@@ -224,6 +269,7 @@ mod tests {
                 cursor: "17-9".parse().unwrap(),
                 recovered: false,
                 gap: Some(crate::SyncGap::Trimmed),
+                history: vec!["g:big".parse().unwrap()],
             },
             ServerFrame::Presence {
                 user: UserId::new("bob").unwrap(),

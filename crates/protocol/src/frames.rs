@@ -7,15 +7,20 @@ use serde::{Deserialize, Serialize};
 
 use crate::codes::ErrorCode;
 use crate::cursor::{Cursor, SyncGap};
-use crate::ids::{ClientMsgId, ConnId, ConversationId, MessageId, UserId};
+use crate::groups::{GroupEvent, GroupInfo, GroupOp, Member};
+use crate::ids::{ClientMsgId, ConnId, ConversationId, GroupId, MessageId, UserId};
 
 /// A frame from a client to the gateway.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientFrame {
-    /// Send a 1:1 message. `cid` is the client's own id, reused on retries.
+    /// Send a message to a user (`to`) or to a group (`group`): exactly one of the two.
+    /// `cid` is the client's own id, reused on retries.
     Send {
+        #[serde(default, skip_serializing_if = "String::is_empty")]
         to: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        group: Option<String>,
         cid: String,
         body: String,
     },
@@ -54,6 +59,19 @@ pub enum ClientFrame {
     /// Watch the presence of these users (people you share a conversation with). Answered
     /// with one `presence` frame per user, then another whenever one of them changes.
     Presence { users: Vec<String> },
+    /// A group operation (create, rename, add, remove, leave, set_role, info, mine,
+    /// members), answered with `group`, `groups` or `group_members` carrying the same `qid`.
+    Group {
+        qid: String,
+        #[serde(flatten)]
+        op: GroupOp,
+    },
+    /// Who received and who read message `id` of a group conversation (the sender asks).
+    Receipts {
+        qid: String,
+        conversation: String,
+        id: String,
+    },
     /// Application heartbeat; `ts` is echoed in the `pong`.
     Ping {
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -72,6 +90,8 @@ impl ClientFrame {
         "conversations",
         "sync",
         "presence",
+        "group",
+        "receipts",
         "ping",
     ];
 }
@@ -85,6 +105,7 @@ pub struct Message {
     pub to: UserId,
     /// The sender's client message id.
     pub cid: ClientMsgId,
+    /// The text; for a system event, a readable summary of it ("alice added bob").
     pub body: String,
     /// Server time of acceptance, milliseconds since the Unix epoch.
     pub ts: u64,
@@ -92,6 +113,9 @@ pub struct Message {
     /// absent in history pages and in the stream itself).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cursor: Option<Cursor>,
+    /// Set on a group's system messages: the membership change they record (`from` made it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<GroupEvent>,
 }
 
 /// One entry of a user's conversation list.
@@ -168,6 +192,10 @@ pub enum ServerFrame {
         recovered: bool,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         gap: Option<SyncGap>,
+        /// Large groups of the user, which replays leave out: fetch their `history` after
+        /// the newest message the device has (fan-out on read).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        history: Vec<ConversationId>,
     },
     /// `user` is online (one of their devices is connected) or not; `last_seen` is when their
     /// last device disconnected, milliseconds since the Unix epoch (absent: never seen).
@@ -176,6 +204,36 @@ pub enum ServerFrame {
         online: bool,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         last_seen: Option<u64>,
+    },
+    /// Answer to a `group` operation: the group as the asking user now sees it.
+    Group { qid: ClientMsgId, group: GroupInfo },
+    /// Answer to `group` `mine`: the user's groups.
+    Groups {
+        qid: ClientMsgId,
+        groups: Vec<GroupInfo>,
+    },
+    /// Answer to `group` `members`: a page of members by user id; `more` says whether
+    /// further members follow (ask again with `after` set to the last user).
+    GroupMembers {
+        qid: ClientMsgId,
+        group: GroupId,
+        members: Vec<Member>,
+        more: bool,
+    },
+    /// Answer to `receipts`: how many of the group's other members received (`delivered`)
+    /// and read (`seen`) the message, of `recipients`; and who, for groups up to the
+    /// server's `receipt_lists_max` members (absent above it).
+    Receipts {
+        qid: ClientMsgId,
+        conversation: ConversationId,
+        id: MessageId,
+        recipients: u32,
+        delivered: u32,
+        seen: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        delivered_by: Option<Vec<UserId>>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seen_by: Option<Vec<UserId>>,
     },
     /// Answer to `conversations`.
     Conversations {

@@ -6,6 +6,7 @@ pub mod codes;
 pub mod cursor;
 pub mod encoding;
 pub mod frames;
+pub mod groups;
 pub mod ids;
 pub mod payloads;
 pub mod subjects;
@@ -14,6 +15,7 @@ pub use codes::{CloseCode, ErrorCode};
 pub use cursor::{Cursor, SyncGap};
 pub use encoding::{DecodeError, Encoding};
 pub use frames::{ClientFrame, ServerFrame};
+pub use groups::{GroupEvent, GroupInfo, GroupOp, Member, Role};
 pub use ids::{
     ClientMsgId, ConnId, ConversationId, GatewayId, GroupId, IdError, MessageId, UserId,
 };

@@ -6,14 +6,17 @@ use serde::{Deserialize, Serialize};
 use crate::frames::{Message, ServerFrame};
 use crate::ids::{ConnId, ConversationId, GatewayId, MessageId, UserId};
 
-/// `natter.chat.send` request: a user sends a 1:1 message. Answered with a
-/// [`ServerFrame::Sent`] or [`ServerFrame::Error`].
+/// `natter.chat.send` request: a user sends a message to a user (`to`) or a group (`group`),
+/// exactly one of the two. Answered with a [`ServerFrame::Sent`] or [`ServerFrame::Error`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SendRequest {
     /// The authenticated sender. Gateways fill it from the token; integrators are trusted by
     /// their NATS permissions.
     pub from: UserId,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub to: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
     pub cid: String,
     pub body: String,
     /// The device that sent it; it gets `sent` instead of an echo of the message.
@@ -29,6 +32,11 @@ pub struct StoredMessage {
     pub message: Message,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin: Option<ConnId>,
+    /// On a group's system message: the revision of the `natter_groups` bucket that holds
+    /// the change. The router applies it before routing anything written after it, so a
+    /// removed member gets nothing sent after the removal and an added one everything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groups_revision: Option<u64>,
 }
 
 /// `natter.gw.<gateway>.deliver`: one frame for a list of connections on one gateway.
@@ -92,14 +100,44 @@ pub struct Undelivered {
     pub from: UserId,
 }
 
-/// `natter.user.offline_message`: `user` has a new message and none of their devices is
-/// online. The notifier batches these into digests; integrators may send their own pushes.
+/// `natter.user.offline_message`: a new message reached `users`, none of whose devices is
+/// online. One event per message (a group message to many offline members is split into
+/// events of at most [`OfflineMessage::MAX_USERS`] users). The notifier batches these into
+/// digests; integrators may send their own pushes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OfflineMessage {
-    pub user: UserId,
+    pub users: Vec<UserId>,
     pub conversation: ConversationId,
     pub id: MessageId,
     pub from: UserId,
+    /// The group's name, for a group message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_name: Option<String>,
+    /// When the message was accepted, milliseconds since the Unix epoch.
+    pub ts: u64,
+}
+
+impl OfflineMessage {
+    pub const MAX_USERS: usize = 1000;
+}
+
+/// `natter.chat.group` request: `user` asks for a group operation. Answered with a
+/// [`ServerFrame::Group`], [`ServerFrame::Groups`], [`ServerFrame::GroupMembers`] or
+/// [`ServerFrame::Error`] carrying the same `qid`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupRequest {
+    pub user: UserId,
+    pub qid: crate::ids::ClientMsgId,
+    #[serde(flatten)]
+    pub op: crate::groups::GroupOp,
+}
+
+/// `natter.chat.notify`: route `frame` to every connected device of `users` (at most once).
+/// The history service uses it to tell group senders who received and read their messages.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Notify {
+    pub users: Vec<UserId>,
+    pub frame: ServerFrame,
 }
 
 /// `natter.presence.<user>` event and value of `<user>` in the `natter_presence` bucket.
@@ -168,4 +206,9 @@ pub enum HistoryQuery {
     },
     /// The user's conversation list, most recently active first.
     Conversations { limit: u32 },
+    /// Who of a group received and read message `id` (see [`ServerFrame::Receipts`]).
+    Receipts {
+        conversation: ConversationId,
+        id: MessageId,
+    },
 }

@@ -1,7 +1,7 @@
 //! Every NATS subject, stream, consumer and KV bucket natter uses. This is the only place that
 //! formats a subject; `subjects.md` documents the same names, and a test keeps them in step.
 
-use crate::ids::{ClientMsgId, ConnId, ConversationId, GatewayId, UserId};
+use crate::ids::{ClientMsgId, ConnId, ConversationId, GatewayId, GroupId, UserId};
 
 /// Request/reply: send a message (gateways and integrators → chat).
 pub const CHAT_SEND: &str = "natter.chat.send";
@@ -15,6 +15,10 @@ pub const CHAT_UNDELIVERED: &str = "natter.chat.undelivered";
 /// Publish: a message reached a user none of whose devices is online (chat → the notifier
 /// and any integrator sending pushes).
 pub const USER_OFFLINE_MESSAGE: &str = "natter.user.offline_message";
+/// Request/reply: group operations (gateways and integrators → chat).
+pub const CHAT_GROUP: &str = "natter.chat.group";
+/// Publish: route a frame to every device of some users (history → chat), at most once.
+pub const CHAT_NOTIFY: &str = "natter.chat.notify";
 /// Queue group shared by all chat service instances.
 pub const CHAT_QUEUE: &str = "natter-chat";
 
@@ -44,6 +48,9 @@ pub const SESSIONS_STREAM: &str = "KV_natter_sessions";
 pub const GATEWAYS_BUCKET: &str = "natter_gateways";
 /// KV bucket: per user, online or not and when last seen (written by the presence role).
 pub const PRESENCE_BUCKET: &str = "natter_presence";
+/// KV bucket: group metadata (`<group>`) and membership (`<group>.<user>`), written by the
+/// chat service's group operations and watched by chat and history.
+pub const GROUPS_BUCKET: &str = "natter_groups";
 /// Durable consumer on [`SESSIONS_STREAM`] that turns session changes into user presence.
 pub const PRESENCE_CONSUMER: &str = "natter-presence";
 
@@ -87,6 +94,16 @@ pub fn session_key(user: &UserId, gateway: &GatewayId, conn: ConnId) -> String {
     format!("{user}.{gateway}.{conn}")
 }
 
+/// `<group>`: a group's metadata key in [`GROUPS_BUCKET`].
+pub fn group_key(group: &GroupId) -> String {
+    group.to_string()
+}
+
+/// `<group>.<user>`: a membership key in [`GROUPS_BUCKET`].
+pub fn member_key(group: &GroupId, user: &UserId) -> String {
+    format!("{group}.{user}")
+}
+
 /// `<gateway>`: a gateway's lease key in [`GATEWAYS_BUCKET`].
 pub fn lease_key(gateway: &GatewayId) -> String {
     gateway.to_string()
@@ -122,6 +139,10 @@ pub fn catalogue() -> Vec<String> {
         "natter.msg.dm.<user>.*".into(),
         "natter.msg.dm.*.<user>".into(),
         CHAT_UNDELIVERED.into(),
+        CHAT_GROUP.into(),
+        CHAT_NOTIFY.into(),
+        GROUPS_BUCKET.into(),
+        "<group>.<user>".into(),
         USER_OFFLINE_MESSAGE.into(),
         PRESENCE_BUCKET.into(),
         PRESENCE_CONSUMER.into(),

@@ -116,8 +116,10 @@ impl Ingest {
                 body: req.body,
                 ts: id.timestamp_ms(),
                 cursor: None,
+                event: None,
             },
             origin: req.origin,
+            groups_revision: None,
         };
         let mut headers = HeaderMap::new();
         headers.insert(

@@ -119,10 +119,12 @@ impl Router {
         if targets.is_empty() {
             self.metrics.offline_recipients.inc();
             let offline = OfflineMessage {
-                user: message.to.clone(),
+                users: vec![message.to.clone()],
                 conversation: message.conversation.clone(),
                 id: message.id,
                 from: message.from.clone(),
+                group_name: None,
+                ts: message.ts,
             };
             self.publish_offline(&offline).await;
         }

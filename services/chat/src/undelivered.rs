@@ -31,10 +31,12 @@ pub async fn serve(
         if report.user != report.from && router.view.routes_of(&report.user).is_empty() {
             router.metrics.offline_recipients.inc();
             let offline = OfflineMessage {
-                user: report.user,
+                users: vec![report.user],
                 conversation: report.conversation,
                 id: report.id,
                 from: report.from,
+                group_name: None,
+                ts: report.id.timestamp_ms(),
             };
             router.publish_offline(&offline).await;
         }

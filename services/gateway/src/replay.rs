@@ -261,6 +261,7 @@ fn done(head: Cursor, gap: Option<SyncGap>) -> Turn {
             cursor: head,
             recovered: gap.is_none(),
             gap,
+            history: Vec::new(),
         }],
         next: None,
         head: Some(head.seq),

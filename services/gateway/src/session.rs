@@ -16,10 +16,12 @@ use futures::{SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use protocol::frames::{ClientFrame, ServerFrame};
-use protocol::payloads::{HistoryQuery, HistoryRequest, Receipt, ReceiptKind, SendRequest, Typing};
+use protocol::payloads::{
+    GroupRequest, HistoryQuery, HistoryRequest, Receipt, ReceiptKind, SendRequest, Typing,
+};
 use protocol::{
-    ClientMsgId, CloseCode, ConnId, ConversationId, DecodeError, Encoding, ErrorCode, MessageId,
-    UserId, subjects,
+    ClientMsgId, CloseCode, ConnId, ConversationId, DecodeError, Encoding, ErrorCode, GroupId,
+    MessageId, UserId, subjects,
 };
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -257,7 +259,18 @@ impl Session {
 
     fn on_frame(&mut self, frame: ClientFrame) -> Step {
         match frame {
-            ClientFrame::Send { to, cid, body } => self.on_send(to, cid, body),
+            ClientFrame::Send {
+                to,
+                group,
+                cid,
+                body,
+            } => self.on_send(to, group, cid, body),
+            ClientFrame::Group { qid, op } => self.on_group(qid, op),
+            ClientFrame::Receipts {
+                qid,
+                conversation,
+                id,
+            } => self.on_receipts(qid, conversation, id),
             ClientFrame::Ack { conversation, id } => {
                 return self.on_receipt(ReceiptKind::Delivered, conversation, id);
             }
@@ -512,9 +525,51 @@ impl Session {
         self.start_query(qid, query);
     }
 
+    /// Group operations are the chat service's; it authorises them.
+    fn on_group(&mut self, qid: String, op: protocol::GroupOp) {
+        let Ok(qid) = ClientMsgId::new(&qid) else {
+            return self.reject(ErrorCode::InvalidId, "qid is not a valid id", None);
+        };
+        let request = GroupRequest {
+            user: self.user.clone(),
+            qid: qid.clone(),
+            op,
+        };
+        let payload = serde_json::to_vec(&request).expect("group request to JSON");
+        self.start_request(qid, subjects::CHAT_GROUP, payload);
+    }
+
+    fn on_receipts(&mut self, qid: String, conversation: String, id: String) {
+        let Ok(qid) = ClientMsgId::new(&qid) else {
+            return self.reject(ErrorCode::InvalidId, "qid is not a valid id", None);
+        };
+        let (Ok(conversation), Ok(id)) = (
+            conversation.parse::<ConversationId>(),
+            id.parse::<MessageId>(),
+        ) else {
+            self.shared.metrics.bad_frames.inc();
+            let frame =
+                ServerFrame::query_error(ErrorCode::InvalidId, "invalid conversation or id", qid);
+            return self.queue(&frame);
+        };
+        self.start_query(qid, HistoryQuery::Receipts { conversation, id });
+    }
+
     /// Asks the history service; the answer (or an error with the same qid) is queued when it
     /// arrives. Authorisation is the history service's: it knows group membership.
     fn start_query(&mut self, qid: ClientMsgId, query: HistoryQuery) {
+        let request = HistoryRequest {
+            user: self.user.clone(),
+            qid: qid.clone(),
+            query,
+        };
+        let payload = serde_json::to_vec(&request).expect("history request to JSON");
+        self.start_request(qid, subjects::HISTORY_QUERY, payload);
+    }
+
+    /// Sends a request whose answer is a frame for the client, queued when it arrives (an
+    /// error carrying `qid` if the service does not answer in time).
+    fn start_request(&mut self, qid: ClientMsgId, subject: &'static str, payload: Vec<u8>) {
         if self
             .queries
             .as_ref()
@@ -527,16 +582,10 @@ impl Session {
             );
             return self.queue(&frame);
         }
-        let request = HistoryRequest {
-            user: self.user.clone(),
-            qid: qid.clone(),
-            query,
-        };
-        let payload = serde_json::to_vec(&request).expect("history request to JSON");
         let nats = self.shared.nats.clone();
         let timeout = Duration::from_millis(self.shared.config.send_timeout_ms);
         let fut: Query =
-            Box::pin(async move { vec![query_history(nats, payload, timeout, qid).await] });
+            Box::pin(async move { vec![ask(nats, subject, payload, timeout, qid).await] });
         self.queries
             .get_or_insert_with(FuturesUnordered::new)
             .push(fut);
@@ -546,7 +595,7 @@ impl Session {
         self.queries.as_ref().is_some_and(|q| !q.is_empty())
     }
 
-    fn on_send(&mut self, to: String, cid: String, body: String) {
+    fn on_send(&mut self, to: String, group: Option<String>, cid: String, body: String) {
         let Ok(cid) = ClientMsgId::new(&cid) else {
             return self.reject(
                 ErrorCode::InvalidId,
@@ -554,8 +603,15 @@ impl Session {
                 None,
             );
         };
-        if UserId::new(&to).is_err() {
-            return self.reject(ErrorCode::InvalidId, "to is not a valid user id", Some(cid));
+        match &group {
+            None if UserId::new(&to).is_err() => {
+                return self.reject(ErrorCode::InvalidId, "to is not a valid user id", Some(cid));
+            }
+            Some(g) if !to.is_empty() || GroupId::new(g).is_err() => {
+                let reason = "give a valid group id, or to, not both";
+                return self.reject(ErrorCode::InvalidId, reason, Some(cid));
+            }
+            _ => {}
         }
         if body.len() > self.shared.config.max_body_bytes {
             let reason = format!("body exceeds {} bytes", self.shared.config.max_body_bytes);
@@ -572,6 +628,7 @@ impl Session {
         let request = SendRequest {
             from: self.user.clone(),
             to,
+            group,
             cid: cid.to_string(),
             body,
             origin: Some(self.conn),
@@ -739,27 +796,21 @@ async fn next_answer(queries: &mut Option<FuturesUnordered<Query>>) -> Option<Ve
 }
 
 /// Asks the history service; an error with the same qid if it does not answer.
-async fn query_history(
+/// One request to a service whose answer is a frame for the client.
+async fn ask(
     nats: async_nats::Client,
+    subject: &'static str,
     payload: Vec<u8>,
     timeout: Duration,
     qid: ClientMsgId,
 ) -> ServerFrame {
-    let answer = tokio::time::timeout(
-        timeout,
-        nats.request(subjects::HISTORY_QUERY, payload.into()),
-    )
-    .await;
+    let answer = tokio::time::timeout(timeout, nats.request(subject, payload.into())).await;
     match answer {
         Ok(Ok(reply)) => match serde_json::from_slice::<ServerFrame>(&reply.payload) {
             Ok(frame) => frame,
-            Err(_) => ServerFrame::query_error(ErrorCode::Unavailable, "history failed", qid),
+            Err(_) => ServerFrame::query_error(ErrorCode::Unavailable, "service failed", qid),
         },
-        _ => ServerFrame::query_error(
-            ErrorCode::Unavailable,
-            "history service unavailable; retry",
-            qid,
-        ),
+        _ => ServerFrame::query_error(ErrorCode::Unavailable, "service unavailable; retry", qid),
     }
 }
 
@@ -782,7 +833,15 @@ async fn shares_conversation(shared: &Shared, me: &UserId, other: &UserId) -> Re
     };
     let payload = serde_json::to_vec(&request).expect("history request to JSON");
     let timeout = Duration::from_millis(shared.config.send_timeout_ms);
-    match query_history(shared.nats.clone(), payload, timeout, qid).await {
+    match ask(
+        shared.nats.clone(),
+        subjects::HISTORY_QUERY,
+        payload,
+        timeout,
+        qid,
+    )
+    .await
+    {
         ServerFrame::History { messages, .. } => Ok(!messages.is_empty()),
         _ => Err(()),
     }

@@ -75,6 +75,9 @@ async fn answer<S: Store>(cache: &HistoryCache<S>, payload: &[u8]) -> ServerFram
         )
     };
     match request.query {
+        HistoryQuery::Receipts { .. } => {
+            ServerFrame::query_error(ErrorCode::NotFound, "receipts are not answered yet", qid)
+        }
         HistoryQuery::Conversations { limit } => {
             let limit = limit.clamp(1, MAX_PAGE) as usize;
             match cache.store().conversations(&request.user, limit).await {

@@ -82,6 +82,7 @@ async fn a_writer_killed_mid_batch_loses_nothing_and_duplicates_nothing() {
         let stored = StoredMessage {
             message: m.clone(),
             origin: None,
+            groups_revision: None,
         };
         js.publish(
             subjects::message(&c),

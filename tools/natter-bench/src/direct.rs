@@ -184,6 +184,7 @@ async fn relay_run(
         body: String::new(),
         ts: 0,
         cursor: None,
+        event: None,
     };
     let total = expected * pairs as u64;
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));

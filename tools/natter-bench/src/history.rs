@@ -182,6 +182,7 @@ async fn writer_lag(json: bool) -> anyhow::Result<()> {
                 let stored = StoredMessage {
                     message: m,
                     origin: None,
+                    groups_revision: None,
                 };
                 let payload = serde_json::to_vec(&stored).unwrap();
                 acks.push(

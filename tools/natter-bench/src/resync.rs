@@ -65,8 +65,10 @@ async fn backlog(stack: &Stack, from: &str, to: &[String], n: usize) -> anyhow::
                     body: format!("backlog message {i}, about as long as a chat line"),
                     ts: id.timestamp_ms(),
                     cursor: None,
+                    event: None,
                 },
                 origin: None,
+                groups_revision: None,
             };
             let payload = serde_json::to_vec(&stored)?;
             acks.push(

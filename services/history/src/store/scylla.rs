@@ -119,6 +119,7 @@ fn to_message(
         body,
         ts: ts as u64,
         cursor: None,
+        event: None,
     })
 }
 

@@ -23,6 +23,7 @@ pub fn message(from: &str, conversation: &ConversationId, to: &str, ts: u64, seq
         body: format!("{from} says {seq}"),
         ts,
         cursor: None,
+        event: None,
     }
 }
 
