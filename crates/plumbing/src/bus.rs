@@ -147,6 +147,25 @@ pub async fn ensure_presence_buckets(
     })
 }
 
+/// Creates the groups bucket if it does not exist yet: group records and memberships.
+pub async fn ensure_groups_bucket(
+    js: &jetstream::Context,
+    cfg: &BusConfig,
+) -> anyhow::Result<kv::Store> {
+    ensure_bucket(
+        js,
+        kv::Config {
+            bucket: subjects::GROUPS_BUCKET.into(),
+            description: "groups: <group> → metadata, <group>.<user> → membership".into(),
+            history: 1,
+            storage: jetstream::stream::StorageType::File,
+            num_replicas: cfg.replicas,
+            ..Default::default()
+        },
+    )
+    .await
+}
+
 async fn ensure_bucket(js: &jetstream::Context, config: kv::Config) -> anyhow::Result<kv::Store> {
     if let Ok(store) = js.get_key_value(&config.bucket).await {
         return Ok(store);

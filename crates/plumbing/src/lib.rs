@@ -3,6 +3,7 @@
 
 pub mod bus;
 pub mod config;
+pub mod kv_follow;
 pub mod metrics;
 pub mod nats_server;
 pub mod roles;

@@ -95,7 +95,7 @@ pub enum GroupOp {
     /// Make a member an admin or a plain member again (owner only).
     SetRole {
         group: String,
-        user: String,
+        member: String,
         role: Role,
     },
     /// The group's details.

@@ -51,6 +51,8 @@ pub const PRESENCE_BUCKET: &str = "natter_presence";
 /// KV bucket: group metadata (`<group>`) and membership (`<group>.<user>`), written by the
 /// chat service's group operations and watched by chat and history.
 pub const GROUPS_BUCKET: &str = "natter_groups";
+/// The JetStream stream behind [`GROUPS_BUCKET`].
+pub const GROUPS_STREAM: &str = "KV_natter_groups";
 /// Durable consumer on [`SESSIONS_STREAM`] that turns session changes into user presence.
 pub const PRESENCE_CONSUMER: &str = "natter-presence";
 
@@ -142,6 +144,7 @@ pub fn catalogue() -> Vec<String> {
         CHAT_GROUP.into(),
         CHAT_NOTIFY.into(),
         GROUPS_BUCKET.into(),
+        GROUPS_STREAM.into(),
         "<group>.<user>".into(),
         USER_OFFLINE_MESSAGE.into(),
         PRESENCE_BUCKET.into(),

@@ -229,6 +229,15 @@ pub struct RunningChat {
 }
 
 impl RunningChat {
+    /// The value of one of its counters.
+    pub fn metric(&self, name: &str) -> u64 {
+        self.metrics
+            .render()
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no metric {name}"))
+    }
+
     /// Kills it at once, as a crash would.
     pub fn kill(&mut self) {
         if let Some(handle) = self.handle.take() {
@@ -449,6 +458,25 @@ pub async fn eventually(what: &str, patience: Duration, mut done: impl AsyncFnMu
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// The answer to the query `qid` (a `group`, `history`, `receipts` or `conversations`
+/// frame, or an error carrying the qid), skipping other frames.
+pub async fn answer(conn: &mut Connection, qid: &str) -> ServerFrame {
+    expect_frame(conn, |f| {
+        let q = match f {
+            ServerFrame::Group { qid, .. }
+            | ServerFrame::Groups { qid, .. }
+            | ServerFrame::GroupMembers { qid, .. }
+            | ServerFrame::History { qid, .. }
+            | ServerFrame::Receipts { qid, .. }
+            | ServerFrame::Conversations { qid, .. } => qid,
+            ServerFrame::Error { qid: Some(qid), .. } => qid,
+            _ => return None,
+        };
+        (q.as_str() == qid).then(|| f.clone())
+    })
+    .await
 }
 
 /// Reads frames until one matches `pick`, failing after [`PATIENCE`].

@@ -22,6 +22,14 @@ pub struct ChatConfig {
     pub router_batch: usize,
     /// How long a routed message may stay unacknowledged before it is routed again.
     pub router_ack_wait_ms: u64,
+    /// The most members a group may have.
+    pub max_group_members: usize,
+    /// Groups with more members than this are large: left out of `sync` replays, so their
+    /// members catch up from history (fan-out on read). See `docs/protocol.md`.
+    pub large_group_members: usize,
+    /// Typing indicators are shown in groups up to this many members (beyond it they would
+    /// cost more than they tell).
+    pub typing_group_members: usize,
 }
 
 impl Default for ChatConfig {
@@ -34,6 +42,9 @@ impl Default for ChatConfig {
             presence_sweep_ms: 1_000,
             router_batch: 512,
             router_ack_wait_ms: 30_000,
+            max_group_members: 500,
+            large_group_members: 1_000,
+            typing_group_members: 256,
         }
     }
 }

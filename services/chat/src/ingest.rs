@@ -10,14 +10,16 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use async_nats::HeaderMap;
-use async_nats::jetstream;
+use async_nats::jetstream::{self, kv};
+use groups::{GroupView, membership};
 use protocol::frames::{Message, ServerFrame};
 use protocol::payloads::{SendRequest, StoredMessage};
-use protocol::{ClientMsgId, ConversationId, ErrorCode, MessageId, UserId, subjects};
+use protocol::{ClientMsgId, ConversationId, ErrorCode, GroupId, UserId, subjects};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::ChatConfig;
+use crate::ids::MessageIds;
 use crate::metrics::ChatMetrics;
 
 pub struct Ingest {
@@ -26,9 +28,9 @@ pub struct Ingest {
     pub js: jetstream::Context,
     pub stream: jetstream::stream::Stream,
     pub metrics: ChatMetrics,
-    /// Message ids of this instance are strictly increasing, also within one millisecond,
-    /// so id order is acceptance order (history pages sort by id).
-    pub ids: std::sync::Mutex<ulid::Generator>,
+    pub ids: Arc<MessageIds>,
+    pub groups: GroupView,
+    pub groups_bucket: kv::Store,
 }
 
 /// Joins the chat queue group on send requests.
@@ -89,23 +91,15 @@ impl Ingest {
         let Ok(cid) = ClientMsgId::new(&req.cid) else {
             return ServerFrame::error(ErrorCode::InvalidId, "cid is not a valid id", None);
         };
-        let Ok(to) = UserId::new(&req.to) else {
-            return ServerFrame::error(
-                ErrorCode::InvalidId,
-                "to is not a valid user id",
-                Some(cid),
-            );
-        };
         if req.body.len() > self.config.max_body_bytes {
             let reason = format!("body exceeds {} bytes", self.config.max_body_bytes);
             return ServerFrame::error(ErrorCode::BodyTooLarge, reason, Some(cid));
         }
-        let conversation = ConversationId::direct(&req.from, &to);
-        let id = {
-            let mut ids = self.ids.lock().unwrap();
-            // Fails only after 2^80 ids in one millisecond; a fresh ULID is then still unique.
-            MessageId(ids.generate().unwrap_or_else(|_| ulid::Ulid::new()))
+        let (conversation, to) = match self.addressee(&req).await {
+            Ok(addressee) => addressee,
+            Err((code, reason)) => return ServerFrame::error(code, reason, Some(cid)),
         };
+        let id = self.ids.next();
         let stored = StoredMessage {
             message: Message {
                 id,
@@ -171,6 +165,40 @@ impl Ingest {
                 Some(cid),
             ),
         }
+    }
+
+    /// The conversation of a send and its `to`: the recipient, or for a group the group id
+    /// (which has the same alphabet as a user id). Only members may post to a group.
+    async fn addressee(
+        &self,
+        req: &SendRequest,
+    ) -> Result<(ConversationId, UserId), (ErrorCode, &'static str)> {
+        let Some(group) = &req.group else {
+            let to = UserId::new(&req.to)
+                .map_err(|_| (ErrorCode::InvalidId, "to is not a valid user id"))?;
+            return Ok((ConversationId::direct(&req.from, &to), to));
+        };
+        let (Ok(group), true) = (GroupId::new(group), req.to.is_empty()) else {
+            return Err((
+                ErrorCode::InvalidId,
+                "give a valid group id, or to, not both",
+            ));
+        };
+        let member = self.groups.is_member(&group, &req.from)
+            || membership(&self.groups_bucket, &group, &req.from)
+                .await
+                .map_err(|_| {
+                    (
+                        ErrorCode::Unavailable,
+                        "group directory unavailable; retry with the same cid",
+                    )
+                })?
+                .is_some();
+        if !member {
+            return Err((ErrorCode::Forbidden, "not a member of this group"));
+        }
+        let to = UserId::new(group.as_str()).expect("a group id is a valid user id");
+        Ok((ConversationId::group(&group), to))
     }
 
     /// The message stored at `sequence` (the original of a duplicate).

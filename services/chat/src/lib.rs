@@ -4,8 +4,11 @@
 //! Instances share the work through a NATS queue group and a shared durable consumer.
 
 mod config;
+mod group_ops;
+mod ids;
 mod ingest;
 mod metrics;
+mod notify;
 mod presence_view;
 mod receipts;
 mod router;

@@ -11,6 +11,8 @@ pub struct ChatMetrics {
     pub persist_latency: Histogram,
     pub routed: Counter,
     pub gateway_publishes: Counter,
+    pub message_publishes: Counter,
+    pub group_operations: Counter,
     pub receipts: Counter,
     pub offline_recipients: Counter,
     pub undelivered: Counter,
@@ -38,6 +40,14 @@ impl ChatMetrics {
             gateway_publishes: m.counter(
                 "natter_chat_gateway_publishes_total",
                 "per-gateway delivery publishes (one per gateway per event)",
+            ),
+            message_publishes: m.counter(
+                "natter_chat_message_publishes_total",
+                "per-gateway publishes of routed messages (one per gateway per message)",
+            ),
+            group_operations: m.counter(
+                "natter_chat_group_operations_total",
+                "group operations that changed a group",
             ),
             receipts: m.counter("natter_chat_receipts_total", "receipts routed to senders"),
             offline_recipients: m.counter(

@@ -17,10 +17,9 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
-use futures::StreamExt;
+use plumbing::kv_follow::Progress;
 use protocol::payloads::GatewayLease;
 use protocol::{ConnId, GatewayId, UserId, subjects};
-use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -68,40 +67,6 @@ pub struct PresenceView {
     link: Link,
 }
 
-/// How far the view has applied one bucket: its highest revision applied.
-#[derive(Clone)]
-struct Progress {
-    applied: watch::Receiver<u64>,
-}
-
-impl Progress {
-    /// Starts following `bucket`: replays its history, then applies changes until `stop`.
-    async fn follow(
-        js: &jetstream::Context,
-        bucket: &kv::Store,
-        name: &str,
-        state: Arc<RwLock<State>>,
-        apply: fn(&mut State, &kv::Entry),
-        stop: CancellationToken,
-    ) -> anyhow::Result<Self> {
-        let mut stream = js.get_stream(format!("KV_{name}")).await?;
-        let info = stream.info().await?.state.clone();
-        let last = info.last_sequence;
-        // With nothing to replay, the view is as fresh as the bucket's last revision;
-        // otherwise it is once the replay is done (see `apply_changes`).
-        let (applied_tx, applied) = watch::channel(if info.messages == 0 { last } else { 0 });
-        let watch = bucket.watch_with_history(">").await?;
-        tokio::spawn(apply_changes(state, watch, apply, applied_tx, last, stop));
-        Ok(Self { applied })
-    }
-
-    /// Waits until the change with revision `rev` is applied (at most `patience`).
-    async fn reach(&self, rev: u64, patience: Duration) {
-        let mut applied = self.applied.clone();
-        let _ = tokio::time::timeout(patience, applied.wait_for(|r| *r >= rev)).await;
-    }
-}
-
 impl PresenceView {
     /// Loads the current presence and keeps it up to date until `stop`.
     pub async fn start(
@@ -125,8 +90,7 @@ impl PresenceView {
             js,
             &buckets.sessions,
             subjects::SESSIONS_BUCKET,
-            state.clone(),
-            apply_session,
+            applier(&state, apply_session),
             stop.clone(),
         )
         .await?;
@@ -134,8 +98,7 @@ impl PresenceView {
             js,
             &buckets.gateways,
             subjects::GATEWAYS_BUCKET,
-            state.clone(),
-            apply_lease,
+            applier(&state, apply_lease),
             stop.clone(),
         )
         .await?;
@@ -158,25 +121,39 @@ impl PresenceView {
 
     /// The live sessions of `user`.
     pub fn routes_of(&self, user: &UserId) -> Vec<Route> {
+        let mut routes = Vec::new();
+        self.routes_of_all([user], |r| routes.push(r.clone()));
+        routes
+    }
+
+    /// Calls `each` with every live session of `users` (under one lock, for a group's
+    /// members), and returns the users who have none.
+    pub fn routes_of_all<'a>(
+        &self,
+        users: impl IntoIterator<Item = &'a UserId>,
+        mut each: impl FnMut(&Route),
+    ) -> Vec<&'a UserId> {
         rebase_after_reconnect(&self.state, &self.link);
         let state = self.state.read().unwrap();
         let now = Instant::now();
-        state
-            .sessions
-            .get(user)
-            .map(|routes| {
-                routes
-                    .iter()
-                    .filter(|r| {
-                        state
-                            .leases
-                            .get(&r.gateway)
-                            .is_some_and(|l| l.expires > now && r.conn > l.boot)
-                    })
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default()
+        let live = |r: &&Route| {
+            state
+                .leases
+                .get(&r.gateway)
+                .is_some_and(|l| l.expires > now && r.conn > l.boot)
+        };
+        let mut offline = Vec::new();
+        for user in users {
+            let mut online = false;
+            for route in state.sessions.get(user).into_iter().flatten().filter(live) {
+                online = true;
+                each(route);
+            }
+            if !online {
+                offline.push(user);
+            }
+        }
+        offline
     }
 
     /// Waits until the view has applied a registration: its session key's revision and the
@@ -207,7 +184,7 @@ impl PresenceView {
 
     /// Waits until the sessions-bucket change with revision `rev` is applied.
     pub async fn reach_session_revision(&self, rev: u64, patience: Duration) {
-        self.sessions.reach(rev, patience).await
+        self.sessions.reach(rev, patience).await;
     }
 }
 
@@ -219,42 +196,13 @@ fn parse_session_key(key: &str) -> Option<(UserId, GatewayId, ConnId)> {
     parts.next().is_none().then_some((user, gateway, conn))
 }
 
-/// Applies a bucket's changes to the view until `stop`, publishing the revision applied.
-async fn apply_changes(
-    state: Arc<RwLock<State>>,
-    mut watch: kv::Watch,
+/// `apply` as a bucket follower: under the view's write lock.
+fn applier(
+    state: &Arc<RwLock<State>>,
     apply: fn(&mut State, &kv::Entry),
-    applied: watch::Sender<u64>,
-    initial_last: u64,
-    stop: CancellationToken,
-) {
-    loop {
-        let entry = tokio::select! {
-            _ = stop.cancelled() => return,
-            next = watch.next() => match next {
-                Some(Ok(entry)) => entry,
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "presence watch error");
-                    continue;
-                }
-                None => return,
-            },
-        };
-        apply(&mut state.write().unwrap(), &entry);
-        // Once the replay is done, everything up to the bucket's last revision at start is in.
-        let rev = if entry.delta == 0 {
-            entry.revision.max(initial_last)
-        } else {
-            entry.revision
-        };
-        applied.send_if_modified(|cur| {
-            let newer = rev > *cur;
-            if newer {
-                *cur = rev;
-            }
-            newer
-        });
-    }
+) -> impl FnMut(&kv::Entry) + Send + 'static {
+    let state = state.clone();
+    move |entry| apply(&mut state.write().unwrap(), entry)
 }
 
 fn apply_session(s: &mut State, entry: &kv::Entry) {

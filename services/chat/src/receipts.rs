@@ -1,5 +1,7 @@
 //! Routing receipts on `natter.chat.receipt`: a recipient's device acknowledged (DELIVERED) or
-//! the recipient read (SEEN) a message; the sender's devices are told.
+//! the recipient read (SEEN) a 1:1 message; the sender's devices are told. Group receipts are
+//! the history service's: it keeps each member's markers and tells the senders (through
+//! `natter.chat.notify`), since it knows who sent which message.
 
 use std::sync::Arc;
 
@@ -21,6 +23,9 @@ pub async fn serve(
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
     while let Some(receipt) = plumbing::bus::next_json::<Receipt>(&mut sub, &stop).await {
+        if receipt.conversation.group_id().is_some() {
+            continue;
+        }
         // Only a participant may report on a conversation; the peer is the sender.
         let Some(sender) = receipt.conversation.peer_of(&receipt.by) else {
             tracing::warn!(by = %receipt.by, "receipt for a foreign conversation");

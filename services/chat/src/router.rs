@@ -17,13 +17,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
+use groups::GroupView;
 use protocol::frames::ServerFrame;
 use protocol::payloads::{Delivery, DeliveryOrder, OfflineMessage, SessionMarker, StoredMessage};
-use protocol::{ConnId, Cursor, GatewayId, UserId, subjects};
+use protocol::{ConnId, Cursor, GatewayId, GroupEvent, UserId, subjects};
 use tokio_util::sync::CancellationToken;
 
+use crate::config::ChatConfig;
 use crate::metrics::ChatMetrics;
-use crate::presence_view::PresenceView;
+use crate::presence_view::{PresenceView, Route};
 
 /// How long routing waits at a session marker for the presence view to apply it.
 const PRESENCE_PATIENCE: Duration = Duration::from_millis(500);
@@ -34,6 +36,8 @@ const RETRY_DELAY: Duration = Duration::from_millis(200);
 pub struct Router {
     pub nats: async_nats::Client,
     pub view: PresenceView,
+    pub groups: GroupView,
+    pub config: ChatConfig,
     pub metrics: ChatMetrics,
     /// The messages stream's epoch, for the cursors stamped on deliveries.
     pub epoch: u64,
@@ -109,36 +113,77 @@ pub async fn serve(
 
 impl Router {
     /// Routes one message; `false` if `stop` came while a publish was failing.
+    ///
+    /// The recipients are the peer and the sender (other devices) of a 1:1 message, or the
+    /// members of a group; their live sessions are grouped by gateway, and each gateway gets
+    /// one publish listing its targets, whatever the number of members there.
     async fn route(&self, stored: StoredMessage, seq: u64, stop: &CancellationToken) -> bool {
         let mut message = stored.message;
         message.cursor = Some(Cursor {
             epoch: self.epoch,
             seq,
         });
-        let mut targets = self.view.routes_of(&message.to);
-        if targets.is_empty() {
-            self.metrics.offline_recipients.inc();
-            let offline = OfflineMessage {
-                users: vec![message.to.clone()],
-                conversation: message.conversation.clone(),
-                id: message.id,
-                from: message.from.clone(),
-                group_name: None,
-                ts: message.ts,
-            };
-            self.publish_offline(&offline).await;
-        }
-        if message.from != message.to {
-            targets.extend(self.view.routes_of(&message.from));
-        }
         let mut by_gateway: HashMap<GatewayId, Vec<ConnId>> = HashMap::new();
-        for route in targets {
-            if Some(route.conn) == stored.origin {
-                continue;
+        let mut target = |route: &Route| {
+            if Some(route.conn) != stored.origin {
+                by_gateway
+                    .entry(route.gateway.clone())
+                    .or_default()
+                    .push(route.conn);
             }
-            let conns = by_gateway.entry(route.gateway).or_default();
-            if !conns.contains(&route.conn) {
-                conns.push(route.conn);
+        };
+        let mut group_name = None;
+        let offline: Vec<UserId> = match message.conversation.group_id() {
+            None => {
+                let mut recipients = vec![&message.to];
+                if message.from != message.to {
+                    recipients.push(&message.from);
+                }
+                let offline = self.view.routes_of_all(recipients, &mut target);
+                offline
+                    .into_iter()
+                    .filter(|u| **u == message.to && message.to != message.from)
+                    .cloned()
+                    .collect()
+            }
+            Some(group) => {
+                if let Some(rev) = stored.groups_revision {
+                    self.groups.reach(rev, PRESENCE_PATIENCE).await;
+                }
+                let members = self.groups.members(&group);
+                // Whoever a system message removes still gets it, to learn of it.
+                let former = match &message.event {
+                    Some(GroupEvent::Removed { users }) => users.clone(),
+                    Some(GroupEvent::Left) => vec![message.from.clone()],
+                    _ => Vec::new(),
+                };
+                let offline = self
+                    .view
+                    .routes_of_all(members.iter().chain(&former), &mut target);
+                group_name = self.groups.record(&group).map(|r| r.name);
+                match message.event {
+                    // Membership changes are not worth a push.
+                    Some(_) => Vec::new(),
+                    None => offline
+                        .into_iter()
+                        .filter(|u| **u != message.from)
+                        .cloned()
+                        .collect(),
+                }
+            }
+        };
+        if !offline.is_empty() {
+            self.metrics.offline_recipients.add(offline.len() as u64);
+            for users in offline.chunks(OfflineMessage::MAX_USERS) {
+                let event = OfflineMessage {
+                    users: users.to_vec(),
+                    conversation: message.conversation.clone(),
+                    id: message.id,
+                    from: message.from.clone(),
+                    group_name: group_name.clone(),
+                    ts: message.ts,
+                };
+                self.publish_offline(&event).await;
             }
         }
         self.metrics.routed.inc();
@@ -152,6 +197,7 @@ impl Router {
             };
             let order = DeliveryOrder { run: self.run, n };
             let payload = delivery_payload(targets, &frame, Some(order));
+            self.metrics.message_publishes.inc();
             while !self.publish(&gateway, payload.clone()).await {
                 tokio::select! {
                     _ = stop.cancelled() => return false,
@@ -177,13 +223,22 @@ impl Router {
     /// Routes a frame to every session of `user` (receipts and typing: at most once, as
     /// documented in subjects.md).
     pub async fn notify_user(&self, user: &UserId, frame: ServerFrame) {
+        self.notify_users([user], frame).await
+    }
+
+    /// Routes a frame to every session of `users`, one publish per gateway.
+    pub async fn notify_users<'a>(
+        &self,
+        users: impl IntoIterator<Item = &'a UserId>,
+        frame: ServerFrame,
+    ) {
         let mut by_gateway: HashMap<GatewayId, Vec<ConnId>> = HashMap::new();
-        for route in self.view.routes_of(user) {
+        self.view.routes_of_all(users, |route| {
             by_gateway
-                .entry(route.gateway)
+                .entry(route.gateway.clone())
                 .or_default()
-                .push(route.conn);
-        }
+                .push(route.conn)
+        });
         for (gateway, targets) in by_gateway {
             self.publish(&gateway, delivery_payload(targets, &frame, None))
                 .await;

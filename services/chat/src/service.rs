@@ -3,13 +3,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use groups::GroupView;
 use plumbing::BusConfig;
 use plumbing::roles::Roles;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ChatConfig;
+use crate::group_ops::{self, GroupOps};
+use crate::ids::MessageIds;
 use crate::ingest::{self, Ingest};
 use crate::metrics::ChatMetrics;
+use crate::notify;
 use crate::presence_view::PresenceView;
 use crate::receipts;
 use crate::router::{self, Router};
@@ -38,6 +42,9 @@ impl Chat {
         let metrics = ChatMetrics::new();
         let mut roles = Roles::new(&shutdown);
         let stop = roles.stop();
+        let groups_bucket = plumbing::bus::ensure_groups_bucket(&js, bus).await?;
+        let groups = GroupView::start(&js, &groups_bucket, stop.clone()).await?;
+        let ids = Arc::new(MessageIds::default());
 
         if config.route {
             let buckets = plumbing::bus::ensure_presence_buckets(&js, bus).await?;
@@ -47,6 +54,8 @@ impl Chat {
             let router = Arc::new(Router {
                 nats: nats.clone(),
                 view,
+                groups: groups.clone(),
+                config: config.clone(),
                 metrics: metrics.clone(),
                 epoch,
                 run: ulid::Ulid::new().random() as u64,
@@ -64,6 +73,8 @@ impl Chat {
             roles.spawn(typing::serve(router.clone(), sub, stop.clone()));
             let sub = undelivered::subscribe(&nats).await?;
             roles.spawn(undelivered::serve(router.clone(), sub, stop.clone()));
+            let sub = notify::subscribe(&nats).await?;
+            roles.spawn(notify::serve(router.clone(), sub, stop.clone()));
             let role = Arc::new(UserPresenceRole {
                 nats: nats.clone(),
                 view: router.view.clone(),
@@ -74,6 +85,17 @@ impl Chat {
             roles.spawn(user_presence::serve(role, consumer, stop.clone()));
         }
         if config.ingest {
+            let sub = group_ops::subscribe(&nats).await?;
+            let ops = Arc::new(GroupOps {
+                config: config.clone(),
+                nats: nats.clone(),
+                js: js.clone(),
+                bucket: groups_bucket.clone(),
+                view: groups.clone(),
+                ids: ids.clone(),
+                metrics: metrics.clone(),
+            });
+            roles.spawn(group_ops::serve(ops, sub, stop.clone()));
             let sub = ingest::subscribe(&nats).await?;
             let ingest = Arc::new(Ingest {
                 config: config.clone(),
@@ -81,7 +103,9 @@ impl Chat {
                 js,
                 stream,
                 metrics: metrics.clone(),
-                ids: std::sync::Mutex::new(ulid::Generator::new()),
+                ids,
+                groups,
+                groups_bucket,
             });
             roles.spawn(ingest::serve(ingest, sub, stop.clone()));
         }

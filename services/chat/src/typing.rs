@@ -1,11 +1,12 @@
-//! Routing typing indicators on `natter.chat.typing` to the other participant's devices.
+//! Routing typing indicators on `natter.chat.typing` to the other participant's devices, or
+//! to the other members of a group (groups up to `typing_group_members`).
 //! Ephemeral by design: nothing is stored, nothing is retried.
 
 use std::sync::Arc;
 
 use protocol::frames::ServerFrame;
 use protocol::payloads::Typing;
-use protocol::subjects;
+use protocol::{UserId, subjects};
 use tokio_util::sync::CancellationToken;
 
 use crate::router::Router;
@@ -21,14 +22,31 @@ pub async fn serve(
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
     while let Some(typing) = plumbing::bus::next_json::<Typing>(&mut sub, &stop).await {
-        let Some(peer) = typing.conversation.peer_of(&typing.by) else {
-            continue;
+        let recipients: Vec<UserId> = match typing.conversation.group_id() {
+            None => typing
+                .conversation
+                .peer_of(&typing.by)
+                .into_iter()
+                .collect(),
+            Some(group) => {
+                let members = router.groups.members(&group);
+                if members.len() > router.config.typing_group_members
+                    || !members.contains(&typing.by)
+                {
+                    continue;
+                }
+                members
+                    .iter()
+                    .filter(|m| **m != typing.by)
+                    .cloned()
+                    .collect()
+            }
         };
         let frame = ServerFrame::Typing {
             conversation: typing.conversation,
             by: typing.by,
         };
-        router.notify_user(&peer, frame).await;
+        router.notify_users(&recipients, frame).await;
     }
     Ok(())
 }

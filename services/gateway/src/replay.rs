@@ -6,11 +6,16 @@
 //! removed when a device acknowledges, so several devices each catch up from their own
 //! cursor, and a device that disconnects half-way resumes where it stopped.
 //!
-//! The user's two filters (first or second participant) are read by two consumers, one filter
-//! each, merged by stream sequence: JetStream recomputes a multi-filter consumer's pending
-//! count against every subject of the stream, which made a reconnect storm three times
-//! slower than two single-filter consumers (measured with 2,000 replays over 5,000
-//! conversations).
+//! The user's two 1:1 filters (first or second participant) are read by two consumers, one
+//! filter each, merged by stream sequence: JetStream recomputes a multi-filter consumer's
+//! pending count against every subject of the stream, which made a reconnect storm three
+//! times slower than two single-filter consumers (measured with 2,000 replays over 5,000
+//! conversations). The user's groups, asked of the chat service when a replay starts, are
+//! read by a third consumer with one literal filter per group.
+//!
+//! Large groups are left out (fan-out on read): a group of thousands would make every
+//! member's replay walk its traffic, so `synced` lists them instead and the device fetches
+//! their history, which the store serves from the group's day buckets.
 //!
 //! A replay is gap-free or it is refused: `synced` says `recovered: false` (with the reason)
 //! when the cursor is missing, names another incarnation of the stream, lies in the future,
@@ -29,8 +34,10 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer};
 use futures::StreamExt;
 use protocol::frames::ServerFrame;
-use protocol::payloads::StoredMessage;
-use protocol::{Cursor, SyncGap, UserId, subjects};
+use protocol::payloads::{GroupRequest, StoredMessage};
+use protocol::{
+    ClientMsgId, ConversationId, Cursor, GroupInfo, GroupOp, SyncGap, UserId, subjects,
+};
 use tokio::sync::Semaphore;
 
 /// How long an abandoned replay consumer lives on the server.
@@ -41,6 +48,8 @@ const TURN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Replay limits and the gateway-wide bound on concurrent replays.
 pub struct Replayer {
     pub js: jetstream::Context,
+    /// How long the chat service may take to list the user's groups.
+    pub groups_timeout: Duration,
     /// The most messages one replay sends; above it the device resyncs from history.
     pub max_messages: u64,
     /// Messages read per turn.
@@ -62,6 +71,8 @@ pub struct Reading {
     stream: jetstream::stream::Stream,
     sources: Vec<Source>,
     head: Cursor,
+    /// The large groups, for `synced`.
+    history: Vec<ConversationId>,
 }
 
 /// One filter's consumer and the messages read from it but not sent yet.
@@ -111,27 +122,28 @@ impl Replayer {
             Some(c) if c.seq > head.seq => Some(SyncGap::FutureCursor),
             // Messages between the cursor and the stream's first were trimmed.
             Some(c) if c.seq + 1 < info.state.first_sequence => Some(SyncGap::Trimmed),
-            Some(c) if c.seq == head.seq => return Ok(done(head, None)),
+            Some(c) if c.seq == head.seq => return Ok(done(head, None, Vec::new())),
             Some(_) => None,
         };
         if let Some(gap) = gap {
-            return Ok(done(head, Some(gap)));
+            return Ok(done(head, Some(gap), Vec::new()));
         }
         let from = cursor.expect("no gap means a cursor").seq + 1;
-        let filters = subjects::user_messages(&user);
-        let (a, b) = tokio::join!(
-            open(&stream, &filters[0], from),
-            open(&stream, &filters[1], from)
-        );
-        let sources = match (a, b) {
-            (Ok(a), Ok(b)) => vec![a, b],
-            (a, b) => {
-                for source in [a, b].into_iter().flatten() {
-                    discard(&stream, source);
-                }
-                anyhow::bail!("could not open the replay");
+        let (small, history) = self.groups_of(&user).await?;
+        let [a, b] = subjects::user_messages(&user);
+        let mut filters = vec![vec![a], vec![b]];
+        if !small.is_empty() {
+            filters.push(small.iter().map(subjects::message).collect());
+        }
+        let opened =
+            futures::future::join_all(filters.iter().map(|f| open(&stream, f, from))).await;
+        if opened.iter().any(Result::is_err) {
+            for source in opened.into_iter().flatten() {
+                discard(&stream, source);
             }
-        };
+            anyhow::bail!("could not open the replay");
+        }
+        let sources: Vec<Source> = opened.into_iter().flatten().collect();
         // Pending counts matching messages from the cursor on, including any written since
         // `head`: an upper bound of what this replay sends.
         let pending: u64 = sources
@@ -142,10 +154,12 @@ impl Replayer {
             stream,
             sources,
             head,
+            history,
         };
         if pending > self.max_messages {
+            let history = reading.history.clone();
             reading.discard();
-            return Ok(done(head, Some(SyncGap::TooMany)));
+            return Ok(done(head, Some(SyncGap::TooMany), history));
         }
         let mut turn = self.read(reading).await?;
         turn.head = Some(head.seq);
@@ -170,8 +184,9 @@ impl Replayer {
                 .min_by_key(|s| s.buffered[0].0)
             else {
                 let head = reading.head;
+                let history = std::mem::take(&mut reading.history);
                 reading.discard();
-                let mut turn = done(head, None);
+                let mut turn = done(head, None, history);
                 frames.append(&mut turn.frames);
                 turn.frames = frames;
                 return Ok(turn);
@@ -189,6 +204,37 @@ impl Replayer {
             next: Some(Replay::Reading(Box::new(reading))),
             head: None,
         })
+    }
+}
+
+impl Replayer {
+    /// The user's groups as conversations: those replayed, and the large ones left to
+    /// history.
+    async fn groups_of(
+        &self,
+        user: &UserId,
+    ) -> anyhow::Result<(Vec<ConversationId>, Vec<ConversationId>)> {
+        let request = GroupRequest {
+            user: user.clone(),
+            qid: ClientMsgId::new("sync").expect("valid id"),
+            op: GroupOp::Mine,
+        };
+        let payload = serde_json::to_vec(&request).expect("group request to JSON");
+        let reply = tokio::time::timeout(
+            self.groups_timeout,
+            self.js
+                .client()
+                .request(subjects::CHAT_GROUP, payload.into()),
+        )
+        .await
+        .map_err(|_| anyhow::anyhow!("the chat service did not list the user's groups"))??;
+        let ServerFrame::Groups { groups, .. } = serde_json::from_slice(&reply.payload)? else {
+            anyhow::bail!("the chat service could not list the user's groups");
+        };
+        let (large, small): (Vec<GroupInfo>, Vec<GroupInfo>) =
+            groups.into_iter().partition(|g| g.large);
+        let conversations = |gs: Vec<GroupInfo>| gs.into_iter().map(|g| g.conversation).collect();
+        Ok((conversations(small), conversations(large)))
     }
 }
 
@@ -228,15 +274,20 @@ impl Reading {
     }
 }
 
-/// A consumer of one filter, from `from` on.
+/// A consumer of some subjects, from `from` on.
 async fn open(
     stream: &jetstream::stream::Stream,
-    filter: &str,
+    filters: &[String],
     from: u64,
 ) -> anyhow::Result<Source> {
+    let (filter_subject, filter_subjects) = match filters {
+        [one] => (one.clone(), Vec::new()),
+        many => (String::new(), many.to_vec()),
+    };
     let consumer = stream
         .create_consumer(consumer::pull::Config {
-            filter_subject: filter.to_string(),
+            filter_subject,
+            filter_subjects,
             deliver_policy: consumer::DeliverPolicy::ByStartSequence {
                 start_sequence: from,
             },
@@ -255,13 +306,13 @@ async fn open(
     })
 }
 
-fn done(head: Cursor, gap: Option<SyncGap>) -> Turn {
+fn done(head: Cursor, gap: Option<SyncGap>, history: Vec<ConversationId>) -> Turn {
     Turn {
         frames: vec![ServerFrame::Synced {
             cursor: head,
             recovered: gap.is_none(),
             gap,
-            history: Vec::new(),
+            history,
         }],
         next: None,
         head: Some(head.seq),

@@ -109,6 +109,7 @@ impl Gateway {
         let routed_from = reregister::stream_head(&js).await;
         let replayer = Replayer {
             js,
+            groups_timeout: Duration::from_millis(config.send_timeout_ms),
             max_messages: config.sync_max_messages,
             page: config.sync_page.max(1),
             permits: tokio::sync::Semaphore::new(config.sync_concurrency.max(1)),

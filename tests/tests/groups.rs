@@ -1,0 +1,411 @@
+//! End-to-end tests of group chats against a real nats-server, three gateways and the chat and
+//! history services: fan-out with one publish per gateway, catch-up of offline members,
+//! authorisation, removal, roles and limits, system events, large groups.
+
+use protocol::frames::{ClientFrame, Message, ServerFrame};
+use protocol::{
+    ConversationId, Cursor, ErrorCode, GroupEvent, GroupInfo, GroupOp, MessageId, Role,
+};
+use testkit::client::Connection;
+use testkit::{Stack, answer, expect_frame, within};
+
+/// Runs a group operation and returns the group it answers with; panics on an error.
+async fn op(conn: &mut Connection, qid: &str, op: GroupOp) -> GroupInfo {
+    conn.group(qid, op).await.unwrap();
+    match answer(conn, qid).await {
+        ServerFrame::Group { group, .. } => group,
+        other => panic!("group operation {qid} failed: {other:?}"),
+    }
+}
+
+/// Runs a group operation that must be refused, and returns the error code.
+async fn refused(conn: &mut Connection, qid: &str, op: GroupOp) -> ErrorCode {
+    conn.group(qid, op).await.unwrap();
+    match answer(conn, qid).await {
+        ServerFrame::Error { code, .. } => code,
+        other => panic!("expected {qid} to be refused, got {other:?}"),
+    }
+}
+
+/// Sends to a group and waits for `sent` (or the error answering it).
+async fn send(
+    conn: &mut Connection,
+    group: &GroupInfo,
+    cid: &str,
+    body: &str,
+) -> Result<MessageId, ErrorCode> {
+    conn.send_group(group.group.as_str(), cid, body)
+        .await
+        .unwrap();
+    expect_frame(conn, |f| match f {
+        ServerFrame::Sent { cid: c, id, .. } if c.as_str() == cid => Some(Ok(*id)),
+        ServerFrame::Error {
+            cid: Some(c), code, ..
+        } if c.as_str() == cid => Some(Err(*code)),
+        _ => None,
+    })
+    .await
+}
+
+async fn message(conn: &mut Connection) -> Message {
+    expect_frame(conn, |f| match f {
+        ServerFrame::Message(m) => Some(m.clone()),
+        _ => None,
+    })
+    .await
+}
+
+/// The newest messages of a conversation, or the error code.
+async fn history(
+    conn: &mut Connection,
+    qid: &str,
+    conversation: &ConversationId,
+) -> Result<Vec<Message>, ErrorCode> {
+    conn.send_frame(&ClientFrame::History {
+        qid: qid.into(),
+        conversation: conversation.to_string(),
+        before: None,
+        after: None,
+        limit: Some(100),
+    })
+    .await
+    .unwrap();
+    match answer(conn, qid).await {
+        ServerFrame::History { messages, .. } => Ok(messages),
+        ServerFrame::Error { code, .. } => Err(code),
+        other => panic!("unexpected answer {other:?}"),
+    }
+}
+
+/// Reads a replay to its `synced`: the messages, and the conversations left to history.
+async fn replay(conn: &mut Connection) -> (Vec<Message>, Vec<ConversationId>, bool) {
+    let mut messages = Vec::new();
+    within(async {
+        loop {
+            match conn.next_frame().await.expect("connection open") {
+                ServerFrame::Message(m) => messages.push(m),
+                ServerFrame::Synced {
+                    recovered, history, ..
+                } => return (messages, history, recovered),
+                _ => {}
+            }
+        }
+    })
+    .await
+}
+
+fn user(i: usize) -> String {
+    format!("u{i:03}")
+}
+
+#[tokio::test]
+async fn a_group_message_reaches_every_online_member_once_with_one_publish_per_gateway() {
+    let stack = Stack::new().gateways(3).start().await;
+    let mut owner = stack.connect(&user(0), 0).await;
+    let members: Vec<String> = (1..500).map(user).collect();
+    let group = op(
+        &mut owner,
+        "create",
+        GroupOp::Create {
+            name: "Five hundred".into(),
+            members,
+        },
+    )
+    .await;
+    assert_eq!(
+        (group.members, group.role, group.large),
+        (500, Some(Role::Owner), false)
+    );
+
+    // Where the stream stands before the message: the offline members' devices resume from
+    // here.
+    let mut probe = stack.resume(&user(499), 2, None).await;
+    let (_, _, _) = replay(&mut probe).await;
+    let before: Cursor = probe.cursor().expect("synced gives a cursor");
+    probe.close().await;
+
+    // 200 members online, spread over the three gateways (the owner is one of them).
+    let mut online = Vec::new();
+    for i in 1..200 {
+        online.push(stack.connect(&user(i), i % 3).await);
+    }
+    let publishes = stack.chats[0].metric("natter_chat_message_publishes_total");
+
+    let id = send(&mut owner, &group, "hello", "hello everyone")
+        .await
+        .unwrap();
+    for conn in &mut online {
+        let m = message(conn).await;
+        assert_eq!((m.id, m.body.as_str()), (id, "hello everyone"));
+    }
+    assert_eq!(
+        stack.chats[0].metric("natter_chat_message_publishes_total") - publishes,
+        3,
+        "one publish per gateway, not one per member"
+    );
+    // Exactly once: the next message each member gets is the next one sent.
+    let next = send(&mut owner, &group, "next", "second").await.unwrap();
+    for conn in &mut online {
+        assert_eq!(message(conn).await.id, next, "no duplicate of the first");
+    }
+
+    // The 300 offline members get both when they connect, from their devices' cursor.
+    for i in 200..500 {
+        let mut conn = stack.resume(&user(i), i % 3, Some(before)).await;
+        let (messages, history, recovered) = replay(&mut conn).await;
+        assert!(recovered && history.is_empty());
+        let ids: Vec<MessageId> = messages.iter().map(|m| m.id).collect();
+        assert_eq!(ids, [id, next], "{}", user(i));
+        conn.close().await;
+    }
+}
+
+#[tokio::test]
+async fn only_members_post_and_read_and_a_removed_member_stops_receiving_at_once() {
+    let stack = Stack::new().gateways(2).start().await;
+    let mut alice = stack.connect("alice", 0).await;
+    let mut bob = stack.connect("bob", 1).await;
+    let mut carol = stack.connect("carol", 1).await;
+    let mut mallory = stack.connect("mallory", 0).await;
+    let group = op(
+        &mut alice,
+        "create",
+        GroupOp::Create {
+            name: "Team".into(),
+            members: vec!["bob".into(), "carol".into()],
+        },
+    )
+    .await;
+    let c = group.conversation.clone();
+
+    // A stranger can neither post, nor read, nor look inside.
+    assert_eq!(
+        send(&mut mallory, &group, "m1", "let me in").await,
+        Err(ErrorCode::Forbidden)
+    );
+    assert_eq!(
+        history(&mut mallory, "h1", &c).await.err(),
+        Some(ErrorCode::Forbidden)
+    );
+    let info = GroupOp::Info {
+        group: group.group.to_string(),
+    };
+    assert_eq!(
+        refused(&mut mallory, "i1", info).await,
+        ErrorCode::Forbidden
+    );
+    let join = GroupOp::Add {
+        group: group.group.to_string(),
+        users: vec!["mallory".into()],
+        role: None,
+    };
+    assert_eq!(
+        refused(&mut mallory, "a1", join).await,
+        ErrorCode::Forbidden
+    );
+
+    // Members read the conversation, system events included.
+    let first = send(&mut bob, &group, "b1", "hi team").await.unwrap();
+    assert_eq!(message(&mut carol).await.id, first);
+    let seen = history(&mut bob, "h2", &c).await.unwrap();
+    assert!(
+        matches!(seen[0].event, Some(GroupEvent::Created { .. })),
+        "{seen:?}"
+    );
+    assert_eq!(seen.last().unwrap().id, first);
+
+    // Carol is removed: she hears of it, and of nothing sent after.
+    op(
+        &mut alice,
+        "remove",
+        GroupOp::Remove {
+            group: group.group.to_string(),
+            users: vec!["carol".into()],
+        },
+    )
+    .await;
+    let removal = message(&mut carol).await;
+    assert_eq!(
+        removal.event,
+        Some(GroupEvent::Removed {
+            users: vec![protocol::UserId::new("carol").unwrap()]
+        })
+    );
+    let after = send(&mut alice, &group, "a2", "carol is gone")
+        .await
+        .unwrap();
+    assert_eq!(message(&mut bob).await.event, removal.event);
+    assert_eq!(message(&mut bob).await.id, after);
+    // A 1:1 message sent after the group message reaches carol first: the group message
+    // never came (routing keeps stream order per gateway).
+    alice.send("carol", "dm1", "still friends").await.unwrap();
+    let next = message(&mut carol).await;
+    assert_eq!(next.body, "still friends");
+
+    // Nor can she post or read any more (decision: history is for current members only).
+    assert_eq!(
+        send(&mut carol, &group, "c1", "wait").await,
+        Err(ErrorCode::Forbidden)
+    );
+    assert_eq!(
+        history(&mut carol, "h3", &c).await.err(),
+        Some(ErrorCode::Forbidden)
+    );
+}
+
+#[tokio::test]
+async fn roles_decide_who_manages_and_the_member_limit_holds() {
+    let stack = Stack::new()
+        .chat_config(|c| c.max_group_members = 4)
+        .start()
+        .await;
+    let mut alice = stack.connect("alice", 0).await;
+    let mut bob = stack.connect("bob", 0).await;
+    let group = op(
+        &mut alice,
+        "create",
+        GroupOp::Create {
+            name: "Small".into(),
+            members: vec!["bob".into()],
+        },
+    )
+    .await;
+    let g = group.group.to_string();
+    let add = |users: &[&str], role| GroupOp::Add {
+        group: g.clone(),
+        users: users.iter().map(|u| u.to_string()).collect(),
+        role,
+    };
+
+    // A plain member manages nothing.
+    assert_eq!(
+        refused(&mut bob, "b1", add(&["carol"], None)).await,
+        ErrorCode::Forbidden
+    );
+    let rename = GroupOp::Rename {
+        group: g.clone(),
+        name: "Mine".into(),
+    };
+    assert_eq!(refused(&mut bob, "b2", rename).await, ErrorCode::Forbidden);
+
+    // The owner makes bob an admin; an admin adds members but not admins, and cannot remove
+    // the owner.
+    let promote = GroupOp::SetRole {
+        group: g.clone(),
+        member: "bob".into(),
+        role: Role::Admin,
+    };
+    op(&mut alice, "a1", promote).await;
+    let info = op(&mut bob, "b3", add(&["carol"], None)).await;
+    assert_eq!((info.members, info.role), (3, Some(Role::Admin)));
+    assert_eq!(
+        refused(&mut bob, "b4", add(&["dave"], Some(Role::Admin))).await,
+        ErrorCode::Forbidden
+    );
+    let oust = GroupOp::Remove {
+        group: g.clone(),
+        users: vec!["alice".into()],
+    };
+    assert_eq!(refused(&mut bob, "b5", oust).await, ErrorCode::Forbidden);
+
+    // Four is the limit.
+    assert_eq!(
+        refused(&mut bob, "b6", add(&["dave", "erin"], None)).await,
+        ErrorCode::GroupFull
+    );
+    assert_eq!(op(&mut bob, "b7", add(&["dave"], None)).await.members, 4);
+
+    // The owner leaves: the admin becomes owner; the group lists and members follow.
+    let left = op(&mut alice, "a2", GroupOp::Leave { group: g.clone() }).await;
+    assert_eq!(left.role, None);
+    bob.group(
+        "b8",
+        GroupOp::Members {
+            group: g.clone(),
+            after: None,
+            limit: Some(2),
+        },
+    )
+    .await
+    .unwrap();
+    let ServerFrame::GroupMembers { members, more, .. } = answer(&mut bob, "b8").await else {
+        panic!("members")
+    };
+    assert!(more);
+    assert_eq!(
+        (members[0].user.as_str(), members[0].role),
+        ("bob", Role::Owner)
+    );
+    bob.group("b9", GroupOp::Mine).await.unwrap();
+    let ServerFrame::Groups { groups, .. } = answer(&mut bob, "b9").await else {
+        panic!("mine")
+    };
+    assert_eq!(groups.len(), 1);
+    assert_eq!((groups[0].members, groups[0].role), (3, Some(Role::Owner)));
+    alice.group("a3", GroupOp::Mine).await.unwrap();
+    let ServerFrame::Groups { groups, .. } = answer(&mut alice, "a3").await else {
+        panic!("mine")
+    };
+    assert!(groups.is_empty());
+
+    // Garbage is refused with a reason, not a crash.
+    let bad = GroupOp::Add {
+        group: "no.such".into(),
+        users: vec![],
+        role: None,
+    };
+    assert_eq!(refused(&mut bob, "b10", bad).await, ErrorCode::InvalidId);
+    let unknown = GroupOp::Info {
+        group: "nosuchgroup".into(),
+    };
+    assert_eq!(refused(&mut bob, "b11", unknown).await, ErrorCode::NotFound);
+}
+
+#[tokio::test]
+async fn a_large_group_is_left_to_history_when_a_member_catches_up() {
+    let stack = Stack::new()
+        .chat_config(|c| c.large_group_members = 2)
+        .start()
+        .await;
+    let mut alice = stack.connect("alice", 0).await;
+    let small = op(
+        &mut alice,
+        "small",
+        GroupOp::Create {
+            name: "Pair".into(),
+            members: vec!["bob".into()],
+        },
+    )
+    .await;
+    let large = op(
+        &mut alice,
+        "large",
+        GroupOp::Create {
+            name: "Crowd".into(),
+            members: vec!["bob".into(), "carol".into()],
+        },
+    )
+    .await;
+    assert!(!small.large && large.large);
+
+    let mut bob = stack.resume("bob", 0, None).await;
+    replay(&mut bob).await;
+    let cursor = bob.cursor().unwrap();
+    bob.close().await;
+
+    let in_small = send(&mut alice, &small, "s1", "to the pair").await.unwrap();
+    let in_large = send(&mut alice, &large, "l1", "to the crowd")
+        .await
+        .unwrap();
+
+    let mut bob = stack.resume("bob", 0, Some(cursor)).await;
+    let (messages, history_of, recovered) = replay(&mut bob).await;
+    assert!(recovered);
+    assert_eq!(
+        messages.iter().map(|m| m.id).collect::<Vec<_>>(),
+        [in_small]
+    );
+    assert_eq!(history_of, [large.conversation.clone()]);
+    let fetched = history(&mut bob, "h", &large.conversation).await.unwrap();
+    assert_eq!(fetched.last().unwrap().id, in_large);
+}
