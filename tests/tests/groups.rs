@@ -405,7 +405,7 @@ async fn a_large_group_is_left_to_history_when_a_member_catches_up() {
         messages.iter().map(|m| m.id).collect::<Vec<_>>(),
         [in_small]
     );
-    assert_eq!(history_of, [large.conversation.clone()]);
+    assert_eq!(history_of, std::slice::from_ref(&large.conversation));
     let fetched = history(&mut bob, "h", &large.conversation).await.unwrap();
     assert_eq!(fetched.last().unwrap().id, in_large);
 }

@@ -5,11 +5,14 @@
 //! * `direct`: persisted 1:1 delivery latency (p50/p99/p99.9) at increasing offered rates,
 //!   next to a raw core-NATS relay measured in the same invocation as the ceiling;
 //! * `resync`: one device draining a large backlog from its cursor (next to a bare JetStream
-//!   read), and a reconnect storm of many devices resuming at once.
+//!   read), and a reconnect storm of many devices resuming at once;
+//! * `group`: fan-out in a group of 500 with 200 online over 3 gateways: latency to the last
+//!   member at fixed rates, and deliveries per second at saturation, next to a raw relay.
 //!
 //! `--json` prints one JSON object per measurement, one per line.
 
 mod direct;
+mod group;
 mod history;
 mod idle;
 mod resync;
@@ -52,6 +55,21 @@ enum Scenario {
     /// History store writes, "last 50" read latency (cache hit, embedded miss, CQL miss when
     /// NATTER_SCYLLA_URI is set) and the writer's lag at 5,000 msg/s.
     History,
+    /// Group fan-out: latency to the last online member, and deliveries/s at saturation.
+    Group {
+        /// Offered rates in group messages per second.
+        #[arg(long, value_delimiter = ',', default_value = "10,100")]
+        rates: Vec<u64>,
+        /// Seconds per rate, and of the saturation run.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Members sending at once in the saturation run.
+        #[arg(long, default_value_t = 8)]
+        senders: usize,
+        /// JetStream sync_interval of the nats-server: `always` or a duration like `2m`.
+        #[arg(long, default_value = "always")]
+        sync: String,
+    },
     /// Replay after being away: one device's backlog drain rate, and a reconnect storm.
     Resync {
         /// Messages waiting for the draining device.
@@ -78,6 +96,12 @@ async fn main() -> anyhow::Result<()> {
             sync,
         } => direct::run(&rates, seconds, pairs, &sync, cli.json).await,
         Scenario::History => history::run(cli.json).await,
+        Scenario::Group {
+            rates,
+            seconds,
+            senders,
+            sync,
+        } => group::run(&rates, seconds, senders, &sync, cli.json).await,
         Scenario::Resync {
             backlog,
             clients,
