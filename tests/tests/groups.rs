@@ -409,3 +409,88 @@ async fn a_large_group_is_left_to_history_when_a_member_catches_up() {
     let fetched = history(&mut bob, "h", &large.conversation).await.unwrap();
     assert_eq!(fetched.last().unwrap().id, in_large);
 }
+
+#[tokio::test]
+async fn a_group_of_ten_thousand_members_fans_out_and_pages() {
+    let stack = Stack::new()
+        .gateways(2)
+        .chat_config(|c| {
+            c.max_group_members = 20_000;
+            c.large_group_members = 5_000;
+        })
+        .start()
+        .await;
+    let name = |i: usize| format!("t{i:05}");
+    let mut owner = stack.connect(&name(0), 0).await;
+    let group = op(
+        &mut owner,
+        "create",
+        GroupOp::Create {
+            name: "Ten thousand".into(),
+            members: (1..1000).map(name).collect(),
+        },
+    )
+    .await;
+    for chunk in 1..10 {
+        let users = (chunk * 1000..(chunk + 1) * 1000).map(name).collect();
+        let add = GroupOp::Add {
+            group: group.group.to_string(),
+            users,
+            role: None,
+        };
+        op(&mut owner, &format!("add{chunk}"), add).await;
+    }
+    let info = op(
+        &mut owner,
+        "info",
+        GroupOp::Info {
+            group: group.group.to_string(),
+        },
+    )
+    .await;
+    assert_eq!((info.members, info.large), (10_000, true));
+
+    // Every member, once, across pages of 1,000.
+    let mut seen = std::collections::BTreeSet::new();
+    let mut after = None;
+    loop {
+        let qid = format!("page{}", seen.len());
+        owner
+            .group(
+                &qid,
+                GroupOp::Members {
+                    group: group.group.to_string(),
+                    after: after.clone(),
+                    limit: Some(1000),
+                },
+            )
+            .await
+            .unwrap();
+        let ServerFrame::GroupMembers { members, more, .. } = answer(&mut owner, &qid).await else {
+            panic!("members page")
+        };
+        after = members.last().map(|m| m.user.to_string());
+        seen.extend(members.into_iter().map(|m| m.user));
+        if !more {
+            break;
+        }
+    }
+    assert_eq!(seen.len(), 10_000);
+
+    // 40 members online on two gateways: one message, two publishes.
+    let mut online = Vec::new();
+    for i in 9_960..10_000 {
+        online.push(stack.connect(&name(i), i % 2).await);
+    }
+    let publishes = stack.chats[0].metric("natter_chat_message_publishes_total");
+    let id = send(&mut owner, &group, "big", "hello, crowd")
+        .await
+        .unwrap();
+    for conn in &mut online {
+        assert_eq!(message(conn).await.id, id);
+    }
+    assert_eq!(
+        stack.chats[0].metric("natter_chat_message_publishes_total") - publishes,
+        2
+    );
+}

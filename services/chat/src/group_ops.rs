@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
+use futures::StreamExt;
 use groups::{GroupRecord, GroupView, MemberRecord, group_record, membership};
 use protocol::frames::{Message, ServerFrame};
 use protocol::groups::MAX_GROUP_NAME_CHARS;
@@ -37,6 +38,8 @@ const MEMBERS_PAGE: u32 = 200;
 const MAX_MEMBERS_PAGE: u32 = 1000;
 /// How long an answer waits for this instance's view to show the change it made.
 const VIEW_PATIENCE: Duration = Duration::from_secs(2);
+/// Bucket writes one operation keeps in flight.
+const WRITES_AT_ONCE: usize = 64;
 /// Names listed in a system message's text before "and N others".
 const NAMES_IN_TEXT: usize = 10;
 
@@ -269,10 +272,11 @@ impl GroupOps {
             .create(subjects::group_key(&group), json(&record))
             .await
             .map_err(unavailable)?;
-        let mut rev = self.put_member(&group, &owner, Role::Owner, now).await?;
-        for user in &members {
-            rev = self.put_member(&group, user, Role::Member, now).await?;
-        }
+        let rev = self.put_member(&group, &owner, Role::Owner, now).await?;
+        let (members, last) = self
+            .create_members(&group, members, Role::Member, now)
+            .await?;
+        let rev = rev.max(last);
         let mut everyone = vec![owner.clone()];
         everyone.extend(members);
         let event = GroupEvent::Created {
@@ -332,21 +336,9 @@ impl GroupOps {
                 ),
             );
         }
-        let now = now_ms();
-        let mut added = Vec::new();
-        let mut rev = 0;
-        for user in newcomers {
-            let record = MemberRecord { role, since: now };
-            // `create` leaves a member the view had not seen yet as they are.
-            if let Ok(r) = self
-                .bucket
-                .create(subjects::member_key(&group, &user), json(&record))
-                .await
-            {
-                rev = r;
-                added.push(user);
-            }
-        }
+        let (added, rev) = self
+            .create_members(&group, newcomers, role, now_ms())
+            .await?;
         if !added.is_empty() {
             let event = GroupEvent::Added { users: added, role };
             self.record(&group, &actor, event, rev).await;
@@ -366,9 +358,21 @@ impl GroupOps {
             return refuse(ErrorCode::Forbidden, "to remove yourself, leave the group");
         }
         let users = user_ids(users, &actor)?;
+        let found: Vec<(UserId, anyhow::Result<Option<MemberRecord>>)> =
+            futures::stream::iter(users)
+                .map(|user| {
+                    let (bucket, group) = (self.bucket.clone(), group.clone());
+                    async move {
+                        let m = membership(&bucket, &group, &user).await;
+                        (user, m)
+                    }
+                })
+                .buffered(WRITES_AT_ONCE)
+                .collect()
+                .await;
         let mut targets = Vec::new();
-        for user in users {
-            match membership(&self.bucket, &group, &user).await? {
+        for (user, member) in found {
+            match member? {
                 None => {}
                 Some(m) if m.role == Role::Owner => {
                     return refuse(ErrorCode::Forbidden, "the owner cannot be removed");
@@ -380,11 +384,17 @@ impl GroupOps {
             }
         }
         if !targets.is_empty() {
-            for user in &targets {
-                self.bucket
-                    .delete(subjects::member_key(&group, user))
-                    .await
-                    .map_err(unavailable)?;
+            let deleted: Vec<_> = futures::stream::iter(targets.clone())
+                .map(|user| {
+                    let bucket = self.bucket.clone();
+                    let key = subjects::member_key(&group, &user);
+                    async move { bucket.delete(key).await }
+                })
+                .buffer_unordered(WRITES_AT_ONCE)
+                .collect()
+                .await;
+            if let Some(Err(e)) = deleted.into_iter().find(Result::is_err) {
+                return Err(unavailable(e));
             }
             let rev = self.revision_after_write().await?;
             let event = GroupEvent::Removed { users: targets };
@@ -489,6 +499,40 @@ impl GroupOps {
             );
         }
         Ok(role)
+    }
+
+    /// Adds new members, many writes at once; a key that exists already (a member the view
+    /// had not seen yet) is left as it is. Returns who was added and the last revision.
+    async fn create_members(
+        &self,
+        group: &GroupId,
+        users: Vec<UserId>,
+        role: Role,
+        now: u64,
+    ) -> Result<(Vec<UserId>, u64), Refused> {
+        let value = json(&MemberRecord { role, since: now });
+        let results: Vec<(UserId, Result<u64, kv::CreateError>)> = futures::stream::iter(users)
+            .map(|user| {
+                let (bucket, value) = (self.bucket.clone(), value.clone());
+                let key = subjects::member_key(group, &user);
+                async move { (user, bucket.create(key, value).await) }
+            })
+            .buffered(WRITES_AT_ONCE)
+            .collect()
+            .await;
+        let mut added = Vec::new();
+        let mut rev = 0;
+        for (user, result) in results {
+            match result {
+                Ok(r) => {
+                    rev = rev.max(r);
+                    added.push(user);
+                }
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+                Err(e) => return Err(unavailable(e)),
+            }
+        }
+        Ok((added, rev))
     }
 
     async fn put_member(
