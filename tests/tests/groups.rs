@@ -494,3 +494,116 @@ async fn a_group_of_ten_thousand_members_fans_out_and_pages() {
         2
     );
 }
+
+/// The answer to a `receipts` query: (recipients, delivered, seen, delivered_by, seen_by).
+async fn receipts(
+    conn: &mut Connection,
+    qid: &str,
+    group: &GroupInfo,
+    id: MessageId,
+) -> Result<(u32, u32, u32, Vec<String>, Vec<String>), ErrorCode> {
+    conn.send_frame(&ClientFrame::Receipts {
+        qid: qid.into(),
+        conversation: group.conversation.to_string(),
+        id: id.to_string(),
+    })
+    .await
+    .unwrap();
+    let names = |users: &Option<Vec<protocol::UserId>>| {
+        let mut names: Vec<String> = users.iter().flatten().map(|u| u.to_string()).collect();
+        names.sort();
+        names
+    };
+    match answer(conn, qid).await {
+        ServerFrame::Receipts {
+            recipients,
+            delivered,
+            seen,
+            delivered_by,
+            seen_by,
+            ..
+        } => Ok((
+            recipients,
+            delivered,
+            seen,
+            names(&delivered_by),
+            names(&seen_by),
+        )),
+        ServerFrame::Error { code, .. } => Err(code),
+        other => panic!("unexpected answer {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn the_sender_sees_who_received_and_read_a_group_message() {
+    let stack = Stack::new().gateways(2).start().await;
+    let mut alice = stack.connect("alice", 0).await;
+    let mut bob = stack.connect("bob", 1).await;
+    let mut carol = stack.connect("carol", 0).await;
+    let mut dave = stack.connect("dave", 1).await;
+    let mut mallory = stack.connect("mallory", 1).await;
+    let group = op(
+        &mut alice,
+        "create",
+        GroupOp::Create {
+            name: "Receipts".into(),
+            members: vec!["bob".into(), "carol".into(), "dave".into()],
+        },
+    )
+    .await;
+    let id = send(&mut alice, &group, "m1", "did you get this?")
+        .await
+        .unwrap();
+    let c = group.conversation.clone();
+    for member in [&mut bob, &mut carol, &mut dave] {
+        assert_eq!(message(member).await.id, id);
+    }
+
+    // Bob's device has it: alice is told, and the counts say so.
+    bob.ack(&c, id).await.unwrap();
+    let by = expect_frame(&mut alice, |f| match f {
+        ServerFrame::Delivered { id: i, by, .. } if *i == id => Some(by.to_string()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(by, "bob");
+    let bob_only = (3, 1, 0, vec!["bob".to_string()], vec![]);
+    assert_eq!(receipts(&mut alice, "r1", &group, id).await, Ok(bob_only));
+
+    // Carol reads it (reading implies receiving).
+    carol.read(&c, id).await.unwrap();
+    let by = expect_frame(&mut alice, |f| match f {
+        ServerFrame::Seen { up_to, by, .. } if *up_to == id => Some(by.to_string()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(by, "carol");
+    let counts = receipts(&mut alice, "r2", &group, id).await.unwrap();
+    assert_eq!(
+        counts,
+        (
+            3,
+            2,
+            1,
+            vec!["bob".to_string(), "carol".to_string()],
+            vec!["carol".to_string()]
+        )
+    );
+
+    // Dave acknowledges and reads; every member has it now.
+    dave.ack(&c, id).await.unwrap();
+    dave.read(&c, id).await.unwrap();
+    expect_frame(&mut alice, |f| match f {
+        ServerFrame::Seen { by, .. } if by.as_str() == "dave" => Some(()),
+        _ => None,
+    })
+    .await;
+    let (recipients, delivered, seen, _, _) = receipts(&mut alice, "r3", &group, id).await.unwrap();
+    assert_eq!((recipients, delivered, seen), (3, 3, 2));
+
+    // Outsiders learn nothing.
+    assert_eq!(
+        receipts(&mut mallory, "r4", &group, id).await,
+        Err(ErrorCode::Forbidden)
+    );
+}
