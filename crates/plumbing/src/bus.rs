@@ -298,6 +298,46 @@ pub async fn serve_queue(
     Ok(sub)
 }
 
+/// Answers requests from `sub` until `stop`: each with `answer`'s frame (as JSON) on its reply
+/// subject, at most `concurrency` at once (further requests wait in the subscription).
+/// Requests in progress when `stop` comes are finished.
+pub async fn answer_requests<T, F, Fut>(
+    nats: async_nats::Client,
+    mut sub: async_nats::Subscriber,
+    concurrency: usize,
+    stop: tokio_util::sync::CancellationToken,
+    answer: F,
+) -> anyhow::Result<()>
+where
+    T: serde::Serialize,
+    F: Fn(bytes::Bytes) -> Fut,
+    Fut: std::future::Future<Output = T> + Send + 'static,
+{
+    let tracker = tokio_util::task::TaskTracker::new();
+    let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(concurrency));
+    while let Some(msg) = next_or_stop(&mut sub, &stop).await {
+        let Some(reply) = msg.reply else {
+            continue;
+        };
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            break;
+        };
+        let answering = answer(msg.payload);
+        let nats = nats.clone();
+        tracker.spawn(async move {
+            let _permit = permit;
+            let payload = serde_json::to_vec(&answering.await).expect("answer to JSON");
+            if let Err(e) = nats.publish(reply, payload.into()).await {
+                tracing::warn!(error = %e, "could not answer a request");
+            }
+        });
+    }
+    let _ = sub.unsubscribe().await;
+    tracker.close();
+    tracker.wait().await;
+    Ok(())
+}
+
 /// The message stream of a shared durable consumer, pulled `batch` at a time.
 pub async fn pull(
     consumer: &async_nats::jetstream::consumer::PullConsumer,

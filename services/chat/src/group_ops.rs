@@ -25,7 +25,6 @@ use protocol::{
     subjects,
 };
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::config::ChatConfig;
 use crate::ids::MessageIds;
@@ -38,6 +37,8 @@ const MEMBERS_PAGE: u32 = 200;
 const MAX_MEMBERS_PAGE: u32 = 1000;
 /// How long an answer waits for this instance's view to show the change it made.
 const VIEW_PATIENCE: Duration = Duration::from_secs(2);
+/// Operations one instance works on at once.
+const OPERATIONS_AT_ONCE: usize = 256;
 /// Bucket writes one operation keeps in flight.
 const WRITES_AT_ONCE: usize = 64;
 /// Names listed in a system message's text before "and N others".
@@ -84,32 +85,15 @@ pub async fn subscribe(nats: &async_nats::Client) -> anyhow::Result<async_nats::
 /// Answers group operations until `stop`; operations in progress are finished.
 pub async fn serve(
     ops: Arc<GroupOps>,
-    mut sub: async_nats::Subscriber,
+    sub: async_nats::Subscriber,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
-    let tracker = TaskTracker::new();
-    let permits = Arc::new(tokio::sync::Semaphore::new(256));
-    while let Some(msg) = plumbing::bus::next_or_stop(&mut sub, &stop).await {
-        let Some(reply) = msg.reply.clone() else {
-            continue;
-        };
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            break;
-        };
+    let nats = ops.nats.clone();
+    plumbing::bus::answer_requests(nats, sub, OPERATIONS_AT_ONCE, stop, |payload| {
         let ops = ops.clone();
-        tracker.spawn(async move {
-            let _permit = permit;
-            let frame = ops.answer(&msg.payload).await;
-            let payload = serde_json::to_vec(&frame).expect("frame to JSON");
-            if let Err(e) = ops.nats.publish(reply, payload.into()).await {
-                tracing::warn!(error = %e, "could not answer a group operation");
-            }
-        });
-    }
-    let _ = sub.unsubscribe().await;
-    tracker.close();
-    tracker.wait().await;
-    Ok(())
+        async move { ops.answer(&payload).await }
+    })
+    .await
 }
 
 fn group_id(s: &str) -> Result<GroupId, Refused> {

@@ -16,7 +16,6 @@ use protocol::frames::{Message, ServerFrame};
 use protocol::payloads::{SendRequest, StoredMessage};
 use protocol::{ClientMsgId, ConversationId, ErrorCode, GroupId, UserId, subjects};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::config::ChatConfig;
 use crate::ids::MessageIds;
@@ -41,37 +40,15 @@ pub async fn subscribe(nats: &async_nats::Client) -> anyhow::Result<async_nats::
 /// Serves send requests until `stop`; requests in progress are finished.
 pub async fn serve(
     ingest: Arc<Ingest>,
-    mut sub: async_nats::Subscriber,
+    sub: async_nats::Subscriber,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
-    let tracker = TaskTracker::new();
-    let permits = Arc::new(tokio::sync::Semaphore::new(
-        ingest.config.max_concurrent_sends,
-    ));
-    loop {
-        let Some(msg) = plumbing::bus::next_or_stop(&mut sub, &stop).await else {
-            break;
-        };
-        let Some(reply) = msg.reply.clone() else {
-            continue;
-        };
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            break;
-        };
+    let (nats, concurrency) = (ingest.nats.clone(), ingest.config.max_concurrent_sends);
+    plumbing::bus::answer_requests(nats, sub, concurrency, stop, |payload| {
         let ingest = ingest.clone();
-        tracker.spawn(async move {
-            let _permit = permit;
-            let frame = ingest.accept(&msg.payload).await;
-            let payload = serde_json::to_vec(&frame).expect("frame to JSON");
-            if let Err(e) = ingest.nats.publish(reply, payload.into()).await {
-                tracing::warn!(error = %e, "could not answer a send");
-            }
-        });
-    }
-    let _ = sub.unsubscribe().await;
-    tracker.close();
-    tracker.wait().await;
-    Ok(())
+        async move { ingest.accept(&payload).await }
+    })
+    .await
 }
 
 impl Ingest {
