@@ -4,13 +4,14 @@
 //! Runs unchanged against Apache Cassandra 5, which the tests use.
 
 mod migrate;
+mod rows;
 mod statements;
 
 use std::sync::Arc;
 
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use protocol::frames::{ConversationSummary, Message};
-use protocol::{ClientMsgId, ConversationId, GroupEvent, GroupId, MessageId, UserId};
+use protocol::{ConversationId, GroupId, MessageId, UserId};
 use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
@@ -20,11 +21,16 @@ use scylla::statement::prepared::PreparedStatement;
 use serde::{Deserialize, Serialize};
 
 pub use self::migrate::{MIGRATIONS, migrate};
+use self::rows::{
+    GroupRow, MessageRow, SummaryRow, parse_id, to_group_message, to_message, to_summary,
+};
 use self::statements::Statements;
 use super::{GroupMarkers, Page, Store, StoreError, UNREAD_CAP, bucket_of, newest_first, preview};
 
 /// Group summaries read at once when listing a user's conversations.
 const GROUP_READS_IN_FLIGHT: usize = 32;
+/// Unread counts computed at once when listing a user's conversations.
+const UNREAD_COUNTS_IN_FLIGHT: usize = 8;
 
 /// Where and how to reach the cluster.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -73,66 +79,6 @@ pub struct ScyllaStore {
 fn write_ts(id: MessageId) -> i64 {
     let within_ms = (id.0.random() % 1000) as i64;
     id.timestamp_ms() as i64 * 1000 + within_ms
-}
-
-/// A 1:1 row: (id, ts, from, to, cid, body).
-type MessageRow = (String, i64, String, String, String, String);
-/// A group row: (id, ts, from, cid, body, event as JSON).
-type GroupRow = (String, i64, String, String, String, Option<String>);
-/// A conversation summary row: (last id, last ts, last from, preview).
-type SummaryRow = (String, i64, String, String);
-
-fn to_message(conversation: &ConversationId, row: MessageRow) -> Result<Message, StoreError> {
-    let (id, ts, from, to, cid, body) = row;
-    Ok(Message {
-        id: id.parse().map_err(corrupt)?,
-        conversation: conversation.clone(),
-        from: UserId::new(&from).map_err(corrupt)?,
-        to: UserId::new(&to).map_err(corrupt)?,
-        cid: ClientMsgId::new(&cid).map_err(corrupt)?,
-        body,
-        ts: ts as u64,
-        cursor: None,
-        event: None,
-    })
-}
-
-/// Group rows have no recipient column: the group is the recipient.
-fn to_group_message(
-    conversation: &ConversationId,
-    group: &GroupId,
-    row: GroupRow,
-) -> Result<Message, StoreError> {
-    let (id, ts, from, cid, body, event) = row;
-    let event = event
-        .map(|json| serde_json::from_str::<GroupEvent>(&json))
-        .transpose()
-        .map_err(corrupt)?;
-    Ok(Message {
-        event,
-        ..to_message(conversation, (id, ts, from, group.to_string(), cid, body))?
-    })
-}
-
-fn to_summary(
-    conversation: ConversationId,
-    row: SummaryRow,
-) -> Result<ConversationSummary, StoreError> {
-    let (last_id, last_ts, last_from, preview) = row;
-    Ok(ConversationSummary {
-        conversation,
-        last_id: last_id.parse().map_err(corrupt)?,
-        last_ts: last_ts as u64,
-        last_from: UserId::new(&last_from).map_err(corrupt)?,
-        preview,
-        unread: 0,
-    })
-}
-
-fn parse_id(text: Option<String>) -> Result<Option<MessageId>, StoreError> {
-    text.filter(|t| !t.is_empty())
-        .map(|t| t.parse().map_err(corrupt))
-        .transpose()
 }
 
 impl ScyllaStore {
@@ -520,8 +466,15 @@ impl Store for ScyllaStore {
         }
         out.extend(self.group_summaries(groups).await?);
         newest_first(&mut out, limit);
-        for entry in &mut out {
-            entry.unread = self.unread(user, &entry.conversation).await?;
+        let conversations: Vec<ConversationId> =
+            out.iter().map(|e| e.conversation.clone()).collect();
+        let counts: Vec<u32> = futures::stream::iter(conversations)
+            .map(|conversation| async move { self.unread(user, &conversation).await })
+            .buffered(UNREAD_COUNTS_IN_FLIGHT)
+            .try_collect()
+            .await?;
+        for (entry, unread) in out.iter_mut().zip(counts) {
+            entry.unread = unread;
         }
         Ok(out)
     }
