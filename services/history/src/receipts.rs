@@ -138,6 +138,9 @@ impl<S: Store> Receipts<S> {
         receipt: Receipt,
         previous_read: Option<MessageId>,
     ) {
+        if receipt.kind == ReceiptKind::Seen && previous_read >= Some(receipt.id) {
+            return; // nothing newly read
+        }
         let Some(acked) = self.look_up(&receipt.conversation, receipt.id).await else {
             self.metrics.misses.inc();
             tracing::debug!(conversation = %receipt.conversation, id = %receipt.id, "receipt for a message not in the store");
@@ -153,9 +156,6 @@ impl<S: Store> Receipts<S> {
                 },
             ),
             ReceiptKind::Seen => {
-                if previous_read >= Some(receipt.id) {
-                    return; // nothing newly read
-                }
                 let senders = self
                     .senders_between(&receipt.conversation, previous_read, receipt.id)
                     .await;
