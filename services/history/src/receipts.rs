@@ -112,7 +112,12 @@ impl<S: Store> Receipts<S> {
                 .map(|()| None),
             ReceiptKind::Seen => {
                 let store = self.cache.store();
-                match store.read_marker(by, conversation).await {
+                // Only a group's senders are told, so only there is the old marker needed.
+                let previous = match conversation.is_direct() {
+                    true => Ok(None),
+                    false => store.read_marker(by, conversation).await,
+                };
+                match previous {
                     Ok(previous) => store
                         .mark_read(by, conversation, receipt.id)
                         .await
