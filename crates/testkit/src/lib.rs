@@ -345,10 +345,17 @@ impl Stack {
             .expect("connect");
         let store = history::EmbeddedStore::open(&self.history_dir.path().join("history.redb"))
             .expect("open embedded store");
-        let handle =
-            history::History::start(config, &self.bus, nats, store, CancellationToken::new())
-                .await
-                .expect("start history");
+        let membership = std::sync::Arc::new(history::StaticMembership::default());
+        let handle = history::History::start(
+            config,
+            &self.bus,
+            nats,
+            store,
+            membership,
+            CancellationToken::new(),
+        )
+        .await
+        .expect("start history");
         self.histories.push(RunningHistory {
             metrics: handle.metrics.clone(),
             cache: handle.cache.clone(),

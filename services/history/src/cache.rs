@@ -12,8 +12,8 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, RwLock};
 
 use plumbing::{Counter, Metrics};
-use protocol::ConversationId;
 use protocol::frames::Message;
+use protocol::{ConversationId, MessageId};
 use serde::{Deserialize, Serialize};
 
 use crate::store::{Page, Store, StoreError};
@@ -186,6 +186,22 @@ impl<S: Store> HistoryCache<S> {
         self.metrics.misses.inc();
         self.metrics.store_reads.inc();
         self.store.page(conversation, page, limit).await
+    }
+
+    /// One message by id: from the cached page when it holds it, else from the store.
+    pub async fn message(
+        &self,
+        conversation: &ConversationId,
+        id: MessageId,
+    ) -> Result<Option<Message>, StoreError> {
+        if let Some(slot) = self.pages.get(conversation).await {
+            let recent = slot.read().unwrap();
+            let pos = recent.messages.partition_point(|x| x.id < id);
+            if let Some(m) = recent.messages.get(pos).filter(|m| m.id == id) {
+                return Ok(Some(m.clone()));
+            }
+        }
+        self.store.message(conversation, id).await
     }
 
     /// Drops the cached page of `conversation` (the next read loads it again).

@@ -34,6 +34,10 @@ pub struct HistoryConfig {
     pub writer_ack_wait_ms: u64,
     /// History queries answered at once by this instance.
     pub max_concurrent_queries: usize,
+    /// Groups with at most this many members get receipts per person: senders are told who
+    /// received and read their messages (`delivered`/`seen` notifications), and `receipts`
+    /// answers name them. Larger groups get counts only.
+    pub receipt_lists_max: usize,
 }
 
 impl Default for HistoryConfig {
@@ -46,6 +50,7 @@ impl Default for HistoryConfig {
             writer_batch: 256,
             writer_ack_wait_ms: 30_000,
             max_concurrent_queries: 1024,
+            receipt_lists_max: 256,
         }
     }
 }

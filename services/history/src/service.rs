@@ -9,8 +9,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cache::HistoryCache;
 use crate::config::HistoryConfig;
+use crate::membership::Membership;
+use crate::queries::{self, Queries};
+use crate::receipts::{self, ReceiptMetrics, Receipts};
 use crate::store::Store;
-use crate::{queries, writer};
+use crate::writer;
 
 /// A running history service instance.
 pub struct History<S> {
@@ -20,12 +23,14 @@ pub struct History<S> {
 }
 
 impl<S: Store> History<S> {
-    /// Starts the writer, the queries and the read markers over `store`.
+    /// Starts the writer, the queries and the receipts over `store`. `membership` says who
+    /// is in which group now (the chat service owns it).
     pub async fn start(
         config: HistoryConfig,
         bus: &BusConfig,
         nats: async_nats::Client,
         store: S,
+        membership: Arc<dyn Membership>,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
         let js = async_nats::jetstream::new(nats.clone());
@@ -53,18 +58,26 @@ impl<S: Store> History<S> {
             writer::report_lag(consumer, lag, lag_stop).await;
             Ok(())
         });
+        let answers = Arc::new(Queries {
+            cache: cache.clone(),
+            membership: membership.clone(),
+            receipt_lists_max: config.receipt_lists_max,
+        });
         roles.spawn(queries::serve(
-            cache.clone(),
-            nats,
+            answers,
+            nats.clone(),
             query_sub,
             config.max_concurrent_queries,
             stop.clone(),
         ));
-        roles.spawn(queries::serve_markers(
-            cache.clone(),
-            receipt_sub,
-            stop.clone(),
-        ));
+        let receipts = Arc::new(Receipts {
+            cache: cache.clone(),
+            membership,
+            nats,
+            receipt_lists_max: config.receipt_lists_max,
+            metrics: ReceiptMetrics::new(&metrics),
+        });
+        roles.spawn(receipts::serve(receipts, receipt_sub, stop.clone()));
         tracing::info!("history service started");
         Ok(Self {
             metrics,

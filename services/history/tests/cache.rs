@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use history::store::suite::message;
-use history::{CacheConfig, EmbeddedStore, HistoryCache, Page, Role, Store, StoreError};
+use history::{CacheConfig, EmbeddedStore, GroupMarkers, HistoryCache, Page, Store, StoreError};
 use protocol::frames::{ConversationSummary, Message};
 use protocol::{ConversationId, GroupId, MessageId, UserId};
 use tokio::sync::Notify;
@@ -38,9 +38,10 @@ impl Store for Gated {
     async fn conversations(
         &self,
         u: &UserId,
+        g: &[GroupId],
         l: usize,
     ) -> Result<Vec<ConversationSummary>, StoreError> {
-        self.inner.conversations(u, l).await
+        self.inner.conversations(u, g, l).await
     }
     async fn mark_read(
         &self,
@@ -50,11 +51,30 @@ impl Store for Gated {
     ) -> Result<(), StoreError> {
         self.inner.mark_read(u, c, id).await
     }
-    async fn put_member(&self, g: &GroupId, u: &UserId, r: Role) -> Result<(), StoreError> {
-        self.inner.put_member(g, u, r).await
+    async fn mark_delivered(
+        &self,
+        u: &UserId,
+        c: &ConversationId,
+        id: MessageId,
+    ) -> Result<(), StoreError> {
+        self.inner.mark_delivered(u, c, id).await
     }
-    async fn is_member(&self, g: &GroupId, u: &UserId) -> Result<bool, StoreError> {
-        self.inner.is_member(g, u).await
+    async fn read_marker(
+        &self,
+        u: &UserId,
+        c: &ConversationId,
+    ) -> Result<Option<MessageId>, StoreError> {
+        self.inner.read_marker(u, c).await
+    }
+    async fn group_markers(&self, g: &GroupId) -> Result<Vec<GroupMarkers>, StoreError> {
+        self.inner.group_markers(g).await
+    }
+    async fn message(
+        &self,
+        c: &ConversationId,
+        id: MessageId,
+    ) -> Result<Option<Message>, StoreError> {
+        self.inner.message(c, id).await
     }
 }
 
@@ -177,4 +197,39 @@ async fn pages_never_have_gaps_under_concurrent_appends() {
     let newest = cache.page(&dm(), Page::Latest, 10).await.unwrap();
     assert_eq!(newest[0].id, all[399].id);
     assert!(checked > 10, "the readers ran alongside the writer");
+}
+
+#[tokio::test]
+async fn group_pages_from_the_cache_match_the_store_events_included() {
+    let (cache, _dir) = setup(None, 100);
+    let g = GroupId::new("club").unwrap();
+    let c = ConversationId::group(&g);
+    let mut created = message("alice", &c, "club", T0, 1);
+    created.event = Some(protocol::GroupEvent::Created {
+        name: "club".into(),
+        members: vec![UserId::new("alice").unwrap()],
+    });
+    cache.append(std::slice::from_ref(&created)).await.unwrap();
+    assert_eq!(
+        cache.page(&c, Page::Latest, 10).await.unwrap(),
+        vec![created.clone()]
+    );
+    let said = message("bob", &c, "club", T0 + 1, 2);
+    cache.append(std::slice::from_ref(&said)).await.unwrap();
+
+    let cached = cache.page(&c, Page::Latest, 10).await.unwrap();
+    let stored = cache
+        .store()
+        .inner
+        .page(&c, Page::Latest, 10)
+        .await
+        .unwrap();
+    assert_eq!(cached, stored);
+    assert_eq!(cached, vec![said, created.clone()]);
+    assert_eq!(cache.message(&c, created.id).await.unwrap(), Some(created));
+    assert_eq!(
+        cache.store().page_reads.load(Ordering::SeqCst),
+        1,
+        "served from the cache after the cold load"
+    );
 }

@@ -43,3 +43,29 @@ async fn migrations_are_idempotent() {
     // A second service starting against the same keyspace applies them again, harmlessly.
     ScyllaStore::connect(&config).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_migration_run_twice_is_harmless() {
+    use scylla::client::session_builder::SessionBuilder;
+    let keyspace = format!("natter_m_{}", ulid::Ulid::new().to_string().to_lowercase());
+    let replication = "{'class': 'SimpleStrategy', 'replication_factor': 1}";
+    let session = SessionBuilder::new()
+        .known_nodes([uri()])
+        .build()
+        .await
+        .unwrap();
+    history::store::scylla::migrate(&session, &keyspace, replication)
+        .await
+        .unwrap();
+    // Two instances starting at once both apply version 2: its ALTER finds the column there.
+    session
+        .query_unpaged(
+            format!("DELETE FROM {keyspace}.schema_migrations WHERE version = 2"),
+            &[],
+        )
+        .await
+        .unwrap();
+    history::store::scylla::migrate(&session, &keyspace, replication)
+        .await
+        .expect("re-applying 002 succeeds");
+}

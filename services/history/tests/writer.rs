@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use history::store::suite::message;
-use history::{EmbeddedStore, History, HistoryConfig, Page, Role, Store, StoreError};
+use history::{
+    EmbeddedStore, GroupMarkers, History, HistoryConfig, Page, StaticMembership, Store, StoreError,
+};
 use plumbing::BusConfig;
 use plumbing::nats_server::{NatsServer, NatsServerOptions};
 use protocol::frames::{ConversationSummary, Message};
@@ -37,9 +39,10 @@ impl Store for DiesMidBatch {
     async fn conversations(
         &self,
         u: &UserId,
+        g: &[GroupId],
         l: usize,
     ) -> Result<Vec<ConversationSummary>, StoreError> {
-        self.inner.conversations(u, l).await
+        self.inner.conversations(u, g, l).await
     }
     async fn mark_read(
         &self,
@@ -49,11 +52,30 @@ impl Store for DiesMidBatch {
     ) -> Result<(), StoreError> {
         self.inner.mark_read(u, c, id).await
     }
-    async fn put_member(&self, g: &GroupId, u: &UserId, r: Role) -> Result<(), StoreError> {
-        self.inner.put_member(g, u, r).await
+    async fn mark_delivered(
+        &self,
+        u: &UserId,
+        c: &ConversationId,
+        id: MessageId,
+    ) -> Result<(), StoreError> {
+        self.inner.mark_delivered(u, c, id).await
     }
-    async fn is_member(&self, g: &GroupId, u: &UserId) -> Result<bool, StoreError> {
-        self.inner.is_member(g, u).await
+    async fn read_marker(
+        &self,
+        u: &UserId,
+        c: &ConversationId,
+    ) -> Result<Option<MessageId>, StoreError> {
+        self.inner.read_marker(u, c).await
+    }
+    async fn group_markers(&self, g: &GroupId) -> Result<Vec<GroupMarkers>, StoreError> {
+        self.inner.group_markers(g).await
+    }
+    async fn message(
+        &self,
+        c: &ConversationId,
+        id: MessageId,
+    ) -> Result<Option<Message>, StoreError> {
+        self.inner.message(c, id).await
     }
 }
 
@@ -109,6 +131,7 @@ async fn a_writer_killed_mid_batch_loses_nothing_and_duplicates_nothing() {
         &bus,
         client.clone(),
         doomed,
+        Arc::new(StaticMembership::default()),
         CancellationToken::new(),
     )
     .await
@@ -126,6 +149,7 @@ async fn a_writer_killed_mid_batch_loses_nothing_and_duplicates_nothing() {
         &bus,
         client,
         store.clone(),
+        Arc::new(StaticMembership::default()),
         CancellationToken::new(),
     )
     .await
@@ -149,7 +173,7 @@ async fn a_writer_killed_mid_batch_loses_nothing_and_duplicates_nothing() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let list = store
-        .conversations(&UserId::new("bob").unwrap(), 10)
+        .conversations(&UserId::new("bob").unwrap(), &[], 10)
         .await
         .unwrap();
     assert_eq!(

@@ -91,6 +91,7 @@ async fn up(mut config: NatterConfig) -> anyhow::Result<()> {
         &config.bus,
         nats.clone(),
         store,
+        std::sync::Arc::new(history::StaticMembership::default()),
         history_shutdown.clone(),
     )
     .await?;

@@ -163,6 +163,7 @@ async fn writer_lag(json: bool) -> anyhow::Result<()> {
         &bus,
         client.clone(),
         store,
+        std::sync::Arc::new(history::StaticMembership::default()),
         tokio_util::sync::CancellationToken::new(),
     )
     .await?;

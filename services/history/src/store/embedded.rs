@@ -14,7 +14,7 @@ use protocol::{ConversationId, GroupId, MessageId, UserId};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use super::{Page, Role, Store, StoreError, UNREAD_CAP, bucket_of, preview};
+use super::{GroupMarkers, Page, Store, StoreError, UNREAD_CAP, bucket_of, newest_first, preview};
 
 /// (conversation, message id) → message.
 const MESSAGES: TableDefinition<(&str, u128), &[u8]> =
@@ -22,13 +22,18 @@ const MESSAGES: TableDefinition<(&str, u128), &[u8]> =
 /// (group, day bucket, message id) → message.
 const GROUP_MESSAGES: TableDefinition<(&str, u64, u128), &[u8]> =
     TableDefinition::new("messages_by_group");
-/// (user, conversation) → newest message summary.
+/// (user, 1:1 conversation) → newest message summary. Files written before groups moved
+/// out may still hold group rows here; listings skip them.
 const USER_CONVERSATIONS: TableDefinition<(&str, &str), &[u8]> =
     TableDefinition::new("user_conversations");
-/// (user, conversation) → id read up to.
+/// group → newest message summary.
+const GROUP_LATEST: TableDefinition<&str, &[u8]> = TableDefinition::new("group_latest");
+/// (user, 1:1 conversation) → id read up to.
 const READ_MARKERS: TableDefinition<(&str, &str), u128> = TableDefinition::new("read_markers");
-/// (group, user) → role.
-const GROUP_MEMBERS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("group_members");
+/// (group, user) → (delivered up to, read up to); 0 is "nothing yet". Older files also hold
+/// a `group_members` table, which nothing reads any more.
+const GROUP_MARKERS: TableDefinition<(&str, &str), (u128, u128)> =
+    TableDefinition::new("group_markers");
 
 #[derive(Serialize, Deserialize)]
 struct Latest {
@@ -63,8 +68,9 @@ impl EmbeddedStore {
         txn.open_table(MESSAGES).map_err(err)?;
         txn.open_table(GROUP_MESSAGES).map_err(err)?;
         txn.open_table(USER_CONVERSATIONS).map_err(err)?;
+        txn.open_table(GROUP_LATEST).map_err(err)?;
         txn.open_table(READ_MARKERS).map_err(err)?;
-        txn.open_table(GROUP_MEMBERS).map_err(err)?;
+        txn.open_table(GROUP_MARKERS).map_err(err)?;
         txn.commit().map_err(err)?;
         Ok(Self { db: Arc::new(db) })
     }
@@ -87,22 +93,6 @@ fn encode(m: &Message) -> Vec<u8> {
 
 fn decode(bytes: &[u8]) -> Result<Message, StoreError> {
     rmp_serde::from_slice(bytes).map_err(corrupt)
-}
-
-fn members_of(
-    table: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
-    group: &str,
-) -> Result<Vec<String>, StoreError> {
-    let mut out = Vec::new();
-    for row in table.range((group, "")..).map_err(err)? {
-        let (k, _) = row.map_err(err)?;
-        let (g, user) = k.value();
-        if g != group {
-            break;
-        }
-        out.push(user.to_string());
-    }
-    Ok(out)
 }
 
 /// Reads one page from a table whose key ends in the message id.
@@ -130,6 +120,108 @@ where
     Ok(out)
 }
 
+/// Whether message `id` is newer than the stored summary (or there is none).
+fn newer_than(stored: Option<&[u8]>, id: u128) -> Result<bool, StoreError> {
+    match stored {
+        Some(bytes) => {
+            let latest: Latest = rmp_serde::from_slice(bytes).map_err(corrupt)?;
+            Ok(id > latest.id)
+        }
+        None => Ok(true),
+    }
+}
+
+fn summary_bytes(m: &Message) -> Vec<u8> {
+    let latest = Latest {
+        id: m.id.0.0,
+        ts: m.ts,
+        from: m.from.to_string(),
+        preview: preview(&m.body),
+    };
+    rmp_serde::to_vec(&latest).expect("summary")
+}
+
+/// A conversation list entry from a stored summary, unread not yet counted.
+fn summary(conversation: ConversationId, bytes: &[u8]) -> Result<ConversationSummary, StoreError> {
+    let latest: Latest = rmp_serde::from_slice(bytes).map_err(corrupt)?;
+    Ok(ConversationSummary {
+        conversation,
+        last_id: MessageId(ulid::Ulid(latest.id)),
+        last_ts: latest.ts,
+        last_from: UserId::new(&latest.from).map_err(corrupt)?,
+        preview: latest.preview,
+        unread: 0,
+    })
+}
+
+/// Messages not from `user` in a key range, counted up to the cap.
+fn unread_in<'k, K: redb::Key + 'static>(
+    table: &impl ReadableTable<K, &'static [u8]>,
+    lo: K::SelfType<'k>,
+    hi: K::SelfType<'k>,
+    user: &UserId,
+) -> Result<u32, StoreError>
+where
+    K::SelfType<'k>: std::borrow::Borrow<K::SelfType<'k>>,
+{
+    let mut unread = 0;
+    for row in table.range(lo..=hi).map_err(err)? {
+        if decode(row.map_err(err)?.1.value())?.from != *user {
+            unread += 1;
+            if unread >= UNREAD_CAP {
+                break;
+            }
+        }
+    }
+    Ok(unread)
+}
+
+fn id_of(raw: u128) -> Option<MessageId> {
+    (raw != 0).then_some(MessageId(ulid::Ulid(raw)))
+}
+
+/// Which of a group member's two markers to move.
+#[derive(Clone, Copy)]
+enum Marker {
+    Delivered,
+    Read,
+}
+
+impl EmbeddedStore {
+    /// Moves one of `user`'s markers in `group` forward, in one transaction.
+    async fn advance_group_marker(
+        &self,
+        group: GroupId,
+        user: &UserId,
+        marker: Marker,
+        up_to: MessageId,
+    ) -> Result<(), StoreError> {
+        let user = user.clone();
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(err)?;
+            {
+                let mut markers = txn.open_table(GROUP_MARKERS).map_err(err)?;
+                let key = (group.as_str(), user.as_str());
+                let (delivered, read) = markers
+                    .get(key)
+                    .map_err(err)?
+                    .map(|g| g.value())
+                    .unwrap_or((0, 0));
+                let up_to = up_to.0.0;
+                let moved = match marker {
+                    Marker::Delivered => (delivered.max(up_to), read),
+                    Marker::Read => (delivered, read.max(up_to)),
+                };
+                if moved != (delivered, read) {
+                    markers.insert(key, moved).map_err(err)?;
+                }
+            }
+            txn.commit().map_err(err)
+        })
+        .await
+    }
+}
+
 impl Store for EmbeddedStore {
     async fn append(&self, messages: &[Message]) -> Result<(), StoreError> {
         let messages = messages.to_vec();
@@ -139,42 +231,33 @@ impl Store for EmbeddedStore {
                 let mut rows = txn.open_table(MESSAGES).map_err(err)?;
                 let mut group_rows = txn.open_table(GROUP_MESSAGES).map_err(err)?;
                 let mut lists = txn.open_table(USER_CONVERSATIONS).map_err(err)?;
-                let members = txn.open_table(GROUP_MEMBERS).map_err(err)?;
+                let mut group_latest = txn.open_table(GROUP_LATEST).map_err(err)?;
                 for m in &messages {
                     let id = m.id.0.0;
                     let conversation = m.conversation.as_str();
-                    let participants = match m.conversation.group_id() {
-                        Some(group) => {
-                            group_rows
-                                .insert((group.as_str(), bucket_of(m.id), id), encode(m).as_slice())
+                    if let Some(group) = m.conversation.group_id() {
+                        // One summary per group, whatever its size: members' lists merge it
+                        // in when they are read.
+                        group_rows
+                            .insert((group.as_str(), bucket_of(m.id), id), encode(m).as_slice())
+                            .map_err(err)?;
+                        let stored = group_latest.get(group.as_str()).map_err(err)?;
+                        if newer_than(stored.as_ref().map(|v| v.value()), id)? {
+                            drop(stored);
+                            group_latest
+                                .insert(group.as_str(), summary_bytes(m).as_slice())
                                 .map_err(err)?;
-                            members_of(&members, group.as_str())?
                         }
-                        None => {
-                            rows.insert((conversation, id), encode(m).as_slice())
-                                .map_err(err)?;
-                            vec![m.from.to_string(), m.to.to_string()]
-                        }
-                    };
-                    for user in participants {
-                        let newer = match lists.get((user.as_str(), conversation)).map_err(err)? {
-                            Some(v) => {
-                                let latest: Latest =
-                                    rmp_serde::from_slice(v.value()).map_err(corrupt)?;
-                                id > latest.id
-                            }
-                            None => true,
-                        };
-                        if newer {
-                            let latest = Latest {
-                                id,
-                                ts: m.ts,
-                                from: m.from.to_string(),
-                                preview: preview(&m.body),
-                            };
-                            let bytes = rmp_serde::to_vec(&latest).expect("summary");
+                        continue;
+                    }
+                    rows.insert((conversation, id), encode(m).as_slice())
+                        .map_err(err)?;
+                    for user in [m.from.as_str(), m.to.as_str()] {
+                        let stored = lists.get((user, conversation)).map_err(err)?;
+                        if newer_than(stored.as_ref().map(|v| v.value()), id)? {
+                            drop(stored);
                             lists
-                                .insert((user.as_str(), conversation), bytes.as_slice())
+                                .insert((user, conversation), summary_bytes(m).as_slice())
                                 .map_err(err)?;
                         }
                     }
@@ -229,73 +312,59 @@ impl Store for EmbeddedStore {
     async fn conversations(
         &self,
         user: &UserId,
+        groups: &[GroupId],
         limit: usize,
     ) -> Result<Vec<ConversationSummary>, StoreError> {
-        let user = user.clone();
+        let (user, groups) = (user.clone(), groups.to_vec());
         self.blocking(move |db| {
             let txn = db.begin_read().map_err(err)?;
             let lists = txn.open_table(USER_CONVERSATIONS).map_err(err)?;
-            let markers = txn.open_table(READ_MARKERS).map_err(err)?;
-            let rows_table = txn.open_table(MESSAGES).map_err(err)?;
-            let group_table = txn.open_table(GROUP_MESSAGES).map_err(err)?;
-            let mut rows = Vec::new();
+            let group_latest = txn.open_table(GROUP_LATEST).map_err(err)?;
+            let mut out = Vec::new();
             for row in lists.range((user.as_str(), "")..).map_err(err)? {
                 let (k, v) = row.map_err(err)?;
                 let (u, conversation) = k.value();
                 if u != user.as_str() {
                     break;
                 }
-                let latest: Latest = rmp_serde::from_slice(v.value()).map_err(corrupt)?;
-                rows.push((conversation.to_string(), latest));
-            }
-            rows.sort_by_key(|r| std::cmp::Reverse(r.1.id));
-            rows.truncate(limit);
-            let mut out = Vec::with_capacity(rows.len());
-            for (conversation, latest) in rows {
                 let conversation: ConversationId = conversation.parse().map_err(corrupt)?;
-                let marker = markers
-                    .get((user.as_str(), conversation.as_str()))
-                    .map_err(err)?
-                    .map(|g| g.value())
-                    .unwrap_or(0);
-                let after = marker.saturating_add(1);
-                // Unread: messages from others after the marker, counted up to the cap.
-                let newer = match conversation.group_id() {
+                if conversation.is_direct() {
+                    out.push(summary(conversation, v.value())?);
+                }
+            }
+            for group in &groups {
+                if let Some(v) = group_latest.get(group.as_str()).map_err(err)? {
+                    out.push(summary(ConversationId::group(group), v.value())?);
+                }
+            }
+            newest_first(&mut out, limit);
+
+            let read_markers = txn.open_table(READ_MARKERS).map_err(err)?;
+            let group_markers = txn.open_table(GROUP_MARKERS).map_err(err)?;
+            let rows_table = txn.open_table(MESSAGES).map_err(err)?;
+            let group_table = txn.open_table(GROUP_MESSAGES).map_err(err)?;
+            for entry in &mut out {
+                let c = entry.conversation.as_str();
+                entry.unread = match entry.conversation.group_id() {
                     Some(group) => {
                         let g = group.as_str();
+                        let marker = group_markers
+                            .get((g, user.as_str()))
+                            .map_err(err)?
+                            .map_or(0, |v| v.value().1);
+                        let after = marker.saturating_add(1);
                         let b = bucket_of(MessageId(ulid::Ulid(after)));
-                        page_of(
-                            &group_table,
-                            (g, b, after),
-                            (g, u64::MAX, u128::MAX),
-                            false,
-                            UNREAD_CAP as usize * 4,
-                        )?
+                        unread_in(&group_table, (g, b, after), (g, u64::MAX, u128::MAX), &user)?
                     }
                     None => {
-                        let c = conversation.as_str();
-                        page_of(
-                            &rows_table,
-                            (c, after),
-                            (c, u128::MAX),
-                            false,
-                            UNREAD_CAP as usize * 4,
-                        )?
+                        let marker = read_markers
+                            .get((user.as_str(), c))
+                            .map_err(err)?
+                            .map_or(0, |v| v.value());
+                        let after = marker.saturating_add(1);
+                        unread_in(&rows_table, (c, after), (c, u128::MAX), &user)?
                     }
                 };
-                let unread = newer
-                    .iter()
-                    .filter(|m| m.from != user)
-                    .count()
-                    .min(UNREAD_CAP as usize);
-                out.push(ConversationSummary {
-                    conversation,
-                    last_id: MessageId(ulid::Ulid(latest.id)),
-                    last_ts: latest.ts,
-                    last_from: UserId::new(&latest.from).map_err(corrupt)?,
-                    preview: latest.preview,
-                    unread: unread as u32,
-                });
             }
             Ok(out)
         })
@@ -308,6 +377,11 @@ impl Store for EmbeddedStore {
         conversation: &ConversationId,
         up_to: MessageId,
     ) -> Result<(), StoreError> {
+        if let Some(group) = conversation.group_id() {
+            return self
+                .advance_group_marker(group, user, Marker::Read, up_to)
+                .await;
+        }
         let (user, conversation) = (user.clone(), conversation.clone());
         self.blocking(move |db| {
             let txn = db.begin_write().map_err(err)?;
@@ -328,36 +402,95 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn put_member(
+    async fn mark_delivered(
         &self,
-        group: &GroupId,
         user: &UserId,
-        role: Role,
+        conversation: &ConversationId,
+        up_to: MessageId,
     ) -> Result<(), StoreError> {
-        let (group, user) = (group.clone(), user.clone());
-        self.blocking(move |db| {
-            let txn = db.begin_write().map_err(err)?;
-            {
-                let mut members = txn.open_table(GROUP_MEMBERS).map_err(err)?;
-                let bytes = rmp_serde::to_vec(&role).expect("role");
-                members
-                    .insert((group.as_str(), user.as_str()), bytes.as_slice())
-                    .map_err(err)?;
+        match conversation.group_id() {
+            Some(group) => {
+                self.advance_group_marker(group, user, Marker::Delivered, up_to)
+                    .await
             }
-            txn.commit().map_err(err)
+            None => Ok(()),
+        }
+    }
+
+    async fn read_marker(
+        &self,
+        user: &UserId,
+        conversation: &ConversationId,
+    ) -> Result<Option<MessageId>, StoreError> {
+        let (user, conversation) = (user.clone(), conversation.clone());
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(err)?;
+            let raw = match conversation.group_id() {
+                Some(group) => txn
+                    .open_table(GROUP_MARKERS)
+                    .map_err(err)?
+                    .get((group.as_str(), user.as_str()))
+                    .map_err(err)?
+                    .map_or(0, |v| v.value().1),
+                None => txn
+                    .open_table(READ_MARKERS)
+                    .map_err(err)?
+                    .get((user.as_str(), conversation.as_str()))
+                    .map_err(err)?
+                    .map_or(0, |v| v.value()),
+            };
+            Ok(id_of(raw))
         })
         .await
     }
 
-    async fn is_member(&self, group: &GroupId, user: &UserId) -> Result<bool, StoreError> {
-        let (group, user) = (group.clone(), user.clone());
+    async fn group_markers(&self, group: &GroupId) -> Result<Vec<GroupMarkers>, StoreError> {
+        let group = group.clone();
         self.blocking(move |db| {
             let txn = db.begin_read().map_err(err)?;
-            let members = txn.open_table(GROUP_MEMBERS).map_err(err)?;
-            Ok(members
-                .get((group.as_str(), user.as_str()))
-                .map_err(err)?
-                .is_some())
+            let markers = txn.open_table(GROUP_MARKERS).map_err(err)?;
+            let mut out = Vec::new();
+            for row in markers.range((group.as_str(), "")..).map_err(err)? {
+                let (k, v) = row.map_err(err)?;
+                let (g, user) = k.value();
+                if g != group.as_str() {
+                    break;
+                }
+                let (delivered, read) = v.value();
+                out.push(GroupMarkers::new(
+                    UserId::new(user).map_err(corrupt)?,
+                    id_of(delivered),
+                    id_of(read),
+                ));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn message(
+        &self,
+        conversation: &ConversationId,
+        id: MessageId,
+    ) -> Result<Option<Message>, StoreError> {
+        let conversation = conversation.clone();
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(err)?;
+            let found = match conversation.group_id() {
+                Some(group) => txn
+                    .open_table(GROUP_MESSAGES)
+                    .map_err(err)?
+                    .get((group.as_str(), bucket_of(id), id.0.0))
+                    .map_err(err)?
+                    .map(|v| decode(v.value())),
+                None => txn
+                    .open_table(MESSAGES)
+                    .map_err(err)?
+                    .get((conversation.as_str(), id.0.0))
+                    .map_err(err)?
+                    .map(|v| decode(v.value())),
+            };
+            found.transpose()
         })
         .await
     }

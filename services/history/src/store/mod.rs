@@ -3,15 +3,19 @@
 //!
 //! * `messages_by_conversation`: a 1:1 conversation's messages, newest first;
 //! * `messages_by_group`: a group's messages, partitioned by (group, day bucket);
-//! * `user_conversations`: each user's conversations with the newest message;
-//! * `read_markers`: how far each user has read each conversation;
-//! * `group_members`: who may read and post in a group.
+//! * `user_conversations`: each user's 1:1 conversations with the newest message;
+//! * `group_latest`: each group's newest message (one row per group, not per member: a
+//!   member's conversation list merges it in at read time);
+//! * `read_markers`: how far each user has read each 1:1 conversation;
+//! * `group_markers`: how far each member has received and read each group.
+//!
+//! Membership is not the store's: the chat service owns it (see [`crate::membership`]).
 //!
 //! Messages are ordered by their id: a ULID sorts by its millisecond timestamp first, so id
 //! order is time order, and a cursor is just a message id.
 //!
 //! Every write is idempotent: messages are immutable rows keyed by id, the conversation list
-//! keeps the newest message by id, and read markers only move forward. Replaying a batch
+//! keeps the newest message by id, and markers only move forward. Replaying a batch
 //! changes nothing. Unread counts are derived (messages from others after the read marker)
 //! rather than counted, which is what makes replays safe.
 
@@ -46,15 +50,6 @@ pub enum StoreError {
     Corrupt(String),
 }
 
-/// A group member's role.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    Owner,
-    Admin,
-    Member,
-}
-
 /// Which page of a conversation to read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Page {
@@ -68,7 +63,8 @@ pub enum Page {
 
 /// The storage contract. Implementations must be safe to call concurrently.
 pub trait Store: Send + Sync + 'static {
-    /// Writes messages and updates each participant's conversation list, idempotently.
+    /// Writes messages and updates each 1:1 participant's conversation list, or the group's
+    /// newest message, idempotently.
     /// Returns once the store has confirmed every write.
     fn append(&self, messages: &[Message]) -> impl Future<Output = Result<(), StoreError>> + Send;
 
@@ -81,14 +77,18 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> impl Future<Output = Result<Vec<Message>, StoreError>> + Send;
 
-    /// `user`'s conversations, most recently active first, with unread counts.
+    /// `user`'s conversations, most recently active first, with unread counts: their 1:1
+    /// conversations merged with the newest message of each of `groups` (the user's groups
+    /// now, from the membership). Unread counts are computed only for the entries returned.
     fn conversations(
         &self,
         user: &UserId,
+        groups: &[GroupId],
         limit: usize,
     ) -> impl Future<Output = Result<Vec<ConversationSummary>, StoreError>> + Send;
 
-    /// Moves `user`'s read marker in `conversation` forward to `up_to` (never back).
+    /// Moves `user`'s read marker in `conversation` forward to `up_to` (never back). In a
+    /// group it is also the member's "seen" receipt marker.
     fn mark_read(
         &self,
         user: &UserId,
@@ -96,38 +96,62 @@ pub trait Store: Send + Sync + 'static {
         up_to: MessageId,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Adds or updates a group member.
-    fn put_member(
-        &self,
-        group: &GroupId,
-        user: &UserId,
-        role: Role,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
-
-    /// Whether `user` is a member of `group`.
-    fn is_member(
-        &self,
-        group: &GroupId,
-        user: &UserId,
-    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
-
-    /// Whether `user` may read `conversation`: a participant of a 1:1 conversation, or a
-    /// member of the group.
-    fn can_read(
+    /// Moves `user`'s delivered marker in a group conversation forward to `up_to` (never
+    /// back). 1:1 conversations keep no delivered marker: this does nothing for them.
+    fn mark_delivered(
         &self,
         user: &UserId,
         conversation: &ConversationId,
-    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
-        async move {
-            if conversation.is_direct() {
-                return Ok(conversation.has_participant(user));
-            }
-            match conversation.group_id() {
-                Some(group) => self.is_member(&group, user).await,
-                None => Ok(false),
-            }
+        up_to: MessageId,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// How far `user` has read `conversation`, if at all.
+    fn read_marker(
+        &self,
+        user: &UserId,
+        conversation: &ConversationId,
+    ) -> impl Future<Output = Result<Option<MessageId>, StoreError>> + Send;
+
+    /// Every member's receipt markers in `group`, from one partition. `delivered` is never
+    /// behind `seen` (reading implies receiving).
+    fn group_markers(
+        &self,
+        group: &GroupId,
+    ) -> impl Future<Output = Result<Vec<GroupMarkers>, StoreError>> + Send;
+
+    /// One message, by id.
+    fn message(
+        &self,
+        conversation: &ConversationId,
+        id: MessageId,
+    ) -> impl Future<Output = Result<Option<Message>, StoreError>> + Send;
+}
+
+/// One member's receipt markers in a group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupMarkers {
+    pub user: UserId,
+    /// Received up to (at least `seen`).
+    pub delivered: Option<MessageId>,
+    /// Read up to.
+    pub seen: Option<MessageId>,
+}
+
+impl GroupMarkers {
+    /// Builds markers, raising `delivered` to `seen` when it is behind.
+    pub fn new(user: UserId, delivered: Option<MessageId>, seen: Option<MessageId>) -> Self {
+        Self {
+            user,
+            delivered: delivered.max(seen),
+            seen,
         }
     }
+}
+
+/// Sorts summaries most recent first and keeps `limit`.
+pub fn newest_first(summaries: &mut Vec<ConversationSummary>, limit: usize) {
+    summaries.sort_by_key(|s| std::cmp::Reverse(s.last_id));
+    summaries.truncate(limit);
 }
 
 /// The first `PREVIEW_CHARS` characters of a body.

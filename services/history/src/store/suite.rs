@@ -3,9 +3,9 @@
 //! Each function takes an empty store.
 
 use protocol::frames::Message;
-use protocol::{ClientMsgId, ConversationId, GroupId, MessageId, UserId};
+use protocol::{ClientMsgId, ConversationId, GroupEvent, GroupId, MessageId, Role, UserId};
 
-use super::{BUCKET_MS, Page, Role, Store};
+use super::{BUCKET_MS, GroupMarkers, Page, Store};
 
 fn user(s: &str) -> UserId {
     UserId::new(s).unwrap()
@@ -72,9 +72,6 @@ pub async fn append_and_read_back<S: Store>(s: &S) {
 pub async fn latest_walks_back_across_day_buckets<S: Store>(s: &S) {
     let g = GroupId::new("team").unwrap();
     let c = ConversationId::group(&g);
-    for u in ["alice", "bob"] {
-        s.put_member(&g, &user(u), Role::Member).await.unwrap();
-    }
     let midnight = (T0 / BUCKET_MS + 1) * BUCKET_MS;
     let yesterday: Vec<Message> = (0..30)
         .map(|i| message("alice", &c, "team", midnight - 1_000 + i, i))
@@ -140,7 +137,7 @@ pub async fn conversation_list_orders_by_activity_and_counts_unread<S: Store>(s:
     ])
     .await
     .unwrap();
-    let list = s.conversations(&user("alice"), 50).await.unwrap();
+    let list = s.conversations(&user("alice"), &[], 50).await.unwrap();
     let order: Vec<_> = list
         .iter()
         .map(|c| (c.conversation.clone(), c.unread))
@@ -152,10 +149,10 @@ pub async fn conversation_list_orders_by_activity_and_counts_unread<S: Store>(s:
     // Alice answers bob: his conversation moves up; her own message is not unread for her.
     let reply = message("alice", &ab, "bob", T0 + 3, 4);
     s.append(std::slice::from_ref(&reply)).await.unwrap();
-    let list = s.conversations(&user("alice"), 50).await.unwrap();
+    let list = s.conversations(&user("alice"), &[], 50).await.unwrap();
     assert_eq!(list[0].conversation, ab);
     assert_eq!(list[0].unread, 2);
-    let bobs = s.conversations(&user("bob"), 50).await.unwrap();
+    let bobs = s.conversations(&user("bob"), &[], 50).await.unwrap();
     assert_eq!((bobs.len(), bobs[0].unread), (1, 1));
 
     // Reading resets; a marker never moves back.
@@ -167,14 +164,14 @@ pub async fn conversation_list_orders_by_activity_and_counts_unread<S: Store>(s:
     )
     .await
     .unwrap();
-    let list = s.conversations(&user("alice"), 50).await.unwrap();
+    let list = s.conversations(&user("alice"), &[], 50).await.unwrap();
     assert_eq!(
         (list[0].conversation.clone(), list[0].unread),
         (ab.clone(), 0)
     );
     assert_eq!(list[1].unread, 1);
     assert_eq!(
-        s.conversations(&user("alice"), 1).await.unwrap().len(),
+        s.conversations(&user("alice"), &[], 1).await.unwrap().len(),
         1,
         "limit"
     );
@@ -187,22 +184,218 @@ pub async fn replaying_a_batch_leaves_one_copy<S: Store>(s: &S) {
     s.append(&all[5..10]).await.unwrap();
     let c = dm("alice", "bob");
     assert_eq!(s.page(&c, Page::Latest, 100).await.unwrap().len(), 20);
-    let list = s.conversations(&user("alice"), 50).await.unwrap();
+    let list = s.conversations(&user("alice"), &[], 50).await.unwrap();
     assert_eq!(list.len(), 1);
     assert_eq!(list[0].unread, 10, "bob's ten messages, counted once");
     assert_eq!(list[0].last_id, all[19].id);
 }
 
-pub async fn only_participants_and_members_can_read<S: Store>(s: &S) {
-    let ab = dm("alice", "bob");
-    assert!(s.can_read(&user("alice"), &ab).await.unwrap());
-    assert!(!s.can_read(&user("mallory"), &ab).await.unwrap());
-    let g = GroupId::new("club").unwrap();
-    s.put_member(&g, &user("alice"), Role::Owner).await.unwrap();
+fn group(name: &str) -> (GroupId, ConversationId) {
+    let g = GroupId::new(name).unwrap();
     let c = ConversationId::group(&g);
-    assert!(s.can_read(&user("alice"), &c).await.unwrap());
-    assert!(!s.can_read(&user("mallory"), &c).await.unwrap());
-    assert!(s.is_member(&g, &user("alice")).await.unwrap());
+    (g, c)
+}
+
+fn id_at(ts: u64, seq: u64) -> MessageId {
+    MessageId(ulid::Ulid::from_parts(ts, seq as u128))
+}
+
+pub async fn group_events_survive_a_round_trip<S: Store>(s: &S) {
+    let (g, c) = group("club");
+    let mut created = message("alice", &c, "club", T0, 1);
+    created.body = "alice created club".into();
+    created.event = Some(GroupEvent::Created {
+        name: "club".into(),
+        members: vec![user("alice"), user("bob")],
+    });
+    let mut added = message("alice", &c, "club", T0 + 1, 2);
+    added.event = Some(GroupEvent::Added {
+        users: vec![user("carol")],
+        role: Role::Admin,
+    });
+    let said = message("bob", &c, "club", T0 + 2, 3);
+    s.append(&[created.clone(), added.clone(), said.clone()])
+        .await
+        .unwrap();
+
+    let page = s.page(&c, Page::Latest, 10).await.unwrap();
+    assert_eq!(page, vec![said.clone(), added.clone(), created.clone()]);
+    assert_eq!(
+        page[2].to,
+        user(g.as_str()),
+        "a group message is addressed to the group"
+    );
+    assert_eq!(s.message(&c, added.id).await.unwrap(), Some(added));
+    assert_eq!(s.message(&c, said.id).await.unwrap(), Some(said));
+    assert_eq!(s.message(&c, id_at(T0 + 5, 9)).await.unwrap(), None);
+
+    let dm = message("alice", &dm("alice", "bob"), "bob", T0, 4);
+    s.append(std::slice::from_ref(&dm)).await.unwrap();
+    assert_eq!(s.message(&dm.conversation, dm.id).await.unwrap(), Some(dm));
+    assert_eq!(
+        s.message(&c, id_at(T0, 4)).await.unwrap(),
+        None,
+        "wrong conversation"
+    );
+}
+
+pub async fn group_lists_need_no_per_member_rows<S: Store>(s: &S) {
+    // A 1,000-member group: the store is never told who the members are.
+    let (g, c) = group("everyone");
+    let members: Vec<String> = (0..1000).map(|i| format!("m{i:04}")).collect();
+    let mut created = message("m0000", &c, "everyone", T0, 0);
+    created.event = Some(GroupEvent::Created {
+        name: "everyone".into(),
+        members: members.iter().map(|m| user(m)).collect(),
+    });
+    s.append(std::slice::from_ref(&created)).await.unwrap();
+
+    // Just created: the system message alone puts it in every member's list.
+    let last = members.last().unwrap().as_str();
+    let list = s
+        .conversations(&user(last), std::slice::from_ref(&g), 50)
+        .await
+        .unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(
+        (list[0].conversation.clone(), list[0].last_id),
+        (c.clone(), created.id)
+    );
+
+    // Three messages from others across midnight, one of the reader's own, and a 1:1 chat.
+    let midnight = (T0 / BUCKET_MS + 1) * BUCKET_MS;
+    let said = [
+        message("m0001", &c, "everyone", midnight - 10, 1),
+        message("m0002", &c, "everyone", midnight + 10, 2),
+        message(last, &c, "everyone", midnight + 20, 3),
+        message("m0003", &c, "everyone", midnight + 30, 4),
+    ];
+    s.append(&said).await.unwrap();
+    let direct = dm(last, "zed");
+    s.append(&[message("zed", &direct, last, midnight, 5)])
+        .await
+        .unwrap();
+
+    let list = s
+        .conversations(&user(last), std::slice::from_ref(&g), 50)
+        .await
+        .unwrap();
+    let entries: Vec<_> = list
+        .iter()
+        .map(|e| (e.conversation.clone(), e.unread))
+        .collect();
+    // Unread: the creation and three messages from others; not the reader's own.
+    assert_eq!(entries, vec![(c.clone(), 4), (direct.clone(), 1)]);
+    assert_eq!(list[0].last_from, user("m0003"));
+    assert_eq!(list[0].preview, "m0003 says 4");
+
+    s.mark_read(&user(last), &c, said[0].id).await.unwrap();
+    let list = s
+        .conversations(&user(last), std::slice::from_ref(&g), 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        (list.len(), list[0].unread),
+        (1, 2),
+        "limit, and read up to the first"
+    );
+
+    // Another member's list has the group too; someone outside it (or removed) does not.
+    let other = s
+        .conversations(&user("m0500"), std::slice::from_ref(&g), 50)
+        .await
+        .unwrap();
+    assert_eq!((other.len(), other[0].unread), (1, 5));
+    assert!(
+        s.conversations(&user("m0500"), &[], 50)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let (_, quiet) = group("quiet");
+    assert!(
+        s.conversations(&user("m0500"), &[quiet.group_id().unwrap()], 50)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a group without any message has no entry"
+    );
+
+    // A replay leaves the newest message where it is.
+    s.append(&said[..2]).await.unwrap();
+    let list = s
+        .conversations(&user(last), std::slice::from_ref(&g), 50)
+        .await
+        .unwrap();
+    assert_eq!((list[0].last_id, list[0].unread), (said[3].id, 2));
+}
+
+fn markers_of(all: &[GroupMarkers], who: &str) -> (Option<MessageId>, Option<MessageId>) {
+    all.iter()
+        .find(|m| m.user == user(who))
+        .map(|m| (m.delivered, m.seen))
+        .unwrap_or_default()
+}
+
+pub async fn group_markers_only_move_forward<S: Store>(s: &S) {
+    let (g, c) = group("crew");
+    let (id3, id5, id6) = (id_at(T0 + 3, 3), id_at(T0 + 5, 5), id_at(T0 + 6, 6));
+    let alice = user("alice");
+
+    s.mark_delivered(&alice, &c, id5).await.unwrap();
+    s.mark_delivered(&alice, &c, id3).await.unwrap();
+    s.mark_delivered(&alice, &c, id5).await.unwrap();
+    assert_eq!(
+        markers_of(&s.group_markers(&g).await.unwrap(), "alice"),
+        (Some(id5), None)
+    );
+
+    s.mark_read(&alice, &c, id3).await.unwrap();
+    s.mark_read(&alice, &c, id3).await.unwrap();
+    assert_eq!(
+        markers_of(&s.group_markers(&g).await.unwrap(), "alice"),
+        (Some(id5), Some(id3)),
+        "reading does not pull delivered back"
+    );
+    s.mark_read(&alice, &c, id6).await.unwrap();
+    s.mark_read(&alice, &c, id5).await.unwrap();
+    assert_eq!(
+        markers_of(&s.group_markers(&g).await.unwrap(), "alice"),
+        (Some(id6), Some(id6)),
+        "seen implies delivered"
+    );
+    assert_eq!(s.read_marker(&alice, &c).await.unwrap(), Some(id6));
+    assert_eq!(s.read_marker(&user("bob"), &c).await.unwrap(), None);
+
+    // 1:1 conversations keep read markers but no delivered markers; other groups are apart.
+    let ab = dm("alice", "bob");
+    s.mark_delivered(&alice, &ab, id5).await.unwrap();
+    s.mark_read(&alice, &ab, id3).await.unwrap();
+    assert_eq!(s.read_marker(&alice, &ab).await.unwrap(), Some(id3));
+    assert_eq!(s.group_markers(&g).await.unwrap().len(), 1);
+    let (other, _) = group("other");
+    assert!(s.group_markers(&other).await.unwrap().is_empty());
+}
+
+pub async fn group_markers_count_who_received_and_read<S: Store>(s: &S) {
+    let (g, c) = group("forty");
+    let id = id_at(T0 + 10, 10);
+    let (before, after) = (id_at(T0 + 5, 5), id_at(T0 + 20, 20));
+    // Members 0-9 received it, 10-19 also read it, 20-29 read further, 30-39 only older.
+    for i in 0..40u32 {
+        let u = user(&format!("u{i:02}"));
+        match i / 10 {
+            0 => s.mark_delivered(&u, &c, id).await.unwrap(),
+            1 => s.mark_read(&u, &c, id).await.unwrap(),
+            2 => s.mark_read(&u, &c, after).await.unwrap(),
+            _ => s.mark_delivered(&u, &c, before).await.unwrap(),
+        }
+    }
+    let all = s.group_markers(&g).await.unwrap();
+    assert_eq!(all.len(), 40);
+    let delivered = all.iter().filter(|m| m.delivered >= Some(id)).count();
+    let seen = all.iter().filter(|m| m.seen >= Some(id)).count();
+    assert_eq!((delivered, seen), (30, 20));
 }
 
 /// Defines one `#[tokio::test]` per suite case, each with a fresh store from `$make`.
@@ -216,7 +409,10 @@ macro_rules! store_suite {
             catch_up_after_a_cursor,
             conversation_list_orders_by_activity_and_counts_unread,
             replaying_a_batch_leaves_one_copy,
-            only_participants_and_members_can_read);
+            group_events_survive_a_round_trip,
+            group_lists_need_no_per_member_rows,
+            group_markers_only_move_forward,
+            group_markers_count_who_received_and_read);
     };
     (@case $make:expr, $($name:ident),*) => {
         $(

@@ -1,0 +1,428 @@
+//! The ScyllaDB store, through the `scylla` driver: prepared statements (so requests are
+//! routed token-aware to a replica of their partition), paged reads of whole partitions,
+//! configurable consistency, and the versioned migrations in `schema/`.
+//! Runs unchanged against Apache Cassandra 5, which the tests use.
+
+mod groups;
+mod migrate;
+mod rows;
+mod statements;
+
+use std::sync::Arc;
+
+use futures::{FutureExt, StreamExt, TryStreamExt};
+use protocol::frames::{ConversationSummary, Message};
+use protocol::{ConversationId, GroupId, MessageId, UserId};
+use scylla::client::execution_profile::ExecutionProfile;
+use scylla::client::session::Session;
+use scylla::client::session_builder::SessionBuilder;
+use scylla::policies::load_balancing::DefaultPolicy;
+use scylla::statement::Consistency;
+use scylla::statement::prepared::PreparedStatement;
+use serde::{Deserialize, Serialize};
+
+pub use self::migrate::{MIGRATIONS, migrate};
+use self::rows::{GroupRow, MessageRow, parse_id, to_group_message, to_message, to_summary};
+use self::statements::Statements;
+use super::{GroupMarkers, Page, Store, StoreError, bucket_of, newest_first, preview};
+
+/// Unread counts computed at once when listing a user's conversations.
+const UNREAD_COUNTS_IN_FLIGHT: usize = 8;
+
+/// Where and how to reach the cluster.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ScyllaConfig {
+    /// Contact points, comma separated (`host:port`).
+    pub uri: String,
+    pub keyspace: String,
+    /// The keyspace's replication, as CQL. Use NetworkTopologyStrategy in production.
+    pub replication: String,
+    /// `local_quorum` (default, for clusters), `quorum`, or `one` (a single node).
+    pub consistency: String,
+    /// Prefer replicas in this datacenter.
+    pub local_dc: Option<String>,
+}
+
+impl Default for ScyllaConfig {
+    fn default() -> Self {
+        Self {
+            uri: "127.0.0.1:9042".into(),
+            keyspace: "natter".into(),
+            replication: "{'class': 'NetworkTopologyStrategy', 'replication_factor': 3}".into(),
+            consistency: "local_quorum".into(),
+            local_dc: None,
+        }
+    }
+}
+
+fn err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn corrupt(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(e.to_string())
+}
+
+/// The ScyllaDB (or Cassandra) store. Cloning shares the session.
+#[derive(Clone)]
+pub struct ScyllaStore {
+    session: Arc<Session>,
+    st: Arc<Statements>,
+}
+
+/// The CQL write timestamp (µs) of a message: its millisecond time, then its order within the
+/// millisecond, so "newest wins" in conversation lists and markers.
+fn write_ts(id: MessageId) -> i64 {
+    let within_ms = (id.0.random() % 1000) as i64;
+    id.timestamp_ms() as i64 * 1000 + within_ms
+}
+
+impl ScyllaStore {
+    /// Connects, applies the migrations and prepares every statement.
+    pub async fn connect(config: &ScyllaConfig) -> Result<Self, StoreError> {
+        let consistency = match config.consistency.to_ascii_lowercase().as_str() {
+            "one" => Consistency::One,
+            "quorum" => Consistency::Quorum,
+            "local_quorum" => Consistency::LocalQuorum,
+            other => return Err(err(format!("unknown consistency {other:?}"))),
+        };
+        let mut policy = DefaultPolicy::builder().token_aware(true);
+        if let Some(dc) = &config.local_dc {
+            policy = policy.prefer_datacenter(dc.clone());
+        }
+        let profile = ExecutionProfile::builder()
+            .consistency(consistency)
+            .load_balancing_policy(policy.build())
+            .build();
+        let session = SessionBuilder::new()
+            .known_nodes(config.uri.split(',').map(str::trim))
+            .default_execution_profile_handle(profile.into_handle())
+            .build()
+            .await
+            .map_err(|e| err(format!("cannot connect to {}: {e}", config.uri)))?;
+        migrate(&session, &config.keyspace, &config.replication).await?;
+        let st = Statements::prepare(&session, &config.keyspace).await?;
+        Ok(Self {
+            session: Arc::new(session),
+            st: Arc::new(st),
+        })
+    }
+
+    /// Rows of a single-column query, all pages.
+    async fn column<T>(
+        &self,
+        st: &PreparedStatement,
+        values: impl scylla::serialize::row::SerializeRow,
+    ) -> Result<Vec<T>, StoreError>
+    where
+        T: for<'f, 'm> scylla::deserialize::value::DeserializeValue<'f, 'm> + 'static,
+    {
+        let rows: Vec<(T,)> = self.all_rows(st, values).await?;
+        Ok(rows.into_iter().map(|(t,)| t).collect())
+    }
+
+    /// Every row of a query, all pages (a whole partition).
+    async fn all_rows<R>(
+        &self,
+        st: &PreparedStatement,
+        values: impl scylla::serialize::row::SerializeRow,
+    ) -> Result<Vec<R>, StoreError>
+    where
+        R: for<'f, 'm> scylla::deserialize::row::DeserializeRow<'f, 'm> + 'static,
+    {
+        let pager = self
+            .session
+            .execute_iter(st.clone(), values)
+            .await
+            .map_err(err)?;
+        pager
+            .rows_stream::<R>()
+            .map_err(err)?
+            .try_collect()
+            .await
+            .map_err(err)
+    }
+
+    /// Every row of one unpaged query (a bounded page), decoded as `R`.
+    async fn rows<R>(
+        &self,
+        st: &PreparedStatement,
+        values: impl scylla::serialize::row::SerializeRow,
+    ) -> Result<Vec<R>, StoreError>
+    where
+        R: for<'f, 'm> scylla::deserialize::row::DeserializeRow<'f, 'm>,
+    {
+        let result = self
+            .session
+            .execute_unpaged(st, values)
+            .await
+            .map_err(err)?;
+        let rows = result.into_rows_result().map_err(err)?;
+        rows.rows::<R>()
+            .map_err(err)?
+            .collect::<Result<_, _>>()
+            .map_err(corrupt)
+    }
+}
+
+impl Store for ScyllaStore {
+    async fn append(&self, messages: &[Message]) -> Result<(), StoreError> {
+        let mut writes = Vec::new();
+        for m in messages {
+            let id = m.id.to_string();
+            let ts = m.ts as i64;
+            let Some(group) = m.conversation.group_id() else {
+                writes.push(
+                    self.session
+                        .execute_unpaged(
+                            &self.st.insert_message,
+                            (
+                                m.conversation.to_string(),
+                                id.clone(),
+                                ts,
+                                m.from.to_string(),
+                                m.to.to_string(),
+                                m.cid.to_string(),
+                                m.body.clone(),
+                            ),
+                        )
+                        .boxed(),
+                );
+                for user in [&m.from, &m.to] {
+                    writes.push(
+                        self.session
+                            .execute_unpaged(
+                                &self.st.upsert_conversation,
+                                (
+                                    user.to_string(),
+                                    m.conversation.to_string(),
+                                    id.clone(),
+                                    ts,
+                                    m.from.to_string(),
+                                    preview(&m.body),
+                                    write_ts(m.id),
+                                ),
+                            )
+                            .boxed(),
+                    );
+                }
+                continue;
+            };
+            let bucket = bucket_of(m.id) as i64;
+            let event = m
+                .event
+                .as_ref()
+                .map(|e| serde_json::to_string(e).expect("event to JSON"));
+            writes.push(
+                self.session
+                    .execute_unpaged(
+                        &self.st.insert_group_message,
+                        (
+                            group.to_string(),
+                            bucket,
+                            id.clone(),
+                            ts,
+                            m.from.to_string(),
+                            m.cid.to_string(),
+                            m.body.clone(),
+                            event,
+                        ),
+                    )
+                    .boxed(),
+            );
+            writes.push(
+                self.session
+                    .execute_unpaged(&self.st.insert_bucket, (group.to_string(), bucket))
+                    .boxed(),
+            );
+            // One row for the whole group, however many members it has.
+            writes.push(
+                self.session
+                    .execute_unpaged(
+                        &self.st.upsert_group_latest,
+                        (
+                            group.to_string(),
+                            id,
+                            ts,
+                            m.from.to_string(),
+                            preview(&m.body),
+                            write_ts(m.id),
+                        ),
+                    )
+                    .boxed(),
+            );
+        }
+        // Concurrently, but bounded: each write goes to its own partition's replicas.
+        futures::stream::iter(writes)
+            .buffer_unordered(64)
+            .try_collect::<Vec<_>>()
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
+    async fn page(
+        &self,
+        conversation: &ConversationId,
+        page: Page,
+        limit: usize,
+    ) -> Result<Vec<Message>, StoreError> {
+        if let Some(group) = conversation.group_id() {
+            return self.group_page(conversation, &group, page, limit).await;
+        }
+        let c = conversation.as_str();
+        let limit = limit as i32;
+        let rows: Vec<MessageRow> = match page {
+            Page::Latest => self.rows(&self.st.latest, (c, limit)).await?,
+            Page::Before(id) => {
+                self.rows(&self.st.before, (c, id.to_string(), limit))
+                    .await?
+            }
+            Page::After(id) => {
+                self.rows(&self.st.after, (c, id.to_string(), limit))
+                    .await?
+            }
+        };
+        rows.into_iter()
+            .map(|r| to_message(conversation, r))
+            .collect()
+    }
+
+    async fn conversations(
+        &self,
+        user: &UserId,
+        groups: &[GroupId],
+        limit: usize,
+    ) -> Result<Vec<ConversationSummary>, StoreError> {
+        let rows: Vec<(String, String, i64, String, String)> = self
+            .all_rows(&self.st.conversations, (user.as_str(),))
+            .await?;
+        let mut out = Vec::with_capacity(rows.len() + groups.len());
+        for (conversation, last_id, last_ts, last_from, preview) in rows {
+            let conversation: ConversationId = conversation.parse().map_err(corrupt)?;
+            // Group rows written here before groups moved to group_latest are ignored.
+            if conversation.is_direct() {
+                out.push(to_summary(
+                    conversation,
+                    (last_id, last_ts, last_from, preview),
+                )?);
+            }
+        }
+        out.extend(self.group_summaries(groups).await?);
+        newest_first(&mut out, limit);
+        let conversations: Vec<ConversationId> =
+            out.iter().map(|e| e.conversation.clone()).collect();
+        let counts: Vec<u32> = futures::stream::iter(conversations)
+            .map(|conversation| async move { self.unread(user, &conversation).await })
+            .buffered(UNREAD_COUNTS_IN_FLIGHT)
+            .try_collect()
+            .await?;
+        for (entry, unread) in out.iter_mut().zip(counts) {
+            entry.unread = unread;
+        }
+        Ok(out)
+    }
+
+    async fn mark_read(
+        &self,
+        user: &UserId,
+        conversation: &ConversationId,
+        up_to: MessageId,
+    ) -> Result<(), StoreError> {
+        if let Some(group) = conversation.group_id() {
+            return self
+                .set_group_marker(&self.st.set_group_read, &group, user, up_to)
+                .await;
+        }
+        self.session
+            .execute_unpaged(
+                &self.st.set_marker,
+                (
+                    user.as_str(),
+                    conversation.as_str(),
+                    up_to.to_string(),
+                    write_ts(up_to),
+                ),
+            )
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
+    async fn mark_delivered(
+        &self,
+        user: &UserId,
+        conversation: &ConversationId,
+        up_to: MessageId,
+    ) -> Result<(), StoreError> {
+        match conversation.group_id() {
+            Some(group) => {
+                self.set_group_marker(&self.st.set_group_delivered, &group, user, up_to)
+                    .await
+            }
+            None => Ok(()),
+        }
+    }
+
+    async fn read_marker(
+        &self,
+        user: &UserId,
+        conversation: &ConversationId,
+    ) -> Result<Option<MessageId>, StoreError> {
+        if let Some(group) = conversation.group_id() {
+            return Ok(self.group_marker(&group, user).await?.1);
+        }
+        let marker: Option<String> = self
+            .column(&self.st.marker, (user.as_str(), conversation.as_str()))
+            .await?
+            .into_iter()
+            .next();
+        parse_id(marker)
+    }
+
+    async fn group_markers(&self, group: &GroupId) -> Result<Vec<GroupMarkers>, StoreError> {
+        let rows: Vec<(String, Option<String>, Option<String>)> = self
+            .all_rows(&self.st.group_markers, (group.as_str(),))
+            .await?;
+        rows.into_iter()
+            .map(|(user, delivered, read)| {
+                Ok(GroupMarkers::new(
+                    UserId::new(&user).map_err(corrupt)?,
+                    parse_id(delivered)?,
+                    parse_id(read)?,
+                ))
+            })
+            .collect()
+    }
+
+    async fn message(
+        &self,
+        conversation: &ConversationId,
+        id: MessageId,
+    ) -> Result<Option<Message>, StoreError> {
+        match conversation.group_id() {
+            Some(group) => {
+                let bucket = bucket_of(id) as i64;
+                let row: Option<GroupRow> = self
+                    .rows(
+                        &self.st.group_message,
+                        (group.as_str(), bucket, id.to_string()),
+                    )
+                    .await?
+                    .into_iter()
+                    .next();
+                row.map(|r| to_group_message(conversation, &group, r))
+                    .transpose()
+            }
+            None => {
+                let row: Option<MessageRow> = self
+                    .rows(&self.st.message, (conversation.as_str(), id.to_string()))
+                    .await?
+                    .into_iter()
+                    .next();
+                row.map(|r| to_message(conversation, r)).transpose()
+            }
+        }
+    }
+}

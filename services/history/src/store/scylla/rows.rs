@@ -1,0 +1,70 @@
+//! Decoding CQL rows into protocol types.
+
+use protocol::frames::{ConversationSummary, Message};
+use protocol::{ClientMsgId, ConversationId, GroupEvent, GroupId, MessageId, UserId};
+
+use super::corrupt;
+use crate::store::StoreError;
+
+/// A 1:1 row: (id, ts, from, to, cid, body).
+pub(super) type MessageRow = (String, i64, String, String, String, String);
+/// A group row: (id, ts, from, cid, body, event as JSON).
+pub(super) type GroupRow = (String, i64, String, String, String, Option<String>);
+/// A conversation summary row: (last id, last ts, last from, preview).
+pub(super) type SummaryRow = (String, i64, String, String);
+
+pub(super) fn to_message(
+    conversation: &ConversationId,
+    row: MessageRow,
+) -> Result<Message, StoreError> {
+    let (id, ts, from, to, cid, body) = row;
+    Ok(Message {
+        id: id.parse().map_err(corrupt)?,
+        conversation: conversation.clone(),
+        from: UserId::new(&from).map_err(corrupt)?,
+        to: UserId::new(&to).map_err(corrupt)?,
+        cid: ClientMsgId::new(&cid).map_err(corrupt)?,
+        body,
+        ts: ts as u64,
+        cursor: None,
+        event: None,
+    })
+}
+
+/// Group rows have no recipient column: the group is the recipient.
+pub(super) fn to_group_message(
+    conversation: &ConversationId,
+    group: &GroupId,
+    row: GroupRow,
+) -> Result<Message, StoreError> {
+    let (id, ts, from, cid, body, event) = row;
+    let event = event
+        .map(|json| serde_json::from_str::<GroupEvent>(&json))
+        .transpose()
+        .map_err(corrupt)?;
+    Ok(Message {
+        event,
+        ..to_message(conversation, (id, ts, from, group.to_string(), cid, body))?
+    })
+}
+
+pub(super) fn to_summary(
+    conversation: ConversationId,
+    row: SummaryRow,
+) -> Result<ConversationSummary, StoreError> {
+    let (last_id, last_ts, last_from, preview) = row;
+    Ok(ConversationSummary {
+        conversation,
+        last_id: last_id.parse().map_err(corrupt)?,
+        last_ts: last_ts as u64,
+        last_from: UserId::new(&last_from).map_err(corrupt)?,
+        preview,
+        unread: 0,
+    })
+}
+
+pub(super) fn parse_id(text: Option<String>) -> Result<Option<MessageId>, StoreError> {
+    text.filter(|t| !t.is_empty())
+        .map(|t| t.parse().map_err(corrupt))
+        .transpose()
+}
