@@ -345,7 +345,10 @@ impl Stack {
             .expect("connect");
         let store = history::EmbeddedStore::open(&self.history_dir.path().join("history.redb"))
             .expect("open embedded store");
-        let membership = std::sync::Arc::new(history::StaticMembership::default());
+        let membership =
+            history::membership::groups_view(&nats, &self.bus, CancellationToken::new())
+                .await
+                .expect("groups view");
         let handle = history::History::start(
             config,
             &self.bus,

@@ -6,6 +6,7 @@
 mod auth;
 mod config;
 mod handshake;
+mod history_floor;
 mod inbox;
 mod metrics;
 mod outbox;

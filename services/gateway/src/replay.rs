@@ -29,6 +29,7 @@
 //! overloading JetStream.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
@@ -40,6 +41,8 @@ use protocol::{
 };
 use tokio::sync::Semaphore;
 
+use crate::history_floor::HistoryFloor;
+
 /// How long an abandoned replay consumer lives on the server.
 const CONSUMER_IDLE: Duration = Duration::from_secs(30);
 /// The longest one replay turn may take.
@@ -50,6 +53,7 @@ pub struct Replayer {
     pub js: jetstream::Context,
     /// How long the chat service may take to list the user's groups.
     pub groups_timeout: Duration,
+    pub history_floor: Arc<HistoryFloor>,
     /// The most messages one replay sends; above it the device resyncs from history.
     pub max_messages: u64,
     /// Messages read per turn.
@@ -97,16 +101,31 @@ impl Replayer {
     /// consumer whose server went away answers nothing, and the session holds its live
     /// messages back until the replay ends.
     pub async fn turn(&self, replay: Replay) -> anyhow::Result<Turn> {
-        let _permit = self.permits.acquire().await?;
-        let turn = async {
-            match replay {
-                Replay::Start { user, cursor } => self.start(user, cursor).await,
-                Replay::Reading(reading) => self.read(*reading).await,
-            }
+        let turn = {
+            let _permit = self.permits.acquire().await?;
+            let turn = async {
+                match replay {
+                    Replay::Start { user, cursor } => self.start(user, cursor).await,
+                    Replay::Reading(reading) => self.read(*reading).await,
+                }
+            };
+            tokio::time::timeout(TURN_TIMEOUT, turn)
+                .await
+                .map_err(|_| anyhow::anyhow!("replay turn timed out"))??
         };
-        tokio::time::timeout(TURN_TIMEOUT, turn)
-            .await
-            .map_err(|_| anyhow::anyhow!("replay turn timed out"))?
+        // A `synced` that sends the device to history waits (outside the permit) until the
+        // history it will fetch holds everything up to its cursor.
+        if let Some(ServerFrame::Synced {
+            cursor,
+            gap,
+            history,
+            ..
+        }) = turn.frames.last()
+            && (gap.is_some() || !history.is_empty())
+        {
+            self.history_floor.reach(cursor.seq).await;
+        }
+        Ok(turn)
     }
 
     async fn start(&self, user: UserId, cursor: Option<Cursor>) -> anyhow::Result<Turn> {

@@ -20,6 +20,7 @@ use warp::Filter;
 use crate::auth::Verifier;
 use crate::config::GatewayConfig;
 use crate::handshake::{self, UpgradeSlot};
+use crate::history_floor::HistoryFloor;
 use crate::inbox;
 use crate::metrics::GatewayMetrics;
 use crate::presence::Presence;
@@ -108,6 +109,7 @@ impl Gateway {
         let addr = listener.local_addr()?;
         let routed_from = reregister::stream_head(&js).await;
         let replayer = Replayer {
+            history_floor: HistoryFloor::new(js.clone()),
             js,
             groups_timeout: Duration::from_millis(config.send_timeout_ms),
             max_messages: config.sync_max_messages,

@@ -52,8 +52,7 @@ async fn main() -> anyhow::Result<()> {
 async fn serve<S: Store>(config: Config, store: S) -> anyhow::Result<()> {
     let shutdown = plumbing::shutdown::on_signal();
     let nats = plumbing::bus::connect(&config.bus.nats_url, "natter-history").await?;
-    // Until the natter_groups view exists, nobody is in any group.
-    let membership = std::sync::Arc::new(history::StaticMembership::default());
+    let membership = history::membership::groups_view(&nats, &config.bus, shutdown.clone()).await?;
     let service = History::start(
         config.history,
         &config.bus,

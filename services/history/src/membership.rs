@@ -3,7 +3,7 @@
 //! receipts, through this seam.
 
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use protocol::{ConversationId, GroupId, UserId};
 
@@ -32,8 +32,38 @@ pub fn can_read(membership: &dyn Membership, user: &UserId, conversation: &Conve
     }
 }
 
-/// Membership held in memory and set by hand: tests, and the all-in-one binary until the
-/// `natter_groups` view replaces it.
+/// The `natter_groups` bucket's view, kept until `stop`: membership for a running service.
+pub async fn groups_view(
+    nats: &async_nats::Client,
+    bus: &plumbing::BusConfig,
+    stop: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<Arc<dyn Membership>> {
+    let js = async_nats::jetstream::new(nats.clone());
+    let bucket = plumbing::bus::ensure_groups_bucket(&js, bus).await?;
+    Ok(Arc::new(
+        groups::GroupView::start(&js, &bucket, stop).await?,
+    ))
+}
+
+impl Membership for groups::GroupView {
+    fn is_member(&self, group: &GroupId, user: &UserId) -> bool {
+        groups::GroupView::is_member(self, group, user)
+    }
+
+    fn groups_of(&self, user: &UserId) -> Vec<GroupId> {
+        groups::GroupView::groups_of(self, user)
+    }
+
+    fn member_count(&self, group: &GroupId) -> usize {
+        groups::GroupView::member_count(self, group)
+    }
+
+    fn members_if_at_most(&self, group: &GroupId, limit: usize) -> Option<Vec<UserId>> {
+        (self.member_count(group) <= limit).then(|| self.members(group).to_vec())
+    }
+}
+
+/// Membership held in memory and set by hand, for tests.
 #[derive(Default)]
 pub struct StaticMembership {
     groups: RwLock<HashMap<GroupId, Vec<UserId>>>,

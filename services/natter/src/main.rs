@@ -91,7 +91,7 @@ async fn up(mut config: NatterConfig) -> anyhow::Result<()> {
         &config.bus,
         nats.clone(),
         store,
-        std::sync::Arc::new(history::StaticMembership::default()),
+        history::membership::groups_view(&nats, &config.bus, history_shutdown.clone()).await?,
         history_shutdown.clone(),
     )
     .await?;
