@@ -31,7 +31,7 @@ pub fn register(
         let answer = match check(&qid, &platform, &token) {
             Err(frame) => {
                 shared.metrics.bad_frames.inc();
-                frame
+                *frame
             }
             Ok(qid) => store(&shared, &session.user, qid, platform, token, remove).await,
         };
@@ -42,27 +42,27 @@ pub fn register(
 }
 
 /// The frame's `qid` if the frame is valid, or the error to answer.
-fn check(qid: &str, platform: &str, token: &str) -> Result<ClientMsgId, ServerFrame> {
+fn check(qid: &str, platform: &str, token: &str) -> Result<ClientMsgId, Box<ServerFrame>> {
     let Ok(qid) = ClientMsgId::new(qid) else {
-        return Err(ServerFrame::error(
+        return Err(Box::new(ServerFrame::error(
             ErrorCode::InvalidId,
             "qid is not a valid id",
             None,
-        ));
+        )));
     };
     if !PushTokenEntry::valid_platform(platform) {
-        return Err(ServerFrame::query_error(
+        return Err(Box::new(ServerFrame::query_error(
             ErrorCode::MalformedFrame,
             "platform must match [a-z0-9_-]{1,16}",
             qid,
-        ));
+        )));
     }
     if !PushTokenEntry::valid_token(token) {
-        return Err(ServerFrame::query_error(
+        return Err(Box::new(ServerFrame::query_error(
             ErrorCode::MalformedFrame,
             "token must be 1 to 4096 bytes without control characters",
             qid,
-        ));
+        )));
     }
     Ok(qid)
 }
@@ -121,8 +121,8 @@ async fn store(
 mod tests {
     use super::*;
 
-    fn code(result: Result<ClientMsgId, ServerFrame>) -> ErrorCode {
-        match result {
+    fn code(result: Result<ClientMsgId, Box<ServerFrame>>) -> ErrorCode {
+        match result.map_err(|e| *e) {
             Err(ServerFrame::Error { code, .. }) => code,
             other => panic!("expected an error, got {other:?}"),
         }

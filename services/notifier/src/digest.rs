@@ -83,7 +83,7 @@ impl Digest {
     pub fn payload(&self, id: String, user: &UserId, tokens: Vec<PushToken>) -> DigestPayload {
         let mut conversations: Vec<_> = self.conversations.values().cloned().collect();
         // Most recent first, as a phone would list them.
-        conversations.sort_by(|a, b| b.last_id.cmp(&a.last_id));
+        conversations.sort_by_key(|c| std::cmp::Reverse(c.last_id));
         DigestPayload {
             version: PAYLOAD_VERSION,
             id,
