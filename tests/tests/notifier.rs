@@ -331,3 +331,27 @@ async fn bad_push_token_frames_get_clear_errors_and_good_ones_reach_the_bucket()
     assert_eq!(push_answer(&mut bob, "q6").await, Ok(false));
     assert!(bucket.get(&key).await.unwrap().is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_notifiers_send_one_digest_between_them() {
+    let mut stack = Stack::new().start().await;
+    let mut receiver = WebhookReceiver::start().await;
+    let first = stack.start_notifier(WINDOW_MS, &receiver.url()).await;
+    let second = stack.start_notifier(WINDOW_MS, &receiver.url()).await;
+    let js = jetstream::new(stack.nats.client().await);
+    for _ in 0..6 {
+        announce(&js, &["bob"], "alice").await;
+    }
+    let digest = receiver.next_digest().await;
+    assert_eq!(digest["user"], "bob");
+    assert_eq!(digest["total"], 6, "one instance holds the whole window");
+
+    announce(&js, &["carol"], "alice").await;
+    assert_eq!(receiver.next_digest().await["user"], "carol");
+    let sent = |i: usize| stack.notifiers[i].metric("natter_notifier_digests_sent_total");
+    eventually("both digests counted", PATIENCE, async || {
+        sent(first) + sent(second) == 2
+    })
+    .await;
+    assert_eq!(receiver.requests(), 2);
+}
