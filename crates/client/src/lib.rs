@@ -285,4 +285,22 @@ impl Connection {
     pub async fn close(mut self) {
         let _ = self.ws.close(None).await;
     }
+
+    /// Registers this device's push token (or, with `remove`, forgets it); answered by a
+    /// `push_token` frame with the same `qid`, or an `error` with it.
+    pub async fn push_token(
+        &mut self,
+        qid: &str,
+        platform: &str,
+        token: &str,
+        remove: bool,
+    ) -> Result<(), ClientError> {
+        self.send_frame(&ClientFrame::PushToken {
+            qid: qid.into(),
+            platform: platform.into(),
+            token: token.into(),
+            remove,
+        })
+        .await
+    }
 }

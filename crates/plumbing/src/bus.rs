@@ -90,6 +90,57 @@ pub async fn ensure_messages_stream(
     Ok(js.get_stream(subjects::MESSAGES_STREAM).await?)
 }
 
+/// How long the offline-message stream keeps an event nobody acknowledged.
+const OFFLINE_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+
+/// Creates or updates the stream that makes `natter.user.offline_message` durable for the
+/// notifier. Ensured by the chat service (the publisher) and by the notifier, so events
+/// published before the notifier first ran are kept. Limits retention: events stay a day
+/// whether acknowledged or not, so integrators may read them with consumers of their own.
+pub async fn ensure_offline_stream(
+    js: &jetstream::Context,
+    cfg: &BusConfig,
+) -> anyhow::Result<stream::Stream> {
+    let config = stream::Config {
+        name: subjects::OFFLINE_STREAM.into(),
+        description: Some("offline-message events for the notifier; see subjects.md".into()),
+        subjects: vec![subjects::USER_OFFLINE_MESSAGE.into()],
+        storage: stream::StorageType::File,
+        retention: stream::RetentionPolicy::Limits,
+        discard: stream::DiscardPolicy::Old,
+        max_age: OFFLINE_MAX_AGE,
+        num_replicas: cfg.replicas,
+        ..Default::default()
+    };
+    js.create_or_update_stream(config)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot create stream {}: {e}", subjects::OFFLINE_STREAM))?;
+    Ok(js.get_stream(subjects::OFFLINE_STREAM).await?)
+}
+
+/// How long a push token lives without being registered again; dead devices' tokens expire.
+const PUSH_TOKEN_MAX_AGE: Duration = Duration::from_secs(60 * 24 * 3600);
+
+/// Creates the push-token bucket if it does not exist yet (gateways write, the notifier
+/// reads).
+pub async fn ensure_push_tokens_bucket(
+    js: &jetstream::Context,
+    cfg: &BusConfig,
+) -> anyhow::Result<kv::Store> {
+    ensure_bucket(
+        js,
+        kv::Config {
+            bucket: subjects::PUSH_TOKENS_BUCKET.into(),
+            description: "devices' push tokens: <user>.<token hash>".into(),
+            history: 1,
+            max_age: PUSH_TOKEN_MAX_AGE,
+            num_replicas: cfg.replicas,
+            ..Default::default()
+        },
+    )
+    .await
+}
+
 /// The presence buckets: sessions (one key per connection), gateway leases, and each user's
 /// online state and last-seen time.
 #[derive(Clone)]
@@ -213,13 +264,24 @@ pub async fn ensure_durable(
     stream: &stream::Stream,
     durable: Durable<'_>,
 ) -> anyhow::Result<async_nats::jetstream::consumer::PullConsumer> {
+    let max_ack_pending = durable.batch * 4;
+    ensure_holding_durable(stream, durable, max_ack_pending).await
+}
+
+/// As [`ensure_durable`], for a consumer that holds messages unacknowledged for a long time
+/// (the notifier, over its batching window): up to `max_ack_pending` of them.
+pub async fn ensure_holding_durable(
+    stream: &stream::Stream,
+    durable: Durable<'_>,
+    max_ack_pending: usize,
+) -> anyhow::Result<async_nats::jetstream::consumer::PullConsumer> {
     use async_nats::jetstream::consumer;
     let config = consumer::pull::Config {
         durable_name: Some(durable.name.into()),
         description: Some(durable.description.into()),
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait: durable.ack_wait,
-        max_ack_pending: (durable.batch * 4) as i64,
+        max_ack_pending: max_ack_pending as i64,
         deliver_policy: durable.deliver_policy,
         ..Default::default()
     };
@@ -237,6 +299,21 @@ pub async fn ensure_durable(
         stream.get_or_create_consumer(durable.name, config).await
     };
     created.map_err(|e| anyhow::anyhow!("cannot create consumer {}: {e}", durable.name))
+}
+
+/// How long to delay the redelivery of messages a stopping instance hands back (a NAK with
+/// this delay): longer than a pinned pull request lives, so they cannot land in the pull
+/// request this instance left behind and go to whichever instance pulls next.
+pub const HANDOVER_DELAY: Duration = Duration::from_secs(3);
+
+/// Releases this instance's pin on a pinned durable, so a standby (or this service,
+/// restarted) takes over at once instead of after the pin timeout. Call it after the last
+/// pull has stopped.
+pub async fn release_pin(stream: &stream::Stream, consumer: &str) -> anyhow::Result<()> {
+    stream
+        .unpin_consumer(consumer, PINNED_GROUP)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot unpin consumer {consumer}: {e}"))
 }
 
 /// The next message of `sub`, or `None` once `stop` is cancelled or the subscription ends.

@@ -77,6 +77,17 @@ pub enum ClientFrame {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         ts: Option<u64>,
     },
+    /// Register this device's push token (or, with `remove: true`, forget it), for the
+    /// notifier's digests while the user has no device online. `platform` matches
+    /// `[a-z0-9_-]{1,16}` (`fcm`, `apns`...), `token` is 1 to 4096 bytes without control
+    /// characters. Answered with `push_token` carrying the same `qid`, or an `error` with it.
+    PushToken {
+        qid: String,
+        platform: String,
+        token: String,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        remove: bool,
+    },
 }
 
 impl ClientFrame {
@@ -93,6 +104,7 @@ impl ClientFrame {
         "group",
         "receipts",
         "ping",
+        "push_token",
     ];
 }
 
@@ -250,6 +262,9 @@ pub enum ServerFrame {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         qid: Option<ClientMsgId>,
     },
+    /// Answer to `push_token`: the token is now registered (`registered: true`) or was
+    /// removed (`registered: false`).
+    PushToken { qid: ClientMsgId, registered: bool },
 }
 
 impl ServerFrame {

@@ -212,3 +212,35 @@ pub enum HistoryQuery {
         id: MessageId,
     },
 }
+
+/// Value of a push token's key `<user>.<hash>` in the `natter_push_tokens` bucket, written
+/// by the gateway on a client's `push_token` frame and read by the notifier.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushTokenEntry {
+    pub user: UserId,
+    /// `[a-z0-9_-]{1,16}`, as the client named it (`fcm`, `apns`...).
+    pub platform: String,
+    pub token: String,
+    /// When the device registered it, milliseconds since the Unix epoch.
+    pub registered: u64,
+}
+
+impl PushTokenEntry {
+    /// The longest token accepted, in bytes.
+    pub const MAX_TOKEN_BYTES: usize = 4096;
+    /// The longest platform name accepted, in bytes.
+    pub const MAX_PLATFORM_BYTES: usize = 16;
+
+    /// Whether `platform` matches `[a-z0-9_-]{1,16}`.
+    pub fn valid_platform(platform: &str) -> bool {
+        (1..=Self::MAX_PLATFORM_BYTES).contains(&platform.len())
+            && platform
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    }
+
+    /// Whether `token` is 1 to 4096 bytes without control characters.
+    pub fn valid_token(token: &str) -> bool {
+        (1..=Self::MAX_TOKEN_BYTES).contains(&token.len()) && !token.chars().any(char::is_control)
+    }
+}

@@ -56,6 +56,16 @@ pub const GROUPS_STREAM: &str = "KV_natter_groups";
 /// Durable consumer on [`SESSIONS_STREAM`] that turns session changes into user presence.
 pub const PRESENCE_CONSUMER: &str = "natter-presence";
 
+/// JetStream stream making [`USER_OFFLINE_MESSAGE`] durable for the notifier.
+pub const OFFLINE_STREAM: &str = "NATTER_OFFLINE";
+/// Durable consumer on [`OFFLINE_STREAM`] that batches offline messages into digests.
+pub const NOTIFIER_CONSUMER: &str = "natter-notifier";
+/// KV bucket: devices' push tokens, `<user>.<token hash>` (written by gateways, read by the
+/// notifier).
+pub const PUSH_TOKENS_BUCKET: &str = "natter_push_tokens";
+/// Wildcard selecting every user's presence events (the notifier's subscription).
+pub const PRESENCE_ALL: &str = "natter.presence.*";
+
 /// Header carrying the de-duplication key on publishes to [`MESSAGES_STREAM`].
 pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
 
@@ -111,6 +121,21 @@ pub fn lease_key(gateway: &GatewayId) -> String {
     gateway.to_string()
 }
 
+/// `<user>.<hash>`: a push token's key in [`PUSH_TOKENS_BUCKET`]; the hash is the first 128
+/// bits of the token's SHA-256 in hex, so the same token registered twice is one key and
+/// the token itself never appears in a key or subject.
+pub fn push_token_key(user: &UserId, token: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(token.as_bytes());
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{user}.{hex}")
+}
+
+/// `<user>.*`: the keys of every push token of `user` in [`PUSH_TOKENS_BUCKET`].
+pub fn push_tokens_of(user: &UserId) -> String {
+    format!("{user}.*")
+}
+
 /// `<from>:<cid>`: the JetStream de-duplication id of a send.
 pub fn dedup_id(from: &UserId, cid: &ClientMsgId) -> String {
     format!("{from}:{cid}")
@@ -154,6 +179,11 @@ pub fn catalogue() -> Vec<String> {
         gateway_deliver(&gw).replace("GW", "<gateway>"),
         "<user>.<gateway>.<conn>".into(),
         "<from>:<cid>".into(),
+        OFFLINE_STREAM.into(),
+        NOTIFIER_CONSUMER.into(),
+        PUSH_TOKENS_BUCKET.into(),
+        PRESENCE_ALL.into(),
+        "<user>.<hash>".into(),
     ]
 }
 
@@ -177,5 +207,11 @@ mod tests {
         assert_eq!(gateway_deliver(&gw), "natter.gw.gw-1.deliver");
         assert_eq!(gateway_inbox(&gw), "natter.gw.gw-1.>");
         assert_eq!(dedup_id(&a, &ClientMsgId::new("c1").unwrap()), "alice:c1");
+        let key = push_token_key(&b, "token-1");
+        assert_eq!(key.len(), "bob.".len() + 32);
+        assert!(key.starts_with("bob."));
+        assert_eq!(key, push_token_key(&b, "token-1"));
+        assert_ne!(key, push_token_key(&b, "token-2"));
+        assert_eq!(push_tokens_of(&b), "bob.*");
     }
 }

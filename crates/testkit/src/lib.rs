@@ -9,6 +9,7 @@
 mod cluster;
 mod link;
 mod traffic;
+mod webhook;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -24,6 +25,7 @@ pub use client;
 pub use cluster::TestCluster;
 pub use link::Link;
 pub use traffic::{Traffic, TrafficPlan, TrafficReport};
+pub use webhook::{WebhookReceiver, reserve_port};
 
 /// The secret every test token is signed with.
 pub const SECRET: &str = "test-secret-not-for-production";
@@ -159,6 +161,7 @@ impl StackBuilder {
             gateways: Vec::new(),
             chats: Vec::new(),
             histories: Vec::new(),
+            notifiers: Vec::new(),
             history_dir: tempfile::tempdir().expect("temp dir"),
         };
         let chat_config = stack.chat_config.clone();
@@ -255,6 +258,7 @@ pub struct Stack {
     pub gateways: Vec<RunningGateway>,
     pub chats: Vec<RunningChat>,
     pub histories: Vec<RunningHistory>,
+    pub notifiers: Vec<RunningNotifier>,
     /// Where the history service's embedded store lives.
     pub history_dir: tempfile::TempDir,
 }
@@ -273,6 +277,46 @@ impl RunningHistory {
             handle.abort();
         }
     }
+}
+
+/// A running notifier of a stack.
+pub struct RunningNotifier {
+    pub shutdown: CancellationToken,
+    pub metrics: plumbing::Metrics,
+    handle: Option<notifier::Notifier>,
+}
+
+impl RunningNotifier {
+    /// Shuts it down gracefully (it hands its held events back) and waits for it.
+    pub async fn stop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(handle) = self.handle.take() {
+            within(handle.wait())
+                .await
+                .expect("notifier stopped cleanly");
+        }
+    }
+
+    /// Kills it at once, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(handle) = self.handle.take() {
+            handle.abort();
+        }
+    }
+
+    /// The value of a counter or gauge of this notifier.
+    pub fn metric(&self, name: &str) -> i64 {
+        metric_value(&self.metrics, name)
+    }
+}
+
+/// The value of a counter or gauge in `metrics`.
+pub fn metric_value(metrics: &plumbing::Metrics, name: &str) -> i64 {
+    metrics
+        .render()
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no metric {name}"))
 }
 
 impl Stack {
@@ -365,6 +409,43 @@ impl Stack {
             handle: Some(handle),
         });
         self.histories.len() - 1
+    }
+
+    /// Starts a notifier with a `window_ms` window, delivering to `webhook_url` (the log
+    /// provider when empty), retrying quickly.
+    pub async fn start_notifier(&mut self, window_ms: u64, webhook_url: &str) -> usize {
+        let provider = if webhook_url.is_empty() {
+            notifier::ProviderKind::Log
+        } else {
+            notifier::ProviderKind::Webhook
+        };
+        self.start_notifier_with(notifier::NotifierConfig {
+            window_ms,
+            provider,
+            webhook_url: webhook_url.into(),
+            webhook_timeout_ms: 2_000,
+            retry_initial_backoff_ms: 100,
+            retry_max_backoff_ms: 500,
+            retry_max_age_ms: 30_000,
+            ..Default::default()
+        })
+        .await
+    }
+
+    pub async fn start_notifier_with(&mut self, config: notifier::NotifierConfig) -> usize {
+        let nats = plumbing::bus::connect(&self.bus.nats_url, "notifier")
+            .await
+            .expect("connect");
+        let shutdown = CancellationToken::new();
+        let handle = notifier::Notifier::start(config, &self.bus, nats, shutdown.clone())
+            .await
+            .expect("start notifier");
+        self.notifiers.push(RunningNotifier {
+            shutdown,
+            metrics: handle.metrics.clone(),
+            handle: Some(handle),
+        });
+        self.notifiers.len() - 1
     }
 
     /// A valid token for `user`.

@@ -37,6 +37,7 @@ impl Chat {
     ) -> anyhow::Result<Self> {
         let js = async_nats::jetstream::new(nats.clone());
         let stream = plumbing::bus::ensure_messages_stream(&js, bus).await?;
+        plumbing::bus::ensure_offline_stream(&js, bus).await?;
         let ack_wait = Duration::from_millis(config.router_ack_wait_ms);
         let consumer = router::ensure_consumer(&stream, config.router_batch, ack_wait).await?;
         let metrics = ChatMetrics::new();

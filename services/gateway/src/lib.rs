@@ -11,6 +11,7 @@ mod inbox;
 mod metrics;
 mod outbox;
 mod presence;
+mod push_tokens;
 mod registry;
 mod replay;
 mod reregister;

@@ -37,6 +37,8 @@ pub struct Shared {
     pub verifier: Verifier,
     pub registry: Registry,
     pub presence: Presence,
+    /// Devices' push tokens (`push_tokens.rs`), read by the notifier.
+    pub push_tokens: async_nats::jetstream::kv::Store,
     pub replayer: Replayer,
     pub watchers: Watchers,
     /// Where this gateway's deliveries stand in the messages stream (see `reregister`).
@@ -91,6 +93,7 @@ impl Gateway {
         };
         let js = async_nats::jetstream::new(nats.clone());
         let buckets = plumbing::bus::ensure_presence_buckets(&js, bus).await?;
+        let push_tokens = plumbing::bus::ensure_push_tokens_bucket(&js, bus).await?;
         // Session markers go to the messages stream, whoever starts first.
         plumbing::bus::ensure_messages_stream(&js, bus).await?;
         let mut conn_ids = ulid::Generator::new();
@@ -127,6 +130,7 @@ impl Gateway {
             nats,
             registry: Registry::default(),
             presence,
+            push_tokens,
             metrics: GatewayMetrics::new(),
             shutdown,
             sessions: TaskTracker::new(),

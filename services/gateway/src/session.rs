@@ -297,6 +297,17 @@ impl Session {
                 let limit = limit.unwrap_or(DEFAULT_PAGE).min(MAX_PAGE);
                 self.start_query(qid, HistoryQuery::Conversations { limit });
             }
+            ClientFrame::PushToken {
+                qid,
+                platform,
+                token,
+                remove,
+            } => {
+                let (shared, handle) = (self.shared.clone(), self.handle.clone());
+                let work =
+                    crate::push_tokens::register(shared, handle, qid, platform, token, remove);
+                return Step::Await(work);
+            }
         }
         Step::Continue
     }

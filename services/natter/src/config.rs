@@ -6,6 +6,7 @@ use anyhow::Context;
 use chat::ChatConfig;
 use gateway::GatewayConfig;
 use history::HistoryConfig;
+use notifier::NotifierConfig;
 use plumbing::BusConfig;
 use serde::{Deserialize, Serialize};
 
@@ -18,6 +19,8 @@ pub struct NatterConfig {
     /// The history service; its embedded store lives in `data_dir` unless
     /// `history.embedded_path` is set to another place.
     pub history: HistoryConfig,
+    /// The notifier; the `log` provider unless configured otherwise.
+    pub notifier: NotifierConfig,
     /// Where the local nats-server keeps its data, and the dev secret is kept.
     pub data_dir: PathBuf,
     /// JetStream `sync_interval` of the local nats-server: `always` (fsync before every ack,
@@ -32,6 +35,7 @@ impl Default for NatterConfig {
             gateway: GatewayConfig::default(),
             chat: ChatConfig::default(),
             history: HistoryConfig::default(),
+            notifier: NotifierConfig::default(),
             data_dir: PathBuf::from(".data"),
             nats_sync_interval: "always".into(),
         }

@@ -1,5 +1,5 @@
-//! `natter`: the all-in-one binary (gateway + chat service, and a local nats-server when no
-//! NATS URL is configured) and the command line for people testing a deployment.
+//! `natter`: the all-in-one binary (gateway, chat, history and notifier services, and a local
+//! nats-server when no NATS URL is configured) and the command line for people testing a deployment.
 
 mod config;
 
@@ -95,6 +95,14 @@ async fn up(mut config: NatterConfig) -> anyhow::Result<()> {
         history_shutdown.clone(),
     )
     .await?;
+    let notifier_shutdown = tokio_util::sync::CancellationToken::new();
+    let notifier = notifier::Notifier::start(
+        config.notifier.clone(),
+        &config.bus,
+        nats.clone(),
+        notifier_shutdown.clone(),
+    )
+    .await?;
     let gw = gateway::Gateway::start(
         config.gateway.clone(),
         &config.bus,
@@ -104,18 +112,22 @@ async fn up(mut config: NatterConfig) -> anyhow::Result<()> {
     .await?;
     gw.export_metrics(chat.metrics.clone());
     gw.export_metrics(history.metrics.clone());
+    gw.export_metrics(notifier.metrics.clone());
     println!("natter is up");
     println!("  WebSocket: ws://{}/v1/ws", gw.addr);
     println!("  NATS:      {}", config.bus.nats_url);
     println!("  token:     natter token <user>");
 
     // Shutdown order: the gateway closes its sessions first, then the chat service stops,
-    // then the history service, then NATS is drained, and the local nats-server goes last.
+    // then the history service, then the notifier (it hands its held events back), then NATS
+    // is drained, and the local nats-server goes last.
     gw.wait().await;
     chat_shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(10), chat.wait()).await;
     history_shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(10), history.wait()).await;
+    notifier_shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(10), notifier.wait()).await;
     let _ = nats.drain().await;
     if let Some(mut server) = local_nats {
         // SIGTERM lets JetStream flush and close its files cleanly.
