@@ -5,12 +5,14 @@
 //!
 //! One poller per gateway reads the writer's ack floor (the consumer's info) while anyone is
 //! waiting, so a reconnect storm costs one JetStream request per poll, not one per device.
+//! Without a writer at all (no history service was ever started) nobody waits.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream;
+use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use protocol::subjects;
 use tokio::sync::watch;
 
@@ -21,29 +23,45 @@ const POLL: Duration = Duration::from_millis(10);
 
 pub struct HistoryFloor {
     js: jetstream::Context,
-    floor: watch::Sender<u64>,
+    floor: watch::Sender<Floor>,
     waiters: AtomicUsize,
+}
+
+#[derive(Clone, Copy, Default)]
+struct Floor {
+    /// Every stream entry up to here is stored.
+    stored: u64,
+    /// The writer's consumer does not exist: there is no history to wait for.
+    no_writer: bool,
+}
+
+impl Floor {
+    fn covers(&self, seq: u64) -> bool {
+        self.no_writer || self.stored >= seq
+    }
 }
 
 impl HistoryFloor {
     pub fn new(js: jetstream::Context) -> Arc<Self> {
         Arc::new(Self {
             js,
-            floor: watch::Sender::new(0),
+            floor: watch::Sender::new(Floor::default()),
             waiters: AtomicUsize::new(0),
         })
     }
 
     /// Waits until the writer has stored every stream entry up to `seq` (at most `PATIENCE`).
     pub async fn reach(self: &Arc<Self>, seq: u64) {
-        if *self.floor.borrow() >= seq {
+        // `no_writer` is only trusted fresh, from the poll this wait starts.
+        if self.floor.borrow().stored >= seq {
             return;
         }
+        self.floor.send_modify(|f| f.no_writer = false);
         let mut floor = self.floor.subscribe();
         if self.waiters.fetch_add(1, Ordering::SeqCst) == 0 {
             tokio::spawn(self.clone().poll());
         }
-        let reached = tokio::time::timeout(PATIENCE, floor.wait_for(|f| *f >= seq)).await;
+        let reached = tokio::time::timeout(PATIENCE, floor.wait_for(|f| f.covers(seq))).await;
         self.waiters.fetch_sub(1, Ordering::SeqCst);
         if reached.is_err() {
             tracing::debug!(seq, "history writer behind a replay that sends to history");
@@ -53,13 +71,16 @@ impl HistoryFloor {
     /// Reads the writer's ack floor while anyone waits.
     async fn poll(self: Arc<Self>) {
         while self.waiters.load(Ordering::SeqCst) > 0 {
-            if let Ok(stream) = self.js.get_stream(subjects::MESSAGES_STREAM).await
-                && let Ok(info) = stream.consumer_info(subjects::HISTORY_CONSUMER).await
-            {
-                self.floor.send_if_modified(|f| {
-                    let newer = info.ack_floor.stream_sequence > *f;
-                    *f = (*f).max(info.ack_floor.stream_sequence);
-                    newer
+            if let Ok(stream) = self.js.get_stream(subjects::MESSAGES_STREAM).await {
+                let (stored, no_writer) =
+                    match stream.consumer_info(subjects::HISTORY_CONSUMER).await {
+                        Ok(info) => (info.ack_floor.stream_sequence, false),
+                        Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => (0, true),
+                        Err(_) => (0, false),
+                    };
+                self.floor.send_modify(|f| {
+                    f.stored = f.stored.max(stored);
+                    f.no_writer = no_writer;
                 });
             }
             tokio::time::sleep(POLL).await;
