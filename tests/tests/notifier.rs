@@ -355,3 +355,52 @@ async fn two_notifiers_send_one_digest_between_them() {
     .await;
     assert_eq!(receiver.requests(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifteen_group_messages_make_one_digest_per_offline_member_naming_the_group() {
+    let mut stack = Stack::new().start().await;
+    let mut receiver = WebhookReceiver::start().await;
+    let n = stack.start_notifier(WINDOW_MS, &receiver.url()).await;
+
+    // alice is online; bob and carol, the other members, are not.
+    let mut alice = stack.connect("alice", 0).await;
+    alice
+        .group(
+            "create",
+            protocol::GroupOp::Create {
+                name: "G".into(),
+                members: vec!["bob".into(), "carol".into()],
+            },
+        )
+        .await
+        .unwrap();
+    let ServerFrame::Group { group, .. } = testkit::answer(&mut alice, "create").await else {
+        panic!("group not created")
+    };
+    for i in 0..15 {
+        alice
+            .send_group(group.group.as_str(), &format!("g{i}"), "hello group")
+            .await
+            .unwrap();
+        expect_frame(&mut alice, |f| {
+            matches!(f, ServerFrame::Sent { .. }).then_some(())
+        })
+        .await;
+    }
+
+    let mut digests = vec![receiver.next_digest().await, receiver.next_digest().await];
+    digests.sort_by_key(|d| d["user"].as_str().unwrap().to_string());
+    for (digest, who) in digests.iter().zip(["bob", "carol"]) {
+        assert_eq!(digest["user"], who);
+        assert_eq!(digest["total"], 15, "system messages are not announced");
+        assert_eq!(digest["text"], "15 new messages in G");
+        let conversations = digest["conversations"].as_array().unwrap();
+        assert_eq!(
+            conversations[0]["conversation"],
+            group.conversation.as_str()
+        );
+        assert_eq!(conversations[0]["group_name"], "G");
+    }
+    metric_reaches(&stack.notifiers[n], "natter_notifier_digests_sent_total", 2).await;
+    assert_eq!(receiver.requests(), 2);
+}
