@@ -63,8 +63,9 @@ enum Scenario {
         /// Seconds per rate, and of the saturation run.
         #[arg(long, default_value_t = 10)]
         seconds: u64,
-        /// Members sending at once in the saturation run.
-        #[arg(long, default_value_t = 8)]
+        /// Members sending at once in the saturation run (each has one send in flight to
+        /// the chat service at a time, so fewer cannot saturate a fsyncing JetStream).
+        #[arg(long, default_value_t = 32)]
         senders: usize,
         /// JetStream sync_interval of the nats-server: `always` or a duration like `2m`.
         #[arg(long, default_value = "always")]
