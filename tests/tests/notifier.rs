@@ -388,7 +388,7 @@ async fn fifteen_group_messages_make_one_digest_per_offline_member_naming_the_gr
         .await;
     }
 
-    let mut digests = vec![receiver.next_digest().await, receiver.next_digest().await];
+    let mut digests = [receiver.next_digest().await, receiver.next_digest().await];
     digests.sort_by_key(|d| d["user"].as_str().unwrap().to_string());
     for (digest, who) in digests.iter().zip(["bob", "carol"]) {
         assert_eq!(digest["user"], who);
