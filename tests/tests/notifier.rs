@@ -404,3 +404,64 @@ async fn fifteen_group_messages_make_one_digest_per_offline_member_naming_the_gr
     metric_reaches(&stack.notifiers[n], "natter_notifier_digests_sent_total", 2).await;
     assert_eq!(receiver.requests(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notifier_killed_within_the_window_hands_its_events_on_after_the_ack_wait() {
+    let mut stack = Stack::new().start().await;
+    let mut receiver = WebhookReceiver::start().await;
+    let config = notifier::NotifierConfig {
+        window_ms: 5_000,
+        ack_wait_ms: 1_500,
+        provider: notifier::ProviderKind::Webhook,
+        webhook_url: receiver.url(),
+        retry_initial_backoff_ms: 100,
+        retry_max_backoff_ms: 500,
+        ..Default::default()
+    };
+    let first = stack.start_notifier_with(config.clone()).await;
+    let js = jetstream::new(stack.nats.client().await);
+    for _ in 0..5 {
+        announce(&js, &["bob"], "alice").await;
+    }
+    let notifier = &stack.notifiers[first];
+    eventually("events taken in", PATIENCE, async || {
+        notifier.metric("natter_notifier_events_total") == 5
+    })
+    .await;
+    // Held for two ack waits inside the window, the events are not delivered again: the
+    // progress acknowledgements keep them. (This sleep holds the window open on purpose; it
+    // does not wait for an event.)
+    tokio::time::sleep(std::time::Duration::from_millis(3_200)).await;
+    let offline = js.get_stream(subjects::OFFLINE_STREAM).await.unwrap();
+    let info = offline
+        .consumer_info(subjects::NOTIFIER_CONSUMER)
+        .await
+        .unwrap();
+    assert_eq!(
+        (info.num_ack_pending, info.num_redelivered),
+        (5, 0),
+        "held, and not delivered again while the notifier is alive"
+    );
+    assert_eq!(receiver.requests(), 0, "the window is still open");
+    stack.notifiers[first].kill();
+
+    // The events come back to the next instance once the pin moves and the ack wait lapses.
+    let second = stack.start_notifier_with(config).await;
+    let digest = receiver.next_digest().await;
+    assert_eq!(
+        (digest["user"].as_str(), digest["total"].as_i64()),
+        (Some("bob"), Some(5))
+    );
+    announce(&js, &["carol"], "alice").await;
+    assert_eq!(
+        receiver.next_digest().await["user"],
+        "carol",
+        "bob's digest went once"
+    );
+    metric_reaches(
+        &stack.notifiers[second],
+        "natter_notifier_digests_sent_total",
+        2,
+    )
+    .await;
+}

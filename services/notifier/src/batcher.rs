@@ -5,9 +5,11 @@
 //! counted in is delivered or dropped.
 //!
 //! An event is acknowledged late on purpose: until then it stays in JetStream, so a
-//! notifier that stops or dies loses nothing. The consumer's ack wait is longer than a
-//! window plus the whole retry budget (`NotifierConfig::ack_wait_ms`), and its
-//! `max_ack_pending` (`max_pending_events`) bounds what this task holds in memory.
+//! notifier that stops or dies loses nothing. Held events get a progress acknowledgement
+//! every third of the consumer's ack wait (`NotifierConfig::ack_wait_ms`, 30 s), so the ack
+//! wait need not cover a window plus a whole retry budget, and a dead notifier's events come
+//! back within it. The consumer's `max_ack_pending` (`max_pending_events`) bounds what this
+//! task holds in memory.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -35,6 +37,8 @@ pub struct Batcher {
     metrics: NotifierMetrics,
     window: Duration,
     max_concurrent_deliveries: usize,
+    /// How often held events get a progress acknowledgement.
+    progress_every: Duration,
     /// Events not yet acknowledged, by stream sequence.
     events: HashMap<u64, Held>,
     /// Open windows, by user.
@@ -68,6 +72,7 @@ impl Batcher {
         Self {
             metrics: courier.metrics.clone(),
             window: Duration::from_millis(config.window_ms),
+            progress_every: Duration::from_millis(config.ack_wait_ms / 3),
             max_concurrent_deliveries: config.max_concurrent_deliveries,
             courier,
             events: HashMap::new(),
@@ -88,6 +93,8 @@ impl Batcher {
         stop: CancellationToken,
     ) -> anyhow::Result<()> {
         let mut messages = plumbing::bus::pull(&consumer, batch).await?;
+        let mut progress = tokio::time::interval(self.progress_every);
+        progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let next_due = self.due.first().map(|(at, _)| *at);
             let can_deliver = self.delivering.len() < self.max_concurrent_deliveries;
@@ -101,6 +108,7 @@ impl Batcher {
                 }
                 Some(msg) = presence.next() => self.on_presence(&msg.payload).await,
                 _ = sleep_until(next_due), if next_due.is_some() && can_deliver => self.close_due(),
+                _ = progress.tick() => self.still_working().await,
                 msg = plumbing::bus::next_pulled(&mut messages, &stop) => match msg {
                     Some(msg) => self.on_event(msg).await,
                     None => break,
@@ -114,6 +122,16 @@ impl Batcher {
         drop(messages);
         self.hand_back(&stream, &consumer).await;
         Ok(())
+    }
+
+    /// Tells JetStream every held event is still being worked on, so it is not delivered
+    /// again while its window is open or its digest is being retried.
+    async fn still_working(&self) {
+        for held in self.events.values() {
+            if let Err(e) = held.msg.ack_with(AckKind::Progress).await {
+                tracing::debug!(error = %e, "progress acknowledgement failed");
+            }
+        }
     }
 
     async fn on_event(&mut self, msg: jetstream::Message) {

@@ -37,6 +37,11 @@ pub struct NotifierConfig {
     pub max_pending_events: usize,
     /// Digests being delivered at once; further due digests wait.
     pub max_concurrent_deliveries: usize,
+    /// How long an event may go without word from the notifier holding it before JetStream
+    /// delivers it again. A live notifier tells JetStream it is still working on each held
+    /// event every third of this, however long its window and retries take, so this is how
+    /// soon the events of a notifier that died come back to another instance.
+    pub ack_wait_ms: u64,
 }
 
 impl Default for NotifierConfig {
@@ -52,20 +57,19 @@ impl Default for NotifierConfig {
             retry_max_backoff_ms: 60_000,
             max_pending_events: 100_000,
             max_concurrent_deliveries: 64,
+            ack_wait_ms: 30_000,
         }
     }
 }
 
 impl NotifierConfig {
-    /// How long an event may stay unacknowledged before JetStream delivers it again: longer
-    /// than its window plus the whole retry budget of its digest, with a minute to spare.
-    pub fn ack_wait_ms(&self) -> u64 {
-        self.window_ms + self.retry_max_age_ms + self.webhook_timeout_ms + 60_000
-    }
-
     /// Refuses a configuration that cannot work, naming the key.
     pub fn check(&self) -> anyhow::Result<()> {
         anyhow::ensure!(self.window_ms > 0, "notifier.window_ms must be above 0");
+        anyhow::ensure!(
+            self.ack_wait_ms >= 1_000,
+            "notifier.ack_wait_ms must be at least 1000"
+        );
         anyhow::ensure!(
             self.retry_max_attempts > 0,
             "notifier.retry_max_attempts must be above 0"

@@ -67,7 +67,7 @@ impl Notifier {
                 description: "batches offline-message events into push digests",
                 deliver_policy: consumer::DeliverPolicy::All,
                 batch,
-                ack_wait: Duration::from_millis(config.ack_wait_ms()),
+                ack_wait: Duration::from_millis(config.ack_wait_ms),
                 pinned: true,
             },
             config.max_pending_events,
