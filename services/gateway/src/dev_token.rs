@@ -53,7 +53,8 @@ pub fn routes(shared: Arc<Shared>) -> BoxedFilter<(Response,)> {
                 )
                 .into_response();
             }
-            let token = crate::mint_token(&shared.config.jwt_secret, &request.user, DEV_TOKEN_TTL_SECS);
+            let token =
+                crate::mint_token(&shared.config.jwt_secret, &request.user, DEV_TOKEN_TTL_SECS);
             tracing::info!(user = %request.user, "dev token issued");
             warp::reply::json(&TokenAnswer {
                 user: request.user,

@@ -34,7 +34,11 @@ const ASSETS: &[Asset] = &[
     asset!("/", "index.html", "text/html; charset=utf-8"),
     asset!("/index.html", "index.html", "text/html; charset=utf-8"),
     asset!("/app.js", "app.js", "text/javascript; charset=utf-8"),
-    asset!("/protocol.js", "protocol.js", "text/javascript; charset=utf-8"),
+    asset!(
+        "/protocol.js",
+        "protocol.js",
+        "text/javascript; charset=utf-8"
+    ),
     asset!("/store.js", "store.js", "text/javascript; charset=utf-8"),
     asset!("/ui.js", "ui.js", "text/javascript; charset=utf-8"),
     asset!("/style.css", "style.css", "text/css; charset=utf-8"),

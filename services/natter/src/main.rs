@@ -124,7 +124,10 @@ async fn up(mut config: NatterConfig) -> anyhow::Result<()> {
     println!("  NATS:      {}", config.bus.nats_url);
     println!("  token:     natter token <user>");
     if config.gateway.dev_tokens {
-        println!("  dev token: POST http://{}/dev/token {{\"user\":\"<user>\"}}", gw.addr);
+        println!(
+            "  dev token: POST http://{}/dev/token {{\"user\":\"<user>\"}}",
+            gw.addr
+        );
     }
 
     // Shutdown order: the gateway closes its sessions first, then the chat service stops,

@@ -71,7 +71,10 @@ impl Natter {
             .env_remove("NATTER_GATEWAY__JWT_SECRET")
             .env("NATTER_DATA_DIR", &self.data_dir)
             .env("NATTER_BUS__NATS_URL", &self.nats_url)
-            .env("NATTER_GATEWAY__LISTEN_ADDR", format!("127.0.0.1:{}", self.port))
+            .env(
+                "NATTER_GATEWAY__LISTEN_ADDR",
+                format!("127.0.0.1:{}", self.port),
+            )
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(log)
