@@ -81,9 +81,15 @@ impl Natter {
             .spawn()
             .expect("spawn natter");
         let stdout = child.stdout.take().expect("natter stdout");
+        let mut log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.log)
+            .expect("natter log");
         let (tx, rx) = mpsc::channel();
+        // natter logs to stdout too: keep it all in the log file.
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = writeln!(log, "{line}");
                 if line.contains("natter is up") {
                     let _ = tx.send(());
                 }
