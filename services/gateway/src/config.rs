@@ -44,6 +44,14 @@ pub struct GatewayConfig {
     pub sync_page: usize,
     /// Replays running at once on this gateway; more wait their turn (reconnect storms).
     pub sync_concurrency: usize,
+    /// Serve the web client (`web/`, embedded in the binary) at `/`. Off by default: a
+    /// gateway behind a load balancer usually serves only `/v1/ws`.
+    pub web_client: bool,
+    /// Answer `POST /dev/token` with a token for any user. Never read from a config file or
+    /// the environment: only the all-in-one sets it, when it runs with its generated local
+    /// dev secret on a loopback address (anyone who can reach it can be anyone).
+    #[serde(skip)]
+    pub dev_tokens: bool,
 }
 
 impl Default for GatewayConfig {
@@ -65,6 +73,8 @@ impl Default for GatewayConfig {
             sync_max_messages: 10_000,
             sync_page: 256,
             sync_concurrency: 64,
+            web_client: false,
+            dev_tokens: false,
         }
     }
 }

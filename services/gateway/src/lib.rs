@@ -5,6 +5,7 @@
 
 mod auth;
 mod config;
+mod dev_token;
 mod handshake;
 mod history_floor;
 mod inbox;
@@ -18,6 +19,7 @@ mod reregister;
 mod server;
 mod session;
 mod watchers;
+mod web_client;
 
 pub use auth::{Claims, encode_claims, mint_token};
 pub use config::GatewayConfig;

@@ -313,9 +313,15 @@ fn routes(shared: Arc<Shared>) -> Routes {
         use warp::Reply;
         warp::reply::with_status("not found", http::StatusCode::NOT_FOUND).into_response()
     });
+    let web_client = crate::web_client::routes(shared.config.web_client);
+    let dev_token = crate::dev_token::routes(shared.clone());
     ws.or(healthz)
         .unify()
         .or(metrics)
+        .unify()
+        .or(web_client)
+        .unify()
+        .or(dev_token)
         .unify()
         .or(not_found)
         .unify()

@@ -32,7 +32,11 @@ impl Default for NatterConfig {
     fn default() -> Self {
         Self {
             bus: BusConfig::default(),
-            gateway: GatewayConfig::default(),
+            // The all-in-one is how people try natter: it serves the web client at `/`.
+            gateway: GatewayConfig {
+                web_client: true,
+                ..GatewayConfig::default()
+            },
             chat: ChatConfig::default(),
             history: HistoryConfig::default(),
             notifier: NotifierConfig::default(),
@@ -54,20 +58,29 @@ impl NatterConfig {
 
     /// Uses the configured secret, or on a local install a random dev secret kept in
     /// `data_dir/dev-secret` so that `natter token` and `natter up` agree.
-    pub fn resolve_secret(&mut self) -> anyhow::Result<()> {
+    pub fn resolve_secret(&mut self) -> anyhow::Result<SecretSource> {
         if !self.gateway.jwt_secret.is_empty() {
-            return Ok(());
+            return Ok(SecretSource::Configured);
         }
         let path = self.data_dir.join("dev-secret");
         if let Ok(secret) = std::fs::read_to_string(&path) {
             self.gateway.jwt_secret = secret.trim().to_string();
-            return Ok(());
+            return Ok(SecretSource::LocalDev);
         }
         std::fs::create_dir_all(&self.data_dir)
             .with_context(|| format!("creating {}", self.data_dir.display()))?;
         let secret = format!("{}{}", ulid::Ulid::new(), ulid::Ulid::new());
         std::fs::write(&path, &secret).with_context(|| format!("writing {}", path.display()))?;
         self.gateway.jwt_secret = secret;
-        Ok(())
+        Ok(SecretSource::LocalDev)
     }
+}
+
+/// Where the token secret came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretSource {
+    /// An operator set `gateway.jwt_secret`: tokens come from their issuer only.
+    Configured,
+    /// natter generated it for a local install (`data_dir/dev-secret`).
+    LocalDev,
 }

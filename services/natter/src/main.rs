@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use plumbing::nats_server::{NatsServer, NatsServerOptions};
 
-use crate::config::NatterConfig;
+use crate::config::{NatterConfig, SecretSource};
 
 #[derive(Parser)]
 #[command(name = "natter", version, about = "natter chat backend")]
@@ -57,7 +57,10 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn up(mut config: NatterConfig) -> anyhow::Result<()> {
-    config.resolve_secret()?;
+    // `POST /dev/token` hands out any identity: only with the generated dev secret (never an
+    // operator's) and only on a loopback address.
+    config.gateway.dev_tokens = config.resolve_secret()? == SecretSource::LocalDev
+        && config.gateway.listen_addr.ip().is_loopback();
     let shutdown = plumbing::shutdown::on_signal();
     // Started first and stopped last: everything else depends on it.
     let mut local_nats = None;
@@ -115,8 +118,17 @@ async fn up(mut config: NatterConfig) -> anyhow::Result<()> {
     gw.export_metrics(notifier.metrics.clone());
     println!("natter is up");
     println!("  WebSocket: ws://{}/v1/ws", gw.addr);
+    if config.gateway.web_client {
+        println!("  Web:       http://{}/", gw.addr);
+    }
     println!("  NATS:      {}", config.bus.nats_url);
     println!("  token:     natter token <user>");
+    if config.gateway.dev_tokens {
+        println!(
+            "  dev token: POST http://{}/dev/token {{\"user\":\"<user>\"}}",
+            gw.addr
+        );
+    }
 
     // Shutdown order: the gateway closes its sessions first, then the chat service stops,
     // then the history service, then the notifier (it hands its held events back), then NATS

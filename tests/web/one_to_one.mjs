@@ -1,0 +1,31 @@
+// bob sees alice's message; alice's tick goes SENT → DELIVERED → SEEN once bob opens the chat.
+import { scenario, user, openChat, openConversation, say, sees } from './lib.mjs';
+
+await scenario('one_to_one', async (browser) => {
+  const alice = await user(browser, 'alice');
+  const bob = await user(browser, 'bob');
+
+  await openChat(alice, 'bob');
+  await say(alice, 'hi bob');
+
+  // bob has the conversation in his list, unread, with the last message.
+  const row = '#conversations li[data-conversation="dm:alice:bob"]';
+  await bob.waitForSelector(`${row}:has-text("hi bob") .unread`);
+  // bob's page acked it: DELIVERED, not yet SEEN.
+  await alice.waitForSelector('#messages li.own:has-text("hi bob") .tick[data-state="delivered"]');
+
+  await openConversation(bob, 'dm:alice:bob');
+  await sees(bob, 'hi bob');
+  await alice.waitForSelector('#messages li.own:has-text("hi bob") .tick[data-state="seen"]');
+  await bob.waitForSelector(`${row}:not(:has(.unread))`);
+
+  // And back, with bob's typing shown to alice first.
+  await bob.type('#composer-text', 'hel');
+  await alice.waitForSelector('#typing:has-text("bob is typing")');
+  await bob.fill('#composer-text', '');
+  await say(bob, 'hello alice');
+  await sees(alice, 'hello alice');
+  await bob.waitForSelector('#messages li.own:has-text("hello alice") .tick[data-state="seen"]');
+  // Presence of the 1:1 peer.
+  await alice.waitForSelector('#chat-presence[data-online="true"]');
+});

@@ -1,0 +1,155 @@
+// store.js: what the client knows — the signed-in session and per-device cursor (in
+// localStorage), and the conversations with their messages, receipts, presence and typing
+// (in memory). It changes state and says so with a `change` event; it sends nothing.
+
+const SESSION_KEY = 'natter.session';
+const DEVICE_KEY = 'natter.device';
+
+export function loadSession() {
+  try {
+    return JSON.parse(localStorage.getItem(SESSION_KEY));
+  } catch {
+    return null;
+  }
+}
+
+export function saveSession(session) {
+  if (session) localStorage.setItem(SESSION_KEY, JSON.stringify(session));
+  else localStorage.removeItem(SESSION_KEY);
+}
+
+/** This browser profile's device id, made once. */
+export function deviceId() {
+  let id = localStorage.getItem(DEVICE_KEY);
+  if (!id) {
+    id = Array.from(crypto.getRandomValues(new Uint8Array(8)), (b) => b.toString(16).padStart(2, '0')).join('');
+    localStorage.setItem(DEVICE_KEY, id);
+  }
+  return id;
+}
+
+const cursorKey = (user) => `natter.cursor.${user}.${deviceId()}`;
+export const loadCursor = (user) => localStorage.getItem(cursorKey(user)) || '';
+export const saveCursor = (user, cursor) => localStorage.setItem(cursorKey(user), cursor);
+
+/** The `sub` of a JWT, read without checking it (the gateway checks). */
+export function tokenUser(token) {
+  try {
+    const payload = token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
+    return JSON.parse(atob(payload)).sub || null;
+  } catch {
+    return null;
+  }
+}
+
+/** The 1:1 conversation id: the two user ids in byte order. */
+export function dmId(a, b) {
+  return a < b ? `dm:${a}:${b}` : `dm:${b}:${a}`;
+}
+
+export class Store extends EventTarget {
+  constructor(user) {
+    super();
+    this.user = user;
+    this.conversations = new Map();
+    this.online = new Map(); // user -> {online, last_seen}
+    this.openId = null;
+    this.scheduled = false;
+  }
+
+  /** Coalesces changes into one `change` event per frame. */
+  changed() {
+    if (this.scheduled) return;
+    this.scheduled = true;
+    queueMicrotask(() => {
+      this.scheduled = false;
+      this.dispatchEvent(new Event('change'));
+    });
+  }
+
+  conversation(id) {
+    let c = this.conversations.get(id);
+    if (!c) {
+      const dm = id.startsWith('dm:');
+      const [, a, b] = id.split(':');
+      c = {
+        id,
+        kind: dm ? 'dm' : 'group',
+        peer: dm ? (a === this.user ? b : a) : null,
+        group: dm ? null : id.slice(2),
+        name: null,
+        messages: new Map(), // id (or cid while pending) -> message
+        loaded: false, // newest page fetched
+        more: false, // older messages exist
+        unread: 0,
+        last: null, // {id, ts, from, preview}
+        delivered: new Set(), // ids of own messages a recipient device acked
+        seenUpTo: '', // own messages up to this id were read
+        readSent: '', // our read marker as last sent
+        typing: null, // {by, until}
+      };
+      this.conversations.set(id, c);
+    }
+    return c;
+  }
+
+  title(c) {
+    return c.kind === 'dm' ? c.peer : c.name || 'group';
+  }
+
+  /** Adds a message (live, replayed or from history); returns false for a repeat. */
+  addMessage(m, { pending = false } = {}) {
+    const c = this.conversation(m.conversation);
+    const key = pending ? m.cid : m.id;
+    if (c.messages.has(key)) return false;
+    c.messages.set(key, { ...m, pending });
+    if (!pending && (!c.last || m.id > c.last.id)) {
+      c.last = { id: m.id, ts: m.ts, from: m.from, preview: (m.body || '').slice(0, 100) };
+    }
+    this.changed();
+    return true;
+  }
+
+  /** A pending send got its permanent id. */
+  confirm(sent) {
+    const c = this.conversation(sent.conversation);
+    const m = c.messages.get(sent.cid);
+    if (!m) return;
+    c.messages.delete(sent.cid);
+    this.addMessage({ ...m, id: sent.id, ts: sent.ts, conversation: sent.conversation });
+  }
+
+  /** Messages oldest first; pending ones last. */
+  ordered(c) {
+    const all = [...c.messages.values()];
+    const done = all.filter((m) => !m.pending).sort((x, y) => (x.id < y.id ? -1 : x.id > y.id ? 1 : 0));
+    return done.concat(all.filter((m) => m.pending));
+  }
+
+  oldestId(c) {
+    const o = this.ordered(c).find((m) => !m.pending);
+    return o ? o.id : null;
+  }
+
+  newestId(c) {
+    const done = this.ordered(c).filter((m) => !m.pending);
+    return done.length ? done[done.length - 1].id : null;
+  }
+
+  /** SENT, DELIVERED or SEEN of one of our own messages. */
+  tickState(c, m) {
+    if (m.pending) return 'pending';
+    if (c.seenUpTo && m.id <= c.seenUpTo) return 'seen';
+    if (c.delivered.has(m.id)) return 'delivered';
+    return 'sent';
+  }
+
+  /** The newest message from someone else that our read marker does not cover yet. */
+  unreadUpTo(c) {
+    let up = null;
+    for (const m of c.messages.values()) {
+      if (!m.pending && m.from !== this.user && m.id > c.readSent && (!up || m.id > up)) up = m.id;
+    }
+    return up;
+  }
+}

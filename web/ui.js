@@ -1,0 +1,112 @@
+// ui.js: draws the store into the page (conversation list, open chat, status line) and
+// nothing else. User text only ever goes into textContent.
+
+const $ = (id) => document.getElementById(id);
+
+const STATUS_TEXT = {
+  idle: '',
+  connecting: 'connecting…',
+  online: 'online',
+  reconnecting: 'reconnecting…',
+  stopped: 'disconnected',
+};
+
+const TICKS = { pending: '🕓', sent: '✓', delivered: '✓✓', seen: '✓✓' };
+
+function el(tag, props = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(props)) {
+    if (k === 'class') node.className = v;
+    else if (k === 'text') node.textContent = v;
+    else if (k.startsWith('data-')) node.setAttribute(k, v);
+    else node[k] = v;
+  }
+  node.append(...children.filter(Boolean));
+  return node;
+}
+
+export function showSignIn(error = '') {
+  $('signin').hidden = false;
+  $('app').hidden = true;
+  $('signout').hidden = true;
+  $('me').textContent = '';
+  $('signin-error').textContent = error;
+}
+
+export function showApp(user) {
+  $('signin').hidden = true;
+  $('app').hidden = false;
+  $('signout').hidden = false;
+  $('me').textContent = user;
+}
+
+export function showStatus({ state, reason }) {
+  const s = $('status');
+  s.dataset.state = state;
+  s.textContent = STATUS_TEXT[state] ?? state;
+  s.title = reason || '';
+}
+
+export function showError(text) {
+  $('app-error').textContent = text;
+}
+
+const time = (ts) => (ts ? new Date(ts).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' }) : '');
+
+export function renderConversations(store) {
+  const list = [...store.conversations.values()]
+    .filter((c) => c.last || c.id === store.openId)
+    .sort((a, b) => (b.last?.ts ?? Infinity) - (a.last?.ts ?? Infinity));
+  const items = list.map((c) => {
+    const presence = c.kind === 'dm' ? store.online.get(c.peer) : null;
+    const preview = c.last ? `${c.last.from === store.user ? 'you' : c.last.from}: ${c.last.preview}` : '';
+    return el(
+      'li',
+      { 'data-conversation': c.id, class: c.id === store.openId ? 'open' : '' },
+      el('span', { class: `title${presence?.online ? ' online' : ''}`, text: store.title(c) }),
+      c.unread > 0 ? el('span', { class: 'unread', text: String(c.unread) }) : null,
+      el('span', { class: 'preview', text: preview }),
+    );
+  });
+  $('conversations').replaceChildren(...items);
+}
+
+export function renderChat(store) {
+  const c = store.openId && store.conversations.get(store.openId);
+  $('chat').hidden = !c;
+  if (!c) return;
+  $('chat-title').textContent = store.title(c);
+  const presence = c.kind === 'dm' ? store.online.get(c.peer) : null;
+  $('chat-presence').textContent = presence
+    ? presence.online
+      ? 'online'
+      : presence.last_seen
+        ? `last seen ${time(presence.last_seen)}`
+        : 'offline'
+    : '';
+  $('chat-presence').dataset.online = presence?.online ? 'true' : 'false';
+  $('older').hidden = !c.more;
+
+  const scroller = $('scroller');
+  const atBottom = scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight < 40;
+  const fromBottom = scroller.scrollHeight - scroller.scrollTop;
+  const items = store.ordered(c).map((m) => {
+    const own = m.from === store.user;
+    if (m.event) return el('li', { class: 'message event', 'data-id': m.id, text: m.body });
+    const state = own ? store.tickState(c, m) : null;
+    return el(
+      'li',
+      { class: `message${own ? ' own' : ''}`, 'data-id': m.id || m.cid, 'data-from': m.from },
+      c.kind === 'group' && !own ? el('span', { class: 'from', text: m.from }) : null,
+      el('span', { class: 'body', text: m.body }),
+      el('span', { class: 'meta', text: time(m.ts) }),
+      own ? el('span', { class: 'tick', 'data-state': state, title: state, text: ` ${TICKS[state]}` }) : null,
+    );
+  });
+  $('messages').replaceChildren(...items);
+  // Stay at the bottom for new messages; keep the view still when older ones are added.
+  scroller.scrollTop = atBottom ? scroller.scrollHeight : scroller.scrollHeight - fromBottom;
+
+  const typing = c.typing && c.typing.until > Date.now() ? `${c.typing.by} is typing…` : '';
+  $('typing').textContent = typing;
+}
