@@ -42,8 +42,11 @@ struct Item {
     detail: String,
 }
 
+/// A resource's name and the services that create it.
+type Named = (&'static str, &'static str);
+
 /// A stream and the consumers on it that natter's services create, with who creates them.
-const STREAMS: &[(&str, &str, &[(&str, &str)])] = &[
+const STREAMS: &[(&str, &str, &[Named])] = &[
     (
         subjects::MESSAGES_STREAM,
         "gateway, chat and history services",
@@ -64,7 +67,7 @@ const STREAMS: &[(&str, &str, &[(&str, &str)])] = &[
     ),
 ];
 
-const BUCKETS: &[(&str, &str)] = &[
+const BUCKETS: &[Named] = &[
     (subjects::SESSIONS_BUCKET, "gateway and chat service"),
     (subjects::GATEWAYS_BUCKET, "gateway and chat service"),
     (subjects::PRESENCE_BUCKET, "gateway and chat service"),
@@ -147,7 +150,7 @@ async fn check_stream(
     js: &jetstream::Context,
     name: &str,
     creators: &str,
-    consumers: &[(&str, &str)],
+    consumers: &[Named],
     items: &mut Vec<Item>,
 ) {
     let mut stream = match js.get_stream(name).await {
