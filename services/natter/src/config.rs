@@ -56,6 +56,16 @@ impl NatterConfig {
         }
     }
 
+    /// The configured secret, or the dev secret `natter up` keeps in `data_dir`; never creates
+    /// one (a client minting with a new secret would only be refused).
+    pub fn existing_secret(&self) -> Option<String> {
+        if !self.gateway.jwt_secret.is_empty() {
+            return Some(self.gateway.jwt_secret.clone());
+        }
+        let secret = std::fs::read_to_string(self.data_dir.join("dev-secret")).ok()?;
+        Some(secret.trim().to_string()).filter(|s| !s.is_empty())
+    }
+
     /// Uses the configured secret, or on a local install a random dev secret kept in
     /// `data_dir/dev-secret` so that `natter token` and `natter up` agree.
     pub fn resolve_secret(&mut self) -> anyhow::Result<SecretSource> {

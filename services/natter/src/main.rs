@@ -1,16 +1,17 @@
 //! `natter`: the all-in-one binary (gateway, chat, history and notifier services, and a local
-//! nats-server when no NATS URL is configured) and the command line for people testing a deployment.
+//! nats-server when no NATS URL is configured) and the command line for people testing a
+//! deployment. Each command lives in its own module under `cli/`.
 
+mod cli;
 mod config;
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use plumbing::nats_server::{NatsServer, NatsServerOptions};
 
-use crate::config::{NatterConfig, SecretSource};
+use crate::config::NatterConfig;
 
 #[derive(Parser)]
 #[command(name = "natter", version, about = "natter chat backend")]
@@ -18,6 +19,9 @@ struct Cli {
     /// Configuration file (TOML); `NATTER_*` environment variables override it.
     #[arg(long, short, global = true, env = "NATTER_CONFIG")]
     config: Option<PathBuf>,
+    /// Machine-readable output: one JSON value per line, no progress bars.
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -34,116 +38,58 @@ enum Command {
         #[arg(long, default_value_t = 24 * 3600)]
         ttl_secs: u64,
     },
+    /// Send a message (to a user or a group) and print its id once it is durable.
+    Send(cli::send::SendArgs),
+    /// Follow messages live, acknowledging them, resuming after disconnects.
+    Tail(cli::tail::TailArgs),
+    /// A page of a conversation's history.
+    History(cli::history::HistoryArgs),
+    /// Your conversations, most recent first, with unread counts.
+    Conversations(cli::conversations::ConversationsArgs),
+    /// Your groups.
+    Groups(cli::groups::GroupsArgs),
+    /// Group operations: create, add, remove, rename, set-role, members, info, leave.
+    #[command(subcommand)]
+    Group(cli::groups::GroupCmd),
+    /// Who of a group received and read a message.
+    Receipts(cli::receipts::ReceiptsArgs),
+    /// Check a deployment: streams, consumers and their lag, buckets, live gateways, and a
+    /// WebSocket round trip with `--url`. Exits non-zero when something is missing.
+    Check(cli::check::CheckArgs),
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    plumbing::telemetry::init();
+async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let mut config: NatterConfig =
-        plumbing::config::load(cli.config.as_deref()).context("invalid configuration")?;
-    match cli.command {
-        Command::Up => up(config).await,
-        Command::Token { user, ttl_secs } => {
-            protocol::UserId::new(&user).context("invalid user id")?;
-            config.resolve_secret()?;
-            println!(
-                "{}",
-                gateway::mint_token(&config.gateway.jwt_secret, &user, ttl_secs)
-            );
-            Ok(())
+    match run(cli).await {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }
 
-async fn up(mut config: NatterConfig) -> anyhow::Result<()> {
-    // `POST /dev/token` hands out any identity: only with the generated dev secret (never an
-    // operator's) and only on a loopback address.
-    config.gateway.dev_tokens = config.resolve_secret()? == SecretSource::LocalDev
-        && config.gateway.listen_addr.ip().is_loopback();
-    let shutdown = plumbing::shutdown::on_signal();
-    // Started first and stopped last: everything else depends on it.
-    let mut local_nats = None;
-    if config.bus.nats_url.is_empty() {
-        let server = NatsServer::start(NatsServerOptions {
-            store_dir: config.data_dir.join("nats"),
-            port: None,
-            sync_interval: config.nats_sync_interval.clone(),
-        })
-        .context("starting the local nats-server")?;
-        config.bus.nats_url = server.url();
-        tracing::info!(url = %server.url(), "local nats-server started");
-        local_nats = Some(server);
+/// Runs the command; `Ok(false)` is a check that found problems (already reported).
+async fn run(cli: Cli) -> anyhow::Result<bool> {
+    let config: NatterConfig =
+        plumbing::config::load(cli.config.as_deref()).context("invalid configuration")?;
+    let json = cli.json;
+    match cli.command {
+        Command::Up => {
+            plumbing::telemetry::init();
+            cli::up::up(config).await?;
+        }
+        Command::Token { user, ttl_secs } => cli::token::run(&user, ttl_secs, config)?,
+        Command::Send(args) => cli::send::run(args, &config, json).await?,
+        Command::Tail(args) => cli::tail::run(args, &config, json).await?,
+        Command::History(args) => cli::history::run(args, &config, json).await?,
+        Command::Conversations(args) => cli::conversations::run(args, &config, json).await?,
+        Command::Groups(args) => cli::groups::mine(args, &config, json).await?,
+        Command::Group(cmd) => cli::groups::run(cmd, &config, json).await?,
+        Command::Receipts(args) => cli::receipts::run(args, &config, json).await?,
+        Command::Check(args) => return cli::check::run(args, &config, json).await,
     }
-    let nats = plumbing::bus::connect(&config.bus.nats_url, "natter").await?;
-    // The chat service stops only after the gateway has closed its sessions, so sends made
-    // during the drain are still answered.
-    let chat_shutdown = tokio_util::sync::CancellationToken::new();
-    let chat = chat::Chat::start(
-        config.chat.clone(),
-        &config.bus,
-        nats.clone(),
-        chat_shutdown.clone(),
-    )
-    .await?;
-    let history_shutdown = tokio_util::sync::CancellationToken::new();
-    let store = history::EmbeddedStore::open(&config.history_path())
-        .with_context(|| format!("opening {}", config.history_path().display()))?;
-    let history = history::History::start(
-        config.history.clone(),
-        &config.bus,
-        nats.clone(),
-        store,
-        history::membership::groups_view(&nats, &config.bus, history_shutdown.clone()).await?,
-        history_shutdown.clone(),
-    )
-    .await?;
-    let notifier_shutdown = tokio_util::sync::CancellationToken::new();
-    let notifier = notifier::Notifier::start(
-        config.notifier.clone(),
-        &config.bus,
-        nats.clone(),
-        notifier_shutdown.clone(),
-    )
-    .await?;
-    let gw = gateway::Gateway::start(
-        config.gateway.clone(),
-        &config.bus,
-        nats.clone(),
-        shutdown.clone(),
-    )
-    .await?;
-    gw.export_metrics(chat.metrics.clone());
-    gw.export_metrics(history.metrics.clone());
-    gw.export_metrics(notifier.metrics.clone());
-    println!("natter is up");
-    println!("  WebSocket: ws://{}/v1/ws", gw.addr);
-    if config.gateway.web_client {
-        println!("  Web:       http://{}/", gw.addr);
-    }
-    println!("  NATS:      {}", config.bus.nats_url);
-    println!("  token:     natter token <user>");
-    if config.gateway.dev_tokens {
-        println!(
-            "  dev token: POST http://{}/dev/token {{\"user\":\"<user>\"}}",
-            gw.addr
-        );
-    }
-
-    // Shutdown order: the gateway closes its sessions first, then the chat service stops,
-    // then the history service, then the notifier (it hands its held events back), then NATS
-    // is drained, and the local nats-server goes last.
-    gw.wait().await;
-    chat_shutdown.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(10), chat.wait()).await;
-    history_shutdown.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(10), history.wait()).await;
-    notifier_shutdown.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(10), notifier.wait()).await;
-    let _ = nats.drain().await;
-    if let Some(mut server) = local_nats {
-        // SIGTERM lets JetStream flush and close its files cleanly.
-        server.stop(Duration::from_secs(10));
-    }
-    Ok(())
+    Ok(true)
 }

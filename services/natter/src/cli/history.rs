@@ -1,0 +1,60 @@
+//! `natter history`: one page of a conversation, oldest first.
+
+use anyhow::bail;
+use clap::Args;
+use protocol::frames::{ClientFrame, ServerFrame};
+
+use super::{Login, conversation_arg, new_id, print_json};
+use crate::config::NatterConfig;
+
+#[derive(Args, Debug)]
+pub struct HistoryArgs {
+    #[command(flatten)]
+    pub login: Login,
+    /// `dm:<a>:<b>`, `g:<group>`, or a user id for your direct conversation with them.
+    pub conversation: String,
+    /// Messages per page (the server allows at most 100).
+    #[arg(long)]
+    pub limit: Option<u32>,
+    /// Only messages older than this message id (scrolling back).
+    #[arg(long, conflicts_with = "after")]
+    pub before: Option<String>,
+    /// Only messages newer than this message id (catching up).
+    #[arg(long)]
+    pub after: Option<String>,
+}
+
+pub async fn run(args: HistoryArgs, config: &NatterConfig, json: bool) -> anyhow::Result<()> {
+    let mut session = args.login.connect(config).await?;
+    let conversation = conversation_arg(&args.conversation, &session.user)?;
+    let qid = new_id();
+    let frame = ClientFrame::History {
+        qid: qid.clone(),
+        conversation: conversation.to_string(),
+        before: args.before.clone(),
+        after: args.after.clone(),
+        limit: args.limit,
+    };
+    let ServerFrame::History { messages, more, .. } = session.query(&qid, frame).await? else {
+        bail!("unexpected answer to history");
+    };
+    session.close().await;
+    if json {
+        return print_json(&serde_json::json!({
+            "conversation": conversation, "messages": messages, "more": more,
+        }));
+    }
+    for m in &messages {
+        println!("{} {}: {}", m.id, m.from, m.body);
+    }
+    if more {
+        let (flag, edge) = match &args.after {
+            Some(_) => ("--after", messages.last()),
+            None => ("--before", messages.first()),
+        };
+        if let Some(edge) = edge {
+            eprintln!("(more: {flag} {})", edge.id);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,101 @@
+//! `natter up`: everything in one process — gateway, chat, history and notifier services,
+//! and a local nats-server when no NATS URL is configured.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use plumbing::nats_server::{NatsServer, NatsServerOptions};
+
+use crate::config::{NatterConfig, SecretSource};
+
+pub async fn up(mut config: NatterConfig) -> anyhow::Result<()> {
+    // `POST /dev/token` hands out any identity: only with the generated dev secret (never an
+    // operator's) and only on a loopback address.
+    config.gateway.dev_tokens = config.resolve_secret()? == SecretSource::LocalDev
+        && config.gateway.listen_addr.ip().is_loopback();
+    let shutdown = plumbing::shutdown::on_signal();
+    // Started first and stopped last: everything else depends on it.
+    let mut local_nats = None;
+    if config.bus.nats_url.is_empty() {
+        let server = NatsServer::start(NatsServerOptions {
+            store_dir: config.data_dir.join("nats"),
+            port: None,
+            sync_interval: config.nats_sync_interval.clone(),
+        })
+        .context("starting the local nats-server")?;
+        config.bus.nats_url = server.url();
+        tracing::info!(url = %server.url(), "local nats-server started");
+        local_nats = Some(server);
+    }
+    let nats = plumbing::bus::connect(&config.bus.nats_url, "natter").await?;
+    // The chat service stops only after the gateway has closed its sessions, so sends made
+    // during the drain are still answered.
+    let chat_shutdown = tokio_util::sync::CancellationToken::new();
+    let chat = chat::Chat::start(
+        config.chat.clone(),
+        &config.bus,
+        nats.clone(),
+        chat_shutdown.clone(),
+    )
+    .await?;
+    let history_shutdown = tokio_util::sync::CancellationToken::new();
+    let store = history::EmbeddedStore::open(&config.history_path())
+        .with_context(|| format!("opening {}", config.history_path().display()))?;
+    let history = history::History::start(
+        config.history.clone(),
+        &config.bus,
+        nats.clone(),
+        store,
+        history::membership::groups_view(&nats, &config.bus, history_shutdown.clone()).await?,
+        history_shutdown.clone(),
+    )
+    .await?;
+    let notifier_shutdown = tokio_util::sync::CancellationToken::new();
+    let notifier = notifier::Notifier::start(
+        config.notifier.clone(),
+        &config.bus,
+        nats.clone(),
+        notifier_shutdown.clone(),
+    )
+    .await?;
+    let gw = gateway::Gateway::start(
+        config.gateway.clone(),
+        &config.bus,
+        nats.clone(),
+        shutdown.clone(),
+    )
+    .await?;
+    gw.export_metrics(chat.metrics.clone());
+    gw.export_metrics(history.metrics.clone());
+    gw.export_metrics(notifier.metrics.clone());
+    println!("natter is up");
+    println!("  WebSocket: ws://{}/v1/ws", gw.addr);
+    if config.gateway.web_client {
+        println!("  Web:       http://{}/", gw.addr);
+    }
+    println!("  NATS:      {}", config.bus.nats_url);
+    println!("  token:     natter token <user>");
+    if config.gateway.dev_tokens {
+        println!(
+            "  dev token: POST http://{}/dev/token {{\"user\":\"<user>\"}}",
+            gw.addr
+        );
+    }
+
+    // Shutdown order: the gateway closes its sessions first, then the chat service stops,
+    // then the history service, then the notifier (it hands its held events back), then NATS
+    // is drained, and the local nats-server goes last.
+    gw.wait().await;
+    chat_shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(10), chat.wait()).await;
+    history_shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(10), history.wait()).await;
+    notifier_shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(10), notifier.wait()).await;
+    let _ = nats.drain().await;
+    if let Some(mut server) = local_nats {
+        // SIGTERM lets JetStream flush and close its files cleanly.
+        server.stop(Duration::from_secs(10));
+    }
+    Ok(())
+}

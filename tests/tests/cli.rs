@@ -1,0 +1,305 @@
+//! The `natter` command line, run as a process against a real stack: send then history, tail
+//! following live traffic, groups, `check` passing on the stack and failing clearly without
+//! NATS, and the advice printed for a bad token or an unreachable gateway.
+
+use std::path::PathBuf;
+use std::process::{Output, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use protocol::frames::ServerFrame;
+use serde_json::Value;
+use testkit::Stack;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+/// How long one CLI command may take.
+const COMMAND_PATIENCE: Duration = Duration::from_secs(30);
+
+/// The `natter` binary. Cargo builds a package's binaries only for that package's own tests,
+/// so this builds it once, into the target directory this test runs from.
+fn natter_bin() -> &'static PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().expect("current exe");
+        // <target>/<profile>/deps/cli-<hash>
+        let profile_dir = exe.parent().and_then(|d| d.parent()).expect("profile dir");
+        let target_dir = profile_dir.parent().expect("target dir");
+        let mut build = std::process::Command::new(env!("CARGO"));
+        build
+            .args(["build", "--quiet", "-p", "natter", "--bin", "natter"])
+            .arg("--target-dir")
+            .arg(target_dir)
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            build.arg("--release");
+        }
+        let status = build.status().expect("run cargo build -p natter");
+        assert!(status.success(), "cargo build -p natter failed");
+        profile_dir.join("natter")
+    })
+}
+
+/// A `natter` command with the stack's gateway and secret in its environment.
+fn natter(stack: &Stack, args: &[&str]) -> Command {
+    let mut cmd = Command::new(natter_bin());
+    cmd.args(args)
+        .current_dir(std::env::temp_dir())
+        .env("NATTER_URL", stack.gateways[0].ws_url())
+        .env("NATTER_GATEWAY__JWT_SECRET", testkit::SECRET)
+        .env_remove("NATTER_TOKEN")
+        .env_remove("NATTER_CONFIG")
+        .kill_on_drop(true);
+    cmd
+}
+
+async fn run(mut cmd: Command) -> Output {
+    tokio::time::timeout(COMMAND_PATIENCE, cmd.output())
+        .await
+        .expect("natter finished in time")
+        .expect("run natter")
+}
+
+/// Runs and expects success; returns stdout.
+async fn ok(stack: &Stack, args: &[&str]) -> String {
+    let out = run(natter(stack, args)).await;
+    assert!(
+        out.status.success(),
+        "natter {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+fn json(line: &str) -> Value {
+    serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+}
+
+#[tokio::test]
+async fn send_then_history_shows_the_message() {
+    let stack = Stack::new().start().await;
+    let sent = json(
+        &ok(
+            &stack,
+            &["send", "--as", "alice", "--to", "bob", "hi bob", "--json"],
+        )
+        .await,
+    );
+    let id = sent["id"].as_str().expect("id").to_string();
+    assert_eq!(sent["conversation"], "dm:alice:bob");
+
+    // The plain form prints just the id.
+    let plain = ok(&stack, &["send", "--as", "alice", "--to", "bob", "again"]).await;
+    assert_eq!(plain.trim().len(), 26, "a ULID: {plain}");
+
+    // History is written asynchronously, shortly after `sent`.
+    testkit::eventually("history has both", Duration::from_secs(10), async || {
+        let page = json(&ok(&stack, &["history", "--as", "bob", "alice", "--json"]).await);
+        let messages = page["messages"].as_array().expect("messages");
+        messages.len() == 2 && messages[0]["id"] == id.as_str() && messages[0]["body"] == "hi bob"
+    })
+    .await;
+
+    let conversations = json(&ok(&stack, &["conversations", "--as", "bob", "--json"]).await);
+    assert_eq!(conversations[0]["conversation"], "dm:alice:bob");
+    assert_eq!(conversations[0]["unread"], 2);
+
+    let throughput = ok(
+        &stack,
+        &["send", "--as", "alice", "--to", "bob", "n", "--count", "20"],
+    )
+    .await;
+    assert!(
+        throughput.starts_with("sent 20 messages in "),
+        "{throughput}"
+    );
+}
+
+#[tokio::test]
+async fn tail_prints_a_message_from_another_user_acks_it_and_stops_after_count() {
+    let stack = Stack::new().start().await;
+    let mut alice = stack.connect("alice", 0).await;
+    let mut tail = natter(&stack, &["tail", "--as", "bob", "--json", "--count", "1"]);
+    let mut tail = tail
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn tail");
+    // It says on stderr when it is following: from then on nothing is missed.
+    let mut stderr = BufReader::new(tail.stderr.take().expect("stderr")).lines();
+    let ready = tokio::time::timeout(COMMAND_PATIENCE, stderr.next_line())
+        .await
+        .expect("tail ready in time")
+        .expect("read stderr")
+        .expect("a line");
+    assert!(
+        ready.starts_with("following all conversations as bob"),
+        "{ready}"
+    );
+
+    alice.send("bob", "c-1", "hi bob").await.unwrap();
+    let out = tokio::time::timeout(COMMAND_PATIENCE, tail.wait_with_output())
+        .await
+        .expect("tail exits after one message")
+        .expect("tail output");
+    assert!(out.status.success());
+    let lines: Vec<&str> = std::str::from_utf8(&out.stdout).unwrap().lines().collect();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let m = json(lines[0]);
+    assert_eq!(
+        (m["from"].as_str(), m["body"].as_str()),
+        (Some("alice"), Some("hi bob"))
+    );
+
+    // tail acknowledged it, so alice sees `delivered` by bob.
+    let by = testkit::expect_frame(&mut alice, |f| match f {
+        ServerFrame::Delivered { by, .. } => Some(by.to_string()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(by, "bob");
+}
+
+#[tokio::test]
+async fn group_create_send_and_list() {
+    let stack = Stack::new().start().await;
+    let group = json(
+        &ok(
+            &stack,
+            &[
+                "group",
+                "create",
+                "Team",
+                "--as",
+                "alice",
+                "--members",
+                "bob,carol",
+                "--json",
+            ],
+        )
+        .await,
+    );
+    let id = group["group"].as_str().expect("group id").to_string();
+    assert_eq!(group["members"], 3);
+    assert_eq!(group["role"], "owner");
+
+    let sent = json(
+        &ok(
+            &stack,
+            &["send", "--as", "alice", "--group", &id, "hi team", "--json"],
+        )
+        .await,
+    );
+    assert_eq!(sent["conversation"], format!("g:{id}"));
+
+    let groups = json(&ok(&stack, &["groups", "--as", "bob", "--json"]).await);
+    assert_eq!(groups[0]["group"], id.as_str());
+    assert_eq!(groups[0]["role"], "member");
+
+    let members = ok(&stack, &["group", "members", &id, "--as", "bob"]).await;
+    assert_eq!(
+        members.lines().collect::<Vec<_>>(),
+        ["alice owner", "bob member", "carol member"]
+    );
+
+    // Someone outside the group gets the error's code name and advice.
+    let out = run(natter(&stack, &["group", "info", &id, "--as", "mallory"])).await;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("error 1004 forbidden"), "{err}");
+}
+
+#[tokio::test]
+async fn check_passes_on_a_running_stack_and_fails_clearly_without_nats() {
+    let mut stack = Stack::new().start().await;
+    stack.start_notifier(60_000, "").await;
+    let nats_url = stack.nats.url();
+    let ws_url = stack.gateways[0].ws_url();
+    let report = json(
+        &ok(
+            &stack,
+            &["check", "--nats-url", &nats_url, "--url", &ws_url, "--json"],
+        )
+        .await,
+    );
+    assert_eq!(report["ok"], true, "{report}");
+    let items = report["items"].as_array().unwrap();
+    let names: Vec<&str> = items.iter().map(|i| i["name"].as_str().unwrap()).collect();
+    for needed in [
+        protocol::subjects::MESSAGES_STREAM,
+        protocol::subjects::ROUTER_CONSUMER,
+        protocol::subjects::HISTORY_CONSUMER,
+        protocol::subjects::NOTIFIER_CONSUMER,
+        protocol::subjects::GATEWAYS_BUCKET,
+    ] {
+        assert!(names.contains(&needed), "{needed} not checked: {names:?}");
+    }
+    let gateways = items.iter().find(|i| i["kind"] == "gateways").unwrap();
+    assert!(
+        gateways["detail"].as_str().unwrap().contains("gw-0"),
+        "{gateways}"
+    );
+    let ws = items.iter().find(|i| i["kind"] == "websocket").unwrap();
+    assert!(ws["detail"].as_str().unwrap().contains("pong in"), "{ws}");
+
+    // Nothing listening there.
+    let nowhere = testkit::reserve_port().await;
+    let out = run(natter(
+        &stack,
+        &["check", "--nats-url", &format!("nats://{nowhere}")],
+    ))
+    .await;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("cannot connect to NATS at nats://{nowhere}")),
+        "{err}"
+    );
+    assert!(err.contains("is nats-server running"), "{err}");
+}
+
+#[tokio::test]
+async fn check_names_what_is_missing() {
+    // No notifier in this stack: its consumer is missing, and the check fails saying so.
+    let stack = Stack::new().start().await;
+    let out = run(natter(&stack, &["check", "--nats-url", &stack.nats.url()])).await;
+    assert!(!out.status.success());
+    let report = String::from_utf8_lossy(&out.stdout);
+    let line = report
+        .lines()
+        .find(|l| l.contains(protocol::subjects::NOTIFIER_CONSUMER))
+        .unwrap_or_else(|| panic!("{report}"));
+    assert!(
+        line.starts_with("FAIL") && line.contains("notifier"),
+        "{line}"
+    );
+}
+
+#[tokio::test]
+async fn connection_problems_come_with_advice() {
+    let stack = Stack::new().start().await;
+    let out = run(natter(
+        &stack,
+        &["send", "--token", "not-a-token", "--to", "bob", "hi"],
+    ))
+    .await;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("token rejected (401)"), "{err}");
+    assert!(err.contains("natter token"), "{err}");
+
+    let nowhere = testkit::reserve_port().await;
+    let url = format!("ws://{nowhere}/v1/ws");
+    let out = run(natter(
+        &stack,
+        &["history", "--as", "bob", "alice", "--url", &url],
+    ))
+    .await;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("cannot connect to {url}: connection refused")),
+        "{err}"
+    );
+    assert!(err.contains("natter up"), "{err}");
+}
