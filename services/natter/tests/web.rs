@@ -209,3 +209,8 @@ fn a_reload_keeps_the_history() {
 fn the_page_reconnects_by_itself_after_a_server_restart() {
     run_scenario("restart");
 }
+
+#[test]
+fn scrolling_back_loads_older_history() {
+    run_scenario("scroll_back");
+}
