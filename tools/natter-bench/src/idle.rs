@@ -9,6 +9,8 @@ use protocol::frames::ServerFrame;
 use testkit::TestNats;
 use testkit::client::Connection;
 
+use crate::process::{free_port, rss_kib, wait_listening};
+
 pub async fn run(counts: &[usize], json: bool) -> anyhow::Result<()> {
     let nats = TestNats::start();
     let port = free_port()?;
@@ -84,32 +86,4 @@ async fn open(url: &str, token: &str, n: usize, conns: &mut Vec<Connection>) -> 
         left -= wave;
     }
     Ok(())
-}
-
-fn rss_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("no VmRSS for pid {pid}"))
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-async fn wait_listening(port: u16) -> anyhow::Result<()> {
-    for _ in 0..500 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    anyhow::bail!("gateway did not start listening")
 }

@@ -15,6 +15,8 @@ mod direct;
 mod group;
 mod history;
 mod idle;
+mod peers;
+mod process;
 mod resync;
 
 use clap::{Parser, Subcommand};
