@@ -3,8 +3,16 @@
 //! receiver, through the gateway, the chat service, a JetStream ack, the router and the other
 //! gateway. The ceiling is a raw core-NATS relay at the same rate, in the same invocation: a
 //! NATS publish straight to the receiving gateway's deliver subject, then that gateway and the
-//! WebSocket to the client (no sending gateway, no chat service, no JetStream).
+//! WebSocket to the client (no sending gateway, no chat service, no JetStream). The peers get
+//! the same pairs, rates and durations.
+//!
+//! Each system climbs the rates until one is not **sustained**: a rate is sustained when the
+//! server accepted at least 99% of the offered messages, every accepted message arrived, and
+//! p99 stayed within the latency objective (`--slo-ms`). Between the last sustained rate and
+//! the first that was not, two bisection steps narrow the highest sustained rate.
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -13,66 +21,289 @@ use protocol::frames::ServerFrame;
 use testkit::Stack;
 use tokio::sync::Mutex;
 
-struct Figures {
-    sent: u64,
-    received: u64,
-    latencies_us: Vec<u64>,
+use crate::peers::{Peer, Run};
+use crate::plot::{self, RateCurve};
+use crate::report::{Report, Table, ms, ratio};
+
+pub struct Options {
+    pub rates: Vec<u64>,
+    pub seconds: u64,
+    pub pairs: usize,
+    pub sync: String,
+    pub slo_ms: f64,
+    pub search: bool,
+}
+
+/// One system at one offered rate.
+struct Outcome {
+    rate: u64,
+    offered: u64,
+    run: Run,
+    /// `run.latencies_us`, sorted.
+    sorted_us: Vec<u64>,
+    sustained: bool,
+}
+
+impl Outcome {
+    fn new(rate: u64, offered: u64, mut run: Run, slo_ms: f64) -> Self {
+        let mut sorted_us = std::mem::take(&mut run.latencies_us);
+        sorted_us.sort_unstable();
+        let p99 = crate::percentile_ms(&sorted_us, 0.99);
+        let sustained =
+            run.sent as f64 >= 0.99 * offered as f64 && run.received >= run.sent && p99 <= slo_ms;
+        Self {
+            rate,
+            offered,
+            run,
+            sorted_us,
+            sustained,
+        }
+    }
+
+    fn p(&self, q: f64) -> f64 {
+        crate::percentile_ms(&self.sorted_us, q)
+    }
 }
 
 pub async fn run(
-    rates: &[u64],
-    seconds: u64,
-    pairs: usize,
-    sync: &str,
+    o: &Options,
+    peer_names: &[String],
     json: bool,
+    plots: &std::path::Path,
 ) -> anyhow::Result<()> {
     let stack = Stack::new()
-        .sync_interval(sync)
+        .sync_interval(&o.sync)
         .gateways(2)
         .gateway_config(|g| g.heartbeat_timeout_ms = 600_000)
         .start()
         .await;
+    let peers = Peer::start_all(peer_names).await?;
+    let mut systems = vec!["natter", "relay"];
+    systems.extend(peers.iter().map(Peer::name));
+    let report = Report::new(json, plots, (systems.len() * o.rates.len()) as u64)?;
     let epoch = Instant::now();
-    for &rate in rates {
-        let natter = natter_run(&stack, epoch, rate, seconds, pairs).await?;
-        let relay = relay_run(&stack, epoch, rate, seconds, pairs).await?;
-        report(rate, sync, &natter, &relay, seconds, json);
+    let offered = |rate: u64| {
+        let per_pair = (rate as f64 / o.pairs as f64 * o.seconds as f64).round() as u64;
+        per_pair * o.pairs as u64
+    };
+    let measure = async |system: &str, rate: u64| -> anyhow::Result<Outcome> {
+        report.step(format!("{system} at {rate} msg/s"));
+        let run = match system {
+            "natter" => natter_run(&stack, epoch, rate, o.seconds, o.pairs).await?,
+            "relay" => relay_run(&stack, epoch, rate, o.seconds, o.pairs).await?,
+            name => {
+                let peer = peers.iter().find(|p| p.name() == name).expect("started");
+                peer.direct(epoch, rate, o.seconds, o.pairs).await?
+            }
+        };
+        let outcome = Outcome::new(rate, offered(rate), run, o.slo_ms);
+        report.measurement(
+            serde_json::json!({
+                "scenario": "direct", "system": system, "sync_interval": o.sync, "rate": rate,
+                "offered": outcome.offered, "sent": outcome.run.sent,
+                "received": outcome.run.received,
+                "lost": outcome.run.sent.saturating_sub(outcome.run.received),
+                "throughput": outcome.run.received as f64 / o.seconds as f64,
+                "p50_ms": outcome.p(0.5), "p99_ms": outcome.p(0.99), "p999_ms": outcome.p(0.999),
+                "sustained": outcome.sustained,
+            }),
+            format!(
+                "direct {system:<10} {rate:>6}/s: sent {} received {} lost {} | p50 {} p99 {} p99.9 {} ms | {}",
+                outcome.run.sent,
+                outcome.run.received,
+                outcome.run.sent.saturating_sub(outcome.run.received),
+                ms(outcome.p(0.5)),
+                ms(outcome.p(0.99)),
+                ms(outcome.p(0.999)),
+                if outcome.sustained { "sustained" } else { "not sustained" }
+            ),
+        );
+        report.done();
+        Ok(outcome)
+    };
+
+    // Warm-up, not recorded: first connections, stream files, JIT (ejabberd) and caches.
+    for &system in &systems {
+        report.step(format!("{system}: warming up"));
+        let rate = o.rates[0].min(500);
+        match system {
+            "natter" => drop(natter_run(&stack, epoch, rate, 1, o.pairs).await?),
+            "relay" => drop(relay_run(&stack, epoch, rate, 1, o.pairs).await?),
+            name => {
+                let peer = peers.iter().find(|p| p.name() == name).expect("started");
+                drop(peer.direct(epoch, rate, 1, o.pairs).await?);
+            }
+        }
     }
+    let mut results: BTreeMap<&str, Vec<Outcome>> = BTreeMap::new();
+    for &rate in &o.rates {
+        for &system in &systems {
+            let given_up = results
+                .get(system)
+                .is_some_and(|r| r.iter().any(|x| !x.sustained));
+            if given_up {
+                report.done();
+                continue;
+            }
+            let outcome = measure(system, rate).await?;
+            results.entry(system).or_default().push(outcome);
+        }
+    }
+    if o.search {
+        for &system in &systems {
+            for _ in 0..2 {
+                let outcomes = &results[system];
+                let best = outcomes
+                    .iter()
+                    .filter(|x| x.sustained)
+                    .map(|x| x.rate)
+                    .max();
+                let Some(worst) = outcomes
+                    .iter()
+                    .filter(|x| !x.sustained)
+                    .map(|x| x.rate)
+                    .min()
+                else {
+                    break;
+                };
+                let low = best.unwrap_or(0);
+                let mid = (low + worst) / 2 / 100 * 100;
+                if mid <= low || mid >= worst {
+                    break;
+                }
+                report.more_steps(1);
+                let outcome = measure(system, mid).await?;
+                results.entry(system).or_default().push(outcome);
+            }
+        }
+    }
+    for outcomes in results.values_mut() {
+        outcomes.sort_by_key(|x| x.rate);
+    }
+
+    let (tables, plot_files) = summarise(o, &systems, &results, &report)?;
+    report.finish(&tables, &plot_files);
+    drop(peers);
     Ok(())
 }
 
-fn report(rate: u64, sync: &str, n: &Figures, r: &Figures, seconds: u64, json: bool) {
-    let mut a = n.latencies_us.clone();
-    a.sort_unstable();
-    let mut b = r.latencies_us.clone();
-    b.sort_unstable();
-    let p = crate::percentile_ms;
-    if json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "scenario": "direct", "sync_interval": sync, "rate": rate,
-                "sent": n.sent, "received": n.received, "lost": n.sent.saturating_sub(n.received),
-                "throughput": n.received as f64 / seconds as f64,
-                "p50_ms": p(&a, 0.5), "p99_ms": p(&a, 0.99), "p999_ms": p(&a, 0.999),
-                "relay_sent": r.sent, "relay_received": r.received,
-                "relay_p50_ms": p(&b, 0.5), "relay_p99_ms": p(&b, 0.99), "relay_p999_ms": p(&b, 0.999),
-            })
-        );
-    } else {
-        println!(
-            "direct {rate:>6}/s sync={sync}: sent {} received {} lost {} | p50 {:.2} ms p99 {:.2} ms p99.9 {:.2} ms | relay p50 {:.2} p99 {:.2} p99.9 {:.2} ms",
-            n.sent,
-            n.received,
-            n.sent.saturating_sub(n.received),
-            p(&a, 0.5),
-            p(&a, 0.99),
-            p(&a, 0.999),
-            p(&b, 0.5),
-            p(&b, 0.99),
-            p(&b, 0.999)
-        );
+fn summarise(
+    o: &Options,
+    systems: &[&str],
+    results: &BTreeMap<&str, Vec<Outcome>>,
+    report: &Report,
+) -> anyhow::Result<(Vec<Table>, Vec<PathBuf>)> {
+    let mut by_rate = Table::new(
+        format!(
+            "1:1 persisted, {} pairs, {} s per rate, nats-server sync {}",
+            o.pairs, o.seconds, o.sync
+        ),
+        &[
+            "system",
+            "offered/s",
+            "sent",
+            "received",
+            "lost",
+            "p50 ms",
+            "p99 ms",
+            "p99.9 ms",
+            "sustained",
+        ],
+    );
+    for &system in systems {
+        for x in &results[system] {
+            by_rate.row(vec![
+                system.into(),
+                x.rate.to_string(),
+                x.run.sent.to_string(),
+                x.run.received.to_string(),
+                x.run.sent.saturating_sub(x.run.received).to_string(),
+                ms(x.p(0.5)),
+                ms(x.p(0.99)),
+                ms(x.p(0.999)),
+                if x.sustained { "yes" } else { "no" }.into(),
+            ]);
+        }
     }
+    let best = |system: &str| {
+        results[system]
+            .iter()
+            .filter(|x| x.sustained)
+            .max_by_key(|x| x.rate)
+    };
+    let natter_best = best("natter");
+    let mut sustained = Table::new(
+        format!(
+            "highest sustained 1:1 rate (p99 ≤ {} ms, nothing lost); natter ÷ system",
+            o.slo_ms
+        ),
+        &[
+            "system",
+            "sustained msg/s",
+            "p99 ms there",
+            "natter ÷ system (rate)",
+        ],
+    );
+    for &system in systems {
+        let b = best(system);
+        let rate = b.map_or(0.0, |x| x.rate as f64);
+        sustained.row(vec![
+            system.into(),
+            b.map_or("none".into(), |x| x.rate.to_string()),
+            b.map_or("–".into(), |x| ms(x.p(0.99))),
+            ratio(natter_best.map_or(f64::NAN, |x| x.rate as f64), rate),
+        ]);
+    }
+
+    let mut files = Vec::new();
+    let curves: Vec<RateCurve<'_>> = systems
+        .iter()
+        .map(|&system| RateCurve {
+            system,
+            points: results[system]
+                .iter()
+                .map(|x| (x.rate as f64, x.p(0.5), x.p(0.99)))
+                .collect(),
+        })
+        .collect();
+    let path = report.plot("direct-latency-vs-rate.svg");
+    plot::versus_rate(
+        &path,
+        "1:1 persisted: latency against offered rate",
+        "offered rate (messages/s, log scale)",
+        &curves,
+    )?;
+    files.push(path);
+    // The CDF at the highest listed rate every system ran.
+    if let Some(rate) = o
+        .rates
+        .iter()
+        .copied()
+        .filter(|r| {
+            systems
+                .iter()
+                .all(|s| results[s].iter().any(|x| x.rate == *r))
+        })
+        .max()
+    {
+        let series: Vec<(&str, &[u64])> = systems
+            .iter()
+            .filter_map(|&s| {
+                results[s]
+                    .iter()
+                    .find(|x| x.rate == rate)
+                    .map(|x| (s, x.sorted_us.as_slice()))
+            })
+            .collect();
+        let path = report.plot(&format!("direct-cdf-{rate}.svg"));
+        plot::cdf(
+            &path,
+            &format!("1:1 persisted: latency CDF at {rate} msg/s"),
+            &series,
+        )?;
+        files.push(path);
+    }
+    Ok((vec![by_rate, sustained], files))
 }
 
 async fn natter_run(
@@ -81,7 +312,7 @@ async fn natter_run(
     rate: u64,
     seconds: u64,
     pairs: usize,
-) -> anyhow::Result<Figures> {
+) -> anyhow::Result<Run> {
     let latencies = Arc::new(Mutex::new(Vec::new()));
     let received = Arc::new(AtomicU64::new(0));
     let sent = Arc::new(AtomicU64::new(0));
@@ -137,7 +368,7 @@ async fn natter_run(
         r.await?;
     }
     let latencies_us = std::mem::take(&mut *latencies.lock().await);
-    Ok(Figures {
+    Ok(Run {
         sent: sent.load(Ordering::Relaxed),
         received: received.load(Ordering::Relaxed),
         latencies_us,
@@ -150,7 +381,7 @@ async fn relay_run(
     rate: u64,
     seconds: u64,
     pairs: usize,
-) -> anyhow::Result<Figures> {
+) -> anyhow::Result<Run> {
     // Core NATS straight to the receiving gateway's deliver subject: the receiving half of
     // natter's path (gateway inbox, outbox, WebSocket) without JetStream or the chat service.
     let publisher = stack.nats.client().await;
@@ -207,7 +438,7 @@ async fn relay_run(
         r.await?;
     }
     let latencies_us = std::mem::take(&mut *latencies.lock().await);
-    Ok(Figures {
+    Ok(Run {
         sent: total,
         received: latencies_us.len() as u64,
         latencies_us,

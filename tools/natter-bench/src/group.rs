@@ -14,7 +14,7 @@
 //! whole frame: the bench client shares the two cores with the servers, and its own decoding
 //! would otherwise be what is measured.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -24,6 +24,10 @@ use protocol::payloads::Delivery;
 use protocol::{ConnId, GatewayId, GroupInfo, GroupOp, subjects};
 use testkit::Stack;
 use tokio::sync::mpsc;
+
+use crate::peers::Peer;
+use crate::plot::{self, RateCurve};
+use crate::report::{Report, Table, ms, ratio};
 
 const GROUP_SIZE: usize = 500;
 const ONLINE: usize = 200;
@@ -48,13 +52,24 @@ struct Arrivals {
     last_us: AtomicU64,
 }
 
+pub struct Options {
+    pub rates: Vec<u64>,
+    pub seconds: u64,
+    pub senders: usize,
+    pub sync: String,
+}
+
 pub async fn run(
-    rates: &[u64],
-    seconds: u64,
-    senders: usize,
-    sync: &str,
+    o: &Options,
+    peer_names: &[String],
     json: bool,
+    plots: &std::path::Path,
 ) -> anyhow::Result<()> {
+    let (rates, seconds, senders, sync) = (&o.rates, o.seconds, o.senders, o.sync.as_str());
+    let peers = Peer::start_all(peer_names).await?;
+    let mut systems = vec!["natter", "relay"];
+    systems.extend(peers.iter().map(Peer::name));
+    let report = Report::new(json, plots, (systems.len() * rates.len() + 2) as u64)?;
     let stack = Stack::new()
         .sync_interval(sync)
         .gateways(GATEWAYS)
@@ -101,7 +116,9 @@ pub async fn run(
     let recipients = (ONLINE - 1) as u32;
 
     let mut phase = 0u8;
+    let mut results: BTreeMap<&str, Vec<(u64, Latency)>> = BTreeMap::new();
     for &rate in rates {
+        report.step(format!("natter at {rate} group messages/s"));
         let natter = latency_phase(
             &members[0].0,
             phase,
@@ -113,15 +130,35 @@ pub async fn run(
         )
         .await;
         phase += 1;
+        report_latency(&report, "natter", rate, sync, &natter);
+        results.entry("natter").or_default().push((rate, natter));
+        report.step(format!("relay at {rate} group messages/s"));
         let relay = relay_latency(
             &stack, &targets, phase, rate, seconds, epoch, &arrivals, recipients,
         )
         .await?;
         phase += 1;
-        report_latency(rate, sync, &natter, &relay, json);
+        report_latency(&report, "relay", rate, sync, &relay);
+        results.entry("relay").or_default().push((rate, relay));
+        for peer in &peers {
+            report.step(format!("{} at {rate} group messages/s", peer.name()));
+            let mut run = peer.group(epoch, rate, seconds, ONLINE).await?;
+            run.latencies_us.sort_unstable();
+            let latency = Latency {
+                sent: run.sent,
+                complete: run.received,
+                last_us: run.latencies_us,
+            };
+            report_latency(&report, peer.name(), rate, sync, &latency);
+            results
+                .entry(peer.name())
+                .or_default()
+                .push((rate, latency));
+        }
     }
 
     // Saturation: `senders` members blast for `seconds`.
+    report.step(format!("natter saturation, {senders} senders"));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let started_us = epoch.elapsed().as_micros() as u64;
     for (tx, _) in members.iter().take(senders) {
@@ -131,9 +168,101 @@ pub async fn run(
     stop.store(true, Ordering::Relaxed);
     let natter = settle(&arrivals, phase, started_us).await;
     phase += 1;
+    report.done();
+    report.step("relay saturation");
     let relay = relay_saturation(&stack, &targets, phase, seconds, epoch, &arrivals).await?;
-    report_saturation(sync, senders, natter, relay, json);
+    report.done();
+    report_saturation(&report, sync, senders, natter, relay);
+    let (mut tables, files) = summarise(o, &systems, &results, &report)?;
+    let mut saturation = Table::new(
+        format!("group saturation, {senders} members sending at once (natter and its relay only)"),
+        &["system", "deliveries/s", "÷ relay"],
+    );
+    saturation.row(vec![
+        "natter".into(),
+        format!("{natter:.0}"),
+        ratio(natter, relay),
+    ]);
+    saturation.row(vec!["relay".into(), format!("{relay:.0}"), "×1.00".into()]);
+    tables.push(saturation);
+    report.finish(&tables, &files);
     Ok(())
+}
+
+fn summarise(
+    o: &Options,
+    systems: &[&str],
+    results: &BTreeMap<&str, Vec<(u64, Latency)>>,
+    report: &Report,
+) -> anyhow::Result<(Vec<Table>, Vec<std::path::PathBuf>)> {
+    let p = crate::percentile_ms;
+    let mut table = Table::new(
+        format!(
+            "group fan-out: {GROUP_SIZE} members, {ONLINE} online, natter over {GATEWAYS} gateways; latency to the last online member; nats-server sync {}",
+            o.sync
+        ),
+        &[
+            "rate/s",
+            "system",
+            "reached all",
+            "p50 ms",
+            "p99 ms",
+            "p99.9 ms",
+            "natter p99 ÷ system p99",
+        ],
+    );
+    let mut files = Vec::new();
+    for &rate in &o.rates {
+        let natter_p99 = results["natter"]
+            .iter()
+            .find(|(r, _)| *r == rate)
+            .map_or(f64::NAN, |(_, l)| p(&l.last_us, 0.99));
+        let mut series: Vec<(&str, &[u64])> = Vec::new();
+        for &system in systems {
+            let Some((_, l)) = results[system].iter().find(|(r, _)| *r == rate) else {
+                continue;
+            };
+            table.row(vec![
+                rate.to_string(),
+                system.into(),
+                format!("{} of {}", l.complete, l.sent),
+                ms(p(&l.last_us, 0.5)),
+                ms(p(&l.last_us, 0.99)),
+                ms(p(&l.last_us, 0.999)),
+                ratio(natter_p99, p(&l.last_us, 0.99)),
+            ]);
+            series.push((system, &l.last_us));
+        }
+        let path = report.plot(&format!("group-cdf-{rate}.svg"));
+        plot::cdf(
+            &path,
+            &format!(
+                "group fan-out: latency to the last of {} members at {rate} msg/s",
+                ONLINE - 1
+            ),
+            &series,
+        )?;
+        files.push(path);
+    }
+    let curves: Vec<RateCurve<'_>> = systems
+        .iter()
+        .map(|&system| RateCurve {
+            system,
+            points: results[system]
+                .iter()
+                .map(|(r, l)| (*r as f64, p(&l.last_us, 0.5), p(&l.last_us, 0.99)))
+                .collect(),
+        })
+        .collect();
+    let path = report.plot("group-latency-vs-rate.svg");
+    plot::versus_rate(
+        &path,
+        "group fan-out: latency to the last member against offered rate",
+        "group messages per second (log scale)",
+        &curves,
+    )?;
+    files.push(path);
+    Ok((vec![table], files))
 }
 
 /// Figures of one latency phase.
@@ -396,34 +525,30 @@ fn record(arrivals: &Arrivals, text: &str, epoch: Instant) {
     }
 }
 
-fn report_latency(rate: u64, sync: &str, n: &Latency, r: &Latency, json: bool) {
+fn report_latency(report: &Report, system: &str, rate: u64, sync: &str, n: &Latency) {
     let p = crate::percentile_ms;
-    crate::emit(
-        json,
+    report.measurement(
         serde_json::json!({
-            "scenario": "group", "measure": "latency", "sync_interval": sync, "rate": rate,
-            "members": GROUP_SIZE, "online": ONLINE, "gateways": GATEWAYS,
+            "scenario": "group", "measure": "latency", "system": system, "sync_interval": sync,
+            "rate": rate, "members": GROUP_SIZE, "online": ONLINE, "gateways": GATEWAYS,
             "sent": n.sent, "complete": n.complete,
             "p50_ms": p(&n.last_us, 0.5), "p99_ms": p(&n.last_us, 0.99),
-            "relay_complete": r.complete,
-            "relay_p50_ms": p(&r.last_us, 0.5), "relay_p99_ms": p(&r.last_us, 0.99),
+            "p999_ms": p(&n.last_us, 0.999),
         }),
         format!(
-            "group {rate:>4}/s sync={sync}: {} of {} reached all {} online members | to the last member p50 {:.2} ms p99 {:.2} ms | relay p50 {:.2} ms p99 {:.2} ms",
+            "group {system:<10} {rate:>4}/s: {} of {} reached all {} online members | to the last member p50 {} ms p99 {} ms",
             n.complete,
             n.sent,
             ONLINE - 1,
-            p(&n.last_us, 0.5),
-            p(&n.last_us, 0.99),
-            p(&r.last_us, 0.5),
-            p(&r.last_us, 0.99),
+            ms(p(&n.last_us, 0.5)),
+            ms(p(&n.last_us, 0.99)),
         ),
     );
+    report.done();
 }
 
-fn report_saturation(sync: &str, senders: usize, natter: f64, relay: f64, json: bool) {
-    crate::emit(
-        json,
+fn report_saturation(report: &Report, sync: &str, senders: usize, natter: f64, relay: f64) {
+    report.measurement(
         serde_json::json!({
             "scenario": "group", "measure": "saturation", "sync_interval": sync,
             "senders": senders, "deliveries_per_s": natter.round(),

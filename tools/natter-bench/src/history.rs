@@ -9,9 +9,13 @@ use history::{
     CacheConfig, EmbeddedStore, HistoryCache, HistoryConfig, Page, ScyllaConfig, ScyllaStore, Store,
 };
 use protocol::ConversationId;
-use protocol::frames::Message;
+use protocol::frames::{ClientFrame, Message, ServerFrame};
 use protocol::payloads::StoredMessage;
-use testkit::TestNats;
+use testkit::{Stack, TestNats};
+
+use crate::peers::Peer;
+use crate::plot;
+use crate::report::{Report, Table, ms, ratio};
 
 const T0: u64 = 1_750_000_000_000;
 
@@ -65,7 +69,132 @@ where
     )
 }
 
-pub async fn run(json: bool) -> anyhow::Result<()> {
+/// Messages in the conversation whose last 50 are read end to end.
+const SEEDED: usize = 1_000;
+
+/// The last 50 of a conversation, read `reads` times through each system's own client
+/// protocol: natter's `history` frame over the WebSocket (gateway, history service, its cache
+/// and embedded store), Centrifugo's `history` call, ejabberd's MAM query.
+async fn end_to_end(
+    reads: usize,
+    peer_names: &[String],
+    json: bool,
+    plots: &std::path::Path,
+) -> anyhow::Result<()> {
+    let report = Report::new(json, plots, (1 + peer_names.len()) as u64)?;
+    report.step(format!("natter: {reads} reads of the last 50"));
+    let mut results = vec![("natter", natter_last_50(reads).await?)];
+    report.done();
+    for name in peer_names {
+        report.step(format!("{name}: {reads} reads of the last 50"));
+        let peer = Peer::start(name).await?;
+        let mut us = peer.history(reads).await?;
+        us.sort_unstable();
+        results.push((peer.name(), us));
+        drop(peer);
+        report.done();
+    }
+    let p = crate::percentile_ms;
+    let natter_p99 = p(&results[0].1, 0.99);
+    let mut table = Table::new(
+        format!(
+            "history: the last 50 of a {SEEDED}-message conversation, {reads} sequential reads over each system's client protocol"
+        ),
+        &["system", "p50 ms", "p99 ms", "natter p99 ÷ system p99"],
+    );
+    for (system, us) in &results {
+        report.measurement(
+            serde_json::json!({"scenario": "history", "measure": "last_50_end_to_end",
+                "system": system, "reads": reads, "p50_ms": p(us, 0.5), "p99_ms": p(us, 0.99)}),
+            format!(
+                "history {system:<10} last 50: p50 {} ms p99 {} ms",
+                ms(p(us, 0.5)),
+                ms(p(us, 0.99))
+            ),
+        );
+        table.row(vec![
+            system.to_string(),
+            ms(p(us, 0.5)),
+            ms(p(us, 0.99)),
+            ratio(natter_p99, p(us, 0.99)),
+        ]);
+    }
+    let path = report.plot("history-cdf.svg");
+    let series: Vec<(&str, &[u64])> = results.iter().map(|(s, us)| (*s, us.as_slice())).collect();
+    plot::cdf(
+        &path,
+        "history: latency of reading the last 50 messages",
+        &series,
+    )?;
+    report.finish(&[table], &[path]);
+    Ok(())
+}
+
+/// natter: alice sends bob `SEEDED` messages, then reads their last 50 `reads` times.
+async fn natter_last_50(reads: usize) -> anyhow::Result<Vec<u64>> {
+    let stack = Stack::new().start().await;
+    let mut alice = stack.connect("alice", 0).await;
+    // Pipelined, within the gateway's limit of sends in flight per connection.
+    let (mut sent, mut accepted) = (0, 0);
+    while accepted < SEEDED {
+        while sent < SEEDED && sent - accepted < 16 {
+            alice
+                .send("bob", &format!("c{sent}"), &format!("message {sent}"))
+                .await?;
+            sent += 1;
+        }
+        if let ServerFrame::Sent { .. } = alice.next_frame().await? {
+            accepted += 1;
+        }
+    }
+    let conversation = "dm:alice:bob".to_string();
+    let read = async |alice: &mut client::Connection, qid: String| {
+        alice
+            .send_frame(&ClientFrame::History {
+                qid: qid.clone(),
+                conversation: conversation.clone(),
+                before: None,
+                after: None,
+                limit: Some(50),
+            })
+            .await?;
+        match testkit::answer(alice, &qid).await {
+            ServerFrame::History { messages, .. } => Ok::<_, anyhow::Error>(messages),
+            other => anyhow::bail!("history answered {other:?}"),
+        }
+    };
+    // The history writer stores asynchronously: wait until the newest message is readable.
+    let newest = format!("c{}", SEEDED - 1);
+    for attempt in 0.. {
+        let page = read(&mut alice, format!("w{attempt}")).await?;
+        if page.last().is_some_and(|m| m.cid.as_str() == newest) {
+            break;
+        }
+        anyhow::ensure!(attempt < 500, "history never caught up with the writes");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut us = Vec::with_capacity(reads);
+    for i in 0..reads {
+        let started = Instant::now();
+        let page = read(&mut alice, format!("q{i}")).await?;
+        us.push(started.elapsed().as_micros() as u64);
+        anyhow::ensure!(page.len() == 50, "a read returned {} messages", page.len());
+    }
+    Ok(us)
+}
+
+pub async fn run(
+    reads: usize,
+    peer_names: &[String],
+    json: bool,
+    plots: &std::path::Path,
+) -> anyhow::Result<()> {
+    end_to_end(reads, peer_names, json, plots).await?;
+    store_figures(json).await
+}
+
+/// natter's own store and cache, below the service.
+async fn store_figures(json: bool) -> anyhow::Result<()> {
     let conversations = 1_000;
     let messages = corpus(conversations, 100);
     let dir = tempfile::tempdir()?;

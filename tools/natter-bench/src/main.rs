@@ -16,7 +16,9 @@ mod group;
 mod history;
 mod idle;
 mod peers;
+mod plot;
 mod process;
+mod report;
 mod resync;
 
 use clap::{Parser, Subcommand};
@@ -24,9 +26,20 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "natter-bench")]
 struct Cli {
-    /// Print JSON lines instead of a table.
+    /// Print one JSON line per measurement instead of the tables.
     #[arg(long, global = true)]
     json: bool,
+    /// Directory for the SVG plots.
+    #[arg(long, global = true, default_value = "bench-results")]
+    plots: std::path::PathBuf,
+    /// Peers to run next to natter with the same workload: centrifugo, ejabberd, or none.
+    #[arg(
+        long,
+        global = true,
+        value_delimiter = ',',
+        default_value = "centrifugo,ejabberd"
+    )]
+    peers: Vec<String>,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -41,8 +54,12 @@ enum Scenario {
     },
     /// Persisted 1:1 delivery latency and throughput, with a raw NATS relay as the ceiling.
     Direct {
-        /// Offered rates in messages per second.
-        #[arg(long, value_delimiter = ',', default_value = "1000,2500,5000")]
+        /// Offered rates in messages per second, climbed until one is not sustained.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "500,1000,2000,4000,8000,16000"
+        )]
         rates: Vec<u64>,
         /// Seconds per rate.
         #[arg(long, default_value_t = 5)]
@@ -53,10 +70,20 @@ enum Scenario {
         /// JetStream sync_interval of the nats-server: `always` or a duration like `2m`.
         #[arg(long, default_value = "always")]
         sync: String,
+        /// Latency objective: a rate whose p99 exceeds it is not sustained.
+        #[arg(long, default_value_t = 50.0)]
+        slo_ms: f64,
+        /// Skip the bisection between the last sustained rate and the first that was not.
+        #[arg(long)]
+        no_search: bool,
     },
     /// History store writes, "last 50" read latency (cache hit, embedded miss, CQL miss when
     /// NATTER_SCYLLA_URI is set) and the writer's lag at 5,000 msg/s.
-    History,
+    History {
+        /// Sequential end-to-end reads of the last 50 messages, per system.
+        #[arg(long, default_value_t = 2000)]
+        reads: usize,
+    },
     /// Group fan-out: latency to the last online member, and deliveries/s at saturation.
     Group {
         /// Offered rates in group messages per second.
@@ -90,26 +117,63 @@ enum Scenario {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // Before the in-process services start theirs: warnings only, and on stderr, so stdout
+    // keeps the tables or the JSON lines.
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .try_init();
+    let peers: Vec<String> = cli
+        .peers
+        .iter()
+        .filter(|p| p.as_str() != "none")
+        .cloned()
+        .collect();
     match cli.scenario {
-        Scenario::Idle { connections } => idle::run(&connections, cli.json).await,
+        Scenario::Idle { connections } => {
+            idle::run(&connections, &peers, cli.json, &cli.plots).await
+        }
         Scenario::Direct {
             rates,
             seconds,
             pairs,
             sync,
-        } => direct::run(&rates, seconds, pairs, &sync, cli.json).await,
-        Scenario::History => history::run(cli.json).await,
+            slo_ms,
+            no_search,
+        } => {
+            let options = direct::Options {
+                rates,
+                seconds,
+                pairs,
+                sync,
+                slo_ms,
+                search: !no_search,
+            };
+            direct::run(&options, &peers, cli.json, &cli.plots).await
+        }
+        Scenario::History { reads } => history::run(reads, &peers, cli.json, &cli.plots).await,
         Scenario::Group {
             rates,
             seconds,
             senders,
             sync,
-        } => group::run(&rates, seconds, senders, &sync, cli.json).await,
+        } => {
+            let options = group::Options {
+                rates,
+                seconds,
+                senders,
+                sync,
+            };
+            group::run(&options, &peers, cli.json, &cli.plots).await
+        }
         Scenario::Resync {
             backlog,
             clients,
             per_client,
-        } => resync::run(backlog, clients, per_client, cli.json).await,
+        } => resync::run(backlog, clients, per_client, &peers, cli.json, &cli.plots).await,
     }
 }
 

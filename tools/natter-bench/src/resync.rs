@@ -17,12 +17,18 @@ use protocol::payloads::StoredMessage;
 use protocol::{ClientMsgId, ConversationId, Cursor, MessageId, UserId, subjects};
 use testkit::Stack;
 
+use crate::peers::Peer;
+use crate::report::{Report, Table, ratio};
+
 pub async fn run(
     backlog: usize,
     clients: usize,
     per_client: usize,
+    peer_names: &[String],
     json: bool,
+    plots: &std::path::Path,
 ) -> anyhow::Result<()> {
+    let report = Report::new(json, plots, (2 + peer_names.len()) as u64)?;
     let stack = Stack::new()
         .gateway_config(|g| {
             g.heartbeat_timeout_ms = 600_000;
@@ -30,8 +36,43 @@ pub async fn run(
         })
         .start()
         .await;
-    drain(&stack, backlog, json).await?;
-    storm(&stack, clients, per_client, json).await
+    report.step(format!("natter: one device draining {backlog} messages"));
+    drain(&stack, backlog, &report).await?;
+    report.done();
+    report.step(format!("natter: storm of {clients} clients"));
+    let mut storms = vec![("natter", storm(&stack, clients, per_client, &report).await?)];
+    report.done();
+    drop(stack);
+    // The peers one at a time, each with the machine to itself.
+    for name in peer_names {
+        report.step(format!("{name}: storm of {clients} clients"));
+        let peer = Peer::start(name).await?;
+        let took = peer.storm(clients, per_client).await?;
+        report.measurement(
+            serde_json::json!({"scenario": "storm", "system": name, "clients": clients,
+                "backlog_per_client": per_client, "all_resynced_s": took.as_secs_f64()}),
+            format!("storm {name}: {clients} clients with {per_client} messages each reconnected at once; all resynced in {took:.2?}"),
+        );
+        storms.push((peer.name(), took));
+        drop(peer);
+        report.done();
+    }
+    let mut table = Table::new(
+        format!(
+            "reconnect storm: {clients} clients with {per_client} messages waiting each reconnect at once"
+        ),
+        &["system", "all resynced (s)", "natter ÷ system (time)"],
+    );
+    let natter = storms[0].1.as_secs_f64();
+    for (system, took) in &storms {
+        table.row(vec![
+            system.to_string(),
+            format!("{:.2}", took.as_secs_f64()),
+            ratio(natter, took.as_secs_f64()),
+        ]);
+    }
+    report.finish(&[table], &[]);
+    Ok(())
 }
 
 /// Where live traffic starts for a new device of `user`.
@@ -110,7 +151,7 @@ async fn settle(stack: &Stack) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn drain(stack: &Stack, n: usize, json: bool) -> anyhow::Result<()> {
+async fn drain(stack: &Stack, n: usize, report: &Report) -> anyhow::Result<()> {
     let cursor = head(stack, "drainer").await;
     backlog(stack, "drain-source", &["drainer".to_string()], n).await?;
     settle(stack).await?;
@@ -153,8 +194,7 @@ async fn drain(stack: &Stack, n: usize, json: bool) -> anyhow::Result<()> {
     let took = started.elapsed();
     let rate = n as f64 / took.as_secs_f64();
     let ceiling = n as f64 / baseline.as_secs_f64();
-    crate::emit(
-        json,
+    report.measurement(
         serde_json::json!({"scenario": "drain", "messages": n, "seconds": took.as_secs_f64(),
             "rate": rate, "jetstream_rate": ceiling, "ratio": rate / ceiling}),
         format!(
@@ -166,7 +206,12 @@ async fn drain(stack: &Stack, n: usize, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn storm(stack: &Stack, clients: usize, per_client: usize, json: bool) -> anyhow::Result<()> {
+async fn storm(
+    stack: &Stack,
+    clients: usize,
+    per_client: usize,
+    report: &Report,
+) -> anyhow::Result<std::time::Duration> {
     let users: Vec<String> = (0..clients).map(|i| format!("storm{i}")).collect();
     let cursor = head(stack, &users[0]).await;
     backlog(stack, "storm-source", &users, per_client).await?;
@@ -198,8 +243,7 @@ async fn storm(stack: &Stack, clients: usize, per_client: usize, json: bool) -> 
     }
     times_us.sort_unstable();
     let p = crate::percentile_ms;
-    crate::emit(
-        json,
+    report.measurement(
         serde_json::json!({"scenario": "storm", "clients": clients, "backlog_per_client": per_client,
             "all_resynced_s": all.as_secs_f64(), "p50_ms": p(&times_us, 0.5), "p99_ms": p(&times_us, 0.99)}),
         format!(
@@ -210,5 +254,5 @@ async fn storm(stack: &Stack, clients: usize, per_client: usize, json: bool) -> 
         ),
     );
     drop(conns);
-    Ok(())
+    Ok(all)
 }
