@@ -96,28 +96,7 @@ impl Centrifugo {
         let port = free_port()?;
         let config_path = dir.path().join("config.json");
         std::fs::write(&config_path, serde_json::to_vec_pretty(&config(port))?)?;
-        let log = std::fs::File::create(dir.path().join("centrifugo.log"))?;
-        let mut command = Command::new(&bin);
-        command
-            .arg("--config")
-            .arg(&config_path)
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        // Only the config file configures it: no CENTRIFUGO_* variables from outside.
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("CENTRIFUGO_") {
-                command.env_remove(name);
-            }
-        }
-        let child = command.spawn().map_err(|e| {
-            anyhow::anyhow!(
-                "cannot run Centrifugo ({}): {e}; install it with scripts/install-deps bench \
-                 (or point NATTER_CENTRIFUGO at a centrifugo v6 binary)",
-                bin.display()
-            )
-        })?;
+        let child = launch(&bin, dir.path(), &config_path)?;
         let mut server = Centrifugo {
             pid: child.id(),
             child,
@@ -494,6 +473,37 @@ impl Centrifugo {
     }
 }
 
+/// Runs `bin` with the config at `config` from `dir`, its output going to
+/// `dir/centrifugo.log`.
+fn launch(
+    bin: &std::path::Path,
+    dir: &std::path::Path,
+    config: &std::path::Path,
+) -> anyhow::Result<Child> {
+    let log = std::fs::File::create(dir.join("centrifugo.log"))?;
+    let mut command = Command::new(bin);
+    command
+        .arg("--config")
+        .arg(config)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    // Only the config file configures it: no CENTRIFUGO_* variables from outside.
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("CENTRIFUGO_") {
+            command.env_remove(name);
+        }
+    }
+    command.spawn().map_err(|e| {
+        anyhow::anyhow!(
+            "cannot run Centrifugo ({}): {e}; install it with scripts/install-deps bench \
+             (or point NATTER_CENTRIFUGO at a centrifugo v6 binary)",
+            bin.display()
+        )
+    })
+}
+
 /// A user and their personal channel.
 fn personal(user: &str) -> (String, String) {
     (user.to_string(), format!("chat:{user}"))
@@ -608,6 +618,7 @@ mod tests {
         assert_eq!(figures.iter().map(|f| f.0).collect::<Vec<_>>(), [20, 50]);
         let (_, per_conn) = figures[1];
         assert!(per_conn > 0.0, "RSS per connection {per_conn} KiB");
+        assert!(rss_kib(server.pid()).unwrap() > 0);
     }
 
     #[tokio::test(flavor = "multi_thread")]
@@ -640,5 +651,17 @@ mod tests {
         let server = Centrifugo::start().await.unwrap();
         let took = server.storm(100, 3).await.unwrap();
         assert!(took < STORM_TIMEOUT);
+    }
+
+    #[test]
+    fn a_missing_binary_says_how_to_install_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("centrifugo");
+        let error = launch(&missing, dir.path(), &dir.path().join("config.json"))
+            .expect_err("no binary there");
+        assert!(
+            error.to_string().contains("scripts/install-deps bench"),
+            "{error}"
+        );
     }
 }
