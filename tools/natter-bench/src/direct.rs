@@ -68,8 +68,7 @@ impl Outcome {
 pub async fn run(
     o: &Options,
     peer_names: &[String],
-    json: bool,
-    plots: &std::path::Path,
+    out: &crate::report::Output,
 ) -> anyhow::Result<()> {
     let stack = Stack::new()
         .sync_interval(&o.sync)
@@ -80,7 +79,7 @@ pub async fn run(
     let peers = Peer::start_all(peer_names).await?;
     let mut systems = vec!["natter", "relay"];
     systems.extend(peers.iter().map(Peer::name));
-    let report = Report::new(json, plots, (systems.len() * o.rates.len()) as u64)?;
+    let report = Report::new(out, (systems.len() * o.rates.len()) as u64)?;
     let epoch = Instant::now();
     let offered = |rate: u64| {
         let per_pair = (rate as f64 / o.pairs as f64 * o.seconds as f64).round() as u64;

@@ -62,14 +62,13 @@ pub struct Options {
 pub async fn run(
     o: &Options,
     peer_names: &[String],
-    json: bool,
-    plots: &std::path::Path,
+    out: &crate::report::Output,
 ) -> anyhow::Result<()> {
     let (rates, seconds, senders, sync) = (&o.rates, o.seconds, o.senders, o.sync.as_str());
     let peers = Peer::start_all(peer_names).await?;
     let mut systems = vec!["natter", "relay"];
     systems.extend(peers.iter().map(Peer::name));
-    let report = Report::new(json, plots, (systems.len() * rates.len() + 2) as u64)?;
+    let report = Report::new(out, (systems.len() * rates.len() + 2) as u64)?;
     let stack = Stack::new()
         .sync_interval(sync)
         .gateways(GATEWAYS)

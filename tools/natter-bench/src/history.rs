@@ -78,10 +78,9 @@ const SEEDED: usize = 1_000;
 async fn end_to_end(
     reads: usize,
     peer_names: &[String],
-    json: bool,
-    plots: &std::path::Path,
+    out: &crate::report::Output,
 ) -> anyhow::Result<()> {
-    let report = Report::new(json, plots, (1 + peer_names.len()) as u64)?;
+    let report = Report::new(out, (1 + peer_names.len()) as u64)?;
     report.step(format!("natter: {reads} reads of the last 50"));
     let mut results = vec![("natter", natter_last_50(reads).await?)];
     report.done();
@@ -186,11 +185,10 @@ async fn natter_last_50(reads: usize) -> anyhow::Result<Vec<u64>> {
 pub async fn run(
     reads: usize,
     peer_names: &[String],
-    json: bool,
-    plots: &std::path::Path,
+    out: &crate::report::Output,
 ) -> anyhow::Result<()> {
-    end_to_end(reads, peer_names, json, plots).await?;
-    store_figures(json).await
+    end_to_end(reads, peer_names, out).await?;
+    store_figures(out.json).await
 }
 
 /// natter's own store and cache, below the service.

@@ -16,10 +16,9 @@ use crate::report::{Report, Table, ratio};
 pub async fn run(
     counts: &[usize],
     peer_names: &[String],
-    json: bool,
-    plots: &std::path::Path,
+    out: &crate::report::Output,
 ) -> anyhow::Result<()> {
-    let report = Report::new(json, plots, (1 + peer_names.len()) as u64)?;
+    let report = Report::new(out, (1 + peer_names.len()) as u64)?;
     report.step(format!(
         "natter: {} connections",
         counts.last().unwrap_or(&0)

@@ -32,6 +32,9 @@ struct Cli {
     /// Directory for the SVG plots.
     #[arg(long, global = true, default_value = "bench-results")]
     plots: std::path::PathBuf,
+    /// Also append every measurement as a JSON line to this file.
+    #[arg(long, global = true)]
+    record: Option<std::path::PathBuf>,
     /// Peers to run next to natter with the same workload: centrifugo, ejabberd, or none.
     #[arg(
         long,
@@ -126,6 +129,11 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .try_init();
+    let out = report::Output {
+        json: cli.json,
+        plots: cli.plots.clone(),
+        record: cli.record.clone(),
+    };
     let peers: Vec<String> = cli
         .peers
         .iter()
@@ -133,9 +141,7 @@ async fn main() -> anyhow::Result<()> {
         .cloned()
         .collect();
     match cli.scenario {
-        Scenario::Idle { connections } => {
-            idle::run(&connections, &peers, cli.json, &cli.plots).await
-        }
+        Scenario::Idle { connections } => idle::run(&connections, &peers, &out).await,
         Scenario::Direct {
             rates,
             seconds,
@@ -152,9 +158,9 @@ async fn main() -> anyhow::Result<()> {
                 slo_ms,
                 search: !no_search,
             };
-            direct::run(&options, &peers, cli.json, &cli.plots).await
+            direct::run(&options, &peers, &out).await
         }
-        Scenario::History { reads } => history::run(reads, &peers, cli.json, &cli.plots).await,
+        Scenario::History { reads } => history::run(reads, &peers, &out).await,
         Scenario::Group {
             rates,
             seconds,
@@ -167,13 +173,13 @@ async fn main() -> anyhow::Result<()> {
                 senders,
                 sync,
             };
-            group::run(&options, &peers, cli.json, &cli.plots).await
+            group::run(&options, &peers, &out).await
         }
         Scenario::Resync {
             backlog,
             clients,
             per_client,
-        } => resync::run(backlog, clients, per_client, &peers, cli.json, &cli.plots).await,
+        } => resync::run(backlog, clients, per_client, &peers, &out).await,
     }
 }
 

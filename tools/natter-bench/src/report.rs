@@ -3,30 +3,49 @@
 //! into docs/benchmarks.md), and SVG plots in the plots directory.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// Where the figures go: `--json`, `--plots`, `--record`.
+pub struct Output {
+    pub json: bool,
+    pub plots: PathBuf,
+    pub record: Option<PathBuf>,
+}
 
 pub struct Report {
     json: bool,
     plots: PathBuf,
     bar: ProgressBar,
+    /// `--record`: every measurement is also appended here as a JSON line.
+    record: Option<std::sync::Mutex<std::fs::File>>,
 }
 
 impl Report {
     /// A report for a scenario of `steps` measured steps.
-    pub fn new(json: bool, plots: &Path, steps: u64) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(plots)?;
+    pub fn new(out: &Output, steps: u64) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&out.plots)?;
         let bar = ProgressBar::with_draw_target(Some(steps), ProgressDrawTarget::stderr());
         if let Ok(style) =
             ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
         {
             bar.set_style(style.progress_chars("=> "));
         }
+        let record = match &out.record {
+            Some(path) => Some(std::sync::Mutex::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)?,
+            )),
+            None => None,
+        };
         Ok(Self {
-            json,
-            plots: plots.to_path_buf(),
+            json: out.json,
+            plots: out.plots.clone(),
             bar,
+            record,
         })
     }
 
@@ -47,6 +66,12 @@ impl Report {
 
     /// One measurement: a JSON line with `--json`, else a line above the progress bar.
     pub fn measurement(&self, value: serde_json::Value, text: String) {
+        if let Some(file) = &self.record
+            && let Ok(mut file) = file.lock()
+        {
+            use std::io::Write;
+            let _ = writeln!(file, "{value}");
+        }
         if self.json {
             self.bar.suspend(|| println!("{value}"));
         } else {

@@ -25,10 +25,9 @@ pub async fn run(
     clients: usize,
     per_client: usize,
     peer_names: &[String],
-    json: bool,
-    plots: &std::path::Path,
+    out: &crate::report::Output,
 ) -> anyhow::Result<()> {
-    let report = Report::new(json, plots, (2 + peer_names.len()) as u64)?;
+    let report = Report::new(out, (2 + peer_names.len()) as u64)?;
     let stack = Stack::new()
         .gateway_config(|g| {
             g.heartbeat_timeout_ms = 600_000;
