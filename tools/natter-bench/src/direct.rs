@@ -305,6 +305,9 @@ fn summarise(
     Ok((vec![by_rate, sustained], files))
 }
 
+/// Numbers runs, to give each its own users.
+static RUNS: AtomicU64 = AtomicU64::new(0);
+
 async fn natter_run(
     stack: &Stack,
     epoch: Instant,
@@ -312,6 +315,7 @@ async fn natter_run(
     seconds: u64,
     pairs: usize,
 ) -> anyhow::Result<Run> {
+    let run = RUNS.fetch_add(1, Ordering::Relaxed);
     let latencies = Arc::new(Mutex::new(Vec::new()));
     let received = Arc::new(AtomicU64::new(0));
     let sent = Arc::new(AtomicU64::new(0));
@@ -319,9 +323,11 @@ async fn natter_run(
     let mut receivers = Vec::new();
     let mut senders = Vec::new();
     for i in 0..pairs {
-        let to = format!("r{rate}-{i}");
+        // Users of their own per run: a sender reusing another run's client ids would be
+        // answered as a retry and not delivered again (natter's de-duplication).
+        let to = format!("r{run}-{i}");
         let rx = stack.connect(&to, 1).await;
-        let mut tx = stack.connect(&format!("s{rate}-{i}"), 0).await;
+        let mut tx = stack.connect(&format!("s{run}-{i}"), 0).await;
         let expected = (per_pair * seconds as f64).round() as u64;
         receivers.push(tokio::spawn(receive(
             rx,
@@ -381,6 +387,7 @@ async fn relay_run(
     seconds: u64,
     pairs: usize,
 ) -> anyhow::Result<Run> {
+    let run = RUNS.fetch_add(1, Ordering::Relaxed);
     // Core NATS straight to the receiving gateway's deliver subject: the receiving half of
     // natter's path (gateway inbox, outbox, WebSocket) without JetStream or the chat service.
     let publisher = stack.nats.client().await;
@@ -393,7 +400,7 @@ async fn relay_run(
     let mut targets = Vec::new();
     for i in 0..pairs {
         let (rx, conn) = stack
-            .connect_welcomed(&format!("relay{rate}-{i}"), 1, protocol::Encoding::Json)
+            .connect_welcomed(&format!("relay{run}-{i}"), 1, protocol::Encoding::Json)
             .await;
         targets.push(conn);
         receivers.push(tokio::spawn(receive(

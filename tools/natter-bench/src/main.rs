@@ -71,7 +71,11 @@ enum Scenario {
         #[arg(long, default_value_t = 50)]
         pairs: usize,
         /// JetStream sync_interval of the nats-server: `always` or a duration like `2m`.
-        #[arg(long, default_value = "always")]
+        /// The default, nats-server's own, writes to the page cache and fsyncs periodically:
+        /// the durability of the peers' stores (Centrifugo keeps history in memory, ejabberd's
+        /// Mnesia tables are not fsynced per message). `always` is natter's single-node
+        /// setting; scripts/bench measures it too.
+        #[arg(long, default_value = "2m")]
         sync: String,
         /// Latency objective: a rate whose p99 exceeds it is not sustained.
         #[arg(long, default_value_t = 50.0)]
@@ -100,7 +104,11 @@ enum Scenario {
         #[arg(long, default_value_t = 32)]
         senders: usize,
         /// JetStream sync_interval of the nats-server: `always` or a duration like `2m`.
-        #[arg(long, default_value = "always")]
+        /// The default, nats-server's own, writes to the page cache and fsyncs periodically:
+        /// the durability of the peers' stores (Centrifugo keeps history in memory, ejabberd's
+        /// Mnesia tables are not fsynced per message). `always` is natter's single-node
+        /// setting; scripts/bench measures it too.
+        #[arg(long, default_value = "2m")]
         sync: String,
     },
     /// Replay after being away: one device's backlog drain rate, and a reconnect storm.
