@@ -42,7 +42,9 @@ pub fn tool(name: &str) -> PathBuf {
     if let Some(path) = std::env::var_os(var) {
         return path.into();
     }
-    let local = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.tools/bin").join(name);
+    let local = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../.tools/bin")
+        .join(name);
     if local.exists() {
         return local;
     }
