@@ -1,9 +1,11 @@
-//! A lean XMPP client for load: plain TCP, in-band registration (XEP-0077), SASL SCRAM-SHA-1, resource
+//! A lean XMPP client for load: plain TCP, in-band registration (XEP-0077) over a few streams, SASL SCRAM-SHA-1, resource
 //! binding and presence, with a depth-tracking scanner that cuts the stream into top-level
 //! stanzas and looks only at what the workloads need (the stanza's name, a few attributes of
 //! its opening tag, and substrings). It trusts the server's XML: ejabberd escapes `<` in text
 //! and attribute values, so a `<` always starts markup.
 
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -249,11 +251,10 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// Connects as `user`, registering it first when `register` (in-band registration on the
-    /// same stream, pipelined with the authentication), and binds a resource. Presence is not
+    /// Connects as a registered `user`, authenticates and binds a resource. Presence is not
     /// sent.
-    pub async fn login(port: u16, user: &str, register: bool) -> anyhow::Result<Conn> {
-        tokio::time::timeout(LOGIN_TIMEOUT, Self::login_inner(port, user, register))
+    pub async fn login(port: u16, user: &str) -> anyhow::Result<Conn> {
+        tokio::time::timeout(LOGIN_TIMEOUT, Self::login_inner(port, user))
             .await
             .with_context(|| format!("{user}: login took over {LOGIN_TIMEOUT:?}"))?
             .with_context(|| format!("{user}: login"))
@@ -298,7 +299,7 @@ impl Conn {
         Ok(())
     }
 
-    async fn login_inner(port: u16, user: &str, register: bool) -> anyhow::Result<Conn> {
+    async fn login_inner(port: u16, user: &str) -> anyhow::Result<Conn> {
         let stream = TcpStream::connect(("127.0.0.1", port)).await?;
         stream.set_nodelay(true)?;
         let (rd, writer) = stream.into_split();
@@ -320,26 +321,11 @@ impl Conn {
         // Erlang, at every login.)
         let nonce = ulid::Ulid::new().to_string();
         let first_bare = format!("n={user},r={nonce}");
-        let mut out = String::new();
-        if register {
-            out.push_str(&format!(
-                "<iq type='set' id='reg'><query xmlns='jabber:iq:register'><username>{user}</username>\
-                 <password>{PASSWORD}</password></query></iq>"
-            ));
-        }
-        out.push_str(&format!(
+        c.send(&format!(
             "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-1'>{}</auth>",
             B64.encode(format!("n,,{first_bare}"))
-        ));
-        c.send(&out).await?;
-        if register {
-            let s = c.reader.next_where(|s| s.attr("id") == Some("reg")).await?;
-            anyhow::ensure!(
-                s.attr("type") == Some("result"),
-                "registration refused: {}",
-                s.0
-            );
-        }
+        ))
+        .await?;
         let s = c
             .reader
             .next_where(|s| matches!(s.name(), "challenge" | "failure"))
@@ -392,6 +378,18 @@ impl Conn {
         .context("no echo of the initial presence")?
     }
 
+    /// Ends the stream and waits for the server to end its own (the session is gone then).
+    pub async fn close(mut self) -> anyhow::Result<()> {
+        self.send("</stream:stream>").await?;
+        loop {
+            match tokio::time::timeout(LOGIN_TIMEOUT, self.reader.event()).await {
+                Ok(Ok(Event::StreamEnd)) | Ok(Err(_)) => return Ok(()),
+                Ok(Ok(_)) => continue,
+                Err(_) => anyhow::bail!("the server did not close the stream"),
+            }
+        }
+    }
+
     pub async fn send(&mut self, xml: &str) -> anyhow::Result<()> {
         self.writer.write_all(xml.as_bytes()).await?;
         Ok(())
@@ -413,6 +411,11 @@ impl Conn {
     }
 }
 
+type SaltedCache = HashMap<(String, String), [u8; 20]>;
+
+/// Salted passwords by (salt, iterations): every bench user has the same password.
+static SALTED: LazyLock<Mutex<SaltedCache>> = LazyLock::new(Default::default);
+
 /// The decoded text of a SASL element.
 fn sasl_payload(s: &Stanza) -> anyhow::Result<String> {
     let start = tag_end(s.0.as_bytes(), 0).context("bad SASL element")? + 1;
@@ -430,7 +433,24 @@ fn scram_response(first_bare: &str, server_first: &str, nonce: &str) -> anyhow::
     };
     let (r, salt, iterations) = (field("r=")?, field("s=")?, field("i=")?);
     anyhow::ensure!(r.starts_with(nonce), "the server changed the nonce");
-    let salted = pbkdf2_sha1(PASSWORD.as_bytes(), &B64.decode(salt)?, iterations.parse()?);
+    // Like real clients (RFC 5802 section 5.1), the salted password is cached per salt and
+    // iteration count, so a client logging in again does not redo the PBKDF2.
+    let cached = SALTED
+        .lock()
+        .unwrap()
+        .get(&(salt.to_string(), iterations.to_string()))
+        .copied();
+    let salted = match cached {
+        Some(salted) => salted,
+        None => {
+            let salted = pbkdf2_sha1(PASSWORD.as_bytes(), &B64.decode(salt)?, iterations.parse()?);
+            SALTED
+                .lock()
+                .unwrap()
+                .insert((salt.to_string(), iterations.to_string()), salted);
+            salted
+        }
+    };
     let client_key = hmac_sha1(&salted, b"Client Key");
     let stored_key = Sha1::digest(client_key);
     let without_proof = format!("c=biws,r={r}");
