@@ -567,23 +567,41 @@ impl Ejabberd {
                 t.await??;
             }
         }
-        let mut sender = self.online(1).await?.pop().context("no sender")?;
-        // mod_offline stores in the sender's session as it routes each message to an offline
-        // user, so once a ping sent after them is answered, they are all stored.
-        let mut batch = String::new();
-        for user in &users {
-            for n in 0..per_client {
-                batch.push_str(&format!(
-                    "<message to='{user}@{DOMAIN}' type='chat'><body>offline {n}</body></message>"
-                ));
-            }
-            if batch.len() > 16_000 {
-                sender.send(&batch).await?;
-                batch.clear();
-            }
+        // Senders in parallel, each to its share of the clients. mod_offline stores in the
+        // sender's session as it routes each message to an offline user, so once a ping sent
+        // after them is answered, they are all stored.
+        const SENDERS: usize = 8;
+        let senders = self.online(SENDERS).await?;
+        let share = users.len().div_ceil(SENDERS).max(1);
+        let tasks: Vec<_> = senders
+            .into_iter()
+            .zip(users.chunks(share).map(<[String]>::to_vec))
+            .map(|(mut sender, users)| {
+                tokio::spawn(async move {
+                    let mut batch = String::new();
+                    for user in &users {
+                        for n in 0..per_client {
+                            batch.push_str(&format!(
+                                "<message to='{user}@{DOMAIN}' type='chat'>\
+                                 <body>offline {n}</body></message>"
+                            ));
+                        }
+                        if batch.len() > 16_000 {
+                            sender.send(&batch).await?;
+                            batch.clear();
+                        }
+                    }
+                    sender.send(&batch).await?;
+                    sender.sync("stored").await?;
+                    anyhow::Ok(sender)
+                })
+            })
+            .collect();
+        // The senders stay connected through the storm.
+        let mut _senders = Vec::new();
+        for t in tasks {
+            _senders.push(t.await??);
         }
-        sender.send(&batch).await?;
-        sender.sync("stored").await?;
         let (release, wait) = watch::channel(false);
         let port = self.port;
         // A JoinSet: if the storm fails, dropping it aborts the clients left.
