@@ -295,8 +295,15 @@ impl Conn {
                 );
             }
         }
+        // Wait for the server to end its stream too: the registering session is gone then.
         writer.write_all(b"</stream:stream>").await?;
-        Ok(())
+        Conn {
+            reader,
+            writer,
+            jid: String::new(),
+        }
+        .close_wait()
+        .await
     }
 
     async fn login_inner(port: u16, user: &str) -> anyhow::Result<Conn> {
@@ -381,6 +388,10 @@ impl Conn {
     /// Ends the stream and waits for the server to end its own (the session is gone then).
     pub async fn close(mut self) -> anyhow::Result<()> {
         self.send("</stream:stream>").await?;
+        self.close_wait().await
+    }
+
+    async fn close_wait(mut self) -> anyhow::Result<()> {
         loop {
             match tokio::time::timeout(LOGIN_TIMEOUT, self.reader.event()).await {
                 Ok(Ok(Event::StreamEnd)) | Ok(Err(_)) => return Ok(()),
