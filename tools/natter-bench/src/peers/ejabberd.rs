@@ -91,8 +91,9 @@ impl Ejabberd {
         std::fs::create_dir(&logs)?;
         let out = std::fs::File::create(logs.join("stdout.log"))?;
         let child = Command::new("/usr/bin/erl")
-            // The emulator flags ejabberdctl passes: kernel poll and room for many processes.
-            .args(["+K", "true", "+P", "250000", "-noinput", "-noshell"])
+            // The emulator flags ejabberdctl passes (kernel poll, room for many processes),
+            // and +Bd: a Ctrl-C at the bench's terminal stops the VM too.
+            .args(["+K", "true", "+P", "250000", "+Bd", "-noinput", "-noshell"])
             .args(["-mnesia", "dir"])
             .arg(format!("\"{}\"", spool.display()))
             .args(["-s", "ejabberd"])
