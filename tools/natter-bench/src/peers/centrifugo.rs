@@ -120,11 +120,6 @@ impl Centrifugo {
         Ok(server)
     }
 
-    /// The process whose resident memory the idle scenario measures.
-    pub fn pid(&self) -> u32 {
-        self.pid
-    }
-
     /// Opens idle authenticated connections up to each count in turn (cumulative, after a
     /// warm-up of 200) and returns (connections, KiB of server RSS growth per connection).
     pub async fn idle(&self, counts: &[usize]) -> anyhow::Result<Vec<(usize, f64)>> {
@@ -625,7 +620,7 @@ mod tests {
         assert_eq!(figures.iter().map(|f| f.0).collect::<Vec<_>>(), [20, 50]);
         let (_, per_conn) = figures[1];
         assert!(per_conn > 0.0, "RSS per connection {per_conn} KiB");
-        assert!(rss_kib(server.pid()).unwrap() > 0);
+        assert!(rss_kib(server.pid).unwrap() > 0);
     }
 
     #[tokio::test(flavor = "multi_thread")]
