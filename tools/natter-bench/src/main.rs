@@ -52,7 +52,7 @@ enum Scenario {
     /// Gateway RSS per idle authenticated connection.
     Idle {
         /// Connection counts to measure, in order (cumulative).
-        #[arg(long, value_delimiter = ',', default_value = "10000,19000")]
+        #[arg(long, value_delimiter = ',', default_value = "5000,10000")]
         connections: Vec<usize>,
     },
     /// Persisted 1:1 delivery latency and throughput, with a raw NATS relay as the ceiling.

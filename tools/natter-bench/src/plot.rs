@@ -38,6 +38,9 @@ pub fn cdf(path: &Path, title: &str, series: &[(&str, &[u64])]) -> anyhow::Resul
         .build_cartesian_2d((lo * 0.9..hi * 1.1).log_scale(), 0.0..1.0)?;
     chart
         .configure_mesh()
+        .light_line_style(RGBColor(238, 238, 238))
+        .x_labels(8)
+        .x_label_formatter(&|x| number(*x))
         .x_desc("latency (ms, log scale)")
         .y_desc("fraction of messages")
         .draw()?;
@@ -102,6 +105,11 @@ pub fn versus_rate(
         )?;
     chart
         .configure_mesh()
+        .light_line_style(RGBColor(238, 238, 238))
+        .x_labels(6)
+        .y_labels(8)
+        .x_label_formatter(&|x| number(*x))
+        .y_label_formatter(&|y| number(*y))
         .x_desc(rate_label)
         .y_desc("latency (ms): p99 solid, p50 thin")
         .draw()?;
@@ -138,4 +146,15 @@ pub fn versus_rate(
         .draw()?;
     root.present()?;
     Ok(())
+}
+
+/// An axis label: no decimals from 10 up, enough below to tell ticks apart.
+fn number(v: f64) -> String {
+    if v >= 10.0 {
+        format!("{v:.0}")
+    } else if v >= 1.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
 }

@@ -178,16 +178,22 @@ impl Ejabberd {
     /// hundreds of MB, which would skew the idle run's baseline.
     async fn offline(&self, n: usize) -> anyhow::Result<Vec<String>> {
         const STREAMS: usize = 4;
+        // ejabberd closes a stream that has not authenticated within its negotiation timeout
+        // (about two minutes), and registrations run at roughly 20/s per stream: so at most
+        // 500 per stream, 4 streams at a time.
+        const PER_STREAM: usize = 500;
         let users = self.fresh_users(n);
-        let tasks: Vec<_> = users
-            .chunks(n.div_ceil(STREAMS).max(1))
-            .map(|chunk| {
-                let (port, chunk) = (self.port, chunk.to_vec());
-                tokio::spawn(async move { Conn::register(port, &chunk).await })
-            })
-            .collect();
-        for t in tasks {
-            t.await??;
+        for streams in users.chunks(PER_STREAM * STREAMS) {
+            let tasks: Vec<_> = streams
+                .chunks(PER_STREAM)
+                .map(|chunk| {
+                    let (port, chunk) = (self.port, chunk.to_vec());
+                    tokio::spawn(async move { Conn::register(port, &chunk).await })
+                })
+                .collect();
+            for t in tasks {
+                t.await??;
+            }
         }
         Ok(users)
     }
