@@ -475,3 +475,28 @@ async fn receive(
     }
     latencies.lock().await.extend(mine);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(sent: u64, received: u64, latency_us: u64) -> Run {
+        Run {
+            sent,
+            received,
+            latencies_us: vec![latency_us; received as usize],
+        }
+    }
+
+    #[test]
+    fn a_rate_is_sustained_only_when_accepted_delivered_and_fast() {
+        assert!(Outcome::new(1000, 1000, run(1000, 1000, 2_000), 50.0).sustained);
+        // 1 % refused is tolerated, more is not.
+        assert!(Outcome::new(1000, 1000, run(990, 990, 2_000), 50.0).sustained);
+        assert!(!Outcome::new(1000, 1000, run(980, 980, 2_000), 50.0).sustained);
+        // One accepted message lost.
+        assert!(!Outcome::new(1000, 1000, run(1000, 999, 2_000), 50.0).sustained);
+        // Over the latency objective.
+        assert!(!Outcome::new(1000, 1000, run(1000, 1000, 60_000), 50.0).sustained);
+    }
+}

@@ -158,3 +158,50 @@ fn number(v: f64) -> String {
         format!("{v:.2}")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The texts of an SVG's `<text>` elements.
+    fn labels(svg: &str) -> Vec<&str> {
+        svg.split("<text")
+            .skip(1)
+            .filter_map(|t| t.split_once('>'))
+            .filter_map(|(_, rest)| rest.split_once("</text>"))
+            .map(|(text, _)| text.trim())
+            .collect()
+    }
+
+    #[test]
+    fn plots_name_every_system() {
+        let dir = tempfile::tempdir().unwrap();
+        let cdf_path = dir.path().join("cdf.svg");
+        let natter: Vec<u64> = (1..=1000).collect();
+        let peer: Vec<u64> = (1..=1000).map(|v| v * 3).collect();
+        cdf(&cdf_path, "t", &[("natter", &natter), ("ejabberd", &peer)]).unwrap();
+        let svg = std::fs::read_to_string(&cdf_path).unwrap();
+        assert!(labels(&svg).contains(&"natter") && labels(&svg).contains(&"ejabberd"));
+
+        let rate_path = dir.path().join("rate.svg");
+        let curves = [
+            RateCurve {
+                system: "natter",
+                points: vec![(500.0, 0.6, 1.3), (1000.0, 0.7, 1.5)],
+            },
+            RateCurve {
+                system: "centrifugo",
+                points: vec![(500.0, 1.4, 3.7), (1000.0, f64::NAN, f64::NAN)],
+            },
+        ];
+        versus_rate(&rate_path, "t", "rate", &curves).unwrap();
+        let svg = std::fs::read_to_string(&rate_path).unwrap();
+        assert!(labels(&svg).contains(&"centrifugo"));
+    }
+
+    #[test]
+    fn nothing_to_plot_is_an_error_not_an_empty_picture() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(cdf(&dir.path().join("x.svg"), "t", &[("natter", &[])]).is_err());
+    }
+}

@@ -164,3 +164,29 @@ pub fn ratio(natter: f64, peer: f64) -> String {
         "–".into()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_columns_by_characters() {
+        let mut t = Table::new("title", &["system", "natter ÷ system"]);
+        t.row(vec!["natter".into(), ratio(2.0, 1.0)]);
+        t.row(vec!["centrifugo".into(), ratio(1.0, 0.0)]);
+        let text = t.to_string();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "title");
+        assert_eq!(lines[1], "| system     | natter ÷ system |");
+        assert_eq!(lines[2], "| ---------- | --------------- |");
+        assert_eq!(lines[3], "| natter     | ×2.00           |");
+        assert_eq!(lines[4], "| centrifugo | –               |");
+    }
+
+    #[test]
+    fn missing_figures_print_as_a_dash() {
+        assert_eq!(ms(f64::NAN), "–");
+        assert_eq!(ms(1.234), "1.23");
+        assert_eq!(ratio(f64::NAN, 2.0), "–");
+    }
+}
