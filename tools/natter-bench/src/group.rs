@@ -1,4 +1,5 @@
-//! Group fan-out: a group of 500 with 200 members online over 3 gateways.
+//! Group fan-out: a group of 500 with 200 members online over 3 gateways, natter running as
+//! separate processes like the peers (`processes.rs`), which get the same workload.
 //!
 //! * **latency** at fixed offered rates (10 and 100 group messages per second by default):
 //!   one member sends; the figure is the time from just before the send to the arrival at the
@@ -22,11 +23,11 @@ use std::time::{Duration, Instant};
 use protocol::frames::{Message, ServerFrame};
 use protocol::payloads::Delivery;
 use protocol::{ConnId, GatewayId, GroupInfo, GroupOp, subjects};
-use testkit::Stack;
 use tokio::sync::mpsc;
 
 use crate::peers::Peer;
 use crate::plot::{self, RateCurve};
+use crate::processes::Processes;
 use crate::report::{Report, Table, ms, ratio};
 
 const GROUP_SIZE: usize = 500;
@@ -69,15 +70,11 @@ pub async fn run(
     let mut systems = vec!["natter", "relay"];
     systems.extend(peers.iter().map(Peer::name));
     let report = Report::new(out, (systems.len() * rates.len() + 2) as u64)?;
-    let stack = Stack::new()
-        .sync_interval(sync)
-        .gateways(GATEWAYS)
-        .gateway_config(|g| g.heartbeat_timeout_ms = 600_000)
-        .start()
-        .await;
+    // natter in processes of its own, as each peer runs (see processes.rs).
+    let servers = Processes::start(sync, GATEWAYS).await?;
     let epoch = Instant::now();
     let user = |i: usize| format!("m{i:03}");
-    let mut owner = stack.connect(&user(0), 0).await;
+    let (mut owner, _) = servers.connect_welcomed(&user(0), 0).await?;
     owner
         .group(
             "create",
@@ -98,9 +95,7 @@ pub async fn run(
     let mut targets: HashMap<usize, Vec<ConnId>> = HashMap::new();
     for i in 0..ONLINE {
         let gw = i % GATEWAYS;
-        let (conn, id) = stack
-            .connect_welcomed(&user(i), gw, protocol::Encoding::Json)
-            .await;
+        let (conn, id) = servers.connect_welcomed(&user(i), gw).await?;
         targets.entry(gw).or_default().push(id);
         let (tx, rx) = mpsc::unbounded_channel();
         let task = tokio::spawn(member(
@@ -114,7 +109,14 @@ pub async fn run(
     }
     let recipients = (ONLINE - 1) as u32;
 
-    let mut phase = 0u8;
+    // Warm-up, not recorded, for every system alike: the first messages after a start meet
+    // cold processes, connections and caches.
+    report.step("warming up");
+    latency_phase(&members[0].0, 0, 20, 1, epoch, &arrivals, recipients).await;
+    for peer in &peers {
+        peer.group(epoch, 20, 1, ONLINE).await?;
+    }
+    let mut phase = 1u8;
     let mut results: BTreeMap<&str, Vec<(u64, Latency)>> = BTreeMap::new();
     for &rate in rates {
         report.step(format!("natter at {rate} group messages/s"));
@@ -133,7 +135,7 @@ pub async fn run(
         results.entry("natter").or_default().push((rate, natter));
         report.step(format!("relay at {rate} group messages/s"));
         let relay = relay_latency(
-            &stack, &targets, phase, rate, seconds, epoch, &arrivals, recipients,
+            &servers, &targets, phase, rate, seconds, epoch, &arrivals, recipients,
         )
         .await?;
         phase += 1;
@@ -169,7 +171,7 @@ pub async fn run(
     phase += 1;
     report.done();
     report.step("relay saturation");
-    let relay = relay_saturation(&stack, &targets, phase, seconds, epoch, &arrivals).await?;
+    let relay = relay_saturation(&servers, &targets, phase, seconds, epoch, &arrivals).await?;
     report.done();
     report_saturation(&report, sync, senders, natter, relay);
     let (mut tables, files) = summarise(o, &systems, &results, &report)?;
@@ -325,7 +327,7 @@ async fn collect(phase: u8, sent_at: &[u64], arrivals: &Arrivals, recipients: u3
 /// The same fan-out published straight to the gateways at `rate`.
 #[allow(clippy::too_many_arguments)]
 async fn relay_latency(
-    stack: &Stack,
+    servers: &Processes,
     targets: &HashMap<usize, Vec<ConnId>>,
     phase: u8,
     rate: u64,
@@ -334,7 +336,7 @@ async fn relay_latency(
     arrivals: &Arrivals,
     recipients: u32,
 ) -> anyhow::Result<Latency> {
-    let nats = stack.nats.client().await;
+    let nats = servers.nats.client().await;
     let total = rate * seconds;
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -343,7 +345,7 @@ async fn relay_latency(
         tick.tick().await;
         let now = epoch.elapsed().as_micros() as u64;
         sent_at.push(now);
-        relay(stack, &nats, targets, format!("{phase}:{n}:{now}"), true).await?;
+        relay(servers, &nats, targets, format!("{phase}:{n}:{now}"), true).await?;
     }
     nats.flush().await?;
     Ok(collect(phase, &sent_at, arrivals, recipients).await)
@@ -352,7 +354,7 @@ async fn relay_latency(
 /// Publishes one message to every gateway's targets, as the router would (skipping the first
 /// member, the sender, when `skip_sender`).
 async fn relay(
-    stack: &Stack,
+    servers: &Processes,
     nats: &async_nats::Client,
     targets: &HashMap<usize, Vec<ConnId>>,
     body: String,
@@ -381,7 +383,7 @@ async fn relay(
             frame: frame.clone(),
             order: None,
         };
-        let gateway = GatewayId::new(&stack.gateways[*gw].id)?;
+        let gateway = GatewayId::new(servers.gateway_id(*gw))?;
         nats.publish(
             subjects::gateway_deliver(&gateway),
             serde_json::to_vec(&delivery)?.into(),
@@ -394,14 +396,14 @@ async fn relay(
 /// Relay saturation: publishes as fast as one client can for `seconds`, keeping at most a
 /// few thousand deliveries ahead of the sockets.
 async fn relay_saturation(
-    stack: &Stack,
+    servers: &Processes,
     targets: &HashMap<usize, Vec<ConnId>>,
     phase: u8,
     seconds: u64,
     epoch: Instant,
     arrivals: &Arrivals,
 ) -> anyhow::Result<f64> {
-    let nats = stack.nats.client().await;
+    let nats = servers.nats.client().await;
     let per_message: u64 = targets.values().map(|c| c.len() as u64).sum();
     let started_us = epoch.elapsed().as_micros() as u64;
     let end = Instant::now() + Duration::from_secs(seconds);
@@ -416,7 +418,7 @@ async fn relay_saturation(
                 break;
             }
         }
-        relay(stack, &nats, targets, format!("{phase}:{n}:0"), false).await?;
+        relay(servers, &nats, targets, format!("{phase}:{n}:0"), false).await?;
         n += 1;
     }
     nats.flush().await?;

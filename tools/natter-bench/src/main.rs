@@ -18,6 +18,7 @@ mod idle;
 mod peers;
 mod plot;
 mod process;
+mod processes;
 mod report;
 mod resync;
 

@@ -1,0 +1,114 @@
+//! natter as separate processes, the way the peers run: a nats-server, `natter-chat`,
+//! `natter-history` (embedded store) and several `natter-gateway`s, each its own process
+//! configured through the environment, so that the operating system schedules natter's
+//! servers apart from the load generator's clients exactly as it does a peer's.
+
+use std::process::{Child, Command, Stdio};
+
+use protocol::frames::ServerFrame;
+use protocol::{ConnId, Encoding};
+use testkit::TestNats;
+use testkit::client::Connection;
+
+use crate::process::{free_port, wait_listening};
+
+pub struct Processes {
+    pub nats: TestNats,
+    children: Vec<Child>,
+    /// (gateway id, port) of each gateway.
+    gateways: Vec<(String, u16)>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Processes {
+    pub async fn start(sync: &str, gateways: usize) -> anyhow::Result<Self> {
+        let nats = TestNats::start_with_sync(sync);
+        let dir = tempfile::tempdir()?;
+        let mut natter = Self {
+            nats,
+            children: Vec::new(),
+            gateways: Vec::new(),
+            _dir: dir,
+        };
+        let metrics = free_port()?;
+        natter.spawn(
+            "natter-chat",
+            &[("NATTER_METRICS_ADDR", format!("127.0.0.1:{metrics}"))],
+        )?;
+        wait_listening(metrics).await?;
+        let metrics = free_port()?;
+        let store = natter._dir.path().join("history.redb");
+        natter.spawn(
+            "natter-history",
+            &[
+                ("NATTER_METRICS_ADDR", format!("127.0.0.1:{metrics}")),
+                ("NATTER_HISTORY__EMBEDDED_PATH", store.display().to_string()),
+            ],
+        )?;
+        wait_listening(metrics).await?;
+        for i in 0..gateways {
+            let port = free_port()?;
+            let id = format!("gw-{i}");
+            natter.spawn(
+                "natter-gateway",
+                &[
+                    ("NATTER_GATEWAY__GATEWAY_ID", id.clone()),
+                    ("NATTER_GATEWAY__LISTEN_ADDR", format!("127.0.0.1:{port}")),
+                    ("NATTER_GATEWAY__JWT_SECRET", testkit::SECRET.to_string()),
+                    ("NATTER_GATEWAY__HEARTBEAT_TIMEOUT_MS", "600000".to_string()),
+                ],
+            )?;
+            wait_listening(port).await?;
+            natter.gateways.push((id, port));
+        }
+        Ok(natter)
+    }
+
+    /// Starts one of natter's binaries, found next to `natter-bench`.
+    fn spawn(&mut self, binary: &str, env: &[(&str, String)]) -> anyhow::Result<()> {
+        let path = std::env::current_exe()?.with_file_name(binary);
+        anyhow::ensure!(
+            path.exists(),
+            "{} not found: build it with cargo build --release -p gateway -p chat -p history",
+            path.display()
+        );
+        let mut command = Command::new(&path);
+        command
+            .env("NATTER_BUS__NATS_URL", self.nats.url())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        self.children.push(command.spawn()?);
+        Ok(())
+    }
+
+    pub fn gateway_id(&self, gw: usize) -> &str {
+        &self.gateways[gw].0
+    }
+
+    /// Connects `user` to gateway `gw` and waits for `welcome`.
+    pub async fn connect_welcomed(
+        &self,
+        user: &str,
+        gw: usize,
+    ) -> anyhow::Result<(Connection, ConnId)> {
+        let url = format!("ws://127.0.0.1:{}/v1/ws", self.gateways[gw].1);
+        let token = gateway::mint_token(testkit::SECRET, user, 3600);
+        let mut conn = Connection::connect(&url, &token, Encoding::Json).await?;
+        match conn.next_frame().await? {
+            ServerFrame::Welcome { conn: id, .. } => Ok((conn, id)),
+            other => anyhow::bail!("expected welcome, got {other:?}"),
+        }
+    }
+}
