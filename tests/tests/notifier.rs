@@ -23,6 +23,19 @@ fn user(u: &str) -> UserId {
 
 /// Stores an offline-message event for `to` from `from`, as the chat service announces one,
 /// and waits for JetStream to have it.
+/// Announces five messages from alice to an offline bob, and waits until notifier `i` has
+/// taken them in.
+async fn five_for_bob(stack: &Stack, js: &jetstream::Context, i: usize) {
+    for _ in 0..5 {
+        announce(js, &["bob"], "alice").await;
+    }
+    let notifier = &stack.notifiers[i];
+    eventually("events taken in", PATIENCE, async || {
+        notifier.metric("natter_notifier_events_total") == 5
+    })
+    .await;
+}
+
 async fn announce(js: &jetstream::Context, to: &[&str], from: &str) {
     let event = OfflineMessage {
         users: to.iter().map(|u| user(u)).collect(),
@@ -209,14 +222,7 @@ async fn a_notifier_restarted_within_the_window_still_sends_the_digest_once() {
     let mut receiver = WebhookReceiver::start().await;
     let first = stack.start_notifier(3_000, &receiver.url()).await;
     let js = jetstream::new(stack.nats.client().await);
-    for _ in 0..5 {
-        announce(&js, &["bob"], "alice").await;
-    }
-    let notifier = &stack.notifiers[first];
-    eventually("events taken in", PATIENCE, async || {
-        notifier.metric("natter_notifier_events_total") == 5
-    })
-    .await;
+    five_for_bob(&stack, &js, first).await;
     stack.notifiers[first].stop().await;
     assert_eq!(receiver.requests(), 0, "stopped before its window closed");
 
@@ -420,14 +426,7 @@ async fn a_notifier_killed_within_the_window_hands_its_events_on_after_the_ack_w
     };
     let first = stack.start_notifier_with(config.clone()).await;
     let js = jetstream::new(stack.nats.client().await);
-    for _ in 0..5 {
-        announce(&js, &["bob"], "alice").await;
-    }
-    let notifier = &stack.notifiers[first];
-    eventually("events taken in", PATIENCE, async || {
-        notifier.metric("natter_notifier_events_total") == 5
-    })
-    .await;
+    five_for_bob(&stack, &js, first).await;
     // Held for two ack waits inside the window, the events are not delivered again: the
     // progress acknowledgements keep them. (This sleep holds the window open on purpose; it
     // does not wait for an event.)

@@ -149,10 +149,15 @@ impl Ejabberd {
         (first..first + n).map(|i| format!("u{i}")).collect()
     }
 
-    /// Registers `n` fresh users, logs each in and makes it available; in waves of 500.
+    /// Registers `n` fresh users, logs each in and makes it available.
     async fn online(&self, n: usize) -> anyhow::Result<Vec<Conn>> {
         let users = self.offline(n).await?;
-        let mut conns = Vec::with_capacity(n);
+        self.login(&users).await
+    }
+
+    /// Logs registered users in and makes them available, in waves of 500.
+    async fn login(&self, users: &[String]) -> anyhow::Result<Vec<Conn>> {
+        let mut conns = Vec::with_capacity(users.len());
         for wave in users.chunks(WAVE) {
             let tasks: Vec<_> = wave
                 .iter()
@@ -245,19 +250,8 @@ impl Ejabberd {
     ) -> anyhow::Result<()> {
         let users: Vec<_> = users.collect();
         for wave in users.chunks(WAVE) {
-            let tasks: Vec<_> = wave
-                .iter()
-                .map(|user| {
-                    let (port, user) = (self.port, user.clone());
-                    tokio::spawn(async move {
-                        let mut c = Conn::login(port, &user).await?;
-                        c.available(|_| {}).await?;
-                        anyhow::Ok((c.reader.into_inner(), c.writer))
-                    })
-                })
-                .collect();
-            for t in tasks {
-                kept.push(t.await??);
+            for c in self.login(wave).await? {
+                kept.push((c.reader.into_inner(), c.writer));
             }
         }
         Ok(())
