@@ -11,10 +11,8 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-pub mod backoff;
-
-pub use backoff::Backoff;
 pub use protocol;
+pub use protocol::Backoff;
 
 /// Why a connection could not be opened.
 #[derive(Debug, thiserror::Error)]

@@ -2,15 +2,18 @@
 //! validated ids, client and server frames, NATS payloads, error and close codes, and the
 //! functions that build subjects. No other crate formats a subject.
 
+pub mod backoff;
 pub mod codes;
 pub mod cursor;
 pub mod encoding;
 pub mod frames;
 pub mod groups;
 pub mod ids;
+pub mod limits;
 pub mod payloads;
 pub mod subjects;
 
+pub use backoff::Backoff;
 pub use codes::{CloseCode, ErrorCode};
 pub use cursor::{Cursor, SyncGap};
 pub use encoding::{DecodeError, Encoding};

@@ -19,6 +19,7 @@ use futures::StreamExt;
 use groups::{GroupRecord, GroupView, MemberRecord, group_record, membership};
 use protocol::frames::{Message, ServerFrame};
 use protocol::groups::MAX_GROUP_NAME_CHARS;
+use protocol::limits;
 use protocol::payloads::{GroupRequest, StoredMessage};
 use protocol::{
     ClientMsgId, ConversationId, ErrorCode, GroupEvent, GroupId, GroupInfo, GroupOp, Role, UserId,
@@ -30,11 +31,6 @@ use crate::config::ChatConfig;
 use crate::ids::MessageIds;
 use crate::metrics::ChatMetrics;
 
-/// Users named in one add or remove.
-const MAX_USERS_PER_OPERATION: usize = 1000;
-/// Default and largest page of `members`.
-const MEMBERS_PAGE: u32 = 200;
-const MAX_MEMBERS_PAGE: u32 = 1000;
 /// How long an answer waits for this instance's view to show the change it made.
 const VIEW_PATIENCE: Duration = Duration::from_secs(2);
 /// Operations one instance works on at once.
@@ -100,12 +96,12 @@ fn group_id(s: &str) -> Result<GroupId, Refused> {
     GroupId::new(s).or_else(|_| refuse(ErrorCode::InvalidId, "not a valid group id"))
 }
 
-/// Valid, distinct user ids, at most [`MAX_USERS_PER_OPERATION`], without `except`.
+/// Valid, distinct user ids, at most [`limits::USERS_PER_GROUP_OPERATION`], without `except`.
 fn user_ids(users: &[String], except: &UserId) -> Result<Vec<UserId>, Refused> {
-    if users.len() > MAX_USERS_PER_OPERATION {
+    if users.len() > limits::USERS_PER_GROUP_OPERATION {
         return refuse(
             ErrorCode::MalformedFrame,
-            format!("at most {MAX_USERS_PER_OPERATION} users per operation"),
+            format!("at most {limits::USERS_PER_GROUP_OPERATION} users per operation"),
         );
     }
     let mut out = Vec::with_capacity(users.len());
@@ -215,7 +211,11 @@ impl GroupOps {
                     ),
                     None => None,
                 };
-                let limit = limit.unwrap_or(MEMBERS_PAGE).clamp(1, MAX_MEMBERS_PAGE) as usize;
+                let limit = limits::page(
+                    limit,
+                    limits::MEMBERS_PAGE_DEFAULT,
+                    limits::MEMBERS_PAGE_MAX,
+                ) as usize;
                 let (members, more) = self.view.members_page(&group, after.as_ref(), limit);
                 Ok(ServerFrame::GroupMembers {
                     qid,

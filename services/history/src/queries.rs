@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use protocol::frames::ServerFrame;
+use protocol::limits;
 use protocol::payloads::{HistoryQuery, HistoryRequest};
 use protocol::{ClientMsgId, ConversationId, ErrorCode, MessageId, UserId, subjects};
 use tokio_util::sync::CancellationToken;
@@ -14,9 +15,6 @@ use tokio_util::task::TaskTracker;
 use crate::cache::HistoryCache;
 use crate::membership::{Membership, can_read};
 use crate::store::{Page, Store};
-
-/// The most messages or conversations one query returns.
-pub const MAX_PAGE: u32 = 100;
 
 /// What answering a query needs.
 pub struct Queries<S> {
@@ -122,7 +120,7 @@ impl<S: Store> Queries<S> {
     }
 
     async fn conversations(&self, user: &UserId, qid: ClientMsgId, limit: u32) -> ServerFrame {
-        let limit = limit.clamp(1, MAX_PAGE) as usize;
+        let limit = limit.clamp(1, limits::HISTORY_PAGE_MAX) as usize;
         let groups = self.membership.groups_of(user);
         match self.cache.store().conversations(user, &groups, limit).await {
             Ok(conversations) => ServerFrame::Conversations { qid, conversations },
@@ -140,7 +138,7 @@ impl<S: Store> Queries<S> {
         page: Page,
         limit: u32,
     ) -> ServerFrame {
-        let limit = limit.clamp(1, MAX_PAGE) as usize;
+        let limit = limit.clamp(1, limits::HISTORY_PAGE_MAX) as usize;
         // One more than asked tells whether there is more beyond the page.
         match self.cache.page(&conversation, page, limit + 1).await {
             Ok(mut messages) => {

@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::kv;
 use futures::StreamExt;
 use protocol::payloads::{PushTokenEntry, UserPresence};
-use protocol::{UserId, subjects};
-use rand::Rng;
+use protocol::{Backoff, UserId, subjects};
 
 use crate::config::NotifierConfig;
 use crate::digest::{Digest, PushToken};
@@ -42,6 +41,7 @@ impl Courier {
         let started = Instant::now();
         let max_age = Duration::from_millis(self.config.retry_max_age_ms);
         let mut attempt = 0;
+        let mut backoff = retry_backoff(&self.config);
         loop {
             match self.presence_of(&user).await {
                 Some(p) if p.online => return Outcome::UserOnline,
@@ -64,7 +64,7 @@ impl Courier {
                 }
                 Err(e) => e,
             };
-            let wait = backoff(&self.config, attempt);
+            let wait = backoff.next_delay(&mut rand::rng());
             if attempt >= self.config.retry_max_attempts || started.elapsed() + wait > max_age {
                 tracing::warn!(user = %user, digest = %id, attempt, error = %error, "digest undeliverable; dropped");
                 return Outcome::Failed;
@@ -99,16 +99,13 @@ impl Courier {
     }
 }
 
-/// The wait after failed attempt `attempt` (1-based): the initial backoff doubled per
-/// attempt, capped, then a random point in its upper half (so digests that failed together
-/// do not all retry together).
-fn backoff(config: &NotifierConfig, attempt: u32) -> Duration {
+/// The retry schedule of one digest: the initial backoff doubled per failed attempt, capped,
+/// each wait a random point in its upper half (so digests that failed together do not all
+/// retry together).
+fn retry_backoff(config: &NotifierConfig) -> Backoff {
     let initial = config.retry_initial_backoff_ms.max(1);
     let cap = config.retry_max_backoff_ms.max(initial);
-    let full = initial
-        .saturating_mul(1u64 << (attempt.max(1) - 1).min(32))
-        .min(cap);
-    Duration::from_millis(rand::rng().random_range(full / 2..=full))
+    Backoff::new(Duration::from_millis(initial), Duration::from_millis(cap))
 }
 
 /// Every live push token of `user`: the bucket's subjects under `<user>.*`, then each key.
@@ -149,8 +146,9 @@ mod tests {
             let full = (100u64 << (attempt - 1)).min(1_000);
             (full / 2, full)
         };
+        let mut backoff = retry_backoff(&config);
         for attempt in 1..=40 {
-            let wait = backoff(&config, attempt).as_millis() as u64;
+            let wait = backoff.next_delay(&mut rand::rng()).as_millis() as u64;
             let (lo, hi) = bounds(attempt.min(5));
             assert!((lo..=hi).contains(&wait), "attempt {attempt}: {wait} ms");
         }

@@ -1,13 +1,14 @@
-//! Reconnect delays: exponential from 1 s (1, 2, 4, 8 … s), capped at 60 s, with "equal
-//! jitter": each delay is drawn from the upper half of its step, so a crowd of clients that
-//! lost the same gateway spreads out instead of reconnecting in lockstep, while every client
-//! still waits at least half the nominal delay.
+//! Retry delays with "equal jitter", the reconnect rule of `docs/protocol.md`: exponential
+//! from a base (1, 2, 4, 8 … s by default), capped (60 s), each delay drawn from the upper half
+//! of its step, so a crowd of clients that lost the same gateway spreads out instead of
+//! reconnecting in lockstep, while every client still waits at least half the nominal delay.
+//! Clients reconnect with it; the notifier retries its webhook with it.
 
 use std::time::Duration;
 
 use rand::Rng;
 
-/// The schedule of reconnect delays of one client. `reset` after a session that worked.
+/// The schedule of retry delays of one client or one job. `reset` after an attempt that worked.
 #[derive(Debug, Clone)]
 pub struct Backoff {
     attempt: u32,
