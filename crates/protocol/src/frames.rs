@@ -1,7 +1,8 @@
 //! Client and server frames: what travels over the WebSocket, in either encoding.
 //!
-//! Ids in client frames arrive as plain strings and are validated by the receiver, so a bad id
-//! gets its own error code (`invalid_id`) rather than a generic decode failure.
+//! Ids in client frames arrive as plain strings so that a bad id gets its own error code
+//! (`invalid_id`) rather than a generic decode failure; `ClientFrame::validate` (`requests`)
+//! parses them once.
 
 use serde::{Deserialize, Serialize};
 

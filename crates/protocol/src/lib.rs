@@ -11,6 +11,7 @@ pub mod groups;
 pub mod ids;
 pub mod limits;
 pub mod payloads;
+pub mod requests;
 pub mod subjects;
 
 pub use backoff::Backoff;
@@ -22,3 +23,4 @@ pub use groups::{GroupEvent, GroupInfo, GroupOp, Member, Role};
 pub use ids::{
     ClientMsgId, ConnId, ConversationId, GatewayId, GroupId, IdError, MessageId, UserId,
 };
+pub use requests::{Fault, Invalid, Outgoing, Recipient, Request};

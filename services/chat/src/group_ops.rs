@@ -101,7 +101,10 @@ fn user_ids(users: &[String], except: &UserId) -> Result<Vec<UserId>, Refused> {
     if users.len() > limits::USERS_PER_GROUP_OPERATION {
         return refuse(
             ErrorCode::MalformedFrame,
-            format!("at most {limits::USERS_PER_GROUP_OPERATION} users per operation"),
+            format!(
+                "at most {} users per operation",
+                limits::USERS_PER_GROUP_OPERATION
+            ),
         );
     }
     let mut out = Vec::with_capacity(users.len());

@@ -1,14 +1,10 @@
 //! `POST /dev/token`: a token for any user, for trying natter on a local install. Wired only
 //! when `GatewayConfig::dev_tokens` is set, which no config file can do (see its doc).
 
-use std::sync::Arc;
-
 use serde::{Deserialize, Serialize};
 use warp::Filter;
 use warp::filters::BoxedFilter;
 use warp::reply::{Reply, Response};
-
-use crate::server::Shared;
 
 /// How long a dev token lives.
 const DEV_TOKEN_TTL_SECS: u64 = 24 * 3600;
@@ -27,8 +23,8 @@ struct TokenAnswer {
 /// Answers `{"user":"alice"}` with `{"user":"alice","token":"…"}`. Only a JSON body is
 /// accepted, so a page of another origin cannot ask without a CORS preflight, which is
 /// never answered.
-pub fn routes(shared: Arc<Shared>) -> BoxedFilter<(Response,)> {
-    let enabled = shared.config.dev_tokens;
+/// `enabled` is `GatewayConfig::dev_tokens`; tokens are signed with `jwt_secret`.
+pub fn routes(enabled: bool, jwt_secret: String) -> BoxedFilter<(Response,)> {
     warp::post()
         .and(warp::path!("dev" / "token"))
         .and_then(move || async move {
@@ -53,8 +49,7 @@ pub fn routes(shared: Arc<Shared>) -> BoxedFilter<(Response,)> {
                 )
                 .into_response();
             }
-            let token =
-                crate::mint_token(&shared.config.jwt_secret, &request.user, DEV_TOKEN_TTL_SECS);
+            let token = crate::mint_token(&jwt_secret, &request.user, DEV_TOKEN_TTL_SECS);
             tracing::info!(user = %request.user, "dev token issued");
             warp::reply::json(&TokenAnswer {
                 user: request.user,

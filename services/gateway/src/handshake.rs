@@ -15,8 +15,8 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use warp::reply::{Reply, Response};
 
 use crate::auth;
-use crate::server::Shared;
 use crate::session::Session;
+use crate::state::GatewayState;
 
 /// hyper's upgrade handle, made cloneable so a warp filter can extract it from the request.
 #[derive(Clone)]
@@ -34,14 +34,14 @@ impl UpgradeSlot {
 
 /// Answers a request to `/v1/ws`.
 pub fn respond(
-    shared: &Arc<Shared>,
+    state: &Arc<GatewayState>,
     method: &Method,
     headers: &HeaderMap,
     query: Option<&str>,
     slot: Option<UpgradeSlot>,
 ) -> Response {
     let refuse = |status: StatusCode, why: &'static str| {
-        shared.metrics.handshakes_refused.inc();
+        state.metrics.handshakes_refused.inc();
         warp::reply::with_status(why, status).into_response()
     };
 
@@ -71,7 +71,7 @@ pub fn respond(
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
     let token = auth::token_from(authorization, query);
-    let identity = match shared.verifier.verify(token.as_deref()) {
+    let identity = match state.verifier.verify(token.as_deref()) {
         Ok(identity) => identity,
         Err(e) => {
             tracing::info!(reason = %e, "handshake refused");
@@ -100,17 +100,17 @@ pub fn respond(
             "unsupported subprotocol; offer natter.v1.json or natter.v1.msgpack",
         );
     };
-    if shared.shutdown.is_cancelled() {
+    if state.shutdown.is_cancelled() {
         return refuse(StatusCode::SERVICE_UNAVAILABLE, "gateway is shutting down");
     }
     // A session could not register its presence, so nothing would be routed to it.
-    if shared.nats.connection_state() != async_nats::connection::State::Connected {
+    if state.nats.connection_state() != async_nats::connection::State::Connected {
         return refuse(
             StatusCode::SERVICE_UNAVAILABLE,
             "gateway is not connected to the message bus",
         );
     }
-    if shared.registry.len() >= shared.config.max_connections {
+    if state.local.registry.len() >= state.config.max_connections {
         return refuse(StatusCode::SERVICE_UNAVAILABLE, "gateway is full");
     }
     let Some(on_upgrade) = slot.and_then(|s| s.take()) else {
@@ -118,9 +118,9 @@ pub fn respond(
     };
 
     // 5. Hand the socket to a session once hyper has sent the 101.
-    let shared_for_task = shared.clone();
-    shared.sessions.spawn(async move {
-        let shared = shared_for_task;
+    let state_for_task = state.clone();
+    state.sessions.spawn(async move {
+        let state = state_for_task;
         let upgraded = match on_upgrade.await {
             Ok(upgraded) => upgraded,
             Err(e) => {
@@ -131,10 +131,10 @@ pub fn respond(
         let ws = WebSocketStream::from_raw_socket(
             TokioIo::new(upgraded),
             Role::Server,
-            Some(ws_config(shared.config.max_frame_bytes)),
+            Some(ws_config(state.config.max_frame_bytes)),
         )
         .await;
-        Session::new(shared, identity, encoding, ws)
+        Session::new(state, identity, encoding, ws)
             .run(resume)
             .await;
     });

@@ -9,15 +9,18 @@ mod dev_token;
 mod handshake;
 mod history_floor;
 mod inbox;
+mod local;
 mod metrics;
 mod outbox;
 mod presence;
 mod push_tokens;
+mod refusal;
 mod registry;
 mod replay;
 mod reregister;
 mod server;
 mod session;
+mod state;
 mod watchers;
 mod web_client;
 

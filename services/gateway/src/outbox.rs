@@ -10,6 +10,7 @@
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
+use protocol::encoding::Encoded;
 use protocol::{CloseCode, Cursor};
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message;
@@ -166,6 +167,14 @@ impl Outbox {
             Some(code) => Drained::Close(code),
             None => Drained::Frames,
         }
+    }
+}
+
+/// A frame encoded for the socket.
+pub fn to_ws(encoded: Encoded) -> Message {
+    match encoded {
+        Encoded::Text(s) => Message::text(s),
+        Encoded::Binary(b) => Message::binary(b),
     }
 }
 

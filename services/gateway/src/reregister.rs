@@ -19,8 +19,8 @@
 //! check interval is not missed, and the gateway needs no callback installed when its NATS
 //! connection was made (it is handed a connected client).
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -29,7 +29,7 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
 use crate::registry::SessionHandle;
-use crate::server::Shared;
+use crate::state::GatewayState;
 
 /// How often the connect counter is checked.
 const CHECK_EVERY: Duration = Duration::from_millis(100);
@@ -41,30 +41,6 @@ const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 /// Pause before a session retries a replay of its own that failed.
 const RESYNC_RETRY: Duration = Duration::from_secs(1);
-
-/// The cursor of the newest message routed to this gateway (or the stream's head when it
-/// started): what the inbox has received so far.
-#[derive(Default)]
-pub struct RoutedUpto(Mutex<Option<Cursor>>);
-
-impl RoutedUpto {
-    pub fn new(start: Option<Cursor>) -> Self {
-        Self(Mutex::new(start))
-    }
-
-    /// Records a delivered message's cursor.
-    pub fn observe(&self, cursor: Cursor) {
-        let mut upto = self.0.lock().unwrap();
-        // A new epoch (the stream was recreated) starts over.
-        if upto.is_none_or(|u| u.epoch != cursor.epoch || u.seq < cursor.seq) {
-            *upto = Some(cursor);
-        }
-    }
-
-    pub fn get(&self) -> Option<Cursor> {
-        *self.0.lock().unwrap()
-    }
-}
 
 /// The messages stream's head, where this gateway's deliveries start (`None` before any chat
 /// service created the stream).
@@ -83,18 +59,18 @@ pub async fn stream_head(js: &async_nats::jetstream::Context) -> Option<Cursor> 
 /// Refreshes the lease and re-registers after every reconnect, until `stop`. When it returns
 /// it has handed every write to the NATS client, so a lease release issued afterwards is
 /// applied after them.
-pub async fn keep_registered(shared: Arc<Shared>, stop: CancellationToken) {
+pub async fn keep_registered(state: Arc<GatewayState>, stop: CancellationToken) {
     tokio::join!(
-        shared.presence.clone().keep_lease(stop.clone()),
-        reregister_on_reconnect(&shared, &stop),
+        state.presence.clone().keep_lease(stop.clone()),
+        reregister_on_reconnect(&state, &stop),
     );
 }
 
-async fn reregister_on_reconnect(shared: &Shared, stop: &CancellationToken) {
-    let statistics = shared.nats.statistics();
+async fn reregister_on_reconnect(state: &GatewayState, stop: &CancellationToken) {
+    let statistics = state.nats.statistics();
     let mut seen = statistics.connects.load(Ordering::Relaxed);
     // Taken while the connection was known to be up, so it precedes any delivery lost since.
-    let mut routed_before = shared.routed.get();
+    let mut routed_before = state.local.routed.get();
     let mut check = tokio::time::interval(CHECK_EVERY);
     check.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
@@ -104,7 +80,7 @@ async fn reregister_on_reconnect(shared: &Shared, stop: &CancellationToken) {
         }
         // Read before the counter: if the counter has not moved, no delivery of the new
         // connection can be in it.
-        let routed_now = shared.routed.get();
+        let routed_now = state.local.routed.get();
         let connects = statistics.connects.load(Ordering::Relaxed);
         if connects == seen {
             routed_before = routed_now;
@@ -116,11 +92,11 @@ async fn reregister_on_reconnect(shared: &Shared, stop: &CancellationToken) {
         loop {
             let attempt = tokio::select! {
                 _ = stop.cancelled() => return,
-                attempt = reregister(shared) => attempt,
+                attempt = reregister(state) => attempt,
             };
             match attempt {
                 Ok(sessions) => {
-                    shared.metrics.reregistrations.inc();
+                    state.metrics.reregistrations.inc();
                     tracing::info!(sessions, "presence re-registered");
                     break;
                 }
@@ -137,9 +113,7 @@ async fn reregister_on_reconnect(shared: &Shared, stop: &CancellationToken) {
         // Registered again, so new messages reach the sessions live (held while they replay).
         match routed_before {
             Some(after) => {
-                for (_, handle) in shared.registry.all() {
-                    handle.outbox.resync_after(after);
-                }
+                state.local.resync_all(after);
             }
             None => tracing::warn!("no stream position known; sessions cannot replay"),
         }
@@ -158,17 +132,17 @@ pub fn resync_later(session: Arc<SessionHandle>, after: Cursor) {
 
 /// Writes the lease, then every live session's key; returns the number of sessions. The
 /// lease goes first, because the chat services sweep the sessions of a lapsed lease.
-async fn reregister(shared: &Shared) -> anyhow::Result<usize> {
-    shared.presence.put_lease().await?;
-    let sessions = shared.registry.all();
+async fn reregister(state: &GatewayState) -> anyhow::Result<usize> {
+    state.presence.put_lease().await?;
+    let sessions = state.local.registry.all();
     let count = sessions.len();
     let mut puts = futures::stream::iter(sessions)
         .map(|(conn, handle)| async move {
-            shared.presence.register(&handle.user, conn).await?;
+            state.presence.register(&handle.user, conn).await?;
             // A session that ended meanwhile may have purged its key before this put landed.
             // If it is still registered now, its purge comes after this put.
-            if !shared.registry.contains(conn) {
-                shared.presence.unregister(&handle.user, conn).await?;
+            if !state.local.registry.contains(conn) {
+                state.presence.unregister(&handle.user, conn).await?;
             }
             anyhow::Ok(())
         })

@@ -22,44 +22,12 @@ use crate::config::GatewayConfig;
 use crate::handshake::{self, UpgradeSlot};
 use crate::history_floor::HistoryFloor;
 use crate::inbox;
+use crate::local::Local;
 use crate::metrics::GatewayMetrics;
 use crate::presence::Presence;
-use crate::registry::Registry;
 use crate::replay::Replayer;
-use crate::reregister::{self, RoutedUpto};
-use crate::watchers::Watchers;
-
-/// State shared by every session of this gateway.
-pub struct Shared {
-    pub config: GatewayConfig,
-    pub gateway: GatewayId,
-    pub nats: async_nats::Client,
-    pub verifier: Verifier,
-    pub registry: Registry,
-    pub presence: Presence,
-    /// Devices' push tokens (`push_tokens.rs`), read by the notifier.
-    pub push_tokens: async_nats::jetstream::kv::Store,
-    pub replayer: Replayer,
-    pub watchers: Watchers,
-    /// Where this gateway's deliveries stand in the messages stream (see `reregister`).
-    pub routed: RoutedUpto,
-    pub delivery_gaps: crate::inbox::DeliveryGaps,
-    pub metrics: GatewayMetrics,
-    pub shutdown: CancellationToken,
-    pub sessions: TaskTracker,
-    conn_ids: Mutex<ulid::Generator>,
-    /// Other registries rendered at `/metrics` (the chat service's, in the all-in-one).
-    extra_metrics: Mutex<Vec<plumbing::Metrics>>,
-}
-
-impl Shared {
-    /// A new connection id, greater than the boot id and every id before it.
-    pub fn next_conn_id(&self) -> ConnId {
-        let mut g = self.conn_ids.lock().unwrap();
-        // The monotonic generator only fails after 2^80 ids in one millisecond.
-        ConnId(g.generate().unwrap_or_else(|_| ulid::Ulid::new()))
-    }
-}
+use crate::reregister;
+use crate::state::GatewayState;
 
 /// A running gateway.
 pub struct Gateway {
@@ -67,7 +35,7 @@ pub struct Gateway {
     pub addr: SocketAddr,
     pub id: GatewayId,
     task: JoinHandle<()>,
-    shared: Arc<Shared>,
+    state: Arc<GatewayState>,
 }
 
 impl Gateway {
@@ -119,38 +87,43 @@ impl Gateway {
             page: config.sync_page.max(1),
             permits: tokio::sync::Semaphore::new(config.sync_concurrency.max(1)),
         };
-        let shared = Arc::new(Shared {
+        let metrics = GatewayMetrics::new();
+        let local = Arc::new(Local::new(
+            gateway.clone(),
+            nats.clone(),
+            routed_from,
+            metrics.clone(),
+        ));
+        let state = Arc::new(GatewayState {
             verifier: Verifier::new(&config.jwt_secret, config.jwt_leeway_secs),
             config,
             replayer,
-            watchers: Watchers::default(),
-            routed: RoutedUpto::new(routed_from),
-            delivery_gaps: Default::default(),
+            watchers: Arc::default(),
+            local,
             gateway: gateway.clone(),
             nats,
-            registry: Registry::default(),
             presence,
             push_tokens,
-            metrics: GatewayMetrics::new(),
+            metrics,
             shutdown,
             sessions: TaskTracker::new(),
             conn_ids: Mutex::new(conn_ids),
             extra_metrics: Mutex::new(Vec::new()),
         });
-        let inbox = inbox::subscribe(shared.clone()).await?;
+        let inbox = inbox::subscribe(state.local.clone()).await?;
         tracing::info!(gateway = %gateway, %addr, "gateway listening");
-        let task = tokio::spawn(serve(shared.clone(), listener, inbox));
+        let task = tokio::spawn(serve(state.clone(), listener, inbox));
         Ok(Self {
             addr,
             id: gateway,
             task,
-            shared,
+            state,
         })
     }
 
     /// Also renders `metrics` at this gateway's `/metrics`.
     pub fn export_metrics(&self, metrics: plumbing::Metrics) {
-        self.shared.extra_metrics.lock().unwrap().push(metrics);
+        self.state.extra_metrics.lock().unwrap().push(metrics);
     }
 
     /// Waits until the gateway has shut down.
@@ -179,17 +152,17 @@ pub async fn run(
     Ok(())
 }
 
-async fn serve(shared: Arc<Shared>, listener: TcpListener, inbox: JoinHandle<()>) {
+async fn serve(state: Arc<GatewayState>, listener: TcpListener, inbox: JoinHandle<()>) {
     let lease_stop = CancellationToken::new();
     let lease = tokio::spawn(reregister::keep_registered(
-        shared.clone(),
+        state.clone(),
         lease_stop.clone(),
     ));
-    let routes = routes(shared.clone());
+    let routes = routes(state.clone());
 
     loop {
         let (stream, _peer) = tokio::select! {
-            _ = shared.shutdown.cancelled() => break,
+            _ = state.shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
@@ -202,33 +175,33 @@ async fn serve(shared: Arc<Shared>, listener: TcpListener, inbox: JoinHandle<()>
         };
         let _ = stream.set_nodelay(true);
         let routes = routes.clone();
-        let shutdown = shared.shutdown.clone();
+        let shutdown = state.shutdown.clone();
         tokio::spawn(serve_http(stream, routes, shutdown));
     }
 
     drop(listener);
     lease_stop.cancel();
     let _ = lease.await;
-    if let Err(e) = shared.presence.release_lease().await {
+    if let Err(e) = state.presence.release_lease().await {
         tracing::warn!(error = %e, "could not release presence lease");
     }
-    for (_, handle) in shared.registry.all() {
+    for (_, handle) in state.local.registry.all() {
         handle.outbox.close(CloseCode::Reconnect);
     }
-    shared.sessions.close();
-    let grace = Duration::from_millis(shared.config.shutdown_grace_ms);
-    if tokio::time::timeout(grace, shared.sessions.wait())
+    state.sessions.close();
+    let grace = Duration::from_millis(state.config.shutdown_grace_ms);
+    if tokio::time::timeout(grace, state.sessions.wait())
         .await
         .is_err()
     {
         tracing::warn!(
-            left = shared.registry.len(),
+            left = state.local.registry.len(),
             "sessions still open after grace period"
         );
     }
     inbox.abort();
-    let _ = shared.nats.flush().await;
-    tracing::info!(gateway = %shared.gateway, "gateway stopped");
+    let _ = state.nats.flush().await;
+    tracing::info!(gateway = %state.gateway, "gateway stopped");
 }
 
 /// Serves one TCP connection: HTTP/1 requests until it upgrades to a WebSocket or closes.
@@ -261,28 +234,28 @@ async fn serve_http(stream: tokio::net::TcpStream, routes: Routes, shutdown: Can
 
 type Routes = warp::filters::BoxedFilter<(warp::reply::Response,)>;
 
-fn routes(shared: Arc<Shared>) -> Routes {
-    let with_shared = {
-        let shared = shared.clone();
-        warp::any().map(move || shared.clone())
+fn routes(state: Arc<GatewayState>) -> Routes {
+    let with_state = {
+        let state = state.clone();
+        warp::any().map(move || state.clone())
     };
     let ws = warp::path!("v1" / "ws")
-        .and(with_shared.clone())
+        .and(with_state.clone())
         .and(warp::method())
         .and(warp::header::headers_cloned())
         .and(warp::query::raw().or(warp::any().map(String::new)).unify())
         .and(warp::ext::optional::<UpgradeSlot>())
         .map(
-            |shared: Arc<Shared>, method, headers, query: String, slot| {
+            |state: Arc<GatewayState>, method, headers, query: String, slot| {
                 let query = (!query.is_empty()).then_some(query.as_str());
-                handshake::respond(&shared, &method, &headers, query, slot)
+                handshake::respond(&state, &method, &headers, query, slot)
             },
         );
     let healthz = warp::path!("healthz")
-        .and(with_shared.clone())
-        .map(|shared: Arc<Shared>| {
+        .and(with_state.clone())
+        .map(|state: Arc<GatewayState>| {
             use warp::Reply;
-            match shared.nats.connection_state() {
+            match state.nats.connection_state() {
                 async_nats::connection::State::Connected => {
                     warp::reply::with_status("ok", http::StatusCode::OK).into_response()
                 }
@@ -294,16 +267,19 @@ fn routes(shared: Arc<Shared>) -> Routes {
             }
         });
     let metrics = warp::path!("metrics")
-        .and(with_shared)
-        .map(|shared: Arc<Shared>| {
+        .and(with_state)
+        .map(|state: Arc<GatewayState>| {
             use warp::Reply;
-            shared.metrics.connections.set(shared.registry.len() as i64);
-            shared
+            state
+                .metrics
+                .connections
+                .set(state.local.registry.len() as i64);
+            state
                 .metrics
                 .users_online
-                .set(shared.registry.users_online() as i64);
-            let mut text = shared.metrics.registry.render();
-            for extra in shared.extra_metrics.lock().unwrap().iter() {
+                .set(state.local.registry.users_online() as i64);
+            let mut text = state.metrics.registry.render();
+            for extra in state.extra_metrics.lock().unwrap().iter() {
                 text.push_str(&extra.render());
             }
             warp::reply::with_header(text, "content-type", "text/plain; version=0.0.4")
@@ -313,8 +289,9 @@ fn routes(shared: Arc<Shared>) -> Routes {
         use warp::Reply;
         warp::reply::with_status("not found", http::StatusCode::NOT_FOUND).into_response()
     });
-    let web_client = crate::web_client::routes(shared.config.web_client);
-    let dev_token = crate::dev_token::routes(shared.clone());
+    let web_client = crate::web_client::routes(state.config.web_client);
+    let dev_token =
+        crate::dev_token::routes(state.config.dev_tokens, state.config.jwt_secret.clone());
     ws.or(healthz)
         .unify()
         .or(metrics)

@@ -11,11 +11,7 @@ use protocol::payloads::{Delivery, UserPresence};
 use protocol::{ConnId, UserId, subjects};
 use tokio::task::AbortHandle;
 
-use crate::inbox::deliver_locally;
-use crate::server::Shared;
-
-/// Users one connection may watch at once.
-pub const MAX_WATCHED: usize = 256;
+use crate::local::Local;
 
 #[derive(Default)]
 pub struct Watchers {
@@ -44,10 +40,15 @@ impl Watchers {
             .map_or(0, Vec::len)
     }
 
-    /// `conn` watches `user` from now on. The subscription is live on the server when this
-    /// returns, so no change after it is missed.
-    pub async fn watch(shared: &Arc<Shared>, conn: ConnId, user: UserId) -> anyhow::Result<()> {
-        let watchers = &shared.watchers;
+    /// `conn` watches `user` from now on; changes are delivered through `local`. The
+    /// subscription is live on the server when this returns, so no change after it is missed.
+    pub async fn watch(
+        self: &Arc<Self>,
+        local: &Arc<Local>,
+        conn: ConnId,
+        user: UserId,
+    ) -> anyhow::Result<()> {
+        let watchers = self;
         {
             let mut inner = watchers.inner.lock().unwrap();
             let watching = inner.by_conn.entry(conn).or_default();
@@ -67,23 +68,23 @@ impl Watchers {
                 },
             );
         }
-        let mut sub = match shared.nats.subscribe(subjects::presence(&user)).await {
+        let mut sub = match local.nats.subscribe(subjects::presence(&user)).await {
             Ok(sub) => sub,
             Err(e) => {
                 watchers.inner.lock().unwrap().unwatch(conn, &user);
                 return Err(e.into());
             }
         };
-        plumbing::bus::round_trip(&shared.nats).await;
+        plumbing::bus::round_trip(&local.nats).await;
         let task = {
-            let shared = shared.clone();
+            let (watchers, local) = (self.clone(), local.clone());
             let user = user.clone();
             tokio::spawn(async move {
                 while let Some(msg) = sub.next().await {
                     let Ok(p) = serde_json::from_slice::<UserPresence>(&msg.payload) else {
                         continue;
                     };
-                    let targets = shared.watchers.conns_of(&user);
+                    let targets = watchers.conns_of(&user);
                     let frame = ServerFrame::Presence {
                         user: p.user,
                         online: p.online,
@@ -94,7 +95,7 @@ impl Watchers {
                         frame,
                         order: None,
                     };
-                    deliver_locally(&shared, delivery);
+                    local.deliver(delivery);
                 }
             })
         };

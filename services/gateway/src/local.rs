@@ -1,0 +1,189 @@
+//! This gateway's live sessions as the rest of the gateway reaches them: the registry, and
+//! delivering one frame to a list of them (deliveries from the inbox, presence changes from
+//! the watchers). The frame is encoded once per encoding and the encoded bytes are shared by
+//! every target. A message for a connection that has just closed is reported on
+//! `natter.chat.undelivered`.
+//!
+//! Deliveries are plain NATS publishes: a NATS node that dies while forwarding one loses it,
+//! and the device's cursor would then move past it with the next message. So the router
+//! numbers each gateway's message deliveries, and a gap in the numbers makes every session
+//! here replay from the last message received before it.
+
+use std::sync::Mutex;
+
+use protocol::frames::ServerFrame;
+use protocol::payloads::{Delivery, DeliveryOrder, Undelivered};
+use protocol::{Cursor, Encoding, GatewayId, subjects};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::metrics::GatewayMetrics;
+use crate::outbox::to_ws;
+use crate::registry::Registry;
+
+/// The sessions of this gateway and where its deliveries stand.
+pub struct Local {
+    pub gateway: GatewayId,
+    pub nats: async_nats::Client,
+    pub registry: Registry,
+    /// Where this gateway's deliveries stand in the messages stream (see `reregister`).
+    pub routed: RoutedUpto,
+    pub gaps: DeliveryGaps,
+    pub metrics: GatewayMetrics,
+}
+
+impl Local {
+    pub fn new(
+        gateway: GatewayId,
+        nats: async_nats::Client,
+        routed_from: Option<Cursor>,
+        metrics: GatewayMetrics,
+    ) -> Self {
+        Self {
+            gateway,
+            nats,
+            registry: Registry::default(),
+            routed: RoutedUpto::new(routed_from),
+            gaps: DeliveryGaps::default(),
+            metrics,
+        }
+    }
+
+    /// Every live session replays its user's messages after `after` (held live messages
+    /// are released when it ends).
+    pub fn resync_all(&self, after: Cursor) {
+        for (_, handle) in self.registry.all() {
+            handle.outbox.resync_after(after);
+        }
+    }
+
+    /// Pushes `delivery` into its targets' outboxes.
+    pub fn deliver(&self, delivery: Delivery) {
+        self.metrics.deliveries.inc();
+        if let Some(order) = delivery.order
+            && self.gaps.missed_before(order)
+        {
+            // Replay from the last message received before the gap; it precedes the lost ones.
+            match self.routed.get() {
+                Some(after) => {
+                    self.metrics.delivery_gaps.inc();
+                    tracing::warn!(
+                        run = order.run,
+                        n = order.n,
+                        "a delivery was lost; sessions replay"
+                    );
+                    self.resync_all(after);
+                }
+                None => tracing::warn!("a delivery was lost and no stream position is known"),
+            }
+        }
+        let mut json: Option<Message> = None;
+        let mut msgpack: Option<Message> = None;
+        let message = match &delivery.frame {
+            ServerFrame::Message(m) => Some(m),
+            _ => None,
+        };
+        let cursor = message.and_then(|m| m.cursor);
+        if let Some(cursor) = cursor {
+            self.routed.observe(cursor);
+        }
+        let seq = cursor.map(|c| c.seq);
+        let mut gone = Vec::new();
+        self.registry.deliver_to(
+            &delivery.targets,
+            |handle| {
+                let slot = match handle.encoding {
+                    Encoding::Json => &mut json,
+                    Encoding::MsgPack => &mut msgpack,
+                };
+                let frame = slot
+                    .get_or_insert_with(|| to_ws(handle.encoding.encode_server(&delivery.frame)))
+                    .clone();
+                if !handle.outbox.push_at(frame, seq) {
+                    self.metrics.slow_consumers.inc();
+                }
+            },
+            |conn, user| gone.push((conn, user.clone())),
+        );
+        let Some(message) = message else {
+            return;
+        };
+        for (conn, user) in gone {
+            self.metrics.undelivered.inc();
+            let report = Undelivered {
+                gateway: self.gateway.clone(),
+                conn,
+                user,
+                conversation: message.conversation.clone(),
+                id: message.id,
+                from: message.from.clone(),
+            };
+            let payload = serde_json::to_vec(&report).expect("report to JSON");
+            let nats = self.nats.clone();
+            tokio::spawn(async move {
+                if let Err(e) = nats
+                    .publish(subjects::CHAT_UNDELIVERED, payload.into())
+                    .await
+                {
+                    tracing::debug!(error = %e, "undelivered report not published");
+                }
+            });
+        }
+    }
+}
+
+/// The last numbered delivery received, to notice one that went missing.
+#[derive(Default)]
+pub struct DeliveryGaps(std::sync::Mutex<Option<DeliveryOrder>>);
+
+impl DeliveryGaps {
+    /// Records `order`; `true` if deliveries of the same router run were skipped.
+    fn missed_before(&self, order: DeliveryOrder) -> bool {
+        let mut last = self.0.lock().unwrap();
+        let missed = last.is_some_and(|l| l.run == order.run && order.n > l.n + 1);
+        if last.is_none_or(|l| l.run != order.run || order.n > l.n) {
+            *last = Some(order);
+        }
+        missed
+    }
+}
+
+/// The cursor of the newest message routed to this gateway (or the stream's head when it
+/// started): what the inbox has received so far.
+#[derive(Default)]
+pub struct RoutedUpto(Mutex<Option<Cursor>>);
+
+impl RoutedUpto {
+    pub fn new(start: Option<Cursor>) -> Self {
+        Self(Mutex::new(start))
+    }
+
+    /// Records a delivered message's cursor.
+    pub fn observe(&self, cursor: Cursor) {
+        let mut upto = self.0.lock().unwrap();
+        // A new epoch (the stream was recreated) starts over.
+        if upto.is_none_or(|u| u.epoch != cursor.epoch || u.seq < cursor.seq) {
+            *upto = Some(cursor);
+        }
+    }
+
+    pub fn get(&self) -> Option<Cursor> {
+        *self.0.lock().unwrap()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_skipped_number_is_a_gap_and_a_new_run_is_not() {
+        let gaps = DeliveryGaps::default();
+        let at = |run, n| DeliveryOrder { run, n };
+        assert!(!gaps.missed_before(at(1, 1)));
+        assert!(!gaps.missed_before(at(1, 2)));
+        assert!(gaps.missed_before(at(1, 4)), "3 went missing");
+        assert!(!gaps.missed_before(at(1, 5)));
+        assert!(!gaps.missed_before(at(2, 1)), "another router took over");
+        assert!(!gaps.missed_before(at(2, 2)));
+    }
+}

@@ -1,0 +1,152 @@
+//! Everything the gateway refuses or fails to do for a client, and the one place that decides
+//! what the client sees of it: the error code (which tells the client whether to retry) and a
+//! fixed text. Internal error text (NATS, JetStream) is logged where it happens and never
+//! reaches a socket.
+
+use protocol::frames::ServerFrame;
+use protocol::{ClientMsgId, DecodeError, ErrorCode, Invalid, UserId};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    /// The frame could not be decoded.
+    #[error("{0}")]
+    Undecodable(DecodeError),
+    /// The frame decoded, but an id or a field is not valid.
+    #[error("{0}")]
+    Invalid(Invalid),
+    #[error("body exceeds {max} bytes")]
+    BodyTooLarge { max: usize, cid: ClientMsgId },
+    #[error("too many sends waiting; wait for sent")]
+    SendsWaiting { cid: ClientMsgId },
+    #[error("too many queries waiting; wait for their answers")]
+    QueriesWaiting { qid: Option<ClientMsgId> },
+    #[error("a sync is already running; wait for synced")]
+    SyncRunning,
+    #[error("not a participant of that conversation")]
+    NotParticipant,
+    #[error("no conversation shared with {}", names(.0))]
+    NoSharedConversation(Vec<UserId>),
+    #[error("presence of {0} unavailable; retry")]
+    PresenceUnavailable(UserId),
+    #[error("sync failed; send sync again with the same cursor")]
+    SyncFailed,
+    /// The chat service did not answer a send (or no instance runs).
+    #[error("chat service unavailable; retry with the same cid")]
+    ChatUnavailable { cid: ClientMsgId },
+    /// The chat service answered a send with something that is not an answer to it.
+    #[error("chat service failed")]
+    ChatFailed { cid: ClientMsgId },
+    /// A service did not answer a query in time.
+    #[error("service unavailable; retry")]
+    ServiceUnavailable { qid: ClientMsgId },
+    /// A service answered a query with something undecodable.
+    #[error("service failed")]
+    ServiceFailed { qid: ClientMsgId },
+    #[error("push tokens unavailable; retry")]
+    PushTokensUnavailable { qid: ClientMsgId },
+}
+
+impl Refusal {
+    pub fn code(&self) -> ErrorCode {
+        use Refusal::*;
+        match self {
+            Undecodable(DecodeError::UnknownType(_)) => ErrorCode::UnknownFrameType,
+            Undecodable(_) => ErrorCode::MalformedFrame,
+            Invalid(invalid) => invalid.fault.code(),
+            BodyTooLarge { .. } => ErrorCode::BodyTooLarge,
+            SendsWaiting { .. } | QueriesWaiting { .. } | SyncRunning => ErrorCode::TooManyInFlight,
+            NotParticipant | NoSharedConversation(_) => ErrorCode::Forbidden,
+            PresenceUnavailable(_)
+            | SyncFailed
+            | ChatUnavailable { .. }
+            | ChatFailed { .. }
+            | ServiceUnavailable { .. }
+            | ServiceFailed { .. }
+            | PushTokensUnavailable { .. } => ErrorCode::Unavailable,
+        }
+    }
+
+    /// Whether the client sent something wrong (counted as a bad frame), rather than the
+    /// gateway or a service failing it.
+    pub fn is_clients_fault(&self) -> bool {
+        !self.code().is_retryable() && !matches!(self, Refusal::NoSharedConversation(_))
+    }
+
+    /// The `error` frame the client gets, with the `cid` or `qid` it answers.
+    pub fn frame(&self) -> ServerFrame {
+        use Refusal::*;
+        if let Invalid(invalid) = self {
+            return invalid.answer();
+        }
+        let (cid, qid) = match self {
+            BodyTooLarge { cid, .. }
+            | SendsWaiting { cid }
+            | ChatUnavailable { cid }
+            | ChatFailed { cid } => (Some(cid.clone()), None),
+            ServiceUnavailable { qid } | ServiceFailed { qid } | PushTokensUnavailable { qid } => {
+                (None, Some(qid.clone()))
+            }
+            QueriesWaiting { qid } => (None, qid.clone()),
+            _ => (None, None),
+        };
+        ServerFrame::Error {
+            code: self.code(),
+            reason: self.to_string(),
+            cid,
+            qid,
+        }
+    }
+}
+
+fn names(users: &[UserId]) -> String {
+    let names: Vec<&str> = users.iter().map(UserId::as_str).collect();
+    names.join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(s: &str) -> ClientMsgId {
+        ClientMsgId::new(s).unwrap()
+    }
+
+    #[test]
+    fn each_refusal_has_its_code_and_answers_its_request() {
+        let cases = [
+            (
+                Refusal::BodyTooLarge {
+                    max: 65536,
+                    cid: id("c-42"),
+                },
+                r#"{"type":"error","code":1003,"reason":"body exceeds 65536 bytes","cid":"c-42"}"#,
+            ),
+            (
+                Refusal::QueriesWaiting {
+                    qid: Some(id("q1")),
+                },
+                r#"{"type":"error","code":1005,"reason":"too many queries waiting; wait for their answers","qid":"q1"}"#,
+            ),
+            (
+                Refusal::NoSharedConversation(vec![
+                    UserId::new("carol").unwrap(),
+                    UserId::new("dave").unwrap(),
+                ]),
+                r#"{"type":"error","code":1004,"reason":"no conversation shared with carol, dave"}"#,
+            ),
+            (
+                Refusal::ChatUnavailable { cid: id("c1") },
+                r#"{"type":"error","code":1500,"reason":"chat service unavailable; retry with the same cid","cid":"c1"}"#,
+            ),
+            (
+                Refusal::Undecodable(DecodeError::UnknownType("shout".into())),
+                r#"{"type":"error","code":1001,"reason":"unknown frame type \"shout\""}"#,
+            ),
+        ];
+        for (refusal, json) in cases {
+            assert_eq!(serde_json::to_string(&refusal.frame()).unwrap(), json);
+        }
+        assert!(Refusal::SyncRunning.is_clients_fault());
+        assert!(!Refusal::SyncFailed.is_clients_fault());
+    }
+}

@@ -1,0 +1,111 @@
+//! The send pipeline. A checked `send` is held to this gateway's limits (body size, sends
+//! waiting), answered `accepted`, and queued; the queue is forwarded to the chat service one
+//! request at a time, in the order the client sent them, so a conversation's order is the
+//! order of the sender's frames. The chat service's answer (`sent`, or an error) is relayed.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use protocol::frames::ServerFrame;
+use protocol::payloads::SendRequest;
+use protocol::{ClientMsgId, Outgoing, Recipient, subjects};
+
+use super::Session;
+use crate::refusal::Refusal;
+
+type SendResult = Result<async_nats::Message, SendFailure>;
+pub(super) type InFlight = Pin<Box<dyn Future<Output = SendResult> + Send>>;
+
+/// Why a send got no answer from the chat service.
+#[derive(Debug)]
+pub(super) enum SendFailure {
+    TimedOut,
+    NoChatService,
+}
+
+impl Session {
+    pub(super) fn on_send(&mut self, outgoing: Outgoing) {
+        let Outgoing { to, cid, body } = outgoing;
+        let max = self.state.config.max_body_bytes;
+        if body.len() > max {
+            return self.refuse(Refusal::BodyTooLarge { max, cid });
+        }
+        if self.pending.len() >= self.state.config.max_in_flight_sends {
+            return self.refuse(Refusal::SendsWaiting { cid });
+        }
+        self.queue(&ServerFrame::Accepted { cid: cid.clone() });
+        let (to, group) = match to {
+            Recipient::User(user) => (user.to_string(), None),
+            Recipient::Group(group) => (String::new(), Some(group.to_string())),
+        };
+        let request = SendRequest {
+            from: self.user.clone(),
+            to,
+            group,
+            cid: cid.to_string(),
+            body,
+            origin: Some(self.conn),
+        };
+        self.pending.push_back((cid, request));
+        if self.in_flight.is_none() {
+            self.start_next_send();
+        }
+    }
+
+    pub(super) fn start_next_send(&mut self) {
+        let Some((cid, request)) = self.pending.pop_front() else {
+            return;
+        };
+        let nats = self.state.nats.clone();
+        let payload = serde_json::to_vec(&request).expect("send request to JSON");
+        let timeout = Duration::from_millis(self.state.config.send_timeout_ms);
+        let fut: InFlight = Box::pin(async move {
+            match tokio::time::timeout(timeout, nats.request(subjects::CHAT_SEND, payload.into()))
+                .await
+            {
+                Ok(Ok(reply)) => Ok(reply),
+                Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
+                    Err(SendFailure::NoChatService)
+                }
+                _ => Err(SendFailure::TimedOut),
+            }
+        });
+        self.in_flight = Some((cid, Instant::now(), fut));
+    }
+
+    pub(super) fn on_send_answer(
+        &mut self,
+        cid: ClientMsgId,
+        started: Instant,
+        result: SendResult,
+    ) {
+        let frame = match result {
+            Ok(reply) => match serde_json::from_slice::<ServerFrame>(&reply.payload) {
+                Ok(frame @ ServerFrame::Sent { .. }) => {
+                    self.state.metrics.send_latency.observe(started.elapsed());
+                    frame
+                }
+                Ok(frame @ ServerFrame::Error { .. }) => frame,
+                _ => {
+                    tracing::warn!("unexpected answer from chat service");
+                    Refusal::ChatFailed { cid }.frame()
+                }
+            },
+            Err(failure) => {
+                tracing::warn!(?failure, "send not answered");
+                Refusal::ChatUnavailable { cid }.frame()
+            }
+        };
+        self.queue(&frame);
+    }
+}
+
+pub(super) async fn poll_in_flight(
+    in_flight: &mut Option<(ClientMsgId, Instant, InFlight)>,
+) -> SendResult {
+    match in_flight {
+        Some((_, _, fut)) => fut.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
