@@ -13,6 +13,7 @@ use protocol::frames::{ClientFrame, Message, ServerFrame};
 use protocol::payloads::StoredMessage;
 use testkit::{Stack, TestNats};
 
+use crate::Latencies;
 use crate::peers::Peer;
 use crate::plot;
 use crate::report::{Report, Table, ms, ratio};
@@ -82,18 +83,16 @@ async fn end_to_end(
 ) -> anyhow::Result<()> {
     let report = Report::new(out, (1 + peer_names.len()) as u64)?;
     report.step(format!("natter: {reads} reads of the last 50"));
-    let mut results = vec![("natter", natter_last_50(reads).await?)];
+    let mut results = vec![("natter", Latencies::new(natter_last_50(reads).await?))];
     report.done();
     for name in peer_names {
         report.step(format!("{name}: {reads} reads of the last 50"));
         let peer = Peer::start(name).await?;
-        let mut us = peer.history(reads).await?;
-        us.sort_unstable();
-        results.push((peer.name(), us));
+        results.push((peer.name(), Latencies::new(peer.history(reads).await?)));
         drop(peer);
         report.done();
     }
-    let p = crate::percentile_ms;
+    let p = |us: &Latencies, at: f64| us.percentile_ms(at);
     let natter_p99 = p(&results[0].1, 0.99);
     let mut table = Table::new(
         format!(
@@ -119,7 +118,7 @@ async fn end_to_end(
         ]);
     }
     let path = report.plot("history-cdf.svg");
-    let series: Vec<(&str, &[u64])> = results.iter().map(|(s, us)| (*s, us.as_slice())).collect();
+    let series: Vec<(&str, &[u64])> = results.iter().map(|(s, us)| (*s, us.sorted_us())).collect();
     plot::cdf(
         &path,
         "history: latency of reading the last 50 messages",

@@ -201,6 +201,26 @@ pub fn emit(json: bool, value: serde_json::Value, text: String) {
     }
 }
 
+/// Latency samples in microseconds, sorted when made, so percentiles and plots (which both
+/// need order) cannot be handed samples in arrival order.
+pub struct Latencies(Vec<u64>);
+
+impl Latencies {
+    pub fn new(mut us: Vec<u64>) -> Self {
+        us.sort_unstable();
+        Self(us)
+    }
+
+    /// Percentile (0..=1), in milliseconds.
+    pub fn percentile_ms(&self, p: f64) -> f64 {
+        percentile_ms(&self.0, p)
+    }
+
+    pub fn sorted_us(&self) -> &[u64] {
+        &self.0
+    }
+}
+
 /// Percentile (0..=1) of sorted microsecond samples, in milliseconds.
 pub fn percentile_ms(sorted_us: &[u64], p: f64) -> f64 {
     if sorted_us.is_empty() {
@@ -208,4 +228,20 @@ pub fn percentile_ms(sorted_us: &[u64], p: f64) -> f64 {
     }
     let i = ((sorted_us.len() as f64 - 1.0) * p).round() as usize;
     sorted_us[i] as f64 / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_of_samples_in_arrival_order_are_ordered() {
+        // Samples as a run records them: in arrival order, a slow one first.
+        let latencies = Latencies::new(vec![900, 410, 380, 2_000, 400, 390, 420, 405, 395, 415]);
+        let (p50, p99) = (latencies.percentile_ms(0.5), latencies.percentile_ms(0.99));
+        assert!(p50 <= p99, "p50 {p50} above p99 {p99}");
+        assert_eq!(p50, 0.41);
+        assert_eq!(p99, 2.0);
+        assert_eq!(latencies.sorted_us().first(), Some(&380));
+    }
 }

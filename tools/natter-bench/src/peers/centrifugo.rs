@@ -511,17 +511,9 @@ fn personal(user: &str) -> (String, String) {
     (user.to_string(), format!("chat:{user}"))
 }
 
-/// A connection JWT for `user` (HS256, `sub` and `exp`).
+/// A connection JWT for `user` (HS256, `sub` and `exp`): the same kind natter takes.
 fn token(user: &str) -> anyhow::Result<String> {
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_secs()
-        + 24 * 3600;
-    Ok(jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &serde_json::json!({ "sub": user, "exp": exp }),
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )?)
+    Ok(gateway::mint_token(SECRET, user, 24 * 3600))
 }
 
 /// A message body about as long as a chat line.

@@ -1,6 +1,8 @@
 //! Token checks at the handshake: an HS256 JWT whose `sub` is the user id, taken from
 //! `Authorization: Bearer` or, for browsers that cannot set headers, `?access_token=`.
 
+mod hs256;
+
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use protocol::UserId;
 use serde::{Deserialize, Serialize};
@@ -40,6 +42,7 @@ pub struct Verifier {
 
 impl Verifier {
     pub fn new(secret: &str, leeway_secs: u64) -> Self {
+        hs256::install();
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = leeway_secs;
         validation.set_required_spec_claims(&["exp", "sub"]);
@@ -92,6 +95,7 @@ pub fn mint_token(secret: &str, user: &str, ttl_secs: u64) -> String {
 
 /// Signs arbitrary claims with HS256 (tests of expired or odd tokens).
 pub fn encode_claims(secret: &str, claims: &Claims) -> String {
+    hs256::install();
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
         claims,
@@ -120,6 +124,42 @@ mod tests {
             },
         );
         assert!(v.verify(Some(&expired)).is_err());
+    }
+
+    #[test]
+    fn only_hs256_is_accepted() {
+        let v = Verifier::new("s3cret", 0);
+        let ok = mint_token("s3cret", "alice", 60);
+        let (_, rest) = ok.split_once('.').unwrap();
+        // The same claims and signature under a header naming another algorithm.
+        for alg in ["HS384", "HS512", "none", "RS256"] {
+            let header = format!(r#"{{"typ":"JWT","alg":"{alg}"}}"#);
+            let forged = format!("{}.{rest}", b64(header.as_bytes()));
+            assert!(v.verify(Some(&forged)).is_err(), "{alg} accepted");
+        }
+        // A flipped signature bit.
+        let mut tampered = ok.clone().into_bytes();
+        let last = tampered.len() - 2;
+        tampered[last] = if tampered[last] == b'A' { b'B' } else { b'A' };
+        assert!(
+            v.verify(Some(std::str::from_utf8(&tampered).unwrap()))
+                .is_err()
+        );
+    }
+
+    /// base64url without padding, as JWTs use.
+    fn b64(bytes: &[u8]) -> String {
+        const ALPHABET: &[u8; 64] =
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let mut out = String::new();
+        for chunk in bytes.chunks(3) {
+            let n =
+                chunk.iter().fold(0u32, |n, b| n << 8 | u32::from(*b)) << (8 * (3 - chunk.len()));
+            for i in 0..=chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            }
+        }
+        out
     }
 
     #[test]
