@@ -14,12 +14,13 @@ use async_nats::jetstream::{self, kv};
 use groups::{GroupView, membership};
 use protocol::frames::{Message, ServerFrame};
 use protocol::payloads::{SendRequest, StoredMessage};
-use protocol::{ClientMsgId, ConversationId, ErrorCode, GroupId, UserId, subjects};
+use protocol::{ClientMsgId, ConversationId, GroupId, UserId, subjects};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ChatConfig;
 use crate::ids::MessageIds;
 use crate::metrics::ChatMetrics;
+use crate::refusal::SendError;
 
 pub struct Ingest {
     pub config: ChatConfig,
@@ -63,19 +64,23 @@ impl Ingest {
 
     async fn try_accept(&self, payload: &[u8]) -> ServerFrame {
         let Ok(req) = serde_json::from_slice::<SendRequest>(payload) else {
-            return ServerFrame::error(ErrorCode::MalformedFrame, "not a send request", None);
+            return SendError::NotARequest.frame(None);
         };
         let Ok(cid) = ClientMsgId::new(&req.cid) else {
-            return ServerFrame::error(ErrorCode::InvalidId, "cid is not a valid id", None);
+            return SendError::InvalidCid.frame(None);
         };
+        self.persist(req, cid.clone())
+            .await
+            .unwrap_or_else(|refused| refused.frame(Some(cid)))
+    }
+
+    /// Stores the message and answers `sent`, with the original's id for a duplicate.
+    async fn persist(&self, req: SendRequest, cid: ClientMsgId) -> Result<ServerFrame, SendError> {
         if req.body.len() > self.config.max_body_bytes {
-            let reason = format!("body exceeds {} bytes", self.config.max_body_bytes);
-            return ServerFrame::error(ErrorCode::BodyTooLarge, reason, Some(cid));
+            let max_bytes = self.config.max_body_bytes;
+            return Err(SendError::BodyTooLarge { max_bytes });
         }
-        let (conversation, to) = match self.addressee(&req).await {
-            Ok(addressee) => addressee,
-            Err((code, reason)) => return ServerFrame::error(code, reason, Some(cid)),
-        };
+        let (conversation, to) = self.addressee(&req).await?;
         let id = self.ids.next();
         let stored = StoredMessage {
             message: Message {
@@ -107,81 +112,58 @@ impl Ingest {
             Ok(pending) => pending.await,
             Err(e) => Err(e),
         };
-        let ack = match ack {
-            Ok(ack) => ack,
-            Err(e) => {
-                tracing::warn!(error = %e, "message not persisted");
-                return ServerFrame::error(
-                    ErrorCode::Unavailable,
-                    "message store unavailable; retry with the same cid",
-                    Some(cid),
-                );
-            }
-        };
+        let ack = ack.map_err(|e| SendError::StoreUnavailable(e.into()))?;
         self.metrics.persist_latency.observe(started.elapsed());
         if !ack.duplicate {
             self.metrics.sends.inc();
-            return ServerFrame::Sent {
+            return Ok(ServerFrame::Sent {
                 cid,
                 id,
                 conversation,
                 ts: id.timestamp_ms(),
-            };
+            });
         }
         self.metrics.duplicates.inc();
-        match self.original(ack.sequence).await {
-            Some(original) => ServerFrame::Sent {
-                cid,
-                id: original.id,
-                conversation: original.conversation,
-                ts: original.ts,
-            },
-            None => ServerFrame::error(
-                ErrorCode::Unavailable,
-                "could not read the original message; retry with the same cid",
-                Some(cid),
-            ),
-        }
+        let original = self.original(ack.sequence).await?;
+        Ok(ServerFrame::Sent {
+            cid,
+            id: original.id,
+            conversation: original.conversation,
+            ts: original.ts,
+        })
     }
 
     /// The conversation of a send and its `to`: the recipient, or for a group the group id
     /// (which has the same alphabet as a user id). Only members may post to a group.
-    async fn addressee(
-        &self,
-        req: &SendRequest,
-    ) -> Result<(ConversationId, UserId), (ErrorCode, &'static str)> {
+    async fn addressee(&self, req: &SendRequest) -> Result<(ConversationId, UserId), SendError> {
         let Some(group) = &req.group else {
-            let to = UserId::new(&req.to)
-                .map_err(|_| (ErrorCode::InvalidId, "to is not a valid user id"))?;
+            let to = UserId::new(&req.to).map_err(|_| SendError::InvalidRecipient)?;
             return Ok((ConversationId::direct(&req.from, &to), to));
         };
         let (Ok(group), true) = (GroupId::new(group), req.to.is_empty()) else {
-            return Err((
-                ErrorCode::InvalidId,
-                "give a valid group id, or to, not both",
-            ));
+            return Err(SendError::InvalidGroupAddress);
         };
         let member = self.groups.is_member(&group, &req.from)
             || membership(&self.groups_bucket, &group, &req.from)
                 .await
-                .map_err(|_| {
-                    (
-                        ErrorCode::Unavailable,
-                        "group directory unavailable; retry with the same cid",
-                    )
-                })?
+                .map_err(|e| SendError::DirectoryUnavailable(e.into()))?
                 .is_some();
         if !member {
-            return Err((ErrorCode::Forbidden, "not a member of this group"));
+            return Err(SendError::NotAMember);
         }
         let to = UserId::new(group.as_str()).expect("a group id is a valid user id");
         Ok((ConversationId::group(&group), to))
     }
 
     /// The message stored at `sequence` (the original of a duplicate).
-    async fn original(&self, sequence: u64) -> Option<Message> {
-        let raw = self.stream.direct_get(sequence).await.ok()?;
-        let stored: StoredMessage = serde_json::from_slice(&raw.payload).ok()?;
-        Some(stored.message)
+    async fn original(&self, sequence: u64) -> Result<Message, SendError> {
+        let raw = self.stream.direct_get(sequence).await.map_err(|e| {
+            SendError::StoreUnavailable(format!("original of a duplicate unreadable: {e}").into())
+        })?;
+        // A decoding error would quote the stored message: the cause names none of it.
+        let stored: StoredMessage = serde_json::from_slice(&raw.payload).map_err(|_| {
+            SendError::StoreUnavailable("original of a duplicate is not a stored message".into())
+        })?;
+        Ok(stored.message)
     }
 }

@@ -11,6 +11,7 @@ mod metrics;
 mod notify;
 mod presence_view;
 mod receipts;
+mod refusal;
 mod router;
 mod service;
 mod typing;

@@ -7,6 +7,7 @@ mod config;
 pub mod membership;
 mod queries;
 mod receipts;
+mod refusal;
 mod service;
 pub mod store;
 mod writer;

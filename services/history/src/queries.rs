@@ -8,13 +8,17 @@ use std::sync::Arc;
 use protocol::frames::ServerFrame;
 use protocol::limits;
 use protocol::payloads::{HistoryQuery, HistoryRequest};
-use protocol::{ClientMsgId, ConversationId, ErrorCode, MessageId, UserId, subjects};
+use protocol::{ClientMsgId, ConversationId, MessageId, UserId, subjects};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cache::HistoryCache;
 use crate::membership::{Membership, can_read};
+use crate::refusal::QueryError;
 use crate::store::{Page, Store};
+
+/// A query's answer, or why it was refused.
+type Answer = Result<ServerFrame, QueryError>;
 
 /// What answering a query needs.
 pub struct Queries<S> {
@@ -22,14 +26,6 @@ pub struct Queries<S> {
     pub membership: Arc<dyn Membership>,
     /// See [`crate::HistoryConfig::receipt_lists_max`].
     pub receipt_lists_max: usize,
-}
-
-fn unavailable(qid: ClientMsgId) -> ServerFrame {
-    ServerFrame::query_error(
-        ErrorCode::Unavailable,
-        "history store unavailable; retry",
-        qid,
-    )
 }
 
 /// Subscribes to queries and receipts; both are live on the server when this returns.
@@ -81,84 +77,78 @@ pub async fn serve<S: Store>(
 impl<S: Store> Queries<S> {
     async fn answer(&self, payload: &[u8]) -> ServerFrame {
         let Ok(request) = serde_json::from_slice::<HistoryRequest>(payload) else {
-            return ServerFrame::error(ErrorCode::MalformedFrame, "not a history request", None);
+            return QueryError::NotARequest.frame(None);
         };
         let (user, qid) = (request.user, request.qid);
-        match request.query {
-            HistoryQuery::Conversations { limit } => self.conversations(&user, qid, limit).await,
+        let answer = match request.query {
+            HistoryQuery::Conversations { limit } => {
+                self.conversations(&user, qid.clone(), limit).await
+            }
             HistoryQuery::Messages {
                 conversation,
                 before,
                 after,
                 limit,
             } => {
-                if !can_read(&*self.membership, &user, &conversation) {
-                    return ServerFrame::query_error(
-                        ErrorCode::Forbidden,
-                        "not a participant of that conversation",
-                        qid,
-                    );
-                }
-                let page = match (before, after) {
-                    (Some(id), None) => Page::Before(id),
-                    (None, Some(id)) => Page::After(id),
-                    (None, None) => Page::Latest,
-                    (Some(_), Some(_)) => {
-                        return ServerFrame::query_error(
-                            ErrorCode::MalformedFrame,
-                            "give before or after, not both",
-                            qid,
-                        );
-                    }
-                };
-                self.messages(qid, conversation, page, limit).await
+                self.messages(&user, qid.clone(), conversation, before, after, limit)
+                    .await
             }
             HistoryQuery::Receipts { conversation, id } => {
-                self.receipts(&user, qid, conversation, id).await
+                self.receipts(&user, qid.clone(), conversation, id).await
             }
-        }
+        };
+        answer.unwrap_or_else(|refused| refused.frame(Some(qid)))
     }
 
-    async fn conversations(&self, user: &UserId, qid: ClientMsgId, limit: u32) -> ServerFrame {
+    async fn conversations(&self, user: &UserId, qid: ClientMsgId, limit: u32) -> Answer {
         let limit = limit.clamp(1, limits::HISTORY_PAGE_MAX) as usize;
         let groups = self.membership.groups_of(user);
-        match self.cache.store().conversations(user, &groups, limit).await {
-            Ok(conversations) => ServerFrame::Conversations { qid, conversations },
-            Err(e) => {
-                tracing::warn!(error = %e, "conversation list failed");
-                unavailable(qid)
-            }
-        }
+        let conversations = self
+            .cache
+            .store()
+            .conversations(user, &groups, limit)
+            .await
+            .map_err(QueryError::unavailable("conversation list"))?;
+        Ok(ServerFrame::Conversations { qid, conversations })
     }
 
+    /// A page of a participant's conversation: the newest, or before or after an id.
     async fn messages(
         &self,
+        user: &UserId,
         qid: ClientMsgId,
         conversation: ConversationId,
-        page: Page,
+        before: Option<MessageId>,
+        after: Option<MessageId>,
         limit: u32,
-    ) -> ServerFrame {
+    ) -> Answer {
+        if !can_read(&*self.membership, user, &conversation) {
+            return Err(QueryError::NotAParticipant);
+        }
+        let page = match (before, after) {
+            (Some(id), None) => Page::Before(id),
+            (None, Some(id)) => Page::After(id),
+            (None, None) => Page::Latest,
+            (Some(_), Some(_)) => return Err(QueryError::BeforeAndAfter),
+        };
         let limit = limit.clamp(1, limits::HISTORY_PAGE_MAX) as usize;
         // One more than asked tells whether there is more beyond the page.
-        match self.cache.page(&conversation, page, limit + 1).await {
-            Ok(mut messages) => {
-                let more = messages.len() > limit;
-                messages.truncate(limit);
-                if !matches!(page, Page::After(_)) {
-                    messages.reverse(); // answers are always oldest first
-                }
-                ServerFrame::History {
-                    qid,
-                    conversation,
-                    messages,
-                    more,
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "history read failed");
-                unavailable(qid)
-            }
+        let mut messages = self
+            .cache
+            .page(&conversation, page, limit + 1)
+            .await
+            .map_err(QueryError::unavailable("messages"))?;
+        let more = messages.len() > limit;
+        messages.truncate(limit);
+        if !matches!(page, Page::After(_)) {
+            messages.reverse(); // answers are always oldest first
         }
+        Ok(ServerFrame::History {
+            qid,
+            conversation,
+            messages,
+            more,
+        })
     }
 
     /// Who of the group's current members, other than the sender, received and read `id`.
@@ -168,38 +158,26 @@ impl<S: Store> Queries<S> {
         qid: ClientMsgId,
         conversation: ConversationId,
         id: MessageId,
-    ) -> ServerFrame {
+    ) -> Answer {
         let Some(group) = conversation.group_id() else {
-            return ServerFrame::query_error(
-                ErrorCode::NotFound,
-                "receipts are kept for group conversations only",
-                qid,
-            );
+            return Err(QueryError::NotAGroup);
         };
         if !self.membership.is_member(&group, user) {
-            return ServerFrame::query_error(
-                ErrorCode::Forbidden,
-                "not a member of that group",
-                qid,
-            );
+            return Err(QueryError::NotAMember);
         }
-        let sender = match self.cache.message(&conversation, id).await {
-            Ok(Some(m)) => m.from,
-            Ok(None) => {
-                return ServerFrame::query_error(ErrorCode::NotFound, "no such message", qid);
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "message read failed");
-                return unavailable(qid);
-            }
-        };
-        let markers = match self.cache.store().group_markers(&group).await {
-            Ok(markers) => markers,
-            Err(e) => {
-                tracing::warn!(error = %e, "group markers read failed");
-                return unavailable(qid);
-            }
-        };
+        let sender = self
+            .cache
+            .message(&conversation, id)
+            .await
+            .map_err(QueryError::unavailable("message"))?
+            .ok_or(QueryError::NoSuchMessage)?
+            .from;
+        let markers = self
+            .cache
+            .store()
+            .group_markers(&group)
+            .await
+            .map_err(QueryError::unavailable("group markers"))?;
         let listed = self
             .membership
             .members_if_at_most(&group, self.receipt_lists_max)
@@ -226,7 +204,7 @@ impl<S: Store> Queries<S> {
             }
         }
         let with_names = listed.is_some();
-        ServerFrame::Receipts {
+        Ok(ServerFrame::Receipts {
             qid,
             conversation,
             id,
@@ -235,6 +213,6 @@ impl<S: Store> Queries<S> {
             seen: seen_by.len() as u32,
             delivered_by: with_names.then_some(delivered_by),
             seen_by: with_names.then_some(seen_by),
-        }
+        })
     }
 }

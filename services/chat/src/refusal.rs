@@ -1,0 +1,258 @@
+//! What a client sees when chat refuses a request: one error type per operation (`SendError`
+//! for `natter.chat.send`, `GroupError` for `natter.chat.group`), each mapped here, and only
+//! here, to its `ErrorCode` and fixed text.
+//!
+//! A variant's `#[error]` message is the text the client reads; it may repeat data the client
+//! gave (a user id, a limit) but nothing from inside the server. A backend failure keeps its
+//! cause as the `source`, which is logged when the error frame is built and never sent.
+
+use protocol::frames::ServerFrame;
+use protocol::groups::MAX_GROUP_NAME_CHARS;
+use protocol::{ClientMsgId, ErrorCode, limits};
+
+/// A backend failure: NATS, JetStream or the groups bucket. Logged, never shown.
+pub type Cause = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why a send was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("not a send request")]
+    NotARequest,
+    #[error("cid is not a valid id")]
+    InvalidCid,
+    #[error("body exceeds {max_bytes} bytes")]
+    BodyTooLarge { max_bytes: usize },
+    #[error("to is not a valid user id")]
+    InvalidRecipient,
+    #[error("give a valid group id, or to, not both")]
+    InvalidGroupAddress,
+    #[error("not a member of this group")]
+    NotAMember,
+    /// The groups bucket did not answer the membership check.
+    #[error("group directory unavailable; retry with the same cid")]
+    DirectoryUnavailable(#[source] Cause),
+    /// The message was not persisted, or a duplicate's original could not be read back.
+    #[error("message store unavailable; retry with the same cid")]
+    StoreUnavailable(#[source] Cause),
+}
+
+impl SendError {
+    /// The code and the text the client sees.
+    pub fn to_client(&self) -> (ErrorCode, String) {
+        use SendError::*;
+        let code = match self {
+            NotARequest => ErrorCode::MalformedFrame,
+            InvalidCid | InvalidRecipient | InvalidGroupAddress => ErrorCode::InvalidId,
+            BodyTooLarge { .. } => ErrorCode::BodyTooLarge,
+            NotAMember => ErrorCode::Forbidden,
+            DirectoryUnavailable(_) | StoreUnavailable(_) => ErrorCode::Unavailable,
+        };
+        (code, self.to_string())
+    }
+
+    /// The error frame answering the send `cid` (none when the cid itself was not valid);
+    /// a backend failure is logged here.
+    pub fn frame(self, cid: Option<ClientMsgId>) -> ServerFrame {
+        match &self {
+            SendError::DirectoryUnavailable(cause) => {
+                tracing::warn!(error = %cause, "group directory unavailable");
+            }
+            SendError::StoreUnavailable(cause) => {
+                tracing::warn!(error = %cause, "message store unavailable");
+            }
+            _ => {}
+        }
+        let (code, reason) = self.to_client();
+        ServerFrame::error(code, reason, cid)
+    }
+}
+
+/// Why a group operation was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum GroupError {
+    #[error("not a group request")]
+    NotARequest,
+    #[error("not a valid group id")]
+    InvalidGroupId,
+    /// A user id the client gave (in `users`, `member` or `after`).
+    #[error("{0:?} is not a valid user id")]
+    InvalidUserId(String),
+    #[error("at most {} users per operation", limits::USERS_PER_GROUP_OPERATION)]
+    TooManyUsers,
+    #[error("a group name has 1 to {MAX_GROUP_NAME_CHARS} characters")]
+    NameLength,
+    #[error("a group name has no control characters")]
+    NameControlCharacters,
+    #[error("a group has at most {max_members} members")]
+    Full { max_members: usize },
+    #[error("no such group")]
+    NoSuchGroup,
+    /// The one asking is not a member.
+    #[error("not a member of this group")]
+    NotAMember,
+    /// The member whose role was to be set is not one.
+    #[error("not a member of this group")]
+    NoSuchMember,
+    #[error("only the owner and admins manage the group")]
+    NotAManager,
+    #[error("a group has one owner")]
+    SecondOwner,
+    #[error("only the owner adds admins")]
+    AdminAddedByAdmin,
+    #[error("to remove yourself, leave the group")]
+    RemovingSelf,
+    #[error("the owner cannot be removed")]
+    RemovingOwner,
+    #[error("only the owner removes admins")]
+    AdminRemovedByAdmin,
+    #[error("only the owner changes roles")]
+    RoleSetByNonOwner,
+    #[error("hand ownership to another member")]
+    OwnRole,
+    /// The group record changed between reading and writing it (a concurrent rename).
+    #[error("the group changed; retry")]
+    Changed,
+    /// The groups bucket or the stream behind it did not answer.
+    #[error("group directory unavailable; retry")]
+    Unavailable(#[source] Cause),
+}
+
+impl GroupError {
+    pub fn unavailable(cause: impl Into<Cause>) -> Self {
+        GroupError::Unavailable(cause.into())
+    }
+
+    /// The code and the text the client sees.
+    pub fn to_client(&self) -> (ErrorCode, String) {
+        use GroupError::*;
+        let code = match self {
+            NotARequest | TooManyUsers | NameLength | NameControlCharacters => {
+                ErrorCode::MalformedFrame
+            }
+            InvalidGroupId | InvalidUserId(_) => ErrorCode::InvalidId,
+            Full { .. } => ErrorCode::GroupFull,
+            NoSuchGroup | NoSuchMember => ErrorCode::NotFound,
+            NotAMember | NotAManager | SecondOwner | AdminAddedByAdmin | RemovingSelf
+            | RemovingOwner | AdminRemovedByAdmin | RoleSetByNonOwner | OwnRole => {
+                ErrorCode::Forbidden
+            }
+            Changed | Unavailable(_) => ErrorCode::Unavailable,
+        };
+        (code, self.to_string())
+    }
+
+    /// The error frame answering the operation `qid` (none when the request could not be
+    /// read); a backend failure is logged here.
+    pub fn frame(self, qid: Option<ClientMsgId>) -> ServerFrame {
+        if let GroupError::Unavailable(cause) = &self {
+            tracing::warn!(error = %cause, "group directory unavailable");
+        }
+        let (code, reason) = self.to_client();
+        match qid {
+            Some(qid) => ServerFrame::query_error(code, reason, qid),
+            None => ServerFrame::error(code, reason, None),
+        }
+    }
+}
+
+/// The groups crate reads the bucket with `anyhow`; any such failure is the directory's.
+impl From<anyhow::Error> for GroupError {
+    fn from(e: anyhow::Error) -> Self {
+        GroupError::unavailable(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "nats: connection to 10.0.0.7:4222 refused";
+
+    fn cause() -> Cause {
+        SECRET.into()
+    }
+
+    #[test]
+    fn each_send_refusal_has_its_code() {
+        use SendError::*;
+        let cases = [
+            (NotARequest, ErrorCode::MalformedFrame),
+            (InvalidCid, ErrorCode::InvalidId),
+            (BodyTooLarge { max_bytes: 8 }, ErrorCode::BodyTooLarge),
+            (InvalidRecipient, ErrorCode::InvalidId),
+            (InvalidGroupAddress, ErrorCode::InvalidId),
+            (NotAMember, ErrorCode::Forbidden),
+            (DirectoryUnavailable(cause()), ErrorCode::Unavailable),
+            (StoreUnavailable(cause()), ErrorCode::Unavailable),
+        ];
+        for (error, code) in cases {
+            assert_eq!(error.to_client().0, code, "{error:?}");
+        }
+        let (_, text) = BodyTooLarge { max_bytes: 8 }.to_client();
+        assert_eq!(text, "body exceeds 8 bytes");
+    }
+
+    #[test]
+    fn each_group_refusal_has_its_code() {
+        use GroupError::*;
+        let cases = [
+            (NotARequest, ErrorCode::MalformedFrame),
+            (InvalidGroupId, ErrorCode::InvalidId),
+            (InvalidUserId("bob.*".into()), ErrorCode::InvalidId),
+            (TooManyUsers, ErrorCode::MalformedFrame),
+            (NameLength, ErrorCode::MalformedFrame),
+            (NameControlCharacters, ErrorCode::MalformedFrame),
+            (Full { max_members: 3 }, ErrorCode::GroupFull),
+            (NoSuchGroup, ErrorCode::NotFound),
+            (NotAMember, ErrorCode::Forbidden),
+            (NoSuchMember, ErrorCode::NotFound),
+            (NotAManager, ErrorCode::Forbidden),
+            (SecondOwner, ErrorCode::Forbidden),
+            (AdminAddedByAdmin, ErrorCode::Forbidden),
+            (RemovingSelf, ErrorCode::Forbidden),
+            (RemovingOwner, ErrorCode::Forbidden),
+            (AdminRemovedByAdmin, ErrorCode::Forbidden),
+            (RoleSetByNonOwner, ErrorCode::Forbidden),
+            (OwnRole, ErrorCode::Forbidden),
+            (Changed, ErrorCode::Unavailable),
+            (Unavailable(cause()), ErrorCode::Unavailable),
+        ];
+        for (error, code) in cases {
+            assert_eq!(error.to_client().0, code, "{error:?}");
+        }
+        assert_eq!(
+            InvalidUserId("bob.*".into()).to_client().1,
+            r#""bob.*" is not a valid user id"#
+        );
+    }
+
+    #[test]
+    fn internal_error_text_never_reaches_the_client() {
+        let frames = [
+            SendError::DirectoryUnavailable(cause()).frame(None),
+            SendError::StoreUnavailable(cause()).frame(Some(ClientMsgId::new("c1").unwrap())),
+            GroupError::unavailable(anyhow::anyhow!(SECRET)).frame(None),
+            GroupError::Unavailable(cause()).frame(Some(ClientMsgId::new("q1").unwrap())),
+        ];
+        for frame in frames {
+            let ServerFrame::Error { code, reason, .. } = frame else {
+                panic!("not an error frame: {frame:?}");
+            };
+            assert_eq!(code, ErrorCode::Unavailable);
+            assert!(!reason.contains("10.0.0.7"), "{reason}");
+            assert!(reason.ends_with("; retry") || reason.ends_with("the same cid"));
+        }
+    }
+
+    #[test]
+    fn a_group_error_answers_the_query_it_refuses() {
+        let qid = ClientMsgId::new("q7").unwrap();
+        let ServerFrame::Error {
+            qid: answered, cid, ..
+        } = GroupError::NoSuchGroup.frame(Some(qid.clone()))
+        else {
+            panic!("not an error frame");
+        };
+        assert_eq!((answered, cid), (Some(qid), None));
+    }
+}
