@@ -15,6 +15,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use warp::reply::{Reply, Response};
 
 use crate::auth;
+use crate::refusal::HandshakeRefusal;
 use crate::session::Session;
 use crate::state::GatewayState;
 
@@ -40,9 +41,9 @@ pub fn respond(
     query: Option<&str>,
     slot: Option<UpgradeSlot>,
 ) -> Response {
-    let refuse = |status: StatusCode, why: &'static str| {
+    let refuse = |refused: HandshakeRefusal| {
         state.metrics.handshakes_refused.inc();
-        warp::reply::with_status(why, status).into_response()
+        warp::reply::with_status(refused.to_string(), refused.status()).into_response()
     };
 
     // 1. It must be a WebSocket upgrade (the same checks as warp's `ws()` filter).
@@ -57,13 +58,10 @@ pub fn respond(
         || !header_is(header::UPGRADE, "websocket")
         || headers.get(header::SEC_WEBSOCKET_VERSION) != Some(&HeaderValue::from_static("13"))
     {
-        return refuse(
-            StatusCode::BAD_REQUEST,
-            "expected a WebSocket upgrade (version 13)",
-        );
+        return refuse(HandshakeRefusal::NotAnUpgrade);
     }
     let Some(key) = headers.typed_get::<SecWebsocketKey>() else {
-        return refuse(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key");
+        return refuse(HandshakeRefusal::NoKey);
     };
 
     // 2. Authenticate before anything is allocated for the connection.
@@ -75,7 +73,7 @@ pub fn respond(
         Ok(identity) => identity,
         Err(e) => {
             tracing::info!(reason = %e, "handshake refused");
-            return refuse(StatusCode::UNAUTHORIZED, "missing or invalid token");
+            return refuse(HandshakeRefusal::Unauthenticated);
         }
     };
 
@@ -86,7 +84,7 @@ pub fn respond(
         Some(c) if c.is_empty() => Some(None),
         Some(c) => match c.parse::<protocol::Cursor>() {
             Ok(cursor) => Some(Some(cursor)),
-            Err(_) => return refuse(StatusCode::BAD_REQUEST, "cursor is not a natter cursor"),
+            Err(_) => return refuse(HandshakeRefusal::BadCursor),
         },
     };
 
@@ -95,26 +93,20 @@ pub fn respond(
         .get(header::SEC_WEBSOCKET_PROTOCOL)
         .and_then(|v| v.to_str().ok());
     let Some(encoding) = Encoding::negotiate(offered) else {
-        return refuse(
-            StatusCode::BAD_REQUEST,
-            "unsupported subprotocol; offer natter.v1.json or natter.v1.msgpack",
-        );
+        return refuse(HandshakeRefusal::Subprotocol);
     };
     if state.shutdown.is_cancelled() {
-        return refuse(StatusCode::SERVICE_UNAVAILABLE, "gateway is shutting down");
+        return refuse(HandshakeRefusal::ShuttingDown);
     }
     // A session could not register its presence, so nothing would be routed to it.
     if state.nats.connection_state() != async_nats::connection::State::Connected {
-        return refuse(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "gateway is not connected to the message bus",
-        );
+        return refuse(HandshakeRefusal::NoBus);
     }
     if state.local.registry.len() >= state.config.max_connections {
-        return refuse(StatusCode::SERVICE_UNAVAILABLE, "gateway is full");
+        return refuse(HandshakeRefusal::Full);
     }
     let Some(on_upgrade) = slot.and_then(|s| s.take()) else {
-        return refuse(StatusCode::BAD_REQUEST, "connection cannot be upgraded");
+        return refuse(HandshakeRefusal::NotUpgradable);
     };
 
     // 5. Hand the socket to a session once hyper has sent the 101.

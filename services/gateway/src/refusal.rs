@@ -1,6 +1,6 @@
 //! Everything the gateway refuses or fails to do for a client, and the one place that decides
-//! what the client sees of it: the error code (which tells the client whether to retry) and a
-//! fixed text. Internal error text (NATS, JetStream) is logged where it happens and never
+//! what the client sees of it: for a frame, the error code (which tells the client whether to
+//! retry) and a fixed text; for a handshake, the HTTP status and a fixed text. Internal error text (NATS, JetStream) is logged where it happens and never
 //! reaches a socket.
 
 use protocol::frames::ServerFrame;
@@ -94,6 +94,45 @@ impl Refusal {
             reason: self.to_string(),
             cid,
             qid,
+        }
+    }
+}
+
+/// Why a WebSocket handshake was answered without an upgrade.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HandshakeRefusal {
+    #[error("expected a WebSocket upgrade (version 13)")]
+    NotAnUpgrade,
+    #[error("missing Sec-WebSocket-Key")]
+    NoKey,
+    /// The auth error itself is logged (its kind only), never sent.
+    #[error("missing or invalid token")]
+    Unauthenticated,
+    #[error("cursor is not a natter cursor")]
+    BadCursor,
+    #[error("unsupported subprotocol; offer natter.v1.json or natter.v1.msgpack")]
+    Subprotocol,
+    #[error("gateway is shutting down")]
+    ShuttingDown,
+    /// A session could not register its presence, so nothing would be routed to it.
+    #[error("gateway is not connected to the message bus")]
+    NoBus,
+    #[error("gateway is full")]
+    Full,
+    #[error("connection cannot be upgraded")]
+    NotUpgradable,
+}
+
+impl HandshakeRefusal {
+    /// `401` for the token, `503` when another gateway should be tried, `400` otherwise.
+    pub fn status(self) -> http::StatusCode {
+        use HandshakeRefusal::*;
+        match self {
+            Unauthenticated => http::StatusCode::UNAUTHORIZED,
+            ShuttingDown | NoBus | Full => http::StatusCode::SERVICE_UNAVAILABLE,
+            NotAnUpgrade | NoKey | BadCursor | Subprotocol | NotUpgradable => {
+                http::StatusCode::BAD_REQUEST
+            }
         }
     }
 }
