@@ -15,8 +15,16 @@ pub struct GatewayConfig {
     pub gateway_id: String,
     /// HS256 secret that signs client tokens. Required; there is no default.
     pub jwt_secret: String,
-    /// Leeway for token expiry checks, to absorb clock skew between issuer and gateway.
+    /// Leeway for token time checks (`exp`, `nbf`, `iat`), to absorb clock skew between
+    /// issuer and gateway.
     pub jwt_leeway_secs: u64,
+    /// A token whose expiry lies further ahead than this is refused (no token that never
+    /// expires). 7 days by default.
+    pub jwt_max_lifetime_secs: u64,
+    /// When not empty, a token's `aud` must be this.
+    pub jwt_audience: String,
+    /// When not empty, a token's `iss` must be this.
+    pub jwt_issuer: String,
     /// A connection from which nothing arrives for this long is closed (two missed 30 s pings).
     pub heartbeat_timeout_ms: u64,
     /// How long a gateway's presence lease lives without refresh. Its sessions count as
@@ -54,6 +62,19 @@ pub struct GatewayConfig {
     pub dev_tokens: bool,
 }
 
+impl GatewayConfig {
+    /// What a client token must satisfy.
+    pub fn token_rules(&self) -> crate::auth::TokenRules {
+        let set = |s: &str| (!s.is_empty()).then(|| s.to_string());
+        crate::auth::TokenRules {
+            leeway_secs: self.jwt_leeway_secs,
+            max_lifetime_secs: self.jwt_max_lifetime_secs,
+            audience: set(&self.jwt_audience),
+            issuer: set(&self.jwt_issuer),
+        }
+    }
+}
+
 impl Default for GatewayConfig {
     fn default() -> Self {
         Self {
@@ -61,6 +82,9 @@ impl Default for GatewayConfig {
             gateway_id: String::new(),
             jwt_secret: String::new(),
             jwt_leeway_secs: 30,
+            jwt_max_lifetime_secs: 7 * 24 * 3600,
+            jwt_audience: String::new(),
+            jwt_issuer: String::new(),
             heartbeat_timeout_ms: 60_000,
             lease_ttl_ms: 60_000,
             outbound_queue_frames: 1024,

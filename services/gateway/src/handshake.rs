@@ -72,7 +72,7 @@ pub fn respond(
     let identity = match state.verifier.verify(token.as_deref()) {
         Ok(identity) => identity,
         Err(e) => {
-            tracing::info!(reason = %e, "handshake refused");
+            tracing::info!(reason = %e.for_log(), "handshake refused");
             return refuse(HandshakeRefusal::Unauthenticated);
         }
     };

@@ -95,7 +95,7 @@ impl Gateway {
             metrics.clone(),
         ));
         let state = Arc::new(GatewayState {
-            verifier: Verifier::new(&config.jwt_secret, config.jwt_leeway_secs),
+            verifier: Verifier::new(&config.jwt_secret, config.token_rules()),
             config,
             replayer,
             watchers: Arc::default(),
