@@ -3,29 +3,12 @@
 
 use protocol::frames::ServerFrame;
 use protocol::{CloseCode, Encoding, ErrorCode};
-use testkit::client::{ConnectError, Connection, Event};
-use testkit::{Stack, expect_frame, within};
+use testkit::client::{ConnectError, Connection};
+use testkit::{
+    Stack, expect_closed, expect_error, expect_message, expect_pong, expect_sent, within,
+};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-
-async fn error_code(conn: &mut Connection) -> ErrorCode {
-    expect_frame(conn, |f| match f {
-        ServerFrame::Error { code, .. } => Some(*code),
-        _ => None,
-    })
-    .await
-}
-
-async fn close_code(conn: &mut Connection) -> Option<u16> {
-    within(async {
-        loop {
-            if let Event::Closed(code) = conn.next_event().await.unwrap() {
-                return code;
-            }
-        }
-    })
-    .await
-}
 
 #[tokio::test]
 async fn bad_frames_get_error_codes_and_nothing_is_persisted() {
@@ -56,11 +39,11 @@ async fn bad_frames_get_error_codes_and_nothing_is_persisted() {
     ];
     for (raw, want) in cases {
         mallory.send_raw(Message::text(raw)).await.unwrap();
-        assert_eq!(error_code(&mut mallory).await, want, "for {raw}");
+        assert_eq!(expect_error(&mut mallory).await, want, "for {raw}");
     }
     let big = "x".repeat(1025);
     mallory.send("bob", "big", &big).await.unwrap();
-    assert_eq!(error_code(&mut mallory).await, ErrorCode::BodyTooLarge);
+    assert_eq!(expect_error(&mut mallory).await, ErrorCode::BodyTooLarge);
 
     // The sender is the token's user, whatever the frame claims.
     mallory
@@ -69,26 +52,16 @@ async fn bad_frames_get_error_codes_and_nothing_is_persisted() {
         ))
         .await
         .unwrap();
-    let got = expect_frame(&mut bob, |f| match f {
-        ServerFrame::Message(m) => Some(m.clone()),
-        _ => None,
-    })
-    .await;
+    let got = expect_message(&mut bob).await;
     assert_eq!((got.from.as_str(), got.body.as_str()), ("mallory", "spoof"));
 
     // Only that one valid send was stored; others are still served.
     assert_eq!(stack.stored_messages().await, 1);
     alice.send("bob", "ok", "still here").await.unwrap();
-    expect_frame(&mut alice, |f| {
-        matches!(f, ServerFrame::Sent { .. }).then_some(())
-    })
-    .await;
+    expect_sent(&mut alice, "ok").await;
     // Mallory's connection also still works.
     mallory.ping(Some(3)).await.unwrap();
-    expect_frame(&mut mallory, |f| {
-        (f == &ServerFrame::Pong { ts: Some(3) }).then_some(())
-    })
-    .await;
+    expect_pong(&mut mallory, Some(3)).await;
 }
 
 #[tokio::test]
@@ -100,7 +73,7 @@ async fn oversize_frames_and_wrong_frame_kinds_close_the_connection() {
     let mut big = stack.connect("alice", 0).await;
     big.send_raw(Message::text("x".repeat(5000))).await.unwrap();
     assert_eq!(
-        close_code(&mut big).await,
+        expect_closed(&mut big).await,
         Some(CloseCode::FrameTooLarge as u16)
     );
 
@@ -110,17 +83,14 @@ async fn oversize_frames_and_wrong_frame_kinds_close_the_connection() {
         .await
         .unwrap();
     assert_eq!(
-        close_code(&mut binary).await,
+        expect_closed(&mut binary).await,
         Some(CloseCode::ProtocolViolation as u16)
     );
 
     // The gateway is unharmed.
     let mut fine = stack.connect("carol", 0).await;
     fine.ping(None).await.unwrap();
-    expect_frame(&mut fine, |f| {
-        (f == &ServerFrame::Pong { ts: None }).then_some(())
-    })
-    .await;
+    expect_pong(&mut fine, None).await;
 }
 
 #[tokio::test]
@@ -164,7 +134,7 @@ async fn a_silent_client_is_closed_with_the_heartbeat_code() {
         .await;
     let mut silent = stack.connect("alice", 0).await;
     assert_eq!(
-        close_code(&mut silent).await,
+        expect_closed(&mut silent).await,
         Some(CloseCode::HeartbeatTimeout as u16)
     );
     assert!(CloseCode::HeartbeatTimeout.should_reconnect());
@@ -181,10 +151,7 @@ async fn a_pinging_client_outlives_the_heartbeat_timeout() {
         // Pacing, not synchronisation: 10 × 250 ms spans more than two timeouts.
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
         alive.ping(Some(i)).await.unwrap();
-        expect_frame(&mut alive, |f| {
-            (f == &ServerFrame::Pong { ts: Some(i) }).then_some(())
-        })
-        .await;
+        expect_pong(&mut alive, Some(i)).await;
     }
 }
 
@@ -197,7 +164,10 @@ async fn shutdown_sends_every_client_the_reconnect_code() {
     }
     stack.gateways[0].shutdown().await;
     for client in &mut clients {
-        assert_eq!(close_code(client).await, Some(CloseCode::Reconnect as u16));
+        assert_eq!(
+            expect_closed(client).await,
+            Some(CloseCode::Reconnect as u16)
+        );
     }
     let url = stack.gateways[0].ws_url();
     assert!(

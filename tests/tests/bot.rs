@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use protocol::frames::ServerFrame;
 use protocol::{ConversationId, MessageId};
-use testkit::{Stack, expect_frame};
+use testkit::{Stack, expect_message};
 
 /// The example's shell lines, as they appear in the section (without the `export NATS_URL`
 /// line, whose value the test supplies).
@@ -91,11 +91,7 @@ async fn the_bot_example_sends_alice_one_message_however_often_it_runs() {
         conversation,
         "dm:alice:bot".parse::<ConversationId>().unwrap()
     );
-    let got = expect_frame(&mut alice, |f| match f {
-        ServerFrame::Message(m) => Some(m.clone()),
-        _ => None,
-    })
-    .await;
+    let got = expect_message(&mut alice).await;
     assert_eq!(
         (got.id, got.from.as_str(), got.body.as_str()),
         (id, "bot", "hi")
@@ -108,10 +104,6 @@ async fn the_bot_example_sends_alice_one_message_however_often_it_runs() {
     assert_eq!(again, id);
     let mut bob = stack.connect("bob", 0).await;
     bob.send("alice", "b1", "after the bot").await.unwrap();
-    let next: MessageId = expect_frame(&mut alice, |f| match f {
-        ServerFrame::Message(m) => Some(m.id),
-        _ => None,
-    })
-    .await;
+    let next: MessageId = expect_message(&mut alice).await.id;
     assert_ne!(next, id, "the bot's message came once");
 }

@@ -7,7 +7,6 @@ use std::process::{Output, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use protocol::frames::ServerFrame;
 use serde_json::Value;
 use testkit::Stack;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -152,12 +151,8 @@ async fn tail_prints_a_message_from_another_user_acks_it_and_stops_after_count()
     );
 
     // tail acknowledged it, so alice sees `delivered` by bob.
-    let by = testkit::expect_frame(&mut alice, |f| match f {
-        ServerFrame::Delivered { by, .. } => Some(by.to_string()),
-        _ => None,
-    })
-    .await;
-    assert_eq!(by, "bob");
+    let (_, by) = testkit::expect_delivered(&mut alice).await;
+    assert_eq!(by.as_str(), "bob");
 }
 
 #[tokio::test]

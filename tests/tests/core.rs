@@ -1,35 +1,12 @@
 //! End-to-end tests of 1:1 chat against a real nats-server, real gateways and the chat
 //! service: delivery across gateways, receipts, retries, devices, order, crash recovery.
 
-use protocol::frames::{Message, ServerFrame};
-use protocol::{ClientMsgId, ConversationId, Encoding, MessageId};
-use testkit::client::Connection;
-use testkit::{Stack, expect_frame, within};
-
-/// Waits for the `sent` answering `cid`.
-async fn sent(conn: &mut Connection, cid: &str) -> (MessageId, ConversationId) {
-    expect_frame(conn, |f| match f {
-        ServerFrame::Sent {
-            cid: c,
-            id,
-            conversation,
-            ..
-        } if c.as_str() == cid => Some((*id, conversation.clone())),
-        ServerFrame::Error { cid: Some(c), .. } if c.as_str() == cid => {
-            panic!("send {cid} failed: {f:?}")
-        }
-        _ => None,
-    })
-    .await
-}
-
-async fn message(conn: &mut Connection) -> Message {
-    expect_frame(conn, |f| match f {
-        ServerFrame::Message(m) => Some(m.clone()),
-        _ => None,
-    })
-    .await
-}
+use protocol::frames::ServerFrame;
+use protocol::{ClientMsgId, Encoding};
+use testkit::{
+    Stack, expect_accepted, expect_delivered, expect_frame, expect_message, expect_seen,
+    expect_sent, within,
+};
 
 #[tokio::test]
 async fn a_message_crosses_gateways_and_reaches_sent_delivered_seen() {
@@ -38,36 +15,25 @@ async fn a_message_crosses_gateways_and_reaches_sent_delivered_seen() {
     let mut bob = stack.connect("bob", 1).await;
 
     alice.send("bob", "c1", "hello bob").await.unwrap();
-    let accepted = expect_frame(&mut alice, |f| match f {
-        ServerFrame::Accepted { cid } => Some(cid.clone()),
-        _ => None,
-    })
-    .await;
+    let accepted = expect_accepted(&mut alice).await;
     assert_eq!(accepted, ClientMsgId::new("c1").unwrap());
-    let (id, conversation) = sent(&mut alice, "c1").await;
-    assert_eq!(conversation.as_str(), "dm:alice:bob");
+    let sent = expect_sent(&mut alice, "c1").await;
+    let id = sent.id;
+    assert_eq!(sent.conversation.as_str(), "dm:alice:bob");
 
-    let got = message(&mut bob).await;
+    let got = expect_message(&mut bob).await;
     assert_eq!(
         (got.id, got.body.as_str(), got.from.as_str()),
         (id, "hello bob", "alice")
     );
 
     bob.ack(&got.conversation, got.id).await.unwrap();
-    let delivered = expect_frame(&mut alice, |f| match f {
-        ServerFrame::Delivered { id, by, .. } => Some((*id, by.to_string())),
-        _ => None,
-    })
-    .await;
-    assert_eq!(delivered, (id, "bob".to_string()));
+    let (delivered, by) = expect_delivered(&mut alice).await;
+    assert_eq!((delivered, by.as_str()), (id, "bob"));
 
     bob.read(&got.conversation, got.id).await.unwrap();
-    let seen = expect_frame(&mut alice, |f| match f {
-        ServerFrame::Seen { up_to, by, .. } => Some((*up_to, by.to_string())),
-        _ => None,
-    })
-    .await;
-    assert_eq!(seen, (id, "bob".to_string()));
+    let (up_to, by) = expect_seen(&mut alice).await;
+    assert_eq!((up_to, by.as_str()), (id, "bob"));
 
     // Exactly once: a ping answered after the message proves nothing else was queued.
     bob.ping(Some(1)).await.unwrap();
@@ -82,9 +48,9 @@ async fn a_retry_gets_the_original_id_before_and_after_a_chat_restart() {
     let mut bob = stack.connect("bob", 0).await;
 
     alice.send("bob", "retry-1", "once").await.unwrap();
-    let (first, _) = sent(&mut alice, "retry-1").await;
+    let first = expect_sent(&mut alice, "retry-1").await.id;
     alice.send("bob", "retry-1", "once").await.unwrap();
-    let (second, _) = sent(&mut alice, "retry-1").await;
+    let second = expect_sent(&mut alice, "retry-1").await.id;
     assert_eq!(first, second);
 
     // Restart the chat service: de-duplication state lives in the stream, not the process.
@@ -92,14 +58,14 @@ async fn a_retry_gets_the_original_id_before_and_after_a_chat_restart() {
     let config = stack.chat_config.clone();
     stack.start_chat(config).await;
     alice.send("bob", "retry-1", "once").await.unwrap();
-    let (third, _) = sent(&mut alice, "retry-1").await;
+    let third = expect_sent(&mut alice, "retry-1").await.id;
     assert_eq!(first, third);
 
     // Bob got it once: the next message he sees is the marker sent afterwards.
     alice.send("bob", "marker", "after").await.unwrap();
-    sent(&mut alice, "marker").await;
-    assert_eq!(message(&mut bob).await.id, first);
-    assert_eq!(message(&mut bob).await.body, "after");
+    expect_sent(&mut alice, "marker").await;
+    assert_eq!(expect_message(&mut bob).await.id, first);
+    assert_eq!(expect_message(&mut bob).await.body, "after");
     assert_eq!(stack.stored_messages().await, 2);
 }
 
@@ -115,12 +81,15 @@ async fn every_device_receives_and_the_senders_other_device_gets_a_copy() {
         .send("bob", "d1", "to all devices")
         .await
         .unwrap();
-    let (id, _) = sent(&mut alice_phone, "d1").await;
-    assert_eq!(message(&mut bob_phone).await.id, id);
-    assert_eq!(message(&mut bob_laptop).await.id, id);
-    assert_eq!(message(&mut alice_laptop).await.id, id);
+    let id = expect_sent(&mut alice_phone, "d1").await.id;
+    assert_eq!(expect_message(&mut bob_phone).await.id, id);
+    assert_eq!(expect_message(&mut bob_laptop).await.id, id);
+    assert_eq!(expect_message(&mut alice_laptop).await.id, id);
     // Three devices on two gateways: one publish per gateway, not one per device.
-    assert_eq!(metric(&stack, "natter_chat_gateway_publishes_total"), 2);
+    assert_eq!(
+        stack.chats[0].metric("natter_chat_gateway_publishes_total"),
+        2
+    );
 
     // The sending device gets `sent`, not an echo.
     alice_phone.ping(Some(7)).await.unwrap();
@@ -130,13 +99,6 @@ async fn every_device_receives_and_the_senders_other_device_gets_a_copy() {
     })
     .await;
     assert_eq!(next, ServerFrame::Pong { ts: Some(7) });
-}
-
-fn metric(stack: &Stack, name: &str) -> u64 {
-    let text = stack.chats[0].metrics.render();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no metric {name} in {text}"))
 }
 
 #[tokio::test]
@@ -154,14 +116,14 @@ async fn a_thousand_messages_arrive_in_order() {
                 .await
                 .unwrap();
             while i + 1 - answered >= 100 {
-                sent(&mut alice, &format!("o{answered}")).await;
+                expect_sent(&mut alice, &format!("o{answered}")).await;
                 answered += 1;
             }
         }
         alice
     });
     for i in 0..1000 {
-        assert_eq!(message(&mut bob).await.body, i.to_string());
+        assert_eq!(expect_message(&mut bob).await.body, i.to_string());
     }
     sender.await.unwrap();
 }
@@ -174,13 +136,13 @@ async fn a_message_answered_sent_is_routed_after_the_chat_service_dies() {
     let mut alice = stack.connect("alice", 0).await;
     let mut bob = stack.connect("bob", 0).await;
     alice.send("bob", "crash-1", "survives").await.unwrap();
-    let (id, _) = sent(&mut alice, "crash-1").await;
+    let id = expect_sent(&mut alice, "crash-1").await.id;
     stack.chats[0].kill();
 
     let mut config = stack.chat_config.clone();
     config.route = true;
     stack.start_chat(config).await;
-    let got = message(&mut bob).await;
+    let got = expect_message(&mut bob).await;
     assert_eq!((got.id, got.body.as_str()), (id, "survives"));
 }
 
@@ -192,10 +154,10 @@ async fn json_and_msgpack_clients_talk_to_each_other() {
     assert_eq!(bob.encoding(), Encoding::MsgPack);
 
     alice.send("bob", "e1", "from json").await.unwrap();
-    sent(&mut alice, "e1").await;
-    assert_eq!(message(&mut bob).await.body, "from json");
+    expect_sent(&mut alice, "e1").await;
+    assert_eq!(expect_message(&mut bob).await.body, "from json");
 
     bob.send("alice", "e2", "from msgpack ✓").await.unwrap();
-    sent(&mut bob, "e2").await;
-    assert_eq!(message(&mut alice).await.body, "from msgpack ✓");
+    expect_sent(&mut bob, "e2").await;
+    assert_eq!(expect_message(&mut alice).await.body, "from msgpack ✓");
 }

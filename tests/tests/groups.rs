@@ -7,12 +7,15 @@ use protocol::{
     ConversationId, Cursor, ErrorCode, GroupEvent, GroupInfo, GroupOp, MessageId, Role,
 };
 use testkit::client::Connection;
-use testkit::{Stack, answer, expect_frame, within};
+use testkit::{
+    Stack, expect_answer, expect_delivered, expect_history, expect_message, expect_post,
+    expect_seen, expect_sent_or_error, expect_synced,
+};
 
 /// Runs a group operation and returns the group it answers with; panics on an error.
 async fn op(conn: &mut Connection, qid: &str, op: GroupOp) -> GroupInfo {
     conn.group(qid, op).await.unwrap();
-    match answer(conn, qid).await {
+    match expect_answer(conn, qid).await {
         ServerFrame::Group { group, .. } => group,
         other => panic!("group operation {qid} failed: {other:?}"),
     }
@@ -21,7 +24,7 @@ async fn op(conn: &mut Connection, qid: &str, op: GroupOp) -> GroupInfo {
 /// Runs a group operation that must be refused, and returns the error code.
 async fn refused(conn: &mut Connection, qid: &str, op: GroupOp) -> ErrorCode {
     conn.group(qid, op).await.unwrap();
-    match answer(conn, qid).await {
+    match expect_answer(conn, qid).await {
         ServerFrame::Error { code, .. } => code,
         other => panic!("expected {qid} to be refused, got {other:?}"),
     }
@@ -37,31 +40,7 @@ async fn send(
     conn.send_group(group.group.as_str(), cid, body)
         .await
         .unwrap();
-    expect_frame(conn, |f| match f {
-        ServerFrame::Sent { cid: c, id, .. } if c.as_str() == cid => Some(Ok(*id)),
-        ServerFrame::Error {
-            cid: Some(c), code, ..
-        } if c.as_str() == cid => Some(Err(*code)),
-        _ => None,
-    })
-    .await
-}
-
-async fn message(conn: &mut Connection) -> Message {
-    expect_frame(conn, |f| match f {
-        ServerFrame::Message(m) => Some(m.clone()),
-        _ => None,
-    })
-    .await
-}
-
-/// The next message that is not a system message.
-async fn post(conn: &mut Connection) -> Message {
-    expect_frame(conn, |f| match f {
-        ServerFrame::Message(m) if m.event.is_none() => Some(m.clone()),
-        _ => None,
-    })
-    .await
+    expect_sent_or_error(conn, cid).await.map(|sent| sent.id)
 }
 
 /// The newest messages of a conversation, or the error code.
@@ -79,28 +58,9 @@ async fn history(
     })
     .await
     .unwrap();
-    match answer(conn, qid).await {
-        ServerFrame::History { messages, .. } => Ok(messages),
-        ServerFrame::Error { code, .. } => Err(code),
-        other => panic!("unexpected answer {other:?}"),
-    }
-}
-
-/// Reads a replay to its `synced`: the messages, and the conversations left to history.
-async fn replay(conn: &mut Connection) -> (Vec<Message>, Vec<ConversationId>, bool) {
-    let mut messages = Vec::new();
-    within(async {
-        loop {
-            match conn.next_frame().await.expect("connection open") {
-                ServerFrame::Message(m) => messages.push(m),
-                ServerFrame::Synced {
-                    recovered, history, ..
-                } => return (messages, history, recovered),
-                _ => {}
-            }
-        }
-    })
-    .await
+    expect_history(conn, qid)
+        .await
+        .map(|(messages, _)| messages)
 }
 
 fn user(i: usize) -> String {
@@ -129,7 +89,7 @@ async fn a_group_message_reaches_every_online_member_once_with_one_publish_per_g
     // Where the stream stands before the message: the offline members' devices resume from
     // here.
     let mut probe = stack.resume(&user(499), 2, None).await;
-    let (_, _, _) = replay(&mut probe).await;
+    expect_synced(&mut probe).await;
     let before: Cursor = probe.cursor().expect("synced gives a cursor");
     probe.close().await;
 
@@ -144,7 +104,7 @@ async fn a_group_message_reaches_every_online_member_once_with_one_publish_per_g
         .await
         .unwrap();
     for conn in &mut online {
-        let m = message(conn).await;
+        let m = expect_message(conn).await;
         assert_eq!((m.id, m.body.as_str()), (id, "hello everyone"));
     }
     assert_eq!(
@@ -155,14 +115,18 @@ async fn a_group_message_reaches_every_online_member_once_with_one_publish_per_g
     // Exactly once: the next message each member gets is the next one sent.
     let next = send(&mut owner, &group, "next", "second").await.unwrap();
     for conn in &mut online {
-        assert_eq!(message(conn).await.id, next, "no duplicate of the first");
+        assert_eq!(
+            expect_message(conn).await.id,
+            next,
+            "no duplicate of the first"
+        );
     }
 
     // The 300 offline members get both when they connect, from their devices' cursor.
     for i in 200..500 {
         let mut conn = stack.resume(&user(i), i % 3, Some(before)).await;
-        let (messages, history, recovered) = replay(&mut conn).await;
-        assert!(recovered && history.is_empty());
+        let (messages, synced) = expect_synced(&mut conn).await;
+        assert!(synced.recovered && synced.history.is_empty());
         let ids: Vec<MessageId> = messages.iter().map(|m| m.id).collect();
         assert_eq!(ids, [id, next], "{}", user(i));
         conn.close().await;
@@ -215,7 +179,7 @@ async fn only_members_post_and_read_and_a_removed_member_stops_receiving_at_once
 
     // Members read the conversation, system events included.
     let first = send(&mut bob, &group, "b1", "hi team").await.unwrap();
-    assert_eq!(post(&mut carol).await.id, first);
+    assert_eq!(expect_post(&mut carol).await.id, first);
     // History is written asynchronously, within milliseconds of `sent`.
     let mut seen = Vec::new();
     let mut tries = 0;
@@ -240,7 +204,7 @@ async fn only_members_post_and_read_and_a_removed_member_stops_receiving_at_once
         },
     )
     .await;
-    let removal = message(&mut carol).await;
+    let removal = expect_message(&mut carol).await;
     assert_eq!(
         removal.event,
         Some(GroupEvent::Removed {
@@ -250,12 +214,12 @@ async fn only_members_post_and_read_and_a_removed_member_stops_receiving_at_once
     let after = send(&mut alice, &group, "a2", "carol is gone")
         .await
         .unwrap();
-    assert_eq!(message(&mut bob).await.event, removal.event);
-    assert_eq!(message(&mut bob).await.id, after);
+    assert_eq!(expect_message(&mut bob).await.event, removal.event);
+    assert_eq!(expect_message(&mut bob).await.id, after);
     // A 1:1 message sent after the group message reaches carol first: the group message
     // never came (routing keeps stream order per gateway).
     alice.send("carol", "dm1", "still friends").await.unwrap();
-    let next = message(&mut carol).await;
+    let next = expect_message(&mut carol).await;
     assert_eq!(next.body, "still friends");
 
     // Nor can she post or read any more (decision: history is for current members only).
@@ -344,7 +308,8 @@ async fn roles_decide_who_manages_and_the_member_limit_holds() {
     )
     .await
     .unwrap();
-    let ServerFrame::GroupMembers { members, more, .. } = answer(&mut bob, "b8").await else {
+    let ServerFrame::GroupMembers { members, more, .. } = expect_answer(&mut bob, "b8").await
+    else {
         panic!("members")
     };
     assert!(more);
@@ -353,13 +318,13 @@ async fn roles_decide_who_manages_and_the_member_limit_holds() {
         ("bob", Role::Owner)
     );
     bob.group("b9", GroupOp::Mine).await.unwrap();
-    let ServerFrame::Groups { groups, .. } = answer(&mut bob, "b9").await else {
+    let ServerFrame::Groups { groups, .. } = expect_answer(&mut bob, "b9").await else {
         panic!("mine")
     };
     assert_eq!(groups.len(), 1);
     assert_eq!((groups[0].members, groups[0].role), (3, Some(Role::Owner)));
     alice.group("a3", GroupOp::Mine).await.unwrap();
-    let ServerFrame::Groups { groups, .. } = answer(&mut alice, "a3").await else {
+    let ServerFrame::Groups { groups, .. } = expect_answer(&mut alice, "a3").await else {
         panic!("mine")
     };
     assert!(groups.is_empty());
@@ -405,7 +370,7 @@ async fn a_large_group_is_left_to_history_when_a_member_catches_up() {
     assert!(!small.large && large.large);
 
     let mut bob = stack.resume("bob", 0, None).await;
-    replay(&mut bob).await;
+    expect_synced(&mut bob).await;
     let cursor = bob.cursor().unwrap();
     bob.close().await;
 
@@ -415,13 +380,13 @@ async fn a_large_group_is_left_to_history_when_a_member_catches_up() {
         .unwrap();
 
     let mut bob = stack.resume("bob", 0, Some(cursor)).await;
-    let (messages, history_of, recovered) = replay(&mut bob).await;
-    assert!(recovered);
+    let (messages, synced) = expect_synced(&mut bob).await;
+    assert!(synced.recovered);
     assert_eq!(
         messages.iter().map(|m| m.id).collect::<Vec<_>>(),
         [in_small]
     );
-    assert_eq!(history_of, std::slice::from_ref(&large.conversation));
+    assert_eq!(synced.history, std::slice::from_ref(&large.conversation));
     let fetched = history(&mut bob, "h", &large.conversation).await.unwrap();
     assert_eq!(fetched.last().unwrap().id, in_large);
 }
@@ -482,7 +447,8 @@ async fn a_group_of_ten_thousand_members_fans_out_and_pages() {
             )
             .await
             .unwrap();
-        let ServerFrame::GroupMembers { members, more, .. } = answer(&mut owner, &qid).await else {
+        let ServerFrame::GroupMembers { members, more, .. } = expect_answer(&mut owner, &qid).await
+        else {
             panic!("members page")
         };
         after = members.last().map(|m| m.user.to_string());
@@ -503,7 +469,7 @@ async fn a_group_of_ten_thousand_members_fans_out_and_pages() {
         .await
         .unwrap();
     for conn in &mut online {
-        assert_eq!(message(conn).await.id, id);
+        assert_eq!(expect_message(conn).await.id, id);
     }
     assert_eq!(
         stack.chats[0].metric("natter_chat_message_publishes_total") - publishes,
@@ -530,7 +496,7 @@ async fn receipts(
         names.sort();
         names
     };
-    match answer(conn, qid).await {
+    match expect_answer(conn, qid).await {
         ServerFrame::Receipts {
             recipients,
             delivered,
@@ -572,28 +538,20 @@ async fn the_sender_sees_who_received_and_read_a_group_message() {
         .unwrap();
     let c = group.conversation.clone();
     for member in [&mut bob, &mut carol, &mut dave] {
-        assert_eq!(post(member).await.id, id);
+        assert_eq!(expect_post(member).await.id, id);
     }
 
     // Bob's device has it: alice is told, and the counts say so.
     bob.ack(&c, id).await.unwrap();
-    let by = expect_frame(&mut alice, |f| match f {
-        ServerFrame::Delivered { id: i, by, .. } if *i == id => Some(by.to_string()),
-        _ => None,
-    })
-    .await;
-    assert_eq!(by, "bob");
+    let (delivered, by) = expect_delivered(&mut alice).await;
+    assert_eq!((delivered, by.as_str()), (id, "bob"));
     let bob_only = (3, 1, 0, vec!["bob".to_string()], vec![]);
     assert_eq!(receipts(&mut alice, "r1", &group, id).await, Ok(bob_only));
 
     // Carol reads it (reading implies receiving).
     carol.read(&c, id).await.unwrap();
-    let by = expect_frame(&mut alice, |f| match f {
-        ServerFrame::Seen { up_to, by, .. } if *up_to == id => Some(by.to_string()),
-        _ => None,
-    })
-    .await;
-    assert_eq!(by, "carol");
+    let (up_to, by) = expect_seen(&mut alice).await;
+    assert_eq!((up_to, by.as_str()), (id, "carol"));
     let counts = receipts(&mut alice, "r2", &group, id).await.unwrap();
     assert_eq!(
         counts,
@@ -609,11 +567,8 @@ async fn the_sender_sees_who_received_and_read_a_group_message() {
     // Dave acknowledges and reads; every member has it now.
     dave.ack(&c, id).await.unwrap();
     dave.read(&c, id).await.unwrap();
-    expect_frame(&mut alice, |f| match f {
-        ServerFrame::Seen { by, .. } if by.as_str() == "dave" => Some(()),
-        _ => None,
-    })
-    .await;
+    let (_, by) = expect_seen(&mut alice).await;
+    assert_eq!(by.as_str(), "dave");
     let (recipients, delivered, seen, _, _) = receipts(&mut alice, "r3", &group, id).await.unwrap();
     assert_eq!((recipients, delivered, seen), (3, 3, 2));
 

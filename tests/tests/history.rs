@@ -3,10 +3,10 @@
 
 use std::time::{Duration, Instant};
 
-use protocol::frames::{ConversationSummary, Message, ServerFrame};
+use protocol::frames::{ConversationSummary, Message};
 use protocol::{ErrorCode, MessageId};
 use testkit::client::Connection;
-use testkit::{Stack, expect_frame};
+use testkit::{Stack, expect_conversations, expect_history, expect_sent};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 async fn history(
@@ -24,17 +24,10 @@ async fn history(
     conn.send_raw(WsMessage::text(frame.to_string()))
         .await
         .unwrap();
-    expect_frame(conn, |f| match f {
-        ServerFrame::History {
-            qid: q,
-            messages,
-            more,
-            ..
-        } if q.as_str() == qid => Some((messages.clone(), *more)),
-        ServerFrame::Error { qid: Some(q), .. } if q.as_str() == qid => panic!("{f:?}"),
-        _ => None,
-    })
-    .await
+    match expect_history(conn, qid).await {
+        Ok(page) => page,
+        Err(code) => panic!("history {qid} refused: {code:?}"),
+    }
 }
 
 async fn conversations(conn: &mut Connection, qid: &str) -> Vec<ConversationSummary> {
@@ -42,14 +35,7 @@ async fn conversations(conn: &mut Connection, qid: &str) -> Vec<ConversationSumm
     conn.send_raw(WsMessage::text(frame.to_string()))
         .await
         .unwrap();
-    expect_frame(conn, |f| match f {
-        ServerFrame::Conversations {
-            qid: q,
-            conversations,
-        } if q.as_str() == qid => Some(conversations.clone()),
-        _ => None,
-    })
-    .await
+    expect_conversations(conn, qid).await
 }
 
 /// Polls the conversation list until `done` holds: the writer persists asynchronously.
@@ -82,11 +68,7 @@ async fn bob_pages_through_history_after_reconnecting() {
             .send("bob", &format!("h{i}"), &format!("message {i}"))
             .await
             .unwrap();
-        let id = expect_frame(&mut alice, |f| match f {
-            ServerFrame::Sent { id, .. } => Some(*id),
-            _ => None,
-        })
-        .await;
+        let id = expect_sent(&mut alice, &format!("h{i}")).await.id;
         ids.push(id);
     }
 
@@ -133,12 +115,6 @@ async fn a_stranger_cannot_read_a_conversation() {
         .send_raw(WsMessage::text(frame.to_string()))
         .await
         .unwrap();
-    let code = expect_frame(&mut mallory, |f| match f {
-        ServerFrame::Error {
-            code, qid: Some(_), ..
-        } => Some(*code),
-        _ => None,
-    })
-    .await;
+    let code = expect_history(&mut mallory, "x").await.unwrap_err();
     assert_eq!(code, ErrorCode::Forbidden);
 }

@@ -7,10 +7,12 @@
 
 use std::time::{Duration, Instant};
 
-use protocol::frames::ServerFrame;
 use protocol::{Encoding, GatewayId, MessageId, UserId, subjects};
 use testkit::client::{ConnectError, Connection};
-use testkit::{Link, Stack, Traffic, TrafficPlan, eventually, expect_frame};
+use testkit::{
+    Link, Stack, Traffic, TrafficPlan, eventually, expect_message, expect_pong, expect_sent,
+    expect_synced,
+};
 
 /// The gateways' presence lease in this test. The outage lasts longer, so every lease would
 /// have lapsed in the chat service's presence view had its clocks kept running.
@@ -101,18 +103,8 @@ async fn a_nats_restart_mid_traffic_loses_nothing_and_stores_nothing_twice() {
         .send("bob", "after-restart", "hello again")
         .await
         .unwrap();
-    let id = expect_frame(&mut alice, |f| match f {
-        ServerFrame::Sent { id, .. } => Some(*id),
-        ServerFrame::Error { .. } => panic!("send after the restart failed: {f:?}"),
-        _ => None,
-    })
-    .await;
-    let got = expect_frame(&mut bob, |f| match f {
-        ServerFrame::Message(m) => Some(m.id),
-        _ => None,
-    })
-    .await;
-    assert_eq!(got, id);
+    let id = expect_sent(&mut alice, "after-restart").await.id;
+    assert_eq!(expect_message(&mut bob).await.id, id);
 
     // Every SENT message is stored once and reached its recipient.
     let stored = stack.stream_messages().await;
@@ -135,11 +127,7 @@ async fn a_nats_restart_mid_traffic_loses_nothing_and_stores_nothing_twice() {
 /// Pings and waits for the matching pong.
 async fn pong(conn: &mut Connection, ts: u64) {
     conn.ping(Some(ts)).await.unwrap();
-    expect_frame(conn, |f| match f {
-        ServerFrame::Pong { ts: Some(t) } if *t == ts => Some(()),
-        _ => None,
-    })
-    .await;
+    expect_pong(conn, Some(ts)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -156,7 +144,7 @@ async fn a_gateway_cut_off_from_nats_keeps_its_sessions_and_catches_up_when_back
     let mut alice = stack.connect("alice", 0).await;
     let (mut bob, bob_conn) = stack.connect_welcomed("bob", cut_off, Encoding::Json).await;
     let before = send(&mut alice, "before").await;
-    assert_eq!(next_message(&mut bob).await, before);
+    assert_eq!(expect_message(&mut bob).await.id, before);
 
     link.cut();
     let gw = &stack.gateways[cut_off];
@@ -197,38 +185,17 @@ async fn a_gateway_cut_off_from_nats_keeps_its_sessions_and_catches_up_when_back
     })
     .await;
     // Bob gets what he missed, replayed unasked, then live traffic again.
-    let mut replayed = Vec::new();
-    let recovered = expect_frame(&mut bob, |f| match f {
-        ServerFrame::Message(m) => {
-            replayed.push(m.id);
-            None
-        }
-        ServerFrame::Synced { recovered, .. } => Some(*recovered),
-        _ => None,
-    })
-    .await;
-    assert!(recovered);
+    let (replayed, synced) = expect_synced(&mut bob).await;
+    assert!(synced.recovered);
+    let replayed: Vec<MessageId> = replayed.iter().map(|m| m.id).collect();
     assert_eq!(replayed, [lost_in_flight, while_offline]);
     let after = send(&mut alice, "after").await;
-    assert_eq!(next_message(&mut bob).await, after);
+    assert_eq!(expect_message(&mut bob).await.id, after);
     assert_eq!(gw.metric("natter_gateway_connections_total").await, 1);
 }
 
 /// Sends to bob and waits for SENT.
 async fn send(alice: &mut Connection, body: &str) -> MessageId {
     alice.send("bob", body, body).await.unwrap();
-    expect_frame(alice, |f| match f {
-        ServerFrame::Sent { id, .. } => Some(*id),
-        ServerFrame::Error { .. } => panic!("send failed: {f:?}"),
-        _ => None,
-    })
-    .await
-}
-
-async fn next_message(conn: &mut Connection) -> MessageId {
-    expect_frame(conn, |f| match f {
-        ServerFrame::Message(m) => Some(m.id),
-        _ => None,
-    })
-    .await
+    expect_sent(alice, body).await.id
 }

@@ -11,8 +11,10 @@ use protocol::frames::ServerFrame;
 use protocol::payloads::{OfflineMessage, UserPresence};
 use protocol::{ConversationId, ErrorCode, MessageId, UserId, subjects};
 use serde_json::{Value, json};
-use testkit::client::Connection;
-use testkit::{PATIENCE, Stack, WebhookReceiver, eventually, expect_frame, reserve_port};
+use testkit::{
+    PATIENCE, Stack, WebhookReceiver, eventually, expect_answer, expect_error, expect_push_token,
+    expect_sent, reserve_port,
+};
 use tokio_tungstenite::tungstenite::Message;
 
 const WINDOW_MS: u64 = 2_000;
@@ -83,21 +85,6 @@ async fn metric_reaches(notifier: &testkit::RunningNotifier, name: &str, value: 
     eventually(name, PATIENCE, async || notifier.metric(name) == value).await;
 }
 
-/// The answer to a push_token frame: `registered`, or the error's code and reason.
-async fn push_answer(conn: &mut Connection, qid: &str) -> Result<bool, (ErrorCode, String)> {
-    expect_frame(conn, |f| match f {
-        ServerFrame::PushToken { qid: q, registered } if q.as_str() == qid => Some(Ok(*registered)),
-        ServerFrame::Error {
-            code,
-            reason,
-            qid: Some(q),
-            ..
-        } if q.as_str() == qid => Some(Err((*code, reason.clone()))),
-        _ => None,
-    })
-    .await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifteen_messages_to_an_offline_user_make_one_digest_with_their_push_token() {
     let mut stack = Stack::new().start().await;
@@ -109,7 +96,7 @@ async fn fifteen_messages_to_an_offline_user_make_one_digest_with_their_push_tok
     bob.push_token("q1", "fcm", "bob-phone-token", false)
         .await
         .unwrap();
-    assert_eq!(push_answer(&mut bob, "q1").await, Ok(true));
+    assert_eq!(expect_push_token(&mut bob, "q1").await, Ok(true));
     bob.close().await;
     presence_is(&stack, "bob", false).await;
 
@@ -119,10 +106,7 @@ async fn fifteen_messages_to_an_offline_user_make_one_digest_with_their_push_tok
             .send("bob", &format!("c{i}"), "hello bob")
             .await
             .unwrap();
-        expect_frame(&mut alice, |f| {
-            matches!(f, ServerFrame::Sent { .. }).then_some(())
-        })
-        .await;
+        expect_sent(&mut alice, &format!("c{i}")).await;
     }
 
     let digest = receiver.next_digest().await;
@@ -297,7 +281,7 @@ async fn bad_push_token_frames_get_clear_errors_and_good_ones_reach_the_bucket()
             .await
             .unwrap();
         let qid = frame["qid"].as_str().unwrap();
-        let (code, reason) = push_answer(&mut bob, qid).await.unwrap_err();
+        let (code, reason) = expect_push_token(&mut bob, qid).await.unwrap_err();
         assert_eq!(code, ErrorCode::MalformedFrame, "{frame}");
         assert!(reason.contains(named), "{reason}");
     }
@@ -307,12 +291,7 @@ async fn bad_push_token_frames_get_clear_errors_and_good_ones_reach_the_bucket()
     ))
     .await
     .unwrap();
-    let code = expect_frame(&mut bob, |f| match f {
-        ServerFrame::Error { code, .. } => Some(*code),
-        _ => None,
-    })
-    .await;
-    assert_eq!(code, ErrorCode::MalformedFrame);
+    assert_eq!(expect_error(&mut bob).await, ErrorCode::MalformedFrame);
 
     let js = jetstream::new(stack.nats.client().await);
     let bucket = js
@@ -325,7 +304,7 @@ async fn bad_push_token_frames_get_clear_errors_and_good_ones_reach_the_bucket()
     ))
     .await
     .unwrap();
-    assert_eq!(push_answer(&mut bob, "q5").await, Ok(true));
+    assert_eq!(expect_push_token(&mut bob, "q5").await, Ok(true));
     let stored: Value = serde_json::from_slice(&bucket.get(&key).await.unwrap().unwrap()).unwrap();
     assert_eq!(stored["user"], "bob");
     assert_eq!(stored["platform"], "apns");
@@ -334,7 +313,7 @@ async fn bad_push_token_frames_get_clear_errors_and_good_ones_reach_the_bucket()
     bob.push_token("q6", "apns", "apns-token", true)
         .await
         .unwrap();
-    assert_eq!(push_answer(&mut bob, "q6").await, Ok(false));
+    assert_eq!(expect_push_token(&mut bob, "q6").await, Ok(false));
     assert!(bucket.get(&key).await.unwrap().is_none());
 }
 
@@ -380,7 +359,7 @@ async fn fifteen_group_messages_make_one_digest_per_offline_member_naming_the_gr
         )
         .await
         .unwrap();
-    let ServerFrame::Group { group, .. } = testkit::answer(&mut alice, "create").await else {
+    let ServerFrame::Group { group, .. } = expect_answer(&mut alice, "create").await else {
         panic!("group not created")
     };
     for i in 0..15 {
@@ -388,10 +367,7 @@ async fn fifteen_group_messages_make_one_digest_per_offline_member_naming_the_gr
             .send_group(group.group.as_str(), &format!("g{i}"), "hello group")
             .await
             .unwrap();
-        expect_frame(&mut alice, |f| {
-            matches!(f, ServerFrame::Sent { .. }).then_some(())
-        })
-        .await;
+        expect_sent(&mut alice, &format!("g{i}")).await;
     }
 
     let mut digests = [receiver.next_digest().await, receiver.next_digest().await];

@@ -6,7 +6,7 @@ use protocol::frames::{Message, ServerFrame};
 use protocol::payloads::{Delivery, OfflineMessage};
 use protocol::{ClientFrame, ConversationId, Encoding, UserId, subjects};
 use testkit::client::Connection;
-use testkit::{Stack, expect_frame, within};
+use testkit::{Stack, expect_presence, expect_sent, within};
 
 /// What a `presence` request got for one user.
 #[derive(Debug, PartialEq)]
@@ -49,19 +49,6 @@ async fn watch(conn: &mut Connection, users: &[&str]) -> Vec<(String, Answer)> {
     answers
 }
 
-/// The next presence change of `user` seen by `conn`.
-async fn next_presence(conn: &mut Connection, user: &str) -> (bool, Option<u64>) {
-    expect_frame(conn, |f| match f {
-        ServerFrame::Presence {
-            user: u,
-            online,
-            last_seen,
-        } if u.as_str() == user => Some((*online, *last_seen)),
-        _ => None,
-    })
-    .await
-}
-
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -75,10 +62,7 @@ async fn contacts_see_online_offline_and_last_seen_and_strangers_see_nothing() {
     let mut alice = stack.connect("alice", 0).await;
     let bob = stack.connect("bob", 1).await;
     alice.send("bob", "hello", "hi bob").await.unwrap();
-    expect_frame(&mut alice, |f| {
-        matches!(f, ServerFrame::Sent { .. }).then_some(())
-    })
-    .await;
+    expect_sent(&mut alice, "hello").await;
 
     // Sharing a conversation is what the history service has stored; wait for its writer.
     let answers = within(async {
@@ -107,7 +91,7 @@ async fn contacts_see_online_offline_and_last_seen_and_strangers_see_nothing() {
     // bob's only device goes: alice hears he is offline, and since when.
     let before = now_ms();
     bob.close().await;
-    let (online, last_seen) = next_presence(&mut alice, "bob").await;
+    let (online, last_seen) = expect_presence(&mut alice, "bob").await;
     assert!(!online);
     let last_seen = last_seen.expect("last seen when going offline");
     assert!(
@@ -118,17 +102,17 @@ async fn contacts_see_online_offline_and_last_seen_and_strangers_see_nothing() {
     // Two devices: offline only when both are gone.
     let phone = stack.connect("bob", 0).await;
     assert_eq!(
-        next_presence(&mut alice, "bob").await,
+        expect_presence(&mut alice, "bob").await,
         (true, Some(last_seen))
     );
     let tablet = stack.connect("bob", 1).await;
     phone.close().await;
     tablet.close().await;
-    let (online, _) = next_presence(&mut alice, "bob").await;
+    let (online, _) = expect_presence(&mut alice, "bob").await;
     assert!(!online, "offline once the last device left");
     // No flapping in between: the next change is a reconnect, not a stale "online".
     let _again = stack.connect("bob", 0).await;
-    assert!(next_presence(&mut alice, "bob").await.0, "online again");
+    assert!(expect_presence(&mut alice, "bob").await.0, "online again");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

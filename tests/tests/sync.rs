@@ -4,46 +4,13 @@
 use std::collections::{HashMap, HashSet};
 
 use futures::StreamExt;
-use protocol::frames::{Message, ServerFrame};
+use protocol::frames::Message;
 use protocol::payloads::OfflineMessage;
 use protocol::{ConversationId, Cursor, MessageId, SyncGap, UserId, subjects};
 use testkit::client::{ConnectError, Connection};
-use testkit::{Stack, within};
-
-/// What a replay ended with.
-#[derive(Debug)]
-struct Synced {
-    cursor: Cursor,
-    recovered: bool,
-    gap: Option<SyncGap>,
-}
-
-/// Reads frames until `synced`, returning the messages replayed before it.
-async fn replay(conn: &mut Connection) -> (Vec<Message>, Synced) {
-    within(async {
-        let mut messages = Vec::new();
-        loop {
-            match conn.next_frame().await.expect("connection open") {
-                ServerFrame::Message(m) => messages.push(m),
-                ServerFrame::Synced {
-                    cursor,
-                    recovered,
-                    gap,
-                    ..
-                } => {
-                    let synced = Synced {
-                        cursor,
-                        recovered,
-                        gap,
-                    };
-                    return (messages, synced);
-                }
-                _ => {}
-            }
-        }
-    })
-    .await
-}
+use testkit::{
+    Stack, expect_history, expect_message, expect_sent, expect_synced, expect_welcome, within,
+};
 
 /// `senders` users each send `per_sender` numbered messages to `to`; returns the message ids
 /// per sender in sending order.
@@ -63,11 +30,8 @@ async fn send_many(
                     .await
                     .unwrap();
             }
-            let done = ids.len() + window.len();
-            while ids.len() < done {
-                if let ServerFrame::Sent { id, .. } = within(conn.next_frame()).await.unwrap() {
-                    ids.push(id);
-                }
+            for i in window {
+                ids.push(expect_sent(&mut conn, &format!("c{i}")).await.id);
             }
         }
         conn.close().await;
@@ -95,7 +59,7 @@ fn assert_conversation_order(received: &[Message], sent: &HashMap<String, Vec<Me
 /// A fresh device has no cursor: it is told where live traffic starts.
 async fn new_device(stack: &Stack, user: &str) -> Cursor {
     let mut conn = stack.resume(user, 0, None).await;
-    let (replayed, synced) = replay(&mut conn).await;
+    let (replayed, synced) = expect_synced(&mut conn).await;
     assert!(replayed.is_empty());
     assert!(!synced.recovered);
     assert_eq!(synced.gap, Some(SyncGap::NoCursor));
@@ -135,17 +99,16 @@ async fn an_offline_user_gets_every_message_and_resumes_after_partial_acks() {
     let mut bob = stack.resume("bob", 0, Some(start)).await;
     let mut first = Vec::new();
     while first.len() < 137 {
-        if let ServerFrame::Message(m) = within(bob.next_frame()).await.unwrap() {
-            bob.ack(&m.conversation, m.id).await.unwrap();
-            first.push(m);
-        }
+        let m = expect_message(&mut bob).await;
+        bob.ack(&m.conversation, m.id).await.unwrap();
+        first.push(m);
     }
     let cursor = bob.cursor().expect("a cursor after messages");
     drop(bob);
 
     // Reconnecting from there brings exactly the other 863.
     let mut bob = stack.resume("bob", 0, Some(cursor)).await;
-    let (rest, synced) = replay(&mut bob).await;
+    let (rest, synced) = expect_synced(&mut bob).await;
     assert!(synced.recovered, "{synced:?}");
     assert_eq!(rest.len(), 863);
     let mut received: Vec<Message> = first.clone();
@@ -159,7 +122,7 @@ async fn an_offline_user_gets_every_message_and_resumes_after_partial_acks() {
 
     // Nothing is removed by acknowledging: another device of bob's still gets all 1,000.
     let mut tablet = stack.resume("bob", 0, Some(start)).await;
-    let (replayed, synced) = replay(&mut tablet).await;
+    let (replayed, synced) = expect_synced(&mut tablet).await;
     assert!(synced.recovered);
     assert_eq!(replayed.len(), 1000);
 }
@@ -172,13 +135,13 @@ async fn resume_edge_cases_each_get_their_documented_answer() {
 
     // At the head: nothing to replay, and that is a full recovery.
     let mut bob = stack.resume("bob", 0, Some(start)).await;
-    let (replayed, synced) = replay(&mut bob).await;
+    let (replayed, synced) = expect_synced(&mut bob).await;
     assert_eq!(replayed.len(), 5);
     let cursors: Vec<Cursor> = replayed.iter().map(|m| m.cursor.unwrap()).collect();
     let head = synced.cursor;
     drop(bob);
     let mut bob = stack.resume("bob", 0, Some(head)).await;
-    let (replayed, synced) = replay(&mut bob).await;
+    let (replayed, synced) = expect_synced(&mut bob).await;
     assert!(replayed.is_empty());
     assert!(synced.recovered);
     assert_eq!(synced.gap, None);
@@ -192,7 +155,7 @@ async fn resume_edge_cases_each_get_their_documented_answer() {
         ..head
     };
     let mut bob = stack.resume("bob", 0, Some(future)).await;
-    let (replayed, synced) = replay(&mut bob).await;
+    let (replayed, synced) = expect_synced(&mut bob).await;
     assert!(replayed.is_empty());
     assert_eq!(
         (synced.recovered, synced.gap),
@@ -207,7 +170,7 @@ async fn resume_edge_cases_each_get_their_documented_answer() {
         seq: 1,
     };
     let mut bob = stack.resume("bob", 0, Some(foreign)).await;
-    let (replayed, synced) = replay(&mut bob).await;
+    let (replayed, synced) = expect_synced(&mut bob).await;
     assert!(replayed.is_empty());
     assert_eq!(
         (synced.recovered, synced.gap),
@@ -238,7 +201,7 @@ async fn resume_edge_cases_each_get_their_documented_answer() {
         .await
         .unwrap();
     let mut bob = stack.resume("bob", 0, Some(start)).await;
-    let (replayed, synced) = replay(&mut bob).await;
+    let (replayed, synced) = expect_synced(&mut bob).await;
     assert!(replayed.is_empty(), "never a silent partial recovery");
     assert_eq!(
         (synced.recovered, synced.gap),
@@ -248,7 +211,7 @@ async fn resume_edge_cases_each_get_their_documented_answer() {
     // From a cursor after the trimmed part, the rest is still replayed.
     let kept = cursors[1];
     let mut bob = stack.resume("bob", 0, Some(kept)).await;
-    let (replayed, synced) = replay(&mut bob).await;
+    let (replayed, synced) = expect_synced(&mut bob).await;
     assert!(synced.recovered);
     let ids: Vec<MessageId> = replayed.iter().map(|m| m.id).collect();
     assert_eq!(ids, sent["alice"][2..].to_vec());
@@ -263,7 +226,7 @@ async fn a_backlog_over_the_per_user_limit_is_refused_not_truncated() {
     let start = new_device(&stack, "bob").await;
     send_many(&stack, &["alice".to_string()], "bob", 6).await;
     let mut bob = stack.resume("bob", 0, Some(start)).await;
-    let (replayed, synced) = replay(&mut bob).await;
+    let (replayed, synced) = expect_synced(&mut bob).await;
     assert!(replayed.is_empty());
     assert_eq!(
         (synced.recovered, synced.gap),
@@ -282,11 +245,10 @@ async fn a_backlog_over_the_per_user_limit_is_refused_not_truncated() {
             })
             .await
             .unwrap();
-            let n = testkit::expect_frame(&mut bob, |f| match f {
-                ServerFrame::History { messages, .. } => Some(messages.len()),
-                _ => None,
-            })
-            .await;
+            let (messages, _) = expect_history(&mut bob, &format!("h{attempt}"))
+                .await
+                .expect("history answers");
+            let n = messages.len();
             if n == 6 {
                 return;
             }
@@ -310,16 +272,14 @@ async fn live_messages_wait_for_the_replay_and_nothing_is_doubled() {
             for i in 0..100 {
                 alice.send("bob", &format!("l{i}"), "live").await.unwrap();
             }
-            while ids.len() < 100 {
-                if let ServerFrame::Sent { id, .. } = within(alice.next_frame()).await.unwrap() {
-                    ids.push(id);
-                }
+            for i in 0..100 {
+                ids.push(expect_sent(&mut alice, &format!("l{i}")).await.id);
             }
             ids
         })
     };
     let mut bob = stack.resume("bob", 0, Some(start)).await;
-    let (replayed, synced) = replay(&mut bob).await;
+    let (replayed, synced) = expect_synced(&mut bob).await;
     assert!(synced.recovered);
     assert!(
         replayed
@@ -332,9 +292,7 @@ async fn live_messages_wait_for_the_replay_and_nothing_is_doubled() {
     let already: HashSet<MessageId> = replayed.iter().map(|m| m.id).collect();
     let missing = live_ids.iter().filter(|id| !already.contains(id)).count();
     while after.len() < missing {
-        if let ServerFrame::Message(m) = within(bob.next_frame()).await.unwrap() {
-            after.push(m);
-        }
+        after.push(expect_message(&mut bob).await);
     }
     assert!(
         after
@@ -368,15 +326,11 @@ async fn a_second_device_catches_up_on_what_the_first_saw_and_sent() {
         from.send(to, &format!("m{i}"), &format!("#{i}"))
             .await
             .unwrap();
-        let id = testkit::expect_frame(from, |f| match f {
-            ServerFrame::Sent { id, .. } => Some(*id),
-            _ => None,
-        })
-        .await;
+        let id = expect_sent(from, &format!("m{i}")).await.id;
         expected.push(id);
     }
     let mut tablet = stack.resume("bob", 0, Some(tablet_cursor)).await;
-    let (replayed, synced) = replay(&mut tablet).await;
+    let (replayed, synced) = expect_synced(&mut tablet).await;
     assert!(synced.recovered);
     assert!(replayed.iter().all(|m| m.conversation == conversation));
     let ids: Vec<MessageId> = replayed.iter().map(|m| m.id).collect();
@@ -406,7 +360,7 @@ async fn a_client_reconnects_with_backoff_and_resumes_where_it_was() {
     let mut bob = Connection::reconnect(&url, &token, protocol::Encoding::Json, None, &mut backoff)
         .await
         .unwrap();
-    let (_, synced) = replay(&mut bob).await;
+    let (_, synced) = expect_synced(&mut bob).await;
     let cursor = bob.cursor();
     assert_eq!(cursor, Some(synced.cursor));
 
@@ -424,22 +378,15 @@ async fn a_client_reconnects_with_backoff_and_resumes_where_it_was() {
             .send("bob", &format!("away{i}"), "while you were out")
             .await
             .unwrap();
-        sent.push(
-            testkit::expect_frame(&mut alice, |f| match f {
-                ServerFrame::Sent { id, .. } => Some(*id),
-                _ => None,
-            })
-            .await,
-        );
+        sent.push(expect_sent(&mut alice, &format!("away{i}")).await.id);
     }
 
     // The gateway is back on its port: bob's client gets in and catches up.
     stack.gateway_config.listen_addr = ([127, 0, 0, 1], port).into();
     stack.start_gateway("gw-fixed-again").await;
     let mut bob = within(reconnecting).await.unwrap().expect("reconnected");
-    let welcome = within(bob.next_frame()).await.unwrap();
-    assert!(matches!(welcome, ServerFrame::Welcome { .. }));
-    let (replayed, synced) = replay(&mut bob).await;
+    expect_welcome(&mut bob).await;
+    let (replayed, synced) = expect_synced(&mut bob).await;
     assert!(synced.recovered);
     let ids: Vec<MessageId> = replayed.iter().map(|m| m.id).collect();
     assert_eq!(ids, sent);

@@ -1,9 +1,8 @@
 //! Typing indicators: delivered to the other participant's devices, never stored, and
 //! rate-limited per connection.
 
-use protocol::frames::ServerFrame;
 use protocol::{ConversationId, ErrorCode};
-use testkit::{Stack, expect_frame};
+use testkit::{Stack, expect_error, expect_pong, expect_typing};
 use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test]
@@ -23,21 +22,12 @@ async fn typing_reaches_every_device_of_the_peer_and_is_not_stored() {
     }
     let conversation: ConversationId = "dm:alice:bob".parse().unwrap();
     for bob in [&mut bob_phone, &mut bob_laptop] {
-        let typing = expect_frame(bob, |f| match f {
-            ServerFrame::Typing { conversation, by } => {
-                Some((conversation.clone(), by.to_string()))
-            }
-            _ => None,
-        })
-        .await;
-        assert_eq!(typing, (conversation.clone(), "alice".to_string()));
+        let (typing_in, by) = expect_typing(bob).await;
+        assert_eq!((typing_in, by.as_str()), (conversation.clone(), "alice"));
     }
     // Frames are handled in order: once the pong is back, all five typing frames were seen.
     alice.ping(Some(1)).await.unwrap();
-    expect_frame(&mut alice, |f| {
-        (f == &ServerFrame::Pong { ts: Some(1) }).then_some(())
-    })
-    .await;
+    expect_pong(&mut alice, Some(1)).await;
     // Five in a burst: one goes out, four are dropped by the gateway's rate limit.
     assert_eq!(
         stack.gateways[0]
@@ -54,10 +44,5 @@ async fn typing_reaches_every_device_of_the_peer_and_is_not_stored() {
         ))
         .await
         .unwrap();
-    let code = expect_frame(&mut alice, |f| match f {
-        ServerFrame::Error { code, .. } => Some(*code),
-        _ => None,
-    })
-    .await;
-    assert_eq!(code, ErrorCode::Forbidden);
+    assert_eq!(expect_error(&mut alice).await, ErrorCode::Forbidden);
 }

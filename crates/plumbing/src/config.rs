@@ -13,12 +13,16 @@ use serde::de::DeserializeOwned;
 pub fn load<T: Serialize + DeserializeOwned + Default>(
     file: Option<&Path>,
 ) -> Result<T, Box<figment::Error>> {
-    let mut figment = Figment::from(Serialized::defaults(T::default()));
+    layered(Figment::from(Serialized::defaults(T::default())), file)
+        .extract()
+        .map_err(Box::new)
+}
+
+/// `defaults`, with `file` (if given) and then the environment layered over it.
+pub fn layered(defaults: Figment, file: Option<&Path>) -> Figment {
+    let mut figment = defaults;
     if let Some(file) = file {
         figment = figment.merge(Toml::file_exact(file));
     }
-    figment
-        .merge(Env::prefixed("NATTER_").split("__"))
-        .extract()
-        .map_err(Box::new)
+    figment.merge(Env::prefixed("NATTER_").split("__"))
 }

@@ -1,5 +1,6 @@
 //! Service plumbing shared by natter's services: configuration loading, telemetry, metrics,
-//! the NATS connection and JetStream resources, shutdown signals, and a managed nats-server.
+//! the NATS connection and JetStream resources, the roles of a service and the skeleton every
+//! service binary runs, shutdown signals, and a managed nats-server.
 
 pub mod bus;
 pub mod config;
@@ -7,6 +8,7 @@ pub mod kv_follow;
 pub mod metrics;
 pub mod nats_server;
 pub mod roles;
+pub mod service;
 pub mod shutdown;
 pub mod telemetry;
 

@@ -1,34 +1,15 @@
-//! `natter-chat`: one chat service instance.
+//! `natter-chat [config.toml]`: one chat service instance. Reads `[bus]`, `[chat]` and
+//! `metrics_addr` (where `/metrics` and `/healthz` are served, 127.0.0.1:9090 by default).
 
-use std::path::PathBuf;
-
-use anyhow::Context;
-use serde::{Deserialize, Serialize};
-
-#[derive(Default, Serialize, Deserialize)]
-#[serde(default)]
-struct Config {
-    bus: plumbing::BusConfig,
-    chat: chat::ChatConfig,
-    /// Where `/metrics` and `/healthz` are served.
-    metrics_addr: Option<std::net::SocketAddr>,
-}
+use plumbing::service::{Service, Started};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    plumbing::telemetry::init();
-    let file = std::env::args().nth(1).map(PathBuf::from);
-    let config: Config =
-        plumbing::config::load(file.as_deref()).context("invalid configuration")?;
-    let shutdown = plumbing::shutdown::on_signal();
-    let nats = plumbing::bus::connect(&config.bus.nats_url, "natter-chat").await?;
-    let chat = chat::Chat::start(config.chat, &config.bus, nats.clone(), shutdown.clone()).await?;
-    let addr = config.metrics_addr.unwrap_or(([127, 0, 0, 1], 9090).into());
-    let probe = nats.clone();
-    let healthy = move || probe.connection_state() == async_nats::connection::State::Connected;
-    let bound = plumbing::metrics::serve(addr, chat.metrics.clone(), healthy, shutdown).await?;
-    tracing::info!(%bound, "chat metrics listening");
-    chat.wait().await?;
-    let _ = nats.drain().await;
-    Ok(())
+    Service::new("natter-chat", "chat")
+        .metrics_addr(([127, 0, 0, 1], 9090))
+        .start(|config: chat::ChatConfig, bus, nats, shutdown| async move {
+            let chat = chat::Chat::start(config, &bus, nats, shutdown).await?;
+            Ok(Started::new(chat.metrics.clone(), chat.wait()))
+        })
+        .await
 }

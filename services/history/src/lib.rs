@@ -15,7 +15,7 @@ mod writer;
 pub use cache::{CacheConfig, HistoryCache};
 pub use config::{HistoryConfig, StoreKind};
 pub use membership::{Membership, StaticMembership};
-pub use service::History;
+pub use service::{History, run, start};
 pub use store::embedded::EmbeddedStore;
 pub use store::scylla::{ScyllaConfig, ScyllaStore};
 pub use store::{GroupMarkers, Page, Store, StoreError};

@@ -3,16 +3,20 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use plumbing::BusConfig;
 use plumbing::roles::Roles;
+use plumbing::service::Started;
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::HistoryCache;
-use crate::config::HistoryConfig;
-use crate::membership::Membership;
+use crate::config::{HistoryConfig, StoreKind};
+use crate::membership::{self, Membership};
 use crate::queries::{self, Queries};
 use crate::receipts::{self, ReceiptMetrics, Receipts};
 use crate::store::Store;
+use crate::store::embedded::EmbeddedStore;
+use crate::store::scylla::ScyllaStore;
 use crate::writer;
 
 /// A running history service instance.
@@ -95,4 +99,42 @@ impl<S: Store> History<S> {
     pub fn abort(self) {
         self.roles.abort();
     }
+}
+
+/// Opens the store `config.store` names and starts the service over it, with group membership
+/// from the groups bucket (what `natter-history` runs).
+pub async fn start(
+    config: HistoryConfig,
+    bus: &BusConfig,
+    nats: async_nats::Client,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Started> {
+    let membership = membership::groups_view(&nats, bus, shutdown.clone()).await?;
+    match config.store {
+        StoreKind::Embedded => {
+            let path = &config.embedded_path;
+            let store =
+                EmbeddedStore::open(path).with_context(|| format!("opening {}", path.display()))?;
+            let history = History::start(config, bus, nats, store, membership, shutdown).await?;
+            Ok(Started::new(history.metrics.clone(), history.wait()))
+        }
+        StoreKind::Scylla => {
+            let store = ScyllaStore::connect(&config.scylla).await?;
+            let history = History::start(config, bus, nats, store, membership, shutdown).await?;
+            Ok(Started::new(history.metrics.clone(), history.wait()))
+        }
+    }
+}
+
+/// Runs the history service over the store `config.store` names until `shutdown`. Shutdown
+/// order: every role stops together; the writer acknowledges only batches the store
+/// confirmed, so what it held is delivered again after restart, and queries in progress are
+/// answered.
+pub async fn run(
+    config: HistoryConfig,
+    bus: &BusConfig,
+    nats: async_nats::Client,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    start(config, bus, nats, shutdown).await?.wait().await
 }

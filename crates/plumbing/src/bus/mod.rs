@@ -1,0 +1,49 @@
+//! The NATS bus: how services reach NATS (`connect`), the JetStream resources natter owns
+//! (`resources`: the streams and the KV buckets; `durable`: the shared pull consumers), and the
+//! loops that take messages off it (`serve`). Every service calls the `ensure_*` functions it
+//! depends on at startup; they are idempotent, so start order does not matter.
+
+mod connect;
+mod durable;
+mod resources;
+mod serve;
+
+use serde::{Deserialize, Serialize};
+
+pub use connect::{connect, round_trip};
+pub use durable::{
+    Durable, HANDOVER_DELAY, ensure_durable, ensure_holding_durable, pull, release_pin,
+};
+pub use resources::{
+    BucketSpec, GATEWAYS, GROUPS, PRESENCE, PUSH_TOKENS, PresenceBuckets, SESSIONS, ensure_bucket,
+    ensure_groups_bucket, ensure_messages_stream, ensure_offline_stream, ensure_presence_buckets,
+    ensure_push_tokens_bucket, stream_epoch,
+};
+pub use serve::{answer_requests, next_json, next_or_stop, next_pulled, serve_queue};
+
+/// How services reach NATS and how the shared JetStream resources are shaped.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BusConfig {
+    /// NATS server URL(s), comma separated. Empty in the all-in-one means "start one".
+    pub nats_url: String,
+    /// Replicas for streams and buckets: 1 for a single node, 3 for a cluster.
+    pub replicas: usize,
+    /// Window in which a resend with the same client message id is recognised, in
+    /// milliseconds.
+    pub dedup_window_ms: u64,
+    /// How long the messages stream keeps messages, in milliseconds (the history store keeps
+    /// them for good).
+    pub messages_max_age_ms: u64,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        Self {
+            nats_url: String::new(),
+            replicas: 1,
+            dedup_window_ms: 60_000,
+            messages_max_age_ms: 7 * 24 * 3600 * 1000,
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! The streams and KV buckets natter owns, and the functions that create them. A bucket is
+//! one [`BucketSpec`] in the table below, ensured by [`ensure_bucket`].
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv, stream};
+use protocol::subjects;
+
+use super::BusConfig;
+
+/// Creates or updates the stream that holds every accepted message.
+pub async fn ensure_messages_stream(
+    js: &jetstream::Context,
+    cfg: &BusConfig,
+) -> anyhow::Result<stream::Stream> {
+    let config = stream::Config {
+        name: subjects::MESSAGES_STREAM.into(),
+        description: Some("every accepted natter message; see subjects.md".into()),
+        subjects: vec![subjects::MESSAGES_SUBJECTS.into()],
+        storage: stream::StorageType::File,
+        retention: stream::RetentionPolicy::Limits,
+        discard: stream::DiscardPolicy::Old,
+        max_age: Duration::from_millis(cfg.messages_max_age_ms),
+        duplicate_window: Duration::from_millis(cfg.dedup_window_ms),
+        num_replicas: cfg.replicas,
+        allow_direct: true,
+        ..Default::default()
+    };
+    js.create_or_update_stream(config)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot create stream {}: {e}", subjects::MESSAGES_STREAM))?;
+    Ok(js.get_stream(subjects::MESSAGES_STREAM).await?)
+}
+
+/// How long the offline-message stream keeps an event nobody acknowledged.
+const OFFLINE_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+
+/// Creates or updates the stream that makes `natter.user.offline_message` durable for the
+/// notifier. Ensured by the chat service (the publisher) and by the notifier, so events
+/// published before the notifier first ran are kept. Limits retention: events stay a day
+/// whether acknowledged or not, so integrators may read them with consumers of their own.
+pub async fn ensure_offline_stream(
+    js: &jetstream::Context,
+    cfg: &BusConfig,
+) -> anyhow::Result<stream::Stream> {
+    let config = stream::Config {
+        name: subjects::OFFLINE_STREAM.into(),
+        description: Some("offline-message events for the notifier; see subjects.md".into()),
+        subjects: vec![subjects::USER_OFFLINE_MESSAGE.into()],
+        storage: stream::StorageType::File,
+        retention: stream::RetentionPolicy::Limits,
+        discard: stream::DiscardPolicy::Old,
+        max_age: OFFLINE_MAX_AGE,
+        num_replicas: cfg.replicas,
+        ..Default::default()
+    };
+    js.create_or_update_stream(config)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot create stream {}: {e}", subjects::OFFLINE_STREAM))?;
+    Ok(js.get_stream(subjects::OFFLINE_STREAM).await?)
+}
+
+/// The creation time of a stream in milliseconds since the Unix epoch: tells one incarnation
+/// of a stream from the next, whose sequence numbers start again at 1.
+pub fn stream_epoch(info: &stream::Info) -> u64 {
+    (info.created.unix_timestamp_nanos() / 1_000_000) as u64
+}
+
+/// The shape of one KV bucket. Every bucket is file-backed and keeps the latest value per key
+/// only; replicas come from [`BusConfig::replicas`].
+#[derive(Debug, Clone, Copy)]
+pub struct BucketSpec {
+    /// The bucket's name (from `protocol::subjects`).
+    pub name: &'static str,
+    /// What a key and a value are, for `nats kv ls` readers.
+    pub description: &'static str,
+    /// How long a value lives without being written again; `None` keeps it for good.
+    pub max_age: Option<Duration>,
+    /// How long a delete or purge marker is kept before the server removes it, so keys that
+    /// come and go leave nothing behind; `None` keeps markers.
+    pub marker_ttl: Option<Duration>,
+}
+
+/// Sessions: one key per connected session, `<user>.<gateway>.<conn>`.
+pub const SESSIONS: BucketSpec = BucketSpec {
+    name: subjects::SESSIONS_BUCKET,
+    description: "one key per connected session: <user>.<gateway>.<conn>",
+    max_age: None,
+    marker_ttl: Some(Duration::from_secs(60)),
+};
+
+/// Gateway leases: one key per live gateway, refreshed by the gateway.
+pub const GATEWAYS: BucketSpec = BucketSpec {
+    name: subjects::GATEWAYS_BUCKET,
+    description: "one lease per live gateway, refreshed by the gateway",
+    max_age: None,
+    marker_ttl: Some(Duration::from_secs(60)),
+};
+
+/// User presence: per user, online or not and when last seen.
+pub const PRESENCE: BucketSpec = BucketSpec {
+    name: subjects::PRESENCE_BUCKET,
+    description: "per user: online or not, and when last seen",
+    max_age: None,
+    marker_ttl: None,
+};
+
+/// Push tokens: gateways write, the notifier reads. A token not registered again within 60
+/// days expires, so dead devices' tokens go away.
+pub const PUSH_TOKENS: BucketSpec = BucketSpec {
+    name: subjects::PUSH_TOKENS_BUCKET,
+    description: "devices' push tokens: <user>.<token hash>",
+    max_age: Some(Duration::from_secs(60 * 24 * 3600)),
+    marker_ttl: None,
+};
+
+/// Groups: group records and memberships.
+pub const GROUPS: BucketSpec = BucketSpec {
+    name: subjects::GROUPS_BUCKET,
+    description: "groups: <group> → metadata, <group>.<user> → membership",
+    max_age: None,
+    marker_ttl: None,
+};
+
+/// Creates the bucket `spec` describes if it does not exist yet. An existing bucket is taken
+/// as it is (its shape is not updated).
+pub async fn ensure_bucket(
+    js: &jetstream::Context,
+    spec: &BucketSpec,
+    cfg: &BusConfig,
+) -> anyhow::Result<kv::Store> {
+    if let Ok(store) = js.get_key_value(spec.name).await {
+        return Ok(store);
+    }
+    let config = kv::Config {
+        bucket: spec.name.into(),
+        description: spec.description.into(),
+        history: 1,
+        max_age: spec.max_age.unwrap_or_default(),
+        storage: stream::StorageType::File,
+        limit_markers: spec.marker_ttl,
+        num_replicas: cfg.replicas,
+        ..Default::default()
+    };
+    match js.create_key_value(config).await {
+        Ok(store) => Ok(store),
+        // Another service created it between our get and create.
+        Err(_) => js
+            .get_key_value(spec.name)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot create KV bucket {}: {e}", spec.name)),
+    }
+}
+
+/// Creates the push-token bucket if it does not exist yet (gateways write, the notifier
+/// reads).
+pub async fn ensure_push_tokens_bucket(
+    js: &jetstream::Context,
+    cfg: &BusConfig,
+) -> anyhow::Result<kv::Store> {
+    ensure_bucket(js, &PUSH_TOKENS, cfg).await
+}
+
+/// Creates the groups bucket if it does not exist yet: group records and memberships.
+pub async fn ensure_groups_bucket(
+    js: &jetstream::Context,
+    cfg: &BusConfig,
+) -> anyhow::Result<kv::Store> {
+    ensure_bucket(js, &GROUPS, cfg).await
+}
+
+/// The presence buckets: sessions (one key per connection), gateway leases, and each user's
+/// online state and last-seen time.
+#[derive(Clone)]
+pub struct PresenceBuckets {
+    pub sessions: kv::Store,
+    pub gateways: kv::Store,
+    pub users: kv::Store,
+}
+
+/// Creates the presence buckets if they do not exist yet.
+pub async fn ensure_presence_buckets(
+    js: &jetstream::Context,
+    cfg: &BusConfig,
+) -> anyhow::Result<PresenceBuckets> {
+    Ok(PresenceBuckets {
+        sessions: ensure_bucket(js, &SESSIONS, cfg).await?,
+        gateways: ensure_bucket(js, &GATEWAYS, cfg).await?,
+        users: ensure_bucket(js, &PRESENCE, cfg).await?,
+    })
+}

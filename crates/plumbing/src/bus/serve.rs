@@ -1,0 +1,111 @@
+//! Taking messages off the bus until shutdown: the next message of a subscription or a pull
+//! consumer raced against the stop token, queue-group subscriptions, and the request/reply
+//! loop that answers them with bounded concurrency.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use async_nats::jetstream::consumer::pull;
+use futures::StreamExt;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::round_trip;
+
+/// The next message of `sub`, or `None` once `stop` is cancelled or the subscription ends.
+pub async fn next_or_stop(
+    sub: &mut async_nats::Subscriber,
+    stop: &CancellationToken,
+) -> Option<async_nats::Message> {
+    tokio::select! {
+        _ = stop.cancelled() => None,
+        next = sub.next() => next,
+    }
+}
+
+/// The next message of `sub` that decodes as JSON `T`, or `None` once `stop` is cancelled or
+/// the subscription ends. Undecodable messages are logged (not their content) and skipped.
+pub async fn next_json<T: serde::de::DeserializeOwned>(
+    sub: &mut async_nats::Subscriber,
+    stop: &CancellationToken,
+) -> Option<T> {
+    loop {
+        let msg = next_or_stop(sub, stop).await?;
+        match serde_json::from_slice(&msg.payload) {
+            Ok(value) => return Some(value),
+            Err(e) => tracing::warn!(error = %e, subject = %msg.subject, "undecodable payload"),
+        }
+    }
+}
+
+/// The next message pulled from a durable, or `None` once `stop` is cancelled or the pull
+/// stream ends. Pull errors (heartbeats missed during a reconnect...) are logged and skipped:
+/// the stream keeps pulling.
+pub async fn next_pulled(
+    messages: &mut pull::Stream,
+    stop: &CancellationToken,
+) -> Option<async_nats::jetstream::Message> {
+    loop {
+        let next = tokio::select! {
+            _ = stop.cancelled() => return None,
+            next = messages.next() => next,
+        };
+        match next? {
+            Ok(msg) => return Some(msg),
+            Err(e) => tracing::debug!(error = %e, "pull consumer"),
+        }
+    }
+}
+
+/// Joins `queue` on `subject`; the subscription is live on the server when this returns, so
+/// requests sent from other connections right after can already reach it.
+pub async fn serve_queue(
+    nats: &async_nats::Client,
+    subject: &'static str,
+    queue: &'static str,
+) -> anyhow::Result<async_nats::Subscriber> {
+    let sub = nats.queue_subscribe(subject, queue.into()).await?;
+    round_trip(nats).await;
+    Ok(sub)
+}
+
+/// Answers requests from `sub` until `stop`: each with `answer`'s frame (as JSON) on its reply
+/// subject, at most `concurrency` at once (further requests wait in the subscription).
+/// Requests in progress when `stop` comes are finished.
+pub async fn answer_requests<T, F, Fut>(
+    nats: async_nats::Client,
+    mut sub: async_nats::Subscriber,
+    concurrency: usize,
+    stop: CancellationToken,
+    answer: F,
+) -> anyhow::Result<()>
+where
+    T: serde::Serialize,
+    F: Fn(bytes::Bytes) -> Fut,
+    Fut: Future<Output = T> + Send + 'static,
+{
+    let tracker = TaskTracker::new();
+    let permits = Arc::new(Semaphore::new(concurrency));
+    while let Some(msg) = next_or_stop(&mut sub, &stop).await {
+        let Some(reply) = msg.reply else {
+            continue;
+        };
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            break;
+        };
+        let answering = answer(msg.payload);
+        let nats = nats.clone();
+        tracker.spawn(async move {
+            let _permit = permit;
+            let payload = serde_json::to_vec(&answering.await).expect("answer to JSON");
+            if let Err(e) = nats.publish(reply, payload.into()).await {
+                tracing::warn!(error = %e, "could not answer a request");
+            }
+        });
+    }
+    let _ = sub.unsubscribe().await;
+    tracker.close();
+    tracker.wait().await;
+    Ok(())
+}

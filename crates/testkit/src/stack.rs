@@ -1,0 +1,436 @@
+//! The `Stack` builder: a nats-server (or cluster) with natter's own services on
+//! `127.0.0.1:0`, started as a scenario says, and handles on each running service
+//! (`RunningGateway`, `RunningChat`, `RunningHistory`, `RunningNotifier`) to query, stop or
+//! kill it.
+
+use std::net::SocketAddr;
+
+use client::Connection;
+use plumbing::BusConfig;
+use protocol::Encoding;
+use tokio_util::sync::CancellationToken;
+
+use crate::expect::{expect_welcome, within};
+use crate::{StackNats, TestCluster, TestNats};
+
+/// The secret every test token is signed with.
+pub const SECRET: &str = "test-secret-not-for-production";
+
+/// Builder for a natter stack.
+pub struct StackBuilder {
+    gateways: usize,
+    gateway: gateway::GatewayConfig,
+    chat: chat::ChatConfig,
+    bus: BusConfig,
+    sync_interval: String,
+    cluster_nodes: Option<usize>,
+}
+
+impl StackBuilder {
+    /// JetStream `sync_interval` of the test nats-server (`always` or a duration).
+    pub fn sync_interval(mut self, v: &str) -> Self {
+        self.sync_interval = v.into();
+        self
+    }
+
+    pub fn gateways(mut self, n: usize) -> Self {
+        self.gateways = n;
+        self
+    }
+
+    /// Runs on a cluster of `nodes` nats-servers, with streams and buckets replicated on all.
+    pub fn cluster(mut self, nodes: usize) -> Self {
+        self.cluster_nodes = Some(nodes);
+        self.bus.replicas = nodes;
+        self
+    }
+
+    /// Changes every gateway's configuration.
+    pub fn gateway_config(mut self, f: impl FnOnce(&mut gateway::GatewayConfig)) -> Self {
+        f(&mut self.gateway);
+        self
+    }
+
+    pub fn chat_config(mut self, f: impl FnOnce(&mut chat::ChatConfig)) -> Self {
+        f(&mut self.chat);
+        self
+    }
+
+    pub async fn start(self) -> Stack {
+        plumbing::telemetry::init();
+        let nats = match self.cluster_nodes {
+            Some(nodes) => StackNats::Cluster(TestCluster::start(nodes, &self.sync_interval).await),
+            None => StackNats::One(TestNats::start_with_sync(&self.sync_interval)),
+        };
+        let mut bus = self.bus;
+        bus.nats_url = nats.url();
+        let mut stack = Stack {
+            nats,
+            bus,
+            gateway_config: self.gateway,
+            chat_config: self.chat,
+            gateways: Vec::new(),
+            chats: Vec::new(),
+            histories: Vec::new(),
+            notifiers: Vec::new(),
+            history_dir: tempfile::tempdir().expect("temp dir"),
+        };
+        let chat_config = stack.chat_config.clone();
+        stack.start_chat(chat_config).await;
+        stack.start_history().await;
+        for i in 0..self.gateways {
+            stack.start_gateway(&format!("gw-{i}")).await;
+        }
+        stack
+    }
+}
+
+/// A running gateway of a stack.
+pub struct RunningGateway {
+    pub addr: SocketAddr,
+    pub id: String,
+    pub shutdown: CancellationToken,
+    handle: Option<gateway::Gateway>,
+}
+
+impl RunningGateway {
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/v1/ws", self.addr)
+    }
+
+    /// GETs `path` from the gateway's HTTP listener; returns the whole response.
+    pub async fn http_get(&self, path: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(self.addr)
+            .await
+            .expect("connect");
+        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.expect("write");
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.expect("read");
+        out
+    }
+
+    /// The value of a counter or gauge at this gateway's `/metrics`.
+    pub async fn metric(&self, name: &str) -> i64 {
+        let text = self.http_get("/metrics").await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no metric {name}"))
+    }
+
+    /// Also serves `metrics` at this gateway's `/metrics` (as the all-in-one does).
+    pub fn export_metrics(&self, metrics: plumbing::Metrics) {
+        if let Some(handle) = &self.handle {
+            handle.export_metrics(metrics);
+        }
+    }
+
+    /// Shuts the gateway down gracefully and waits for it.
+    pub async fn shutdown(&mut self) {
+        self.shutdown.cancel();
+        if let Some(handle) = self.handle.take() {
+            handle.wait().await;
+        }
+    }
+}
+
+/// A running chat service of a stack.
+pub struct RunningChat {
+    pub shutdown: CancellationToken,
+    pub metrics: plumbing::Metrics,
+    handle: Option<chat::Chat>,
+}
+
+impl RunningChat {
+    /// The value of one of its counters.
+    pub fn metric(&self, name: &str) -> u64 {
+        self.metrics
+            .render()
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no metric {name}"))
+    }
+
+    /// Kills it at once, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(handle) = self.handle.take() {
+            handle.abort();
+        }
+    }
+}
+
+/// nats-server, chat service(s) and gateways.
+pub struct Stack {
+    pub nats: StackNats,
+    pub bus: BusConfig,
+    pub gateway_config: gateway::GatewayConfig,
+    pub chat_config: chat::ChatConfig,
+    pub gateways: Vec<RunningGateway>,
+    pub chats: Vec<RunningChat>,
+    pub histories: Vec<RunningHistory>,
+    pub notifiers: Vec<RunningNotifier>,
+    /// Where the history service's embedded store lives.
+    pub history_dir: tempfile::TempDir,
+}
+
+/// A running history service of a stack.
+pub struct RunningHistory {
+    pub metrics: plumbing::Metrics,
+    pub cache: std::sync::Arc<history::HistoryCache<history::EmbeddedStore>>,
+    handle: Option<history::History<history::EmbeddedStore>>,
+}
+
+impl RunningHistory {
+    /// Kills it at once, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(handle) = self.handle.take() {
+            handle.abort();
+        }
+    }
+}
+
+/// A running notifier of a stack.
+pub struct RunningNotifier {
+    pub shutdown: CancellationToken,
+    pub metrics: plumbing::Metrics,
+    handle: Option<notifier::Notifier>,
+}
+
+impl RunningNotifier {
+    /// Shuts it down gracefully (it hands its held events back) and waits for it.
+    pub async fn stop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(handle) = self.handle.take() {
+            within(handle.wait())
+                .await
+                .expect("notifier stopped cleanly");
+        }
+    }
+
+    /// Kills it at once, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(handle) = self.handle.take() {
+            handle.abort();
+        }
+    }
+
+    /// The value of a counter or gauge of this notifier.
+    pub fn metric(&self, name: &str) -> i64 {
+        metric_value(&self.metrics, name)
+    }
+}
+
+/// The value of a counter or gauge in `metrics`.
+pub fn metric_value(metrics: &plumbing::Metrics, name: &str) -> i64 {
+    metrics
+        .render()
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no metric {name}"))
+}
+
+impl Stack {
+    #[allow(clippy::new_ret_no_self)]
+    pub fn new() -> StackBuilder {
+        let gateway = gateway::GatewayConfig {
+            listen_addr: ([127, 0, 0, 1], 0).into(),
+            jwt_secret: SECRET.into(),
+            shutdown_grace_ms: 5_000,
+            ..Default::default()
+        };
+        StackBuilder {
+            gateways: 1,
+            gateway,
+            chat: chat::ChatConfig::default(),
+            bus: BusConfig::default(),
+            sync_interval: "2m".into(),
+            cluster_nodes: None,
+        }
+    }
+
+    pub async fn start_gateway(&mut self, id: &str) -> usize {
+        let url = self.bus.nats_url.clone();
+        self.start_gateway_via(id, &url).await
+    }
+
+    /// Starts a gateway that reaches NATS at `nats_url` (a [`Link`], to cut it off).
+    pub async fn start_gateway_via(&mut self, id: &str, nats_url: &str) -> usize {
+        let mut config = self.gateway_config.clone();
+        config.gateway_id = id.into();
+        let nats = plumbing::bus::connect(nats_url, id).await.expect("connect");
+        let shutdown = CancellationToken::new();
+        let handle = gateway::Gateway::start(config, &self.bus, nats, shutdown.clone())
+            .await
+            .expect("start gateway");
+        self.gateways.push(RunningGateway {
+            addr: handle.addr,
+            id: id.into(),
+            shutdown,
+            handle: Some(handle),
+        });
+        self.gateways.len() - 1
+    }
+
+    pub async fn start_chat(&mut self, config: chat::ChatConfig) -> usize {
+        let nats = plumbing::bus::connect(&self.bus.nats_url, "chat")
+            .await
+            .expect("connect");
+        let shutdown = CancellationToken::new();
+        let handle = chat::Chat::start(config, &self.bus, nats, shutdown.clone())
+            .await
+            .expect("start chat");
+        self.chats.push(RunningChat {
+            shutdown,
+            metrics: handle.metrics.clone(),
+            handle: Some(handle),
+        });
+        self.chats.len() - 1
+    }
+
+    /// Starts a history service over the stack's embedded store.
+    pub async fn start_history(&mut self) -> usize {
+        self.start_history_with(history::HistoryConfig::default())
+            .await
+    }
+
+    pub async fn start_history_with(&mut self, config: history::HistoryConfig) -> usize {
+        let nats = plumbing::bus::connect(&self.bus.nats_url, "history")
+            .await
+            .expect("connect");
+        let store = history::EmbeddedStore::open(&self.history_dir.path().join("history.redb"))
+            .expect("open embedded store");
+        let membership =
+            history::membership::groups_view(&nats, &self.bus, CancellationToken::new())
+                .await
+                .expect("groups view");
+        let handle = history::History::start(
+            config,
+            &self.bus,
+            nats,
+            store,
+            membership,
+            CancellationToken::new(),
+        )
+        .await
+        .expect("start history");
+        self.histories.push(RunningHistory {
+            metrics: handle.metrics.clone(),
+            cache: handle.cache.clone(),
+            handle: Some(handle),
+        });
+        self.histories.len() - 1
+    }
+
+    /// Starts a notifier with a `window_ms` window, delivering to `webhook_url` (the log
+    /// provider when empty), retrying quickly.
+    pub async fn start_notifier(&mut self, window_ms: u64, webhook_url: &str) -> usize {
+        let provider = if webhook_url.is_empty() {
+            notifier::ProviderKind::Log
+        } else {
+            notifier::ProviderKind::Webhook
+        };
+        self.start_notifier_with(notifier::NotifierConfig {
+            window_ms,
+            provider,
+            webhook_url: webhook_url.into(),
+            webhook_timeout_ms: 2_000,
+            retry_initial_backoff_ms: 100,
+            retry_max_backoff_ms: 500,
+            retry_max_age_ms: 30_000,
+            ..Default::default()
+        })
+        .await
+    }
+
+    pub async fn start_notifier_with(&mut self, config: notifier::NotifierConfig) -> usize {
+        let nats = plumbing::bus::connect(&self.bus.nats_url, "notifier")
+            .await
+            .expect("connect");
+        let shutdown = CancellationToken::new();
+        let handle = notifier::Notifier::start(config, &self.bus, nats, shutdown.clone())
+            .await
+            .expect("start notifier");
+        self.notifiers.push(RunningNotifier {
+            shutdown,
+            metrics: handle.metrics.clone(),
+            handle: Some(handle),
+        });
+        self.notifiers.len() - 1
+    }
+
+    /// A valid token for `user`.
+    pub fn token(&self, user: &str) -> String {
+        gateway::mint_token(SECRET, user, 3600)
+    }
+
+    /// Connects `user` to gateway `gw` with JSON and waits for `welcome`.
+    pub async fn connect(&self, user: &str, gw: usize) -> Connection {
+        self.connect_with(user, gw, Encoding::Json).await
+    }
+
+    pub async fn connect_with(&self, user: &str, gw: usize, encoding: Encoding) -> Connection {
+        self.connect_welcomed(user, gw, encoding).await.0
+    }
+
+    /// Connects and returns the connection with the id its gateway gave it.
+    pub async fn connect_welcomed(
+        &self,
+        user: &str,
+        gw: usize,
+        encoding: Encoding,
+    ) -> (Connection, protocol::ConnId) {
+        let url = self.gateways[gw].ws_url();
+        let mut conn = Connection::connect(&url, &self.token(user), encoding)
+            .await
+            .expect("connect");
+        let id = expect_welcome(&mut conn).await;
+        (conn, id)
+    }
+
+    /// Connects `user` to gateway `gw` resuming from `cursor` (see `Connection::resume`) and
+    /// waits for `welcome`; the replay follows.
+    pub async fn resume(
+        &self,
+        user: &str,
+        gw: usize,
+        cursor: Option<protocol::Cursor>,
+    ) -> Connection {
+        let url = self.gateways[gw].ws_url();
+        let mut conn = Connection::resume(&url, &self.token(user), Encoding::Json, cursor)
+            .await
+            .expect("connect");
+        expect_welcome(&mut conn).await;
+        conn
+    }
+
+    /// The messages stream, for tests that inspect or trim it.
+    pub async fn messages_stream(&self) -> async_nats::jetstream::stream::Stream {
+        let js = async_nats::jetstream::new(self.nats.client().await);
+        js.get_stream(protocol::subjects::MESSAGES_STREAM)
+            .await
+            .expect("stream")
+    }
+
+    /// Number of conversation messages in the messages stream (session markers aside).
+    pub async fn stored_messages(&self) -> u64 {
+        let js = async_nats::jetstream::new(self.nats.client().await);
+        let stream = js
+            .get_stream(protocol::subjects::MESSAGES_STREAM)
+            .await
+            .expect("stream");
+        use futures::StreamExt;
+        let mut subjects = stream
+            .info_with_subjects(protocol::subjects::MESSAGES_SUBJECTS)
+            .await
+            .expect("stream info");
+        let mut n = 0;
+        while let Some(entry) = subjects.next().await {
+            let (subject, count) = entry.expect("stream subjects");
+            if subject != protocol::subjects::SESSION_MARKERS {
+                n += count as u64;
+            }
+        }
+        n
+    }
+}
