@@ -98,14 +98,28 @@ async fn bad_tokens_get_http_401_before_the_upgrade() {
     let stack = Stack::new().start().await;
     let url = stack.gateways[0].ws_url();
     let forged = gateway::mint_token("some-other-secret", "alice", 3600);
-    let expired = gateway::encode_claims(
-        testkit::SECRET,
-        &gateway::Claims {
+    let claims = |f: fn(&mut gateway::Claims)| {
+        let mut claims = gateway::Claims {
             sub: "alice".into(),
-            exp: 1_000,
-        },
-    );
-    for token in [forged.as_str(), expired.as_str(), "", "not-a-jwt"] {
+            exp: now_secs() + 3600,
+            ..Default::default()
+        };
+        f(&mut claims);
+        gateway::encode_claims(testkit::SECRET, &claims)
+    };
+    let expired = claims(|c| c.exp = 1_000);
+    let never_expires = claims(|c| c.exp = u64::MAX);
+    let not_yet_valid = claims(|c| c.nbf = Some(now_secs() + 600));
+    let issued_ahead = claims(|c| c.iat = Some(now_secs() + 600));
+    for token in [
+        forged.as_str(),
+        expired.as_str(),
+        never_expires.as_str(),
+        not_yet_valid.as_str(),
+        issued_ahead.as_str(),
+        "",
+        "not-a-jwt",
+    ] {
         let err = Connection::connect(&url, token, Encoding::Json).await.err();
         assert!(
             matches!(err, Some(ConnectError::Refused(401))),
@@ -175,4 +189,11 @@ async fn shutdown_sends_every_client_the_reconnect_code() {
             .await
             .is_err()
     );
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
