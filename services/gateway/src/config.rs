@@ -32,6 +32,9 @@ pub struct GatewayConfig {
     pub lease_ttl_ms: u64,
     /// Frames queued for one session before it is closed as a slow consumer.
     pub outbound_queue_frames: usize,
+    /// Bytes queued for one session before it is closed as a slow consumer (beside the
+    /// WebSocket write buffer, at most 4 MiB, and the kernel's socket buffer).
+    pub outbound_queue_bytes: usize,
     /// Sends of one session waiting for `sent` before further sends are refused.
     pub max_in_flight_sends: usize,
     /// Largest WebSocket frame or message accepted from a client.
@@ -40,6 +43,10 @@ pub struct GatewayConfig {
     pub max_body_bytes: usize,
     /// Connections above this number are refused with HTTP 503.
     pub max_connections: usize,
+    /// Connections of one user on this gateway above this number are refused with HTTP 429
+    /// (devices and tabs; checked at the handshake, so a burst of simultaneous handshakes
+    /// can pass it by the handshakes in flight).
+    pub max_connections_per_user: usize,
     /// Time given to sessions to close and NATS to drain on shutdown.
     pub shutdown_grace_ms: u64,
     /// How long a `send` waits for the chat service before the client gets `unavailable`.
@@ -88,10 +95,12 @@ impl Default for GatewayConfig {
             heartbeat_timeout_ms: 60_000,
             lease_ttl_ms: 60_000,
             outbound_queue_frames: 1024,
+            outbound_queue_bytes: 2 * 1024 * 1024,
             max_in_flight_sends: 256,
             max_frame_bytes: 128 * 1024,
             max_body_bytes: 64 * 1024,
             max_connections: 100_000,
+            max_connections_per_user: 32,
             shutdown_grace_ms: 10_000,
             send_timeout_ms: 10_000,
             sync_max_messages: 10_000,

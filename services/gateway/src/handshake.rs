@@ -105,6 +105,10 @@ pub fn respond(
     if state.local.registry.len() >= state.config.max_connections {
         return refuse(HandshakeRefusal::Full);
     }
+    if state.local.registry.connections_of(&identity.user) >= state.config.max_connections_per_user
+    {
+        return refuse(HandshakeRefusal::TooManyForUser);
+    }
     let Some(on_upgrade) = slot.and_then(|s| s.take()) else {
         return refuse(HandshakeRefusal::NotUpgradable);
     };

@@ -98,9 +98,8 @@ impl Local {
                 let frame = slot
                     .get_or_insert_with(|| to_ws(handle.encoding.encode_server(&delivery.frame)))
                     .clone();
-                if !handle.outbox.push_at(frame, seq) {
-                    self.metrics.slow_consumers.inc();
-                }
+                // A full outbox evicts its session, which counts itself as a slow consumer.
+                let _ = handle.outbox.push_at(frame, seq);
             },
             |conn, user| gone.push((conn, user.clone())),
         );

@@ -1,6 +1,7 @@
 //! A session's bounded outbound queue. Producers (the NATS inbox, the session itself) push
 //! encoded frames; the session drains everything queued in one go and flushes once.
-//! A full queue evicts the session (slow consumer) instead of growing memory.
+//! A full queue (by frames or by bytes) evicts the session (slow consumer) instead of growing
+//! memory.
 //!
 //! While the session replays what the device missed (`sync`), live messages are held back
 //! and released after the replay, so the device sees the replay, then `synced`, then live
@@ -18,12 +19,17 @@ use tokio_tungstenite::tungstenite::Message;
 pub struct Outbox {
     state: Mutex<State>,
     notify: Notify,
-    capacity: usize,
+    /// Frames queued or held at most.
+    max_frames: usize,
+    /// Bytes queued or held at most.
+    max_bytes: usize,
 }
 
 #[derive(Default)]
 struct State {
     frames: VecDeque<Message>,
+    /// The size of `frames` and the held frames together.
+    bytes: usize,
     /// Set once: the session must close with this code after sending what is queued
     /// (or at once, for a slow consumer).
     close: Option<CloseCode>,
@@ -51,11 +57,12 @@ pub enum Drained {
 }
 
 impl Outbox {
-    pub fn new(capacity: usize) -> Self {
+    pub fn new(max_frames: usize, max_bytes: usize) -> Self {
         Self {
             state: Mutex::new(State::default()),
             notify: Notify::new(),
-            capacity,
+            max_frames,
+            max_bytes,
         }
     }
 
@@ -68,9 +75,11 @@ impl Outbox {
             return false;
         }
         let held = state.held.as_ref().map_or(0, |h| h.frames.len());
-        if state.frames.len() + held >= self.capacity {
-            state.frames.clear();
+        let len = frame.len();
+        if state.frames.len() + held >= self.max_frames || state.bytes + len > self.max_bytes {
+            state.frames = VecDeque::new();
             state.held = None;
+            state.bytes = 0;
             state.close = Some(CloseCode::SlowConsumer);
             drop(state);
             self.notify.notify_one();
@@ -80,11 +89,15 @@ impl Outbox {
             (Some(held), Some(seq)) => {
                 if held.upto.is_none_or(|upto| seq > upto) {
                     held.frames.push_back((seq, frame));
+                    state.bytes += len;
                 }
                 // Otherwise the replay carries it.
                 return true;
             }
-            _ => state.frames.push_back(frame),
+            _ => {
+                state.frames.push_back(frame);
+                state.bytes += len;
+            }
         }
         drop(state);
         self.notify.notify_one();
@@ -101,9 +114,17 @@ impl Outbox {
 
     /// The replay covers every message up to `seq`: held ones at or below it are dropped.
     pub fn covered_upto(&self, seq: u64) {
-        if let Some(held) = &mut self.state.lock().unwrap().held {
+        let mut state = self.state.lock().unwrap();
+        let state = &mut *state;
+        if let Some(held) = &mut state.held {
             held.upto = Some(seq);
-            held.frames.retain(|(s, _)| *s > seq);
+            held.frames.retain(|(s, f)| {
+                let keep = *s > seq;
+                if !keep {
+                    state.bytes -= f.len();
+                }
+                keep
+            });
         }
     }
 
@@ -113,6 +134,13 @@ impl Outbox {
         state.resyncing = None;
         if let Some(held) = state.held.take() {
             let upto = held.upto.unwrap_or(0);
+            let dropped: usize = held
+                .frames
+                .iter()
+                .filter(|(s, _)| *s <= upto)
+                .map(|(_, f)| f.len())
+                .sum();
+            state.bytes -= dropped;
             state.frames.extend(
                 held.frames
                     .into_iter()
@@ -159,6 +187,8 @@ impl Outbox {
     /// Moves every queued frame into `out`.
     pub fn drain(&self, out: &mut Vec<Message>) -> Drained {
         let mut state = self.state.lock().unwrap();
+        let drained: usize = state.frames.iter().map(Message::len).sum();
+        state.bytes -= drained;
         out.extend(state.frames.drain(..));
         if state.frames.capacity() > 64 {
             state.frames.shrink_to(0);
@@ -184,7 +214,7 @@ mod tests {
 
     #[test]
     fn a_full_queue_evicts_as_slow_consumer() {
-        let outbox = Outbox::new(2);
+        let outbox = Outbox::new(2, 1024);
         assert!(outbox.push_at(Message::text("a"), None));
         assert!(outbox.push_at(Message::text("b"), None));
         assert!(!outbox.push_at(Message::text("c"), None));
@@ -200,8 +230,28 @@ mod tests {
     }
 
     #[test]
+    fn a_queue_over_its_bytes_evicts_as_slow_consumer_and_drained_bytes_free_room() {
+        let outbox = Outbox::new(100, 10);
+        assert!(outbox.push_at(Message::text("12345"), None));
+        assert!(outbox.push_at(Message::text("12345"), None));
+        let mut out = Vec::new();
+        outbox.drain(&mut out);
+        assert_eq!(out.len(), 2);
+        // Drained bytes no longer count; held ones do.
+        outbox.hold();
+        assert!(outbox.push_at(Message::text("123456"), Some(1)));
+        assert!(!outbox.push_at(Message::text("12345"), None), "6 + 5 > 10");
+        out.clear();
+        assert!(matches!(
+            outbox.drain(&mut out),
+            Drained::Close(CloseCode::SlowConsumer)
+        ));
+        assert!(out.is_empty());
+    }
+
+    #[test]
     fn a_resync_request_waits_for_the_session_and_the_earliest_wins() {
-        let outbox = Outbox::new(8);
+        let outbox = Outbox::new(8, 1024);
         let at = |seq| Cursor { epoch: 1, seq };
         outbox.resync_after(at(7));
         outbox.resync_after(at(5));
@@ -217,7 +267,7 @@ mod tests {
 
     #[test]
     fn a_replay_holds_live_messages_and_drops_what_it_covered() {
-        let outbox = Outbox::new(8);
+        let outbox = Outbox::new(8, 1024);
         outbox.hold();
         assert!(outbox.push_at(Message::text("live 5"), Some(5)));
         assert!(outbox.push_at(Message::text("receipt"), None));
@@ -239,7 +289,7 @@ mod tests {
 
     #[test]
     fn close_keeps_queued_frames() {
-        let outbox = Outbox::new(8);
+        let outbox = Outbox::new(8, 1024);
         outbox.push_at(Message::text("a"), None);
         outbox.close(CloseCode::Reconnect);
         let mut out = Vec::new();

@@ -119,16 +119,20 @@ pub enum HandshakeRefusal {
     NoBus,
     #[error("gateway is full")]
     Full,
+    #[error("too many connections for this user")]
+    TooManyForUser,
     #[error("connection cannot be upgraded")]
     NotUpgradable,
 }
 
 impl HandshakeRefusal {
-    /// `401` for the token, `503` when another gateway should be tried, `400` otherwise.
+    /// `401` for the token, `429` for a user over their connections, `503` when another
+    /// gateway should be tried, `400` otherwise.
     pub fn status(self) -> http::StatusCode {
         use HandshakeRefusal::*;
         match self {
             Unauthenticated => http::StatusCode::UNAUTHORIZED,
+            TooManyForUser => http::StatusCode::TOO_MANY_REQUESTS,
             ShuttingDown | NoBus | Full => http::StatusCode::SERVICE_UNAVAILABLE,
             NotAnUpgrade | NoKey | BadCursor | Subprotocol | NotUpgradable => {
                 http::StatusCode::BAD_REQUEST

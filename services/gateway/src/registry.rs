@@ -90,6 +90,16 @@ impl Registry {
         self.inner.read().unwrap().sessions.contains_key(&conn)
     }
 
+    /// How many connections `user` has here.
+    pub fn connections_of(&self, user: &UserId) -> usize {
+        self.inner
+            .read()
+            .unwrap()
+            .users
+            .get(user)
+            .map_or(0, Vec::len)
+    }
+
     pub fn len(&self) -> usize {
         self.inner.read().unwrap().sessions.len()
     }

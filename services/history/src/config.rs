@@ -38,6 +38,11 @@ pub struct HistoryConfig {
     /// received and read their messages (`delivered`/`seen` notifications), and `receipts`
     /// answers name them. Larger groups get counts only.
     pub receipt_lists_max: usize,
+    /// The most bytes of messages (as JSON) one `history` page carries; a page that would
+    /// be larger ends early with `more: true`, so no conversation can make its own history
+    /// unreadable (NATS refuses payloads over `max_payload`, 1 MiB by default). At least one
+    /// message is always returned.
+    pub page_max_bytes: usize,
 }
 
 impl Default for HistoryConfig {
@@ -51,6 +56,7 @@ impl Default for HistoryConfig {
             writer_ack_wait_ms: 30_000,
             max_concurrent_queries: 1024,
             receipt_lists_max: 256,
+            page_max_bytes: 512 * 1024,
         }
     }
 }

@@ -26,6 +26,8 @@ pub struct Queries<S> {
     pub membership: Arc<dyn Membership>,
     /// See [`crate::HistoryConfig::receipt_lists_max`].
     pub receipt_lists_max: usize,
+    /// See [`crate::HistoryConfig::page_max_bytes`].
+    pub page_max_bytes: usize,
 }
 
 /// Subscribes to queries and receipts; both are live on the server when this returns.
@@ -138,8 +140,15 @@ impl<S: Store> Queries<S> {
             .page(&conversation, page, limit + 1)
             .await
             .map_err(QueryError::unavailable("messages"))?;
-        let more = messages.len() > limit;
+        let mut more = messages.len() > limit;
         messages.truncate(limit);
+        // Nearest the anchor first (newest for a latest or `before` page, oldest for
+        // `after`), so the next page continues where this one stopped.
+        let fits = fitting(&messages, self.page_max_bytes);
+        if fits < messages.len() {
+            messages.truncate(fits);
+            more = true;
+        }
         if !matches!(page, Page::After(_)) {
             messages.reverse(); // answers are always oldest first
         }
@@ -215,4 +224,15 @@ impl<S: Store> Queries<S> {
             seen_by: with_names.then_some(seen_by),
         })
     }
+}
+/// How many of `messages`, from the first, fit in `max_bytes` of JSON; at least one.
+fn fitting(messages: &[protocol::frames::Message], max_bytes: usize) -> usize {
+    let mut total = 0;
+    for (i, message) in messages.iter().enumerate() {
+        total += serde_json::to_vec(message).map_or(usize::MAX, |json| json.len() + 1);
+        if total > max_bytes {
+            return i.max(1);
+        }
+    }
+    messages.len()
 }

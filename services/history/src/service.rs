@@ -66,6 +66,7 @@ impl<S: Store> History<S> {
             cache: cache.clone(),
             membership: membership.clone(),
             receipt_lists_max: config.receipt_lists_max,
+            page_max_bytes: config.page_max_bytes,
         });
         roles.spawn(queries::serve(
             answers,

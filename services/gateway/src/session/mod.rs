@@ -90,7 +90,10 @@ impl Session {
         let handle = Arc::new(SessionHandle {
             user: identity.user.clone(),
             encoding,
-            outbox: Outbox::new(state.config.outbound_queue_frames),
+            outbox: Outbox::new(
+                state.config.outbound_queue_frames,
+                state.config.outbound_queue_bytes,
+            ),
         });
         Self {
             state,
@@ -155,6 +158,10 @@ impl Session {
             });
         }
         let close = self.serve().await;
+        if close == Some(CloseCode::SlowConsumer) {
+            // Counted here, once per session, whether the outbox filled or a write timed out.
+            metrics.slow_consumers.inc();
+        }
         self.state.local.registry.remove(self.conn);
         self.state.watchers.forget(self.conn);
         if let Err(e) = self.state.presence.unregister(&self.user, self.conn).await {
@@ -192,9 +199,6 @@ impl Session {
                 }
                 _ = self.handle.outbox.ready() => {
                     if let Drained::Close(code) = self.handle.outbox.drain(&mut self.batch) {
-                        if code == CloseCode::SlowConsumer {
-                            self.state.metrics.slow_consumers.inc();
-                        }
                         let _ = self.flush().await;
                         return Some(code);
                     }

@@ -1,0 +1,128 @@
+//! Limits that keep one user from hurting another: one user cannot hold more connections
+//! than `max_connections_per_user`; a client that stops reading is evicted once its outbox is
+//! full (by frames or bytes) and counted once as a slow consumer, however many frames were
+//! addressed to it afterwards; and history pages are bounded in bytes, so large messages
+//! cannot make a conversation's history unreadable.
+
+use std::time::Duration;
+
+use protocol::frames::ClientFrame;
+use protocol::{Encoding, MessageId};
+use testkit::client::{ConnectError, Connection};
+use testkit::{Stack, eventually, expect_history, expect_sent};
+
+#[tokio::test]
+async fn a_user_over_their_connections_is_refused_with_429_and_others_are_not() {
+    let stack = Stack::new()
+        .gateway_config(|c| c.max_connections_per_user = 2)
+        .start()
+        .await;
+    let url = stack.gateways[0].ws_url();
+    let first = stack.connect("alice", 0).await;
+    let _second = stack.connect("alice", 0).await;
+    let third = Connection::connect(&url, &stack.token("alice"), Encoding::Json).await;
+    assert!(
+        matches!(third, Err(ConnectError::Refused(429))),
+        "third connection of alice: {:?}",
+        third.err()
+    );
+    // Another user is not affected.
+    let _bob = stack.connect("bob", 0).await;
+
+    // A closed connection frees its place.
+    drop(first);
+    eventually(
+        "alice may connect again",
+        Duration::from_secs(10),
+        async || {
+            Connection::connect(&url, &stack.token("alice"), Encoding::Json)
+                .await
+                .is_ok()
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_evicted_and_counted_once() {
+    let stack = Stack::new()
+        .gateway_config(|c| {
+            c.outbound_queue_frames = 64;
+            c.outbound_queue_bytes = 256 * 1024;
+        })
+        .start()
+        .await;
+    let mut alice = stack.connect("alice", 0).await;
+    // bob connects, then never reads again.
+    let _bob = stack.connect("bob", 0).await;
+    eventually(
+        "both sessions registered",
+        Duration::from_secs(10),
+        async || stack.gateways[0].metric("natter_gateway_connections").await == 2,
+    )
+    .await;
+
+    // About 12 MB for bob: more than the socket buffers, the outbox and its byte limit hold.
+    let body = "x".repeat(30_000);
+    for i in 0..400 {
+        let cid = format!("c{i}");
+        alice.send("bob", &cid, &body).await.unwrap();
+        expect_sent(&mut alice, &cid).await;
+    }
+    eventually("bob evicted", Duration::from_secs(60), async || {
+        stack.gateways[0].metric("natter_gateway_connections").await == 1
+    })
+    .await;
+    assert_eq!(
+        stack.gateways[0]
+            .metric("natter_gateway_slow_consumers_total")
+            .await,
+        1,
+        "one session evicted, counted once"
+    );
+}
+
+#[tokio::test]
+async fn large_messages_cannot_make_history_unreadable() {
+    let stack = Stack::new().start().await;
+    // Sent over MessagePack, where control characters are one byte each; in JSON they become
+    // six, so each message is about 360 KB there and a page of 16 of them would be far over
+    // NATS's 1 MiB payload limit.
+    let mut alice = stack.connect_with("alice", 0, Encoding::MsgPack).await;
+    let body = "\u{1}".repeat(60_000);
+    let mut sent = Vec::new();
+    for i in 0..20 {
+        let cid = format!("big{i}");
+        alice.send("bob", &cid, &body).await.unwrap();
+        sent.push(expect_sent(&mut alice, &cid).await.id);
+    }
+
+    let mut bob = stack.connect("bob", 0).await;
+    let mut read: Vec<MessageId> = Vec::new();
+    let mut before = None;
+    for page in 0.. {
+        assert!(page < 40, "paging does not end");
+        let qid = format!("h{page}");
+        let frame = ClientFrame::History {
+            qid: qid.clone(),
+            conversation: "dm:alice:bob".into(),
+            before: before.map(|id: MessageId| id.to_string()),
+            after: None,
+            limit: Some(50),
+        };
+        bob.send_frame(&frame).await.unwrap();
+        let (messages, more) = expect_history(&mut bob, &qid)
+            .await
+            .unwrap_or_else(|code| panic!("page {page} refused with {code:?}"));
+        assert!(!messages.is_empty(), "every page makes progress");
+        assert!(messages.iter().all(|m| m.body == body));
+        before = messages.first().map(|m| m.id);
+        let mut page_ids: Vec<MessageId> = messages.iter().map(|m| m.id).collect();
+        page_ids.extend(read);
+        read = page_ids;
+        if !more {
+            break;
+        }
+    }
+    assert_eq!(read, sent, "every message, once, oldest first");
+}
