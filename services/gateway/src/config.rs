@@ -59,6 +59,12 @@ pub struct GatewayConfig {
     pub sync_page: usize,
     /// Replays running at once on this gateway; more wait their turn (reconnect storms).
     pub sync_concurrency: usize,
+    /// Browser origins (`https://chat.example.com`) whose pages may open a WebSocket. A
+    /// handshake carrying any other `Origin` is refused with 403; clients that are not
+    /// browsers send none and are not affected. Empty (the default) allows no browser page,
+    /// except the gateway's own web client when `web_client` is on and the gateway listens on
+    /// a specific address (on all interfaces, list the origins it is reached by).
+    pub allowed_origins: Vec<String>,
     /// Serve the web client (`web/`, embedded in the binary) at `/`. Off by default: a
     /// gateway behind a load balancer usually serves only `/v1/ws`.
     pub web_client: bool,
@@ -106,6 +112,7 @@ impl Default for GatewayConfig {
             sync_max_messages: 10_000,
             sync_page: 256,
             sync_concurrency: 64,
+            allowed_origins: Vec::new(),
             web_client: false,
             dev_tokens: false,
         }

@@ -6,6 +6,8 @@ use warp::Filter;
 use warp::filters::BoxedFilter;
 use warp::reply::{Reply, Response};
 
+use crate::origins::{is_loopback_host, is_loopback_origin};
+
 /// How long a dev token lives.
 const DEV_TOKEN_TTL_SECS: u64 = 24 * 3600;
 
@@ -39,23 +41,38 @@ pub fn routes(enabled: bool, jwt_secret: String) -> BoxedFilter<(Response,)> {
             "content-type",
             "application/json",
         ))
+        .and(warp::header::optional::<String>("host"))
+        .and(warp::header::optional::<String>("origin"))
         .and(warp::body::content_length_limit(1024))
         .and(warp::body::json())
-        .map(move |request: TokenRequest| {
-            if protocol::UserId::new(&request.user).is_err() {
-                return warp::reply::with_status(
-                    "user must match [A-Za-z0-9_-]{1,64}",
-                    http::StatusCode::BAD_REQUEST,
-                )
-                .into_response();
-            }
-            let token = crate::mint_token(&jwt_secret, &request.user, DEV_TOKEN_TTL_SECS);
-            tracing::info!(user = %request.user, "dev token issued");
-            warp::reply::json(&TokenAnswer {
-                user: request.user,
-                token,
-            })
-            .into_response()
-        })
+        .map(
+            move |host: Option<String>, origin: Option<String>, request: TokenRequest| {
+                // DNS rebinding: a page of any site can resolve its own name to 127.0.0.1. Its
+                // requests still name that site in `Host` and `Origin`, so both must be loopback.
+                if !host.as_deref().is_some_and(is_loopback_host)
+                    || origin.as_deref().is_some_and(|o| !is_loopback_origin(o))
+                {
+                    return warp::reply::with_status(
+                        "dev tokens are for pages on this machine only",
+                        http::StatusCode::FORBIDDEN,
+                    )
+                    .into_response();
+                }
+                if protocol::UserId::new(&request.user).is_err() {
+                    return warp::reply::with_status(
+                        "user must match [A-Za-z0-9_-]{1,64}",
+                        http::StatusCode::BAD_REQUEST,
+                    )
+                    .into_response();
+                }
+                let token = crate::mint_token(&jwt_secret, &request.user, DEV_TOKEN_TTL_SECS);
+                tracing::info!(user = %request.user, "dev token issued");
+                warp::reply::json(&TokenAnswer {
+                    user: request.user,
+                    token,
+                })
+                .into_response()
+            },
+        )
         .boxed()
 }

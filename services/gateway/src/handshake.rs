@@ -64,7 +64,14 @@ pub fn respond(
         return refuse(HandshakeRefusal::NoKey);
     };
 
-    // 2. Authenticate before anything is allocated for the connection.
+    // 2. A browser page must be one allowed to talk to this gateway.
+    if let Some(origin) = headers.get(header::ORIGIN)
+        && !origin.to_str().is_ok_and(|o| state.origins.allows(o))
+    {
+        return refuse(HandshakeRefusal::Origin);
+    }
+
+    // 3. Authenticate before anything is allocated for the connection.
     let authorization = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
@@ -77,7 +84,7 @@ pub fn respond(
         }
     };
 
-    // 3. Resuming from a cursor (`?cursor=<cursor>`, empty for a new device): the replay
+    // 4. Resuming from a cursor (`?cursor=<cursor>`, empty for a new device): the replay
     //    starts with the session, before any live message can overtake it.
     let resume = match query.and_then(|q| auth::url_query_param(q, "cursor")) {
         None => None,
@@ -88,7 +95,7 @@ pub fn respond(
         },
     };
 
-    // 4. Encoding, limits, shutdown.
+    // 5. Encoding, limits, shutdown.
     let offered = headers
         .get(header::SEC_WEBSOCKET_PROTOCOL)
         .and_then(|v| v.to_str().ok());
@@ -113,7 +120,7 @@ pub fn respond(
         return refuse(HandshakeRefusal::NotUpgradable);
     };
 
-    // 5. Hand the socket to a session once hyper has sent the 101.
+    // 6. Hand the socket to a session once hyper has sent the 101.
     let state_for_task = state.clone();
     state.sessions.spawn(async move {
         let state = state_for_task;

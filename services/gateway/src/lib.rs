@@ -11,6 +11,7 @@ mod history_floor;
 mod inbox;
 mod local;
 mod metrics;
+mod origins;
 mod outbox;
 mod presence;
 mod push_tokens;

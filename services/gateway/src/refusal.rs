@@ -108,6 +108,9 @@ pub enum HandshakeRefusal {
     /// The auth error itself is logged (its kind only), never sent.
     #[error("missing or invalid token")]
     Unauthenticated,
+    /// A browser page whose origin is not in `gateway.allowed_origins`.
+    #[error("origin not allowed")]
+    Origin,
     #[error("cursor is not a natter cursor")]
     BadCursor,
     #[error("unsupported subprotocol; offer natter.v1.json or natter.v1.msgpack")]
@@ -126,13 +129,14 @@ pub enum HandshakeRefusal {
 }
 
 impl HandshakeRefusal {
-    /// `401` for the token, `429` for a user over their connections, `503` when another
+    /// `401` for the token, `403` for a page of another origin, `429` for a user over their connections, `503` when another
     /// gateway should be tried, `400` otherwise.
     pub fn status(self) -> http::StatusCode {
         use HandshakeRefusal::*;
         match self {
             Unauthenticated => http::StatusCode::UNAUTHORIZED,
             TooManyForUser => http::StatusCode::TOO_MANY_REQUESTS,
+            Origin => http::StatusCode::FORBIDDEN,
             ShuttingDown | NoBus | Full => http::StatusCode::SERVICE_UNAVAILABLE,
             NotAnUpgrade | NoKey | BadCursor | Subprotocol | NotUpgradable => {
                 http::StatusCode::BAD_REQUEST

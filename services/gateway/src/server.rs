@@ -24,6 +24,7 @@ use crate::history_floor::HistoryFloor;
 use crate::inbox;
 use crate::local::Local;
 use crate::metrics::GatewayMetrics;
+use crate::origins::Origins;
 use crate::presence::Presence;
 use crate::replay::Replayer;
 use crate::reregister;
@@ -96,6 +97,7 @@ impl Gateway {
         ));
         let state = Arc::new(GatewayState {
             verifier: Verifier::new(&config.jwt_secret, config.token_rules()),
+            origins: Origins::new(&config.allowed_origins, config.web_client.then_some(addr)),
             config,
             replayer,
             watchers: Arc::default(),

@@ -13,6 +13,7 @@ use crate::auth::Verifier;
 use crate::config::GatewayConfig;
 use crate::local::Local;
 use crate::metrics::GatewayMetrics;
+use crate::origins::Origins;
 use crate::presence::Presence;
 use crate::replay::Replayer;
 use crate::watchers::Watchers;
@@ -23,6 +24,8 @@ pub struct GatewayState {
     pub gateway: GatewayId,
     pub nats: async_nats::Client,
     pub verifier: Verifier,
+    /// Browser origins allowed to open a WebSocket.
+    pub origins: Origins,
     /// The sessions here, and delivery to them.
     pub local: Arc<Local>,
     pub presence: Presence,

@@ -72,15 +72,31 @@ impl NatterConfig {
         if !self.gateway.jwt_secret.is_empty() {
             return Ok(SecretSource::Configured);
         }
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
         let path = self.data_dir.join("dev-secret");
+        // Only this user may read the secret (anyone who can, can be anyone) or the data.
+        let private = |path: &std::path::Path, mode: u32| {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+                .with_context(|| format!("restricting {}", path.display()))
+        };
         if let Ok(secret) = std::fs::read_to_string(&path) {
+            private(&self.data_dir, 0o700)?;
+            private(&path, 0o600)?;
             self.gateway.jwt_secret = secret.trim().to_string();
             return Ok(SecretSource::LocalDev);
         }
         std::fs::create_dir_all(&self.data_dir)
             .with_context(|| format!("creating {}", self.data_dir.display()))?;
+        private(&self.data_dir, 0o700)?;
         let secret = format!("{}{}", ulid::Ulid::new(), ulid::Ulid::new());
-        std::fs::write(&path, &secret).with_context(|| format!("writing {}", path.display()))?;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("writing {}", path.display()))?;
+        std::io::Write::write_all(&mut file, secret.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
         self.gateway.jwt_secret = secret;
         Ok(SecretSource::LocalDev)
     }
@@ -93,4 +109,35 @@ pub enum SecretSource {
     Configured,
     /// natter generated it for a local install (`data_dir/dev-secret`).
     LocalDev,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn the_dev_secret_and_the_data_dir_are_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let mut config = NatterConfig {
+            data_dir: dir.path().join("data"),
+            ..Default::default()
+        };
+        assert_eq!(config.resolve_secret().unwrap(), SecretSource::LocalDev);
+        assert_eq!(mode(&config.data_dir), 0o700);
+        assert_eq!(mode(&config.data_dir.join("dev-secret")), 0o600);
+
+        // A secret left readable by an older natter is made private again.
+        let secret = config.data_dir.join("dev-secret");
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let mut again = NatterConfig {
+            data_dir: config.data_dir.clone(),
+            ..Default::default()
+        };
+        again.resolve_secret().unwrap();
+        assert_eq!(again.gateway.jwt_secret, config.gateway.jwt_secret);
+        assert_eq!(mode(&secret), 0o600);
+    }
 }
