@@ -7,9 +7,10 @@
 use std::time::Duration;
 
 use protocol::frames::ClientFrame;
+use protocol::frames::ServerFrame;
 use protocol::{Encoding, MessageId};
 use testkit::client::{ConnectError, Connection};
-use testkit::{Stack, eventually, expect_history, expect_sent};
+use testkit::{Stack, eventually, expect_frame, expect_history, expect_message, expect_sent};
 
 #[tokio::test]
 async fn a_user_over_their_connections_is_refused_with_429_and_others_are_not() {
@@ -125,4 +126,50 @@ async fn large_messages_cannot_make_history_unreadable() {
         }
     }
     assert_eq!(read, sent, "every message, once, oldest first");
+}
+
+#[tokio::test]
+async fn a_read_flood_reaches_the_peer_once() {
+    let stack = Stack::new().start().await;
+    let mut alice = stack.connect("alice", 0).await;
+    let mut bob = stack.connect("bob", 0).await;
+    alice.send("bob", "m1", "one").await.unwrap();
+    expect_sent(&mut alice, "m1").await;
+    alice.send("bob", "m2", "two").await.unwrap();
+    expect_sent(&mut alice, "m2").await;
+    let first = expect_message(&mut bob).await;
+    let second = expect_message(&mut bob).await;
+
+    for _ in 0..20_000 {
+        bob.read(&first.conversation, first.id).await.unwrap();
+    }
+    // The fence: a read that moves bob's marker.
+    bob.read(&second.conversation, second.id).await.unwrap();
+
+    let mut seen_first = 0;
+    loop {
+        let up_to = expect_frame(&mut alice, |f| match f {
+            ServerFrame::Seen { up_to, .. } => Some(*up_to),
+            _ => None,
+        })
+        .await;
+        if up_to == second.id {
+            break;
+        }
+        assert_eq!(up_to, first.id);
+        seen_first += 1;
+    }
+    assert_eq!(
+        seen_first, 1,
+        "the repeats moved nothing and were not forwarded"
+    );
+    assert!(
+        stack.gateways[0]
+            .metric("natter_gateway_receipts_coalesced_total")
+            .await
+            >= 19_999
+    );
+    // alice was never at risk of being evicted for bob's flood.
+    alice.ping(Some(7)).await.unwrap();
+    testkit::expect_pong(&mut alice, Some(7)).await;
 }

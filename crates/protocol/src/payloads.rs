@@ -60,7 +60,7 @@ pub struct DeliveryOrder {
 }
 
 /// What a receipt reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ReceiptKind {
     /// A device of `by` received message `id`.

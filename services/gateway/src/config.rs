@@ -35,6 +35,10 @@ pub struct GatewayConfig {
     /// Bytes queued for one session before it is closed as a slow consumer (beside the
     /// WebSocket write buffer, at most 4 MiB, and the kernel's socket buffer).
     pub outbound_queue_bytes: usize,
+    /// `ack` and `read` receipts one connection forwards per second (and in a burst); above
+    /// it the latest per conversation waits for the next slot. Receipts that move no marker
+    /// are never forwarded.
+    pub receipts_per_sec: u32,
     /// Sends of one session waiting for `sent` before further sends are refused.
     pub max_in_flight_sends: usize,
     /// Largest WebSocket frame or message accepted from a client.
@@ -103,6 +107,7 @@ impl Default for GatewayConfig {
             outbound_queue_frames: 1024,
             outbound_queue_bytes: 2 * 1024 * 1024,
             max_in_flight_sends: 256,
+            receipts_per_sec: 20,
             max_frame_bytes: 128 * 1024,
             max_body_bytes: 64 * 1024,
             max_connections: 100_000,

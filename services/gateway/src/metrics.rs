@@ -16,6 +16,7 @@ pub struct GatewayMetrics {
     pub slow_consumers: Counter,
     pub heartbeat_timeouts: Counter,
     pub typing_dropped: Counter,
+    pub receipts_coalesced: Counter,
     pub reregistrations: Counter,
     pub send_latency: Histogram,
     pub undelivered: Counter,
@@ -54,6 +55,10 @@ impl GatewayMetrics {
             typing_dropped: m.counter(
                 "natter_gateway_typing_dropped_total",
                 "typing indicators over the rate limit, dropped",
+            ),
+            receipts_coalesced: m.counter(
+                "natter_gateway_receipts_coalesced_total",
+                "acks and reads not forwarded because they moved no marker (repeats, older ones)",
             ),
             reregistrations: m.counter(
                 "natter_gateway_reregistrations_total",

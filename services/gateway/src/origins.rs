@@ -30,7 +30,7 @@ impl Origins {
 
     pub fn allows(&self, origin: &str) -> bool {
         let origin = normalise(origin);
-        self.allowed.iter().any(|a| *a == origin)
+        self.allowed.contains(&origin)
     }
 }
 

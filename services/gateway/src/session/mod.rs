@@ -9,6 +9,7 @@
 //! group requests), `watch.rs` (presence watching) and `replay.rs` (driving a `sync`).
 
 mod query;
+mod receipt_gate;
 mod replay;
 mod send;
 mod signals;
@@ -75,6 +76,10 @@ pub struct Session {
     replay: Option<replay::ReplayTurn>,
     /// When this connection last sent a typing indicator on (rate limit).
     last_typing: Option<Instant>,
+    /// Which receipts go on, and when (created on the first receipt).
+    receipt_gate: Option<Box<receipt_gate::ReceiptGate>>,
+    /// When receipts waiting in the gate may go.
+    receipt_timer: Option<Pin<Box<tokio::time::Sleep>>>,
     /// Frames to write at the end of this loop turn, flushed once.
     batch: Vec<Message>,
 }
@@ -108,6 +113,8 @@ impl Session {
             queries: None,
             replay: None,
             last_typing: None,
+            receipt_gate: None,
+            receipt_timer: None,
             batch: Vec::new(),
         }
     }
@@ -220,6 +227,12 @@ impl Session {
                     let (cid, started, _) = self.in_flight.take().expect("guarded by is_some");
                     self.on_send_answer(cid, started, result);
                     self.start_next_send();
+                }
+                _ = signals::receipt_slot(&mut self.receipt_timer), if self.receipt_timer.is_some() => {
+                    self.receipt_timer = None;
+                    if let Some(work) = self.release_receipts() {
+                        work.await;
+                    }
                 }
                 _ = &mut heartbeat => {
                     if self.token_expired() {
