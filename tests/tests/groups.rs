@@ -578,3 +578,46 @@ async fn the_sender_sees_who_received_and_read_a_group_message() {
         Err(ErrorCode::Forbidden)
     );
 }
+
+#[tokio::test]
+async fn nobody_can_be_buried_under_groups() {
+    let stack = Stack::new()
+        .chat_config(|c| c.max_groups_per_user = 2)
+        .start()
+        .await;
+    let mut alice = stack.connect("alice", 0).await;
+    let mut mallory = stack.connect("mallory", 0).await;
+    let create = |name: &str, members: &[&str]| GroupOp::Create {
+        name: name.into(),
+        members: members.iter().map(|m| m.to_string()).collect(),
+    };
+    op(&mut alice, "g1", create("One", &["bob"])).await;
+    let two = op(&mut mallory, "g2", create("Two", &["bob"])).await;
+
+    // bob is in two groups: mallory can neither create a third with him nor add him to one.
+    assert_eq!(
+        refused(&mut mallory, "g3", create("Three", &["bob"])).await,
+        ErrorCode::TooManyGroups
+    );
+    let three = op(&mut mallory, "g4", create("Four", &["carol"])).await;
+    let add = GroupOp::Add {
+        group: three.group.to_string(),
+        users: vec!["bob".into()],
+        role: None,
+    };
+    assert_eq!(
+        refused(&mut mallory, "g5", add).await,
+        ErrorCode::TooManyGroups
+    );
+    // mallory has reached the limit herself.
+    assert_eq!(
+        refused(&mut mallory, "g6", create("Five", &[])).await,
+        ErrorCode::TooManyGroups
+    );
+    // Leaving makes room again.
+    let leave = GroupOp::Leave {
+        group: two.group.to_string(),
+    };
+    op(&mut mallory, "g7", leave).await;
+    op(&mut alice, "g8", create("Six", &["mallory"])).await;
+}

@@ -129,6 +129,16 @@ impl GroupView {
         (page, more)
     }
 
+    /// How many groups `user` is a member of.
+    pub fn group_count(&self, user: &UserId) -> usize {
+        self.state
+            .read()
+            .unwrap()
+            .of_user
+            .get(user)
+            .map_or(0, |gs| gs.len())
+    }
+
     /// The groups `user` is a member of, in no particular order.
     pub fn groups_of(&self, user: &UserId) -> Vec<GroupId> {
         let state = self.state.read().unwrap();

@@ -27,6 +27,8 @@ pub enum ErrorCode {
     NotFound = 1006,
     /// The group has reached its member limit.
     GroupFull = 1007,
+    /// A user named is already in the server's most groups per user.
+    TooManyGroups = 1008,
     /// A backend is unavailable; retry the same frame with the same `cid`.
     Unavailable = 1500,
 }
@@ -56,6 +58,7 @@ impl TryFrom<u16> for ErrorCode {
             1005 => TooManyInFlight,
             1006 => NotFound,
             1007 => GroupFull,
+            1008 => TooManyGroups,
             1500 => Unavailable,
             other => return Err(format!("unknown error code {other}")),
         })
@@ -134,6 +137,7 @@ mod tests {
             ErrorCode::TooManyInFlight,
             ErrorCode::NotFound,
             ErrorCode::GroupFull,
+            ErrorCode::TooManyGroups,
             ErrorCode::Unavailable,
         ] {
             assert_eq!(ErrorCode::try_from(u16::from(c)), Ok(c));

@@ -24,6 +24,9 @@ pub struct ChatConfig {
     pub router_ack_wait_ms: u64,
     /// The most members a group may have.
     pub max_group_members: usize,
+    /// The most groups one user may be in: nobody can be added to more, so no one can bury
+    /// a user under groups (their group list and replay stay within one NATS reply).
+    pub max_groups_per_user: usize,
     /// Groups with more members than this are large: left out of `sync` replays, so their
     /// members catch up from history (fan-out on read). See `docs/protocol.md`.
     pub large_group_members: usize,
@@ -43,6 +46,7 @@ impl Default for ChatConfig {
             router_batch: 512,
             router_ack_wait_ms: 30_000,
             max_group_members: 500,
+            max_groups_per_user: 200,
             large_group_members: 1_000,
             typing_group_members: 256,
         }

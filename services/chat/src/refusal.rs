@@ -85,6 +85,12 @@ pub enum GroupError {
     NameControlCharacters,
     #[error("a group has at most {max_members} members")]
     Full { max_members: usize },
+    /// Users the operation names who are in the most groups a user may be in.
+    #[error("{} already in {max_groups} groups, the most allowed", names(.users))]
+    TooManyGroups {
+        users: Vec<String>,
+        max_groups: usize,
+    },
     #[error("no such group")]
     NoSuchGroup,
     /// The one asking is not a member.
@@ -131,6 +137,7 @@ impl GroupError {
             }
             InvalidGroupId | InvalidUserId(_) => ErrorCode::InvalidId,
             Full { .. } => ErrorCode::GroupFull,
+            TooManyGroups { .. } => ErrorCode::TooManyGroups,
             NoSuchGroup | NoSuchMember => ErrorCode::NotFound,
             NotAMember | NotAManager | SecondOwner | AdminAddedByAdmin | RemovingSelf
             | RemovingOwner | AdminRemovedByAdmin | RoleSetByNonOwner | OwnRole => {
@@ -159,6 +166,16 @@ impl GroupError {
 impl From<anyhow::Error> for GroupError {
     fn from(e: anyhow::Error) -> Self {
         GroupError::unavailable(e)
+    }
+}
+
+/// `bob`, `bob and carol`, `bob, carol and 3 others`.
+fn names(users: &[String]) -> String {
+    match users {
+        [] => String::new(),
+        [one] => one.clone(),
+        [a, b] => format!("{a} and {b}"),
+        [a, b, rest @ ..] => format!("{a}, {b} and {} others", rest.len()),
     }
 }
 
@@ -203,6 +220,13 @@ mod tests {
             (NameLength, ErrorCode::MalformedFrame),
             (NameControlCharacters, ErrorCode::MalformedFrame),
             (Full { max_members: 3 }, ErrorCode::GroupFull),
+            (
+                TooManyGroups {
+                    users: vec!["bob".into()],
+                    max_groups: 2,
+                },
+                ErrorCode::TooManyGroups,
+            ),
             (NoSuchGroup, ErrorCode::NotFound),
             (NotAMember, ErrorCode::Forbidden),
             (NoSuchMember, ErrorCode::NotFound),

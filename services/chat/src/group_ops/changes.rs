@@ -22,6 +22,9 @@ impl GroupOps {
         let name = group_name(name)?;
         let members = user_ids(members, &owner)?;
         self.check_size(members.len() + 1)?;
+        let mut joining = vec![owner.clone()];
+        joining.extend(members.iter().cloned());
+        self.check_groups_of(&joining)?;
         let group = GroupId::new(ulid::Ulid::new().to_string()).expect("a ULID is a valid id");
         let now = now_ms();
         let record = GroupRecord {
@@ -81,6 +84,7 @@ impl GroupOps {
             .filter(|u| !self.view.is_member(&group, u))
             .collect();
         self.check_size(self.view.member_count(&group) + newcomers.len())?;
+        self.check_groups_of(&newcomers)?;
         let (added, rev) = self
             .create_members(&group, newcomers, role, now_ms())
             .await?;
@@ -170,6 +174,22 @@ impl GroupOps {
         let event = GroupEvent::RoleChanged { user: target, role };
         self.record(&group, &actor, event, rev).await;
         Ok(self.answer_info(qid, &group, &actor))
+    }
+
+    /// Refused if any of `joining` is already in the most groups a user may be in (as this
+    /// instance's view counts them, like the member limit).
+    fn check_groups_of(&self, joining: &[UserId]) -> Result<(), GroupError> {
+        let max_groups = self.config.max_groups_per_user;
+        let users: Vec<String> = joining
+            .iter()
+            .filter(|u| self.view.group_count(u) >= max_groups)
+            .map(|u| u.to_string())
+            .collect();
+        if users.is_empty() {
+            Ok(())
+        } else {
+            Err(GroupError::TooManyGroups { users, max_groups })
+        }
     }
 
     /// Refused if a group of `size` members would pass the limit, as this instance's view
