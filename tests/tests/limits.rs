@@ -8,9 +8,11 @@ use std::time::Duration;
 
 use protocol::frames::ClientFrame;
 use protocol::frames::ServerFrame;
-use protocol::{Encoding, MessageId};
+use protocol::{Encoding, MessageId, SyncGap};
 use testkit::client::{ConnectError, Connection};
-use testkit::{Stack, eventually, expect_frame, expect_history, expect_message, expect_sent};
+use testkit::{
+    Stack, eventually, expect_frame, expect_history, expect_message, expect_sent, expect_synced,
+};
 
 #[tokio::test]
 async fn a_user_over_their_connections_is_refused_with_429_and_others_are_not() {
@@ -172,4 +174,59 @@ async fn a_read_flood_reaches_the_peer_once() {
     // alice was never at risk of being evicted for bob's flood.
     alice.ping(Some(7)).await.unwrap();
     testkit::expect_pong(&mut alice, Some(7)).await;
+}
+
+#[tokio::test]
+async fn the_messages_stream_keeps_its_byte_limit_and_history_keeps_everything() {
+    let stack = Stack::new()
+        .bus_config(|b| b.messages_max_bytes = 64 * 1024)
+        .start()
+        .await;
+    let mut alice = stack.connect("alice", 0).await;
+    // bob's device sees the first message, then goes away.
+    let mut bob = stack.connect("bob", 0).await;
+    alice.send("bob", "c0", "first").await.unwrap();
+    expect_sent(&mut alice, "c0").await;
+    let cursor = expect_message(&mut bob).await.cursor;
+    drop(bob);
+    let body = "y".repeat(2_000);
+    for i in 1..=100 {
+        let cid = format!("c{i}");
+        alice.send("bob", &cid, &body).await.unwrap();
+        expect_sent(&mut alice, &cid).await;
+    }
+    let info = stack.messages_stream().await.info().await.unwrap().clone();
+    assert!(
+        info.state.bytes <= 64 * 1024,
+        "{} bytes kept",
+        info.state.bytes
+    );
+    assert!(info.state.first_sequence > 1, "the oldest were dropped");
+
+    // Too far behind for the stream: bob is sent to history, which has all 101.
+    let mut bob = stack.resume("bob", 0, cursor).await;
+    let (replayed, synced) = expect_synced(&mut bob).await;
+    assert!(replayed.is_empty());
+    assert!(!synced.recovered);
+    assert_eq!(synced.gap, Some(SyncGap::Trimmed));
+    let mut n = 0;
+    eventually(
+        "history holds every message",
+        Duration::from_secs(10),
+        async || {
+            n += 1;
+            let qid = format!("all{n}");
+            let frame = ClientFrame::History {
+                qid: qid.clone(),
+                conversation: "dm:alice:bob".into(),
+                before: None,
+                after: None,
+                limit: Some(100),
+            };
+            bob.send_frame(&frame).await.unwrap();
+            let (messages, more) = expect_history(&mut bob, &qid).await.unwrap();
+            messages.len() == 100 && more
+        },
+    )
+    .await;
 }

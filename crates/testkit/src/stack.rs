@@ -56,6 +56,12 @@ impl StackBuilder {
         self
     }
 
+    /// Changes the NATS resources every service of the stack ensures (stream limits...).
+    pub fn bus_config(mut self, f: impl FnOnce(&mut BusConfig)) -> Self {
+        f(&mut self.bus);
+        self
+    }
+
     pub async fn start(self) -> Stack {
         plumbing::telemetry::init();
         let nats = match self.cluster_nodes {

@@ -35,6 +35,10 @@ pub struct BusConfig {
     /// How long the messages stream keeps messages, in milliseconds (the history store keeps
     /// them for good).
     pub messages_max_age_ms: u64,
+    /// The most bytes the messages stream keeps; past it the oldest messages are dropped
+    /// (as past `messages_max_age_ms`): devices further behind get `synced` with
+    /// `gap: "trimmed"` and refetch from history, which keeps everything. 16 GiB by default.
+    pub messages_max_bytes: i64,
 }
 
 impl Default for BusConfig {
@@ -44,6 +48,7 @@ impl Default for BusConfig {
             replicas: 1,
             dedup_window_ms: 60_000,
             messages_max_age_ms: 7 * 24 * 3600 * 1000,
+            messages_max_bytes: 16 * 1024 * 1024 * 1024,
         }
     }
 }

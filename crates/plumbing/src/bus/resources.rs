@@ -21,6 +21,7 @@ pub async fn ensure_messages_stream(
         retention: stream::RetentionPolicy::Limits,
         discard: stream::DiscardPolicy::Old,
         max_age: Duration::from_millis(cfg.messages_max_age_ms),
+        max_bytes: cfg.messages_max_bytes,
         duplicate_window: Duration::from_millis(cfg.dedup_window_ms),
         num_replicas: cfg.replicas,
         allow_direct: true,
