@@ -1,5 +1,6 @@
 //! The moka cache in front of the store: the most recent messages of each conversation
-//! (100 per conversation for 10,000 conversations by default), written through on append.
+//! (100 per conversation by default), written through on append, bounded by the bytes of the
+//! messages it holds (256 MiB by default), so large messages cannot grow it past its budget.
 //!
 //! Concurrent misses on one conversation are merged into one store read, and a reader never
 //! sees a page with a gap: loading a page and writing new messages through to it are
@@ -22,8 +23,9 @@ use crate::store::{Page, Store, StoreError};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct CacheConfig {
-    /// Conversations kept.
-    pub conversations: u64,
+    /// The most bytes of messages kept (bodies plus a fixed overhead per message); the least
+    /// recently used conversations leave first.
+    pub max_bytes: u64,
     /// Newest messages kept per conversation.
     pub messages_per_conversation: usize,
 }
@@ -31,10 +33,15 @@ pub struct CacheConfig {
 impl Default for CacheConfig {
     fn default() -> Self {
         Self {
-            conversations: 10_000,
+            max_bytes: 256 * 1024 * 1024,
             messages_per_conversation: 100,
         }
     }
+}
+
+/// What a message costs the cache: its text and ids, plus the rest of its struct.
+fn weight(m: &Message) -> u64 {
+    (m.body.len() + m.cid.as_str().len() + m.from.as_str().len() + 160) as u64
 }
 
 /// The newest messages of one conversation, oldest first.
@@ -42,6 +49,8 @@ struct Recent {
     messages: VecDeque<Message>,
     /// The page holds the whole conversation (it never overflowed its capacity).
     complete: bool,
+    /// The [`weight`] of `messages`.
+    bytes: u64,
 }
 
 impl Recent {
@@ -54,8 +63,11 @@ impl Recent {
             return; // older than the page, which is not the whole conversation
         }
         self.messages.insert(pos, m.clone());
-        if self.messages.len() > capacity {
-            self.messages.pop_front();
+        self.bytes += weight(m);
+        if self.messages.len() > capacity
+            && let Some(oldest) = self.messages.pop_front()
+        {
+            self.bytes -= weight(&oldest);
             self.complete = false;
         }
     }
@@ -108,7 +120,13 @@ impl<S: Store> HistoryCache<S> {
     pub fn new(store: S, config: &CacheConfig, metrics: &Metrics) -> Self {
         Self {
             store,
-            pages: moka::future::Cache::new(config.conversations),
+            pages: moka::future::Cache::builder()
+                .max_capacity(config.max_bytes)
+                .weigher(|_, slot: &Slot| {
+                    let bytes = slot.read().unwrap().bytes;
+                    u32::try_from(bytes).unwrap_or(u32::MAX)
+                })
+                .build(),
             stripes: (0..1024).map(|_| tokio::sync::Mutex::new(())).collect(),
             capacity: config.messages_per_conversation,
             metrics: CacheMetrics {
@@ -155,10 +173,14 @@ impl<S: Store> HistoryCache<S> {
         for (conversation, ms) in by_conversation {
             let _guard = self.stripe(conversation).lock().await;
             if let Some(slot) = self.pages.get(conversation).await {
-                let mut recent = slot.write().unwrap();
-                for m in ms {
-                    recent.merge(m, self.capacity);
+                {
+                    let mut recent = slot.write().unwrap();
+                    for m in ms {
+                        recent.merge(m, self.capacity);
+                    }
                 }
+                // Inserted again so the cache weighs the grown page.
+                self.pages.insert(conversation.clone(), slot).await;
             }
         }
         Ok(())
@@ -204,6 +226,12 @@ impl<S: Store> HistoryCache<S> {
         self.store.message(conversation, id).await
     }
 
+    /// The bytes the cache holds, once its pending evictions are done.
+    pub async fn cached_bytes(&self) -> u64 {
+        self.pages.run_pending_tasks().await;
+        self.pages.weighted_size()
+    }
+
     /// Drops the cached page of `conversation` (the next read loads it again).
     pub async fn evict(&self, conversation: &ConversationId) {
         let _guard = self.stripe(conversation).lock().await;
@@ -228,9 +256,11 @@ impl<S: Store> HistoryCache<S> {
             .await?;
         let complete = newest.len() < self.capacity;
         newest.reverse();
+        let bytes = newest.iter().map(weight).sum();
         let slot = Arc::new(RwLock::new(Recent {
             messages: newest.into(),
             complete,
+            bytes,
         }));
         self.pages.insert(conversation.clone(), slot.clone()).await;
         Ok((slot, true))

@@ -91,7 +91,7 @@ fn setup(
         gate,
     };
     let config = CacheConfig {
-        conversations: 100,
+        max_bytes: 16 * 1024 * 1024,
         messages_per_conversation: capacity,
     };
     let cache = HistoryCache::new(store, &config, &plumbing::Metrics::default());
@@ -232,4 +232,34 @@ async fn group_pages_from_the_cache_match_the_store_events_included() {
         1,
         "served from the cache after the cold load"
     );
+}
+
+#[tokio::test]
+async fn large_messages_cannot_grow_the_cache_past_its_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(&dir.path().join("h.redb")).unwrap();
+    let config = CacheConfig {
+        max_bytes: 256 * 1024,
+        messages_per_conversation: 100,
+    };
+    let cache = HistoryCache::new(store, &config, &plumbing::Metrics::default());
+    // 100 conversations of 20 KB each: about 2 MB, eight times the budget.
+    let mut conversations = Vec::new();
+    for i in 0..100u64 {
+        let peer = format!("peer{i}");
+        let conversation: ConversationId = format!("dm:alice:{peer}").parse().unwrap();
+        let mut m = message("alice", &conversation, &peer, T0 + i, i);
+        m.body = "z".repeat(20_000);
+        cache.append(std::slice::from_ref(&m)).await.unwrap();
+        let page = cache.page(&conversation, Page::Latest, 50).await.unwrap();
+        assert_eq!(page, vec![m.clone()]);
+        conversations.push((conversation, m));
+    }
+    let held = cache.cached_bytes().await;
+    assert!(held > 0 && held <= 256 * 1024, "{held} bytes cached");
+    // Evicted pages are read from the store again, whole.
+    for (conversation, m) in &conversations {
+        let page = cache.page(conversation, Page::Latest, 50).await.unwrap();
+        assert_eq!(page, vec![m.clone()]);
+    }
 }
