@@ -230,3 +230,45 @@ async fn the_messages_stream_keeps_its_byte_limit_and_history_keeps_everything()
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_flooding_sender_is_slowed_with_1501_and_a_retry_hint() {
+    let stack = Stack::new()
+        .gateway_config(|c| {
+            c.send_messages_per_sec = 5;
+            c.send_bytes_per_sec = 1024 * 1024;
+        })
+        .start()
+        .await;
+    let mut alice = stack.connect("alice", 0).await;
+    // Two seconds' worth pass at once.
+    for i in 0..10 {
+        let cid = format!("ok{i}");
+        alice.send("bob", &cid, "hi").await.unwrap();
+        expect_sent(&mut alice, &cid).await;
+    }
+    // A second connection of the same user shares the limit.
+    let mut other = stack.connect("alice", 0).await;
+    other.send("bob", "over", "hi").await.unwrap();
+    let (code, retry_after_ms) = expect_frame(&mut other, |f| match f {
+        ServerFrame::Error {
+            code,
+            cid: Some(cid),
+            retry_after_ms,
+            ..
+        } if cid.as_str() == "over" => Some((*code, *retry_after_ms)),
+        _ => None,
+    })
+    .await;
+    assert_eq!(code, protocol::ErrorCode::RateLimited);
+    let retry_after_ms = retry_after_ms.expect("a retry hint");
+    assert!((1..=201).contains(&retry_after_ms), "{retry_after_ms} ms");
+    // Retried after the hint, the same cid goes through.
+    tokio::time::sleep(Duration::from_millis(retry_after_ms)).await;
+    other.send("bob", "over", "hi").await.unwrap();
+    expect_sent(&mut other, "over").await;
+    // Another user is not slowed by alice.
+    let mut carol = stack.connect("carol", 0).await;
+    carol.send("bob", "c1", "hi").await.unwrap();
+    expect_sent(&mut carol, "c1").await;
+}

@@ -31,6 +31,9 @@ pub enum ErrorCode {
     TooManyGroups = 1008,
     /// A backend is unavailable; retry the same frame with the same `cid`.
     Unavailable = 1500,
+    /// The user is sending faster than the server's per-user limits; retry the same frame
+    /// (same `cid`) after the error's `retry_after_ms`.
+    RateLimited = 1501,
 }
 
 impl ErrorCode {
@@ -60,6 +63,7 @@ impl TryFrom<u16> for ErrorCode {
             1007 => GroupFull,
             1008 => TooManyGroups,
             1500 => Unavailable,
+            1501 => RateLimited,
             other => return Err(format!("unknown error code {other}")),
         })
     }
@@ -139,6 +143,7 @@ mod tests {
             ErrorCode::GroupFull,
             ErrorCode::TooManyGroups,
             ErrorCode::Unavailable,
+            ErrorCode::RateLimited,
         ] {
             assert_eq!(ErrorCode::try_from(u16::from(c)), Ok(c));
         }

@@ -262,6 +262,9 @@ pub enum ServerFrame {
         /// The query (`history`, `conversations`) it answers, when there is one.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         qid: Option<ClientMsgId>,
+        /// For `1501`: wait at least this long before sending the frame again.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
     },
     /// Answer to `push_token`: the token is now registered (`registered: true`) or was
     /// removed (`registered: false`).
@@ -275,6 +278,7 @@ impl ServerFrame {
             reason: reason.into(),
             cid,
             qid: None,
+            retry_after_ms: None,
         }
     }
 
@@ -285,6 +289,7 @@ impl ServerFrame {
             reason: reason.into(),
             cid: None,
             qid: Some(qid),
+            retry_after_ms: None,
         }
     }
 }

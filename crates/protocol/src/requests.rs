@@ -183,6 +183,7 @@ impl Invalid {
             reason: self.fault.to_string(),
             cid: self.cid.clone(),
             qid: self.qid.clone(),
+            retry_after_ms: None,
         }
     }
 }

@@ -243,6 +243,10 @@ impl Stack {
             listen_addr: ([127, 0, 0, 1], 0).into(),
             jwt_secret: SECRET.into(),
             shutdown_grace_ms: 5_000,
+            // Tests and benchmarks send as fast as they can from few users; the send limits
+            // are tested where they are set (`tests/limits.rs`).
+            send_messages_per_sec: 1_000_000,
+            send_bytes_per_sec: 1 << 40,
             ..Default::default()
         };
         StackBuilder {

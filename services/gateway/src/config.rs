@@ -39,6 +39,12 @@ pub struct GatewayConfig {
     /// it the latest per conversation waits for the next slot. Receipts that move no marker
     /// are never forwarded.
     pub receipts_per_sec: u32,
+    /// Messages one user may send per second through this gateway, all their connections
+    /// together (bursts of two seconds' worth pass); above it sends are refused with `1501`
+    /// and a `retry_after_ms`.
+    pub send_messages_per_sec: u32,
+    /// Message body bytes one user may send per second through this gateway, likewise.
+    pub send_bytes_per_sec: u64,
     /// Sends of one session waiting for `sent` before further sends are refused.
     pub max_in_flight_sends: usize,
     /// Largest WebSocket frame or message accepted from a client.
@@ -107,6 +113,8 @@ impl Default for GatewayConfig {
             outbound_queue_frames: 1024,
             outbound_queue_bytes: 2 * 1024 * 1024,
             max_in_flight_sends: 256,
+            send_messages_per_sec: 50,
+            send_bytes_per_sec: 1024 * 1024,
             receipts_per_sec: 20,
             max_frame_bytes: 128 * 1024,
             max_body_bytes: 64 * 1024,

@@ -15,6 +15,7 @@ mod origins;
 mod outbox;
 mod presence;
 mod push_tokens;
+mod quota;
 mod refusal;
 mod registry;
 mod replay;

@@ -17,6 +17,7 @@ pub struct GatewayMetrics {
     pub heartbeat_timeouts: Counter,
     pub typing_dropped: Counter,
     pub receipts_coalesced: Counter,
+    pub sends_rate_limited: Counter,
     pub reregistrations: Counter,
     pub send_latency: Histogram,
     pub undelivered: Counter,
@@ -55,6 +56,10 @@ impl GatewayMetrics {
             typing_dropped: m.counter(
                 "natter_gateway_typing_dropped_total",
                 "typing indicators over the rate limit, dropped",
+            ),
+            sends_rate_limited: m.counter(
+                "natter_gateway_sends_rate_limited_total",
+                "sends refused with 1501: the user was over send_messages_per_sec or send_bytes_per_sec",
             ),
             receipts_coalesced: m.counter(
                 "natter_gateway_receipts_coalesced_total",

@@ -18,6 +18,12 @@ pub enum Refusal {
     BodyTooLarge { max: usize, cid: ClientMsgId },
     #[error("too many sends waiting; wait for sent")]
     SendsWaiting { cid: ClientMsgId },
+    /// Over the user's send limits (`send_messages_per_sec`, `send_bytes_per_sec`).
+    #[error("sending too fast; retry in {} ms", retry_after.as_millis() + 1)]
+    RateLimited {
+        cid: ClientMsgId,
+        retry_after: std::time::Duration,
+    },
     #[error("too many queries waiting; wait for their answers")]
     QueriesWaiting { qid: Option<ClientMsgId> },
     #[error("a sync is already running; wait for synced")]
@@ -56,6 +62,7 @@ impl Refusal {
             BodyTooLarge { .. } => ErrorCode::BodyTooLarge,
             SendsWaiting { .. } | QueriesWaiting { .. } | SyncRunning => ErrorCode::TooManyInFlight,
             NotParticipant | NoSharedConversation(_) => ErrorCode::Forbidden,
+            RateLimited { .. } => ErrorCode::RateLimited,
             PresenceUnavailable(_)
             | SyncFailed
             | ChatUnavailable { .. }
@@ -80,6 +87,7 @@ impl Refusal {
         }
         let (cid, qid) = match self {
             BodyTooLarge { cid, .. }
+            | RateLimited { cid, .. }
             | SendsWaiting { cid }
             | ChatUnavailable { cid }
             | ChatFailed { cid } => (Some(cid.clone()), None),
@@ -89,11 +97,17 @@ impl Refusal {
             QueriesWaiting { qid } => (None, qid.clone()),
             _ => (None, None),
         };
+        let retry_after_ms = match self {
+            // Rounded up, so a client that waits exactly this long fits.
+            RateLimited { retry_after, .. } => Some(retry_after.as_millis() as u64 + 1),
+            _ => None,
+        };
         ServerFrame::Error {
             code: self.code(),
             reason: self.to_string(),
             cid,
             qid,
+            retry_after_ms,
         }
     }
 }

@@ -7,6 +7,7 @@ use std::sync::{Arc, RwLock};
 use protocol::{ConnId, Encoding, UserId};
 
 use crate::outbox::Outbox;
+use crate::quota::SendQuota;
 
 /// What the rest of the gateway may do with a live session.
 pub struct SessionHandle {
@@ -28,18 +29,33 @@ const RECENTLY_CLOSED: usize = 4096;
 struct Inner {
     sessions: HashMap<ConnId, Arc<SessionHandle>>,
     users: HashMap<UserId, Vec<ConnId>>,
+    /// Each connected user's send limits, shared by their connections here.
+    quotas: HashMap<UserId, Arc<SendQuota>>,
     closed: VecDeque<(ConnId, UserId)>,
 }
 
 impl Registry {
-    pub fn insert(&self, conn: ConnId, handle: Arc<SessionHandle>) {
+    /// Registers a session; returns its user's send quota (made with `quota` for the
+    /// user's first connection here).
+    pub fn insert(
+        &self,
+        conn: ConnId,
+        handle: Arc<SessionHandle>,
+        quota: impl FnOnce() -> SendQuota,
+    ) -> Arc<SendQuota> {
         let mut inner = self.inner.write().unwrap();
+        let quota = inner
+            .quotas
+            .entry(handle.user.clone())
+            .or_insert_with(|| Arc::new(quota()))
+            .clone();
         inner
             .users
             .entry(handle.user.clone())
             .or_default()
             .push(conn);
         inner.sessions.insert(conn, handle);
+        quota
     }
 
     pub fn remove(&self, conn: ConnId) {
@@ -50,6 +66,7 @@ impl Registry {
             conns.retain(|c| *c != conn);
             if conns.is_empty() {
                 inner.users.remove(&handle.user);
+                inner.quotas.remove(&handle.user);
             }
             if inner.closed.len() == RECENTLY_CLOSED {
                 inner.closed.pop_front();

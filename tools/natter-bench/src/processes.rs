@@ -65,6 +65,11 @@ impl Processes {
                     ("NATTER_GATEWAY__LISTEN_ADDR", format!("127.0.0.1:{port}")),
                     ("NATTER_GATEWAY__JWT_SECRET", testkit::SECRET.to_string()),
                     ("NATTER_GATEWAY__HEARTBEAT_TIMEOUT_MS", "600000".to_string()),
+                    // One sender offers up to 100 msg/s: the per-user limits are not measured here.
+                    (
+                        "NATTER_GATEWAY__SEND_MESSAGES_PER_SEC",
+                        "1000000".to_string(),
+                    ),
                 ],
             )?;
             wait_listening(port).await?;

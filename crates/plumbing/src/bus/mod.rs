@@ -37,7 +37,9 @@ pub struct BusConfig {
     pub messages_max_age_ms: u64,
     /// The most bytes the messages stream keeps; past it the oldest messages are dropped
     /// (as past `messages_max_age_ms`): devices further behind get `synced` with
-    /// `gap: "trimmed"` and refetch from history, which keeps everything. 16 GiB by default.
+    /// `gap: "trimmed"` and refetch from history, which keeps everything. 1 GiB by default:
+    /// JetStream reserves it in its store when the stream is created (a server without that
+    /// much room refuses the stream), so a deployment raises it to the store it has.
     pub messages_max_bytes: i64,
 }
 
@@ -48,7 +50,7 @@ impl Default for BusConfig {
             replicas: 1,
             dedup_window_ms: 60_000,
             messages_max_age_ms: 7 * 24 * 3600 * 1000,
-            messages_max_bytes: 16 * 1024 * 1024 * 1024,
+            messages_max_bytes: 1024 * 1024 * 1024,
         }
     }
 }

@@ -37,6 +37,7 @@ use tracing::Instrument;
 use crate::auth::Identity;
 use crate::outbox::{Drained, Outbox, to_ws};
 use crate::push_tokens::{self, Registration};
+use crate::quota::SendQuota;
 use crate::refusal::Refusal;
 use crate::registry::SessionHandle;
 use crate::state::GatewayState;
@@ -82,6 +83,8 @@ pub struct Session {
     receipt_timer: Option<Pin<Box<tokio::time::Sleep>>>,
     /// Frames to write at the end of this loop turn, flushed once.
     batch: Vec<Message>,
+    /// The user's send limits on this gateway (set once registered).
+    quota: Option<Arc<SendQuota>>,
 }
 
 impl Session {
@@ -116,6 +119,7 @@ impl Session {
             receipt_gate: None,
             receipt_timer: None,
             batch: Vec::new(),
+            quota: None,
         }
     }
 
@@ -144,10 +148,16 @@ impl Session {
             metrics.connections.dec();
             return;
         }
-        self.state
+        let config = &self.state.config;
+        let (messages, bytes) = (config.send_messages_per_sec, config.send_bytes_per_sec);
+        let quota = self
+            .state
             .local
             .registry
-            .insert(self.conn, self.handle.clone());
+            .insert(self.conn, self.handle.clone(), || {
+                SendQuota::new(messages, bytes, Instant::now())
+            });
+        self.quota = Some(quota);
         if self.state.shutdown.is_cancelled() {
             self.handle.outbox.close(CloseCode::Reconnect);
         }

@@ -34,6 +34,12 @@ impl Session {
         if self.pending.len() >= self.state.config.max_in_flight_sends {
             return self.refuse(Refusal::SendsWaiting { cid });
         }
+        if let Some(quota) = &self.quota
+            && let Err(retry_after) = quota.take(body.len(), Instant::now())
+        {
+            self.state.metrics.sends_rate_limited.inc();
+            return self.refuse(Refusal::RateLimited { cid, retry_after });
+        }
         self.queue(&ServerFrame::Accepted { cid: cid.clone() });
         let (to, group) = match to {
             Recipient::User(user) => (user.to_string(), None),
