@@ -269,6 +269,14 @@ pub fn error_advice(code: ErrorCode, reason: &str) -> String {
             "check the id; `natter groups --as USER` lists your groups",
         ),
         ErrorCode::GroupFull => ("group_full", "the group is at max_group_members"),
+        ErrorCode::TooManyGroups => (
+            "too_many_groups",
+            "someone named is in max_groups_per_user groups; they must leave one first",
+        ),
+        ErrorCode::RateLimited => (
+            "rate_limited",
+            "you are over the gateway's per-user send limits; retry (same --cid) after retry_after_ms",
+        ),
         ErrorCode::Unavailable => (
             "unavailable",
             "a backend did not answer; retry (same --cid); `natter check` shows what is missing",

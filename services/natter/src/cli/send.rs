@@ -2,11 +2,12 @@
 //! `sent`, so a zero exit means the messages are durable.
 
 use std::collections::HashMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail};
 use clap::Args;
 use client::Event;
+use protocol::ErrorCode;
 use protocol::frames::ServerFrame;
 
 use super::{ANSWER_TIMEOUT, Login, closed_advice, error_advice, new_id, print_json, progress};
@@ -100,6 +101,26 @@ pub async fn run(args: SendArgs, config: &NatterConfig, json: bool) -> anyhow::R
                     } else {
                         println!("{id}");
                     }
+                }
+            }
+            // Over the per-user limits: wait as told, then send the same message again.
+            Event::Frame(ServerFrame::Error {
+                code: ErrorCode::RateLimited,
+                cid: Some(cid),
+                retry_after_ms,
+                ..
+            }) if waiting.contains_key(cid.as_str()) => {
+                let wait = Duration::from_millis(retry_after_ms.unwrap_or(1_000));
+                tokio::time::sleep(wait).await;
+                match (&args.to, &args.group) {
+                    (_, Some(group)) => {
+                        session
+                            .conn
+                            .send_group(group, cid.as_str(), &args.body)
+                            .await?
+                    }
+                    (Some(to), None) => session.conn.send(to, cid.as_str(), &args.body).await?,
+                    (None, None) => unreachable!("clap requires --to or --group"),
                 }
             }
             Event::Frame(ServerFrame::Error {
