@@ -7,11 +7,14 @@
 //! * `resync`: one device draining a large backlog from its cursor (next to a bare JetStream
 //!   read), and a reconnect storm of many devices resuming at once;
 //! * `group`: fan-out in a group of 500 with 200 online over 3 gateways: latency to the last
-//!   member at fixed rates, and deliveries per second at saturation, next to a raw relay.
+//!   member at fixed rates, and deliveries per second at saturation, next to a raw relay;
+//! * `flood`: one user's delivery latency alone and while another user floods, with the
+//!   default per-user limits on (natter alone: it measures natter's limits).
 //!
 //! `--json` prints one JSON object per measurement, one per line.
 
 mod direct;
+mod flood;
 mod group;
 mod history;
 mod idle;
@@ -124,6 +127,15 @@ enum Scenario {
         #[arg(long, default_value_t = 5)]
         per_client: usize,
     },
+    /// One user's delivery latency alone and while another user floods (per-user limits on).
+    Flood {
+        /// Messages per second alice sends bob.
+        #[arg(long, default_value_t = 20)]
+        rate: u64,
+        /// Seconds per run.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
 }
 
 #[tokio::main]
@@ -184,6 +196,7 @@ async fn main() -> anyhow::Result<()> {
             };
             group::run(&options, &peers, &out).await
         }
+        Scenario::Flood { rate, seconds } => flood::run(rate, seconds, &out).await,
         Scenario::Resync {
             backlog,
             clients,
