@@ -85,6 +85,9 @@ pub struct Session {
     batch: Vec<Message>,
     /// The user's send limits on this gateway (set once registered).
     quota: Option<Arc<SendQuota>>,
+    /// Set while the user is over their send limits: the socket is not read until then, so
+    /// a flood waits in the client's own TCP buffers instead of being decoded and refused.
+    paused: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Session {
@@ -120,6 +123,7 @@ impl Session {
             receipt_timer: None,
             batch: Vec::new(),
             quota: None,
+            paused: None,
         }
     }
 
@@ -201,7 +205,7 @@ impl Session {
                 return Some(code);
             }
             tokio::select! {
-                frame = self.ws.next() => {
+                frame = self.ws.next(), if self.paused.is_none() => {
                     let msg = match frame {
                         None => return None,
                         Some(Ok(msg)) => msg,
@@ -238,7 +242,10 @@ impl Session {
                     self.on_send_answer(cid, started, result);
                     self.start_next_send();
                 }
-                _ = signals::receipt_slot(&mut self.receipt_timer), if self.receipt_timer.is_some() => {
+                _ = signals::timer_fired(&mut self.paused), if self.paused.is_some() => {
+                    self.paused = None;
+                }
+                _ = signals::timer_fired(&mut self.receipt_timer), if self.receipt_timer.is_some() => {
                     self.receipt_timer = None;
                     if let Some(work) = self.release_receipts() {
                         work.await;

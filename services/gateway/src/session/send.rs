@@ -38,6 +38,7 @@ impl Session {
             && let Err(retry_after) = quota.take(body.len(), Instant::now())
         {
             self.state.metrics.sends_rate_limited.inc();
+            self.paused = Some(Box::pin(tokio::time::sleep(retry_after)));
             return self.refuse(Refusal::RateLimited { cid, retry_after });
         }
         self.queue(&ServerFrame::Accepted { cid: cid.clone() });

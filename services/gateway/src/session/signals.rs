@@ -123,8 +123,8 @@ impl Session {
     }
 }
 
-/// Fires when the receipts waiting in the gate may go.
-pub(super) async fn receipt_slot(timer: &mut Option<Pin<Box<tokio::time::Sleep>>>) {
+/// Fires when `timer` does (the receipt gate's next slot, or the end of a send pause).
+pub(super) async fn timer_fired(timer: &mut Option<Pin<Box<tokio::time::Sleep>>>) {
     match timer {
         Some(sleep) => sleep.as_mut().await,
         None => std::future::pending().await,
