@@ -35,27 +35,25 @@ struct Inner {
 }
 
 impl Registry {
-    /// Registers a session; returns its user's send quota (made with `quota` for the
-    /// user's first connection here).
-    pub fn insert(
-        &self,
-        conn: ConnId,
-        handle: Arc<SessionHandle>,
-        quota: impl FnOnce() -> SendQuota,
-    ) -> Arc<SendQuota> {
+    pub fn insert(&self, conn: ConnId, handle: Arc<SessionHandle>) {
         let mut inner = self.inner.write().unwrap();
-        let quota = inner
-            .quotas
-            .entry(handle.user.clone())
-            .or_insert_with(|| Arc::new(quota()))
-            .clone();
         inner
             .users
             .entry(handle.user.clone())
             .or_default()
             .push(conn);
         inner.sessions.insert(conn, handle);
-        quota
+    }
+
+    /// The send quota of `user`, a connected user, shared by their connections here; made
+    /// with `make` on their first send (idle users cost nothing for it).
+    pub fn quota(&self, user: &UserId, make: impl FnOnce() -> SendQuota) -> Arc<SendQuota> {
+        let mut inner = self.inner.write().unwrap();
+        inner
+            .quotas
+            .entry(user.clone())
+            .or_insert_with(|| Arc::new(make()))
+            .clone()
     }
 
     pub fn remove(&self, conn: ConnId) {

@@ -64,6 +64,8 @@ fn spawn_named_gateway(nats_url: &str, id: &str, port: u16, lease_ttl_ms: u64) -
         .env("NATTER_GATEWAY__GATEWAY_ID", id)
         .env("NATTER_GATEWAY__LISTEN_ADDR", format!("127.0.0.1:{port}"))
         .env("NATTER_GATEWAY__LEASE_TTL_MS", lease_ttl_ms.to_string())
+        // The clients here send as fast as they can; the send limits are tested elsewhere.
+        .env("NATTER_GATEWAY__SEND_MESSAGES_PER_SEC", "1000000")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()

@@ -83,7 +83,7 @@ pub struct Session {
     receipt_timer: Option<Pin<Box<tokio::time::Sleep>>>,
     /// Frames to write at the end of this loop turn, flushed once.
     batch: Vec<Message>,
-    /// The user's send limits on this gateway (set once registered).
+    /// The user's send limits on this gateway (taken on the first send).
     quota: Option<Arc<SendQuota>>,
     /// Set while the user is over their send limits: the socket is not read until then, so
     /// a flood waits in the client's own TCP buffers instead of being decoded and refused.
@@ -152,16 +152,10 @@ impl Session {
             metrics.connections.dec();
             return;
         }
-        let config = &self.state.config;
-        let (messages, bytes) = (config.send_messages_per_sec, config.send_bytes_per_sec);
-        let quota = self
-            .state
+        self.state
             .local
             .registry
-            .insert(self.conn, self.handle.clone(), || {
-                SendQuota::new(messages, bytes, Instant::now())
-            });
-        self.quota = Some(quota);
+            .insert(self.conn, self.handle.clone());
         if self.state.shutdown.is_cancelled() {
             self.handle.outbox.close(CloseCode::Reconnect);
         }

@@ -5,6 +5,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use protocol::frames::ServerFrame;
@@ -12,6 +13,7 @@ use protocol::payloads::SendRequest;
 use protocol::{ClientMsgId, Outgoing, Recipient, subjects};
 
 use super::Session;
+use crate::quota::SendQuota;
 use crate::refusal::Refusal;
 
 type SendResult = Result<async_nats::Message, SendFailure>;
@@ -34,9 +36,7 @@ impl Session {
         if self.pending.len() >= self.state.config.max_in_flight_sends {
             return self.refuse(Refusal::SendsWaiting { cid });
         }
-        if let Some(quota) = &self.quota
-            && let Err(retry_after) = quota.take(body.len(), Instant::now())
-        {
+        if let Err(retry_after) = self.quota().take(body.len(), Instant::now()) {
             self.state.metrics.sends_rate_limited.inc();
             self.paused = Some(Box::pin(tokio::time::sleep(retry_after)));
             return self.refuse(Refusal::RateLimited { cid, retry_after });
@@ -58,6 +58,21 @@ impl Session {
         if self.in_flight.is_none() {
             self.start_next_send();
         }
+    }
+
+    /// The user's send quota on this gateway, taken from the registry on the first send.
+    fn quota(&mut self) -> Arc<SendQuota> {
+        let (state, user) = (&self.state, &self.user);
+        self.quota
+            .get_or_insert_with(|| {
+                let config = &state.config;
+                let (messages, bytes) = (config.send_messages_per_sec, config.send_bytes_per_sec);
+                state
+                    .local
+                    .registry
+                    .quota(user, || SendQuota::new(messages, bytes, Instant::now()))
+            })
+            .clone()
     }
 
     pub(super) fn start_next_send(&mut self) {
