@@ -21,6 +21,7 @@ let store = null;
 let watched = new Set();
 let asked = new Map(); // user -> when we last asked
 const PRESENCE_ASK_AGAIN_MS = 5_000;
+const PRESENCE_RETRIES = 3;
 let lastTyping = 0;
 
 // ---- sign-in ----
@@ -203,13 +204,17 @@ async function nameGroup(c) {
   store.changed();
 }
 
-function watchPresence(users) {
+function watchPresence(users, retries = PRESENCE_RETRIES) {
+  if (!conn || !store) return; // signed out meanwhile
   const now = Date.now();
   const fresh = [...new Set(users)].filter(
     (u) => u && u !== store.user && !watched.has(u) && !(now - (asked.get(u) ?? -Infinity) < PRESENCE_ASK_AGAIN_MS),
   );
   if (!fresh.length || watched.size + fresh.length > 256) return;
   if (conn.send({ type: 'presence', users: fresh })) fresh.forEach((u) => asked.set(u, now));
+  // Refused because the server has not stored our exchange yet: ask again by ourselves, a
+  // few times, rather than waiting for the next message to remind us.
+  if (retries > 0) setTimeout(() => watchPresence(fresh, retries - 1), PRESENCE_ASK_AGAIN_MS + 100);
 }
 
 // ---- history ----
