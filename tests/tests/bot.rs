@@ -1,14 +1,15 @@
 //! The worked example of `subjects.md`, "Sending as a bot", run exactly as written: the
-//! standard `nats` command line (natscli) against a real stack, with the stack's `NATS_URL`.
+//! standard `nats` command line (natscli) against a real stack, with the stack's `NATS_URL`
+//! and the test integrator's seed and CA (`NATS_NKEY`, `NATS_CA`).
 
 use std::path::PathBuf;
 
 use protocol::frames::ServerFrame;
 use protocol::{ConversationId, MessageId};
-use testkit::{Stack, expect_message};
+use testkit::{Stack, TEST_INTEGRATOR, expect_message};
 
-/// The example's shell lines, as they appear in the section (without the `export NATS_URL`
-/// line, whose value the test supplies).
+/// The example's shell lines, as they appear in the section (without the `export` lines,
+/// whose values the test supplies).
 fn example() -> Vec<String> {
     let doc = include_str!("../../subjects.md");
     let section = doc
@@ -19,12 +20,16 @@ fn example() -> Vec<String> {
     let lines: Vec<&str> = section
         .lines()
         .filter_map(|l| l.strip_prefix("    "))
-        .filter(|l| l.starts_with("nats ") || l.starts_with("export NATS_URL="))
+        .filter(|l| l.starts_with("nats ") || l.starts_with("export NATS_"))
         .collect();
-    assert!(
-        lines.iter().any(|l| l.starts_with("export NATS_URL=")),
-        "the example says where NATS is"
-    );
+    for variable in ["NATS_URL", "NATS_NKEY", "NATS_CA"] {
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with(&format!("export {variable}="))),
+            "the example sets {variable}"
+        );
+    }
     lines
         .into_iter()
         .filter(|l| l.starts_with("nats "))
@@ -45,8 +50,10 @@ fn nats_cli() -> PathBuf {
     path
 }
 
-/// Runs the example's commands in a shell with `nats` on the PATH; returns the reply.
-async fn run_example(nats_url: &str) -> ServerFrame {
+/// Runs the example's commands in a shell with `nats` on the PATH, as the test integrator;
+/// returns the reply.
+async fn run_example(stack: &Stack) -> ServerFrame {
+    let auth = stack.nats.auth();
     let cli = nats_cli();
     let path = format!(
         "{}:{}",
@@ -57,7 +64,9 @@ async fn run_example(nats_url: &str) -> ServerFrame {
         .arg("-c")
         .arg(example().join("\n"))
         .env("PATH", path)
-        .env("NATS_URL", nats_url)
+        .env("NATS_URL", stack.nats.url())
+        .env("NATS_NKEY", auth.integrator_seed(TEST_INTEGRATOR))
+        .env("NATS_CA", auth.ca_file())
         .output()
         .await
         .expect("run the example");
@@ -75,14 +84,13 @@ async fn run_example(nats_url: &str) -> ServerFrame {
 async fn the_bot_example_sends_alice_one_message_however_often_it_runs() {
     let stack = Stack::new().start().await;
     let mut alice = stack.connect("alice", 0).await;
-    let url = stack.nats.url();
 
     let ServerFrame::Sent {
         cid,
         id,
         conversation,
         ..
-    } = run_example(&url).await
+    } = run_example(&stack).await
     else {
         panic!("the example's reply is not `sent`")
     };
@@ -98,7 +106,7 @@ async fn the_bot_example_sends_alice_one_message_however_often_it_runs() {
     );
 
     // Run again: the same id, and alice gets nothing new (the next message she gets is bob's).
-    let ServerFrame::Sent { id: again, .. } = run_example(&url).await else {
+    let ServerFrame::Sent { id: again, .. } = run_example(&stack).await else {
         panic!("the second reply is not `sent`")
     };
     assert_eq!(again, id);

@@ -7,6 +7,7 @@ use std::process::{Output, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use plumbing::nats_auth::Role;
 use serde_json::Value;
 use testkit::Stack;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -46,6 +47,8 @@ fn natter(stack: &Stack, args: &[&str]) -> Command {
         .current_dir(std::env::temp_dir())
         .env("NATTER_URL", stack.gateways[0].ws_url())
         .env("NATTER_GATEWAY__JWT_SECRET", testkit::SECRET)
+        // `natter check` reads NATS as the operator.
+        .envs(testkit::bus_env(&stack.bus_for(Role::Operator)))
         .env_remove("NATTER_TOKEN")
         .env_remove("NATTER_CONFIG")
         .kill_on_drop(true);

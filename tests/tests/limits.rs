@@ -11,7 +11,8 @@ use protocol::frames::ServerFrame;
 use protocol::{Encoding, MessageId, SyncGap};
 use testkit::client::{ConnectError, Connection};
 use testkit::{
-    Stack, eventually, expect_frame, expect_history, expect_message, expect_sent, expect_synced,
+    PATIENCE, Stack, eventually, expect_frame, expect_history, expect_message, expect_sent,
+    expect_synced,
 };
 
 #[tokio::test]
@@ -101,6 +102,24 @@ async fn large_messages_cannot_make_history_unreadable() {
     }
 
     let mut bob = stack.connect("bob", 0).await;
+    // History stores what the stream holds a moment later: wait for the last message.
+    let last = *sent.last().unwrap();
+    let mut asked = 0;
+    eventually("history holds the last message", PATIENCE, async || {
+        asked += 1;
+        let qid = format!("latest{asked}");
+        let frame = ClientFrame::History {
+            qid: qid.clone(),
+            conversation: "dm:alice:bob".into(),
+            before: None,
+            after: None,
+            limit: Some(1),
+        };
+        bob.send_frame(&frame).await.unwrap();
+        let (messages, _) = expect_history(&mut bob, &qid).await.unwrap();
+        messages.last().map(|m| m.id) == Some(last)
+    })
+    .await;
     let mut read: Vec<MessageId> = Vec::new();
     let mut before = None;
     for page in 0.. {

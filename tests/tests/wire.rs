@@ -109,11 +109,25 @@ async fn json_frames_have_the_documented_shape() {
     );
 }
 
+fn subjects_md() -> String {
+    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../subjects.md"))
+        .expect("subjects.md at the repository root")
+}
+
+/// The names quoted in a piece of Markdown.
+fn quoted(text: &str) -> Vec<&str> {
+    text.split('`').skip(1).step_by(2).collect()
+}
+
 #[test]
 fn subjects_md_and_the_subjects_module_agree() {
-    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../subjects.md"))
-        .expect("subjects.md at the repository root");
-    let quoted: Vec<&str> = doc.split('`').skip(1).step_by(2).collect();
+    let whole = subjects_md();
+    // The permissions section lists NATS wildcards; it is checked against the roles below.
+    let doc = whole
+        .split("## Identities and permissions")
+        .next()
+        .expect("text before the permissions");
+    let quoted = quoted(doc);
     let catalogue = protocol::subjects::catalogue();
     for name in &catalogue {
         assert!(
@@ -129,4 +143,65 @@ fn subjects_md_and_the_subjects_module_agree() {
             );
         }
     }
+}
+
+#[test]
+fn subjects_md_gives_each_identity_exactly_its_permissions() {
+    use plumbing::nats_auth::{Integrator, Role};
+    use std::collections::BTreeSet;
+    let doc = subjects_md();
+    let section = doc
+        .split("## Identities and permissions")
+        .nth(1)
+        .expect("subjects.md has an \"Identities and permissions\" section");
+    // natter's own subjects of a row's publish and subscribe columns.
+    let row = |identity: &str| -> (BTreeSet<String>, BTreeSet<String>) {
+        let line = section
+            .lines()
+            .find(|l| l.starts_with(&format!("| {identity} ")))
+            .unwrap_or_else(|| panic!("no row for {identity}"));
+        let cells: Vec<&str> = line.split('|').collect();
+        let natter = |cell: &str| -> BTreeSet<String> {
+            quoted(cell)
+                .into_iter()
+                .filter(|q| q.starts_with("natter.") || *q == ">")
+                .map(String::from)
+                .collect()
+        };
+        (natter(cells[2]), natter(cells[3]))
+    };
+    let natter_only = |subjects: &[String]| -> BTreeSet<String> {
+        subjects
+            .iter()
+            .filter(|q| q.starts_with("natter.") || q.as_str() == ">")
+            .cloned()
+            .collect()
+    };
+    for role in Role::ALL {
+        let p = role.permissions();
+        assert_eq!(
+            row(role.name()),
+            (natter_only(&p.publish), natter_only(&p.subscribe)),
+            "subjects.md's row for {} and plumbing::nats_auth::roles differ",
+            role.name()
+        );
+    }
+    let integrator = Integrator {
+        name: "name".into(),
+        users: vec![protocol::UserId::new("u").unwrap()],
+    };
+    let p = integrator.permissions();
+    let as_placeholder: Vec<String> = p
+        .publish
+        .iter()
+        .map(|s| match s.strip_suffix(".u") {
+            Some(prefix) => format!("{prefix}.<u>"),
+            None => s.clone(),
+        })
+        .collect();
+    assert_eq!(
+        row("integrator"),
+        (natter_only(&as_placeholder), natter_only(&p.subscribe)),
+        "subjects.md's integrator row (with <u> for a user) and the code differ"
+    );
 }

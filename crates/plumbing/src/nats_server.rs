@@ -1,10 +1,13 @@
 //! A nats-server child process with JetStream: started by the all-in-one binary when no NATS
 //! URL is configured, and by tests on a random port with a temporary store, alone or as a node
-//! of a cluster. Killed on drop.
+//! of a cluster. Always with natter's authentication, permissions and TLS (`nats_auth`), and
+//! monitoring (for clustered nodes) on loopback only. Killed on drop.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use crate::nats_auth::NatsAuth;
 
 /// Where the project's install script puts the pinned nats-server.
 const PROJECT_INSTALL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../.tools/bin/nats-server");
@@ -19,6 +22,8 @@ pub struct NatsServerOptions {
     /// JetStream `sync_interval`: `"always"` fsyncs every write; a duration such as `"2m"`
     /// fsyncs periodically. See docs/operations.md for why natter defaults to `always`.
     pub sync_interval: String,
+    /// The identities, permissions and certificates the server enforces.
+    pub auth: NatsAuth,
 }
 
 /// Membership of a managed nats-server in a cluster. A clustered node also serves monitoring
@@ -139,6 +144,28 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// The credentials the server enforces.
+    pub fn auth(&self) -> &NatsAuth {
+        &self.options.auth
+    }
+
+    /// The bus settings with which `role` reaches this server (default stream settings).
+    pub fn bus(&self, role: crate::nats_auth::Role) -> crate::BusConfig {
+        let base = crate::BusConfig {
+            nats_url: self.url(),
+            ..Default::default()
+        };
+        self.options.auth.bus_config(&base, role)
+    }
+
+    /// A connection to this server as `role`.
+    pub async fn client_as(
+        &self,
+        role: crate::nats_auth::Role,
+    ) -> anyhow::Result<async_nats::Client> {
+        crate::bus::connect(&self.bus(role), role, role.name()).await
+    }
+
     /// Kills the process at once (SIGKILL), as a crash would.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -215,17 +242,21 @@ fn spawn(
         store = options.store_dir,
         sync = options.sync_interval,
     );
+    // The generated files are inlined rather than included: nats-server resolves an include
+    // relative to the including file.
+    text.push_str(&std::fs::read_to_string(options.auth.server_conf())?);
     if let Some(cluster) = cluster {
         let routes: Vec<String> = cluster.routes.iter().map(|r| format!("{r:?}")).collect();
         text.push_str(&format!(
             "server_name: {server:?}\nhttp_port: {monitor}\n\
              cluster {{\n  name: {name:?}\n  host: 127.0.0.1\n  port: {port}\n  \
-             routes: [{routes}]\n}}\n",
+             routes: [{routes}]\n{tls}}}\n",
             server = cluster.server_name,
             monitor = port_or_random(monitor_port),
             name = cluster.name,
             port = port_or_random(cluster.port),
             routes = routes.join(", "),
+            tls = std::fs::read_to_string(options.auth.cluster_tls_conf())?,
         ));
     }
     std::fs::write(&conf, text)?;

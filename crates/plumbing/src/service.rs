@@ -3,7 +3,7 @@
 //! endpoint, the signal that stops it and the drain, always in that order.
 //!
 //! ```text
-//! Service::new("natter-chat", "chat")
+//! Service::new("natter-chat", Role::Chat, "chat")
 //!     .metrics_addr(([127, 0, 0, 1], 9090))
 //!     .start(|config: ChatConfig, bus, nats, shutdown| async move {
 //!         let chat = Chat::start(config, &bus, nats, shutdown).await?;
@@ -26,6 +26,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
+use crate::nats_auth::Role;
 use crate::{BusConfig, Metrics, bus, config, metrics, shutdown, telemetry};
 
 /// How long the NATS connection may take to drain (flush what is buffered) on the way out.
@@ -34,6 +35,7 @@ const DRAIN_GRACE: Duration = Duration::from_secs(5);
 /// One service binary. `T` is the service's own configuration section.
 pub struct Service<T> {
     name: &'static str,
+    role: Role,
     section: &'static str,
     file: Option<PathBuf>,
     metrics_addr: SocketAddr,
@@ -82,12 +84,14 @@ impl Started {
 }
 
 impl<T: Serialize + DeserializeOwned + Default> Service<T> {
-    /// The binary `name` (also its NATS client name), whose own configuration is the
-    /// `section` table of the file named by the first argument. `/metrics` goes to a free
-    /// port on the loopback address unless [`Service::metrics_addr`] or the file say where.
-    pub fn new(name: &'static str, section: &'static str) -> Self {
+    /// The binary `name` (also its NATS client name), connecting to NATS as `role`, whose own
+    /// configuration is the `section` table of the file named by the first argument.
+    /// `/metrics` goes to a free port on the loopback address unless
+    /// [`Service::metrics_addr`] or the file say where.
+    pub fn new(name: &'static str, role: Role, section: &'static str) -> Self {
         Self {
             name,
+            role,
             section,
             file: std::env::args().nth(1).map(PathBuf::from),
             metrics_addr: ([127, 0, 0, 1], 0).into(),
@@ -173,7 +177,7 @@ impl<T: Serialize + DeserializeOwned + Default> Service<T> {
     {
         let loaded = self.load()?;
         let shutdown = shutdown::on_signal();
-        let nats = bus::connect(&loaded.bus.nats_url, self.name).await?;
+        let nats = bus::connect(&loaded.bus, self.role, self.name).await?;
         let result = serve(loaded, nats.clone(), shutdown).await;
         if tokio::time::timeout(DRAIN_GRACE, nats.drain())
             .await
@@ -210,7 +214,7 @@ mod tests {
     }
 
     fn service(file: &std::path::Path) -> Service<Section> {
-        Service::new("natter-test", "test").config_file(Some(file.into()))
+        Service::new("natter-test", Role::Operator, "test").config_file(Some(file.into()))
     }
 
     #[test]

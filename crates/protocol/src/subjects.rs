@@ -3,8 +3,10 @@
 
 use crate::ids::{ClientMsgId, ConnId, ConversationId, GatewayId, GroupId, UserId};
 
-/// Request/reply: send a message (gateways and integrators → chat).
-pub const CHAT_SEND: &str = "natter.chat.send";
+/// Request/reply: send a message (gateways and integrators → chat), one subject per sender:
+/// `natter.chat.send.<user>` (see [`chat_send`]). The user is in the subject so that NATS
+/// permissions, not a payload field, decide who may speak as whom.
+pub const CHAT_SEND: &str = "natter.chat.send.*";
 /// Publish: a delivered/seen receipt (gateways → chat).
 pub const CHAT_RECEIPT: &str = "natter.chat.receipt";
 /// Publish: a typing indicator (gateways → chat); never stored.
@@ -15,15 +17,17 @@ pub const CHAT_UNDELIVERED: &str = "natter.chat.undelivered";
 /// Publish: a message reached a user none of whose devices is online (chat → the notifier
 /// and any integrator sending pushes).
 pub const USER_OFFLINE_MESSAGE: &str = "natter.user.offline_message";
-/// Request/reply: group operations (gateways and integrators → chat).
-pub const CHAT_GROUP: &str = "natter.chat.group";
+/// Request/reply: group operations (gateways and integrators → chat), one subject per asking
+/// user: `natter.chat.group.<user>` (see [`chat_group`]).
+pub const CHAT_GROUP: &str = "natter.chat.group.*";
 /// Publish: route a frame to every device of some users (history → chat), at most once.
 pub const CHAT_NOTIFY: &str = "natter.chat.notify";
 /// Queue group shared by all chat service instances.
 pub const CHAT_QUEUE: &str = "natter-chat";
 
-/// Request/reply: history queries (gateways and integrators → history service).
-pub const HISTORY_QUERY: &str = "natter.history.query";
+/// Request/reply: history queries (gateways and integrators → history service), one subject
+/// per asking user: `natter.history.query.<user>` (see [`history_query`]).
+pub const HISTORY_QUERY: &str = "natter.history.query.*";
 /// Queue group shared by all history service instances.
 pub const HISTORY_QUEUE: &str = "natter-history";
 /// Durable consumer on [`MESSAGES_STREAM`] that writes messages to the history store.
@@ -83,6 +87,29 @@ pub fn user_messages(user: &UserId) -> [String; 2] {
         format!("natter.msg.dm.{user}.*"),
         format!("natter.msg.dm.*.{user}"),
     ]
+}
+
+/// `natter.chat.send.<user>`: `user` sends a message.
+pub fn chat_send(user: &UserId) -> String {
+    format!("natter.chat.send.{user}")
+}
+
+/// `natter.chat.group.<user>`: `user` asks for a group operation.
+pub fn chat_group(user: &UserId) -> String {
+    format!("natter.chat.group.{user}")
+}
+
+/// `natter.history.query.<user>`: `user` asks the history service.
+pub fn history_query(user: &UserId) -> String {
+    format!("natter.history.query.{user}")
+}
+
+/// The user a request subject speaks for: its last token (`natter.chat.send.<user>`,
+/// `natter.chat.group.<user>`, `natter.history.query.<user>`). Services take the asking user
+/// from here and refuse a payload that names someone else, because only the subject is
+/// guarded by NATS permissions.
+pub fn requesting_user(subject: &str) -> Option<UserId> {
+    UserId::new(subject.rsplit('.').next()?).ok()
 }
 
 /// `natter.presence.<user>`: a user went online or offline (presence role → gateways and
@@ -146,11 +173,11 @@ pub fn dedup_id(from: &UserId, cid: &ClientMsgId) -> String {
 pub fn catalogue() -> Vec<String> {
     let gw = GatewayId::new("GW").unwrap();
     vec![
-        CHAT_SEND.into(),
+        "natter.chat.send.<user>".into(),
         CHAT_RECEIPT.into(),
         CHAT_TYPING.into(),
         CHAT_QUEUE.into(),
-        HISTORY_QUERY.into(),
+        "natter.history.query.<user>".into(),
         HISTORY_QUEUE.into(),
         HISTORY_CONSUMER.into(),
         MESSAGES_STREAM.into(),
@@ -166,7 +193,7 @@ pub fn catalogue() -> Vec<String> {
         "natter.msg.dm.<user>.*".into(),
         "natter.msg.dm.*.<user>".into(),
         CHAT_UNDELIVERED.into(),
-        CHAT_GROUP.into(),
+        "natter.chat.group.<user>".into(),
         CHAT_NOTIFY.into(),
         GROUPS_BUCKET.into(),
         GROUPS_STREAM.into(),
@@ -204,6 +231,14 @@ mod tests {
             ["natter.msg.dm.bob.*", "natter.msg.dm.*.bob"]
         );
         assert_eq!(presence(&a), "natter.presence.alice");
+        assert_eq!(chat_send(&a), "natter.chat.send.alice");
+        assert_eq!(chat_group(&a), "natter.chat.group.alice");
+        assert_eq!(history_query(&a), "natter.history.query.alice");
+        for subject in [chat_send(&a), chat_group(&a), history_query(&a)] {
+            assert_eq!(requesting_user(&subject), Some(a.clone()));
+        }
+        assert_eq!(requesting_user("natter.chat.send.*"), None);
+        assert_eq!(requesting_user("natter.chat.send.a b"), None);
         assert_eq!(gateway_deliver(&gw), "natter.gw.gw-1.deliver");
         assert_eq!(gateway_inbox(&gw), "natter.gw.gw-1.>");
         assert_eq!(dedup_id(&a, &ClientMsgId::new("c1").unwrap()), "alice:c1");

@@ -9,7 +9,8 @@ use plumbing::nats_server::{ClusterOptions, NatsServer, NatsServerOptions};
 /// How long a node may take to start, or to have its JetStream current again.
 const NODE_PATIENCE: Duration = Duration::from_secs(60);
 
-/// A running cluster; every node is killed on drop and the stores are deleted.
+/// A running cluster; every node is killed on drop and the stores are deleted. Routes use
+/// mutual TLS with the test credentials.
 pub struct TestCluster {
     pub nodes: Vec<NatsServer>,
     _stores: tempfile::TempDir,
@@ -19,6 +20,7 @@ impl TestCluster {
     /// Starts `size` nodes and waits until JetStream is current on all of them.
     pub async fn start(size: usize, sync_interval: &str) -> Self {
         let stores = tempfile::tempdir().expect("temp dir");
+        let auth = crate::harness::test_auth(&stores.path().join("auth"));
         let route_ports = free_ports(size);
         let routes: Vec<String> = route_ports
             .iter()
@@ -30,6 +32,7 @@ impl TestCluster {
                 store_dir: stores.path().join(format!("n{}", i + 1)),
                 port: None,
                 sync_interval: sync_interval.into(),
+                auth: auth.clone(),
             };
             let cluster = ClusterOptions {
                 name: "natter".into(),
@@ -93,6 +96,12 @@ impl TestCluster {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        crate::harness::assert_no_violations();
     }
 }
 

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 
 use client::Connection;
 use plumbing::BusConfig;
+use plumbing::nats_auth::Role;
 use protocol::Encoding;
 use tokio_util::sync::CancellationToken;
 
@@ -268,7 +269,13 @@ impl Stack {
     pub async fn start_gateway_via(&mut self, id: &str, nats_url: &str) -> usize {
         let mut config = self.gateway_config.clone();
         config.gateway_id = id.into();
-        let nats = plumbing::bus::connect(nats_url, id).await.expect("connect");
+        let bus = BusConfig {
+            nats_url: nats_url.into(),
+            ..self.bus_for(Role::Gateway)
+        };
+        let nats = plumbing::bus::connect(&bus, Role::Gateway, id)
+            .await
+            .expect("connect");
         let shutdown = CancellationToken::new();
         let handle = gateway::Gateway::start(config, &self.bus, nats, shutdown.clone())
             .await
@@ -283,7 +290,7 @@ impl Stack {
     }
 
     pub async fn start_chat(&mut self, config: chat::ChatConfig) -> usize {
-        let nats = plumbing::bus::connect(&self.bus.nats_url, "chat")
+        let nats = plumbing::bus::connect(&self.bus_for(Role::Chat), Role::Chat, "chat")
             .await
             .expect("connect");
         let shutdown = CancellationToken::new();
@@ -305,7 +312,7 @@ impl Stack {
     }
 
     pub async fn start_history_with(&mut self, config: history::HistoryConfig) -> usize {
-        let nats = plumbing::bus::connect(&self.bus.nats_url, "history")
+        let nats = plumbing::bus::connect(&self.bus_for(Role::History), Role::History, "history")
             .await
             .expect("connect");
         let store = history::EmbeddedStore::open(&self.history_dir.path().join("history.redb"))
@@ -354,9 +361,10 @@ impl Stack {
     }
 
     pub async fn start_notifier_with(&mut self, config: notifier::NotifierConfig) -> usize {
-        let nats = plumbing::bus::connect(&self.bus.nats_url, "notifier")
-            .await
-            .expect("connect");
+        let nats =
+            plumbing::bus::connect(&self.bus_for(Role::Notifier), Role::Notifier, "notifier")
+                .await
+                .expect("connect");
         let shutdown = CancellationToken::new();
         let handle = notifier::Notifier::start(config, &self.bus, nats, shutdown.clone())
             .await
@@ -367,6 +375,12 @@ impl Stack {
             handle: Some(handle),
         });
         self.notifiers.len() - 1
+    }
+
+    /// The bus settings with which `role` reaches the stack's NATS (`bus` with the role's
+    /// credentials).
+    pub fn bus_for(&self, role: Role) -> BusConfig {
+        self.nats.auth().bus_config(&self.bus, role)
     }
 
     /// A valid token for `user`.

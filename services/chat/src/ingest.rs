@@ -45,30 +45,35 @@ pub async fn serve(
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
     let (nats, concurrency) = (ingest.nats.clone(), ingest.config.max_concurrent_sends);
-    plumbing::bus::answer_requests(nats, sub, concurrency, stop, |payload| {
+    plumbing::bus::answer_requests(nats, sub, concurrency, stop, |subject, payload| {
         let ingest = ingest.clone();
-        async move { ingest.accept(&payload).await }
+        async move { ingest.accept(&subject, &payload).await }
     })
     .await
 }
 
 impl Ingest {
     /// Turns one send request into its answer: `sent` or `error`.
-    async fn accept(&self, payload: &[u8]) -> ServerFrame {
-        let frame = self.try_accept(payload).await;
+    async fn accept(&self, subject: &str, payload: &[u8]) -> ServerFrame {
+        let frame = self.try_accept(subject, payload).await;
         if matches!(frame, ServerFrame::Error { .. }) {
             self.metrics.sends_rejected.inc();
         }
         frame
     }
 
-    async fn try_accept(&self, payload: &[u8]) -> ServerFrame {
+    async fn try_accept(&self, subject: &str, payload: &[u8]) -> ServerFrame {
         let Ok(req) = serde_json::from_slice::<SendRequest>(payload) else {
             return SendError::NotARequest.frame(None);
         };
         let Ok(cid) = ClientMsgId::new(&req.cid) else {
             return SendError::InvalidCid.frame(None);
         };
+        // Only the subject is guarded by NATS permissions: a payload may not speak for
+        // anyone else.
+        if subjects::requesting_user(subject).as_ref() != Some(&req.from) {
+            return SendError::NotTheSubjectsUser.frame(Some(cid));
+        }
         self.persist(req, cid.clone())
             .await
             .unwrap_or_else(|refused| refused.frame(Some(cid)))

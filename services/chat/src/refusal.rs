@@ -20,6 +20,9 @@ pub enum SendError {
     NotARequest,
     #[error("cid is not a valid id")]
     InvalidCid,
+    /// `from` is not the user of the request's subject (`natter.chat.send.<user>`).
+    #[error("from must be the user of the subject the request was sent on")]
+    NotTheSubjectsUser,
     #[error("body exceeds {max_bytes} bytes")]
     BodyTooLarge { max_bytes: usize },
     #[error("to is not a valid user id")]
@@ -44,7 +47,7 @@ impl SendError {
             NotARequest => ErrorCode::MalformedFrame,
             InvalidCid | InvalidRecipient | InvalidGroupAddress => ErrorCode::InvalidId,
             BodyTooLarge { .. } => ErrorCode::BodyTooLarge,
-            NotAMember => ErrorCode::Forbidden,
+            NotAMember | NotTheSubjectsUser => ErrorCode::Forbidden,
             DirectoryUnavailable(_) | StoreUnavailable(_) => ErrorCode::Unavailable,
         };
         (code, self.to_string())
@@ -72,6 +75,9 @@ impl SendError {
 pub enum GroupError {
     #[error("not a group request")]
     NotARequest,
+    /// `user` is not the user of the request's subject (`natter.chat.group.<user>`).
+    #[error("user must be the user of the subject the request was sent on")]
+    NotTheSubjectsUser,
     #[error("not a valid group id")]
     InvalidGroupId,
     /// A user id the client gave (in `users`, `member` or `after`).
@@ -139,8 +145,8 @@ impl GroupError {
             Full { .. } => ErrorCode::GroupFull,
             TooManyGroups { .. } => ErrorCode::TooManyGroups,
             NoSuchGroup | NoSuchMember => ErrorCode::NotFound,
-            NotAMember | NotAManager | SecondOwner | AdminAddedByAdmin | RemovingSelf
-            | RemovingOwner | AdminRemovedByAdmin | RoleSetByNonOwner | OwnRole => {
+            NotTheSubjectsUser | NotAMember | NotAManager | SecondOwner | AdminAddedByAdmin
+            | RemovingSelf | RemovingOwner | AdminRemovedByAdmin | RoleSetByNonOwner | OwnRole => {
                 ErrorCode::Forbidden
             }
             Changed | Unavailable(_) => ErrorCode::Unavailable,
@@ -195,6 +201,7 @@ mod tests {
         let cases = [
             (NotARequest, ErrorCode::MalformedFrame),
             (InvalidCid, ErrorCode::InvalidId),
+            (NotTheSubjectsUser, ErrorCode::Forbidden),
             (BodyTooLarge { max_bytes: 8 }, ErrorCode::BodyTooLarge),
             (InvalidRecipient, ErrorCode::InvalidId),
             (InvalidGroupAddress, ErrorCode::InvalidId),
@@ -214,6 +221,7 @@ mod tests {
         use GroupError::*;
         let cases = [
             (NotARequest, ErrorCode::MalformedFrame),
+            (NotTheSubjectsUser, ErrorCode::Forbidden),
             (InvalidGroupId, ErrorCode::InvalidId),
             (InvalidUserId("bob.*".into()), ErrorCode::InvalidId),
             (TooManyUsers, ErrorCode::MalformedFrame),

@@ -243,7 +243,7 @@ impl Replayer {
             self.groups_timeout,
             self.js
                 .client()
-                .request(subjects::CHAT_GROUP, payload.into()),
+                .request(subjects::chat_group(user), payload.into()),
         )
         .await
         .map_err(|_| anyhow::anyhow!("the chat service did not list the user's groups"))??;

@@ -64,7 +64,7 @@ impl Gateway {
         let buckets = plumbing::bus::ensure_presence_buckets(&js, bus).await?;
         let push_tokens = plumbing::bus::ensure_push_tokens_bucket(&js, bus).await?;
         // Session markers go to the messages stream, whoever starts first.
-        plumbing::bus::ensure_messages_stream(&js, bus).await?;
+        plumbing::bus::messages_stream(&js, bus).await?;
         let mut conn_ids = ulid::Generator::new();
         let boot = ConnId(conn_ids.generate()?);
         let presence = Presence::new(

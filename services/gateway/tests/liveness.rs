@@ -13,6 +13,7 @@ use futures::StreamExt;
 use chat::PresenceView;
 use client::{Connection, Event};
 use plumbing::BusConfig;
+use plumbing::nats_auth::{NatsAuth, Role};
 use plumbing::nats_server::{NatsServer, NatsServerOptions};
 use protocol::frames::{Message, ServerFrame};
 use protocol::payloads::UserPresence;
@@ -34,9 +35,10 @@ async fn setup() -> Setup {
         store_dir: store.path().into(),
         port: None,
         sync_interval: "2m".into(),
+        auth: NatsAuth::ensure(&store.path().join("auth"), &[], &[]).unwrap(),
     })
     .unwrap();
-    let client = plumbing::bus::connect(&nats.url(), "view").await.unwrap();
+    let client = nats.client_as(Role::Chat).await.unwrap();
     let js = async_nats::jetstream::new(client);
     let buckets = plumbing::bus::ensure_presence_buckets(&js, &BusConfig::default())
         .await
@@ -53,13 +55,17 @@ async fn setup() -> Setup {
     }
 }
 
-fn spawn_gateway(nats_url: &str, port: u16, lease_ttl_ms: u64) -> Child {
-    spawn_named_gateway(nats_url, "gw-live", port, lease_ttl_ms)
+fn spawn_gateway(nats: &NatsServer, port: u16, lease_ttl_ms: u64) -> Child {
+    spawn_named_gateway(nats, "gw-live", port, lease_ttl_ms)
 }
 
-fn spawn_named_gateway(nats_url: &str, id: &str, port: u16, lease_ttl_ms: u64) -> Child {
+fn spawn_named_gateway(nats: &NatsServer, id: &str, port: u16, lease_ttl_ms: u64) -> Child {
+    let bus = nats.bus(Role::Gateway);
+    let path = |p: Option<std::path::PathBuf>| p.expect("credentials").display().to_string();
     Command::new(env!("CARGO_BIN_EXE_natter-gateway"))
-        .env("NATTER_BUS__NATS_URL", nats_url)
+        .env("NATTER_BUS__NATS_URL", &bus.nats_url)
+        .env("NATTER_BUS__NKEY_FILE", path(bus.nkey_file))
+        .env("NATTER_BUS__TLS_CA_FILE", path(bus.tls_ca_file))
         .env("NATTER_GATEWAY__JWT_SECRET", SECRET)
         .env("NATTER_GATEWAY__GATEWAY_ID", id)
         .env("NATTER_GATEWAY__LISTEN_ADDR", format!("127.0.0.1:{port}"))
@@ -119,7 +125,7 @@ async fn a_killed_gateways_sessions_go_offline_within_the_lease_ttl() {
     let s = setup().await;
     let port = free_port();
     let lease_ttl = Duration::from_millis(2_000);
-    let mut gateway = spawn_gateway(&s.nats.url(), port, lease_ttl.as_millis() as u64);
+    let mut gateway = spawn_gateway(&s.nats, port, lease_ttl.as_millis() as u64);
     let _bob = connect(port, "bob").await;
     let bob = UserId::new("bob").unwrap();
     eventually(Duration::from_secs(10), || {
@@ -149,7 +155,7 @@ async fn a_stopped_gateway_hands_clients_off_and_releases_presence_at_once() {
     let s = setup().await;
     let port = free_port();
     // A long TTL: only the release can take bob offline quickly.
-    let mut gateway = spawn_gateway(&s.nats.url(), port, 60_000);
+    let mut gateway = spawn_gateway(&s.nats, port, 60_000);
     let mut bob_conn = connect(port, "bob").await;
     let bob = UserId::new("bob").unwrap();
     eventually(Duration::from_secs(10), || {
@@ -209,11 +215,8 @@ async fn a_killed_gateways_clients_reconnect_elsewhere_and_miss_nothing() {
     const SENDERS: usize = 10;
     const PER_PHASE: usize = 150; // per sender, before and after the kill
     let s = setup().await;
-    let bus = BusConfig {
-        nats_url: s.nats.url(),
-        ..Default::default()
-    };
-    let chat_nats = plumbing::bus::connect(&bus.nats_url, "chat").await.unwrap();
+    let bus = s.nats.bus(Role::Chat);
+    let chat_nats = s.nats.client_as(Role::Chat).await.unwrap();
     let chat_stop = CancellationToken::new();
     let chat_config = chat::ChatConfig {
         presence_sweep_ms: 100,
@@ -222,16 +225,14 @@ async fn a_killed_gateways_clients_reconnect_elsewhere_and_miss_nothing() {
     let _chat = chat::Chat::start(chat_config, &bus, chat_nats, chat_stop.clone())
         .await
         .unwrap();
-    let observer = plumbing::bus::connect(&bus.nats_url, "observer")
-        .await
-        .unwrap();
+    let observer = s.nats.client_as(Role::Operator).await.unwrap();
     let mut presence_events = observer.subscribe("natter.presence.>").await.unwrap();
     plumbing::bus::round_trip(&observer).await;
 
     let lease_ttl = Duration::from_millis(2_000);
     let (port_a, port_b) = (free_port(), free_port());
-    let mut gw_a = spawn_named_gateway(&bus.nats_url, "gw-a", port_a, 2_000);
-    let _gw_b = KillOnDrop(spawn_named_gateway(&bus.nats_url, "gw-b", port_b, 60_000));
+    let mut gw_a = spawn_named_gateway(&s.nats, "gw-a", port_a, 2_000);
+    let _gw_b = KillOnDrop(spawn_named_gateway(&s.nats, "gw-b", port_b, 60_000));
     let users: Vec<String> = (0..CLIENTS).map(|i| format!("u{i}")).collect();
 
     // 1,000 clients on gw-a, each recording what it receives until its socket dies.

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use client::Connection;
 use plumbing::BusConfig;
+use plumbing::nats_auth::{NatsAuth, Role};
 use plumbing::nats_server::{NatsServer, NatsServerOptions};
 use protocol::frames::ServerFrame;
 use protocol::{Encoding, ErrorCode};
@@ -86,11 +87,10 @@ async fn a_sessions_warning_names_its_user_and_connection_at_info_level() {
         store_dir: store.path().into(),
         port: None,
         sync_interval: "2m".into(),
+        auth: NatsAuth::ensure(&store.path().join("auth"), &[], &[]).unwrap(),
     })
     .unwrap();
-    let client = plumbing::bus::connect(&nats.url(), "span-test")
-        .await
-        .unwrap();
+    let client = nats.client_as(Role::Gateway).await.unwrap();
     let config = gateway::GatewayConfig {
         listen_addr: ([127, 0, 0, 1], 0).into(),
         jwt_secret: SECRET.into(),

@@ -64,7 +64,7 @@ pub async fn serve<S: Store>(
         let (queries, nats) = (queries.clone(), nats.clone());
         tracker.spawn(async move {
             let _permit = permit;
-            let frame = queries.answer(&msg.payload).await;
+            let frame = queries.answer(&msg.subject, &msg.payload).await;
             let payload = serde_json::to_vec(&frame).expect("frame to JSON");
             if let Err(e) = nats.publish(reply, payload.into()).await {
                 tracing::warn!(error = %e, "could not answer a history query");
@@ -77,11 +77,15 @@ pub async fn serve<S: Store>(
 }
 
 impl<S: Store> Queries<S> {
-    async fn answer(&self, payload: &[u8]) -> ServerFrame {
+    async fn answer(&self, subject: &str, payload: &[u8]) -> ServerFrame {
         let Ok(request) = serde_json::from_slice::<HistoryRequest>(payload) else {
             return QueryError::NotARequest.frame(None);
         };
         let (user, qid) = (request.user, request.qid);
+        // Only the subject is guarded by NATS permissions.
+        if subjects::requesting_user(subject).as_ref() != Some(&user) {
+            return QueryError::NotTheSubjectsUser.frame(Some(qid));
+        }
         let answer = match request.query {
             HistoryQuery::Conversations { limit } => {
                 self.conversations(&user, qid.clone(), limit).await

@@ -14,6 +14,9 @@ use crate::store::StoreError;
 pub enum QueryError {
     #[error("not a history request")]
     NotARequest,
+    /// `user` is not the user of the request's subject (`natter.history.query.<user>`).
+    #[error("user must be the user of the subject the request was sent on")]
+    NotTheSubjectsUser,
     #[error("not a participant of that conversation")]
     NotAParticipant,
     #[error("give before or after, not both")]
@@ -44,7 +47,7 @@ impl QueryError {
         use QueryError::*;
         let code = match self {
             NotARequest | BeforeAndAfter => ErrorCode::MalformedFrame,
-            NotAParticipant | NotAMember => ErrorCode::Forbidden,
+            NotAParticipant | NotAMember | NotTheSubjectsUser => ErrorCode::Forbidden,
             NotAGroup | NoSuchMessage => ErrorCode::NotFound,
             Unavailable { .. } => ErrorCode::Unavailable,
         };
@@ -81,6 +84,7 @@ mod tests {
         let cases = [
             (NotARequest, ErrorCode::MalformedFrame),
             (NotAParticipant, ErrorCode::Forbidden),
+            (NotTheSubjectsUser, ErrorCode::Forbidden),
             (BeforeAndAfter, ErrorCode::MalformedFrame),
             (NotAGroup, ErrorCode::NotFound),
             (NotAMember, ErrorCode::Forbidden),

@@ -38,7 +38,7 @@ impl<S: Store> History<S> {
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
         let js = async_nats::jetstream::new(nats.clone());
-        let stream = plumbing::bus::ensure_messages_stream(&js, bus).await?;
+        let stream = plumbing::bus::messages_stream(&js, bus).await?;
         let ack_wait = Duration::from_millis(config.writer_ack_wait_ms);
         let consumer = writer::ensure_consumer(&stream, config.writer_batch, ack_wait).await?;
         let metrics = plumbing::Metrics::default();

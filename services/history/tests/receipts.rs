@@ -9,6 +9,7 @@ use futures::StreamExt;
 use history::store::suite::message;
 use history::{EmbeddedStore, History, HistoryConfig, StaticMembership, Store};
 use plumbing::BusConfig;
+use plumbing::nats_auth::{NatsAuth, Role};
 use plumbing::nats_server::{NatsServer, NatsServerOptions};
 use protocol::frames::{Message, ServerFrame};
 use protocol::payloads::{HistoryQuery, HistoryRequest, Notify, Receipt, ReceiptKind};
@@ -45,9 +46,13 @@ impl Crew {
             store_dir: dir.path().join("nats"),
             port: None,
             sync_interval: "2m".into(),
+            auth: NatsAuth::ensure(&dir.path().join("auth"), &[], &[]).unwrap(),
         })
         .unwrap();
-        let client = plumbing::bus::connect(&nats.url(), "test").await.unwrap();
+        // The test plays the gateways and the chat service, as the operator; the service
+        // runs as itself.
+        let client = nats.client_as(Role::Operator).await.unwrap();
+        let service_nats = nats.client_as(Role::History).await.unwrap();
         let notifications = client.subscribe(subjects::CHAT_NOTIFY).await.unwrap();
         let group = GroupId::new("crew").unwrap();
         let conversation = ConversationId::group(&group);
@@ -69,7 +74,7 @@ impl Crew {
         let service = History::start(
             config,
             &BusConfig::default(),
-            client.clone(),
+            service_nats,
             store.clone(),
             membership.clone(),
             CancellationToken::new(),
@@ -123,7 +128,7 @@ impl Crew {
         let reply = self
             .client
             .request(
-                subjects::HISTORY_QUERY,
+                subjects::history_query(&user(who)),
                 serde_json::to_vec(&request).unwrap().into(),
             )
             .await

@@ -9,6 +9,7 @@ use history::{
     EmbeddedStore, GroupMarkers, History, HistoryConfig, Page, StaticMembership, Store, StoreError,
 };
 use plumbing::BusConfig;
+use plumbing::nats_auth::{NatsAuth, Role};
 use plumbing::nats_server::{NatsServer, NatsServerOptions};
 use protocol::frames::{ConversationSummary, Message};
 use protocol::payloads::StoredMessage;
@@ -91,9 +92,12 @@ async fn a_writer_killed_mid_batch_loses_nothing_and_duplicates_nothing() {
         store_dir: dir.path().join("nats"),
         port: None,
         sync_interval: "2m".into(),
+        auth: NatsAuth::ensure(&dir.path().join("auth"), &[], &[]).unwrap(),
     })
     .unwrap();
-    let client = plumbing::bus::connect(&nats.url(), "test").await.unwrap();
+    // The test stores messages as the chat service would; the writers run as history.
+    let client = nats.client_as(Role::Chat).await.unwrap();
+    let service_nats = nats.client_as(Role::History).await.unwrap();
     let bus = BusConfig::default();
     let js = async_nats::jetstream::new(client.clone());
     plumbing::bus::ensure_messages_stream(&js, &bus)
@@ -134,7 +138,7 @@ async fn a_writer_killed_mid_batch_loses_nothing_and_duplicates_nothing() {
     let first = History::start(
         config.clone(),
         &bus,
-        client.clone(),
+        service_nats.clone(),
         doomed,
         Arc::new(StaticMembership::default()),
         CancellationToken::new(),
@@ -154,7 +158,7 @@ async fn a_writer_killed_mid_batch_loses_nothing_and_duplicates_nothing() {
     let _second = History::start(
         config,
         &bus,
-        client,
+        service_nats,
         store.clone(),
         Arc::new(StaticMembership::default()),
         CancellationToken::new(),

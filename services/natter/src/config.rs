@@ -8,6 +8,7 @@ use gateway::GatewayConfig;
 use history::HistoryConfig;
 use notifier::NotifierConfig;
 use plumbing::BusConfig;
+use plumbing::nats_auth::{NatsAuth, Role};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -47,6 +48,23 @@ impl Default for NatterConfig {
 }
 
 impl NatterConfig {
+    /// Where `natter up` keeps the NATS credentials of its local nats-server (and where
+    /// `natter nats-auth` writes by default): `data_dir/nats-auth`.
+    pub fn nats_auth_dir(&self) -> PathBuf {
+        self.data_dir.join("nats-auth")
+    }
+
+    /// The bus settings with which `role` connects: `bus` as configured when it names a seed
+    /// file (`bus.nkey_file`), else `role`'s seed and the CA from the local credentials
+    /// directory when there is one, else `bus` as it is.
+    pub fn bus_as(&self, role: Role) -> anyhow::Result<BusConfig> {
+        let dir = self.nats_auth_dir();
+        if self.bus.nkey_file.is_some() || !dir.join(format!("{}.nk", role.name())).exists() {
+            return Ok(self.bus.clone());
+        }
+        Ok(NatsAuth::open(&dir).bus_config(&self.bus, role))
+    }
+
     /// The embedded history store's file.
     pub fn history_path(&self) -> PathBuf {
         if self.history.embedded_path == HistoryConfig::default().embedded_path {

@@ -56,6 +56,9 @@ enum Command {
     /// Check a deployment: streams, consumers and their lag, buckets, live gateways, and a
     /// WebSocket round trip with `--url`. Exits non-zero when something is missing.
     Check(cli::check::CheckArgs),
+    /// Make the NATS credentials of a deployment: TLS certificates, one nkey per role and
+    /// integrator, and the nats-server configuration with their permissions.
+    NatsAuth(cli::nats_auth::NatsAuthArgs),
 }
 
 #[tokio::main]
@@ -90,6 +93,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         Command::Group(cmd) => cli::groups::run(cmd, &config, json).await?,
         Command::Receipts(args) => cli::receipts::run(args, &config, json).await?,
         Command::Check(args) => return cli::check::run(args, &config, json).await,
+        Command::NatsAuth(args) => cli::nats_auth::run(args, &config)?,
     }
     Ok(true)
 }

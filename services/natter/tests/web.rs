@@ -13,6 +13,7 @@ use std::sync::Mutex;
 use std::sync::mpsc;
 use std::time::Duration;
 
+use plumbing::nats_auth::NatsAuth;
 use plumbing::nats_server::{NatsServer, NatsServerOptions};
 
 /// Chromium is heavy on a 2-core machine: one scenario at a time.
@@ -132,6 +133,9 @@ fn run_scenario(name: &str) {
         store_dir: tmp.path().join("nats"),
         port: None,
         sync_interval: "always".into(),
+        // Where `natter up` looks for its roles' credentials (`data_dir/nats-auth`).
+        auth: NatsAuth::ensure(&tmp.path().join("natter/nats-auth"), &[], &[])
+            .expect("NATS credentials"),
     })
     .expect("nats-server (scripts/install-deps, or set NATTER_NATS_SERVER)");
     let mut natter = Natter::start(

@@ -54,10 +54,8 @@ impl Notifier {
             )?),
         };
         let js = async_nats::jetstream::new(nats.clone());
-        let stream = plumbing::bus::ensure_offline_stream(&js, bus).await?;
-        let presence = plumbing::bus::ensure_presence_buckets(&js, bus)
-            .await?
-            .users;
+        let stream = plumbing::bus::offline_stream(&js, bus).await?;
+        let presence = plumbing::bus::ensure_bucket(&js, &plumbing::bus::PRESENCE, bus).await?;
         let tokens = plumbing::bus::ensure_push_tokens_bucket(&js, bus).await?;
         let batch = PULL_BATCH.min(config.max_pending_events);
         let consumer = plumbing::bus::ensure_holding_durable(

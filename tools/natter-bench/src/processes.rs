@@ -5,6 +5,7 @@
 
 use std::process::{Child, Command, Stdio};
 
+use plumbing::nats_auth::Role;
 use protocol::frames::ServerFrame;
 use protocol::{ConnId, Encoding};
 use testkit::TestNats;
@@ -42,6 +43,7 @@ impl Processes {
         let metrics = free_port()?;
         natter.spawn(
             "natter-chat",
+            Role::Chat,
             &[("NATTER_METRICS_ADDR", format!("127.0.0.1:{metrics}"))],
         )?;
         wait_listening(metrics).await?;
@@ -49,6 +51,7 @@ impl Processes {
         let store = natter._dir.path().join("history.redb");
         natter.spawn(
             "natter-history",
+            Role::History,
             &[
                 ("NATTER_METRICS_ADDR", format!("127.0.0.1:{metrics}")),
                 ("NATTER_HISTORY__EMBEDDED_PATH", store.display().to_string()),
@@ -60,6 +63,7 @@ impl Processes {
             let id = format!("gw-{i}");
             natter.spawn(
                 "natter-gateway",
+                Role::Gateway,
                 &[
                     ("NATTER_GATEWAY__GATEWAY_ID", id.clone()),
                     ("NATTER_GATEWAY__LISTEN_ADDR", format!("127.0.0.1:{port}")),
@@ -79,7 +83,7 @@ impl Processes {
     }
 
     /// Starts one of natter's binaries, found next to `natter-bench`.
-    fn spawn(&mut self, binary: &str, env: &[(&str, String)]) -> anyhow::Result<()> {
+    fn spawn(&mut self, binary: &str, role: Role, env: &[(&str, String)]) -> anyhow::Result<()> {
         let path = std::env::current_exe()?.with_file_name(binary);
         anyhow::ensure!(
             path.exists(),
@@ -88,7 +92,7 @@ impl Processes {
         );
         let mut command = Command::new(&path);
         command
-            .env("NATTER_BUS__NATS_URL", self.nats.url())
+            .envs(testkit::bus_env(&self.nats.bus(role)))
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null());
         for (key, value) in env {

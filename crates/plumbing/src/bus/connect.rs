@@ -1,20 +1,78 @@
-//! Connecting to NATS, and the round trip that proves the server has seen what we sent.
+//! Connecting to NATS as one of natter's identities, and the round trip that proves the
+//! server has seen what we sent.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-/// Connects to NATS. `url` may list several servers, comma separated (the nodes of a
-/// cluster); the client picks one and fails over to the others. The first connect must
-/// succeed (a typo'd URL fails fast); afterwards the client reconnects forever and buffers
-/// publishes while disconnected.
-pub async fn connect(url: &str, name: &str) -> anyhow::Result<async_nats::Client> {
-    let client = async_nats::ConnectOptions::new()
+use super::BusConfig;
+use crate::nats_auth::{self, Role};
+
+/// Connects to NATS as `role`, with the credentials and TLS settings of `bus`. `nats_url`
+/// may list several servers, comma separated (the nodes of a cluster); the client picks one
+/// and fails over to the others. The first connect must succeed (a typo'd URL or a refused
+/// credential fails fast); afterwards the client reconnects forever and buffers publishes
+/// while disconnected. `name` is how the server lists the connection.
+pub async fn connect(
+    bus: &BusConfig,
+    role: Role,
+    name: &str,
+) -> anyhow::Result<async_nats::Client> {
+    let url = &bus.nats_url;
+    let mut options = async_nats::ConnectOptions::new()
         .name(name)
+        .custom_inbox_prefix(role.inbox_prefix())
         .connection_timeout(Duration::from_secs(5))
         .request_timeout(Some(Duration::from_secs(5)))
+        .event_callback(move |event| async move { on_event(role, event) });
+    if let Some(seed_file) = &bus.nkey_file {
+        options = options.nkey(nats_auth::read_seed(seed_file)?);
+    }
+    if let Some(ca) = &bus.tls_ca_file {
+        options = options.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    let client = options
         .connect(server_urls(url))
         .await
-        .map_err(|e| anyhow::anyhow!("cannot connect to NATS at {url}: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("cannot connect to NATS at {url} as {}: {e}", role.name()))?;
     Ok(client)
+}
+
+/// Permission violations the server reported to natter's services (not to the operator),
+/// since the process started. A service that needs a subject it was not given shows up here;
+/// the test kit fails a test when it is not zero.
+static VIOLATIONS: AtomicU64 = AtomicU64::new(0);
+
+/// See [`VIOLATIONS`].
+pub fn permission_violations() -> u64 {
+    VIOLATIONS.load(Ordering::Relaxed)
+}
+
+fn on_event(role: Role, event: async_nats::Event) {
+    match event {
+        // An answer to a request that came in over an earlier connection: the permission to
+        // reply lives as long as the connection that received the request, so after a
+        // reconnect the answer is refused. The requester has timed out by then and retries.
+        async_nats::Event::ServerError(async_nats::ServerError::Other(text))
+            if text.contains("Permissions Violation for Publish to \"_INBOX.") =>
+        {
+            tracing::warn!(
+                role = role.name(),
+                "a late answer was refused after a reconnect"
+            );
+        }
+        async_nats::Event::ServerError(async_nats::ServerError::Other(text))
+            if text.to_ascii_lowercase().contains("permissions violation") =>
+        {
+            if role != Role::Operator {
+                VIOLATIONS.fetch_add(1, Ordering::Relaxed);
+            }
+            tracing::error!(role = role.name(), error = %text, "NATS refused a subject");
+        }
+        async_nats::Event::ServerError(e) => {
+            tracing::warn!(role = role.name(), error = %e, "NATS server error");
+        }
+        _ => {}
+    }
 }
 
 /// The servers of a comma-separated list. async-nats parses a single string as one URL, so a

@@ -8,16 +8,18 @@ mod durable;
 mod resources;
 mod serve;
 
+use std::path::PathBuf;
+
 use serde::{Deserialize, Serialize};
 
-pub use connect::{connect, round_trip};
+pub use connect::{connect, permission_violations, round_trip};
 pub use durable::{
     Durable, HANDOVER_DELAY, ensure_durable, ensure_holding_durable, pull, release_pin,
 };
 pub use resources::{
     BucketSpec, GATEWAYS, GROUPS, PRESENCE, PUSH_TOKENS, PresenceBuckets, SESSIONS, ensure_bucket,
     ensure_groups_bucket, ensure_messages_stream, ensure_offline_stream, ensure_presence_buckets,
-    ensure_push_tokens_bucket, stream_epoch,
+    ensure_push_tokens_bucket, messages_stream, offline_stream, stream_epoch,
 };
 pub use serve::{answer_requests, next_json, next_or_stop, next_pulled, serve_queue};
 
@@ -41,6 +43,14 @@ pub struct BusConfig {
     /// JetStream reserves it in its store when the stream is created (a server without that
     /// much room refuses the stream), so a deployment raises it to the store it has.
     pub messages_max_bytes: i64,
+    /// The seed file of this service's NATS identity (an nkey user, as `natter nats-auth`
+    /// writes them: `gateway.nk`, `chat.nk`, …). Unset: connect without credentials, which a
+    /// natter NATS refuses (see docs/security.md).
+    pub nkey_file: Option<PathBuf>,
+    /// The CA certificate that signed the NATS servers' certificates (`ca.pem` of
+    /// `natter nats-auth`). Set, the connection must be TLS and the server must present a
+    /// certificate from this CA.
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 impl Default for BusConfig {
@@ -51,6 +61,8 @@ impl Default for BusConfig {
             dedup_window_ms: 60_000,
             messages_max_age_ms: 7 * 24 * 3600 * 1000,
             messages_max_bytes: 1024 * 1024 * 1024,
+            nkey_file: None,
+            tls_ca_file: None,
         }
     }
 }

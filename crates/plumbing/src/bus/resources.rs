@@ -8,12 +8,27 @@ use protocol::subjects;
 
 use super::BusConfig;
 
-/// Creates or updates the stream that holds every accepted message.
+/// Creates or updates the stream that holds every accepted message: the chat service's, the
+/// stream's owner (only its NATS identity may change the stream's settings).
 pub async fn ensure_messages_stream(
     js: &jetstream::Context,
     cfg: &BusConfig,
 ) -> anyhow::Result<stream::Stream> {
-    let config = stream::Config {
+    own_stream(js, messages_stream_config(cfg)).await
+}
+
+/// The messages stream as it is, or created if it is missing; never changed. For the
+/// services that read it (gateways, history): their identities may not update it, and a
+/// reader's configuration must not reshape what the chat service owns.
+pub async fn messages_stream(
+    js: &jetstream::Context,
+    cfg: &BusConfig,
+) -> anyhow::Result<stream::Stream> {
+    bind_stream(js, messages_stream_config(cfg)).await
+}
+
+fn messages_stream_config(cfg: &BusConfig) -> stream::Config {
+    stream::Config {
         name: subjects::MESSAGES_STREAM.into(),
         description: Some("every accepted natter message; see subjects.md".into()),
         subjects: vec![subjects::MESSAGES_SUBJECTS.into()],
@@ -26,25 +41,64 @@ pub async fn ensure_messages_stream(
         num_replicas: cfg.replicas,
         allow_direct: true,
         ..Default::default()
-    };
+    }
+}
+
+/// Creates the stream, or updates its settings to `config`.
+async fn own_stream(
+    js: &jetstream::Context,
+    config: stream::Config,
+) -> anyhow::Result<stream::Stream> {
+    let name = config.name.clone();
     js.create_or_update_stream(config)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot create stream {}: {e}", subjects::MESSAGES_STREAM))?;
-    Ok(js.get_stream(subjects::MESSAGES_STREAM).await?)
+        .map_err(|e| anyhow::anyhow!("cannot create stream {name}: {e}"))?;
+    Ok(js.get_stream(&name).await?)
+}
+
+/// The stream as it is, or created with `config` if it does not exist yet.
+async fn bind_stream(
+    js: &jetstream::Context,
+    config: stream::Config,
+) -> anyhow::Result<stream::Stream> {
+    if let Ok(stream) = js.get_stream(&config.name).await {
+        return Ok(stream);
+    }
+    let name = config.name.clone();
+    match js.create_stream(config).await {
+        Ok(stream) => Ok(stream),
+        // Another service created it between our get and create.
+        Err(_) => js
+            .get_stream(&name)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot create stream {name}: {e}")),
+    }
 }
 
 /// How long the offline-message stream keeps an event nobody acknowledged.
 const OFFLINE_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 
 /// Creates or updates the stream that makes `natter.user.offline_message` durable for the
-/// notifier. Ensured by the chat service (the publisher) and by the notifier, so events
-/// published before the notifier first ran are kept. Limits retention: events stay a day
-/// whether acknowledged or not, so integrators may read them with consumers of their own.
+/// notifier: the chat service's (the publisher and owner), so events published before the
+/// notifier first ran are kept. Limits retention: events stay a day whether acknowledged or
+/// not, so integrators may read them with consumers of their own.
 pub async fn ensure_offline_stream(
     js: &jetstream::Context,
     cfg: &BusConfig,
 ) -> anyhow::Result<stream::Stream> {
-    let config = stream::Config {
+    own_stream(js, offline_stream_config(cfg)).await
+}
+
+/// The offline-message stream as it is, or created if it is missing (the notifier's).
+pub async fn offline_stream(
+    js: &jetstream::Context,
+    cfg: &BusConfig,
+) -> anyhow::Result<stream::Stream> {
+    bind_stream(js, offline_stream_config(cfg)).await
+}
+
+fn offline_stream_config(cfg: &BusConfig) -> stream::Config {
+    stream::Config {
         name: subjects::OFFLINE_STREAM.into(),
         description: Some("offline-message events for the notifier; see subjects.md".into()),
         subjects: vec![subjects::USER_OFFLINE_MESSAGE.into()],
@@ -54,11 +108,7 @@ pub async fn ensure_offline_stream(
         max_age: OFFLINE_MAX_AGE,
         num_replicas: cfg.replicas,
         ..Default::default()
-    };
-    js.create_or_update_stream(config)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot create stream {}: {e}", subjects::OFFLINE_STREAM))?;
-    Ok(js.get_stream(subjects::OFFLINE_STREAM).await?)
+    }
 }
 
 /// The creation time of a stream in milliseconds since the Unix epoch: tells one incarnation

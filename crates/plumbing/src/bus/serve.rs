@@ -82,7 +82,7 @@ pub async fn answer_requests<T, F, Fut>(
 ) -> anyhow::Result<()>
 where
     T: serde::Serialize,
-    F: Fn(bytes::Bytes) -> Fut,
+    F: Fn(async_nats::Subject, bytes::Bytes) -> Fut,
     Fut: Future<Output = T> + Send + 'static,
 {
     let tracker = TaskTracker::new();
@@ -94,7 +94,7 @@ where
         let Ok(permit) = permits.clone().acquire_owned().await else {
             break;
         };
-        let answering = answer(msg.payload);
+        let answering = answer(msg.subject, msg.payload);
         let nats = nats.clone();
         tracker.spawn(async move {
             let _permit = permit;

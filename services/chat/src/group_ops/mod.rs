@@ -67,19 +67,23 @@ pub async fn serve(
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
     let nats = ops.nats.clone();
-    plumbing::bus::answer_requests(nats, sub, OPERATIONS_AT_ONCE, stop, |payload| {
+    plumbing::bus::answer_requests(nats, sub, OPERATIONS_AT_ONCE, stop, |subject, payload| {
         let ops = ops.clone();
-        async move { ops.answer(&payload).await }
+        async move { ops.answer(&subject, &payload).await }
     })
     .await
 }
 
 impl GroupOps {
-    async fn answer(&self, payload: &[u8]) -> ServerFrame {
+    async fn answer(&self, subject: &str, payload: &[u8]) -> ServerFrame {
         let Ok(request) = serde_json::from_slice::<GroupRequest>(payload) else {
             return GroupError::NotARequest.frame(None);
         };
         let qid = request.qid.clone();
+        // Only the subject is guarded by NATS permissions.
+        if subjects::requesting_user(subject).as_ref() != Some(&request.user) {
+            return GroupError::NotTheSubjectsUser.frame(Some(qid));
+        }
         self.handle(request)
             .await
             .unwrap_or_else(|refused| refused.frame(Some(qid)))

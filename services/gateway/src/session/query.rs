@@ -32,7 +32,7 @@ impl Session {
             query,
         };
         let payload = serde_json::to_vec(&request).expect("history request to JSON");
-        self.start_request(qid, subjects::HISTORY_QUERY, payload);
+        self.start_request(qid, subjects::history_query(&self.user), payload);
     }
 
     /// Group operations are the chat service's; it authorises them.
@@ -43,10 +43,10 @@ impl Session {
             op,
         };
         let payload = serde_json::to_vec(&request).expect("group request to JSON");
-        self.start_request(qid, subjects::CHAT_GROUP, payload);
+        self.start_request(qid, subjects::chat_group(&self.user), payload);
     }
 
-    fn start_request(&mut self, qid: ClientMsgId, subject: &'static str, payload: Vec<u8>) {
+    fn start_request(&mut self, qid: ClientMsgId, subject: String, payload: Vec<u8>) {
         if self.queries_full() {
             return self.refuse(Refusal::QueriesWaiting { qid: Some(qid) });
         }
@@ -87,18 +87,18 @@ pub(super) async fn next_answer(
 /// One request to a service whose answer is a frame for the client.
 pub(super) async fn ask(
     nats: async_nats::Client,
-    subject: &'static str,
+    subject: String,
     payload: Vec<u8>,
     timeout: Duration,
     qid: ClientMsgId,
 ) -> Result<ServerFrame, Refusal> {
-    match tokio::time::timeout(timeout, nats.request(subject, payload.into())).await {
+    match tokio::time::timeout(timeout, nats.request(subject.clone(), payload.into())).await {
         Ok(Ok(reply)) => serde_json::from_slice::<ServerFrame>(&reply.payload).map_err(|e| {
-            tracing::warn!(error = %e, subject, "undecodable answer");
+            tracing::warn!(error = %e, %subject, "undecodable answer");
             Refusal::ServiceFailed { qid }
         }),
         Ok(Err(e)) => {
-            tracing::debug!(error = %e, subject, "request failed");
+            tracing::debug!(error = %e, %subject, "request failed");
             Err(Refusal::ServiceUnavailable { qid })
         }
         Err(_) => Err(Refusal::ServiceUnavailable { qid }),

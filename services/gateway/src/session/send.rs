@@ -80,12 +80,11 @@ impl Session {
             return;
         };
         let nats = self.state.nats.clone();
+        let subject = subjects::chat_send(&request.from);
         let payload = serde_json::to_vec(&request).expect("send request to JSON");
         let timeout = Duration::from_millis(self.state.config.send_timeout_ms);
         let fut: InFlight = Box::pin(async move {
-            match tokio::time::timeout(timeout, nats.request(subjects::CHAT_SEND, payload.into()))
-                .await
-            {
+            match tokio::time::timeout(timeout, nats.request(subject, payload.into())).await {
                 Ok(Ok(reply)) => Ok(reply),
                 Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
                     Err(SendFailure::NoChatService)

@@ -91,7 +91,7 @@ async fn shares_conversation(
     let payload = serde_json::to_vec(&request).expect("history request to JSON");
     let timeout = Duration::from_millis(state.config.send_timeout_ms);
     let nats = state.nats.clone();
-    match ask(nats, subjects::HISTORY_QUERY, payload, timeout, qid).await {
+    match ask(nats, subjects::history_query(me), payload, timeout, qid).await {
         Ok(ServerFrame::History { messages, .. }) => Ok(!messages.is_empty()),
         _ => Err(Refusal::PresenceUnavailable(other.clone())),
     }

@@ -9,6 +9,7 @@ use anyhow::anyhow;
 use async_nats::jetstream;
 use clap::Args;
 use futures::TryStreamExt;
+use plumbing::nats_auth::Role;
 use protocol::frames::ServerFrame;
 use protocol::payloads::GatewayLease;
 use protocol::subjects;
@@ -87,7 +88,11 @@ pub async fn run(args: CheckArgs, config: &NatterConfig, json: bool) -> anyhow::
                  `natter up` prints the URL it uses"
             )
         })?;
-    let nats = plumbing::bus::connect(&nats_url, "natter-check")
+    let bus = plumbing::BusConfig {
+        nats_url: nats_url.clone(),
+        ..config.bus_as(Role::Operator)?
+    };
+    let nats = plumbing::bus::connect(&bus, Role::Operator, "natter-check")
         .await
         .map_err(|e| {
             anyhow!(

@@ -6,6 +6,7 @@ pub mod check;
 pub mod conversations;
 pub mod groups;
 pub mod history;
+pub mod nats_auth;
 pub mod receipts;
 pub mod send;
 pub mod tail;

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use anyhow::Context;
+use plumbing::nats_auth::{NatsAuth, Role};
 use plumbing::nats_server::{NatsServer, NatsServerOptions};
 
 use crate::config::{NatterConfig, SecretSource};
@@ -17,24 +18,37 @@ pub async fn up(mut config: NatterConfig) -> anyhow::Result<()> {
     // Started first and stopped last: everything else depends on it.
     let mut local_nats = None;
     if config.bus.nats_url.is_empty() {
+        // Its own credentials, made once and kept in the (private) data directory: every
+        // service below connects as its own role, with TLS.
+        let auth = NatsAuth::ensure(&config.nats_auth_dir(), &[], &[])
+            .context("making the local NATS credentials")?;
         let server = NatsServer::start(NatsServerOptions {
             store_dir: config.data_dir.join("nats"),
             port: None,
             sync_interval: config.nats_sync_interval.clone(),
+            auth,
         })
         .context("starting the local nats-server")?;
         config.bus.nats_url = server.url();
         tracing::info!(url = %server.url(), "local nats-server started");
         local_nats = Some(server);
     }
-    let nats = plumbing::bus::connect(&config.bus.nats_url, "natter").await?;
+    let connect = |role: Role| {
+        let bus = config.bus_as(role);
+        async move { plumbing::bus::connect(&bus?, role, role.name()).await }
+    };
+    let (chat_nats, history_nats) = (connect(Role::Chat).await?, connect(Role::History).await?);
+    let (notifier_nats, gateway_nats) = (
+        connect(Role::Notifier).await?,
+        connect(Role::Gateway).await?,
+    );
     // The chat service stops only after the gateway has closed its sessions, so sends made
     // during the drain are still answered.
     let chat_shutdown = tokio_util::sync::CancellationToken::new();
     let chat = chat::Chat::start(
         config.chat.clone(),
         &config.bus,
-        nats.clone(),
+        chat_nats.clone(),
         chat_shutdown.clone(),
     )
     .await?;
@@ -44,9 +58,10 @@ pub async fn up(mut config: NatterConfig) -> anyhow::Result<()> {
     let history = history::History::start(
         config.history.clone(),
         &config.bus,
-        nats.clone(),
+        history_nats.clone(),
         store,
-        history::membership::groups_view(&nats, &config.bus, history_shutdown.clone()).await?,
+        history::membership::groups_view(&history_nats, &config.bus, history_shutdown.clone())
+            .await?,
         history_shutdown.clone(),
     )
     .await?;
@@ -54,14 +69,14 @@ pub async fn up(mut config: NatterConfig) -> anyhow::Result<()> {
     let notifier = notifier::Notifier::start(
         config.notifier.clone(),
         &config.bus,
-        nats.clone(),
+        notifier_nats.clone(),
         notifier_shutdown.clone(),
     )
     .await?;
     let gw = gateway::Gateway::start(
         config.gateway.clone(),
         &config.bus,
-        nats.clone(),
+        gateway_nats.clone(),
         shutdown.clone(),
     )
     .await?;
@@ -74,6 +89,15 @@ pub async fn up(mut config: NatterConfig) -> anyhow::Result<()> {
         println!("  Web:       http://{}/", gw.addr);
     }
     println!("  NATS:      {}", config.bus.nats_url);
+    if local_nats.is_some() {
+        let dir = config.nats_auth_dir();
+        println!(
+            "  NATS auth: {} (operator: --nkey {} --tlsca {})",
+            dir.display(),
+            dir.join("operator.nk").display(),
+            dir.join("ca.pem").display()
+        );
+    }
     println!("  token:     natter token <user>");
     if config.gateway.dev_tokens {
         println!(
@@ -92,7 +116,9 @@ pub async fn up(mut config: NatterConfig) -> anyhow::Result<()> {
     let _ = tokio::time::timeout(Duration::from_secs(10), history.wait()).await;
     notifier_shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(10), notifier.wait()).await;
-    let _ = nats.drain().await;
+    for nats in [gateway_nats, chat_nats, history_nats, notifier_nats] {
+        let _ = nats.drain().await;
+    }
     if let Some(mut server) = local_nats {
         // SIGTERM lets JetStream flush and close its files cleanly.
         server.stop(Duration::from_secs(10));
