@@ -178,11 +178,8 @@ async function resync(synced) {
 }
 
 async function loadConversations() {
-  const [list, groups] = await Promise.all([
-    conn.query({ type: 'conversations', limit: 100 }),
-    conn.query({ type: 'group', op: 'mine' }),
-  ]);
-  for (const g of groups.groups) store.conversation(g.conversation).name = g.name;
+  const [list, groups] = await Promise.all([conn.query({ type: 'conversations', limit: 100 }), myGroups()]);
+  for (const g of groups) store.conversation(g.conversation).name = g.name;
   for (const e of list.conversations) {
     const c = store.conversation(e.conversation);
     if (!c.last || e.last_id >= c.last.id) {
@@ -192,6 +189,17 @@ async function loadConversations() {
   }
   watchPresence([...store.conversations.values()].filter((c) => c.kind === 'dm' && c.last).map((c) => c.peer));
   store.changed();
+}
+
+/** Every group of the user, page by page (`mine` answers up to 200 at a time). */
+async function myGroups() {
+  const groups = [];
+  for (let after; ; ) {
+    const page = await conn.query({ type: 'group', op: 'mine', ...(after && { after }) });
+    groups.push(...page.groups);
+    if (!page.more || page.groups.length === 0) return groups;
+    after = page.groups[page.groups.length - 1].group;
+  }
 }
 
 async function nameGroup(c) {

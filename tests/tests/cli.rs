@@ -161,22 +161,25 @@ async fn tail_prints_a_message_from_another_user_acks_it_and_stops_after_count()
 #[tokio::test]
 async fn group_create_send_and_list() {
     let stack = Stack::new().start().await;
-    let group = json(
-        &ok(
-            &stack,
-            &[
-                "group",
-                "create",
-                "Team",
-                "--as",
-                "alice",
-                "--members",
-                "bob,carol",
-                "--json",
-            ],
-        )
-        .await,
-    );
+    let create = [
+        "group",
+        "create",
+        "Team",
+        "--as",
+        "alice",
+        "--members",
+        "bob,carol",
+        "--json",
+    ];
+    // Strangers cannot be added: the error names them, with its code and advice.
+    let out = run(natter(&stack, &create)).await;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("error 1010 not_a_contact"), "{err}");
+    assert!(err.contains("bob and carol"), "{err}");
+
+    stack.make_contacts("alice", &["bob", "carol"]).await;
+    let group = json(&ok(&stack, &create).await);
     let id = group["group"].as_str().expect("group id").to_string();
     assert_eq!(group["members"], 3);
     assert_eq!(group["role"], "owner");

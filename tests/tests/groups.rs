@@ -2,6 +2,7 @@
 //! history services: fan-out with one publish per gateway, catch-up of offline members,
 //! authorisation, removal, roles and limits, system events, large groups.
 
+use chat::GroupAdds;
 use protocol::frames::{ClientFrame, Message, ServerFrame};
 use protocol::{
     ConversationId, Cursor, ErrorCode, GroupEvent, GroupInfo, GroupOp, MessageId, Role,
@@ -69,7 +70,12 @@ fn user(i: usize) -> String {
 
 #[tokio::test]
 async fn a_group_message_reaches_every_online_member_once_with_one_publish_per_gateway() {
-    let stack = Stack::new().gateways(3).start().await;
+    // 499 members who never messaged the owner: adds from anyone.
+    let stack = Stack::new()
+        .gateways(3)
+        .chat_config(|c| c.group_adds = GroupAdds::Anyone)
+        .start()
+        .await;
     let mut owner = stack.connect(&user(0), 0).await;
     let members: Vec<String> = (1..500).map(user).collect();
     let group = op(
@@ -136,6 +142,7 @@ async fn a_group_message_reaches_every_online_member_once_with_one_publish_per_g
 #[tokio::test]
 async fn only_members_post_and_read_and_a_removed_member_stops_receiving_at_once() {
     let stack = Stack::new().gateways(2).start().await;
+    stack.make_contacts("alice", &["bob", "carol"]).await;
     let mut alice = stack.connect("alice", 0).await;
     let mut bob = stack.connect("bob", 1).await;
     let mut carol = stack.connect("carol", 1).await;
@@ -239,6 +246,8 @@ async fn roles_decide_who_manages_and_the_member_limit_holds() {
         .chat_config(|c| c.max_group_members = 4)
         .start()
         .await;
+    stack.make_contacts("alice", &["bob"]).await;
+    stack.make_contacts("bob", &["carol", "dave", "erin"]).await;
     let mut alice = stack.connect("alice", 0).await;
     let mut bob = stack.connect("bob", 0).await;
     let group = op(
@@ -317,13 +326,30 @@ async fn roles_decide_who_manages_and_the_member_limit_holds() {
         (members[0].user.as_str(), members[0].role),
         ("bob", Role::Owner)
     );
-    bob.group("b9", GroupOp::Mine).await.unwrap();
+    bob.group(
+        "b9",
+        GroupOp::Mine {
+            after: None,
+            limit: None,
+        },
+    )
+    .await
+    .unwrap();
     let ServerFrame::Groups { groups, .. } = expect_answer(&mut bob, "b9").await else {
         panic!("mine")
     };
     assert_eq!(groups.len(), 1);
     assert_eq!((groups[0].members, groups[0].role), (3, Some(Role::Owner)));
-    alice.group("a3", GroupOp::Mine).await.unwrap();
+    alice
+        .group(
+            "a3",
+            GroupOp::Mine {
+                after: None,
+                limit: None,
+            },
+        )
+        .await
+        .unwrap();
     let ServerFrame::Groups { groups, .. } = expect_answer(&mut alice, "a3").await else {
         panic!("mine")
     };
@@ -348,6 +374,7 @@ async fn a_large_group_is_left_to_history_when_a_member_catches_up() {
         .chat_config(|c| c.large_group_members = 2)
         .start()
         .await;
+    stack.make_contacts("alice", &["bob", "carol"]).await;
     let mut alice = stack.connect("alice", 0).await;
     let small = op(
         &mut alice,
@@ -398,6 +425,7 @@ async fn a_group_of_ten_thousand_members_fans_out_and_pages() {
         .chat_config(|c| {
             c.max_group_members = 20_000;
             c.large_group_members = 5_000;
+            c.group_adds = GroupAdds::Anyone;
         })
         .start()
         .await;
@@ -519,6 +547,9 @@ async fn receipts(
 #[tokio::test]
 async fn the_sender_sees_who_received_and_read_a_group_message() {
     let stack = Stack::new().gateways(2).start().await;
+    stack
+        .make_contacts("alice", &["bob", "carol", "dave"])
+        .await;
     let mut alice = stack.connect("alice", 0).await;
     let mut bob = stack.connect("bob", 1).await;
     let mut carol = stack.connect("carol", 0).await;
@@ -582,7 +613,10 @@ async fn the_sender_sees_who_received_and_read_a_group_message() {
 #[tokio::test]
 async fn nobody_can_be_buried_under_groups() {
     let stack = Stack::new()
-        .chat_config(|c| c.max_groups_per_user = 2)
+        .chat_config(|c| {
+            c.max_groups_per_user = 2;
+            c.group_adds = GroupAdds::Anyone;
+        })
         .start()
         .await;
     let mut alice = stack.connect("alice", 0).await;
@@ -620,4 +654,122 @@ async fn nobody_can_be_buried_under_groups() {
     };
     op(&mut mallory, "g7", leave).await;
     op(&mut alice, "g8", create("Six", &["mallory"])).await;
+}
+
+#[tokio::test]
+async fn only_contacts_add_a_user_to_groups() {
+    let stack = Stack::new().start().await;
+    stack.make_contacts("mallory", &["carol"]).await;
+    let mut mallory = stack.connect("mallory", 0).await;
+    let mut bob = stack.connect("bob", 0).await;
+    let mut carol = stack.connect("carol", 0).await;
+    let create = |members: &[&str]| GroupOp::Create {
+        name: "Offers".into(),
+        members: members.iter().map(|m| m.to_string()).collect(),
+    };
+
+    // bob never exchanged a message with mallory: the whole operation is refused, naming
+    // him, so carol (a contact) is not added either.
+    mallory
+        .group("c1", create(&["carol", "bob"]))
+        .await
+        .unwrap();
+    let ServerFrame::Error { code, reason, .. } = expect_answer(&mut mallory, "c1").await else {
+        panic!("a stranger was added")
+    };
+    assert_eq!(code, ErrorCode::NotAContact);
+    assert!(reason.starts_with("bob can be added only by"), "{reason}");
+    let group = op(&mut mallory, "c2", create(&["carol"])).await;
+    let add = GroupOp::Add {
+        group: group.group.to_string(),
+        users: vec!["bob".into()],
+        role: None,
+    };
+    assert_eq!(
+        refused(&mut mallory, "a1", add.clone()).await,
+        ErrorCode::NotAContact
+    );
+    for (conn, expected) in [(&mut bob, 0), (&mut carol, 1)] {
+        let mine = GroupOp::Mine {
+            after: None,
+            limit: None,
+        };
+        conn.group("m1", mine).await.unwrap();
+        let ServerFrame::Groups { groups, .. } = expect_answer(conn, "m1").await else {
+            panic!("mine")
+        };
+        assert_eq!(groups.len(), expected);
+    }
+
+    // Once bob has written to her, she may add him.
+    stack.make_contacts("bob", &["mallory"]).await;
+    assert_eq!(op(&mut mallory, "a2", add).await.members, 3);
+}
+
+#[tokio::test]
+async fn a_user_in_two_thousand_groups_pages_through_them_and_still_resumes() {
+    const GROUPS: usize = 2_000;
+    const OWNERS: usize = 8;
+    let stack = Stack::new()
+        .chat_config(|c| {
+            c.max_groups_per_user = GROUPS;
+            c.group_adds = GroupAdds::Anyone;
+        })
+        .start()
+        .await;
+    // Names of 100 four-byte characters: one answer listing all of bob's groups would be
+    // over 1 MiB, NATS's largest message.
+    let name: String = std::iter::repeat_n('\u{1D11E}', 100).collect();
+    let created = futures::future::join_all((0..OWNERS).map(|o| {
+        let (stack, name) = (&stack, name.clone());
+        async move {
+            let mut owner = stack.connect(&format!("owner{o}"), 0).await;
+            let mut groups = Vec::new();
+            for i in 0..GROUPS / OWNERS {
+                let create = GroupOp::Create {
+                    name: name.clone(),
+                    members: vec!["bob".into()],
+                };
+                groups.push(op(&mut owner, &format!("g{i}"), create).await);
+            }
+            (owner, groups)
+        }
+    }))
+    .await;
+
+    // bob lists them all, a page at a time.
+    let mut bob = stack.connect("bob", 0).await;
+    let mut listed = std::collections::BTreeSet::new();
+    let mut after = None;
+    for page in 0.. {
+        let qid = format!("mine{page}");
+        bob.group(&qid, GroupOp::Mine { after, limit: None })
+            .await
+            .unwrap();
+        let ServerFrame::Groups { groups, more, .. } = expect_answer(&mut bob, &qid).await else {
+            panic!("mine refused")
+        };
+        assert!(!groups.is_empty() && groups.len() <= 200);
+        after = groups.last().map(|g| g.group.to_string());
+        listed.extend(groups.into_iter().map(|g| g.group));
+        if !more {
+            break;
+        }
+    }
+    assert_eq!(listed.len(), GROUPS, "every group once");
+    let mut probe = stack.resume("bob", 0, None).await;
+    expect_synced(&mut probe).await;
+    let cursor = probe.cursor().expect("synced gives a cursor");
+    probe.close().await;
+    bob.close().await;
+
+    // A message bob missed, in the last group created, is replayed when he resumes.
+    let (mut owner, groups) = created.into_iter().last().unwrap();
+    let missed = send(&mut owner, groups.last().unwrap(), "m", "you missed this")
+        .await
+        .unwrap();
+    let mut bob = stack.resume("bob", 0, Some(cursor)).await;
+    let (messages, synced) = expect_synced(&mut bob).await;
+    assert!(synced.recovered, "{synced:?}");
+    assert_eq!(messages.iter().map(|m| m.id).collect::<Vec<_>>(), [missed]);
 }

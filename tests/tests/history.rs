@@ -118,3 +118,42 @@ async fn a_stranger_cannot_read_a_conversation() {
     let code = expect_history(&mut mallory, "x").await.unwrap_err();
     assert_eq!(code, ErrorCode::Forbidden);
 }
+
+#[tokio::test]
+async fn an_answer_too_large_for_nats_is_refused_with_its_own_code_not_dropped() {
+    // A history page allowed to grow past NATS's 1 MiB message limit (an operator's
+    // `page_max_bytes` set too high): the answer cannot be published.
+    let stack = Stack::new()
+        .history_config(|c| c.page_max_bytes = 64 << 20)
+        .start()
+        .await;
+    let mut alice = stack.connect("alice", 0).await;
+    let body = "x".repeat(60_000);
+    let mut last = None;
+    for i in 0..20 {
+        let cid = format!("big{i}");
+        alice.send("bob", &cid, &body).await.unwrap();
+        last = Some(expect_sent(&mut alice, &cid).await.id);
+    }
+    let mut bob = stack.connect("bob", 0).await;
+    list_until(&mut bob, |l| {
+        l.first().is_some_and(|c| Some(c.last_id) == last)
+    })
+    .await;
+
+    // Refused at once with 1009 and the query's qid, instead of an answer that never comes.
+    let asked = serde_json::json!({
+        "type": "history", "qid": "all", "conversation": "dm:alice:bob", "limit": 100
+    });
+    bob.send_raw(WsMessage::text(asked.to_string()))
+        .await
+        .unwrap();
+    let code = expect_history(&mut bob, "all").await.unwrap_err();
+    assert_eq!(code, ErrorCode::AnswerTooLarge);
+    // A smaller page is answered.
+    let (page, more) = history(&mut bob, "some", None, 10).await;
+    assert_eq!(
+        (page.len(), more, page.last().map(|m| m.id)),
+        (10, true, last)
+    );
+}

@@ -347,8 +347,11 @@ async fn fifteen_group_messages_make_one_digest_per_offline_member_naming_the_gr
     let mut receiver = WebhookReceiver::start().await;
     let n = stack.start_notifier(WINDOW_MS, &receiver.url()).await;
 
-    // alice is online; bob and carol, the other members, are not.
+    // alice is online; bob and carol, the other members, are not. They have messaged her
+    // (so she may add them), which reaches her live: no digest.
     let mut alice = stack.connect("alice", 0).await;
+    stack.make_contacts("bob", &["alice"]).await;
+    stack.make_contacts("carol", &["alice"]).await;
     alice
         .group(
             "create",

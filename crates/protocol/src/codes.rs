@@ -29,6 +29,12 @@ pub enum ErrorCode {
     GroupFull = 1007,
     /// A user named is already in the server's most groups per user.
     TooManyGroups = 1008,
+    /// The answer would be larger than the server can carry in one message (NATS's
+    /// `max_payload`): ask for a smaller page.
+    AnswerTooLarge = 1009,
+    /// A user named may be added to groups only by their contacts (users they have exchanged
+    /// a 1:1 message with), and the one adding is not one.
+    NotAContact = 1010,
     /// A backend is unavailable; retry the same frame with the same `cid`.
     Unavailable = 1500,
     /// The user is sending faster than the server's per-user limits; retry the same frame
@@ -62,6 +68,8 @@ impl TryFrom<u16> for ErrorCode {
             1006 => NotFound,
             1007 => GroupFull,
             1008 => TooManyGroups,
+            1009 => AnswerTooLarge,
+            1010 => NotAContact,
             1500 => Unavailable,
             1501 => RateLimited,
             other => return Err(format!("unknown error code {other}")),
@@ -142,6 +150,8 @@ mod tests {
             ErrorCode::NotFound,
             ErrorCode::GroupFull,
             ErrorCode::TooManyGroups,
+            ErrorCode::AnswerTooLarge,
+            ErrorCode::NotAContact,
             ErrorCode::Unavailable,
             ErrorCode::RateLimited,
         ] {

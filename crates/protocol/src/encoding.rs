@@ -211,7 +211,26 @@ mod tests {
             mine,
             ClientFrame::Group {
                 qid: "q2".into(),
-                op: crate::GroupOp::Mine,
+                op: crate::GroupOp::Mine {
+                    after: None,
+                    limit: None
+                },
+            }
+        );
+        let next = Encoding::Json
+            .decode_client(
+                br#"{"type":"group","qid":"q3","op":"mine","after":"G1","limit":2}"#,
+                true,
+            )
+            .unwrap();
+        assert_eq!(
+            next,
+            ClientFrame::Group {
+                qid: "q3".into(),
+                op: crate::GroupOp::Mine {
+                    after: Some("G1".into()),
+                    limit: Some(2)
+                },
             }
         );
         let send = Encoding::Json
@@ -221,7 +240,7 @@ mod tests {
             )
             .unwrap();
         assert!(matches!(send, ClientFrame::Send { ref to, group: Some(_), .. } if to.is_empty()));
-        for f in [create, mine, send] {
+        for f in [create, mine, next, send] {
             let Encoded::Binary(b) = Encoding::MsgPack.encode_client(&f) else {
                 panic!()
             };

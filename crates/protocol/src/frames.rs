@@ -220,10 +220,14 @@ pub enum ServerFrame {
     },
     /// Answer to a `group` operation: the group as the asking user now sees it.
     Group { qid: ClientMsgId, group: GroupInfo },
-    /// Answer to `group` `mine`: the user's groups.
+    /// Answer to `group` `mine`: a page of the user's groups by group id; `more` says whether
+    /// further groups follow (ask again with `after` set to the last group).
     Groups {
         qid: ClientMsgId,
         groups: Vec<GroupInfo>,
+        /// Absent from servers before paging, which sent every group at once.
+        #[serde(default)]
+        more: bool,
     },
     /// Answer to `group` `members`: a page of members by user id; `more` says whether
     /// further members follow (ask again with `after` set to the last user).
@@ -278,6 +282,45 @@ impl ServerFrame {
             reason: reason.into(),
             cid,
             qid: None,
+            retry_after_ms: None,
+        }
+    }
+
+    /// The `cid` and `qid` this frame answers, when it answers a request.
+    pub fn answers(&self) -> (Option<&ClientMsgId>, Option<&ClientMsgId>) {
+        use ServerFrame::*;
+        match self {
+            Sent { cid, .. } | Accepted { cid } => (Some(cid), None),
+            Error { cid, qid, .. } => (cid.as_ref(), qid.as_ref()),
+            History { qid, .. }
+            | Conversations { qid, .. }
+            | Group { qid, .. }
+            | Groups { qid, .. }
+            | GroupMembers { qid, .. }
+            | Receipts { qid, .. }
+            | PushToken { qid, .. } => (None, Some(qid)),
+            Welcome { .. }
+            | Message(_)
+            | Delivered { .. }
+            | Seen { .. }
+            | Pong { .. }
+            | Typing { .. }
+            | Synced { .. }
+            | Presence { .. } => (None, None),
+        }
+    }
+
+    /// The error sent instead of this answer when it is larger than `max_bytes`, the most
+    /// one NATS message carries: `1009`, for the same `cid` or `qid`.
+    pub fn too_large(&self, max_bytes: usize) -> Self {
+        let (cid, qid) = self.answers();
+        ServerFrame::Error {
+            code: ErrorCode::AnswerTooLarge,
+            reason: format!(
+                "the answer exceeds the server's {max_bytes}-byte message limit; ask for a smaller page"
+            ),
+            cid: cid.cloned(),
+            qid: qid.cloned(),
             retry_after_ms: None,
         }
     }

@@ -102,8 +102,13 @@ pub enum GroupOp {
     Info {
         group: String,
     },
-    /// The caller's groups.
-    Mine,
+    /// A page of the caller's groups, by group id, after `after`.
+    Mine {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<u32>,
+    },
     /// A page of members, by user id, after `after`.
     Members {
         group: String,

@@ -11,6 +11,17 @@ pub const HISTORY_PAGE_MAX: u32 = 100;
 pub const MEMBERS_PAGE_DEFAULT: u32 = 200;
 pub const MEMBERS_PAGE_MAX: u32 = 1000;
 
+/// Groups per `group` `mine` page unless the client asks otherwise, and the most. The
+/// default is the default most groups per user, so a client that does not page sees all of
+/// a user's groups unless an operator raises that limit.
+pub const GROUPS_PAGE_DEFAULT: u32 = 200;
+pub const GROUPS_PAGE_MAX: u32 = 200;
+
+/// The most JSON bytes of entries in one `mine` or `members` page: far below NATS's
+/// smallest usual `max_payload` (1 MiB), whatever the entries hold. A page that reaches it
+/// ends early, with `more: true`.
+pub const LIST_PAGE_MAX_BYTES: usize = 256 * 1024;
+
 /// Users named in one group `add` or `remove`.
 pub const USERS_PER_GROUP_OPERATION: usize = 1000;
 
@@ -22,9 +33,32 @@ pub fn page(asked: Option<u32>, default: u32, max: u32) -> u32 {
     asked.unwrap_or(default).clamp(1, max)
 }
 
+/// How many of `sizes` (each entry's encoded bytes, in page order) fit in a page of at most
+/// `max_bytes`; at least one, so a page always moves forward.
+pub fn fitting(sizes: impl IntoIterator<Item = usize>, max_bytes: usize) -> usize {
+    let mut total = 0;
+    let mut n = 0;
+    for size in sizes {
+        total += size + 1; // and a comma
+        if n > 0 && total > max_bytes {
+            break;
+        }
+        n += 1;
+    }
+    n
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pages_end_at_their_byte_limit_but_never_empty() {
+        assert_eq!(fitting([10, 10, 10], 25), 2);
+        assert_eq!(fitting([100, 10], 25), 1);
+        assert_eq!(fitting([], 25), 0);
+        assert_eq!(fitting([1; 5], 1000), 5);
+    }
 
     #[test]
     fn pages_default_and_clamp() {

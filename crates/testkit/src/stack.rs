@@ -11,7 +11,7 @@ use plumbing::nats_auth::Role;
 use protocol::Encoding;
 use tokio_util::sync::CancellationToken;
 
-use crate::expect::{expect_welcome, within};
+use crate::expect::{PATIENCE, eventually, expect_history, expect_sent, expect_welcome, within};
 use crate::{StackNats, TestCluster, TestNats};
 
 /// The secret every test token is signed with.
@@ -22,6 +22,7 @@ pub struct StackBuilder {
     gateways: usize,
     gateway: gateway::GatewayConfig,
     chat: chat::ChatConfig,
+    history: history::HistoryConfig,
     bus: BusConfig,
     sync_interval: String,
     cluster_nodes: Option<usize>,
@@ -58,6 +59,11 @@ impl StackBuilder {
     }
 
     /// Changes the NATS resources every service of the stack ensures (stream limits...).
+    pub fn history_config(mut self, f: impl FnOnce(&mut history::HistoryConfig)) -> Self {
+        f(&mut self.history);
+        self
+    }
+
     pub fn bus_config(mut self, f: impl FnOnce(&mut BusConfig)) -> Self {
         f(&mut self.bus);
         self
@@ -76,6 +82,7 @@ impl StackBuilder {
             bus,
             gateway_config: self.gateway,
             chat_config: self.chat,
+            history_config: self.history,
             gateways: Vec::new(),
             chats: Vec::new(),
             histories: Vec::new(),
@@ -173,6 +180,7 @@ pub struct Stack {
     pub bus: BusConfig,
     pub gateway_config: gateway::GatewayConfig,
     pub chat_config: chat::ChatConfig,
+    pub history_config: history::HistoryConfig,
     pub gateways: Vec<RunningGateway>,
     pub chats: Vec<RunningChat>,
     pub histories: Vec<RunningHistory>,
@@ -254,6 +262,7 @@ impl Stack {
             gateways: 1,
             gateway,
             chat: chat::ChatConfig::default(),
+            history: history::HistoryConfig::default(),
             bus: BusConfig::default(),
             sync_interval: "2m".into(),
             cluster_nodes: None,
@@ -305,10 +314,9 @@ impl Stack {
         self.chats.len() - 1
     }
 
-    /// Starts a history service over the stack's embedded store.
+    /// Starts a history service over the stack's embedded store, with the stack's config.
     pub async fn start_history(&mut self) -> usize {
-        self.start_history_with(history::HistoryConfig::default())
-            .await
+        self.start_history_with(self.history_config.clone()).await
     }
 
     pub async fn start_history_with(&mut self, config: history::HistoryConfig) -> usize {
@@ -386,6 +394,40 @@ impl Stack {
     /// A valid token for `user`.
     pub fn token(&self, user: &str) -> String {
         gateway::mint_token(SECRET, user, 3600)
+    }
+
+    /// Makes `user` a contact of each of `others`: `user` sends each one message, and this
+    /// returns once the history service has stored them all. Adding someone to a group
+    /// (`chat.group_adds = contacts`, the default) and watching their presence need it.
+    /// Their connections, and `user`'s, get those messages like any other.
+    pub async fn make_contacts(&self, user: &str, others: &[&str]) {
+        let mut conn = self.connect(user, 0).await;
+        for other in others {
+            let cid = format!("contact-{other}");
+            conn.send(other, &cid, "hello").await.expect("send");
+            expect_sent(&mut conn, &cid).await;
+        }
+        let me = protocol::UserId::new(user).expect("valid user id");
+        for (i, other) in others.iter().enumerate() {
+            let other = protocol::UserId::new(*other).expect("valid user id");
+            let conversation = protocol::ConversationId::direct(&me, &other).to_string();
+            eventually("history stores the exchange", PATIENCE, async || {
+                let qid = format!("contact{i}");
+                let ask = protocol::frames::ClientFrame::History {
+                    qid: qid.clone(),
+                    conversation: conversation.clone(),
+                    before: None,
+                    after: None,
+                    limit: Some(1),
+                };
+                conn.send_frame(&ask).await.expect("history query");
+                expect_history(&mut conn, &qid)
+                    .await
+                    .is_ok_and(|(messages, _)| !messages.is_empty())
+            })
+            .await;
+        }
+        conn.close().await;
     }
 
     /// Connects `user` to gateway `gw` with JSON and waits for `welcome`.

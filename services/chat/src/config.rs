@@ -27,6 +27,10 @@ pub struct ChatConfig {
     /// The most groups one user may be in: nobody can be added to more, so no one can bury
     /// a user under groups (their group list and replay stay within one NATS reply).
     pub max_groups_per_user: usize,
+    /// Who may add a user to a group (with `create`'s members or `add`): only their
+    /// contacts, users they share a 1:1 conversation with (the default), or anyone. See
+    /// `docs/security.md`.
+    pub group_adds: GroupAdds,
     /// Groups with more members than this are large: left out of `sync` replays, so their
     /// members catch up from history (fan-out on read). See `docs/protocol.md`.
     pub large_group_members: usize,
@@ -47,8 +51,21 @@ impl Default for ChatConfig {
             router_ack_wait_ms: 30_000,
             max_group_members: 500,
             max_groups_per_user: 200,
+            group_adds: GroupAdds::Contacts,
             large_group_members: 1_000,
             typing_group_members: 256,
         }
     }
+}
+
+/// Whose adds to groups a user accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupAdds {
+    /// Only from users they have exchanged a 1:1 message with (asked of the history
+    /// service), like "my contacts" in the messengers people know.
+    Contacts,
+    /// From anyone (for closed deployments where every user knows every other); the
+    /// per-user group limit still holds.
+    Anyone,
 }

@@ -18,6 +18,6 @@ mod typing;
 mod undelivered;
 mod user_presence;
 
-pub use config::ChatConfig;
+pub use config::{ChatConfig, GroupAdds};
 pub use presence_view::PresenceView;
 pub use service::{Chat, run};

@@ -97,6 +97,16 @@ pub enum GroupError {
         users: Vec<String>,
         max_groups: usize,
     },
+    /// Users the operation would add who accept adds from their contacts only
+    /// (`group_adds = contacts`), and the one adding is not a contact of theirs.
+    #[error(
+        "{} can be added only by someone they have exchanged a message with",
+        names(.users)
+    )]
+    NotContacts { users: Vec<String> },
+    /// The history service did not say whether the users named are contacts.
+    #[error("contacts could not be checked; retry")]
+    ContactsUnavailable(#[source] Cause),
     #[error("no such group")]
     NoSuchGroup,
     /// The one asking is not a member.
@@ -144,12 +154,13 @@ impl GroupError {
             InvalidGroupId | InvalidUserId(_) => ErrorCode::InvalidId,
             Full { .. } => ErrorCode::GroupFull,
             TooManyGroups { .. } => ErrorCode::TooManyGroups,
+            NotContacts { .. } => ErrorCode::NotAContact,
             NoSuchGroup | NoSuchMember => ErrorCode::NotFound,
             NotTheSubjectsUser | NotAMember | NotAManager | SecondOwner | AdminAddedByAdmin
             | RemovingSelf | RemovingOwner | AdminRemovedByAdmin | RoleSetByNonOwner | OwnRole => {
                 ErrorCode::Forbidden
             }
-            Changed | Unavailable(_) => ErrorCode::Unavailable,
+            Changed | Unavailable(_) | ContactsUnavailable(_) => ErrorCode::Unavailable,
         };
         (code, self.to_string())
     }
@@ -157,8 +168,14 @@ impl GroupError {
     /// The error frame answering the operation `qid` (none when the request could not be
     /// read); a backend failure is logged here.
     pub fn frame(self, qid: Option<ClientMsgId>) -> ServerFrame {
-        if let GroupError::Unavailable(cause) = &self {
-            tracing::warn!(error = %cause, "group directory unavailable");
+        match &self {
+            GroupError::Unavailable(cause) => {
+                tracing::warn!(error = %cause, "group directory unavailable");
+            }
+            GroupError::ContactsUnavailable(cause) => {
+                tracing::warn!(error = %cause, "contacts could not be checked");
+            }
+            _ => {}
         }
         let (code, reason) = self.to_client();
         match qid {
@@ -175,13 +192,26 @@ impl From<anyhow::Error> for GroupError {
     }
 }
 
-/// `bob`, `bob and carol`, `bob, carol and 3 others`.
+/// Names listed in an error's text before "and N others".
+const NAMES_IN_TEXT: usize = 10;
+
+/// `bob`, `bob and carol`, `bob, carol and dave`; past ten names, `… and 3 others`.
 fn names(users: &[String]) -> String {
     match users {
         [] => String::new(),
         [one] => one.clone(),
-        [a, b] => format!("{a} and {b}"),
-        [a, b, rest @ ..] => format!("{a}, {b} and {} others", rest.len()),
+        _ if users.len() <= NAMES_IN_TEXT => {
+            let (last, rest) = users.split_last().expect("two or more");
+            format!("{} and {last}", rest.join(", "))
+        }
+        _ => {
+            let (named, rest) = users.split_at(NAMES_IN_TEXT);
+            let others = match rest.len() {
+                1 => "1 other".to_string(),
+                n => format!("{n} others"),
+            };
+            format!("{} and {others}", named.join(", "))
+        }
     }
 }
 
@@ -235,6 +265,13 @@ mod tests {
                 },
                 ErrorCode::TooManyGroups,
             ),
+            (
+                NotContacts {
+                    users: vec!["bob".into()],
+                },
+                ErrorCode::NotAContact,
+            ),
+            (ContactsUnavailable(cause()), ErrorCode::Unavailable),
             (NoSuchGroup, ErrorCode::NotFound),
             (NotAMember, ErrorCode::Forbidden),
             (NoSuchMember, ErrorCode::NotFound),
@@ -256,6 +293,22 @@ mod tests {
             InvalidUserId("bob.*".into()).to_client().1,
             r#""bob.*" is not a valid user id"#
         );
+        let users = ["bob", "carol", "dave"].map(String::from).to_vec();
+        assert_eq!(
+            NotContacts { users }.to_client().1,
+            "bob, carol and dave can be added only by someone they have exchanged a message with"
+        );
+    }
+
+    #[test]
+    fn long_lists_of_names_are_cut() {
+        let users: Vec<String> = (0..12).map(|i| format!("u{i}")).collect();
+        assert_eq!(
+            names(&users),
+            "u0, u1, u2, u3, u4, u5, u6, u7, u8, u9 and 2 others"
+        );
+        assert_eq!(names(&users[..11]).rsplit(" and ").next(), Some("1 other"));
+        assert_eq!(names(&users[..2]), "u0 and u1");
     }
 
     #[test]

@@ -10,8 +10,9 @@
 //! filter each, merged by stream sequence: JetStream recomputes a multi-filter consumer's
 //! pending count against every subject of the stream, which made a reconnect storm three
 //! times slower than two single-filter consumers (measured with 2,000 replays over 5,000
-//! conversations). The user's groups, asked of the chat service when a replay starts, are
-//! read by a third consumer with one literal filter per group.
+//! conversations). The user's groups, asked of the chat service page by page when a replay
+//! starts (no one answer need hold them all), are read by a third consumer with one literal
+//! filter per group.
 //!
 //! Large groups are left out (fan-out on read): a group of thousands would make every
 //! member's replay walk its traffic, so `synced` lists them instead and the device fetches
@@ -37,7 +38,8 @@ use futures::StreamExt;
 use protocol::frames::ServerFrame;
 use protocol::payloads::{GroupRequest, StoredMessage};
 use protocol::{
-    ClientMsgId, ConversationId, Cursor, GroupInfo, GroupOp, SyncGap, UserId, subjects,
+    ClientMsgId, ConversationId, Cursor, GroupId, GroupInfo, GroupOp, SyncGap, UserId, limits,
+    subjects,
 };
 use tokio::sync::Semaphore;
 
@@ -228,15 +230,45 @@ impl Replayer {
 
 impl Replayer {
     /// The user's groups as conversations: those replayed, and the large ones left to
-    /// history.
+    /// history. Read page by page from the chat service, so no single answer has to hold
+    /// all of them.
     async fn groups_of(
         &self,
         user: &UserId,
     ) -> anyhow::Result<(Vec<ConversationId>, Vec<ConversationId>)> {
+        let (mut small, mut large) = (Vec::new(), Vec::new());
+        let mut after: Option<GroupId> = None;
+        loop {
+            let (groups, more) = self.groups_page(user, after.as_ref()).await?;
+            let last = groups.last().map(|g| g.group.clone());
+            for g in groups {
+                if g.large {
+                    large.push(g.conversation);
+                } else {
+                    small.push(g.conversation);
+                }
+            }
+            match last {
+                // Each page starts after the last one's end, so this ends.
+                Some(last) if more && after.as_ref() < Some(&last) => after = Some(last),
+                _ => return Ok((small, large)),
+            }
+        }
+    }
+
+    /// One page of the user's groups after `after`, and whether more follow.
+    async fn groups_page(
+        &self,
+        user: &UserId,
+        after: Option<&GroupId>,
+    ) -> anyhow::Result<(Vec<GroupInfo>, bool)> {
         let request = GroupRequest {
             user: user.clone(),
             qid: ClientMsgId::new("sync").expect("valid id"),
-            op: GroupOp::Mine,
+            op: GroupOp::Mine {
+                after: after.map(|g| g.to_string()),
+                limit: Some(limits::GROUPS_PAGE_MAX),
+            },
         };
         let payload = serde_json::to_vec(&request).expect("group request to JSON");
         let reply = tokio::time::timeout(
@@ -247,13 +279,11 @@ impl Replayer {
         )
         .await
         .map_err(|_| anyhow::anyhow!("the chat service did not list the user's groups"))??;
-        let ServerFrame::Groups { groups, .. } = serde_json::from_slice(&reply.payload)? else {
+        let ServerFrame::Groups { groups, more, .. } = serde_json::from_slice(&reply.payload)?
+        else {
             anyhow::bail!("the chat service could not list the user's groups");
         };
-        let (large, small): (Vec<GroupInfo>, Vec<GroupInfo>) =
-            groups.into_iter().partition(|g| g.large);
-        let conversations = |gs: Vec<GroupInfo>| gs.into_iter().map(|g| g.conversation).collect();
-        Ok((conversations(small), conversations(large)))
+        Ok((groups, more))
     }
 }
 

@@ -65,10 +65,7 @@ pub async fn serve<S: Store>(
         tracker.spawn(async move {
             let _permit = permit;
             let frame = queries.answer(&msg.subject, &msg.payload).await;
-            let payload = serde_json::to_vec(&frame).expect("frame to JSON");
-            if let Err(e) = nats.publish(reply, payload.into()).await {
-                tracing::warn!(error = %e, "could not answer a history query");
-            }
+            plumbing::bus::reply(&nats, reply, &frame).await;
         });
     }
     tracker.close();

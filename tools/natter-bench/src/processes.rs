@@ -44,7 +44,11 @@ impl Processes {
         natter.spawn(
             "natter-chat",
             Role::Chat,
-            &[("NATTER_METRICS_ADDR", format!("127.0.0.1:{metrics}"))],
+            &[
+                ("NATTER_METRICS_ADDR", format!("127.0.0.1:{metrics}")),
+                // The group scenario adds 499 members who never messaged the owner.
+                ("NATTER_CHAT__GROUP_ADDS", "anyone".to_string()),
+            ],
         )?;
         wait_listening(metrics).await?;
         let metrics = free_port()?;

@@ -21,7 +21,7 @@ pub use resources::{
     ensure_groups_bucket, ensure_messages_stream, ensure_offline_stream, ensure_presence_buckets,
     ensure_push_tokens_bucket, messages_stream, offline_stream, stream_epoch,
 };
-pub use serve::{answer_requests, next_json, next_or_stop, next_pulled, serve_queue};
+pub use serve::{answer_requests, next_json, next_or_stop, next_pulled, reply, serve_queue};
 
 /// How services reach NATS and how the shared JetStream resources are shaped.
 #[derive(Debug, Clone, Serialize, Deserialize)]

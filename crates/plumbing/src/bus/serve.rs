@@ -1,12 +1,14 @@
 //! Taking messages off the bus until shutdown: the next message of a subscription or a pull
-//! consumer raced against the stop token, queue-group subscriptions, and the request/reply
-//! loop that answers them with bounded concurrency.
+//! consumer raced against the stop token, queue-group subscriptions, the request/reply
+//! loop that answers them with bounded concurrency, and the one way an answer is published
+//! (never dropped for its size).
 
 use std::future::Future;
 use std::sync::Arc;
 
 use async_nats::jetstream::consumer::pull;
 use futures::StreamExt;
+use protocol::frames::ServerFrame;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -70,10 +72,10 @@ pub async fn serve_queue(
     Ok(sub)
 }
 
-/// Answers requests from `sub` until `stop`: each with `answer`'s frame (as JSON) on its reply
-/// subject, at most `concurrency` at once (further requests wait in the subscription).
-/// Requests in progress when `stop` comes are finished.
-pub async fn answer_requests<T, F, Fut>(
+/// Answers requests from `sub` until `stop`: each with `answer`'s frame on its reply subject
+/// (see [`reply`]), at most `concurrency` at once (further requests wait in the
+/// subscription). Requests in progress when `stop` comes are finished.
+pub async fn answer_requests<F, Fut>(
     nats: async_nats::Client,
     mut sub: async_nats::Subscriber,
     concurrency: usize,
@@ -81,14 +83,13 @@ pub async fn answer_requests<T, F, Fut>(
     answer: F,
 ) -> anyhow::Result<()>
 where
-    T: serde::Serialize,
     F: Fn(async_nats::Subject, bytes::Bytes) -> Fut,
-    Fut: Future<Output = T> + Send + 'static,
+    Fut: Future<Output = ServerFrame> + Send + 'static,
 {
     let tracker = TaskTracker::new();
     let permits = Arc::new(Semaphore::new(concurrency));
     while let Some(msg) = next_or_stop(&mut sub, &stop).await {
-        let Some(reply) = msg.reply else {
+        let Some(reply_to) = msg.reply else {
             continue;
         };
         let Ok(permit) = permits.clone().acquire_owned().await else {
@@ -98,14 +99,30 @@ where
         let nats = nats.clone();
         tracker.spawn(async move {
             let _permit = permit;
-            let payload = serde_json::to_vec(&answering.await).expect("answer to JSON");
-            if let Err(e) = nats.publish(reply, payload.into()).await {
-                tracing::warn!(error = %e, "could not answer a request");
-            }
+            reply(&nats, reply_to, &answering.await).await;
         });
     }
     let _ = sub.unsubscribe().await;
     tracker.close();
     tracker.wait().await;
     Ok(())
+}
+
+/// Publishes `frame` as JSON on `reply_to`. A frame larger than the server's `max_payload`
+/// cannot be published, and the asker would wait for nothing until its timeout: it is
+/// answered with error `1009` (answer too large) for the same `qid` or `cid` instead.
+pub async fn reply(nats: &async_nats::Client, reply_to: async_nats::Subject, frame: &ServerFrame) {
+    let mut payload = serde_json::to_vec(frame).expect("frame to JSON");
+    let max_payload = nats.server_info().max_payload;
+    if max_payload > 0 && payload.len() > max_payload {
+        tracing::warn!(
+            bytes = payload.len(),
+            max_payload,
+            "answer too large for one NATS message; refused"
+        );
+        payload = serde_json::to_vec(&frame.too_large(max_payload)).expect("frame to JSON");
+    }
+    if let Err(e) = nats.publish(reply_to, payload.into()).await {
+        tracing::warn!(error = %e, "could not answer a request");
+    }
 }

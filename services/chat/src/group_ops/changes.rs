@@ -25,6 +25,7 @@ impl GroupOps {
         let mut joining = vec![owner.clone()];
         joining.extend(members.iter().cloned());
         self.check_groups_of(&joining)?;
+        self.check_consent(&owner, &members).await?;
         let group = GroupId::new(ulid::Ulid::new().to_string()).expect("a ULID is a valid id");
         let now = now_ms();
         let record = GroupRecord {
@@ -85,6 +86,7 @@ impl GroupOps {
             .collect();
         self.check_size(self.view.member_count(&group) + newcomers.len())?;
         self.check_groups_of(&newcomers)?;
+        self.check_consent(&actor, &newcomers).await?;
         let (added, rev) = self
             .create_members(&group, newcomers, role, now_ms())
             .await?;

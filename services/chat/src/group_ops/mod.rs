@@ -1,8 +1,9 @@
 //! Group operations on `natter.chat.group`: create, rename, add, remove, leave, set a role,
 //! and the read-only info, mine and members. This module serves the subject and dispatches
 //! each operation; its children check the request (`validate`), decide who may do what
-//! (`authorise`), make the changes (`changes`) through the bucket writes (`writes`), record
-//! them in the conversation (`system_message`), and answer the reads (`reads`).
+//! (`authorise`) and who may be added by whom (`consent`), make the changes (`changes`)
+//! through the bucket writes (`writes`), record them in the conversation (`system_message`),
+//! and answer the reads (`reads`).
 //!
 //! A change is two writes: the membership keys in the `natter_groups` bucket (the truth), then
 //! a system message in the group's conversation recording it. The message carries the bucket
@@ -16,6 +17,7 @@
 
 mod authorise;
 mod changes;
+mod consent;
 mod reads;
 mod system_message;
 mod validate;
@@ -113,7 +115,7 @@ impl GroupOps {
                     .await
             }
             GroupOp::Info { group } => self.group_info(user, qid, group_id(&group)?).await,
-            GroupOp::Mine => Ok(self.mine(user, qid)),
+            GroupOp::Mine { after, limit } => self.mine(user, qid, after.as_deref(), limit),
             GroupOp::Members {
                 group,
                 after,

@@ -4,7 +4,7 @@
 use protocol::frames::ServerFrame;
 use protocol::{ClientMsgId, ConversationId, GroupId, GroupInfo, UserId, limits};
 
-use super::validate::user_id;
+use super::validate::{group_id, user_id};
 use super::{Answer, GroupOps};
 
 impl GroupOps {
@@ -19,16 +19,30 @@ impl GroupOps {
         Ok(self.answer_info(qid, &group, &user))
     }
 
-    /// `mine`: the user's groups by name.
-    pub(super) fn mine(&self, user: UserId, qid: ClientMsgId) -> ServerFrame {
-        let mut groups: Vec<GroupInfo> = self
-            .view
-            .groups_of(&user)
-            .iter()
-            .filter_map(|g| self.info(g, &user))
-            .collect();
-        groups.sort_by(|a, b| a.name.cmp(&b.name).then(a.group.cmp(&b.group)));
-        ServerFrame::Groups { qid, groups }
+    /// `mine`: one page of the user's groups by group id, after `after`, ending at `limit`
+    /// groups or [`limits::LIST_PAGE_MAX_BYTES`], so no answer outgrows one NATS message
+    /// however many groups a user is in.
+    pub(super) fn mine(
+        &self,
+        user: UserId,
+        qid: ClientMsgId,
+        after: Option<&str>,
+        limit: Option<u32>,
+    ) -> Answer {
+        let after = after.map(group_id).transpose()?;
+        let limit = limits::page(limit, limits::GROUPS_PAGE_DEFAULT, limits::GROUPS_PAGE_MAX);
+        let mut ids = self.view.groups_of(&user);
+        ids.retain(|g| after.as_ref().is_none_or(|a| g > a));
+        ids.sort();
+        let mut groups: Vec<GroupInfo> = Vec::new();
+        for g in &ids {
+            if groups.len() > limit as usize {
+                break;
+            }
+            groups.extend(self.info(g, &user));
+        }
+        let more = bounded(&mut groups, limit as usize);
+        Ok(ServerFrame::Groups { qid, groups, more })
     }
 
     /// `members`: one page by user id, after `after`. Members only; the view answers for
@@ -50,7 +64,8 @@ impl GroupOps {
             limits::MEMBERS_PAGE_DEFAULT,
             limits::MEMBERS_PAGE_MAX,
         ) as usize;
-        let (members, more) = self.view.members_page(&group, after.as_ref(), limit);
+        let (mut members, mut more) = self.view.members_page(&group, after.as_ref(), limit);
+        more |= bounded(&mut members, limit);
         Ok(ServerFrame::GroupMembers {
             qid,
             group,
@@ -94,4 +109,17 @@ impl GroupOps {
             created_ts: record.created_ts,
         })
     }
+}
+
+/// Cuts `entries` to at most `limit` and to [`limits::LIST_PAGE_MAX_BYTES`] of JSON; whether
+/// any were cut.
+fn bounded<T: serde::Serialize>(entries: &mut Vec<T>, limit: usize) -> bool {
+    let sizes = entries
+        .iter()
+        .take(limit)
+        .map(|e| serde_json::to_vec(e).map_or(0, |v| v.len()));
+    let keep = limits::fitting(sizes, limits::LIST_PAGE_MAX_BYTES);
+    let cut = entries.len() > keep;
+    entries.truncate(keep);
+    cut
 }

@@ -101,12 +101,33 @@ impl From<RoleArg> for Role {
     }
 }
 
-/// `natter groups`: the user's groups.
+/// `natter groups`: the user's groups, every page of them.
 pub async fn mine(args: GroupsArgs, config: &NatterConfig, json: bool) -> anyhow::Result<()> {
-    let answer = ask(&args.login, GroupOp::Mine, config).await?;
-    let ServerFrame::Groups { groups, .. } = answer else {
-        bail!("unexpected answer to group mine");
-    };
+    let mut session = args.login.connect(config).await?;
+    let mut groups: Vec<GroupInfo> = Vec::new();
+    loop {
+        let qid = new_id();
+        let op = GroupOp::Mine {
+            after: groups.last().map(|g| g.group.to_string()),
+            limit: None,
+        };
+        let frame = ClientFrame::Group {
+            qid: qid.clone(),
+            op,
+        };
+        let ServerFrame::Groups {
+            groups: page, more, ..
+        } = session.query(&qid, frame).await?
+        else {
+            bail!("unexpected answer to group mine");
+        };
+        let done = !more || page.is_empty();
+        groups.extend(page);
+        if done {
+            break;
+        }
+    }
+    session.close().await;
     if json {
         return print_json(&groups);
     }

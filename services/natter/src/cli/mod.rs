@@ -274,6 +274,15 @@ pub fn error_advice(code: ErrorCode, reason: &str) -> String {
             "too_many_groups",
             "someone named is in max_groups_per_user groups; they must leave one first",
         ),
+        ErrorCode::AnswerTooLarge => (
+            "answer_too_large",
+            "the answer would exceed the server's message limit; ask for a smaller page (--limit)",
+        ),
+        ErrorCode::NotAContact => (
+            "not_a_contact",
+            "users named can be added only by people they have exchanged a message with; \
+             message them first, or ask them to join",
+        ),
         ErrorCode::RateLimited => (
             "rate_limited",
             "you are over the gateway's per-user send limits; retry (same --cid) after retry_after_ms",
