@@ -2,11 +2,11 @@
 //! function takes the raw input libFuzzer made and panics (a crash libFuzzer reports) when a
 //! property does not hold; inputs that are merely invalid return quietly.
 
-use protocol::encoding::Encoded;
 use std::fmt::Debug;
 use std::str::FromStr;
 
 use protocol::cursor::Cursor;
+use protocol::encoding::Encoded;
 use protocol::ids::MAX_ID_BYTES;
 use protocol::{
     ClientFrame, ClientMsgId, ConnId, ConversationId, DecodeError, Encoding, GatewayId, GroupId,
