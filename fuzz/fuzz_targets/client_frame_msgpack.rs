@@ -1,0 +1,7 @@
+//! A client frame in a binary message of a MessagePack session: decode, round trip, validate.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use protocol::Encoding;
+
+fuzz_target!(|bytes: &[u8]| protocol_fuzz::client_frame(Encoding::MsgPack, bytes));
