@@ -188,24 +188,34 @@ impl Router {
         }
         self.metrics.routed.inc();
         let frame = ServerFrame::Message(message);
+        let max_payload = self.max_payload();
         for (gateway, targets) in by_gateway {
-            let n = {
-                let mut numbered = self.numbered.lock().unwrap();
-                let n = numbered.entry(gateway.clone()).or_default();
-                *n += 1;
-                *n
-            };
-            let order = DeliveryOrder { run: self.run, n };
-            let payload = delivery_payload(targets, &frame, Some(order));
-            self.metrics.message_publishes.inc();
-            while !self.publish(&gateway, payload.clone()).await {
-                tokio::select! {
-                    _ = stop.cancelled() => return false,
-                    _ = tokio::time::sleep(RETRY_DELAY) => {}
+            // A target list too long for one publish goes in several, each numbered: a
+            // publish over the server's payload limit would fail on every retry.
+            for targets in split_targets(targets, &frame, max_payload) {
+                let n = {
+                    let mut numbered = self.numbered.lock().unwrap();
+                    let n = numbered.entry(gateway.clone()).or_default();
+                    *n += 1;
+                    *n
+                };
+                let order = DeliveryOrder { run: self.run, n };
+                let payload = delivery_payload(targets, &frame, Some(order));
+                self.metrics.message_publishes.inc();
+                while !self.publish(&gateway, payload.clone()).await {
+                    tokio::select! {
+                        _ = stop.cancelled() => return false,
+                        _ = tokio::time::sleep(RETRY_DELAY) => {}
+                    }
                 }
             }
         }
         true
+    }
+
+    /// The largest payload the server accepts.
+    fn max_payload(&self) -> usize {
+        self.nats.server_info().max_payload
     }
 
     /// Tells whoever sends pushes that `offline.user` has a message waiting.
@@ -239,9 +249,12 @@ impl Router {
                 .or_default()
                 .push(route.conn)
         });
+        let max_payload = self.max_payload();
         for (gateway, targets) in by_gateway {
-            self.publish(&gateway, delivery_payload(targets, &frame, None))
-                .await;
+            for targets in split_targets(targets, &frame, max_payload) {
+                self.publish(&gateway, delivery_payload(targets, &frame, None))
+                    .await;
+            }
         }
     }
 
@@ -262,6 +275,31 @@ impl Router {
     }
 }
 
+/// Room left in a Delivery for its order and JSON punctuation, beyond the frame and targets.
+const DELIVERY_OVERHEAD: usize = 256;
+/// A target in a Delivery's JSON: a 26-character ULID, its quotes and a comma.
+const TARGET_BYTES: usize = 29;
+
+/// `targets` in lists small enough that a Delivery of `frame` to each fits in `max_payload`
+/// bytes. One list when they fit (the usual case). Lists never go below one target: a frame
+/// alone is a stored message and its cursor, far below the payload limit.
+fn split_targets(
+    targets: Vec<ConnId>,
+    frame: &ServerFrame,
+    max_payload: usize,
+) -> Vec<Vec<ConnId>> {
+    let frame_bytes = serde_json::to_vec(frame).map(|v| v.len()).unwrap_or(0);
+    let room = max_payload.saturating_sub(frame_bytes + DELIVERY_OVERHEAD);
+    let per_publish = (room / TARGET_BYTES).max(1);
+    if targets.len() <= per_publish {
+        return vec![targets];
+    }
+    targets
+        .chunks(per_publish)
+        .map(<[ConnId]>::to_vec)
+        .collect()
+}
+
 fn delivery_payload(
     targets: Vec<ConnId>,
     frame: &ServerFrame,
@@ -275,4 +313,36 @@ fn delivery_payload(
     serde_json::to_vec(&delivery)
         .expect("delivery to JSON")
         .into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(body_bytes: usize) -> ServerFrame {
+        let json = format!(
+            r#"{{"type":"message","id":"01JGGVSAKV7Y2XW9P4CQ8R6T3M","conversation":"g:01JGGVS2Q4M3TEAMS0000000AB","from":"alice","to":"01JGGVS2Q4M3TEAMS0000000AB","cid":"c1","body":"{}","ts":1,"cursor":"1735732000000-42"}}"#,
+            "\\u0001".repeat(body_bytes)
+        );
+        serde_json::from_str(&json).unwrap()
+    }
+
+    #[test]
+    fn a_delivery_too_large_for_one_publish_is_split_and_each_part_fits() {
+        let max_payload = 1024 * 1024;
+        // A 60 KB body of control characters is 360 KB of JSON; 40,000 devices of one
+        // gateway's members add 1.1 MB of targets.
+        let frame = frame(60_000);
+        let targets: Vec<ConnId> = (0..40_000).map(|_| ConnId(ulid::Ulid::new())).collect();
+        let parts = split_targets(targets.clone(), &frame, max_payload);
+        assert!(parts.len() > 1);
+        assert_eq!(parts.concat(), targets, "every target once, in order");
+        let order = Some(DeliveryOrder { run: 1, n: 1 });
+        for part in parts {
+            assert!(delivery_payload(part, &frame, order).len() <= max_payload);
+        }
+        // The usual case: one publish.
+        let few: Vec<ConnId> = (0..3).map(|_| ConnId(ulid::Ulid::new())).collect();
+        assert_eq!(split_targets(few.clone(), &frame, max_payload), vec![few]);
+    }
 }
