@@ -10,8 +10,12 @@
 //! own NATS connection is down, and after a reconnect every lease that lapsed meanwhile gets
 //! a full TTL again. Otherwise a NATS outage longer than the TTL would take every gateway
 //! offline here, and the purges queued during it would land after the gateways re-registered.
+//!
+//! The sweeper never walks every session: sessions are also indexed by gateway, and each pass
+//! looks only at gateways whose lease lapsed (all their sessions go) or whose sessions need
+//! checking against a new boot id. A pass costs one look per lease plus the sessions it drops.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -43,7 +47,13 @@ struct Lease {
 
 struct State {
     sessions: HashMap<UserId, Vec<Route>>,
+    /// The same sessions by gateway, so that a dead gateway's are found without a pass over
+    /// everyone's.
+    by_gateway: HashMap<GatewayId, HashMap<ConnId, UserId>>,
     leases: HashMap<GatewayId, Lease>,
+    /// Gateways whose sessions the sweeper must check against their lease's boot id: the
+    /// lease is new or has a new boot, or a session arrived that may predate the boot.
+    unchecked: HashSet<GatewayId>,
     /// This service's NATS connects when the view last accounted for them.
     connects: u64,
     /// When the sweeper last saw this service connected to NATS.
@@ -82,7 +92,9 @@ impl PresenceView {
         };
         let state = Arc::new(RwLock::new(State {
             sessions: HashMap::new(),
+            by_gateway: HashMap::new(),
             leases: HashMap::new(),
+            unchecked: HashSet::new(),
             connects: link.statistics.connects.load(Ordering::Relaxed),
             connected_at: Instant::now(),
         }));
@@ -167,15 +179,10 @@ impl PresenceView {
 
     /// Drops a session the gateway reported gone: from the view at once, and from the bucket.
     pub async fn forget(&self, user: &UserId, gateway: &GatewayId, conn: ConnId) {
-        {
-            let mut s = self.state.write().unwrap();
-            if let Some(routes) = s.sessions.get_mut(user) {
-                routes.retain(|r| r.conn != conn);
-                if routes.is_empty() {
-                    s.sessions.remove(user);
-                }
-            }
-        }
+        self.state
+            .write()
+            .unwrap()
+            .remove_session(user, gateway, conn);
         let key = subjects::session_key(user, gateway, conn);
         if let Err(e) = self.bucket.purge_with_ttl(key, MARKER_TTL).await {
             tracing::debug!(error = %e, "purge of a gone session failed");
@@ -205,25 +212,101 @@ fn applier(
     move |entry| apply(&mut state.write().unwrap(), entry)
 }
 
+impl State {
+    fn add_session(&mut self, user: UserId, gateway: GatewayId, conn: ConnId) {
+        if self.leases.get(&gateway).is_some_and(|l| conn <= l.boot) {
+            self.unchecked.insert(gateway.clone());
+        }
+        let on_gateway = self.by_gateway.entry(gateway.clone()).or_default();
+        if on_gateway.insert(conn, user.clone()).is_none() {
+            self.sessions
+                .entry(user)
+                .or_default()
+                .push(Route { gateway, conn });
+        }
+    }
+
+    fn remove_session(&mut self, user: &UserId, gateway: &GatewayId, conn: ConnId) {
+        if let Some(on_gateway) = self.by_gateway.get_mut(gateway) {
+            on_gateway.remove(&conn);
+            if on_gateway.is_empty() {
+                self.by_gateway.remove(gateway);
+            }
+        }
+        self.drop_route(user, conn);
+    }
+
+    fn drop_route(&mut self, user: &UserId, conn: ConnId) {
+        if let Some(routes) = self.sessions.get_mut(user) {
+            routes.retain(|r| r.conn != conn);
+            if routes.is_empty() {
+                self.sessions.remove(user);
+            }
+        }
+    }
+
+    /// Drops the sessions of gateways whose lease has lapsed, and those older than their
+    /// gateway's current run; returns them, to be purged from the bucket. Sessions of a
+    /// gateway without a known lease are kept: its lease may not have been replayed yet.
+    fn drop_dead(&mut self, now: Instant) -> Vec<(UserId, Route)> {
+        let mut dead = Vec::new();
+        let lapsed: Vec<GatewayId> = self
+            .leases
+            .iter()
+            .filter(|(gateway, lease)| {
+                lease.expires <= now && self.by_gateway.contains_key(*gateway)
+            })
+            .map(|(gateway, _)| gateway.clone())
+            .collect();
+        for gateway in lapsed {
+            for (conn, user) in self.by_gateway.remove(&gateway).unwrap_or_default() {
+                self.drop_route(&user, conn);
+                dead.push((
+                    user,
+                    Route {
+                        gateway: gateway.clone(),
+                        conn,
+                    },
+                ));
+            }
+        }
+        for gateway in std::mem::take(&mut self.unchecked) {
+            let Some(boot) = self.leases.get(&gateway).map(|l| l.boot) else {
+                continue;
+            };
+            let Some(on_gateway) = self.by_gateway.get_mut(&gateway) else {
+                continue;
+            };
+            let stale: Vec<ConnId> = on_gateway.keys().filter(|c| **c <= boot).copied().collect();
+            let stale: Vec<(ConnId, UserId)> = stale
+                .into_iter()
+                .filter_map(|c| on_gateway.remove(&c).map(|u| (c, u)))
+                .collect();
+            if on_gateway.is_empty() {
+                self.by_gateway.remove(&gateway);
+            }
+            for (conn, user) in stale {
+                self.drop_route(&user, conn);
+                dead.push((
+                    user,
+                    Route {
+                        gateway: gateway.clone(),
+                        conn,
+                    },
+                ));
+            }
+        }
+        dead
+    }
+}
+
 fn apply_session(s: &mut State, entry: &kv::Entry) {
     let Some((user, gateway, conn)) = parse_session_key(&entry.key) else {
         return;
     };
     match entry.operation {
-        kv::Operation::Put => {
-            let routes = s.sessions.entry(user).or_default();
-            if !routes.iter().any(|r| r.conn == conn) {
-                routes.push(Route { gateway, conn });
-            }
-        }
-        kv::Operation::Delete | kv::Operation::Purge => {
-            if let Some(routes) = s.sessions.get_mut(&user) {
-                routes.retain(|r| r.conn != conn);
-                if routes.is_empty() {
-                    s.sessions.remove(&user);
-                }
-            }
-        }
+        kv::Operation::Put => s.add_session(user, gateway, conn),
+        kv::Operation::Delete | kv::Operation::Purge => s.remove_session(&user, &gateway, conn),
     }
 }
 
@@ -240,6 +323,9 @@ fn apply_lease(s: &mut State, entry: &kv::Entry) {
             // Counted from when we see it: after a chat restart a dead gateway's replayed
             // lease can therefore live up to one TTL longer, never shorter.
             let expires = Instant::now() + Duration::from_millis(lease.ttl_ms);
+            if s.leases.get(&gateway).is_none_or(|l| l.boot != lease.boot) {
+                s.unchecked.insert(gateway.clone());
+            }
             s.leases.insert(
                 gateway,
                 Lease {
@@ -283,24 +369,9 @@ async fn sweep(
             let mut s = state.write().unwrap();
             let now = Instant::now();
             s.connected_at = now;
-            let State {
-                sessions, leases, ..
-            } = &mut *s;
-            let mut dead = Vec::new();
-            sessions.retain(|user, routes| {
-                routes.retain(|r| {
-                    // Unknown gateways are kept: their lease may not have been replayed yet.
-                    let alive = leases
-                        .get(&r.gateway)
-                        .is_none_or(|l| l.expires > now && r.conn > l.boot);
-                    if !alive {
-                        dead.push((user.clone(), r.clone()));
-                    }
-                    alive
-                });
-                !routes.is_empty()
-            });
-            leases.retain(|_, l| l.expires + Duration::from_secs(3600) > now);
+            let dead = s.drop_dead(now);
+            s.leases
+                .retain(|_, l| l.expires + Duration::from_secs(3600) > now);
             dead
         };
         if !dead.is_empty() {
@@ -341,4 +412,105 @@ fn rebase_after_reconnect(state: &RwLock<State>, link: &Link) {
         leases = rebased,
         "nats connection re-established; lease clocks restarted"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> State {
+        State {
+            sessions: HashMap::new(),
+            by_gateway: HashMap::new(),
+            leases: HashMap::new(),
+            unchecked: HashSet::new(),
+            connects: 0,
+            connected_at: Instant::now(),
+        }
+    }
+
+    fn lease(boot: ConnId, expires: Instant) -> Lease {
+        Lease {
+            boot,
+            expires,
+            ttl: Duration::from_secs(60),
+            released: false,
+        }
+    }
+
+    /// Ids in the order they are made, as a gateway makes them.
+    fn id() -> ConnId {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        ConnId(ulid::Ulid::from_parts(1_750_000_000_000 + n, 0))
+    }
+
+    fn user(u: &str) -> UserId {
+        UserId::new(u).unwrap()
+    }
+
+    fn gw(g: &str) -> GatewayId {
+        GatewayId::new(g).unwrap()
+    }
+
+    #[test]
+    fn a_lapsed_gateway_takes_its_sessions_and_only_its_own() {
+        let now = Instant::now();
+        let mut s = state();
+        let (boot_a, boot_b) = (id(), id());
+        s.leases
+            .insert(gw("a"), lease(boot_a, now - Duration::from_secs(1)));
+        s.leases
+            .insert(gw("b"), lease(boot_b, now + Duration::from_secs(60)));
+        let (on_a, on_b) = (id(), id());
+        s.add_session(user("alice"), gw("a"), on_a);
+        s.add_session(user("alice"), gw("b"), on_b);
+        s.add_session(user("bob"), gw("a"), id());
+
+        let dead = s.drop_dead(now);
+        assert_eq!(dead.len(), 2);
+        assert!(dead.iter().all(|(_, r)| r.gateway == gw("a")));
+        assert_eq!(
+            s.sessions.get(&user("alice")),
+            Some(&vec![Route {
+                gateway: gw("b"),
+                conn: on_b
+            }])
+        );
+        assert!(!s.sessions.contains_key(&user("bob")));
+        assert!(!s.by_gateway.contains_key(&gw("a")));
+        assert!(s.drop_dead(now).is_empty(), "nothing left to drop");
+    }
+
+    #[test]
+    fn sessions_of_a_previous_run_go_and_unknown_gateways_wait_for_their_lease() {
+        let now = Instant::now();
+        let mut s = state();
+        let old = id();
+        // The lease has not been replayed yet: the session is kept.
+        s.add_session(user("carol"), gw("c"), old);
+        assert!(s.drop_dead(now).is_empty());
+        // The gateway restarted: its lease carries a boot newer than the old session.
+        let boot = id();
+        let current = id();
+        apply_lease_at(&mut s, "c", boot, now);
+        s.add_session(user("carol"), gw("c"), current);
+        let dead = s.drop_dead(now);
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].1.conn, old);
+        assert_eq!(s.sessions[&user("carol")].len(), 1);
+        // A late replay of an old session is found again.
+        s.add_session(user("carol"), gw("c"), old);
+        assert_eq!(s.drop_dead(now).len(), 1);
+    }
+
+    /// What `apply_lease` does for a put, with the lease given directly.
+    fn apply_lease_at(s: &mut State, gateway: &str, boot: ConnId, now: Instant) {
+        let gateway = gw(gateway);
+        if s.leases.get(&gateway).is_none_or(|l| l.boot != boot) {
+            s.unchecked.insert(gateway.clone());
+        }
+        s.leases
+            .insert(gateway, lease(boot, now + Duration::from_secs(60)));
+    }
 }
