@@ -48,7 +48,7 @@ fn natter(stack: &Stack, args: &[&str]) -> Command {
         .env("NATTER_URL", stack.gateways[0].ws_url())
         .env("NATTER_GATEWAY__JWT_SECRET", testkit::SECRET)
         // `natter check` reads NATS as the operator.
-        .envs(testkit::bus_env(&stack.bus_for(Role::Operator)))
+        .envs(stack.bus_for(Role::Operator).env())
         .env_remove("NATTER_TOKEN")
         .env_remove("NATTER_CONFIG")
         .kill_on_drop(true);

@@ -25,18 +25,6 @@ pub fn test_auth(dir: &std::path::Path) -> NatsAuth {
     NatsAuth::ensure(dir, &[], &[bot]).expect("NATS credentials")
 }
 
-/// The environment that points a natter binary at `bus` (URL and credentials).
-pub fn bus_env(bus: &BusConfig) -> Vec<(&'static str, String)> {
-    let mut env = vec![("NATTER_BUS__NATS_URL", bus.nats_url.clone())];
-    if let Some(seed) = &bus.nkey_file {
-        env.push(("NATTER_BUS__NKEY_FILE", seed.display().to_string()));
-    }
-    if let Some(ca) = &bus.tls_ca_file {
-        env.push(("NATTER_BUS__TLS_CA_FILE", ca.display().to_string()));
-    }
-    env
-}
-
 /// Fails the test if a natter service was refused a NATS subject (unless it fails anyway).
 pub(crate) fn assert_no_violations() {
     if !std::thread::panicking() {

@@ -36,7 +36,7 @@ pub use expect::{
     expect_message, expect_pong, expect_post, expect_presence, expect_push_token, expect_seen,
     expect_sent, expect_sent_or_error, expect_synced, expect_typing, expect_welcome, within,
 };
-pub use harness::{StackNats, TEST_BOT, TEST_INTEGRATOR, TestNats, bus_env, test_auth};
+pub use harness::{StackNats, TEST_BOT, TEST_INTEGRATOR, TestNats, test_auth};
 pub use link::Link;
 pub use stack::{
     RunningChat, RunningGateway, RunningHistory, RunningNotifier, SECRET, Stack, StackBuilder,

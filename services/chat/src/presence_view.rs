@@ -245,6 +245,21 @@ impl State {
         }
     }
 
+    /// Drops `sessions` of `gateway` (already out of `by_gateway`) from the users' routes, and
+    /// adds them to `dead`.
+    fn bury(
+        &mut self,
+        gateway: &GatewayId,
+        sessions: HashMap<ConnId, UserId>,
+        dead: &mut Vec<(UserId, Route)>,
+    ) {
+        for (conn, user) in sessions {
+            self.drop_route(&user, conn);
+            let gateway = gateway.clone();
+            dead.push((user, Route { gateway, conn }));
+        }
+    }
+
     /// Drops the sessions of gateways whose lease has lapsed, and those older than their
     /// gateway's current run; returns them, to be purged from the bucket. Sessions of a
     /// gateway without a known lease are kept: its lease may not have been replayed yet.
@@ -259,16 +274,8 @@ impl State {
             .map(|(gateway, _)| gateway.clone())
             .collect();
         for gateway in lapsed {
-            for (conn, user) in self.by_gateway.remove(&gateway).unwrap_or_default() {
-                self.drop_route(&user, conn);
-                dead.push((
-                    user,
-                    Route {
-                        gateway: gateway.clone(),
-                        conn,
-                    },
-                ));
-            }
+            let sessions = self.by_gateway.remove(&gateway).unwrap_or_default();
+            self.bury(&gateway, sessions, &mut dead);
         }
         for gateway in std::mem::take(&mut self.unchecked) {
             let Some(boot) = self.leases.get(&gateway).map(|l| l.boot) else {
@@ -277,24 +284,15 @@ impl State {
             let Some(on_gateway) = self.by_gateway.get_mut(&gateway) else {
                 continue;
             };
-            let stale: Vec<ConnId> = on_gateway.keys().filter(|c| **c <= boot).copied().collect();
-            let stale: Vec<(ConnId, UserId)> = stale
+            let (stale, current): (HashMap<_, _>, HashMap<_, _>) = std::mem::take(on_gateway)
                 .into_iter()
-                .filter_map(|c| on_gateway.remove(&c).map(|u| (c, u)))
-                .collect();
-            if on_gateway.is_empty() {
+                .partition(|(c, _)| *c <= boot);
+            if current.is_empty() {
                 self.by_gateway.remove(&gateway);
+            } else {
+                *on_gateway = current;
             }
-            for (conn, user) in stale {
-                self.drop_route(&user, conn);
-                dead.push((
-                    user,
-                    Route {
-                        gateway: gateway.clone(),
-                        conn,
-                    },
-                ));
-            }
+            self.bury(&gateway, stale, &mut dead);
         }
         dead
     }

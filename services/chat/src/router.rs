@@ -190,17 +190,16 @@ impl Router {
         let frame = ServerFrame::Message(message);
         let max_payload = self.max_payload();
         for (gateway, targets) in by_gateway {
-            // A target list too long for one publish goes in several, each numbered: a
-            // publish over the server's payload limit would fail on every retry.
-            for targets in split_targets(targets, &frame, max_payload) {
-                let n = {
-                    let mut numbered = self.numbered.lock().unwrap();
-                    let n = numbered.entry(gateway.clone()).or_default();
-                    *n += 1;
-                    *n
-                };
-                let order = DeliveryOrder { run: self.run, n };
-                let payload = delivery_payload(targets, &frame, Some(order));
+            let next = || {
+                let mut numbered = self.numbered.lock().unwrap();
+                let n = numbered.entry(gateway.clone()).or_default();
+                *n += 1;
+                Some(DeliveryOrder {
+                    run: self.run,
+                    n: *n,
+                })
+            };
+            for payload in deliveries(targets, &frame, max_payload, next) {
                 self.metrics.message_publishes.inc();
                 while !self.publish(&gateway, payload.clone()).await {
                     tokio::select! {
@@ -251,9 +250,8 @@ impl Router {
         });
         let max_payload = self.max_payload();
         for (gateway, targets) in by_gateway {
-            for targets in split_targets(targets, &frame, max_payload) {
-                self.publish(&gateway, delivery_payload(targets, &frame, None))
-                    .await;
+            for payload in deliveries(targets, &frame, max_payload, || None) {
+                self.publish(&gateway, payload).await;
             }
         }
     }
@@ -280,37 +278,47 @@ const DELIVERY_OVERHEAD: usize = 256;
 /// A target in a Delivery's JSON: a 26-character ULID, its quotes and a comma.
 const TARGET_BYTES: usize = 29;
 
-/// `targets` in lists small enough that a Delivery of `frame` to each fits in `max_payload`
-/// bytes. One list when they fit (the usual case). Lists never go below one target: a frame
-/// alone is a stored message and its cursor, far below the payload limit.
-fn split_targets(
+/// The Delivery payloads of `frame` for `targets`, each numbered by `order`: one (the usual
+/// case, encoded once), or, when that one would exceed the server's `max_payload` and so fail
+/// on every retry, the targets in as many parts as fit, each with its own number.
+fn deliveries(
     targets: Vec<ConnId>,
     frame: &ServerFrame,
     max_payload: usize,
-) -> Vec<Vec<ConnId>> {
-    let frame_bytes = serde_json::to_vec(frame).map(|v| v.len()).unwrap_or(0);
-    let room = max_payload.saturating_sub(frame_bytes + DELIVERY_OVERHEAD);
-    let per_publish = (room / TARGET_BYTES).max(1);
-    if targets.len() <= per_publish {
-        return vec![targets];
+    mut order: impl FnMut() -> Option<DeliveryOrder>,
+) -> Vec<bytes::Bytes> {
+    let whole = Delivery {
+        targets,
+        frame: frame.clone(),
+        order: order(),
+    };
+    let payload = json(&whole);
+    if payload.len() <= max_payload {
+        return vec![payload];
     }
-    targets
+    let frame_bytes = payload
+        .len()
+        .saturating_sub(whole.targets.len() * TARGET_BYTES);
+    let room = max_payload.saturating_sub(frame_bytes + DELIVERY_OVERHEAD);
+    // Never below one target: a frame alone is a stored message and its cursor, far below
+    // the payload limit.
+    let per_publish = (room / TARGET_BYTES).max(1);
+    let mut first = whole.order;
+    whole
+        .targets
         .chunks(per_publish)
-        .map(<[ConnId]>::to_vec)
+        .map(|part| {
+            json(&Delivery {
+                targets: part.to_vec(),
+                frame: frame.clone(),
+                order: first.take().or_else(&mut order),
+            })
+        })
         .collect()
 }
 
-fn delivery_payload(
-    targets: Vec<ConnId>,
-    frame: &ServerFrame,
-    order: Option<DeliveryOrder>,
-) -> bytes::Bytes {
-    let delivery = Delivery {
-        targets,
-        frame: frame.clone(),
-        order,
-    };
-    serde_json::to_vec(&delivery)
+fn json(delivery: &Delivery) -> bytes::Bytes {
+    serde_json::to_vec(delivery)
         .expect("delivery to JSON")
         .into()
 }
@@ -334,15 +342,25 @@ mod tests {
         // gateway's members add 1.1 MB of targets.
         let frame = frame(60_000);
         let targets: Vec<ConnId> = (0..40_000).map(|_| ConnId(ulid::Ulid::new())).collect();
-        let parts = split_targets(targets.clone(), &frame, max_payload);
+        let mut n = 0;
+        let mut next = || {
+            n += 1;
+            Some(DeliveryOrder { run: 1, n })
+        };
+        let parts = deliveries(targets.clone(), &frame, max_payload, &mut next);
         assert!(parts.len() > 1);
-        assert_eq!(parts.concat(), targets, "every target once, in order");
-        let order = Some(DeliveryOrder { run: 1, n: 1 });
-        for part in parts {
-            assert!(delivery_payload(part, &frame, order).len() <= max_payload);
-        }
-        // The usual case: one publish.
+        let parts: Vec<Delivery> = parts
+            .iter()
+            .inspect(|p| assert!(p.len() <= max_payload))
+            .map(|p| serde_json::from_slice(p).unwrap())
+            .collect();
+        let numbers: Vec<u64> = parts.iter().map(|d| d.order.unwrap().n).collect();
+        assert_eq!(numbers, (1..=parts.len() as u64).collect::<Vec<_>>());
+        let sent: Vec<ConnId> = parts.into_iter().flat_map(|d| d.targets).collect();
+        assert_eq!(sent, targets, "every target once, in order");
+        // The usual case: one publish, one number.
         let few: Vec<ConnId> = (0..3).map(|_| ConnId(ulid::Ulid::new())).collect();
-        assert_eq!(split_targets(few.clone(), &frame, max_payload), vec![few]);
+        assert_eq!(deliveries(few, &frame, max_payload, &mut next).len(), 1);
+        assert_eq!(n, numbers.len() as u64 + 1);
     }
 }

@@ -60,12 +60,8 @@ fn spawn_gateway(nats: &NatsServer, port: u16, lease_ttl_ms: u64) -> Child {
 }
 
 fn spawn_named_gateway(nats: &NatsServer, id: &str, port: u16, lease_ttl_ms: u64) -> Child {
-    let bus = nats.bus(Role::Gateway);
-    let path = |p: Option<std::path::PathBuf>| p.expect("credentials").display().to_string();
     Command::new(env!("CARGO_BIN_EXE_natter-gateway"))
-        .env("NATTER_BUS__NATS_URL", &bus.nats_url)
-        .env("NATTER_BUS__NKEY_FILE", path(bus.nkey_file))
-        .env("NATTER_BUS__TLS_CA_FILE", path(bus.tls_ca_file))
+        .envs(nats.bus(Role::Gateway).env())
         .env("NATTER_GATEWAY__JWT_SECRET", SECRET)
         .env("NATTER_GATEWAY__GATEWAY_ID", id)
         .env("NATTER_GATEWAY__LISTEN_ADDR", format!("127.0.0.1:{port}"))

@@ -80,9 +80,7 @@ async fn natter(counts: &[usize]) -> anyhow::Result<Vec<(usize, f64)>> {
         gateway_bin.display()
     );
     let mut gateway = Command::new(&gateway_bin)
-        .envs(testkit::bus_env(
-            &nats.bus(plumbing::nats_auth::Role::Gateway),
-        ))
+        .envs(nats.bus(plumbing::nats_auth::Role::Gateway).env())
         .env("NATTER_GATEWAY__JWT_SECRET", testkit::SECRET)
         .env("NATTER_GATEWAY__GATEWAY_ID", "bench-idle")
         .env("NATTER_GATEWAY__LISTEN_ADDR", format!("127.0.0.1:{port}"))

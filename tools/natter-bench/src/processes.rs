@@ -96,7 +96,7 @@ impl Processes {
         );
         let mut command = Command::new(&path);
         command
-            .envs(testkit::bus_env(&self.nats.bus(role)))
+            .envs(self.nats.bus(role).env())
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null());
         for (key, value) in env {

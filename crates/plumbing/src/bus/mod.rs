@@ -53,6 +53,21 @@ pub struct BusConfig {
     pub tls_ca_file: Option<PathBuf>,
 }
 
+impl BusConfig {
+    /// The environment that points a natter binary at this bus: URL and credentials, as
+    /// `NATTER_BUS__*` variables (what tests and benchmarks set on the processes they start).
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        let mut env = vec![("NATTER_BUS__NATS_URL", self.nats_url.clone())];
+        if let Some(seed) = &self.nkey_file {
+            env.push(("NATTER_BUS__NKEY_FILE", seed.display().to_string()));
+        }
+        if let Some(ca) = &self.tls_ca_file {
+            env.push(("NATTER_BUS__TLS_CA_FILE", ca.display().to_string()));
+        }
+        env
+    }
+}
+
 impl Default for BusConfig {
     fn default() -> Self {
         Self {
