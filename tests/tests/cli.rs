@@ -229,7 +229,7 @@ async fn check_passes_on_a_running_stack_and_fails_clearly_without_nats() {
     for needed in [
         protocol::subjects::MESSAGES_STREAM,
         protocol::subjects::ROUTER_CONSUMER,
-        protocol::subjects::HISTORY_CONSUMER,
+        &protocol::subjects::history_writer(0),
         protocol::subjects::NOTIFIER_CONSUMER,
         protocol::subjects::GATEWAYS_BUCKET,
     ] {

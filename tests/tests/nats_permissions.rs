@@ -207,11 +207,11 @@ async fn no_identity_but_chat_can_forge_a_stored_message_or_a_delivery() {
         intruder.expect_refused("Publish", &deliver).await;
         intruder
             .client
-            .publish("natter.msg.dm.alice.bob", forged_message.clone().into())
+            .publish("natter.msg.0.dm.alice.bob", forged_message.clone().into())
             .await
             .unwrap();
         intruder
-            .expect_refused("Publish", "natter.msg.dm.alice.bob")
+            .expect_refused("Publish", "natter.msg.0.dm.alice.bob")
             .await;
         let delete = format!("$JS.API.STREAM.DELETE.{}", subjects::MESSAGES_STREAM);
         intruder

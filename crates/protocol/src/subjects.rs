@@ -30,13 +30,23 @@ pub const CHAT_QUEUE: &str = "natter-chat";
 pub const HISTORY_QUERY: &str = "natter.history.query.*";
 /// Queue group shared by all history service instances.
 pub const HISTORY_QUEUE: &str = "natter-history";
-/// Durable consumer on [`MESSAGES_STREAM`] that writes messages to the history store.
+/// Durable consumers on [`MESSAGES_STREAM`] that write messages to the history store: one
+/// per partition, `natter-history-writer-<k>` (see [`history_writer`]).
 pub const HISTORY_CONSUMER: &str = "natter-history-writer";
 
 /// JetStream stream holding every accepted message.
 pub const MESSAGES_STREAM: &str = "NATTER_MESSAGES";
 /// Subjects captured by [`MESSAGES_STREAM`].
 pub const MESSAGES_SUBJECTS: &str = "natter.msg.>";
+/// The most partitions a deployment may have: `natter nats-auth` grants each service the
+/// durable consumers of this many, since NATS permissions cannot name a consumer by pattern.
+pub const MAX_PARTITIONS: u32 = 64;
+/// Stream metadata key recording the deployment's partition count on [`MESSAGES_STREAM`]:
+/// every service checks it against its own `bus.partitions` before it starts.
+pub const PARTITIONS_METADATA: &str = "natter.partitions";
+/// KV bucket: one key per running instance of a partitioned role, `<role>.<instance>`,
+/// refreshed while it runs; the instances of a role share the partitions among the live ones.
+pub const INSTANCES_BUCKET: &str = "natter_instances";
 /// Session markers in [`MESSAGES_STREAM`]: a gateway registered a session. They put the
 /// registration in order with the messages, so the router never routes a message written
 /// after a registration without knowing the session.
@@ -73,20 +83,67 @@ pub const PRESENCE_ALL: &str = "natter.presence.*";
 /// Header carrying the de-duplication key on publishes to [`MESSAGES_STREAM`].
 pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
 
-/// `natter.msg.dm.<a>.<b>` or `natter.msg.g.<group>`: a message of one conversation, in the
-/// messages stream. The conversation id's `:` become subject tokens, so one user's 1:1
-/// messages can be selected with two wildcard filters (see [`user_messages`]).
-pub fn message(conversation: &ConversationId) -> String {
-    format!("natter.msg.{}", conversation.as_str().replace(':', "."))
+/// The partition of a conversation among `partitions`: FNV-1a (32 bits) of the
+/// conversation's tokens after its kind (`<a><b>` for `dm:<a>:<b>`, `<group>` for
+/// `g:<group>`), modulo `partitions`. It is the hash of NATS's own `partition(P, …)` subject
+/// mapping function, so an operator's mapping of `natter.msg.dm.*.*` by its two wildcards
+/// agrees with it. Every message of a conversation, and every retry of one, lands in the
+/// same partition, so order within a conversation and de-duplication hold.
+pub fn partition(conversation: &ConversationId, partitions: u32) -> u32 {
+    let mut hash: u32 = 0x811c_9dc5;
+    let tokens = conversation.as_str().split(':').skip(1);
+    for byte in tokens.flat_map(str::bytes) {
+        hash ^= u32::from(byte);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    hash % partitions.max(1)
+}
+
+/// `natter.msg.<k>.dm.<a>.<b>` or `natter.msg.<k>.g.<group>`: a message of one conversation,
+/// in the messages stream, under its [`partition`] `k`. The conversation id's `:` become
+/// subject tokens, so one user's 1:1 messages can be selected with two wildcard filters (see
+/// [`user_messages`]) and one partition's messages with one ([`partition_messages`]).
+pub fn message(conversation: &ConversationId, partitions: u32) -> String {
+    format!(
+        "natter.msg.{}.{}",
+        partition(conversation, partitions),
+        conversation.as_str().replace(':', ".")
+    )
+}
+
+/// `natter.msg.<k>.>`: every message of partition `k`.
+pub fn partition_messages(k: u32) -> String {
+    format!("natter.msg.{k}.>")
+}
+
+/// The partition of a stored message from its subject (`natter.msg.<k>.…`); `None` for a
+/// session marker or anything else.
+pub fn partition_of_subject(subject: &str) -> Option<u32> {
+    subject
+        .strip_prefix("natter.msg.")?
+        .split('.')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// `natter-history-writer-<k>`: the history writer's durable consumer of partition `k`.
+pub fn history_writer(k: u32) -> String {
+    format!("{HISTORY_CONSUMER}-{k}")
 }
 
 /// The filters selecting every 1:1 message of `user` in the messages stream (as first or
-/// second participant): used to replay what a device missed.
+/// second participant, in any partition): used to replay what a device missed.
 pub fn user_messages(user: &UserId) -> [String; 2] {
     [
-        format!("natter.msg.dm.{user}.*"),
-        format!("natter.msg.dm.*.{user}"),
+        format!("natter.msg.*.dm.{user}.*"),
+        format!("natter.msg.*.dm.*.{user}"),
     ]
+}
+
+/// `<role>.<instance>`: a running instance's key in [`INSTANCES_BUCKET`].
+pub fn instance_key(role: &str, instance: &str) -> String {
+    format!("{role}.{instance}")
 }
 
 /// `natter.chat.send.<user>`: `user` sends a message.
@@ -179,7 +236,6 @@ pub fn catalogue() -> Vec<String> {
         CHAT_QUEUE.into(),
         "natter.history.query.<user>".into(),
         HISTORY_QUEUE.into(),
-        HISTORY_CONSUMER.into(),
         MESSAGES_STREAM.into(),
         MESSAGES_SUBJECTS.into(),
         SESSION_MARKERS.into(),
@@ -188,10 +244,15 @@ pub fn catalogue() -> Vec<String> {
         SESSIONS_STREAM.into(),
         GATEWAYS_BUCKET.into(),
         MSG_ID_HEADER.into(),
-        "natter.msg.dm.<a>.<b>".into(),
-        "natter.msg.g.<group>".into(),
-        "natter.msg.dm.<user>.*".into(),
-        "natter.msg.dm.*.<user>".into(),
+        "natter.msg.<k>.dm.<a>.<b>".into(),
+        "natter.msg.<k>.g.<group>".into(),
+        "natter.msg.*.dm.<user>.*".into(),
+        "natter.msg.*.dm.*.<user>".into(),
+        "natter.msg.<k>.>".into(),
+        "natter-history-writer-<k>".into(),
+        PARTITIONS_METADATA.into(),
+        INSTANCES_BUCKET.into(),
+        "<role>.<instance>".into(),
         CHAT_UNDELIVERED.into(),
         "natter.chat.group.<user>".into(),
         CHAT_NOTIFY.into(),
@@ -222,13 +283,17 @@ mod tests {
     fn builders_match_the_catalogue_forms() {
         let (a, b) = (UserId::new("alice").unwrap(), UserId::new("bob").unwrap());
         let gw = GatewayId::new("gw-1").unwrap();
-        assert_eq!(
-            message(&ConversationId::direct(&a, &b)),
-            "natter.msg.dm.alice.bob"
-        );
+        let dm = ConversationId::direct(&a, &b);
+        assert_eq!(message(&dm, 1), "natter.msg.0.dm.alice.bob");
+        let k = partition(&dm, 16);
+        assert_eq!(message(&dm, 16), format!("natter.msg.{k}.dm.alice.bob"));
+        assert_eq!(partition_of_subject(&message(&dm, 16)), Some(k));
+        assert_eq!(partition_of_subject(SESSION_MARKERS), None);
+        assert_eq!(partition_messages(3), "natter.msg.3.>");
+        assert_eq!(history_writer(3), "natter-history-writer-3");
         assert_eq!(
             user_messages(&b),
-            ["natter.msg.dm.bob.*", "natter.msg.dm.*.bob"]
+            ["natter.msg.*.dm.bob.*", "natter.msg.*.dm.*.bob"]
         );
         assert_eq!(presence(&a), "natter.presence.alice");
         assert_eq!(chat_send(&a), "natter.chat.send.alice");
@@ -248,5 +313,33 @@ mod tests {
         assert_eq!(key, push_token_key(&b, "token-1"));
         assert_ne!(key, push_token_key(&b, "token-2"));
         assert_eq!(push_tokens_of(&b), "bob.*");
+    }
+
+    #[test]
+    fn partitions_follow_nats_fnv1a_and_spread_conversations() {
+        // FNV-1a 32 of "alicebob", as NATS's partition() computes it over the two tokens.
+        let dm =
+            ConversationId::direct(&UserId::new("alice").unwrap(), &UserId::new("bob").unwrap());
+        let mut h: u32 = 0x811c9dc5;
+        for b in b"alicebob" {
+            h = (h ^ u32::from(*b)).wrapping_mul(16777619);
+        }
+        assert_eq!(partition(&dm, 7), h % 7);
+        assert_eq!(partition(&dm, 1), 0);
+        assert_eq!(partition(&dm, 0), 0, "no partitions means one");
+        // Independent ids (FNV-1a's lowest bit is the parity of the bytes' lowest bits, so
+        // pairs made of the same digits twice would all share one parity).
+        let mut counts = [0u32; 8];
+        for i in 0..8000u64 {
+            let c = ConversationId::direct(
+                &UserId::new(format!("u{i}")).unwrap(),
+                &UserId::new(format!("v{}", i.wrapping_mul(2_654_435_761) % 1_000_003)).unwrap(),
+            );
+            counts[partition(&c, 8) as usize] += 1;
+        }
+        assert!(
+            counts.iter().all(|&n| (800..1200).contains(&n)),
+            "{counts:?}"
+        );
     }
 }

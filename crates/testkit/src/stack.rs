@@ -88,6 +88,7 @@ impl StackBuilder {
             histories: Vec::new(),
             notifiers: Vec::new(),
             history_dir: tempfile::tempdir().expect("temp dir"),
+            history_store: None,
         };
         let chat_config = stack.chat_config.clone();
         stack.start_chat(chat_config).await;
@@ -187,12 +188,16 @@ pub struct Stack {
     pub notifiers: Vec<RunningNotifier>,
     /// Where the history service's embedded store lives.
     pub history_dir: tempfile::TempDir,
+    /// The store every history instance of the stack shares, once the first has opened it.
+    history_store: Option<history::EmbeddedStore>,
 }
 
 /// A running history service of a stack.
 pub struct RunningHistory {
     pub metrics: plumbing::Metrics,
     pub cache: std::sync::Arc<history::HistoryCache<history::EmbeddedStore>>,
+    /// The partitions it writes, as they change.
+    pub assigned: plumbing::bus::shares::Assigned,
     handle: Option<history::History<history::EmbeddedStore>>,
 }
 
@@ -262,8 +267,16 @@ impl Stack {
             gateways: 1,
             gateway,
             chat: chat::ChatConfig::default(),
-            history: history::HistoryConfig::default(),
-            bus: BusConfig::default(),
+            history: history::HistoryConfig {
+                // A partition's new writer serves it from its cache after this long.
+                writer_ack_wait_ms: 2_000,
+                ..Default::default()
+            },
+            // Stacks run partitioned, as a production deployment does.
+            bus: BusConfig {
+                partitions: 3,
+                ..Default::default()
+            },
             sync_interval: "2m".into(),
             cluster_nodes: None,
         }
@@ -323,8 +336,13 @@ impl Stack {
         let nats = plumbing::bus::connect(&self.bus_for(Role::History), Role::History, "history")
             .await
             .expect("connect");
-        let store = history::EmbeddedStore::open(&self.history_dir.path().join("history.redb"))
-            .expect("open embedded store");
+        let path = self.history_dir.path().join("history.redb");
+        let store = self
+            .history_store
+            .get_or_insert_with(|| {
+                history::EmbeddedStore::open(&path).expect("open embedded store")
+            })
+            .clone();
         let membership =
             history::membership::groups_view(&nats, &self.bus, CancellationToken::new())
                 .await
@@ -342,6 +360,7 @@ impl Stack {
         self.histories.push(RunningHistory {
             metrics: handle.metrics.clone(),
             cache: handle.cache.clone(),
+            assigned: handle.assigned.clone(),
             handle: Some(handle),
         });
         self.histories.len() - 1

@@ -27,6 +27,8 @@ pub struct Ingest {
     pub nats: async_nats::Client,
     pub js: jetstream::Context,
     pub stream: jetstream::stream::Stream,
+    /// The deployment's partition count, which names a message's subject.
+    pub partitions: u32,
     pub metrics: ChatMetrics,
     pub ids: Arc<MessageIds>,
     pub groups: GroupView,
@@ -111,7 +113,11 @@ impl Ingest {
         let started = Instant::now();
         let ack = match self
             .js
-            .publish_with_headers(subjects::message(&conversation), headers, body.into())
+            .publish_with_headers(
+                subjects::message(&conversation, self.partitions),
+                headers,
+                body.into(),
+            )
             .await
         {
             Ok(pending) => pending.await,

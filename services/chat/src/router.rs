@@ -58,6 +58,7 @@ pub async fn ensure_consumer(
         stream,
         plumbing::bus::Durable {
             name: subjects::ROUTER_CONSUMER,
+            filter: None,
             description: "routes every message to its recipients' gateways",
             deliver_policy: consumer::DeliverPolicy::New,
             batch,

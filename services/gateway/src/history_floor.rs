@@ -3,9 +3,12 @@
 //! stored everything up to their cursor, or a message accepted just before would be missing
 //! from the history the device fetches while its cursor is already past it.
 //!
-//! One poller per gateway reads the writer's ack floor (the consumer's info) while anyone is
-//! waiting, so a reconnect storm costs one JetStream request per poll, not one per device.
-//! Without a writer at all (no history service was ever started) nobody waits.
+//! One poller per gateway reads the writers' progress while anyone is waiting, so a reconnect
+//! storm costs one round of JetStream requests per poll, not one per device. There is one
+//! writer per partition: the stream is stored up to the least of their floors, where a
+//! writer with nothing pending has stored everything of its partition up to the stream's
+//! last sequence read before its info. Without writers at all (no history service was ever
+//! started) nobody waits.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -23,6 +26,7 @@ const POLL: Duration = Duration::from_millis(10);
 
 pub struct HistoryFloor {
     js: jetstream::Context,
+    partitions: u32,
     floor: watch::Sender<Floor>,
     waiters: AtomicUsize,
 }
@@ -42,9 +46,10 @@ impl Floor {
 }
 
 impl HistoryFloor {
-    pub fn new(js: jetstream::Context) -> Arc<Self> {
+    pub fn new(js: jetstream::Context, partitions: u32) -> Arc<Self> {
         Arc::new(Self {
             js,
+            partitions,
             floor: watch::Sender::new(Floor::default()),
             waiters: AtomicUsize::new(0),
         })
@@ -68,16 +73,11 @@ impl HistoryFloor {
         }
     }
 
-    /// Reads the writer's ack floor while anyone waits.
+    /// Reads the writers' progress while anyone waits.
     async fn poll(self: Arc<Self>) {
         while self.waiters.load(Ordering::SeqCst) > 0 {
             if let Ok(stream) = self.js.get_stream(subjects::MESSAGES_STREAM).await {
-                let (stored, no_writer) =
-                    match stream.consumer_info(subjects::HISTORY_CONSUMER).await {
-                        Ok(info) => (info.ack_floor.stream_sequence, false),
-                        Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => (0, true),
-                        Err(_) => (0, false),
-                    };
+                let (stored, no_writer) = self.stored(&stream).await;
                 self.floor.send_modify(|f| {
                     f.stored = f.stored.max(stored);
                     f.no_writer = no_writer;
@@ -85,5 +85,28 @@ impl HistoryFloor {
             }
             tokio::time::sleep(POLL).await;
         }
+    }
+
+    /// The stream sequence up to which every partition is stored, and whether no writer
+    /// exists at all.
+    async fn stored(&self, stream: &jetstream::stream::Stream) -> (u64, bool) {
+        // `get_stream` just read the stream's info: its last sequence precedes the writers'.
+        let head = stream.cached_info().state.last_sequence;
+        let mut stored = u64::MAX;
+        let mut missing = 0;
+        for k in 0..self.partitions {
+            match stream.consumer_info(subjects::history_writer(k)).await {
+                Ok(info) if info.num_pending == 0 && info.num_ack_pending == 0 => {
+                    stored = stored.min(head)
+                }
+                Ok(info) => stored = stored.min(info.ack_floor.stream_sequence),
+                Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => {
+                    missing += 1;
+                    stored = 0;
+                }
+                Err(_) => stored = 0,
+            }
+        }
+        (stored, missing == self.partitions)
     }
 }

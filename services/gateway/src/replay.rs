@@ -53,6 +53,8 @@ const TURN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Replay limits and the gateway-wide bound on concurrent replays.
 pub struct Replayer {
     pub js: jetstream::Context,
+    /// The deployment's partition count, to name a group's subject.
+    pub partitions: u32,
     /// How long the chat service may take to list the user's groups.
     pub groups_timeout: Duration,
     pub history_floor: Arc<HistoryFloor>,
@@ -154,7 +156,12 @@ impl Replayer {
         let [a, b] = subjects::user_messages(&user);
         let mut filters = vec![vec![a], vec![b]];
         if !small.is_empty() {
-            filters.push(small.iter().map(subjects::message).collect());
+            filters.push(
+                small
+                    .iter()
+                    .map(|c| subjects::message(c, self.partitions))
+                    .collect(),
+            );
         }
         let opened =
             futures::future::join_all(filters.iter().map(|f| open(&stream, f, from))).await;

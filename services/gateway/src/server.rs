@@ -81,7 +81,8 @@ impl Gateway {
         let addr = listener.local_addr()?;
         let routed_from = reregister::stream_head(&js).await;
         let replayer = Replayer {
-            history_floor: HistoryFloor::new(js.clone()),
+            history_floor: HistoryFloor::new(js.clone(), bus.partitions),
+            partitions: bus.partitions,
             js,
             groups_timeout: Duration::from_millis(config.send_timeout_ms),
             max_messages: config.sync_max_messages,

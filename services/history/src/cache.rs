@@ -2,15 +2,24 @@
 //! (100 per conversation by default), written through on append, bounded by the bytes of the
 //! messages it holds (256 MiB by default), so large messages cannot grow it past its budget.
 //!
+//! It holds only the conversations of the partitions this instance writes. Several history
+//! instances share the partitions (see `writer.rs`), and a page is complete only where every
+//! write passed through this cache: another instance's cache would miss what this one wrote.
+//! So an instance answers its own partitions' pages from memory and the others' from the
+//! store, and any instance's answer holds every message any instance has stored. A partition
+//! it takes over is served from memory only after the writer's `ack_wait`, by which time the
+//! batch a former owner was writing is either stored or redelivered here.
+//!
 //! Concurrent misses on one conversation are merged into one store read, and a reader never
 //! sees a page with a gap: loading a page and writing new messages through to it are
 //! serialised per conversation (striped async locks), and the write-through happens only after
 //! the store confirmed the write. So a load either sees the new message in the store, or
 //! finishes before the write-through, which then adds it to the loaded page.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use plumbing::{Counter, Metrics};
 use protocol::frames::Message;
@@ -113,11 +122,17 @@ pub struct HistoryCache<S> {
     pages: moka::future::Cache<ConversationId, Slot>,
     stripes: Vec<tokio::sync::Mutex<()>>,
     capacity: usize,
+    /// The deployment's partition count (`bus.partitions`).
+    partitions: u32,
+    /// The partitions this instance writes, and when the cache may start serving each.
+    owned: RwLock<HashMap<u32, tokio::time::Instant>>,
     pub metrics: CacheMetrics,
 }
 
 impl<S: Store> HistoryCache<S> {
-    pub fn new(store: S, config: &CacheConfig, metrics: &Metrics) -> Self {
+    /// A cache over `store` for a deployment of `partitions` partitions, serving none of them
+    /// until [`own`](Self::own) says so.
+    pub fn new(store: S, config: &CacheConfig, partitions: u32, metrics: &Metrics) -> Self {
         Self {
             store,
             pages: moka::future::Cache::builder()
@@ -126,9 +141,12 @@ impl<S: Store> HistoryCache<S> {
                     let bytes = slot.read().unwrap().bytes;
                     u32::try_from(bytes).unwrap_or(u32::MAX)
                 })
+                .support_invalidation_closures()
                 .build(),
             stripes: (0..1024).map(|_| tokio::sync::Mutex::new(())).collect(),
             capacity: config.messages_per_conversation,
+            partitions,
+            owned: RwLock::new(HashMap::new()),
             metrics: CacheMetrics {
                 hits: metrics.counter(
                     "natter_history_cache_hits_total",
@@ -148,6 +166,35 @@ impl<S: Store> HistoryCache<S> {
 
     pub fn store(&self) -> &S {
         &self.store
+    }
+
+    /// This instance now writes partition `k`: serve it from memory after `grace`.
+    pub fn own(&self, k: u32, grace: Duration) {
+        let from = tokio::time::Instant::now() + grace;
+        self.owned.write().unwrap().insert(k, from);
+    }
+
+    /// This instance no longer writes partition `k`: forget its pages, serve it from the store.
+    pub async fn disown(&self, k: u32) {
+        self.owned.write().unwrap().remove(&k);
+        let partitions = self.partitions;
+        let dropped = self.pages.invalidate_entries_if(move |conversation, _| {
+            protocol::subjects::partition(conversation, partitions) == k
+        });
+        if let Err(e) = dropped {
+            tracing::warn!(error = %e, "cached pages of a partition not dropped");
+        }
+    }
+
+    /// Whether the cache may serve `conversation`: its partition is written here, and
+    /// every write to it since this instance took it over has passed through the cache.
+    pub fn serves(&self, conversation: &ConversationId) -> bool {
+        let k = protocol::subjects::partition(conversation, self.partitions);
+        self.owned
+            .read()
+            .unwrap()
+            .get(&k)
+            .is_some_and(|from| tokio::time::Instant::now() >= *from)
     }
 
     fn stripe(&self, conversation: &ConversationId) -> &tokio::sync::Mutex<()> {
@@ -193,7 +240,7 @@ impl<S: Store> HistoryCache<S> {
         page: Page,
         limit: usize,
     ) -> Result<Vec<Message>, StoreError> {
-        if limit <= self.capacity {
+        if limit <= self.capacity && self.serves(conversation) {
             let (slot, loaded) = self.slot(conversation).await?;
             let served = slot.read().unwrap().serve(page, limit);
             if let Some(found) = served {
@@ -216,7 +263,9 @@ impl<S: Store> HistoryCache<S> {
         conversation: &ConversationId,
         id: MessageId,
     ) -> Result<Option<Message>, StoreError> {
-        if let Some(slot) = self.pages.get(conversation).await {
+        if self.serves(conversation)
+            && let Some(slot) = self.pages.get(conversation).await
+        {
             let recent = slot.read().unwrap();
             let pos = recent.messages.partition_point(|x| x.id < id);
             if let Some(m) = recent.messages.get(pos).filter(|m| m.id == id) {

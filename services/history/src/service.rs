@@ -23,6 +23,8 @@ use crate::writer;
 pub struct History<S> {
     pub metrics: plumbing::Metrics,
     pub cache: Arc<HistoryCache<S>>,
+    /// The partitions this instance writes, as they change.
+    pub assigned: plumbing::bus::shares::Assigned,
     roles: Roles,
 }
 
@@ -40,26 +42,35 @@ impl<S: Store> History<S> {
         let js = async_nats::jetstream::new(nats.clone());
         let stream = plumbing::bus::messages_stream(&js, bus).await?;
         let ack_wait = Duration::from_millis(config.writer_ack_wait_ms);
-        let consumer = writer::ensure_consumer(&stream, config.writer_batch, ack_wait).await?;
         let metrics = plumbing::Metrics::default();
         let lag = metrics.gauge(
             "natter_history_writer_lag_messages",
-            "messages in the stream not yet written to the store",
+            "messages of this instance's partitions not yet written to the store",
         );
-        let cache = Arc::new(HistoryCache::new(store, &config.cache, &metrics));
+        let cache = Arc::new(HistoryCache::new(
+            store,
+            &config.cache,
+            bus.partitions,
+            &metrics,
+        ));
         let mut roles = Roles::new(&shutdown);
         let stop = roles.stop();
         let (query_sub, receipt_sub) = queries::subscribe(&nats).await?;
+        let instance = ulid::Ulid::new().to_string().to_lowercase();
+        let (assigned, membership_task) =
+            plumbing::bus::shares::join(&js, bus, "history", instance, stop.clone()).await?;
+        roles.spawn(membership_task);
 
-        roles.spawn(writer::serve(
-            cache.clone(),
-            consumer.clone(),
-            config.writer_batch,
-            stop.clone(),
-        ));
-        let lag_stop = stop.clone();
+        let writers = writer::Writers {
+            cache: cache.clone(),
+            stream: stream.clone(),
+            batch: config.writer_batch,
+            ack_wait,
+        };
+        roles.spawn(writers.serve(assigned.clone(), stop.clone()));
+        let (lag_stop, lag_assigned) = (stop.clone(), assigned.clone());
         roles.spawn(async move {
-            writer::report_lag(consumer, lag, lag_stop).await;
+            writer::report_lag(stream, lag_assigned, lag, lag_stop).await;
             Ok(())
         });
         let answers = Arc::new(Queries {
@@ -87,6 +98,7 @@ impl<S: Store> History<S> {
         Ok(Self {
             metrics,
             cache,
+            assigned,
             roles,
         })
     }

@@ -1,17 +1,26 @@
-//! The history writer: the durable consumer `natter-history-writer` over the messages stream.
-//! It takes whatever is available (up to `writer_batch`), writes it to the store in one batch,
-//! and acknowledges each message only after the store confirmed the batch. A writer that dies
-//! mid-batch leaves its messages unacknowledged; they are delivered again and written again,
-//! which changes nothing (every store write is idempotent).
+//! The history writers: one durable consumer per partition of the messages stream,
+//! `natter-history-writer-<k>`, pinned to one history instance at a time, the partitions
+//! shared among the running instances (`plumbing::bus::shares`). So write throughput grows
+//! with instances (each partition has its own unacknowledged window), and every message of a
+//! conversation is written by one instance at a time, in stream order: the instance that
+//! writes a partition is the one whose cache may serve it (see `cache.rs`).
+//!
+//! A writer takes whatever is available (up to `writer_batch`), writes it to the store in one
+//! batch, and acknowledges each message only after the store confirmed the batch. A writer
+//! that dies mid-batch leaves its messages unacknowledged; they are delivered again and
+//! written again, which changes nothing (every store write is idempotent).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
 use futures::{FutureExt, StreamExt};
 use plumbing::Gauge;
+use plumbing::bus::shares::Assigned;
 use protocol::payloads::StoredMessage;
 use protocol::subjects;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::HistoryCache;
@@ -20,41 +29,135 @@ use crate::store::Store;
 /// How long a failed batch waits before it is tried again.
 const RETRY_DELAY: Duration = Duration::from_millis(500);
 
-/// Creates the writer's durable consumer if needed. It starts at the beginning of the stream:
-/// the store must hold everything the stream still has.
+/// Creates partition `k`'s writer consumer if needed. It starts at the beginning of the
+/// stream: the store must hold everything the stream still has.
 pub async fn ensure_consumer(
     stream: &jetstream::stream::Stream,
+    k: u32,
     batch: usize,
     ack_wait: Duration,
 ) -> anyhow::Result<consumer::PullConsumer> {
     plumbing::bus::ensure_durable(
         stream,
         plumbing::bus::Durable {
-            name: subjects::HISTORY_CONSUMER,
-            description: "writes every message to the history store",
+            name: &subjects::history_writer(k),
+            filter: Some(subjects::partition_messages(k)),
+            description: "writes one partition's messages to the history store",
             deliver_policy: consumer::DeliverPolicy::All,
             batch,
             ack_wait,
-            // Order does not matter to the store (writes are idempotent): share the load.
-            pinned: false,
+            // One instance at a time, in order: its cache then sees every write.
+            pinned: true,
         },
     )
     .await
 }
 
-/// Writes messages until `stop`.
-pub async fn serve<S: Store>(
+/// What the writers need, shared by every partition's.
+pub struct Writers<S> {
+    pub cache: Arc<HistoryCache<S>>,
+    pub stream: jetstream::stream::Stream,
+    pub batch: usize,
+    pub ack_wait: Duration,
+}
+
+/// One partition's writer while this instance holds it.
+struct Running {
+    stop: CancellationToken,
+    task: JoinHandle<anyhow::Result<u64>>,
+}
+
+impl<S: Store> Writers<S> {
+    /// Runs the writers of the partitions this instance is assigned, starting and stopping
+    /// them as the assignment changes, until `stop`.
+    pub async fn serve(
+        self,
+        mut assigned: Assigned,
+        stop: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let mut running: HashMap<u32, Running> = HashMap::new();
+        loop {
+            let want = assigned.borrow_and_update().clone();
+            let gone: Vec<u32> = running
+                .keys()
+                .filter(|k| !want.contains(k))
+                .copied()
+                .collect();
+            for k in gone {
+                let writer = running.remove(&k).expect("running");
+                self.hand_over(k, writer).await;
+            }
+            for &k in &want {
+                if running.contains_key(&k) {
+                    continue;
+                }
+                let consumer = ensure_consumer(&self.stream, k, self.batch, self.ack_wait).await?;
+                // A former owner may still be finishing a batch it pulled: the cache serves
+                // this partition once that batch is written or handed to us.
+                self.cache.own(k, self.ack_wait);
+                let token = stop.child_token();
+                let task = tokio::spawn(write(
+                    self.cache.clone(),
+                    consumer,
+                    self.batch,
+                    token.clone(),
+                ));
+                tracing::info!(partition = k, "writing partition");
+                running.insert(k, Running { stop: token, task });
+            }
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                changed = assigned.changed() => if changed.is_err() { break },
+            }
+        }
+        for (k, writer) in running {
+            self.hand_over(k, writer).await;
+        }
+        Ok(())
+    }
+
+    /// Stops partition `k`'s writer after its batch, releases the pin if it held it (so the
+    /// next owner starts at once), and stops serving the partition from the cache.
+    async fn hand_over(&self, k: u32, writer: Running) {
+        writer.stop.cancel();
+        let wrote = match writer.task.await {
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, partition = k, "partition writer failed");
+                0
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, partition = k, "partition writer panicked");
+                0
+            }
+        };
+        // Only a writer that received something knows it held the pin; unpinning otherwise
+        // could take it from the instance that does.
+        if wrote > 0
+            && let Err(e) =
+                plumbing::bus::release_pin(&self.stream, &subjects::history_writer(k)).await
+        {
+            tracing::debug!(error = %e, partition = k, "pin not released");
+        }
+        self.cache.disown(k).await;
+        tracing::info!(partition = k, "partition handed over");
+    }
+}
+
+/// Writes one partition's messages until `stop`; the number of messages received.
+async fn write<S: Store>(
     cache: Arc<HistoryCache<S>>,
     consumer: consumer::PullConsumer,
     batch: usize,
     stop: CancellationToken,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<u64> {
     let mut messages = plumbing::bus::pull(&consumer, batch).await?;
     let mut pending = Vec::with_capacity(batch);
+    let mut received = 0;
     loop {
         // Wait for one message, then take whatever else is already here.
         let first = tokio::select! {
-            _ = stop.cancelled() => return Ok(()),
+            _ = stop.cancelled() => return Ok(received),
             next = messages.next() => next,
         };
         match first {
@@ -63,7 +166,7 @@ pub async fn serve<S: Store>(
                 tracing::warn!(error = %e, "history consumer error");
                 continue;
             }
-            None => return Ok(()),
+            None => return Ok(received),
         }
         while pending.len() < batch {
             match messages.next().now_or_never() {
@@ -71,6 +174,7 @@ pub async fn serve<S: Store>(
                 _ => break,
             }
         }
+        received += pending.len() as u64;
         let mut batch_messages = Vec::with_capacity(pending.len());
         for m in &pending {
             if m.subject.as_str() == subjects::SESSION_MARKERS {
@@ -84,7 +188,7 @@ pub async fn serve<S: Store>(
         while let Err(e) = cache.append(&batch_messages).await {
             tracing::warn!(error = %e, "history write failed; retrying");
             tokio::select! {
-                _ = stop.cancelled() => return Ok(()),
+                _ = stop.cancelled() => return Ok(received),
                 _ = tokio::time::sleep(RETRY_DELAY) => {}
             }
         }
@@ -96,15 +200,26 @@ pub async fn serve<S: Store>(
     }
 }
 
-/// Exports the writer's lag (messages in the stream not yet written) every second.
-pub async fn report_lag(mut consumer: consumer::PullConsumer, lag: Gauge, stop: CancellationToken) {
+/// Exports the lag of this instance's writers (messages of its partitions not yet written)
+/// every second.
+pub async fn report_lag(
+    stream: jetstream::stream::Stream,
+    assigned: Assigned,
+    lag: Gauge,
+    stop: CancellationToken,
+) {
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
-        if let Ok(info) = consumer.info().await {
-            lag.set((info.num_pending + info.num_ack_pending as u64) as i64);
+        let partitions = assigned.borrow().clone();
+        let mut total = 0;
+        for k in partitions {
+            if let Ok(info) = stream.consumer_info(subjects::history_writer(k)).await {
+                total += info.num_pending + info.num_ack_pending as u64;
+            }
         }
+        lag.set(total as i64);
     }
 }

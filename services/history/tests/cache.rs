@@ -94,7 +94,8 @@ fn setup(
         max_bytes: 16 * 1024 * 1024,
         messages_per_conversation: capacity,
     };
-    let cache = HistoryCache::new(store, &config, &plumbing::Metrics::default());
+    let cache = HistoryCache::new(store, &config, 1, &plumbing::Metrics::default());
+    cache.own(0, std::time::Duration::ZERO);
     (Arc::new(cache), dir)
 }
 
@@ -242,7 +243,8 @@ async fn large_messages_cannot_grow_the_cache_past_its_bytes() {
         max_bytes: 256 * 1024,
         messages_per_conversation: 100,
     };
-    let cache = HistoryCache::new(store, &config, &plumbing::Metrics::default());
+    let cache = HistoryCache::new(store, &config, 1, &plumbing::Metrics::default());
+    cache.own(0, std::time::Duration::ZERO);
     // 100 conversations of 20 KB each: about 2 MB, eight times the budget.
     let mut conversations = Vec::new();
     for i in 0..100u64 {

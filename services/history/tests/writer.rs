@@ -116,7 +116,7 @@ async fn a_writer_killed_mid_batch_loses_nothing_and_duplicates_nothing() {
             groups_revision: None,
         };
         js.publish(
-            subjects::message(&c),
+            subjects::message(&c, bus.partitions),
             serde_json::to_vec(&stored).unwrap().into(),
         )
         .await

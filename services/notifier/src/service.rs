@@ -62,6 +62,7 @@ impl Notifier {
             &stream,
             plumbing::bus::Durable {
                 name: subjects::NOTIFIER_CONSUMER,
+                filter: None,
                 description: "batches offline-message events into push digests",
                 deliver_policy: consumer::DeliverPolicy::All,
                 batch,

@@ -206,7 +206,8 @@ async fn store_figures(json: bool) -> anyhow::Result<()> {
     );
 
     let metrics = plumbing::Metrics::default();
-    let cache = HistoryCache::new(embedded.clone(), &CacheConfig::default(), &metrics);
+    let cache = HistoryCache::new(embedded.clone(), &CacheConfig::default(), 1, &metrics);
+    cache.own(0, std::time::Duration::ZERO);
     for i in 0..conversations {
         cache.page(&conversation(i), Page::Latest, 50).await?; // warm
     }
@@ -296,7 +297,7 @@ async fn writer_lag(json: bool) -> anyhow::Result<()> {
     let rate = 5_000u64;
     let seconds = 10u64;
     let publisher = {
-        let js = js.clone();
+        let (js, bus) = (js.clone(), bus.clone());
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -313,9 +314,12 @@ async fn writer_lag(json: bool) -> anyhow::Result<()> {
                 };
                 let payload = serde_json::to_vec(&stored).unwrap();
                 acks.push(
-                    js.publish(protocol::subjects::message(&c), payload.into())
-                        .await
-                        .unwrap(),
+                    js.publish(
+                        protocol::subjects::message(&c, bus.partitions),
+                        payload.into(),
+                    )
+                    .await
+                    .unwrap(),
                 );
                 if acks.len() >= 512 {
                     for a in acks.drain(..) {

@@ -112,8 +112,11 @@ async fn backlog(stack: &Stack, from: &str, to: &[String], n: usize) -> anyhow::
             };
             let payload = serde_json::to_vec(&stored)?;
             acks.push(
-                js.publish(subjects::message(&conversation), payload.into())
-                    .await?,
+                js.publish(
+                    subjects::message(&conversation, stack.bus.partitions),
+                    payload.into(),
+                )
+                .await?,
             );
             if acks.len() >= 1024 {
                 for ack in acks.drain(..) {
@@ -133,10 +136,11 @@ async fn backlog(stack: &Stack, from: &str, to: &[String], n: usize) -> anyhow::
 async fn settle(stack: &Stack) -> anyhow::Result<()> {
     let js = async_nats::jetstream::new(stack.nats.client().await);
     let stream = js.get_stream(subjects::MESSAGES_STREAM).await?;
-    for name in [subjects::ROUTER_CONSUMER, subjects::HISTORY_CONSUMER] {
+    let writers = (0..stack.bus.partitions).map(subjects::history_writer);
+    for name in std::iter::once(subjects::ROUTER_CONSUMER.to_string()).chain(writers) {
         loop {
             let info = stream
-                .get_consumer::<async_nats::jetstream::consumer::pull::Config>(name)
+                .get_consumer::<async_nats::jetstream::consumer::pull::Config>(&name)
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))?
                 .get_info()

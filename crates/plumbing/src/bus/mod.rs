@@ -7,6 +7,7 @@ mod connect;
 mod durable;
 mod resources;
 mod serve;
+pub mod shares;
 
 use std::path::PathBuf;
 
@@ -19,7 +20,7 @@ pub use durable::{
 pub use resources::{
     BucketSpec, GATEWAYS, GROUPS, PRESENCE, PUSH_TOKENS, PresenceBuckets, SESSIONS, ensure_bucket,
     ensure_groups_bucket, ensure_messages_stream, ensure_offline_stream, ensure_presence_buckets,
-    ensure_push_tokens_bucket, messages_stream, offline_stream, stream_epoch,
+    ensure_push_tokens_bucket, messages_stream, offline_stream, stream_epoch, stream_partitions,
 };
 pub use serve::{answer_requests, next_json, next_or_stop, next_pulled, reply, serve_queue};
 
@@ -31,6 +32,11 @@ pub struct BusConfig {
     pub nats_url: String,
     /// Replicas for streams and buckets: 1 for a single node, 3 for a cluster.
     pub replicas: usize,
+    /// Partitions of the message plane (1 to 64): each conversation belongs to one, and the
+    /// history writers (one durable consumer per partition) share them among the running
+    /// instances. Fixed when the messages stream is created: every service refuses to start
+    /// against a stream made with another count (see docs/operations.md, "Partitions").
+    pub partitions: u32,
     /// Window in which a resend with the same client message id is recognised, in
     /// milliseconds.
     pub dedup_window_ms: u64,
@@ -73,6 +79,7 @@ impl Default for BusConfig {
         Self {
             nats_url: String::new(),
             replicas: 1,
+            partitions: 1,
             dedup_window_ms: 60_000,
             messages_max_age_ms: 7 * 24 * 3600 * 1000,
             messages_max_bytes: 1024 * 1024 * 1024,

@@ -14,6 +14,12 @@ pub async fn ensure_messages_stream(
     js: &jetstream::Context,
     cfg: &BusConfig,
 ) -> anyhow::Result<stream::Stream> {
+    check_partitions(cfg)?;
+    // An existing stream keeps its partition count: updating it to another would move
+    // conversations between partitions while their messages are in flight.
+    if let Ok(mut existing) = js.get_stream(subjects::MESSAGES_STREAM).await {
+        same_partitions(existing.info().await?, cfg)?;
+    }
     own_stream(js, messages_stream_config(cfg)).await
 }
 
@@ -24,7 +30,46 @@ pub async fn messages_stream(
     js: &jetstream::Context,
     cfg: &BusConfig,
 ) -> anyhow::Result<stream::Stream> {
-    bind_stream(js, messages_stream_config(cfg)).await
+    check_partitions(cfg)?;
+    let stream = bind_stream(js, messages_stream_config(cfg)).await?;
+    same_partitions(stream.cached_info(), cfg)?;
+    Ok(stream)
+}
+
+fn check_partitions(cfg: &BusConfig) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        (1..=subjects::MAX_PARTITIONS).contains(&cfg.partitions),
+        "bus.partitions is {}; it must be between 1 and {}",
+        cfg.partitions,
+        subjects::MAX_PARTITIONS
+    );
+    Ok(())
+}
+
+/// The partition count the messages stream was made with.
+pub fn stream_partitions(info: &stream::Info) -> Option<u32> {
+    info.config
+        .metadata
+        .get(subjects::PARTITIONS_METADATA)
+        .and_then(|p| p.parse().ok())
+}
+
+/// Refuses a stream made with another partition count than `cfg`'s, or before partitions.
+fn same_partitions(info: &stream::Info, cfg: &BusConfig) -> anyhow::Result<()> {
+    match stream_partitions(info) {
+        Some(p) if p == cfg.partitions => Ok(()),
+        Some(p) => anyhow::bail!(
+            "the messages stream {} was made with {p} partitions, and bus.partitions is {}: \
+             a deployment keeps its partition count (docs/operations.md, \"Partitions\")",
+            subjects::MESSAGES_STREAM,
+            cfg.partitions
+        ),
+        None => anyhow::bail!(
+            "the messages stream {} predates partitions: upgrade it as docs/operations.md \
+             (\"Partitions\") says",
+            subjects::MESSAGES_STREAM
+        ),
+    }
 }
 
 fn messages_stream_config(cfg: &BusConfig) -> stream::Config {
@@ -40,6 +85,11 @@ fn messages_stream_config(cfg: &BusConfig) -> stream::Config {
         duplicate_window: Duration::from_millis(cfg.dedup_window_ms),
         num_replicas: cfg.replicas,
         allow_direct: true,
+        metadata: [(
+            subjects::PARTITIONS_METADATA.to_string(),
+            cfg.partitions.to_string(),
+        )]
+        .into(),
         ..Default::default()
     }
 }

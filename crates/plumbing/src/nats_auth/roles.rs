@@ -83,8 +83,8 @@ impl Role {
             Role::Chat => {
                 p.allow_responses = true;
                 p.publish([
-                    "natter.msg.dm.>",
-                    "natter.msg.g.>",
+                    "natter.msg.*.dm.>",
+                    "natter.msg.*.g.>",
                     "natter.gw.*.deliver",
                     s::USER_OFFLINE_MESSAGE,
                     "natter.presence.*",
@@ -119,9 +119,15 @@ impl Role {
                 p.publish([s::CHAT_NOTIFY]);
                 p.subscribe([s::HISTORY_QUERY, s::CHAT_RECEIPT]);
                 p.ensure_stream(s::MESSAGES_STREAM);
-                p.consume_durable(s::MESSAGES_STREAM, s::HISTORY_CONSUMER);
+                // Permissions cannot name a consumer by pattern: every partition's writer.
+                for k in 0..s::MAX_PARTITIONS {
+                    p.consume_durable(s::MESSAGES_STREAM, &s::history_writer(k));
+                }
                 p.ensure_bucket(s::GROUPS_BUCKET);
                 p.read_bucket(s::GROUPS_BUCKET);
+                p.ensure_bucket(s::INSTANCES_BUCKET);
+                p.write_bucket(s::INSTANCES_BUCKET);
+                p.read_bucket(s::INSTANCES_BUCKET);
             }
             Role::Notifier => {
                 p.subscribe([s::PRESENCE_ALL]);
@@ -315,7 +321,7 @@ mod tests {
         let notifier = Role::Notifier.permissions();
         // Nobody but chat stores messages or delivers frames to gateways.
         for p in [&gateway, &history, &notifier] {
-            assert!(!may_publish(p, "natter.msg.dm.alice.bob"));
+            assert!(!may_publish(p, "natter.msg.0.dm.alice.bob"));
             assert!(!may_publish(p, "natter.gw.gw-1.deliver"));
             assert!(!may_publish(p, "$JS.API.STREAM.UPDATE.NATTER_MESSAGES"));
             assert!(!may_publish(p, "$JS.API.STREAM.DELETE.NATTER_MESSAGES"));
@@ -332,10 +338,14 @@ mod tests {
         ));
         assert!(may_publish(
             &history,
-            "$JS.API.CONSUMER.MSG.NEXT.NATTER_MESSAGES.natter-history-writer"
+            "$JS.API.CONSUMER.MSG.NEXT.NATTER_MESSAGES.natter-history-writer-0"
+        ));
+        assert!(may_publish(
+            &history,
+            "$JS.API.CONSUMER.MSG.NEXT.NATTER_MESSAGES.natter-history-writer-63"
         ));
         let chat = Role::Chat.permissions();
-        assert!(may_publish(&chat, "natter.msg.dm.alice.bob"));
+        assert!(may_publish(&chat, "natter.msg.0.dm.alice.bob"));
         assert!(may_publish(&chat, "natter.gw.gw-1.deliver"));
         assert!(!may_publish(&chat, "$JS.API.STREAM.DELETE.NATTER_MESSAGES"));
         assert!(may_publish(&gateway, "natter.chat.send.alice"));
@@ -353,7 +363,7 @@ mod tests {
         assert!(may_publish(&p, "natter.chat.group.bot"));
         assert!(may_publish(&p, "natter.history.query.bot"));
         assert!(!may_publish(&p, "natter.chat.send.alice"));
-        assert!(!may_publish(&p, "natter.msg.dm.alice.bot"));
+        assert!(!may_publish(&p, "natter.msg.0.dm.alice.bot"));
         assert!(!may_publish(&p, "natter.gw.gw-1.deliver"));
         assert_eq!(p.subscribe, ["_INBOX.helpdesk.>"]);
     }

@@ -49,6 +49,8 @@ pub struct GroupOps {
     pub nats: async_nats::Client,
     pub js: jetstream::Context,
     pub bucket: kv::Store,
+    /// The deployment's partition count, which names a system message's subject.
+    pub partitions: u32,
     pub view: GroupView,
     pub ids: Arc<MessageIds>,
     pub metrics: ChatMetrics,

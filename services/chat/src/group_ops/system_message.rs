@@ -39,7 +39,7 @@ impl GroupOps {
             origin: None,
             groups_revision: Some(rev),
         };
-        let subject = subjects::message(&stored.message.conversation);
+        let subject = subjects::message(&stored.message.conversation, self.partitions);
         let published = match self.js.publish(subject, json(&stored)).await {
             Ok(ack) => ack.await.map(|_| ()),
             Err(e) => Err(e),

@@ -51,10 +51,9 @@ const STREAMS: &[(&str, &str, &[Named])] = &[
     (
         subjects::MESSAGES_STREAM,
         "gateway, chat and history services",
-        &[
-            (subjects::ROUTER_CONSUMER, "chat service (router)"),
-            (subjects::HISTORY_CONSUMER, "history service (writer)"),
-        ],
+        // And one history writer per partition, `natter-history-writer-<k>`, added from the
+        // partition count the stream records.
+        &[(subjects::ROUTER_CONSUMER, "chat service (router)")],
     ),
     (
         subjects::OFFLINE_STREAM,
@@ -178,11 +177,25 @@ async fn check_stream(
             return;
         }
     };
+    let mut consumers: Vec<(String, &str)> = consumers
+        .iter()
+        .map(|(c, creator)| (c.to_string(), *creator))
+        .collect();
     let detail = match stream.info().await {
-        Ok(info) => format!(
-            "{} messages, {} bytes",
-            info.state.messages, info.state.bytes
-        ),
+        Ok(info) => match plumbing::bus::stream_partitions(info) {
+            Some(partitions) => {
+                let writers = (0..partitions).map(subjects::history_writer);
+                consumers.extend(writers.map(|w| (w, "history service (writer)")));
+                format!(
+                    "{} messages, {} bytes, {partitions} partitions",
+                    info.state.messages, info.state.bytes
+                )
+            }
+            None => format!(
+                "{} messages, {} bytes",
+                info.state.messages, info.state.bytes
+            ),
+        },
         Err(e) => format!("exists (info failed: {e})"),
     };
     items.push(Item {
@@ -192,10 +205,10 @@ async fn check_stream(
         detail,
     });
     for (consumer, creator) in consumers {
-        items.push(match stream.consumer_info(*consumer).await {
+        items.push(match stream.consumer_info(&consumer).await {
             Ok(info) => Item {
                 kind: "consumer",
-                name: (*consumer).into(),
+                name: consumer.clone(),
                 ok: true,
                 detail: format!(
                     "lag {} not yet delivered, {} awaiting ack",
@@ -204,7 +217,7 @@ async fn check_stream(
             },
             Err(e) => Item {
                 kind: "consumer",
-                name: (*consumer).into(),
+                name: consumer,
                 ok: false,
                 detail: format!(
                     "missing on {name} ({e}) — created by the {creator} on start; is it running?"
