@@ -173,3 +173,44 @@ async fn two_history_instances_never_serve_a_stale_page() {
 async fn three_history_instances_never_serve_a_stale_page() {
     pages_are_never_stale_with(3).await;
 }
+
+#[tokio::test]
+async fn a_deleted_writer_consumer_is_made_again_and_history_catches_up() {
+    let stack = Stack::new().start().await;
+    let mut alice = stack.connect("alice", 0).await;
+    alice.send("bob", "before", "before").await.unwrap();
+    expect_sent(&mut alice, "before").await;
+    let conversation: ConversationId = "dm:alice:bob".parse().unwrap();
+    let k = subjects::partition(&conversation, stack.bus.partitions);
+    let store = stack.histories[0].cache.store().clone();
+    let stored = async |n: usize| {
+        store
+            .page(&conversation, Page::Latest, 10)
+            .await
+            .unwrap()
+            .len()
+            == n
+    };
+    eventually("the first message is stored", PATIENCE, async || {
+        stored(1).await
+    })
+    .await;
+
+    // An operator deletes the partition's writer consumer under the running service.
+    let operator = async_nats::jetstream::new(stack.nats.client().await);
+    operator
+        .get_stream(subjects::MESSAGES_STREAM)
+        .await
+        .unwrap()
+        .delete_consumer(&subjects::history_writer(k))
+        .await
+        .unwrap();
+    alice.send("bob", "after", "after").await.unwrap();
+    expect_sent(&mut alice, "after").await;
+    eventually(
+        "the writer comes back and stores what was sent meanwhile",
+        Duration::from_secs(30),
+        async || stored(2).await,
+    )
+    .await;
+}

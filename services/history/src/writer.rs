@@ -28,6 +28,8 @@ use crate::store::Store;
 
 /// How long a failed batch waits before it is tried again.
 const RETRY_DELAY: Duration = Duration::from_millis(500);
+/// How often writers that could not start, or stopped by themselves, are started again.
+const RESTART_CHECK: Duration = Duration::from_secs(1);
 
 /// Creates partition `k`'s writer consumer if needed. It starts at the beginning of the
 /// stream: the store must hold everything the stream still has.
@@ -69,19 +71,22 @@ struct Running {
 
 impl<S: Store> Writers<S> {
     /// Runs the writers of the partitions this instance is assigned, starting and stopping
-    /// them as the assignment changes, until `stop`.
+    /// them as the assignment changes, until `stop`. A writer that could not start or
+    /// stopped by itself (NATS was unreachable) is started again at the next check.
     pub async fn serve(
         self,
         mut assigned: Assigned,
         stop: CancellationToken,
     ) -> anyhow::Result<()> {
         let mut running: HashMap<u32, Running> = HashMap::new();
+        let mut check = tokio::time::interval(RESTART_CHECK);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let want = assigned.borrow_and_update().clone();
             let gone: Vec<u32> = running
-                .keys()
-                .filter(|k| !want.contains(k))
-                .copied()
+                .iter()
+                .filter(|(k, w)| !want.contains(k) || w.task.is_finished())
+                .map(|(k, _)| *k)
                 .collect();
             for k in gone {
                 let writer = running.remove(&k).expect("running");
@@ -91,7 +96,15 @@ impl<S: Store> Writers<S> {
                 if running.contains_key(&k) {
                     continue;
                 }
-                let consumer = ensure_consumer(&self.stream, k, self.batch, self.ack_wait).await?;
+                let consumer = match ensure_consumer(&self.stream, k, self.batch, self.ack_wait)
+                    .await
+                {
+                    Ok(consumer) => consumer,
+                    Err(e) => {
+                        tracing::warn!(error = %e, partition = k, "partition writer not started");
+                        continue;
+                    }
+                };
                 // A former owner may still be finishing a batch it pulled: the cache serves
                 // this partition once that batch is written or handed to us.
                 self.cache.own(k, self.ack_wait);
@@ -108,6 +121,7 @@ impl<S: Store> Writers<S> {
             tokio::select! {
                 _ = stop.cancelled() => break,
                 changed = assigned.changed() => if changed.is_err() { break },
+                _ = check.tick() => {}
             }
         }
         for (k, writer) in running {
