@@ -32,6 +32,8 @@ pub struct Options {
     pub sync: String,
     pub slo_ms: f64,
     pub search: bool,
+    /// `bus.partitions` of natter's stack.
+    pub partitions: u32,
 }
 
 /// One system at one offered rate.
@@ -72,6 +74,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let stack = Stack::new()
         .sync_interval(&o.sync)
+        .bus_config(|b| b.partitions = o.partitions)
         .gateways(2)
         .gateway_config(|g| g.heartbeat_timeout_ms = 600_000)
         .start()

@@ -87,6 +87,10 @@ enum Scenario {
         /// Skip the bisection between the last sustained rate and the first that was not.
         #[arg(long)]
         no_search: bool,
+        /// Partitions of natter's message plane (`bus.partitions`); 1 is what one machine
+        /// runs (`natter up`).
+        #[arg(long, default_value_t = 1)]
+        partitions: u32,
     },
     /// History store writes, "last 50" read latency (cache hit, embedded miss, CQL miss when
     /// NATTER_SCYLLA_URI is set) and the writer's lag at 5,000 msg/s.
@@ -170,6 +174,7 @@ async fn main() -> anyhow::Result<()> {
             sync,
             slo_ms,
             no_search,
+            partitions,
         } => {
             let options = direct::Options {
                 rates,
@@ -178,6 +183,7 @@ async fn main() -> anyhow::Result<()> {
                 sync,
                 slo_ms,
                 search: !no_search,
+                partitions,
             };
             direct::run(&options, &peers, &out).await
         }
