@@ -91,7 +91,6 @@ impl Watchers {
                         last_seen: p.last_seen,
                     };
                     let delivery = Delivery {
-                        position: None,
                         targets,
                         frame,
                         order: None,

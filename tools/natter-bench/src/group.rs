@@ -382,7 +382,6 @@ async fn relay(
             targets: conns,
             frame: frame.clone(),
             order: None,
-            position: None,
         };
         let gateway = GatewayId::new(servers.gateway_id(*gw))?;
         nats.publish(
