@@ -173,19 +173,24 @@ fn check_request(request: &Request) {
     }
 }
 
-/// A cursor, from text (a `sync` frame, the `?cursor=` of the handshake) and from any two
-/// numbers: it parses exactly when it is `<epoch>-<seq>`, two decimal numbers of at most 20
-/// digits that fit a u64; what parses prints in its shortest form and parses back to itself,
-/// also through serde.
+/// A cursor, from text (a `sync` frame, the `?cursor=` of the handshake) and from numbers:
+/// it parses exactly when it is `<epoch>-<seq>[.<seq>…]`, decimal numbers of at most 20
+/// digits that fit a u64, with 1 to 64 sequences (one per partition); what parses prints in
+/// its shortest form and parses back to itself, also through serde.
 pub fn cursor(bytes: &[u8]) {
-    if let [epoch @ .., a, b, c, d, e, f, g, h] = bytes
-        && let Some(epoch) = epoch.last_chunk::<8>()
-    {
-        let cursor = Cursor {
-            epoch: u64::from_le_bytes(*epoch),
-            seq: u64::from_le_bytes([*a, *b, *c, *d, *e, *f, *g, *h]),
-        };
-        check_text_round_trip(&cursor);
+    if let Some((epoch, rest)) = bytes.split_first_chunk::<8>() {
+        let seqs: Vec<u64> = rest
+            .chunks_exact(8)
+            .take(64)
+            .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+            .collect();
+        if !seqs.is_empty() {
+            let cursor = Cursor {
+                epoch: u64::from_le_bytes(*epoch),
+                seqs,
+            };
+            check_text_round_trip(&cursor);
+        }
     }
     let Ok(text) = std::str::from_utf8(bytes) else {
         return;
@@ -195,9 +200,10 @@ pub fn cursor(bytes: &[u8]) {
             && t.bytes().all(|b| b.is_ascii_digit())
             && t.parse::<u64>().is_ok()
     };
-    let expected = text
-        .split_once('-')
-        .is_some_and(|(epoch, seq)| number(epoch) && number(seq));
+    let expected = text.split_once('-').is_some_and(|(epoch, seqs)| {
+        let seqs: Vec<&str> = seqs.split('.').collect();
+        number(epoch) && seqs.len() <= 64 && seqs.iter().all(|s| number(s))
+    });
     let parsed = text.parse::<Cursor>();
     assert_eq!(parsed.is_ok(), expected, "{text:?}");
     assert_eq!(from_json_string::<Cursor>(text).ok(), parsed.clone().ok());

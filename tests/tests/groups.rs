@@ -130,7 +130,7 @@ async fn a_group_message_reaches_every_online_member_once_with_one_publish_per_g
 
     // The 300 offline members get both when they connect, from their devices' cursor.
     for i in 200..500 {
-        let mut conn = stack.resume(&user(i), i % 3, Some(before)).await;
+        let mut conn = stack.resume(&user(i), i % 3, Some(before.clone())).await;
         let (messages, synced) = expect_synced(&mut conn).await;
         assert!(synced.recovered && synced.history.is_empty());
         let ids: Vec<MessageId> = messages.iter().map(|m| m.id).collect();

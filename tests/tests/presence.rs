@@ -151,6 +151,7 @@ async fn a_delivery_to_a_closed_socket_is_reported_and_the_recipient_counts_as_o
         targets: vec![bob_conn],
         frame: ServerFrame::Message(message.clone()),
         order: None,
+        position: None,
     };
     let gateway = protocol::GatewayId::new(&stack.gateways[0].id).unwrap();
     nats.publish(

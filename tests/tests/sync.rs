@@ -63,7 +63,7 @@ async fn new_device(stack: &Stack, user: &str) -> Cursor {
     assert!(replayed.is_empty());
     assert!(!synced.recovered);
     assert_eq!(synced.gap, Some(SyncGap::NoCursor));
-    assert_eq!(conn.cursor(), Some(synced.cursor));
+    assert_eq!(conn.cursor(), Some(synced.cursor.clone()));
     conn.close().await;
     synced.cursor
 }
@@ -96,7 +96,7 @@ async fn an_offline_user_gets_every_message_and_resumes_after_partial_acks() {
     }
 
     // bob connects, acknowledges 137, and the connection drops.
-    let mut bob = stack.resume("bob", 0, Some(start)).await;
+    let mut bob = stack.resume("bob", 0, Some(start.clone())).await;
     let mut first = Vec::new();
     while first.len() < 137 {
         let m = expect_message(&mut bob).await;
@@ -117,7 +117,10 @@ async fn an_offline_user_gets_every_message_and_resumes_after_partial_acks() {
     assert_eq!(ids.len(), 1000, "no duplicates");
     assert_eq!(ids, all, "nothing lost");
     assert_conversation_order(&received, &sent);
-    let cursors: Vec<u64> = received.iter().map(|m| m.cursor.unwrap().seq).collect();
+    let cursors: Vec<u64> = received
+        .iter()
+        .map(|m| m.cursor.as_ref().unwrap().latest())
+        .collect();
     assert!(cursors.windows(2).all(|w| w[0] < w[1]), "cursors increase");
 
     // Nothing is removed by acknowledging: another device of bob's still gets all 1,000.
@@ -134,26 +137,23 @@ async fn resume_edge_cases_each_get_their_documented_answer() {
     let sent = send_many(&stack, &["alice".to_string()], "bob", 5).await;
 
     // At the head: nothing to replay, and that is a full recovery.
-    let mut bob = stack.resume("bob", 0, Some(start)).await;
+    let mut bob = stack.resume("bob", 0, Some(start.clone())).await;
     let (replayed, synced) = expect_synced(&mut bob).await;
     assert_eq!(replayed.len(), 5);
-    let cursors: Vec<Cursor> = replayed.iter().map(|m| m.cursor.unwrap()).collect();
+    let cursors: Vec<Cursor> = replayed.iter().map(|m| m.cursor.clone().unwrap()).collect();
     let head = synced.cursor;
     drop(bob);
-    let mut bob = stack.resume("bob", 0, Some(head)).await;
+    let mut bob = stack.resume("bob", 0, Some(head.clone())).await;
     let (replayed, synced) = expect_synced(&mut bob).await;
     assert!(replayed.is_empty());
     assert!(synced.recovered);
     assert_eq!(synced.gap, None);
     // The head moved only by this connection's own registration marker.
-    assert!(synced.cursor >= head);
+    assert!(synced.cursor.earliest() >= head.latest());
     drop(bob);
 
     // In the future: the stream was reset under the device.
-    let future = Cursor {
-        seq: head.seq + 1_000,
-        ..head
-    };
+    let future = Cursor::head(head.epoch, head.latest() + 1_000, head.partitions());
     let mut bob = stack.resume("bob", 0, Some(future)).await;
     let (replayed, synced) = expect_synced(&mut bob).await;
     assert!(replayed.is_empty());
@@ -161,13 +161,16 @@ async fn resume_edge_cases_each_get_their_documented_answer() {
         (synced.recovered, synced.gap),
         (false, Some(SyncGap::FutureCursor))
     );
-    assert!(synced.cursor >= head, "told where to continue from");
+    assert!(
+        synced.cursor.earliest() >= head.latest(),
+        "told where to continue from"
+    );
     drop(bob);
 
     // Unknown: the cursor names another incarnation of the stream.
     let foreign = Cursor {
         epoch: head.epoch + 1,
-        seq: 1,
+        ..head.clone()
     };
     let mut bob = stack.resume("bob", 0, Some(foreign)).await;
     let (replayed, synced) = expect_synced(&mut bob).await;
@@ -197,7 +200,7 @@ async fn resume_edge_cases_each_get_their_documented_answer() {
         .messages_stream()
         .await
         .purge()
-        .sequence(cursors[2].seq)
+        .sequence(cursors[2].latest())
         .await
         .unwrap();
     let mut bob = stack.resume("bob", 0, Some(start)).await;
@@ -209,7 +212,7 @@ async fn resume_edge_cases_each_get_their_documented_answer() {
     );
     drop(bob);
     // From a cursor after the trimmed part, the rest is still replayed.
-    let kept = cursors[1];
+    let kept = cursors[1].clone();
     let mut bob = stack.resume("bob", 0, Some(kept)).await;
     let (replayed, synced) = expect_synced(&mut bob).await;
     assert!(synced.recovered);
@@ -284,7 +287,7 @@ async fn live_messages_wait_for_the_replay_and_nothing_is_doubled() {
     assert!(
         replayed
             .iter()
-            .all(|m| m.cursor.unwrap().seq <= synced.cursor.seq),
+            .all(|m| m.cursor.as_ref().unwrap().latest() <= synced.cursor.earliest()),
         "the replay ends at its head"
     );
     let live_ids = live.await.unwrap();
@@ -297,14 +300,17 @@ async fn live_messages_wait_for_the_replay_and_nothing_is_doubled() {
     assert!(
         after
             .iter()
-            .all(|m| m.cursor.unwrap().seq > synced.cursor.seq),
+            .all(|m| m.cursor.as_ref().unwrap().latest() > synced.cursor.latest()),
         "live traffic follows synced"
     );
     let all: Vec<&Message> = replayed.iter().chain(&after).collect();
     let ids: HashSet<MessageId> = all.iter().map(|m| m.id).collect();
     assert_eq!(ids.len(), all.len(), "nothing twice");
     assert_eq!(ids.len(), 400);
-    let seqs: Vec<u64> = all.iter().map(|m| m.cursor.unwrap().seq).collect();
+    let seqs: Vec<u64> = all
+        .iter()
+        .map(|m| m.cursor.as_ref().unwrap().latest())
+        .collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "one increasing order");
 }
 
@@ -390,4 +396,83 @@ async fn a_client_reconnects_with_backoff_and_resumes_where_it_was() {
     assert!(synced.recovered);
     let ids: Vec<MessageId> = replayed.iter().map(|m| m.id).collect();
     assert_eq!(ids, sent);
+}
+
+/// Senders whose conversations with `to` fall in every partition of `partitions`.
+fn senders_in_every_partition(prefix: &str, to: &str, partitions: u32) -> Vec<String> {
+    let to_id = UserId::new(to).unwrap();
+    let mut senders = Vec::new();
+    let mut covered = HashSet::new();
+    for i in 0.. {
+        let sender = format!("{prefix}{i}");
+        let c = ConversationId::direct(&UserId::new(&sender).unwrap(), &to_id);
+        if covered.insert(subjects::partition(&c, partitions)) {
+            senders.push(sender);
+        }
+        if covered.len() == partitions as usize {
+            return senders;
+        }
+    }
+    unreachable!()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_across_partitions_gets_exactly_what_was_missed() {
+    let stack = Stack::new().start().await;
+    let partitions = stack.bus.partitions;
+    assert!(partitions >= 3, "the stack runs partitioned");
+    // Different senders before and after (a resend of the same `cid` is the same message).
+    let senders = senders_in_every_partition("early", "bob", partitions);
+    let later = senders_in_every_partition("late", "bob", partitions);
+    let start = new_device(&stack, "bob").await;
+    assert_eq!(start.partitions(), partitions, "one position per partition");
+
+    // Online: bob gets some messages of every partition live, and keeps the last cursor.
+    let mut bob = stack.resume("bob", 0, Some(start)).await;
+    let (replayed, synced) = expect_synced(&mut bob).await;
+    assert!(replayed.is_empty() && synced.recovered);
+    let seen = send_many(&stack, &senders, "bob", 3).await;
+    let mut live = Vec::new();
+    while live.len() < 3 * senders.len() {
+        live.push(expect_message(&mut bob).await);
+    }
+    let live_ids: HashSet<MessageId> = live.iter().map(|m| m.id).collect();
+    assert_eq!(live_ids, seen.values().flatten().copied().collect());
+    let cursor = bob.cursor().expect("live messages carry cursors");
+    assert_eq!(cursor, live.last().unwrap().cursor.clone().unwrap());
+    bob.close().await;
+
+    // Offline: more in every partition; the resume gets exactly those.
+    let missed = send_many(&stack, &later, "bob", 4).await;
+    let mut bob = stack.resume("bob", 0, Some(cursor.clone())).await;
+    let (replayed, synced) = expect_synced(&mut bob).await;
+    assert!(synced.recovered, "{synced:?}");
+    let replayed_ids: Vec<MessageId> = replayed.iter().map(|m| m.id).collect();
+    let expected: HashSet<MessageId> = missed.values().flatten().copied().collect();
+    assert_eq!(replayed_ids.len(), expected.len(), "nothing twice");
+    assert_eq!(
+        replayed_ids.iter().copied().collect::<HashSet<_>>(),
+        expected,
+        "nothing it had, nothing lost"
+    );
+    assert_conversation_order(&replayed, &missed);
+    for m in &replayed {
+        let c = m.cursor.as_ref().unwrap();
+        let k = subjects::partition(&m.conversation, partitions);
+        assert!(!cursor.covers(k, c.seqs[k as usize]), "each one is new");
+    }
+    bob.close().await;
+
+    // A cursor of the single-number form names no partitioned stream: the documented
+    // answer, nothing replayed.
+    let old: Cursor = format!("{}-{}", cursor.epoch, cursor.earliest())
+        .parse()
+        .unwrap();
+    let mut bob = stack.resume("bob", 0, Some(old)).await;
+    let (replayed, synced) = expect_synced(&mut bob).await;
+    assert!(replayed.is_empty());
+    assert_eq!(
+        (synced.recovered, synced.gap),
+        (false, Some(SyncGap::UnknownCursor))
+    );
 }

@@ -77,7 +77,7 @@ impl Connection {
         cursor: Option<Cursor>,
     ) -> Result<Self, ConnectError> {
         let sep = if url.contains('?') { '&' } else { '?' };
-        let cursor_param = cursor.map(|c| c.to_string()).unwrap_or_default();
+        let cursor_param = cursor.as_ref().map(|c| c.to_string()).unwrap_or_default();
         let url = format!("{url}{sep}cursor={cursor_param}");
         let mut conn = Self::connect(&url, token, encoding).await?;
         conn.cursor = cursor;
@@ -96,7 +96,7 @@ impl Connection {
         backoff: &mut Backoff,
     ) -> Result<Self, ConnectError> {
         loop {
-            match Self::resume(url, token, encoding, cursor).await {
+            match Self::resume(url, token, encoding, cursor.clone()).await {
                 Ok(conn) => {
                     backoff.reset();
                     return Ok(conn);
@@ -136,7 +136,7 @@ impl Connection {
 
     /// The device's position: pass it to `sync` after reconnecting.
     pub fn cursor(&self) -> Option<Cursor> {
-        self.cursor
+        self.cursor.clone()
     }
 
     /// Asks, on an open connection, for everything after `cursor`. Live messages that
@@ -144,9 +144,9 @@ impl Connection {
     /// [`Connection::resume`], which asks while connecting. On `synced` with
     /// `recovered: false`, refetch from history.
     pub async fn sync(&mut self, cursor: Option<Cursor>) -> Result<(), ClientError> {
-        self.cursor = cursor;
+        self.cursor = cursor.clone();
         self.send_frame(&ClientFrame::Sync {
-            cursor: cursor.map(|c| c.to_string()),
+            cursor: cursor.as_ref().map(|c| c.to_string()),
         })
         .await
     }
@@ -252,8 +252,8 @@ impl Connection {
                 _ => continue,
             };
             match &frame {
-                ServerFrame::Message(m) if m.cursor.is_some() => self.cursor = m.cursor,
-                ServerFrame::Synced { cursor, .. } => self.cursor = Some(*cursor),
+                ServerFrame::Message(m) if m.cursor.is_some() => self.cursor = m.cursor.clone(),
+                ServerFrame::Synced { cursor, .. } => self.cursor = Some(cursor.clone()),
                 _ => {}
             }
             return Ok(Event::Frame(frame));

@@ -3,6 +3,7 @@
 
 use serde::Deserialize;
 
+use crate::cursor::Cursor;
 use crate::frames::{ClientFrame, ServerFrame};
 
 /// A connection's encoding, negotiated at the handshake.
@@ -73,6 +74,47 @@ impl Encoding {
         self.encode(frame)
     }
 
+    /// Adds `cursor` to a `message` frame encoded without one. A message is encoded once for
+    /// every device it goes to, but each device's cursor is its own (see `Cursor`): adding
+    /// the one differing field to the shared encoding costs a copy, not an encoding. The
+    /// frame must be a map without a `cursor` key, as `encode_server` makes a message whose
+    /// cursor is `None`.
+    pub fn add_cursor(self, encoded: &[u8], cursor: &Cursor) -> Encoded {
+        let value = cursor.to_string();
+        match self {
+            Encoding::Json => {
+                let text = std::str::from_utf8(encoded).expect("a JSON frame is UTF-8");
+                let open = text.strip_suffix('}').expect("a JSON frame is an object");
+                Encoded::Text(format!("{open},\"cursor\":\"{value}\"}}"))
+            }
+            Encoding::MsgPack => {
+                let mut out = Vec::with_capacity(encoded.len() + value.len() + 12);
+                match encoded.first().copied() {
+                    // fixmap with room for one more entry
+                    Some(b @ 0x80..=0x8e) => {
+                        out.push(b + 1);
+                        out.extend_from_slice(&encoded[1..]);
+                    }
+                    // a full fixmap becomes a map16
+                    Some(0x8f) => {
+                        out.extend_from_slice(&[0xde, 0, 16]);
+                        out.extend_from_slice(&encoded[1..]);
+                    }
+                    Some(0xde) => {
+                        let n = u16::from_be_bytes([encoded[1], encoded[2]]) + 1;
+                        out.push(0xde);
+                        out.extend_from_slice(&n.to_be_bytes());
+                        out.extend_from_slice(&encoded[3..]);
+                    }
+                    _ => panic!("a MessagePack frame is a map"),
+                }
+                write_msgpack_str(&mut out, "cursor");
+                write_msgpack_str(&mut out, &value);
+                Encoded::Binary(out)
+            }
+        }
+    }
+
     fn encode<T: serde::Serialize>(self, frame: &T) -> Encoded {
         // Serialising our own frame types cannot fail: all keys are strings, no maps of
         // non-string keys, no I/O.
@@ -129,11 +171,76 @@ impl Encoding {
     }
 }
 
+/// A MessagePack string (a cursor is at most a few hundred bytes).
+fn write_msgpack_str(out: &mut Vec<u8>, s: &str) {
+    let len = s.len();
+    if len < 32 {
+        out.push(0xa0 | len as u8);
+    } else if len < 256 {
+        out.extend_from_slice(&[0xd9, len as u8]);
+    } else {
+        out.push(0xda);
+        out.extend_from_slice(&(len as u16).to_be_bytes());
+    }
+    out.extend_from_slice(s.as_bytes());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::ErrorCode;
     use crate::ids::*;
+
+    #[test]
+    fn a_cursor_added_to_an_encoded_message_decodes_as_if_encoded_with_it() {
+        let message = |cursor: Option<Cursor>| {
+            ServerFrame::Message(crate::frames::Message {
+                id: "01ARZ3NDEKTSV4RRFFQ69G5FAV".parse().unwrap(),
+                conversation: "dm:alice:bob".parse().unwrap(),
+                from: UserId::new("alice").unwrap(),
+                to: UserId::new("bob").unwrap(),
+                cid: ClientMsgId::new("c1").unwrap(),
+                body: "hi \"there\" }".into(),
+                ts: 1,
+                cursor,
+                event: None,
+            })
+        };
+        // Short and long cursors (MessagePack strings of each size class).
+        for partitions in [1, 3, 64] {
+            let cursor = Cursor::head(1_764_300_000_000, 123_456_789, partitions);
+            for encoding in [Encoding::Json, Encoding::MsgPack] {
+                let bare = match encoding.encode_server(&message(None)) {
+                    Encoded::Text(t) => t.into_bytes(),
+                    Encoded::Binary(b) => b,
+                };
+                let (bytes, text) = match encoding.add_cursor(&bare, &cursor) {
+                    Encoded::Text(t) => (t.into_bytes(), true),
+                    Encoded::Binary(b) => (b, false),
+                };
+                assert_eq!(
+                    encoding.decode_server(&bytes, text).unwrap(),
+                    message(Some(cursor.clone())),
+                    "{encoding:?} with {partitions} partitions"
+                );
+            }
+        }
+        // A full fixmap grows into a map16, and a map16 counts one more.
+        for entries in [15usize, 20] {
+            let map: std::collections::BTreeMap<String, u8> = (0..entries)
+                .map(|i| (format!("k{i:02}"), i as u8))
+                .collect();
+            let bare = rmp_serde::to_vec_named(&map).unwrap();
+            let Encoded::Binary(with) = Encoding::MsgPack.add_cursor(&bare, &Cursor::head(1, 2, 1))
+            else {
+                panic!("binary")
+            };
+            let back: std::collections::BTreeMap<String, serde_json::Value> =
+                rmp_serde::from_slice(&with).unwrap();
+            assert_eq!(back.len(), entries + 1);
+            assert_eq!(back["cursor"], serde_json::Value::from("1-2"));
+        }
+    }
 
     #[test]
     fn negotiation_prefers_json_and_refuses_strangers() {

@@ -48,6 +48,26 @@ pub struct Delivery {
     /// gateway, so the gateway notices a delivery lost on the way (see [`DeliveryOrder`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub order: Option<DeliveryOrder>,
+    /// Set on routed messages, whose frame then carries no cursor: where the message is in
+    /// the stream. The gateway writes each device's own cursor into the frame from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<Position>,
+}
+
+/// A routed message's place in the messages stream, from which a gateway moves each target
+/// device's cursor (see `Cursor`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Position {
+    /// The stream's epoch (its creation time).
+    pub epoch: u64,
+    /// The message's partition and stream sequence.
+    pub partition: u32,
+    pub seq: u64,
+    /// Every partition's messages up to this sequence were published to their gateways
+    /// before this one, by the same publisher (so they arrived first): a device that gets
+    /// this message has every message of its own up to here. The one router routes in
+    /// stream order, so it is the message's own sequence; 0 claims nothing.
+    pub floor: u64,
 }
 
 /// The router numbers the message deliveries it publishes to each gateway: `n` counts up

@@ -105,7 +105,7 @@ pub enum Fault {
     BeforeAndAfter,
     #[error("invalid conversation or id")]
     ReceiptsIds,
-    #[error("a cursor is `<epoch>-<seq>`, two decimal numbers")]
+    #[error("a cursor is `<epoch>-<seq>` or `<epoch>-<seq>.<seq>…`, decimal numbers")]
     Cursor,
     #[error("invalid user id")]
     User,

@@ -202,7 +202,7 @@ pub async fn expect_synced(conn: &mut Connection) -> (Vec<Message>, Synced) {
             gap,
             history,
         } => Some(Synced {
-            cursor: *cursor,
+            cursor: cursor.clone(),
             recovered: *recovered,
             gap: *gap,
             history: history.clone(),

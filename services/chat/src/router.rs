@@ -2,6 +2,9 @@
 //! recipient's sessions and the sender's other devices in the presence view, group them by
 //! gateway, and publish one delivery per gateway.
 //!
+//! Deliveries carry the message's position (`Position`), not a cursor: each device's
+//! cursor is its own, written into the frame by its gateway's outbox.
+//!
 //! Two properties make a device's cursor safe to resume from (see `protocol::cursor`):
 //! - **Stream order.** The consumer is pinned: one chat instance routes at a time, in stream
 //!   order, and a failed publish is retried in place rather than skipped. The others stand by
@@ -19,8 +22,10 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer};
 use groups::GroupView;
 use protocol::frames::ServerFrame;
-use protocol::payloads::{Delivery, DeliveryOrder, OfflineMessage, SessionMarker, StoredMessage};
-use protocol::{ConnId, Cursor, GatewayId, GroupEvent, UserId, subjects};
+use protocol::payloads::{
+    Delivery, DeliveryOrder, OfflineMessage, Position, SessionMarker, StoredMessage,
+};
+use protocol::{ConnId, GatewayId, GroupEvent, UserId, subjects};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ChatConfig;
@@ -39,8 +44,10 @@ pub struct Router {
     pub groups: GroupView,
     pub config: ChatConfig,
     pub metrics: ChatMetrics,
-    /// The messages stream's epoch, for the cursors stamped on deliveries.
+    /// The messages stream's epoch, for the positions stamped on deliveries.
     pub epoch: u64,
+    /// The deployment's partition count.
+    pub partitions: u32,
     /// This router's run and the last number given to each gateway's message deliveries
     /// (only the router loop numbers them, so they leave in order).
     pub run: u64,
@@ -120,10 +127,16 @@ impl Router {
     /// one publish listing its targets, whatever the number of members there.
     async fn route(&self, stored: StoredMessage, seq: u64, stop: &CancellationToken) -> bool {
         let mut message = stored.message;
-        message.cursor = Some(Cursor {
+        // Each device's cursor is written by its gateway, from the position.
+        message.cursor = None;
+        let position = Position {
             epoch: self.epoch,
+            partition: subjects::partition(&message.conversation, self.partitions),
             seq,
-        });
+            // Routed in stream order by one router on one connection: everything before
+            // this message was published before it.
+            floor: seq,
+        };
         let mut by_gateway: HashMap<GatewayId, Vec<ConnId>> = HashMap::new();
         let mut target = |route: &Route| {
             if Some(route.conn) != stored.origin {
@@ -200,7 +213,7 @@ impl Router {
                     n: *n,
                 })
             };
-            for payload in deliveries(targets, &frame, max_payload, next) {
+            for payload in deliveries(targets, &frame, Some(position), max_payload, next) {
                 self.metrics.message_publishes.inc();
                 while !self.publish(&gateway, payload.clone()).await {
                     tokio::select! {
@@ -251,7 +264,7 @@ impl Router {
         });
         let max_payload = self.max_payload();
         for (gateway, targets) in by_gateway {
-            for payload in deliveries(targets, &frame, max_payload, || None) {
+            for payload in deliveries(targets, &frame, None, max_payload, || None) {
                 self.publish(&gateway, payload).await;
             }
         }
@@ -285,6 +298,7 @@ const TARGET_BYTES: usize = 29;
 fn deliveries(
     targets: Vec<ConnId>,
     frame: &ServerFrame,
+    position: Option<Position>,
     max_payload: usize,
     mut order: impl FnMut() -> Option<DeliveryOrder>,
 ) -> Vec<bytes::Bytes> {
@@ -292,6 +306,7 @@ fn deliveries(
         targets,
         frame: frame.clone(),
         order: order(),
+        position,
     };
     let payload = json(&whole);
     if payload.len() <= max_payload {
@@ -313,6 +328,7 @@ fn deliveries(
                 targets: part.to_vec(),
                 frame: frame.clone(),
                 order: first.take().or_else(&mut order),
+                position,
             })
         })
         .collect()
@@ -330,7 +346,7 @@ mod tests {
 
     fn frame(body_bytes: usize) -> ServerFrame {
         let json = format!(
-            r#"{{"type":"message","id":"01JGGVSAKV7Y2XW9P4CQ8R6T3M","conversation":"g:01JGGVS2Q4M3TEAMS0000000AB","from":"alice","to":"01JGGVS2Q4M3TEAMS0000000AB","cid":"c1","body":"{}","ts":1,"cursor":"1735732000000-42"}}"#,
+            r#"{{"type":"message","id":"01JGGVSAKV7Y2XW9P4CQ8R6T3M","conversation":"g:01JGGVS2Q4M3TEAMS0000000AB","from":"alice","to":"01JGGVS2Q4M3TEAMS0000000AB","cid":"c1","body":"{}","ts":1}}"#,
             "\\u0001".repeat(body_bytes)
         );
         serde_json::from_str(&json).unwrap()
@@ -348,7 +364,7 @@ mod tests {
             n += 1;
             Some(DeliveryOrder { run: 1, n })
         };
-        let parts = deliveries(targets.clone(), &frame, max_payload, &mut next);
+        let parts = deliveries(targets.clone(), &frame, None, max_payload, &mut next);
         assert!(parts.len() > 1);
         let parts: Vec<Delivery> = parts
             .iter()
@@ -361,7 +377,10 @@ mod tests {
         assert_eq!(sent, targets, "every target once, in order");
         // The usual case: one publish, one number.
         let few: Vec<ConnId> = (0..3).map(|_| ConnId(ulid::Ulid::new())).collect();
-        assert_eq!(deliveries(few, &frame, max_payload, &mut next).len(), 1);
+        assert_eq!(
+            deliveries(few, &frame, None, max_payload, &mut next).len(),
+            1
+        );
         assert_eq!(n, numbers.len() as u64 + 1);
     }
 }

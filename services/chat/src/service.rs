@@ -59,6 +59,7 @@ impl Chat {
                 config: config.clone(),
                 metrics: metrics.clone(),
                 epoch,
+                partitions: bus.partitions,
                 run: ulid::Ulid::new().random() as u64,
                 numbered: Default::default(),
             });

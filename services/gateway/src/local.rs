@@ -12,7 +12,7 @@
 use std::sync::Mutex;
 
 use protocol::frames::ServerFrame;
-use protocol::payloads::{Delivery, DeliveryOrder, Undelivered};
+use protocol::payloads::{Delivery, DeliveryOrder, Position, Undelivered};
 use protocol::{Cursor, Encoding, GatewayId, subjects};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -36,13 +36,14 @@ impl Local {
         gateway: GatewayId,
         nats: async_nats::Client,
         routed_from: Option<Cursor>,
+        partitions: u32,
         metrics: GatewayMetrics,
     ) -> Self {
         Self {
             gateway,
             nats,
             registry: Registry::default(),
-            routed: RoutedUpto::new(routed_from),
+            routed: RoutedUpto::new(routed_from, partitions),
             gaps: DeliveryGaps::default(),
             metrics,
         }
@@ -52,7 +53,7 @@ impl Local {
     /// are released when it ends).
     pub fn resync_all(&self, after: Cursor) {
         for (_, handle) in self.registry.all() {
-            handle.outbox.resync_after(after);
+            handle.outbox.resync_after(after.clone());
         }
     }
 
@@ -82,11 +83,10 @@ impl Local {
             ServerFrame::Message(m) => Some(m),
             _ => None,
         };
-        let cursor = message.and_then(|m| m.cursor);
-        if let Some(cursor) = cursor {
-            self.routed.observe(cursor);
+        let position = delivery.position;
+        if let Some(at) = position {
+            self.routed.observe(at);
         }
-        let seq = cursor.map(|c| c.seq);
         let mut gone = Vec::new();
         self.registry.deliver_to(
             &delivery.targets,
@@ -99,7 +99,10 @@ impl Local {
                     .get_or_insert_with(|| to_ws(handle.encoding.encode_server(&delivery.frame)))
                     .clone();
                 // A full outbox evicts its session, which counts itself as a slow consumer.
-                let _ = handle.outbox.push_at(frame, seq);
+                let _ = match position {
+                    Some(at) => handle.outbox.push_routed(&frame, at),
+                    None => handle.outbox.push(frame),
+                };
             },
             |conn, user| gone.push((conn, user.clone())),
         );
@@ -146,27 +149,38 @@ impl DeliveryGaps {
     }
 }
 
-/// The cursor of the newest message routed to this gateway (or the stream's head when it
-/// started): what the inbox has received so far.
-#[derive(Default)]
-pub struct RoutedUpto(Mutex<Option<Cursor>>);
+/// Where the messages routed to this gateway stand, per partition (from the stream's head
+/// when it started): what the inbox has received so far.
+pub struct RoutedUpto {
+    upto: Mutex<Option<Cursor>>,
+    partitions: u32,
+}
 
 impl RoutedUpto {
-    pub fn new(start: Option<Cursor>) -> Self {
-        Self(Mutex::new(start))
-    }
-
-    /// Records a delivered message's cursor.
-    pub fn observe(&self, cursor: Cursor) {
-        let mut upto = self.0.lock().unwrap();
-        // A new epoch (the stream was recreated) starts over.
-        if upto.is_none_or(|u| u.epoch != cursor.epoch || u.seq < cursor.seq) {
-            *upto = Some(cursor);
+    pub fn new(start: Option<Cursor>, partitions: u32) -> Self {
+        Self {
+            upto: Mutex::new(start),
+            partitions,
         }
     }
 
+    /// Records a delivered message's position.
+    pub fn observe(&self, at: Position) {
+        let mut upto = self.upto.lock().unwrap();
+        let cursor = match &mut *upto {
+            Some(c) if c.epoch == at.epoch && c.partitions() == self.partitions => c,
+            // A new epoch (the stream was recreated) starts over.
+            slot => slot.insert(Cursor::head(at.epoch, 0, self.partitions)),
+        };
+        cursor.receive(at.partition, at.seq, at.floor);
+    }
+
     pub fn get(&self) -> Option<Cursor> {
-        *self.0.lock().unwrap()
+        self.upto.lock().unwrap().clone()
+    }
+
+    pub fn partitions(&self) -> u32 {
+        self.partitions
     }
 }
 

@@ -7,12 +7,19 @@
 //! and released after the replay, so the device sees the replay, then `synced`, then live
 //! traffic: its cursor only ever moves forward. Held messages the replay already covered are
 //! dropped.
+//!
+//! The outbox also keeps the device's cursor (one sequence per partition, see
+//! `protocol::Cursor`). A routed message arrives encoded once for every device, without a
+//! cursor, and with its position in the stream; the outbox moves this device's cursor to it
+//! and writes the cursor into the frame. A message the cursor already covers is a copy of one
+//! the device has (a replay sent it, or a router that took over sent it again) and is dropped.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
 use protocol::encoding::Encoded;
-use protocol::{CloseCode, Cursor};
+use protocol::payloads::Position;
+use protocol::{CloseCode, Cursor, Encoding};
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -23,6 +30,10 @@ pub struct Outbox {
     max_frames: usize,
     /// Bytes queued or held at most.
     max_bytes: usize,
+    /// The session's encoding, to write cursors into routed frames.
+    encoding: Encoding,
+    /// The deployment's partition count: the length of a cursor.
+    partitions: u32,
 }
 
 #[derive(Default)]
@@ -33,7 +44,9 @@ struct State {
     /// Set once: the session must close with this code after sending what is queued
     /// (or at once, for a slow consumer).
     close: Option<CloseCode>,
-    /// Live messages held during a replay, by stream sequence.
+    /// The device's cursor after the last routed message queued (or the replay's end).
+    cursor: Option<Cursor>,
+    /// Live messages held during a replay.
     held: Option<Held>,
     /// Messages after this cursor may have been lost while the gateway was cut off from
     /// NATS: the session replays them (see `reregister`).
@@ -43,9 +56,10 @@ struct State {
 }
 
 struct Held {
-    /// The last sequence the replay covers, once known.
-    upto: Option<u64>,
-    frames: VecDeque<(u64, Message)>,
+    /// What the replay covers, once known.
+    upto: Option<Cursor>,
+    /// Routed messages without their cursor, and where they are in the stream.
+    frames: VecDeque<(Position, Message)>,
 }
 
 /// What a drain found.
@@ -57,50 +71,104 @@ pub enum Drained {
 }
 
 impl Outbox {
-    pub fn new(max_frames: usize, max_bytes: usize) -> Self {
+    /// An outbox whose device starts at `cursor` (where this gateway's deliveries stand when
+    /// the session registers: nothing for it can be routed before).
+    pub fn new(
+        max_frames: usize,
+        max_bytes: usize,
+        encoding: Encoding,
+        partitions: u32,
+        cursor: Option<Cursor>,
+    ) -> Self {
         Self {
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                cursor,
+                ..State::default()
+            }),
             notify: Notify::new(),
             max_frames,
             max_bytes,
+            encoding,
+            partitions,
         }
     }
 
-    /// Queues a frame. Returns `false` when the queue was full: the session is then closed
-    /// as a slow consumer and the frame is dropped (the client resyncs on reconnect).
-    /// A message frame comes with its stream sequence: it is held back during a replay.
-    pub fn push_at(&self, frame: Message, seq: Option<u64>) -> bool {
+    /// Queues a frame that is not a routed message. Returns `false` when the queue was full:
+    /// the session is then closed as a slow consumer and the frame is dropped (the client
+    /// resyncs on reconnect).
+    pub fn push(&self, frame: Message) -> bool {
         let mut state = self.state.lock().unwrap();
+        if !self.room(&mut state, frame.len()) {
+            drop(state);
+            self.notify.notify_one();
+            return false;
+        }
+        state.bytes += frame.len();
+        state.frames.push_back(frame);
+        drop(state);
+        self.notify.notify_one();
+        true
+    }
+
+    /// Queues a routed message, encoded without a cursor, at `at` in the stream: held back
+    /// during a replay, dropped if the device has it, otherwise queued with the device's
+    /// cursor moved to it. `false` as for [`push`](Self::push).
+    pub fn push_routed(&self, frame: &Message, at: Position) -> bool {
+        let mut state = self.state.lock().unwrap();
+        if !self.room(&mut state, frame.len()) {
+            drop(state);
+            self.notify.notify_one();
+            return false;
+        }
+        if let Some(held) = &mut state.held {
+            if !held
+                .upto
+                .as_ref()
+                .is_some_and(|upto| covers(upto, at, self.partitions))
+            {
+                held.frames.push_back((at, frame.clone()));
+                state.bytes += frame.len();
+            }
+            // Otherwise the replay carries it.
+            return true;
+        }
+        let queued = self.queue_routed(&mut state, frame, at);
+        drop(state);
+        if queued {
+            self.notify.notify_one();
+        }
+        true
+    }
+
+    /// Whether `len` more bytes fit; if not, the session becomes a slow consumer.
+    fn room(&self, state: &mut State, len: usize) -> bool {
         if state.close == Some(CloseCode::SlowConsumer) {
             return false;
         }
         let held = state.held.as_ref().map_or(0, |h| h.frames.len());
-        let len = frame.len();
         if state.frames.len() + held >= self.max_frames || state.bytes + len > self.max_bytes {
             state.frames = VecDeque::new();
             state.held = None;
             state.bytes = 0;
             state.close = Some(CloseCode::SlowConsumer);
-            drop(state);
-            self.notify.notify_one();
             return false;
         }
-        match (&mut state.held, seq) {
-            (Some(held), Some(seq)) => {
-                if held.upto.is_none_or(|upto| seq > upto) {
-                    held.frames.push_back((seq, frame));
-                    state.bytes += len;
-                }
-                // Otherwise the replay carries it.
-                return true;
-            }
-            _ => {
-                state.frames.push_back(frame);
-                state.bytes += len;
-            }
+        true
+    }
+
+    /// Moves the cursor to `at` and queues the frame with it; `false` if the device has it.
+    fn queue_routed(&self, state: &mut State, frame: &Message, at: Position) -> bool {
+        let cursor = match &mut state.cursor {
+            Some(c) if c.epoch == at.epoch && c.partitions() == self.partitions => c,
+            // No position yet, or the stream was made again.
+            slot => slot.insert(Cursor::head(at.epoch, 0, self.partitions)),
+        };
+        if !cursor.receive(at.partition, at.seq, at.floor) {
+            return false;
         }
-        drop(state);
-        self.notify.notify_one();
+        let with_cursor = to_ws(self.encoding.add_cursor(bytes_of(frame), cursor));
+        state.bytes += with_cursor.len();
+        state.frames.push_back(with_cursor);
         true
     }
 
@@ -112,41 +180,40 @@ impl Outbox {
         });
     }
 
-    /// The replay covers every message up to `seq`: held ones at or below it are dropped.
-    pub fn covered_upto(&self, seq: u64) {
+    /// The replay covers every message up to `head`: held ones it covers are dropped.
+    pub fn covered_upto(&self, head: Cursor) {
         let mut state = self.state.lock().unwrap();
         let state = &mut *state;
         if let Some(held) = &mut state.held {
-            held.upto = Some(seq);
-            held.frames.retain(|(s, f)| {
-                let keep = *s > seq;
+            held.frames.retain(|(at, f)| {
+                let keep = !covers(&head, *at, self.partitions);
                 if !keep {
                     state.bytes -= f.len();
                 }
                 keep
             });
+            held.upto = Some(head);
         }
     }
 
-    /// Ends the hold: held messages are queued after everything the replay wrote.
+    /// Ends the hold: the device's cursor moves to what the replay covered, and the held
+    /// messages it did not cover are queued after everything the replay wrote.
     pub fn release(&self) {
         let mut state = self.state.lock().unwrap();
         state.resyncing = None;
         if let Some(held) = state.held.take() {
-            let upto = held.upto.unwrap_or(0);
-            let dropped: usize = held
-                .frames
-                .iter()
-                .filter(|(s, _)| *s <= upto)
-                .map(|(_, f)| f.len())
-                .sum();
-            state.bytes -= dropped;
-            state.frames.extend(
-                held.frames
-                    .into_iter()
-                    .filter(|(s, _)| *s > upto)
-                    .map(|(_, f)| f),
-            );
+            if let Some(upto) = held.upto {
+                state.cursor = Some(match state.cursor.take() {
+                    Some(c) if c.epoch == upto.epoch && c.seqs.len() == upto.seqs.len() => {
+                        c.max(&upto)
+                    }
+                    _ => upto,
+                });
+            }
+            for (at, frame) in held.frames {
+                state.bytes -= frame.len();
+                self.queue_routed(&mut state, &frame, at);
+            }
             drop(state);
             self.notify.notify_one();
         }
@@ -156,7 +223,10 @@ impl Outbox {
     /// wins until the session takes it).
     pub fn resync_after(&self, after: Cursor) {
         let mut state = self.state.lock().unwrap();
-        state.resync = Some(state.resync.map_or(after, |c| c.min(after)));
+        state.resync = Some(match state.resync.take() {
+            Some(c) if c.epoch == after.epoch && c.seqs.len() == after.seqs.len() => c.min(&after),
+            _ => after,
+        });
         drop(state);
         self.notify.notify_one();
     }
@@ -165,7 +235,7 @@ impl Outbox {
     pub fn take_resync(&self) -> Option<Cursor> {
         let mut state = self.state.lock().unwrap();
         state.resyncing = state.resync.take();
-        state.resyncing
+        state.resyncing.clone()
     }
 
     /// The resync the failed replay served, if it was one.
@@ -200,6 +270,19 @@ impl Outbox {
     }
 }
 
+/// Whether a replay up to `upto` carried the message at `at`.
+fn covers(upto: &Cursor, at: Position, partitions: u32) -> bool {
+    upto.epoch == at.epoch && upto.partitions() == partitions && upto.covers(at.partition, at.seq)
+}
+
+fn bytes_of(frame: &Message) -> &[u8] {
+    match frame {
+        Message::Text(t) => t.as_bytes(),
+        Message::Binary(b) => b,
+        _ => &[],
+    }
+}
+
 /// A frame encoded for the socket.
 pub fn to_ws(encoded: Encoded) -> Message {
     match encoded {
@@ -212,12 +295,43 @@ pub fn to_ws(encoded: Encoded) -> Message {
 mod tests {
     use super::*;
 
+    fn outbox(max_frames: usize, max_bytes: usize) -> Outbox {
+        Outbox::new(max_frames, max_bytes, Encoding::Json, 2, None)
+    }
+
+    /// A routed message of partition `partition` at `seq`, routed in stream order.
+    fn at(partition: u32, seq: u64) -> Position {
+        Position {
+            epoch: 1,
+            partition,
+            seq,
+            floor: seq,
+        }
+    }
+
+    fn routed(body: &str) -> Message {
+        Message::text(format!(r#"{{"body":"{body}"}}"#))
+    }
+
+    /// The bodies and cursors of what the outbox would send.
+    fn drained(outbox: &Outbox) -> Vec<(String, Option<String>)> {
+        let mut out = Vec::new();
+        outbox.drain(&mut out);
+        out.iter()
+            .map(|m| {
+                let v: serde_json::Value = serde_json::from_slice(bytes_of(m)).unwrap();
+                let text = |k: &str| v.get(k).and_then(|b| b.as_str()).map(String::from);
+                (text("body").unwrap_or_default(), text("cursor"))
+            })
+            .collect()
+    }
+
     #[test]
     fn a_full_queue_evicts_as_slow_consumer() {
-        let outbox = Outbox::new(2, 1024);
-        assert!(outbox.push_at(Message::text("a"), None));
-        assert!(outbox.push_at(Message::text("b"), None));
-        assert!(!outbox.push_at(Message::text("c"), None));
+        let outbox = outbox(2, 1024);
+        assert!(outbox.push(Message::text("a")));
+        assert!(outbox.push(Message::text("b")));
+        assert!(!outbox.push(Message::text("c")));
         let mut out = Vec::new();
         assert!(matches!(
             outbox.drain(&mut out),
@@ -231,16 +345,16 @@ mod tests {
 
     #[test]
     fn a_queue_over_its_bytes_evicts_as_slow_consumer_and_drained_bytes_free_room() {
-        let outbox = Outbox::new(100, 10);
-        assert!(outbox.push_at(Message::text("12345"), None));
-        assert!(outbox.push_at(Message::text("12345"), None));
+        let outbox = outbox(100, 10);
+        assert!(outbox.push(Message::text("12345")));
+        assert!(outbox.push(Message::text("12345")));
         let mut out = Vec::new();
         outbox.drain(&mut out);
         assert_eq!(out.len(), 2);
         // Drained bytes no longer count; held ones do.
         outbox.hold();
-        assert!(outbox.push_at(Message::text("123456"), Some(1)));
-        assert!(!outbox.push_at(Message::text("12345"), None), "6 + 5 > 10");
+        assert!(outbox.push_routed(&Message::text("123456"), at(0, 1)));
+        assert!(!outbox.push(Message::text("12345")), "6 + 5 > 10");
         out.clear();
         assert!(matches!(
             outbox.drain(&mut out),
@@ -251,46 +365,80 @@ mod tests {
 
     #[test]
     fn a_resync_request_waits_for_the_session_and_the_earliest_wins() {
-        let outbox = Outbox::new(8, 1024);
-        let at = |seq| Cursor { epoch: 1, seq };
-        outbox.resync_after(at(7));
-        outbox.resync_after(at(5));
-        assert_eq!(outbox.take_resync(), Some(at(5)));
+        let outbox = outbox(8, 1024);
+        let cursor = |a, b| Cursor {
+            epoch: 1,
+            seqs: vec![a, b],
+        };
+        outbox.resync_after(cursor(7, 3));
+        outbox.resync_after(cursor(5, 4));
+        assert_eq!(outbox.take_resync(), Some(cursor(5, 3)), "per partition");
         assert_eq!(outbox.take_resync(), None);
         // A failed replay hands its resync back once, to be retried.
         assert_eq!(outbox.resync_failed(), None);
-        outbox.resync_after(at(9));
+        outbox.resync_after(cursor(9, 9));
         outbox.take_resync();
-        assert_eq!(outbox.resync_failed(), Some(at(9)));
+        assert_eq!(outbox.resync_failed(), Some(cursor(9, 9)));
         assert_eq!(outbox.resync_failed(), None);
+    }
+
+    #[test]
+    fn routed_messages_carry_the_devices_cursor_and_copies_are_dropped() {
+        let outbox = Outbox::new(8, 1024, Encoding::Json, 2, Some(Cursor::head(1, 4, 2)));
+        assert!(outbox.push_routed(&routed("a"), at(1, 5)));
+        // Another router's copy of it, then an older message of the other partition routed
+        // by a router that claims nothing about the rest.
+        assert!(outbox.push_routed(&routed("a again"), at(1, 5)));
+        let lagging = Position {
+            floor: 0,
+            ..at(0, 3)
+        };
+        assert!(outbox.push_routed(&routed("old"), lagging));
+        assert!(outbox.push_routed(
+            &routed("b"),
+            Position {
+                floor: 0,
+                ..at(0, 6)
+            }
+        ));
+        assert_eq!(
+            drained(&outbox),
+            [
+                ("a".into(), Some("1-5.5".into())),
+                ("b".into(), Some("1-6.5".into()))
+            ],
+            "the copy and what the device had are dropped"
+        );
     }
 
     #[test]
     fn a_replay_holds_live_messages_and_drops_what_it_covered() {
-        let outbox = Outbox::new(8, 1024);
+        let outbox = outbox(8, 1024);
         outbox.hold();
-        assert!(outbox.push_at(Message::text("live 5"), Some(5)));
-        assert!(outbox.push_at(Message::text("receipt"), None));
-        outbox.covered_upto(6);
-        assert!(outbox.push_at(Message::text("live 6"), Some(6)));
-        assert!(outbox.push_at(Message::text("live 7"), Some(7)));
-        let mut out = Vec::new();
-        outbox.drain(&mut out);
-        assert_eq!(out, vec![Message::text("receipt")], "live messages wait");
+        assert!(outbox.push_routed(&routed("live 5"), at(0, 5)));
+        assert!(outbox.push(Message::text(r#"{"body":"receipt"}"#)));
+        outbox.covered_upto(Cursor::head(1, 6, 2));
+        assert!(outbox.push_routed(&routed("live 6"), at(1, 6)));
+        assert!(outbox.push_routed(&routed("live 7"), at(1, 7)));
+        assert_eq!(
+            drained(&outbox),
+            [("receipt".into(), None)],
+            "live messages wait"
+        );
         outbox.release();
-        out.clear();
-        outbox.drain(&mut out);
-        assert_eq!(out, vec![Message::text("live 7")]);
-        assert!(outbox.push_at(Message::text("live 8"), Some(8)));
-        out.clear();
-        outbox.drain(&mut out);
-        assert_eq!(out, vec![Message::text("live 8")], "no longer held");
+        assert_eq!(drained(&outbox), [("live 7".into(), Some("1-7.7".into()))]);
+        assert!(outbox.push_routed(&routed("live 8"), at(0, 8)));
+        assert_eq!(
+            drained(&outbox),
+            [("live 8".into(), Some("1-8.8".into()))],
+            "no longer held"
+        );
     }
 
     #[test]
     fn close_keeps_queued_frames() {
-        let outbox = Outbox::new(8, 1024);
-        outbox.push_at(Message::text("a"), None);
+        let outbox = outbox(8, 1024);
+        outbox.push(Message::text("a"));
         outbox.close(CloseCode::Reconnect);
         let mut out = Vec::new();
         assert!(matches!(

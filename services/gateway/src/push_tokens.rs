@@ -51,7 +51,7 @@ pub fn register(
         };
         session
             .outbox
-            .push_at(to_ws(session.encoding.encode_server(&answer)), None);
+            .push(to_ws(session.encoding.encode_server(&answer)));
     })
 }
 

@@ -78,6 +78,10 @@ pub enum Replay {
 pub struct Reading {
     stream: jetstream::stream::Stream,
     sources: Vec<Source>,
+    /// What the device has: messages it covers are skipped.
+    from: Cursor,
+    /// The device's cursor after the last message read.
+    at: Cursor,
     head: Cursor,
     /// The large groups, for `synced`.
     history: Vec<ConversationId>,
@@ -96,8 +100,8 @@ struct Source {
 pub struct Turn {
     pub frames: Vec<ServerFrame>,
     pub next: Option<Replay>,
-    /// The last stream sequence the replay covers, once known.
-    pub head: Option<u64>,
+    /// What the replay covers, once known.
+    pub head: Option<Cursor>,
 }
 
 impl Replayer {
@@ -127,7 +131,7 @@ impl Replayer {
         }) = turn.frames.last()
             && (gap.is_some() || !history.is_empty())
         {
-            self.history_floor.reach(cursor.seq).await;
+            self.history_floor.reach(cursor.latest()).await;
         }
         Ok(turn)
     }
@@ -135,23 +139,27 @@ impl Replayer {
     async fn start(&self, user: UserId, cursor: Option<Cursor>) -> anyhow::Result<Turn> {
         let stream = self.js.get_stream(subjects::MESSAGES_STREAM).await?;
         let info = stream.cached_info();
-        let head = Cursor {
-            epoch: plumbing::bus::stream_epoch(info),
-            seq: info.state.last_sequence,
-        };
-        let gap = match cursor {
+        let last = info.state.last_sequence;
+        let head = Cursor::head(plumbing::bus::stream_epoch(info), last, self.partitions);
+        let gap = match &cursor {
             None => Some(SyncGap::NoCursor),
-            Some(c) if c.epoch != head.epoch => Some(SyncGap::UnknownCursor),
-            Some(c) if c.seq > head.seq => Some(SyncGap::FutureCursor),
+            // Another incarnation of the stream, or another partition count (a cursor of
+            // protocol revision 1 where there are several partitions).
+            Some(c) if c.epoch != head.epoch || c.partitions() != self.partitions => {
+                Some(SyncGap::UnknownCursor)
+            }
+            Some(c) if c.latest() > last => Some(SyncGap::FutureCursor),
             // Messages between the cursor and the stream's first were trimmed.
-            Some(c) if c.seq + 1 < info.state.first_sequence => Some(SyncGap::Trimmed),
-            Some(c) if c.seq == head.seq => return Ok(done(head, None, Vec::new())),
+            Some(c) if c.earliest() + 1 < info.state.first_sequence => Some(SyncGap::Trimmed),
+            Some(c) if c.earliest() == last => return Ok(done(head, None, Vec::new())),
             Some(_) => None,
         };
         if let Some(gap) = gap {
             return Ok(done(head, Some(gap), Vec::new()));
         }
-        let from = cursor.expect("no gap means a cursor").seq + 1;
+        let cursor = cursor.expect("no gap means a cursor");
+        // From the partition furthest behind; what the others have is skipped.
+        let from = cursor.earliest() + 1;
         let (small, history) = self.groups_of(&user).await?;
         let [a, b] = subjects::user_messages(&user);
         let mut filters = vec![vec![a], vec![b]];
@@ -181,7 +189,9 @@ impl Replayer {
         let reading = Reading {
             stream,
             sources,
-            head,
+            from: cursor.clone(),
+            at: cursor,
+            head: head.clone(),
             history,
         };
         if pending > self.max_messages {
@@ -190,7 +200,7 @@ impl Replayer {
             return Ok(done(head, Some(SyncGap::TooMany), history));
         }
         let mut turn = self.read(reading).await?;
-        turn.head = Some(head.seq);
+        turn.head = Some(head);
         Ok(turn)
     }
 
@@ -200,7 +210,7 @@ impl Replayer {
         while frames.len() < self.page {
             for source in &mut reading.sources {
                 if source.buffered.is_empty() && !source.exhausted {
-                    source.fill(self.page, reading.head.seq).await?;
+                    source.fill(self.page, reading.head.latest()).await?;
                 }
             }
             // The smallest sequence among the sources; each is in order, and a source with
@@ -211,7 +221,7 @@ impl Replayer {
                 .filter(|s| !s.buffered.is_empty())
                 .min_by_key(|s| s.buffered[0].0)
             else {
-                let head = reading.head;
+                let head = reading.head.clone();
                 let history = std::mem::take(&mut reading.history);
                 reading.discard();
                 let mut turn = done(head, None, history);
@@ -221,10 +231,14 @@ impl Replayer {
             };
             let (seq, stored) = next.buffered.pop_front().expect("not empty");
             let mut message = stored.message;
-            message.cursor = Some(Cursor {
-                epoch: reading.head.epoch,
-                seq,
-            });
+            let k = subjects::partition(&message.conversation, self.partitions);
+            if reading.from.covers(k, seq) {
+                continue; // the device has it
+            }
+            // The replay reads the user's messages in stream order: every one before this
+            // message, of any partition, is sent already.
+            reading.at.receive(k, seq, seq);
+            message.cursor = Some(reading.at.clone());
             frames.push(ServerFrame::Message(message));
         }
         Ok(Turn {
@@ -365,13 +379,13 @@ async fn open(
 fn done(head: Cursor, gap: Option<SyncGap>, history: Vec<ConversationId>) -> Turn {
     Turn {
         frames: vec![ServerFrame::Synced {
-            cursor: head,
+            cursor: head.clone(),
             recovered: gap.is_none(),
             gap,
             history,
         }],
         next: None,
-        head: Some(head.seq),
+        head: Some(head),
     }
 }
 

@@ -44,16 +44,17 @@ const RESYNC_RETRY: Duration = Duration::from_secs(1);
 
 /// The messages stream's head, where this gateway's deliveries start (`None` before any chat
 /// service created the stream).
-pub async fn stream_head(js: &async_nats::jetstream::Context) -> Option<Cursor> {
+pub async fn stream_head(js: &async_nats::jetstream::Context, partitions: u32) -> Option<Cursor> {
     let mut stream = js
         .get_stream(protocol::subjects::MESSAGES_STREAM)
         .await
         .ok()?;
     let info = stream.info().await.ok()?;
-    Some(Cursor {
-        epoch: plumbing::bus::stream_epoch(info),
-        seq: info.state.last_sequence,
-    })
+    Some(Cursor::head(
+        plumbing::bus::stream_epoch(info),
+        info.state.last_sequence,
+        partitions,
+    ))
 }
 
 /// Refreshes the lease and re-registers after every reconnect, until `stop`. When it returns
@@ -111,7 +112,7 @@ async fn reregister_on_reconnect(state: &GatewayState, stop: &CancellationToken)
             }
         }
         // Registered again, so new messages reach the sessions live (held while they replay).
-        match routed_before {
+        match routed_before.clone() {
             Some(after) => {
                 state.local.resync_all(after);
             }

@@ -79,7 +79,7 @@ impl Gateway {
 
         let listener = TcpListener::bind(config.listen_addr).await?;
         let addr = listener.local_addr()?;
-        let routed_from = reregister::stream_head(&js).await;
+        let routed_from = reregister::stream_head(&js, bus.partitions).await;
         let replayer = Replayer {
             history_floor: HistoryFloor::new(js.clone(), bus.partitions),
             partitions: bus.partitions,
@@ -94,6 +94,7 @@ impl Gateway {
             gateway.clone(),
             nats.clone(),
             routed_from,
+            bus.partitions,
             metrics.clone(),
         ));
         let state = Arc::new(GatewayState {

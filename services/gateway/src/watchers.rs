@@ -91,6 +91,7 @@ impl Watchers {
                         last_seen: p.last_seen,
                     };
                     let delivery = Delivery {
+                        position: None,
                         targets,
                         frame,
                         order: None,

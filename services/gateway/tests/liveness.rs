@@ -183,7 +183,7 @@ async fn resume(port: u16, user: &str, cursor: Option<Cursor>) -> (Connection, V
     let token = gateway::mint_token(SECRET, user, 3600);
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut conn = loop {
-        match Connection::resume(&url, &token, Encoding::Json, cursor).await {
+        match Connection::resume(&url, &token, Encoding::Json, cursor.clone()).await {
             Ok(conn) => break conn,
             Err(_) if Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(50)).await
@@ -341,7 +341,7 @@ async fn a_killed_gateways_clients_reconnect_elsewhere_and_miss_nothing() {
     }
     let storm = Instant::now();
     let resumed = futures::future::join_all(users.iter().map(|user| {
-        let cursor = cursors[user];
+        let cursor = cursors[user].clone();
         async move {
             let (_conn, replayed, recovered) = resume(port_b, user, cursor).await;
             assert!(recovered, "{user} recovered");

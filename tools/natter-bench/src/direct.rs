@@ -437,6 +437,7 @@ async fn relay_run(
             targets: vec![targets[n as usize % pairs]],
             frame: ServerFrame::Message(message),
             order: None,
+            position: None,
         };
         publisher
             .publish(subject.clone(), serde_json::to_vec(&delivery)?.into())

@@ -382,6 +382,7 @@ async fn relay(
             targets: conns,
             frame: frame.clone(),
             order: None,
+            position: None,
         };
         let gateway = GatewayId::new(servers.gateway_id(*gw))?;
         nats.publish(

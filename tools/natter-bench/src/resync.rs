@@ -167,7 +167,7 @@ async fn drain(stack: &Stack, n: usize, report: &Report) -> anyhow::Result<()> {
         .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
             filter_subjects: subjects::user_messages(&UserId::new("drainer")?).to_vec(),
             deliver_policy: async_nats::jetstream::consumer::DeliverPolicy::ByStartSequence {
-                start_sequence: cursor.seq + 1,
+                start_sequence: cursor.earliest() + 1,
             },
             ..Default::default()
         })
@@ -221,17 +221,20 @@ async fn storm(
     settle(stack).await?;
 
     let started = Instant::now();
-    let resyncs = users.iter().map(|user| async move {
-        let mut conn = stack.resume(user, 0, Some(cursor)).await;
-        let mut replayed = 0;
-        loop {
-            match conn.next_frame().await? {
-                ServerFrame::Message(_) => replayed += 1,
-                ServerFrame::Synced { recovered, .. } => {
-                    anyhow::ensure!(recovered && replayed == per_client, "{user}: {replayed}");
-                    return Ok((started.elapsed(), conn));
+    let resyncs = users.iter().map(|user| {
+        let cursor = cursor.clone();
+        async move {
+            let mut conn = stack.resume(user, 0, Some(cursor)).await;
+            let mut replayed = 0;
+            loop {
+                match conn.next_frame().await? {
+                    ServerFrame::Message(_) => replayed += 1,
+                    ServerFrame::Synced { recovered, .. } => {
+                        anyhow::ensure!(recovered && replayed == per_client, "{user}: {replayed}");
+                        return Ok((started.elapsed(), conn));
+                    }
+                    _ => {}
                 }
-                _ => {}
             }
         }
     });

@@ -101,9 +101,14 @@ impl Session {
         let handle = Arc::new(SessionHandle {
             user: identity.user.clone(),
             encoding,
+            // Nothing for this session can be routed before what the gateway has received
+            // now: its registration, and so its first message, comes later in the stream.
             outbox: Outbox::new(
                 state.config.outbound_queue_frames,
                 state.config.outbound_queue_bytes,
+                encoding,
+                state.local.routed.partitions(),
+                state.local.routed.get(),
             ),
         });
         Self {

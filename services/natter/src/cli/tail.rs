@@ -46,7 +46,7 @@ pub async fn run(args: TailArgs, config: &NatterConfig, json: bool) -> anyhow::R
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     loop {
-        let conn = match args.login.resume(&token, cursor).await {
+        let conn = match args.login.resume(&token, cursor.clone()).await {
             Ok(conn) => conn,
             // The first attempt fails fast (the URL or the token is probably wrong), and so
             // does a refusal that retrying cannot fix.
