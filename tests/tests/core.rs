@@ -1,6 +1,8 @@
 //! End-to-end tests of 1:1 chat against a real nats-server, real gateways and the chat
 //! service: delivery across gateways, receipts, retries, devices, order, crash recovery.
 
+use async_nats::jetstream::consumer::PullConsumer;
+use futures::StreamExt;
 use protocol::frames::ServerFrame;
 use protocol::{ClientMsgId, Encoding};
 use testkit::{
@@ -144,6 +146,52 @@ async fn a_message_answered_sent_is_routed_after_the_chat_service_dies() {
     stack.start_chat(config).await;
     let got = expect_message(&mut bob).await;
     assert_eq!((got.id, got.body.as_str()), (id, "survives"));
+}
+
+#[tokio::test]
+async fn messages_the_routers_consumer_lost_in_flight_are_routed_first_and_in_order() {
+    // Messages persisted while no chat instance routes.
+    let mut stack = Stack::new().chat_config(|c| c.route = false).start().await;
+    let mut alice = stack.connect("alice", 0).await;
+    let mut bob = stack.connect("bob", 0).await;
+    for i in 1..=6 {
+        alice
+            .send("bob", &format!("lost-{i}"), &i.to_string())
+            .await
+            .unwrap();
+        expect_sent(&mut alice, &format!("lost-{i}")).await;
+    }
+    // A pull whose response is lost (as when a NATS node dies with it in flight): the
+    // consumer counts the first messages as delivered and would send them again only after
+    // its ack wait, after the messages that follow them.
+    let stream = stack.messages_stream().await;
+    let consumer: PullConsumer = stream
+        .get_consumer(protocol::subjects::ROUTER_CONSUMER)
+        .await
+        .unwrap();
+    let mut pulled = plumbing::bus::pull(&consumer, 1).await.unwrap();
+    let mut lost = 0;
+    while lost < 2 {
+        let msg = within(pulled.next()).await.unwrap().unwrap();
+        if msg.subject.as_str() != protocol::subjects::SESSION_MARKERS {
+            lost += 1;
+        }
+    }
+    drop(pulled);
+    plumbing::bus::release_pin(&stream, protocol::subjects::ROUTER_CONSUMER)
+        .await
+        .unwrap();
+
+    let mut config = stack.chat_config.clone();
+    config.route = true;
+    let router = stack.start_chat(config).await;
+    for i in 1..=6 {
+        assert_eq!(expect_message(&mut bob).await.body, i.to_string());
+    }
+    assert!(
+        stack.chats[router].metric("natter_chat_routed_from_stream_total") >= 2,
+        "the lost messages were read from the stream, not sent again by the consumer"
+    );
 }
 
 #[tokio::test]

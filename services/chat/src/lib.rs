@@ -14,6 +14,7 @@ mod receipts;
 mod refusal;
 mod router;
 mod service;
+mod stream_order;
 mod typing;
 mod undelivered;
 mod user_presence;

@@ -10,6 +10,7 @@ pub struct ChatMetrics {
     pub duplicates: Counter,
     pub persist_latency: Histogram,
     pub routed: Counter,
+    pub routed_from_stream: Counter,
     pub gateway_publishes: Counter,
     pub message_publishes: Counter,
     pub group_operations: Counter,
@@ -36,6 +37,11 @@ impl ChatMetrics {
             routed: m.counter(
                 "natter_chat_routed_total",
                 "messages routed from the stream",
+            ),
+            routed_from_stream: m.counter(
+                "natter_chat_routed_from_stream_total",
+                "messages the router's consumer delivered and lost on the way, read from the \
+                 stream and routed in order",
             ),
             gateway_publishes: m.counter(
                 "natter_chat_gateway_publishes_total",

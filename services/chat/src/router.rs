@@ -8,8 +8,9 @@
 //! Two properties make a device's cursor safe to resume from (see `protocol::cursor`):
 //! - **Stream order.** The consumer is pinned: one chat instance routes at a time, in stream
 //!   order, and a failed publish is retried in place rather than skipped. The others stand by
-//!   and take over within seconds (unacknowledged messages are routed again; clients drop the
-//!   duplicates by message id).
+//!   and take over within seconds (unacknowledged messages are routed again; gateways drop
+//!   what a device has). Messages the consumer delivered and lost on the way are read from
+//!   the stream and routed before the ones after them (`stream_order`).
 //! - **No missed registrations.** A gateway appends a session marker to the stream when it
 //!   registers a session; at a marker the router waits until its presence view has applied
 //!   that registration. A message written after a device registered is therefore routed to
@@ -31,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::ChatConfig;
 use crate::metrics::ChatMetrics;
 use crate::presence_view::{PresenceView, Route};
+use crate::stream_order::StreamOrder;
 
 /// How long routing waits at a session marker for the presence view to apply it.
 const PRESENCE_PATIENCE: Duration = Duration::from_millis(500);
@@ -76,41 +78,29 @@ pub async fn ensure_consumer(
     .await
 }
 
-/// Routes messages until `stop`.
+/// Routes messages until `stop`, in stream order (see `stream_order`).
 pub async fn serve(
     router: Arc<Router>,
+    stream: jetstream::stream::Stream,
     consumer: consumer::PullConsumer,
     batch: usize,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut messages = plumbing::bus::pull(&consumer, batch).await?;
+    let mut order = StreamOrder::new(stream, consumer);
     while let Some(msg) = plumbing::bus::next_pulled(&mut messages, &stop).await {
-        if msg.subject.as_str() == subjects::SESSION_MARKERS {
-            match serde_json::from_slice::<SessionMarker>(&msg.payload) {
-                Ok(marker) => {
-                    router
-                        .view
-                        .reach(
-                            marker.session_revision,
-                            marker.lease_revision,
-                            PRESENCE_PATIENCE,
-                        )
-                        .await
+        match msg.info().map(|i| i.stream_sequence) {
+            Ok(seq) if order.is_routed(seq) => {}
+            Ok(seq) => {
+                if !router.catch_up(&mut order, seq, &stop).await
+                    || !router.handle(&msg.subject, &msg.payload, seq, &stop).await
+                {
+                    // Stopped mid-retry: leave it unacknowledged for the next router.
+                    return Ok(());
                 }
-                Err(e) => tracing::warn!(error = %e, "undecodable session marker"),
+                order.routed_upto(seq);
             }
-        } else {
-            let seq = msg.info().map(|i| i.stream_sequence).unwrap_or_default();
-            match serde_json::from_slice::<StoredMessage>(&msg.payload) {
-                Ok(stored) => {
-                    if !router.route(stored, seq, &stop).await {
-                        // Stopped mid-retry: leave it unacknowledged for the next router.
-                        return Ok(());
-                    }
-                }
-                // Not ours to fix by retrying: an integrator published garbage to the stream.
-                Err(e) => tracing::warn!(error = %e, subject = %msg.subject, "unroutable message"),
-            }
+            Err(e) => tracing::warn!(error = %e, "a routed message without its stream position"),
         }
         if let Err(e) = msg.ack().await {
             tracing::warn!(error = %e, "router ack failed; the message will be routed again");
@@ -120,6 +110,82 @@ pub async fn serve(
 }
 
 impl Router {
+    /// Routes, from the stream, the messages before `seq` that the consumer delivered and
+    /// lost on the way (see `stream_order`); `false` if `stop` came first.
+    async fn catch_up(&self, order: &mut StreamOrder, seq: u64, stop: &CancellationToken) -> bool {
+        loop {
+            let caught_up = async {
+                let missing = order.missing_before(seq).await?;
+                if !missing.is_empty() {
+                    tracing::warn!(
+                        from = missing.start,
+                        to = missing.end - 1,
+                        "the router's consumer skipped messages; routing them from the stream"
+                    );
+                    self.metrics
+                        .routed_from_stream
+                        .add(missing.end - missing.start);
+                }
+                for s in missing {
+                    if let Some(message) = order.read(s).await?
+                        && !self
+                            .handle(&message.subject, &message.payload, s, stop)
+                            .await
+                    {
+                        return Ok(false);
+                    }
+                    order.routed_upto(s);
+                }
+                anyhow::Ok(true)
+            }
+            .await;
+            match caught_up {
+                Ok(go_on) => return go_on,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot route the skipped messages yet; retrying");
+                    tokio::select! {
+                        _ = stop.cancelled() => return false,
+                        _ = tokio::time::sleep(RETRY_DELAY) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Routes one message of the stream, a conversation message or a session marker;
+    /// `false` if `stop` came while a publish was failing.
+    async fn handle(
+        &self,
+        subject: &str,
+        payload: &[u8],
+        seq: u64,
+        stop: &CancellationToken,
+    ) -> bool {
+        if subject == subjects::SESSION_MARKERS {
+            match serde_json::from_slice::<SessionMarker>(payload) {
+                Ok(marker) => {
+                    self.view
+                        .reach(
+                            marker.session_revision,
+                            marker.lease_revision,
+                            PRESENCE_PATIENCE,
+                        )
+                        .await
+                }
+                Err(e) => tracing::warn!(error = %e, "undecodable session marker"),
+            }
+            return true;
+        }
+        match serde_json::from_slice::<StoredMessage>(payload) {
+            Ok(stored) => self.route(stored, seq, stop).await,
+            // Not ours to fix by retrying: an integrator published garbage to the stream.
+            Err(e) => {
+                tracing::warn!(error = %e, %subject, "unroutable message");
+                true
+            }
+        }
+    }
+
     /// Routes one message; `false` if `stop` came while a publish was failing.
     ///
     /// The recipients are the peer and the sender (other devices) of a 1:1 message, or the

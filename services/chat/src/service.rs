@@ -65,6 +65,7 @@ impl Chat {
             });
             roles.spawn(router::serve(
                 router.clone(),
+                stream.clone(),
                 consumer,
                 config.router_batch,
                 stop.clone(),
