@@ -7,11 +7,12 @@
 
 use std::time::{Duration, Instant};
 
+use protocol::frames::ServerFrame;
 use protocol::{Encoding, GatewayId, MessageId, UserId, subjects};
 use testkit::client::{ConnectError, Connection};
 use testkit::{
-    Link, Stack, Traffic, TrafficPlan, eventually, expect_message, expect_pong, expect_sent,
-    expect_synced,
+    Link, RunningGateway, Stack, Traffic, TrafficPlan, eventually, expect_frame, expect_message,
+    expect_pong, expect_sent, expect_synced,
 };
 
 /// The gateways' presence lease in this test. The outage lasts longer, so every lease would
@@ -146,12 +147,8 @@ async fn a_gateway_cut_off_from_nats_keeps_its_sessions_and_catches_up_when_back
     let before = send(&mut alice, "before").await;
     assert_eq!(expect_message(&mut bob).await.id, before);
 
-    link.cut();
     let gw = &stack.gateways[cut_off];
-    eventually("gateway sees NATS down", RECOVERY, async || {
-        gw.http_get("/healthz").await.starts_with("HTTP/1.1 503")
-    })
-    .await;
+    cut(&link, gw).await;
     // Routed while bob's gateway still counts as alive: published to a gateway that cannot
     // receive it.
     let lost_in_flight = send(&mut alice, "while-cut-off").await;
@@ -192,6 +189,64 @@ async fn a_gateway_cut_off_from_nats_keeps_its_sessions_and_catches_up_when_back
     let after = send(&mut alice, "after").await;
     assert_eq!(expect_message(&mut bob).await.id, after);
     assert_eq!(gw.metric("natter_gateway_connections_total").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_that_fails_while_nats_is_out_is_tried_again_until_it_replays_everything() {
+    let mut stack = Stack::new().start().await;
+    let link = Link::start(&stack.nats.url()).await;
+    let cut_off = stack.start_gateway_via("gw-cut", &link.url()).await;
+    let mut alice = stack.connect("alice", 0).await;
+    let mut bob = stack.connect("bob", cut_off).await;
+    send(&mut alice, "first").await;
+    let cursor = expect_message(&mut bob).await.cursor;
+    let missed = [
+        send(&mut alice, "second").await,
+        send(&mut alice, "third").await,
+    ];
+    for id in missed {
+        assert_eq!(expect_message(&mut bob).await.id, id);
+    }
+
+    let gw = &stack.gateways[cut_off];
+    cut(&link, gw).await;
+    // Bob asks for what followed "first"; the gateway cannot read the stream.
+    let replays = gw.metric("natter_gateway_replays_total").await;
+    bob.sync(cursor).await.unwrap();
+    eventually("the gateway tries the replay again", RECOVERY, async || {
+        gw.metric("natter_gateway_replays_total").await >= replays + 2
+    })
+    .await;
+
+    link.restore();
+    eventually("gateway re-registered", RECOVERY, async || {
+        gw.metric("natter_gateway_reregistrations_total").await >= 1
+    })
+    .await;
+    // The first `synced` bob sees answers his sync: nothing told him to give up on it, and
+    // nothing claimed to cover what it had not replayed.
+    let mut replayed = Vec::new();
+    let recovered = expect_frame(&mut bob, |f| match f {
+        ServerFrame::Message(m) => {
+            replayed.push(m.id);
+            None
+        }
+        ServerFrame::Synced { recovered, .. } => Some(*recovered),
+        ServerFrame::Error { .. } => panic!("the failed replay reached the device: {f:?}"),
+        _ => None,
+    })
+    .await;
+    assert!(recovered);
+    assert_eq!(replayed, missed);
+}
+
+/// Cuts `gw` off from NATS and waits until it knows.
+async fn cut(link: &Link, gw: &RunningGateway) {
+    link.cut();
+    eventually("gateway sees NATS down", RECOVERY, async || {
+        gw.http_get("/healthz").await.starts_with("HTTP/1.1 503")
+    })
+    .await;
 }
 
 /// Sends to bob and waits for SENT.

@@ -305,8 +305,8 @@ async fn send(
                     ServerFrame::Error { cid: Some(cid), code, .. } if code.is_retryable() => {
                         refused.push_back(cid.to_string());
                     }
-                    // A replay of what the gateway may have missed failed; senders receive
-                    // nothing here, so there is nothing to sync.
+                    // A sync without a cursor failed; senders receive nothing here, so
+                    // there is nothing to sync.
                     ServerFrame::Error { cid: None, qid: None, code, .. } if code.is_retryable() => {}
                     ServerFrame::Error { .. } => panic!("{}: unexpected {frame:?}", log.from),
                     _ => {}
@@ -364,8 +364,8 @@ async fn receive(mut conn: Connection, user: String, inbox: Arc<Inbox>, stop: Ca
                     ServerFrame::Message(m) => {
                         *inbox.0.lock().unwrap().entry(m.id).or_default() += 1;
                     }
-                    // A replay failed (the gateway replays unasked after losing NATS): ask
-                    // again from this device's cursor, as the error says.
+                    // A sync without a cursor failed (replays from a cursor the gateway
+                    // tries again itself): ask again, as the error says.
                     ServerFrame::Error { cid: None, qid: None, code, .. } if code.is_retryable() => {
                         let cursor = conn.cursor();
                         conn.sync(cursor).await.expect("sync");

@@ -16,6 +16,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use protocol::encoding::Encoded;
 use protocol::payloads::Position;
@@ -51,8 +52,8 @@ struct State {
     /// Messages after this cursor may have been lost while the gateway was cut off from
     /// NATS: the session replays them (see `reregister`).
     resync: Option<Cursor>,
-    /// The resync the running replay serves, to retry it if the replay fails.
-    resyncing: Option<Cursor>,
+    /// The resync waits until then (it retries a replay that failed).
+    resync_not_before: Option<Instant>,
 }
 
 struct Held {
@@ -200,7 +201,6 @@ impl Outbox {
     /// messages it did not cover are queued after everything the replay wrote.
     pub fn release(&self) {
         let mut state = self.state.lock().unwrap();
-        state.resyncing = None;
         if let Some(held) = state.held.take() {
             if let Some(upto) = held.upto {
                 state.cursor = Some(match state.cursor.take() {
@@ -231,16 +231,28 @@ impl Outbox {
         self.notify.notify_one();
     }
 
-    /// The pending resync request, if any; the replay it starts serves it.
-    pub fn take_resync(&self) -> Option<Cursor> {
-        let mut state = self.state.lock().unwrap();
-        state.resyncing = state.resync.take();
-        state.resyncing.clone()
+    /// Asks, like [`resync_after`](Self::resync_after), for a replay after `after`, but not
+    /// before `pause` has passed: a replay that failed, tried again. Until then no other
+    /// replay starts from the pending request (one asked meanwhile joins it, the earliest
+    /// cursor winning), so nothing claims to cover what the failed one had not sent.
+    pub fn resync_after_pause(&self, after: Cursor, pause: Duration) {
+        self.state.lock().unwrap().resync_not_before = Some(Instant::now() + pause);
+        self.resync_after(after);
     }
 
-    /// The resync the failed replay served, if it was one.
-    pub fn resync_failed(&self) -> Option<Cursor> {
-        self.state.lock().unwrap().resyncing.take()
+    /// Wakes the session to look for a resync whose pause is over.
+    pub fn wake(&self) {
+        self.notify.notify_one();
+    }
+
+    /// The pending resync request, if any and not paused.
+    pub fn take_resync(&self) -> Option<Cursor> {
+        let mut state = self.state.lock().unwrap();
+        if state.resync_not_before.is_some_and(|t| Instant::now() < t) {
+            return None;
+        }
+        state.resync_not_before = None;
+        state.resync.take()
     }
 
     /// Asks the session to close with `code` after sending what is already queued.
@@ -374,12 +386,13 @@ mod tests {
         outbox.resync_after(cursor(5, 4));
         assert_eq!(outbox.take_resync(), Some(cursor(5, 3)), "per partition");
         assert_eq!(outbox.take_resync(), None);
-        // A failed replay hands its resync back once, to be retried.
-        assert_eq!(outbox.resync_failed(), None);
-        outbox.resync_after(cursor(9, 9));
-        outbox.take_resync();
-        assert_eq!(outbox.resync_failed(), Some(cursor(9, 9)));
-        assert_eq!(outbox.resync_failed(), None);
+        // A failed replay's retry waits out its pause; requests meanwhile join it.
+        outbox.resync_after_pause(cursor(4, 4), Duration::from_secs(3600));
+        outbox.resync_after(cursor(2, 6));
+        assert_eq!(outbox.take_resync(), None, "paused");
+        let outbox = self::outbox(8, 1024);
+        outbox.resync_after_pause(cursor(4, 4), Duration::ZERO);
+        assert_eq!(outbox.take_resync(), Some(cursor(4, 4)));
     }
 
     #[test]

@@ -125,9 +125,10 @@ async fn reregister_on_reconnect(state: &GatewayState, stop: &CancellationToken)
 /// Asks `session` again, after `RESYNC_RETRY`, for the replay after `after` that failed.
 /// A session closed meanwhile ignores it.
 pub fn resync_later(session: Arc<SessionHandle>, after: Cursor) {
+    session.outbox.resync_after_pause(after, RESYNC_RETRY);
     tokio::spawn(async move {
         tokio::time::sleep(RESYNC_RETRY).await;
-        session.outbox.resync_after(after);
+        session.outbox.wake();
     });
 }
 

@@ -75,6 +75,10 @@ pub struct Session {
     queries: Option<FuturesUnordered<query::Query>>,
     /// The `sync` replay's next step, while one runs.
     replay: Option<replay::ReplayTurn>,
+    /// How far the running replay has brought the device: its cursor after the last
+    /// replayed message queued (or where the replay started). A failed replay is tried
+    /// again from here.
+    replayed_to: Option<Cursor>,
     /// When this connection last sent a typing indicator on (rate limit).
     last_typing: Option<Instant>,
     /// Which receipts go on, and when (created on the first receipt).
@@ -123,6 +127,7 @@ impl Session {
             in_flight: None,
             queries: None,
             replay: None,
+            replayed_to: None,
             last_typing: None,
             receipt_gate: None,
             receipt_timer: None,

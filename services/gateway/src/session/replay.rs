@@ -36,6 +36,9 @@ impl Session {
     }
 
     pub(super) fn start_replay_turn(&mut self, replay: Replay) {
+        if let Replay::Start { cursor, .. } = &replay {
+            self.replayed_to = cursor.clone();
+        }
         let state = self.state.clone();
         self.replay = Some(Box::pin(async move { state.replayer.turn(replay).await }));
     }
@@ -46,15 +49,22 @@ impl Session {
         let turn = match turn {
             Ok(turn) => turn,
             Err(e) => {
-                tracing::warn!(error = %e, "sync failed");
-                let resync = self.handle.outbox.resync_failed();
-                self.handle.outbox.release();
-                if let Some(after) = resync {
-                    // The gateway asked for it, not the client, whose cursor may already be
-                    // past what was lost: the gateway tries again itself.
-                    return crate::reregister::resync_later(self.handle.clone(), after);
+                // Live messages stay held: released now, they would carry cursors past the
+                // messages the replay has not sent yet. The gateway tries again from the
+                // last message it sent; a device that leaves meanwhile resumes from there.
+                match self.replayed_to.take() {
+                    Some(at) => {
+                        tracing::warn!(error = %e, "replay failed; trying again");
+                        return crate::reregister::resync_later(self.handle.clone(), at);
+                    }
+                    // No cursor: nothing was to be replayed, and the device learns where
+                    // live traffic starts from `synced` when it asks again.
+                    None => {
+                        tracing::warn!(error = %e, "sync failed");
+                        self.handle.outbox.release();
+                        return self.refuse(Refusal::SyncFailed);
+                    }
                 }
-                return self.refuse(Refusal::SyncFailed);
             }
         };
         if let Some(head) = turn.head {
@@ -62,7 +72,12 @@ impl Session {
         }
         for frame in &turn.frames {
             match frame {
-                ServerFrame::Message(_) => self.state.metrics.replayed.inc(),
+                ServerFrame::Message(m) => {
+                    self.state.metrics.replayed.inc();
+                    if m.cursor.is_some() {
+                        self.replayed_to = m.cursor.clone();
+                    }
+                }
                 ServerFrame::Synced {
                     recovered: false, ..
                 } => self.state.metrics.replay_gaps.inc(),
@@ -72,7 +87,10 @@ impl Session {
         }
         match turn.next {
             Some(next) => self.start_replay_turn(next),
-            None => self.handle.outbox.release(),
+            None => {
+                self.replayed_to = None;
+                self.handle.outbox.release();
+            }
         }
     }
 }
