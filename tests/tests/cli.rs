@@ -228,7 +228,7 @@ async fn check_passes_on_a_running_stack_and_fails_clearly_without_nats() {
     let names: Vec<&str> = items.iter().map(|i| i["name"].as_str().unwrap()).collect();
     for needed in [
         protocol::subjects::MESSAGES_STREAM,
-        protocol::subjects::ROUTER_CONSUMER,
+        &protocol::subjects::router(2),
         &protocol::subjects::history_writer(0),
         protocol::subjects::NOTIFIER_CONSUMER,
         protocol::subjects::GATEWAYS_BUCKET,

@@ -4,7 +4,7 @@
 use async_nats::jetstream::consumer::PullConsumer;
 use futures::StreamExt;
 use protocol::frames::ServerFrame;
-use protocol::{ClientMsgId, Encoding};
+use protocol::{ClientMsgId, ConversationId, Encoding, UserId, subjects};
 use testkit::{
     Stack, expect_accepted, expect_delivered, expect_frame, expect_message, expect_seen,
     expect_sent, within,
@@ -165,31 +165,28 @@ async fn messages_the_routers_consumer_lost_in_flight_are_routed_first_and_in_or
     // consumer counts the first messages as delivered and would send them again only after
     // its ack wait, after the messages that follow them.
     let stream = stack.messages_stream().await;
-    let consumer: PullConsumer = stream
-        .get_consumer(protocol::subjects::ROUTER_CONSUMER)
-        .await
-        .unwrap();
+    let conversation = ConversationId::direct(&user("alice"), &user("bob"));
+    let router = subjects::router(subjects::partition(&conversation, stack.bus.partitions));
+    let consumer: PullConsumer = stream.get_consumer(&router).await.unwrap();
     let mut pulled = plumbing::bus::pull(&consumer, 1).await.unwrap();
     let mut lost = 0;
     while lost < 2 {
         let msg = within(pulled.next()).await.unwrap().unwrap();
-        if msg.subject.as_str() != protocol::subjects::SESSION_MARKERS {
+        if msg.subject.as_str() != subjects::SESSION_MARKERS {
             lost += 1;
         }
     }
     drop(pulled);
-    plumbing::bus::release_pin(&stream, protocol::subjects::ROUTER_CONSUMER)
-        .await
-        .unwrap();
+    plumbing::bus::release_pin(&stream, &router).await.unwrap();
 
     let mut config = stack.chat_config.clone();
     config.route = true;
-    let router = stack.start_chat(config).await;
+    let chat = stack.start_chat(config).await;
     for i in 1..=6 {
         assert_eq!(expect_message(&mut bob).await.body, i.to_string());
     }
     assert!(
-        stack.chats[router].metric("natter_chat_routed_from_stream_total") >= 2,
+        stack.chats[chat].metric("natter_chat_routed_from_stream_total") >= 2,
         "the lost messages were read from the stream, not sent again by the consumer"
     );
 }
@@ -208,4 +205,8 @@ async fn json_and_msgpack_clients_talk_to_each_other() {
     bob.send("alice", "e2", "from msgpack ✓").await.unwrap();
     expect_sent(&mut bob, "e2").await;
     assert_eq!(expect_message(&mut alice).await.body, "from msgpack ✓");
+}
+
+fn user(name: &str) -> UserId {
+    UserId::new(name).unwrap()
 }

@@ -186,8 +186,18 @@ async fn a_gateway_cut_off_from_nats_keeps_its_sessions_and_catches_up_when_back
     assert!(synced.recovered);
     let replayed: Vec<MessageId> = replayed.iter().map(|m| m.id).collect();
     assert_eq!(replayed, [lost_in_flight, while_offline]);
+    // The next delivery shows the router's numbers skipped the lost one, and the gateway
+    // replays that partition once more: held live traffic waits for it, so a device never
+    // holds a cursor past a message it lacks. The replay's copies are dropped by id, as the
+    // protocol tells clients to.
     let after = send(&mut alice, "after").await;
-    assert_eq!(expect_message(&mut bob).await.id, after);
+    loop {
+        let got = expect_message(&mut bob).await.id;
+        if got == after {
+            break;
+        }
+        assert!(replayed.contains(&got), "only copies come before it");
+    }
     assert_eq!(gw.metric("natter_gateway_connections_total").await, 1);
 }
 

@@ -57,18 +57,31 @@ impl Cursor {
         }
     }
 
-    /// Moves to a routed message of partition `k` at `seq`, delivered after every
-    /// partition's messages up to `floor` (see `payloads::Position`): `false`, and no move,
-    /// if the cursor already covers it (a copy of a message the device has).
-    pub fn receive(&mut self, k: u32, seq: u64, floor: u64) -> bool {
+    /// Moves to partition `k`'s message at `seq`: `false`, and no move, if the cursor already
+    /// covers it (a copy of a message the device has).
+    pub fn receive(&mut self, k: u32, seq: u64) -> bool {
         if self.covers(k, seq) {
             return false;
         }
-        for s in &mut self.seqs {
-            *s = (*s).max(floor);
-        }
         self.advance(k, seq);
         true
+    }
+
+    /// Every partition to at least `seq` (the stream was read in order up to there).
+    pub fn reach(&mut self, seq: u64) {
+        for s in &mut self.seqs {
+            *s = (*s).max(seq);
+        }
+    }
+
+    /// Every partition to at least `floor`'s position there; a floor of another epoch or
+    /// partition count changes nothing.
+    pub fn raise(&mut self, floor: &Cursor) {
+        if floor.epoch == self.epoch && floor.seqs.len() == self.seqs.len() {
+            for (s, f) in self.seqs.iter_mut().zip(&floor.seqs) {
+                *s = (*s).max(*f);
+            }
+        }
     }
 
     /// Sets partition `k` to `seq`, forward or back.
@@ -230,9 +243,21 @@ mod tests {
         c.advance(1, 15);
         c.advance(1, 12);
         assert_eq!(c.seqs, [10, 15, 10]);
-        assert!(!c.receive(1, 15, 15), "a copy");
-        assert!(c.receive(0, 11, 9));
+        assert!(!c.receive(1, 15), "a copy");
+        assert!(c.receive(0, 11));
         assert_eq!(c.seqs, [11, 15, 10]);
+        let mut raised = c.clone();
+        raised.raise(&Cursor::head(9, 12, 3));
+        assert_eq!(raised.seqs, [12, 15, 12]);
+        raised.raise(&Cursor::head(8, 99, 3));
+        raised.raise(&Cursor::head(9, 99, 2));
+        assert_eq!(
+            raised.seqs,
+            [12, 15, 12],
+            "another stream or partition count"
+        );
+        raised.reach(14);
+        assert_eq!(raised.seqs, [14, 15, 14]);
         c.set(2, 4);
         assert_eq!((c.earliest(), c.latest()), (4, 15));
         let other = Cursor::head(9, 11, 3);

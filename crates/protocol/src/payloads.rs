@@ -63,20 +63,18 @@ pub struct Position {
     /// The message's partition and stream sequence.
     pub partition: u32,
     pub seq: u64,
-    /// Every partition's messages up to this sequence were published to their gateways
-    /// before this one, by the same publisher (so they arrived first): a device that gets
-    /// this message has every message of its own up to here. The one router routes in
-    /// stream order, so it is the message's own sequence; 0 claims nothing.
-    pub floor: u64,
 }
 
-/// The router numbers the message deliveries it publishes to each gateway: `n` counts up
-/// from 1 within one router `run`. A gateway that sees `n` skip within a run lost a delivery
-/// (a NATS node died with it) and has its sessions replay from before the gap.
+/// A partition's router numbers the message deliveries it publishes to each gateway: `n`
+/// counts up from 1 within one router `run` of `partition`. A gateway that sees `n` skip
+/// within a run lost a delivery (a NATS node died with it) and has its sessions replay that
+/// partition from before the gap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeliveryOrder {
     pub run: u64,
     pub n: u64,
+    #[serde(default)]
+    pub partition: u32,
 }
 
 /// What a receipt reports.

@@ -54,6 +54,12 @@ pub const SESSION_MARKERS: &str = "natter.msg.session";
 /// Durable consumer on [`MESSAGES_STREAM`] that routes messages to gateways.
 pub const ROUTER_CONSUMER: &str = "natter-router";
 
+/// Partition `k`'s router consumer (`natter-router-<k>`). `ROUTER_CONSUMER` alone is the one
+/// consumer of deployments before routers were partitioned.
+pub fn router(k: u32) -> String {
+    format!("{ROUTER_CONSUMER}-{k}")
+}
+
 /// KV bucket: one key per connected session.
 pub const SESSIONS_BUCKET: &str = "natter_sessions";
 /// The JetStream stream behind [`SESSIONS_BUCKET`] (watched for its last revision).
@@ -239,7 +245,7 @@ pub fn catalogue() -> Vec<String> {
         MESSAGES_STREAM.into(),
         MESSAGES_SUBJECTS.into(),
         SESSION_MARKERS.into(),
-        ROUTER_CONSUMER.into(),
+        "natter-router-<k>".into(),
         SESSIONS_BUCKET.into(),
         SESSIONS_STREAM.into(),
         GATEWAYS_BUCKET.into(),

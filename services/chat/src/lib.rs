@@ -13,6 +13,7 @@ mod presence_view;
 mod receipts;
 mod refusal;
 mod router;
+mod routers;
 mod service;
 mod stream_order;
 mod typing;

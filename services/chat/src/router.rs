@@ -1,26 +1,27 @@
-//! Routing persisted messages from the durable consumer `natter-router`: look up the
+//! Routing one persisted message (for a partition's router, `routers.rs`): look up the
 //! recipient's sessions and the sender's other devices in the presence view, group them by
-//! gateway, and publish one delivery per gateway.
+//! gateway, and publish one delivery per gateway. Also the at-most-once notices (receipts,
+//! typing) that go to users' sessions the same way.
 //!
 //! Deliveries carry the message's position (`Position`), not a cursor: each device's
 //! cursor is its own, written into the frame by its gateway's outbox.
 //!
 //! Two properties make a device's cursor safe to resume from (see `protocol::cursor`):
-//! - **Stream order.** The consumer is pinned: one chat instance routes at a time, in stream
-//!   order, and a failed publish is retried in place rather than skipped. The others stand by
-//!   and take over within seconds (unacknowledged messages are routed again; gateways drop
-//!   what a device has). Messages the consumer delivered and lost on the way are read from
-//!   the stream and routed before the ones after them (`stream_order`).
+//! - **Stream order per partition.** A partition's consumer is pinned: one chat instance
+//!   routes it at a time, in stream order, and a failed publish is retried in place rather
+//!   than skipped. The others stand by and take over within seconds (unacknowledged messages
+//!   are routed again; gateways drop what a device has). Messages the consumer delivered and
+//!   lost on the way are read from the stream and routed before the ones after them
+//!   (`stream_order`).
 //! - **No missed registrations.** A gateway appends a session marker to the stream when it
-//!   registers a session; at a marker the router waits until its presence view has applied
-//!   that registration. A message written after a device registered is therefore routed to
-//!   it; messages written before are the device's replay. This costs nothing per message.
+//!   registers a session; every partition's router waits at every marker until its presence
+//!   view has applied that registration. A message written after a device registered is
+//!   therefore routed to it; messages written before are the device's replay. This costs
+//!   nothing per message.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer};
 use groups::GroupView;
 use protocol::frames::ServerFrame;
 use protocol::payloads::{
@@ -32,13 +33,13 @@ use tokio_util::sync::CancellationToken;
 use crate::config::ChatConfig;
 use crate::metrics::ChatMetrics;
 use crate::presence_view::{PresenceView, Route};
-use crate::stream_order::StreamOrder;
+use crate::routers::Numbering;
 
 /// How long routing waits at a session marker for the presence view to apply it.
 const PRESENCE_PATIENCE: Duration = Duration::from_millis(500);
 
 /// Pause before retrying a delivery publish that failed (the NATS connection is down).
-const RETRY_DELAY: Duration = Duration::from_millis(200);
+pub const RETRY_DELAY: Duration = Duration::from_millis(200);
 
 pub struct Router {
     pub nats: async_nats::Client,
@@ -50,115 +51,17 @@ pub struct Router {
     pub epoch: u64,
     /// The deployment's partition count.
     pub partitions: u32,
-    /// This router's run and the last number given to each gateway's message deliveries
-    /// (only the router loop numbers them, so they leave in order).
-    pub run: u64,
-    pub numbered: std::sync::Mutex<HashMap<GatewayId, u64>>,
-}
-
-/// Creates the router's durable consumer if needed. Called by ingest too, so that a message
-/// persisted before any router ever ran is still routed.
-pub async fn ensure_consumer(
-    stream: &jetstream::stream::Stream,
-    batch: usize,
-    ack_wait: Duration,
-) -> anyhow::Result<consumer::PullConsumer> {
-    plumbing::bus::ensure_durable(
-        stream,
-        plumbing::bus::Durable {
-            name: subjects::ROUTER_CONSUMER,
-            filter: None,
-            description: "routes every message to its recipients' gateways",
-            deliver_policy: consumer::DeliverPolicy::New,
-            batch,
-            ack_wait,
-            pinned: true,
-        },
-    )
-    .await
-}
-
-/// Routes messages until `stop`, in stream order (see `stream_order`).
-pub async fn serve(
-    router: Arc<Router>,
-    stream: jetstream::stream::Stream,
-    consumer: consumer::PullConsumer,
-    batch: usize,
-    stop: CancellationToken,
-) -> anyhow::Result<()> {
-    let mut messages = plumbing::bus::pull(&consumer, batch).await?;
-    let mut order = StreamOrder::new(stream, consumer);
-    while let Some(msg) = plumbing::bus::next_pulled(&mut messages, &stop).await {
-        match msg.info().map(|i| i.stream_sequence) {
-            Ok(seq) if order.is_routed(seq) => {}
-            Ok(seq) => {
-                if !router.catch_up(&mut order, seq, &stop).await
-                    || !router.handle(&msg.subject, &msg.payload, seq, &stop).await
-                {
-                    // Stopped mid-retry: leave it unacknowledged for the next router.
-                    return Ok(());
-                }
-                order.routed_upto(seq);
-            }
-            Err(e) => tracing::warn!(error = %e, "a routed message without its stream position"),
-        }
-        if let Err(e) = msg.ack().await {
-            tracing::warn!(error = %e, "router ack failed; the message will be routed again");
-        }
-    }
-    Ok(())
 }
 
 impl Router {
-    /// Routes, from the stream, the messages before `seq` that the consumer delivered and
-    /// lost on the way (see `stream_order`); `false` if `stop` came first.
-    async fn catch_up(&self, order: &mut StreamOrder, seq: u64, stop: &CancellationToken) -> bool {
-        loop {
-            let caught_up = async {
-                let missing = order.missing_before(seq).await?;
-                if !missing.is_empty() {
-                    tracing::warn!(
-                        from = missing.start,
-                        to = missing.end - 1,
-                        "the router's consumer skipped messages; routing them from the stream"
-                    );
-                    self.metrics
-                        .routed_from_stream
-                        .add(missing.end - missing.start);
-                }
-                for s in missing {
-                    if let Some(message) = order.read(s).await?
-                        && !self
-                            .handle(&message.subject, &message.payload, s, stop)
-                            .await
-                    {
-                        return Ok(false);
-                    }
-                    order.routed_upto(s);
-                }
-                anyhow::Ok(true)
-            }
-            .await;
-            match caught_up {
-                Ok(go_on) => return go_on,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot route the skipped messages yet; retrying");
-                    tokio::select! {
-                        _ = stop.cancelled() => return false,
-                        _ = tokio::time::sleep(RETRY_DELAY) => {}
-                    }
-                }
-            }
-        }
-    }
-
     /// Routes one message of the stream, a conversation message or a session marker;
     /// `false` if `stop` came while a publish was failing.
-    async fn handle(
+    pub async fn handle(
         &self,
         subject: &str,
         payload: &[u8],
         seq: u64,
+        numbering: &mut Numbering,
         stop: &CancellationToken,
     ) -> bool {
         if subject == subjects::SESSION_MARKERS {
@@ -177,7 +80,7 @@ impl Router {
             return true;
         }
         match serde_json::from_slice::<StoredMessage>(payload) {
-            Ok(stored) => self.route(stored, seq, stop).await,
+            Ok(stored) => self.route(stored, seq, numbering, stop).await,
             // Not ours to fix by retrying: an integrator published garbage to the stream.
             Err(e) => {
                 tracing::warn!(error = %e, %subject, "unroutable message");
@@ -191,7 +94,13 @@ impl Router {
     /// The recipients are the peer and the sender (other devices) of a 1:1 message, or the
     /// members of a group; their live sessions are grouped by gateway, and each gateway gets
     /// one publish listing its targets, whatever the number of members there.
-    async fn route(&self, stored: StoredMessage, seq: u64, stop: &CancellationToken) -> bool {
+    async fn route(
+        &self,
+        stored: StoredMessage,
+        seq: u64,
+        numbering: &mut Numbering,
+        stop: &CancellationToken,
+    ) -> bool {
         let mut message = stored.message;
         // Each device's cursor is written by its gateway, from the position.
         message.cursor = None;
@@ -199,9 +108,6 @@ impl Router {
             epoch: self.epoch,
             partition: subjects::partition(&message.conversation, self.partitions),
             seq,
-            // Routed in stream order by one router on one connection: everything before
-            // this message was published before it.
-            floor: seq,
         };
         let mut by_gateway: HashMap<GatewayId, Vec<ConnId>> = HashMap::new();
         let mut target = |route: &Route| {
@@ -270,15 +176,7 @@ impl Router {
         let frame = ServerFrame::Message(message);
         let max_payload = self.max_payload();
         for (gateway, targets) in by_gateway {
-            let next = || {
-                let mut numbered = self.numbered.lock().unwrap();
-                let n = numbered.entry(gateway.clone()).or_default();
-                *n += 1;
-                Some(DeliveryOrder {
-                    run: self.run,
-                    n: *n,
-                })
-            };
+            let next = || Some(numbering.next(&gateway));
             for payload in deliveries(targets, &frame, Some(position), max_payload, next) {
                 self.metrics.message_publishes.inc();
                 while !self.publish(&gateway, payload.clone()).await {
@@ -428,7 +326,11 @@ mod tests {
         let mut n = 0;
         let mut next = || {
             n += 1;
-            Some(DeliveryOrder { run: 1, n })
+            Some(DeliveryOrder {
+                run: 1,
+                n,
+                partition: 0,
+            })
         };
         let parts = deliveries(targets.clone(), &frame, None, max_payload, &mut next);
         assert!(parts.len() > 1);

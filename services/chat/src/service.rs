@@ -16,7 +16,8 @@ use crate::metrics::ChatMetrics;
 use crate::notify;
 use crate::presence_view::PresenceView;
 use crate::receipts;
-use crate::router::{self, Router};
+use crate::router::Router;
+use crate::routers::{self, Routers};
 use crate::typing;
 use crate::undelivered;
 use crate::user_presence::{self, UserPresenceRole};
@@ -39,7 +40,11 @@ impl Chat {
         let stream = plumbing::bus::ensure_messages_stream(&js, bus).await?;
         plumbing::bus::ensure_offline_stream(&js, bus).await?;
         let ack_wait = Duration::from_millis(config.router_ack_wait_ms);
-        let consumer = router::ensure_consumer(&stream, config.router_batch, ack_wait).await?;
+        // Every partition's router consumer exists before anything is persisted, so that a
+        // message persisted before any router ran is still routed.
+        for k in 0..bus.partitions {
+            routers::ensure_consumer(&stream, k, config.router_batch, ack_wait).await?;
+        }
         let metrics = ChatMetrics::new();
         let mut roles = Roles::new(&shutdown);
         let stop = roles.stop();
@@ -60,14 +65,20 @@ impl Chat {
                 metrics: metrics.clone(),
                 epoch,
                 partitions: bus.partitions,
-                run: ulid::Ulid::new().random() as u64,
-                numbered: Default::default(),
             });
-            roles.spawn(router::serve(
-                router.clone(),
-                stream.clone(),
-                consumer,
-                config.router_batch,
+            let instance = ulid::Ulid::new().to_string().to_lowercase();
+            let (assigned, membership_task) =
+                plumbing::bus::shares::join(&js, bus, "router", instance, stop.clone()).await?;
+            roles.spawn(membership_task);
+            let routers = Routers {
+                router: router.clone(),
+                stream: stream.clone(),
+                batch: config.router_batch,
+                ack_wait,
+            };
+            roles.spawn(plumbing::bus::partition_tasks::run_partitions(
+                routers,
+                assigned,
                 stop.clone(),
             ));
             let sub = receipts::subscribe(&nats).await?;

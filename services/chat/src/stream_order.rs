@@ -1,40 +1,60 @@
-//! Routing in stream order, whatever order the router's consumer delivers in.
+//! Routing a partition in stream order, whatever order its consumer delivers in.
 //!
-//! The consumer normally delivers the stream in order, but not always: when a pull response
-//! is lost (a NATS node dies with it in flight), the consumer counts its messages as
+//! A router's consumer normally delivers its partition in order, but not always: when a pull
+//! response is lost (a NATS node dies with it in flight), the consumer counts its messages as
 //! delivered and sends them again only after `router_ack_wait_ms`, while the messages after
 //! them keep coming. Routed in that order, a message would reach a device after later ones,
-//! when the device's cursor (everything up to here) already covers it: its gateway would drop
-//! it as a copy, and the device would never have it.
+//! when the device's cursor (everything of the partition up to here) already covers it: its
+//! gateway would drop it as a copy, and the device would never have it.
 //!
-//! So the router keeps the sequence up to which everything is routed. A message further on
-//! than the next one means messages before it were delivered and lost on the way: the
-//! router reads them from the stream and routes them first. When the consumer sends them
-//! again, they are acknowledged without routing. Every sequence of the stream is the
-//! router's (its consumer has no filter), so in the usual case the next message is the next
-//! sequence and this costs nothing; a gap costs one consumer and one stream lookup, plus one
-//! read per missing message.
-
-use std::ops::Range;
+//! So the router keeps the stream sequence up to which its partition is routed, and the
+//! consumer's delivery number of the last message it got. Deliveries are numbered one by one
+//! (sent again or not), so a number that skips means deliveries were lost on the way: the
+//! router then reads the partition's messages (and session markers) it has not routed from
+//! the stream and routes them first. When the consumer sends them again, they are
+//! acknowledged without routing. In the usual case this costs nothing; a skip costs one
+//! consumer lookup and two stream reads per missing message.
 
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::message::StreamMessage;
 use async_nats::jetstream::stream::{RawMessageErrorKind, Stream};
+use protocol::subjects;
 
 pub struct StreamOrder {
     stream: Stream,
     consumer: PullConsumer,
-    /// Every message up to this sequence is routed, by this router or (acknowledged) by
-    /// one before it.
+    /// The partition's messages, and the session markers: what the consumer delivers.
+    subjects: [String; 2],
+    /// Every message of the partition up to this sequence is routed, by this router or
+    /// (acknowledged) by one before it.
     routed: u64,
+    deliveries: Deliveries,
+}
+
+/// The consumer's number of the last delivery this router got; 0 before the first.
+#[derive(Default)]
+struct Deliveries(u64);
+
+impl Deliveries {
+    /// Takes delivery number `n`: `true` if it is the first, or deliveries were skipped.
+    fn skipped(&mut self, n: u64) -> bool {
+        let skipped = self.0 == 0 || n != self.0 + 1;
+        self.0 = self.0.max(n);
+        skipped
+    }
 }
 
 impl StreamOrder {
-    pub fn new(stream: Stream, consumer: PullConsumer) -> Self {
+    pub fn new(stream: Stream, consumer: PullConsumer, partition: u32) -> Self {
         Self {
             stream,
             consumer,
+            subjects: [
+                subjects::partition_messages(partition),
+                subjects::SESSION_MARKERS.to_string(),
+            ],
             routed: 0,
+            deliveries: Deliveries::default(),
         }
     }
 
@@ -43,32 +63,64 @@ impl StreamOrder {
         seq <= self.routed
     }
 
-    /// The sequences to route before the message at `seq`: after what is routed, and neither
-    /// acknowledged by the consumer nor trimmed from the stream. Usually none.
-    pub async fn missing_before(&mut self, seq: u64) -> anyhow::Result<Range<u64>> {
-        if seq == self.routed + 1 {
-            return Ok(seq..seq);
-        }
-        // The first message this router sees, or one after a gap: what the consumer has
-        // acknowledged (routed by a router before this one, or by this one before it lost
-        // its pin) needs no routing.
+    /// Takes delivery number `delivery` of the message at `seq`: `true` if deliveries before
+    /// it may have been lost on the way (the first one this router gets, or one after a skip),
+    /// and the messages before it must be looked for (see [`missing`](Self::missing)).
+    pub fn delivered(&mut self, delivery: u64) -> bool {
+        self.deliveries.skipped(delivery)
+    }
+
+    /// After a skip, before routing the message at `seq`: where to look for messages the
+    /// consumer delivered and lost. What the consumer has acknowledged (routed by a router
+    /// before this one, or by this one before it lost its pin) needs no routing.
+    pub async fn look_from(&mut self, seq: u64) -> anyhow::Result<u64> {
         let acked = self.consumer.get_info().await?.ack_floor.stream_sequence;
-        let first = self.stream.get_info().await?.state.first_sequence;
-        self.routed = self.routed.max(acked).max(first.saturating_sub(1));
-        Ok((self.routed + 1).min(seq)..seq)
+        self.routed = self.routed.max(acked);
+        Ok((self.routed + 1).min(seq))
     }
 
-    /// The message at `seq`, read from the stream; `None` if it was deleted.
-    pub async fn read(&self, seq: u64) -> anyhow::Result<Option<StreamMessage>> {
-        match self.stream.get_raw_message(seq).await {
-            Ok(message) => Ok(Some(message)),
-            Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => Ok(None),
-            Err(e) => Err(anyhow::anyhow!("cannot read message {seq}: {e}")),
+    /// The first message of this router's at or after `from` and before `before`, read from
+    /// the stream.
+    pub async fn missing(&self, from: u64, before: u64) -> anyhow::Result<Option<StreamMessage>> {
+        let mut first: Option<StreamMessage> = None;
+        for subject in &self.subjects {
+            match self
+                .stream
+                .get_first_raw_message_by_subject(subject, from)
+                .await
+            {
+                Ok(m)
+                    if m.sequence < before
+                        && first.as_ref().is_none_or(|f| m.sequence < f.sequence) =>
+                {
+                    first = Some(m)
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => {}
+                Err(e) => anyhow::bail!("cannot read the stream from {from}: {e}"),
+            }
         }
+        Ok(first)
     }
 
-    /// The message at `seq` is routed, and everything before it.
+    /// The message at `seq` is routed, and every one of the partition before it.
     pub fn routed_upto(&mut self, seq: u64) {
         self.routed = self.routed.max(seq);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_first_or_skipped_delivery_number_asks_for_a_look() {
+        let mut deliveries = Deliveries::default();
+        assert!(deliveries.skipped(7), "the first delivery this router gets");
+        assert!(!deliveries.skipped(8));
+        assert!(deliveries.skipped(10), "delivery 9 was lost on the way");
+        assert!(!deliveries.skipped(11));
+        assert!(deliveries.skipped(3), "an old number is not the next one");
+        assert!(!deliveries.skipped(12));
     }
 }

@@ -39,7 +39,7 @@ pub async fn ensure_consumer(js: &jetstream::Context) -> anyhow::Result<consumer
         &stream,
         plumbing::bus::Durable {
             name: subjects::PRESENCE_CONSUMER,
-            filter: None,
+            filters: Vec::new(),
             description: "turns session changes into user presence",
             deliver_policy: consumer::DeliverPolicy::New,
             batch: 256,

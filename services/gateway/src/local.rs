@@ -5,11 +5,18 @@
 //! `natter.chat.undelivered`.
 //!
 //! Deliveries are plain NATS publishes: a NATS node that dies while forwarding one loses it,
-//! and the device's cursor would then move past it with the next message. So the router
-//! numbers each gateway's message deliveries, and a gap in the numbers makes every session
-//! here replay from the last message received before it.
+//! and the device's cursor would then move past it with the next message. So each
+//! partition's router numbers its message deliveries to each gateway, and a gap in a
+//! partition's numbers makes every session here replay that partition from the last message
+//! received before it.
+//!
+//! Where this gateway's deliveries stand per partition (`RoutedUpto`) is raised after a
+//! delivery is in its targets' outboxes: every session here not replaying then has each of
+//! its messages up to there, so its cursor may claim them (a device that only gets messages
+//! of one partition still moves through the others).
 
-use std::sync::Mutex;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use protocol::frames::ServerFrame;
 use protocol::payloads::{Delivery, DeliveryOrder, Position, Undelivered};
@@ -25,8 +32,9 @@ pub struct Local {
     pub gateway: GatewayId,
     pub nats: async_nats::Client,
     pub registry: Registry,
-    /// Where this gateway's deliveries stand in the messages stream (see `reregister`).
-    pub routed: RoutedUpto,
+    /// Where this gateway's deliveries stand in the messages stream (see `reregister`), shared
+    /// with every session's outbox as a floor for its cursor.
+    pub routed: Arc<RoutedUpto>,
     pub gaps: DeliveryGaps,
     pub metrics: GatewayMetrics,
 }
@@ -43,7 +51,7 @@ impl Local {
             gateway,
             nats,
             registry: Registry::default(),
-            routed: RoutedUpto::new(routed_from, partitions),
+            routed: Arc::new(RoutedUpto::new(routed_from, partitions)),
             gaps: DeliveryGaps::default(),
             metrics,
         }
@@ -65,14 +73,19 @@ impl Local {
         {
             // Replay from the last message received before the gap; it precedes the lost ones.
             match self.routed.get() {
-                Some(after) => {
+                Some(routed) => {
                     self.metrics.delivery_gaps.inc();
+                    let k = order.partition;
                     tracing::warn!(
+                        partition = k,
                         run = order.run,
                         n = order.n,
-                        "a delivery was lost; sessions replay"
+                        "a delivery was lost; sessions replay its partition"
                     );
-                    self.resync_all(after);
+                    let upto = routed.seqs.get(k as usize).copied().unwrap_or_default();
+                    for (_, handle) in self.registry.all() {
+                        handle.outbox.resync_partition(k, upto, &routed);
+                    }
                 }
                 None => tracing::warn!("a delivery was lost and no stream position is known"),
             }
@@ -84,9 +97,6 @@ impl Local {
             _ => None,
         };
         let position = delivery.position;
-        if let Some(at) = position {
-            self.routed.observe(at);
-        }
         let mut gone = Vec::new();
         self.registry.deliver_to(
             &delivery.targets,
@@ -106,6 +116,10 @@ impl Local {
             },
             |conn, user| gone.push((conn, user.clone())),
         );
+        // Only now: a session's cursor may claim it once it is in the session's outbox.
+        if let Some(at) = position {
+            self.routed.observe(at);
+        }
         let Some(message) = message else {
             return;
         };
@@ -133,17 +147,19 @@ impl Local {
     }
 }
 
-/// The last numbered delivery received, to notice one that went missing.
+/// The last numbered delivery received from each partition's router, to notice one that
+/// went missing.
 #[derive(Default)]
-pub struct DeliveryGaps(std::sync::Mutex<Option<DeliveryOrder>>);
+pub struct DeliveryGaps(Mutex<HashMap<u32, DeliveryOrder>>);
 
 impl DeliveryGaps {
     /// Records `order`; `true` if deliveries of the same router run were skipped.
     fn missed_before(&self, order: DeliveryOrder) -> bool {
         let mut last = self.0.lock().unwrap();
-        let missed = last.is_some_and(|l| l.run == order.run && order.n > l.n + 1);
-        if last.is_none_or(|l| l.run != order.run || order.n > l.n) {
-            *last = Some(order);
+        let last = last.entry(order.partition).or_insert(order);
+        let missed = last.run == order.run && order.n > last.n + 1;
+        if last.run != order.run || order.n > last.n {
+            *last = order;
         }
         missed
     }
@@ -172,11 +188,18 @@ impl RoutedUpto {
             // A new epoch (the stream was recreated) starts over.
             slot => slot.insert(Cursor::head(at.epoch, 0, self.partitions)),
         };
-        cursor.receive(at.partition, at.seq, at.floor);
+        cursor.advance(at.partition, at.seq);
     }
 
     pub fn get(&self) -> Option<Cursor> {
         self.upto.lock().unwrap().clone()
+    }
+
+    /// Raises `cursor` to where this gateway's deliveries stand.
+    pub fn raise(&self, cursor: &mut Cursor) {
+        if let Some(upto) = &*self.upto.lock().unwrap() {
+            cursor.raise(upto);
+        }
     }
 
     pub fn partitions(&self) -> u32 {
@@ -191,12 +214,25 @@ mod tests {
     #[test]
     fn a_skipped_number_is_a_gap_and_a_new_run_is_not() {
         let gaps = DeliveryGaps::default();
-        let at = |run, n| DeliveryOrder { run, n };
+        let at = |run, n| DeliveryOrder {
+            run,
+            n,
+            partition: 0,
+        };
         assert!(!gaps.missed_before(at(1, 1)));
         assert!(!gaps.missed_before(at(1, 2)));
         assert!(gaps.missed_before(at(1, 4)), "3 went missing");
         assert!(!gaps.missed_before(at(1, 5)));
         assert!(!gaps.missed_before(at(2, 1)), "another router took over");
         assert!(!gaps.missed_before(at(2, 2)));
+        // Each partition's router numbers on its own.
+        let other = DeliveryOrder {
+            run: 3,
+            n: 7,
+            partition: 1,
+        };
+        assert!(!gaps.missed_before(other), "the first of partition 1");
+        assert!(!gaps.missed_before(at(2, 3)));
+        assert!(gaps.missed_before(DeliveryOrder { n: 9, ..other }));
     }
 }

@@ -10,12 +10,19 @@
 //!
 //! The outbox also keeps the device's cursor (one sequence per partition, see
 //! `protocol::Cursor`). A routed message arrives encoded once for every device, without a
-//! cursor, and with its position in the stream; the outbox moves this device's cursor to it
-//! and writes the cursor into the frame. A message the cursor already covers is a copy of one
-//! the device has (a replay sent it, or a router that took over sent it again) and is dropped.
+//! cursor, and with its position in the stream; the outbox moves this device's cursor to it,
+//! raises it to where the gateway's deliveries stand (`local::RoutedUpto`: the device has
+//! every message of its own up to there), and writes the cursor into the frame. A message the
+//! cursor already covers is a copy of one the device has (a replay sent it, or a router that
+//! took over sent it again) and is dropped.
+//!
+//! A resync request (a lost delivery, the gateway cut off from NATS, a replay that failed)
+//! holds live messages at once, before the session starts the replay, and a replay that ends
+//! while another is asked for keeps holding: a live message released before the missing ones
+//! are replayed would carry a cursor past them.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use protocol::encoding::Encoded;
@@ -23,6 +30,8 @@ use protocol::payloads::Position;
 use protocol::{CloseCode, Cursor, Encoding};
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message;
+
+use crate::local::RoutedUpto;
 
 pub struct Outbox {
     state: Mutex<State>,
@@ -35,6 +44,8 @@ pub struct Outbox {
     encoding: Encoding,
     /// The deployment's partition count: the length of a cursor.
     partitions: u32,
+    /// Where the gateway's deliveries stand: a floor for the cursor.
+    routed: Arc<RoutedUpto>,
 }
 
 #[derive(Default)]
@@ -56,6 +67,7 @@ struct State {
     resync_not_before: Option<Instant>,
 }
 
+#[derive(Default)]
 struct Held {
     /// What the replay covers, once known.
     upto: Option<Cursor>,
@@ -72,25 +84,25 @@ pub enum Drained {
 }
 
 impl Outbox {
-    /// An outbox whose device starts at `cursor` (where this gateway's deliveries stand when
-    /// the session registers: nothing for it can be routed before).
+    /// An outbox whose device starts where the gateway's deliveries stand when the session
+    /// registers (nothing for it can be routed before).
     pub fn new(
         max_frames: usize,
         max_bytes: usize,
         encoding: Encoding,
-        partitions: u32,
-        cursor: Option<Cursor>,
+        routed: Arc<RoutedUpto>,
     ) -> Self {
         Self {
             state: Mutex::new(State {
-                cursor,
+                cursor: routed.get(),
                 ..State::default()
             }),
             notify: Notify::new(),
             max_frames,
             max_bytes,
             encoding,
-            partitions,
+            partitions: routed.partitions(),
+            routed,
         }
     }
 
@@ -133,7 +145,7 @@ impl Outbox {
             // Otherwise the replay carries it.
             return true;
         }
-        let queued = self.queue_routed(&mut state, frame, at);
+        let queued = self.queue_routed(&mut state, frame, at, true);
         drop(state);
         if queued {
             self.notify.notify_one();
@@ -158,14 +170,18 @@ impl Outbox {
     }
 
     /// Moves the cursor to `at` and queues the frame with it; `false` if the device has it.
-    fn queue_routed(&self, state: &mut State, frame: &Message, at: Position) -> bool {
+    /// `raise`: to where the gateway's deliveries stand.
+    fn queue_routed(&self, state: &mut State, frame: &Message, at: Position, raise: bool) -> bool {
         let cursor = match &mut state.cursor {
             Some(c) if c.epoch == at.epoch && c.partitions() == self.partitions => c,
             // No position yet, or the stream was made again.
             slot => slot.insert(Cursor::head(at.epoch, 0, self.partitions)),
         };
-        if !cursor.receive(at.partition, at.seq, at.floor) {
+        if !cursor.receive(at.partition, at.seq) {
             return false;
+        }
+        if raise {
+            self.routed.raise(cursor);
         }
         let with_cursor = to_ws(self.encoding.add_cursor(bytes_of(frame), cursor));
         state.bytes += with_cursor.len();
@@ -175,10 +191,11 @@ impl Outbox {
 
     /// Starts holding live messages back (a replay begins).
     pub fn hold(&self) {
-        self.state.lock().unwrap().held.get_or_insert(Held {
-            upto: None,
-            frames: VecDeque::new(),
-        });
+        self.state
+            .lock()
+            .unwrap()
+            .held
+            .get_or_insert_with(Held::default);
     }
 
     /// The replay covers every message up to `head`: held ones it covers are dropped.
@@ -201,6 +218,12 @@ impl Outbox {
     /// messages it did not cover are queued after everything the replay wrote.
     pub fn release(&self) {
         let mut state = self.state.lock().unwrap();
+        if state.resync.is_some() {
+            // Another replay is asked for: the hold goes on until it ends.
+            drop(state);
+            self.notify.notify_one();
+            return;
+        }
         if let Some(held) = state.held.take() {
             if let Some(upto) = held.upto {
                 state.cursor = Some(match state.cursor.take() {
@@ -212,7 +235,9 @@ impl Outbox {
             }
             for (at, frame) in held.frames {
                 state.bytes -= frame.len();
-                self.queue_routed(&mut state, &frame, at);
+                // Not raised to the gateway's position: it counts the held messages after
+                // this one, which would then look like copies.
+                self.queue_routed(&mut state, &frame, at, false);
             }
             drop(state);
             self.notify.notify_one();
@@ -223,12 +248,28 @@ impl Outbox {
     /// wins until the session takes it).
     pub fn resync_after(&self, after: Cursor) {
         let mut state = self.state.lock().unwrap();
+        state.held.get_or_insert_with(Held::default);
         state.resync = Some(match state.resync.take() {
             Some(c) if c.epoch == after.epoch && c.seqs.len() == after.seqs.len() => c.min(&after),
             _ => after,
         });
         drop(state);
         self.notify.notify_one();
+    }
+
+    /// Asks for a replay of partition `k` after `seq`, the rest from where the device is
+    /// (or `fallback`, before it has a position).
+    pub fn resync_partition(&self, k: u32, seq: u64, fallback: &Cursor) {
+        let mut after = match &self.state.lock().unwrap().cursor {
+            Some(c) if c.epoch == fallback.epoch && c.seqs.len() == fallback.seqs.len() => {
+                c.clone()
+            }
+            _ => fallback.clone(),
+        };
+        if let Some(s) = after.seqs.get_mut(k as usize) {
+            *s = (*s).min(seq);
+        }
+        self.resync_after(after);
     }
 
     /// Asks, like [`resync_after`](Self::resync_after), for a replay after `after`, but not
@@ -308,16 +349,20 @@ mod tests {
     use super::*;
 
     fn outbox(max_frames: usize, max_bytes: usize) -> Outbox {
-        Outbox::new(max_frames, max_bytes, Encoding::Json, 2, None)
+        Outbox::new(
+            max_frames,
+            max_bytes,
+            Encoding::Json,
+            Arc::new(RoutedUpto::new(None, 2)),
+        )
     }
 
-    /// A routed message of partition `partition` at `seq`, routed in stream order.
+    /// A routed message of partition `partition` at `seq`.
     fn at(partition: u32, seq: u64) -> Position {
         Position {
             epoch: 1,
             partition,
             seq,
-            floor: seq,
         }
     }
 
@@ -397,28 +442,23 @@ mod tests {
 
     #[test]
     fn routed_messages_carry_the_devices_cursor_and_copies_are_dropped() {
-        let outbox = Outbox::new(8, 1024, Encoding::Json, 2, Some(Cursor::head(1, 4, 2)));
+        let gateway = Arc::new(RoutedUpto::new(Some(Cursor::head(1, 4, 2)), 2));
+        let outbox = Outbox::new(8, 1024, Encoding::Json, gateway.clone());
         assert!(outbox.push_routed(&routed("a"), at(1, 5)));
-        // Another router's copy of it, then an older message of the other partition routed
-        // by a router that claims nothing about the rest.
+        // Another router's copy of it, then an older message of the other partition.
         assert!(outbox.push_routed(&routed("a again"), at(1, 5)));
-        let lagging = Position {
-            floor: 0,
-            ..at(0, 3)
-        };
-        assert!(outbox.push_routed(&routed("old"), lagging));
-        assert!(outbox.push_routed(
-            &routed("b"),
-            Position {
-                floor: 0,
-                ..at(0, 6)
-            }
-        ));
+        assert!(outbox.push_routed(&routed("old"), at(0, 3)));
+        assert!(outbox.push_routed(&routed("b"), at(0, 6)));
+        // The gateway has delivered partition 1 up to 9 to all its sessions meanwhile (none
+        // of it for this one): the device's cursor moves through it too.
+        gateway.observe(at(1, 9));
+        assert!(outbox.push_routed(&routed("c"), at(0, 7)));
         assert_eq!(
             drained(&outbox),
             [
-                ("a".into(), Some("1-5.5".into())),
-                ("b".into(), Some("1-6.5".into()))
+                ("a".into(), Some("1-4.5".into())),
+                ("b".into(), Some("1-6.5".into())),
+                ("c".into(), Some("1-7.9".into())),
             ],
             "the copy and what the device had are dropped"
         );
@@ -439,13 +479,56 @@ mod tests {
             "live messages wait"
         );
         outbox.release();
-        assert_eq!(drained(&outbox), [("live 7".into(), Some("1-7.7".into()))]);
+        assert_eq!(drained(&outbox), [("live 7".into(), Some("1-6.7".into()))]);
         assert!(outbox.push_routed(&routed("live 8"), at(0, 8)));
         assert_eq!(
             drained(&outbox),
-            [("live 8".into(), Some("1-8.8".into()))],
+            [("live 8".into(), Some("1-8.7".into()))],
             "no longer held"
         );
+    }
+
+    #[test]
+    fn held_messages_are_all_released_whatever_the_gateway_received_meanwhile() {
+        let gateway = Arc::new(RoutedUpto::new(Some(Cursor::head(1, 4, 2)), 2));
+        let outbox = Outbox::new(8, 1024, Encoding::Json, gateway.clone());
+        outbox.hold();
+        // Partition 1's router is ahead of partition 0's; both reach this session held.
+        for at in [at(1, 9), at(0, 6)] {
+            assert!(outbox.push_routed(&routed(&at.seq.to_string()), at));
+            gateway.observe(at);
+        }
+        outbox.covered_upto(Cursor::head(1, 5, 2));
+        outbox.release();
+        assert_eq!(
+            drained(&outbox),
+            [
+                ("9".into(), Some("1-5.9".into())),
+                ("6".into(), Some("1-6.9".into()))
+            ]
+        );
+    }
+
+    #[test]
+    fn a_resync_holds_at_once_and_a_replay_ending_meanwhile_keeps_holding() {
+        let gateway = Arc::new(RoutedUpto::new(Some(Cursor::head(1, 4, 2)), 2));
+        let outbox = Outbox::new(8, 1024, Encoding::Json, gateway.clone());
+        assert!(outbox.push_routed(&routed("a"), at(0, 5)));
+        drained(&outbox);
+        // Partition 1 lost a delivery after 4: replay it from there, partition 0 from where
+        // the device is.
+        outbox.resync_partition(1, 4, &Cursor::head(1, 4, 2));
+        assert!(outbox.push_routed(&routed("b"), at(1, 7)));
+        assert_eq!(drained(&outbox), [], "held before the replay starts");
+        // A replay the client asked for ends first: the asked-for one is still to come.
+        outbox.covered_upto(Cursor::head(1, 6, 2));
+        outbox.release();
+        assert_eq!(drained(&outbox), []);
+        let after = outbox.take_resync().expect("the partition's replay");
+        assert_eq!(after.seqs, [5, 4]);
+        outbox.covered_upto(Cursor::head(1, 6, 2));
+        outbox.release();
+        assert_eq!(drained(&outbox), [("b".into(), Some("1-6.7".into()))]);
     }
 
     #[test]

@@ -237,7 +237,8 @@ impl Replayer {
             }
             // The replay reads the user's messages in stream order: every one before this
             // message, of any partition, is sent already.
-            reading.at.receive(k, seq, seq);
+            reading.at.receive(k, seq);
+            reading.at.reach(seq);
             message.cursor = Some(reading.at.clone());
             frames.push(ServerFrame::Message(message));
         }

@@ -67,7 +67,11 @@ impl<S: Store> History<S> {
             batch: config.writer_batch,
             ack_wait,
         };
-        roles.spawn(writers.serve(assigned.clone(), stop.clone()));
+        roles.spawn(plumbing::bus::partition_tasks::run_partitions(
+            writers,
+            assigned.clone(),
+            stop.clone(),
+        ));
         let (lag_stop, lag_assigned) = (stop.clone(), assigned.clone());
         roles.spawn(async move {
             writer::report_lag(stream, lag_assigned, lag, lag_stop).await;

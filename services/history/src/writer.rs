@@ -10,17 +10,16 @@
 //! that dies mid-batch leaves its messages unacknowledged; they are delivered again and
 //! written again, which changes nothing (every store write is idempotent).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
 use futures::{FutureExt, StreamExt};
 use plumbing::Gauge;
+use plumbing::bus::partition_tasks::{PartitionTask, PartitionWork};
 use plumbing::bus::shares::Assigned;
 use protocol::payloads::StoredMessage;
 use protocol::subjects;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::HistoryCache;
@@ -28,8 +27,6 @@ use crate::store::Store;
 
 /// How long a failed batch waits before it is tried again.
 const RETRY_DELAY: Duration = Duration::from_millis(500);
-/// How often writers that could not start, or stopped by themselves, are started again.
-const RESTART_CHECK: Duration = Duration::from_secs(1);
 
 /// Creates partition `k`'s writer consumer if needed. It starts at the beginning of the
 /// stream: the store must hold everything the stream still has.
@@ -43,7 +40,7 @@ pub async fn ensure_consumer(
         stream,
         plumbing::bus::Durable {
             name: &subjects::history_writer(k),
-            filter: Some(subjects::partition_messages(k)),
+            filters: vec![subjects::partition_messages(k)],
             description: "writes one partition's messages to the history store",
             deliver_policy: consumer::DeliverPolicy::All,
             batch,
@@ -63,98 +60,33 @@ pub struct Writers<S> {
     pub ack_wait: Duration,
 }
 
-/// One partition's writer while this instance holds it.
-struct Running {
-    stop: CancellationToken,
-    task: JoinHandle<anyhow::Result<u64>>,
-}
+impl<S: Store> PartitionWork for Writers<S> {
+    const ROLE: &'static str = "history writer";
 
-impl<S: Store> Writers<S> {
-    /// Runs the writers of the partitions this instance is assigned, starting and stopping
-    /// them as the assignment changes, until `stop`. A writer that could not start or
-    /// stopped by itself (NATS was unreachable) is started again at the next check.
-    pub async fn serve(
-        self,
-        mut assigned: Assigned,
-        stop: CancellationToken,
-    ) -> anyhow::Result<()> {
-        let mut running: HashMap<u32, Running> = HashMap::new();
-        let mut check = tokio::time::interval(RESTART_CHECK);
-        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            let want = assigned.borrow_and_update().clone();
-            let gone: Vec<u32> = running
-                .iter()
-                .filter(|(k, w)| !want.contains(k) || w.task.is_finished())
-                .map(|(k, _)| *k)
-                .collect();
-            for k in gone {
-                let writer = running.remove(&k).expect("running");
-                self.hand_over(k, writer).await;
-            }
-            for &k in &want {
-                if running.contains_key(&k) {
-                    continue;
-                }
-                let consumer = match ensure_consumer(&self.stream, k, self.batch, self.ack_wait)
-                    .await
-                {
-                    Ok(consumer) => consumer,
-                    Err(e) => {
-                        tracing::warn!(error = %e, partition = k, "partition writer not started");
-                        continue;
-                    }
-                };
-                // A former owner may still be finishing a batch it pulled: the cache serves
-                // this partition once that batch is written or handed to us.
-                self.cache.own(k, self.ack_wait);
-                let token = stop.child_token();
-                let task = tokio::spawn(write(
-                    self.cache.clone(),
-                    consumer,
-                    self.batch,
-                    token.clone(),
-                ));
-                tracing::info!(partition = k, "writing partition");
-                running.insert(k, Running { stop: token, task });
-            }
-            tokio::select! {
-                _ = stop.cancelled() => break,
-                changed = assigned.changed() => if changed.is_err() { break },
-                _ = check.tick() => {}
-            }
-        }
-        for (k, writer) in running {
-            self.hand_over(k, writer).await;
-        }
-        Ok(())
+    fn stream(&self) -> &jetstream::stream::Stream {
+        &self.stream
     }
 
-    /// Stops partition `k`'s writer after its batch, releases the pin if it held it (so the
-    /// next owner starts at once), and stops serving the partition from the cache.
-    async fn hand_over(&self, k: u32, writer: Running) {
-        writer.stop.cancel();
-        let wrote = match writer.task.await {
-            Ok(Ok(n)) => n,
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, partition = k, "partition writer failed");
-                0
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, partition = k, "partition writer panicked");
-                0
-            }
-        };
-        // Only a writer that received something knows it held the pin; unpinning otherwise
-        // could take it from the instance that does.
-        if wrote > 0
-            && let Err(e) =
-                plumbing::bus::release_pin(&self.stream, &subjects::history_writer(k)).await
-        {
-            tracing::debug!(error = %e, partition = k, "pin not released");
-        }
+    fn consumer(&self, k: u32) -> String {
+        subjects::history_writer(k)
+    }
+
+    async fn start(&self, k: u32, stop: CancellationToken) -> anyhow::Result<PartitionTask> {
+        let consumer = ensure_consumer(&self.stream, k, self.batch, self.ack_wait).await?;
+        // A former owner may still be finishing a batch it pulled: the cache serves this
+        // partition once that batch is written or handed to us.
+        self.cache.own(k, self.ack_wait);
+        Ok(tokio::spawn(write(
+            self.cache.clone(),
+            consumer,
+            self.batch,
+            stop,
+        )))
+    }
+
+    /// The cache stops serving the partition.
+    async fn stopped(&self, k: u32) {
         self.cache.disown(k).await;
-        tracing::info!(partition = k, "partition handed over");
     }
 }
 

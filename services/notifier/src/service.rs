@@ -62,7 +62,7 @@ impl Notifier {
             &stream,
             plumbing::bus::Durable {
                 name: subjects::NOTIFIER_CONSUMER,
-                filter: None,
+                filters: Vec::new(),
                 description: "batches offline-message events into push digests",
                 deliver_policy: consumer::DeliverPolicy::All,
                 batch,

@@ -131,13 +131,14 @@ async fn backlog(stack: &Stack, from: &str, to: &[String], n: usize) -> anyhow::
     Ok(())
 }
 
-/// Waits until the router and the history writer have processed everything in the stream,
+/// Waits until the routers and the history writers have processed everything in the stream,
 /// so a measurement is not sharing the machine with their catching up.
 async fn settle(stack: &Stack) -> anyhow::Result<()> {
     let js = async_nats::jetstream::new(stack.nats.client().await);
     let stream = js.get_stream(subjects::MESSAGES_STREAM).await?;
+    let routers = (0..stack.bus.partitions).map(subjects::router);
     let writers = (0..stack.bus.partitions).map(subjects::history_writer);
-    for name in std::iter::once(subjects::ROUTER_CONSUMER.to_string()).chain(writers) {
+    for name in routers.chain(writers) {
         loop {
             let info = stream
                 .get_consumer::<async_nats::jetstream::consumer::pull::Config>(&name)

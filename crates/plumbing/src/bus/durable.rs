@@ -25,8 +25,8 @@ pub struct Durable<'a> {
     pub name: &'a str,
     pub description: &'a str,
     pub deliver_policy: consumer::DeliverPolicy,
-    /// Only the stream's messages on this subject (wildcards allowed); `None`: all of them.
-    pub filter: Option<String>,
+    /// Only the stream's messages on these subjects (wildcards allowed); none: all of them.
+    pub filters: Vec<String>,
     /// Messages pulled at once; up to four batches may be unacknowledged.
     pub batch: usize,
     pub ack_wait: Duration,
@@ -58,7 +58,7 @@ pub async fn ensure_holding_durable(
         ack_wait: durable.ack_wait,
         max_ack_pending: max_ack_pending as i64,
         deliver_policy: durable.deliver_policy,
-        filter_subject: durable.filter.clone().unwrap_or_default(),
+        filter_subjects: durable.filters.clone(),
         ..Default::default()
     };
     let created = if durable.pinned {

@@ -5,6 +5,7 @@
 
 mod connect;
 mod durable;
+pub mod partition_tasks;
 mod resources;
 mod serve;
 pub mod shares;

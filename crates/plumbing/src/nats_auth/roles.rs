@@ -100,7 +100,10 @@ impl Role {
                 ]);
                 p.own_stream(s::MESSAGES_STREAM);
                 p.own_stream(s::OFFLINE_STREAM);
-                p.consume_durable(s::MESSAGES_STREAM, s::ROUTER_CONSUMER);
+                // Permissions cannot name a consumer by pattern: every partition's router.
+                for k in 0..s::MAX_PARTITIONS {
+                    p.consume_durable(s::MESSAGES_STREAM, &s::router(k));
+                }
                 p.consume_durable(s::SESSIONS_STREAM, s::PRESENCE_CONSUMER);
                 p.read_direct(s::MESSAGES_STREAM);
                 for bucket in [
@@ -108,6 +111,7 @@ impl Role {
                     s::SESSIONS_BUCKET,
                     s::GATEWAYS_BUCKET,
                     s::PRESENCE_BUCKET,
+                    s::INSTANCES_BUCKET,
                 ] {
                     p.ensure_bucket(bucket);
                     p.write_bucket(bucket);

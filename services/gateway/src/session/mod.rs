@@ -111,8 +111,7 @@ impl Session {
                 state.config.outbound_queue_frames,
                 state.config.outbound_queue_bytes,
                 encoding,
-                state.local.routed.partitions(),
-                state.local.routed.get(),
+                state.local.routed.clone(),
             ),
         });
         Self {

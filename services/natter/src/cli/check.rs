@@ -51,9 +51,9 @@ const STREAMS: &[(&str, &str, &[Named])] = &[
     (
         subjects::MESSAGES_STREAM,
         "gateway, chat and history services",
-        // And one history writer per partition, `natter-history-writer-<k>`, added from the
-        // partition count the stream records.
-        &[(subjects::ROUTER_CONSUMER, "chat service (router)")],
+        // One router and one history writer per partition, `natter-router-<k>` and
+        // `natter-history-writer-<k>`, added from the partition count the stream records.
+        &[],
     ),
     (
         subjects::OFFLINE_STREAM,
@@ -184,6 +184,8 @@ async fn check_stream(
     let detail = match stream.info().await {
         Ok(info) => match plumbing::bus::stream_partitions(info) {
             Some(partitions) => {
+                let routers = (0..partitions).map(subjects::router);
+                consumers.extend(routers.map(|r| (r, "chat service (router)")));
                 let writers = (0..partitions).map(subjects::history_writer);
                 consumers.extend(writers.map(|w| (w, "history service (writer)")));
                 format!(

@@ -1,0 +1,203 @@
+//! The routers: one per partition of the messages stream. Partition `k`'s messages, with
+//! every session marker, come from its durable consumer `natter-router-<k>`, pinned to one
+//! chat instance at a time; the partitions are shared among the running instances
+//! (`plumbing::bus::shares`), so routing capacity grows with instances. Each routes its
+//! partition in stream order (`stream_order`) and numbers its deliveries to each gateway on
+//! its own, so a gateway that misses one recovers only that partition.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer};
+use plumbing::bus::partition_tasks::{PartitionTask, PartitionWork};
+use protocol::GatewayId;
+use protocol::payloads::DeliveryOrder;
+use protocol::subjects;
+use tokio_util::sync::CancellationToken;
+
+use crate::router::{RETRY_DELAY, Router};
+use crate::stream_order::StreamOrder;
+
+/// Creates partition `k`'s router consumer if needed. Ingest creates them all too, so that
+/// a message persisted before any router ever ran is still routed.
+pub async fn ensure_consumer(
+    stream: &jetstream::stream::Stream,
+    k: u32,
+    batch: usize,
+    ack_wait: Duration,
+) -> anyhow::Result<consumer::PullConsumer> {
+    plumbing::bus::ensure_durable(
+        stream,
+        plumbing::bus::Durable {
+            name: &subjects::router(k),
+            // Every router waits at every session marker: a device registered before a
+            // message was written is a target, whichever partition the message is in.
+            filters: vec![
+                subjects::partition_messages(k),
+                subjects::SESSION_MARKERS.into(),
+            ],
+            description: "routes one partition's messages to their recipients' gateways",
+            deliver_policy: consumer::DeliverPolicy::New,
+            batch,
+            ack_wait,
+            pinned: true,
+        },
+    )
+    .await
+}
+
+/// What the routers need, shared by every partition's.
+pub struct Routers {
+    pub router: Arc<Router>,
+    pub stream: jetstream::stream::Stream,
+    pub batch: usize,
+    pub ack_wait: Duration,
+}
+
+impl PartitionWork for Routers {
+    const ROLE: &'static str = "router";
+
+    fn stream(&self) -> &jetstream::stream::Stream {
+        &self.stream
+    }
+
+    fn consumer(&self, k: u32) -> String {
+        subjects::router(k)
+    }
+
+    async fn start(&self, k: u32, stop: CancellationToken) -> anyhow::Result<PartitionTask> {
+        let consumer = ensure_consumer(&self.stream, k, self.batch, self.ack_wait).await?;
+        Ok(tokio::spawn(serve(
+            self.router.clone(),
+            StreamOrder::new(self.stream.clone(), consumer.clone(), k),
+            consumer,
+            Numbering::new(k),
+            self.batch,
+            stop,
+        )))
+    }
+
+    async fn stopped(&self, _k: u32) {}
+}
+
+/// A partition router's numbers for its message deliveries to each gateway: a new run
+/// each time the partition is taken, counting from 1 per gateway (only the partition's
+/// loop numbers them, so they leave in order).
+pub struct Numbering {
+    partition: u32,
+    run: u64,
+    last: HashMap<GatewayId, u64>,
+}
+
+impl Numbering {
+    pub fn new(partition: u32) -> Self {
+        Self {
+            partition,
+            run: ulid::Ulid::new().random() as u64,
+            last: HashMap::new(),
+        }
+    }
+
+    /// The number of the next delivery to `gateway`.
+    pub fn next(&mut self, gateway: &GatewayId) -> DeliveryOrder {
+        let n = self.last.entry(gateway.clone()).or_default();
+        *n += 1;
+        DeliveryOrder {
+            run: self.run,
+            n: *n,
+            partition: self.partition,
+        }
+    }
+}
+
+/// Routes one partition until `stop`, in stream order; the number of messages received.
+async fn serve(
+    router: Arc<Router>,
+    mut order: StreamOrder,
+    consumer: consumer::PullConsumer,
+    mut numbering: Numbering,
+    batch: usize,
+    stop: CancellationToken,
+) -> anyhow::Result<u64> {
+    let mut messages = plumbing::bus::pull(&consumer, batch).await?;
+    let mut received = 0;
+    while let Some(msg) = plumbing::bus::next_pulled(&mut messages, &stop).await {
+        received += 1;
+        match msg.info().map(|i| (i.stream_sequence, i.consumer_sequence)) {
+            Ok((seq, delivery)) => {
+                let skipped = order.delivered(delivery);
+                if !order.is_routed(seq) {
+                    if (skipped && !catch_up(&router, &mut order, &mut numbering, seq, &stop).await)
+                        || !router
+                            .handle(&msg.subject, &msg.payload, seq, &mut numbering, &stop)
+                            .await
+                    {
+                        // Stopped mid-retry: leave it unacknowledged for the next router.
+                        return Ok(received);
+                    }
+                    order.routed_upto(seq);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "a routed message without its stream position"),
+        }
+        if let Err(e) = msg.ack().await {
+            tracing::warn!(error = %e, "router ack failed; the message will be routed again");
+        }
+    }
+    Ok(received)
+}
+
+/// Routes, from the stream, the partition's messages before `seq` that the consumer
+/// delivered and lost on the way (see `stream_order`); `false` if `stop` came first.
+async fn catch_up(
+    router: &Router,
+    order: &mut StreamOrder,
+    numbering: &mut Numbering,
+    seq: u64,
+    stop: &CancellationToken,
+) -> bool {
+    loop {
+        let caught_up = async {
+            let mut from = order.look_from(seq).await?;
+            let mut lost = 0;
+            while let Some(message) = order.missing(from, seq).await? {
+                if !router
+                    .handle(
+                        &message.subject,
+                        &message.payload,
+                        message.sequence,
+                        numbering,
+                        stop,
+                    )
+                    .await
+                {
+                    return Ok(false);
+                }
+                order.routed_upto(message.sequence);
+                from = message.sequence + 1;
+                lost += 1;
+                router.metrics.routed_from_stream.inc();
+            }
+            if lost > 0 {
+                tracing::warn!(
+                    lost,
+                    before = seq,
+                    "the router's consumer lost messages on the way; routed them from the stream"
+                );
+            }
+            anyhow::Ok(true)
+        }
+        .await;
+        match caught_up {
+            Ok(go_on) => return go_on,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot route the lost messages yet; retrying");
+                tokio::select! {
+                    _ = stop.cancelled() => return false,
+                    _ = tokio::time::sleep(RETRY_DELAY) => {}
+                }
+            }
+        }
+    }
+}
