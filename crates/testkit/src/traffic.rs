@@ -61,7 +61,24 @@ struct SenderLog {
 
 /// Message id → how many times it arrived.
 #[derive(Default)]
-struct Inbox(Mutex<HashMap<MessageId, u32>>);
+struct Inbox(Mutex<Received>);
+
+/// Message id → how many times it arrived, and the ids in the order they first arrived.
+#[derive(Default)]
+struct Received {
+    copies: HashMap<MessageId, u32>,
+    order: Vec<MessageId>,
+}
+
+impl Received {
+    fn add(&mut self, id: MessageId) {
+        let n = self.copies.entry(id).or_default();
+        if *n == 0 {
+            self.order.push(id);
+        }
+        *n += 1;
+    }
+}
 
 /// One message answered SENT.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,6 +95,8 @@ pub struct TrafficReport {
     pub sent: Vec<SentMessage>,
     /// SENT messages that never reached their recipient.
     pub missing: Vec<SentMessage>,
+    /// Each recipient's messages in the order they first arrived.
+    pub arrival_order: HashMap<String, Vec<MessageId>>,
     /// Extra copies received (dropped by a client de-duplicating by message id).
     pub duplicates_received: u64,
     /// Sends repeated with the same cid.
@@ -122,6 +141,32 @@ impl TrafficReport {
             self.sent.len(),
             "stored messages that were never answered SENT"
         );
+    }
+}
+
+impl TrafficReport {
+    /// Asserts that each recipient got its messages (one conversation each) in the order
+    /// they are stored in, which is the conversation's order.
+    pub fn assert_in_stream_order(&self, stored: &[StoredMessage]) {
+        let place: HashMap<MessageId, usize> = stored
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (m.message.id, i))
+            .collect();
+        for (user, order) in &self.arrival_order {
+            let places: Vec<usize> = order
+                .iter()
+                .filter_map(|id| place.get(id).copied())
+                .collect();
+            assert_eq!(
+                places.len(),
+                order.len(),
+                "{user} got messages never stored"
+            );
+            if let Some(w) = places.windows(2).find(|w| w[0] > w[1]) {
+                panic!("{user} got stored message {} before {}", w[0], w[1]);
+            }
+        }
     }
 }
 
@@ -227,7 +272,14 @@ impl Traffic {
             .collect();
         let missing = |sent: &[SentMessage]| -> Vec<SentMessage> {
             sent.iter()
-                .filter(|m| !inboxes[m.to.as_str()].0.lock().unwrap().contains_key(&m.id))
+                .filter(|m| {
+                    !inboxes[m.to.as_str()]
+                        .0
+                        .lock()
+                        .unwrap()
+                        .copies
+                        .contains_key(&m.id)
+                })
                 .cloned()
                 .collect()
         };
@@ -241,15 +293,16 @@ impl Traffic {
         let missing = missing(&sent);
         self.stop_receiving.cancel();
         let mut duplicates_received = 0;
-        for (_, inbox, task) in self.recipients {
+        let mut arrival_order = HashMap::new();
+        for (user, inbox, task) in self.recipients {
             task.await.expect("recipient failed");
-            duplicates_received += inbox
-                .0
-                .lock()
-                .unwrap()
+            let received = std::mem::take(&mut *inbox.0.lock().unwrap());
+            duplicates_received += received
+                .copies
                 .values()
                 .map(|n| u64::from(n - 1))
                 .sum::<u64>();
+            arrival_order.insert(user, received.order);
         }
         acked_at.sort();
         let longest_ack_gap = acked_at
@@ -260,6 +313,7 @@ impl Traffic {
         TrafficReport {
             sent,
             missing,
+            arrival_order,
             duplicates_received,
             resends,
             longest_ack_gap,
@@ -362,7 +416,7 @@ async fn receive(mut conn: Connection, user: String, inbox: Arc<Inbox>, stop: Ca
             event = conn.next_event() => {
                 match frame_of(event, &user) {
                     ServerFrame::Message(m) => {
-                        *inbox.0.lock().unwrap().entry(m.id).or_default() += 1;
+                        inbox.0.lock().unwrap().add(m.id);
                     }
                     // A sync without a cursor failed (replays from a cursor the gateway
                     // tries again itself): ask again, as the error says.

@@ -1,6 +1,6 @@
 //! The chat service's metrics.
 
-use plumbing::{Counter, Histogram, Metrics};
+use plumbing::{Counter, Gauge, Histogram, Metrics};
 
 #[derive(Clone)]
 pub struct ChatMetrics {
@@ -11,6 +11,7 @@ pub struct ChatMetrics {
     pub persist_latency: Histogram,
     pub routed: Counter,
     pub routed_from_stream: Counter,
+    pub routing_partitions: Gauge,
     pub gateway_publishes: Counter,
     pub message_publishes: Counter,
     pub group_operations: Counter,
@@ -37,6 +38,10 @@ impl ChatMetrics {
             routed: m.counter(
                 "natter_chat_routed_total",
                 "messages routed from the stream",
+            ),
+            routing_partitions: m.gauge(
+                "natter_chat_routing_partitions",
+                "partitions this instance routes now",
             ),
             routed_from_stream: m.counter(
                 "natter_chat_routed_from_stream_total",

@@ -68,6 +68,7 @@ impl PartitionWork for Routers {
 
     async fn start(&self, k: u32, stop: CancellationToken) -> anyhow::Result<PartitionTask> {
         let consumer = ensure_consumer(&self.stream, k, self.batch, self.ack_wait).await?;
+        self.router.metrics.routing_partitions.inc();
         Ok(tokio::spawn(serve(
             self.router.clone(),
             StreamOrder::new(self.stream.clone(), consumer.clone(), k),
@@ -78,7 +79,9 @@ impl PartitionWork for Routers {
         )))
     }
 
-    async fn stopped(&self, _k: u32) {}
+    async fn stopped(&self, _k: u32) {
+        self.router.metrics.routing_partitions.dec();
+    }
 }
 
 /// A partition router's numbers for its message deliveries to each gateway: a new run
