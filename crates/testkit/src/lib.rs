@@ -40,7 +40,7 @@ pub use harness::{StackNats, TEST_BOT, TEST_INTEGRATOR, TestNats, test_auth};
 pub use link::Link;
 pub use stack::{
     RunningChat, RunningGateway, RunningHistory, RunningNotifier, SECRET, Stack, StackBuilder,
-    metric_value,
+    http_get, metric_value,
 };
 pub use traffic::{Traffic, TrafficPlan, TrafficReport};
 pub use webhook::{WebhookReceiver, reserve_port};

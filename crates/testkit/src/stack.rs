@@ -115,15 +115,7 @@ impl RunningGateway {
 
     /// GETs `path` from the gateway's HTTP listener; returns the whole response.
     pub async fn http_get(&self, path: &str) -> String {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(self.addr)
-            .await
-            .expect("connect");
-        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-        s.write_all(req.as_bytes()).await.expect("write");
-        let mut out = String::new();
-        s.read_to_string(&mut out).await.expect("read");
-        out
+        http_get(self.addr, path).await
     }
 
     /// The value of a counter or gauge at this gateway's `/metrics`.
@@ -518,4 +510,16 @@ impl Stack {
         }
         n
     }
+}
+
+/// GETs `path` from an HTTP listener at `addr` (a gateway's, a service's metrics); returns
+/// the whole response.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.expect("read");
+    out
 }

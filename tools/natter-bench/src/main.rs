@@ -9,10 +9,13 @@
 //! * `group`: fan-out in a group of 500 with 200 online over 3 gateways: latency to the last
 //!   member at fixed rates, and deliveries per second at saturation, next to a raw relay;
 //! * `flood`: one user's delivery latency alone and while another user floods, with the
-//!   default per-user limits on (natter alone: it measures natter's limits).
+//!   default per-user limits on (natter alone: it measures natter's limits);
+//! * `scale`: routing throughput and CPU per routed message with 1, 2, 3 routing chat
+//!   processes on a 3-node cluster (natter alone).
 //!
 //! `--json` prints one JSON object per measurement, one per line.
 
+mod backlog;
 mod direct;
 mod flood;
 mod group;
@@ -24,6 +27,7 @@ mod process;
 mod processes;
 mod report;
 mod resync;
+mod scale;
 
 use clap::{Parser, Subcommand};
 
@@ -131,6 +135,22 @@ enum Scenario {
         #[arg(long, default_value_t = 5)]
         per_client: usize,
     },
+    /// Routing throughput and CPU per message with more routing instances (`natter-chat`
+    /// processes next to natter-bench), draining a backlog on a 3-node cluster.
+    Scale {
+        /// Routing instance counts, one round each.
+        #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
+        instances: Vec<usize>,
+        /// Partitions of the message plane; divisible by the instance counts for even shares.
+        #[arg(long, default_value_t = 6)]
+        partitions: u32,
+        /// Messages drained per round.
+        #[arg(long, default_value_t = 60_000)]
+        backlog: usize,
+        /// Online recipients (one conversation each).
+        #[arg(long, default_value_t = 200)]
+        pairs: usize,
+    },
     /// One user's delivery latency alone and while another user floods (per-user limits on).
     Flood {
         /// Messages per second alice sends bob.
@@ -203,6 +223,20 @@ async fn main() -> anyhow::Result<()> {
             group::run(&options, &peers, &out).await
         }
         Scenario::Flood { rate, seconds } => flood::run(rate, seconds, &out).await,
+        Scenario::Scale {
+            instances,
+            partitions,
+            backlog,
+            pairs,
+        } => {
+            let options = scale::Options {
+                instances,
+                partitions,
+                backlog,
+                pairs,
+            };
+            scale::run(&options, &out).await
+        }
         Scenario::Resync {
             backlog,
             clients,

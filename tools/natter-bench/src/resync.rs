@@ -12,9 +12,9 @@
 use std::time::Instant;
 
 use futures::StreamExt;
-use protocol::frames::{Message, ServerFrame};
+use protocol::frames::ServerFrame;
 use protocol::payloads::StoredMessage;
-use protocol::{ClientMsgId, ConversationId, Cursor, MessageId, UserId, subjects};
+use protocol::{Cursor, UserId, subjects};
 use testkit::Stack;
 
 use crate::peers::Peer;
@@ -84,51 +84,15 @@ async fn head(stack: &Stack, user: &str) -> Cursor {
     }
 }
 
-/// Writes `n` messages from `from` to each of `to` into the stream, pipelining the acks.
+/// Writes `n` messages from `from` to each of `to` into the stream.
 async fn backlog(stack: &Stack, from: &str, to: &[String], n: usize) -> anyhow::Result<()> {
-    let js = async_nats::jetstream::new(stack.nats.client().await);
     let from = UserId::new(from)?;
-    let mut acks = Vec::new();
-    let mut ids = ulid::Generator::new();
-    for i in 0..n {
-        for user in to {
-            let user = UserId::new(user)?;
-            let conversation = ConversationId::direct(&from, &user);
-            let id = MessageId(ids.generate()?);
-            let stored = StoredMessage {
-                message: Message {
-                    id,
-                    conversation: conversation.clone(),
-                    from: from.clone(),
-                    to: user,
-                    cid: ClientMsgId::new(format!("b{i}"))?,
-                    body: format!("backlog message {i}, about as long as a chat line"),
-                    ts: id.timestamp_ms(),
-                    cursor: None,
-                    event: None,
-                },
-                origin: None,
-                groups_revision: None,
-            };
-            let payload = serde_json::to_vec(&stored)?;
-            acks.push(
-                js.publish(
-                    subjects::message(&conversation, stack.bus.partitions),
-                    payload.into(),
-                )
-                .await?,
-            );
-            if acks.len() >= 1024 {
-                for ack in acks.drain(..) {
-                    ack.await?;
-                }
-            }
-        }
-    }
-    for ack in acks {
-        ack.await?;
-    }
-    Ok(())
+    let to = to
+        .iter()
+        .map(|u| UserId::new(u.as_str()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let messages = (0..n).flat_map(|_| to.iter().map(|user| (from.clone(), user.clone())));
+    crate::backlog::write(stack, messages).await
 }
 
 /// Waits until the routers and the history writers have processed everything in the stream,

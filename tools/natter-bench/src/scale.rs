@@ -1,0 +1,264 @@
+//! Routing scale: a backlog of 1:1 messages, written straight into the messages stream while
+//! no router runs, drained by 1, 2, 3… `natter-chat` processes that only route (ingest off),
+//! on a 3-node NATS cluster with `P` partitions. Figures per instance count: routed messages
+//! per second (from the first message routed to the last), chat CPU per routed message (the
+//! processes' user + system time over the drain), and each instance's share of the messages
+//! against its fair share. Every recipient is online on one in-process gateway, so every
+//! message is a real delivery.
+//!
+//! Each round's instances stop with SIGTERM (they hand their partitions back at once); the
+//! next round starts after their keys and pins are gone.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use plumbing::nats_auth::Role;
+use protocol::{UserId, subjects};
+use testkit::Stack;
+
+use crate::process::{free_port, wait_listening};
+use crate::report::{Report, Table};
+
+pub struct Options {
+    pub instances: Vec<usize>,
+    pub partitions: u32,
+    pub backlog: usize,
+    pub pairs: usize,
+}
+
+/// One round's figures.
+struct Round {
+    instances: usize,
+    routed_per_s: f64,
+    cpu_us_per_msg: f64,
+    /// Each instance's routed messages over its fair share, lowest and highest.
+    share: (f64, f64),
+}
+
+pub async fn run(options: &Options, out: &crate::report::Output) -> anyhow::Result<()> {
+    let report = Report::new(out, options.instances.len() as u64 + 1)?;
+    report.step("3-node cluster, gateway and recipients");
+    let stack = Stack::new()
+        .cluster(3)
+        .bus_config(|b| b.partitions = options.partitions)
+        .chat_config(|c| c.route = false)
+        .gateway_config(|g| {
+            g.heartbeat_timeout_ms = 600_000;
+            g.outbound_queue_frames = 1 << 20;
+            g.outbound_queue_bytes = 1 << 30;
+        })
+        .start()
+        .await;
+    let recipients: Vec<String> = (0..options.pairs).map(|i| format!("r{i}")).collect();
+    let mut readers = Vec::new();
+    for user in &recipients {
+        let (mut conn, _) = stack
+            .connect_welcomed(user, 0, protocol::Encoding::Json)
+            .await;
+        readers.push(tokio::spawn(async move {
+            while let Ok(frame) = conn.next_frame().await {
+                drop(frame);
+            }
+        }));
+    }
+    report.done();
+    let mut rounds = Vec::new();
+    for &n in &options.instances {
+        report.step(format!(
+            "{n} routing instance(s) draining {} messages",
+            options.backlog
+        ));
+        backlog(&stack, &recipients, options.backlog).await?;
+        let round = drain(&stack, n, options).await?;
+        report.measurement(
+            serde_json::json!({"scenario": "scale", "instances": n,
+                "partitions": options.partitions, "routed_per_s": round.routed_per_s,
+                "cpu_us_per_msg": round.cpu_us_per_msg, "share_min": round.share.0,
+                "share_max": round.share.1}),
+            format!(
+                "scale: {n} instance(s), {} partitions: {:.0} routed/s, {:.1} µs CPU per message, shares {:.2}–{:.2}",
+                options.partitions, round.routed_per_s, round.cpu_us_per_msg, round.share.0, round.share.1
+            ),
+        );
+        rounds.push(round);
+        report.done();
+    }
+    let mut table = Table::new(
+        format!(
+            "routing scale: {} messages to {} online recipients, {} partitions, 3-node cluster",
+            options.backlog, options.pairs, options.partitions
+        ),
+        &[
+            "instances",
+            "routed/s",
+            "× one instance",
+            "CPU µs/msg",
+            "share min–max",
+        ],
+    );
+    let one = rounds.first().map_or(f64::NAN, |r| r.routed_per_s);
+    for r in &rounds {
+        table.row(vec![
+            r.instances.to_string(),
+            format!("{:.0}", r.routed_per_s),
+            format!("{:.2}", r.routed_per_s / one),
+            format!("{:.1}", r.cpu_us_per_msg),
+            format!("{:.2}–{:.2}", r.share.0, r.share.1),
+        ]);
+    }
+    report.finish(&[table], &[]);
+    for reader in readers {
+        reader.abort();
+    }
+    Ok(())
+}
+
+/// Writes `n` messages into the stream, spread over one conversation per recipient.
+async fn backlog(stack: &Stack, recipients: &[String], n: usize) -> anyhow::Result<()> {
+    let pairs = recipients
+        .iter()
+        .enumerate()
+        .map(|(i, r)| Ok((UserId::new(format!("s{i}"))?, UserId::new(r.as_str())?)))
+        .collect::<anyhow::Result<Vec<(UserId, UserId)>>>()?;
+    let messages = (0..n).map(|i| pairs[i % pairs.len()].clone());
+    crate::backlog::write(stack, messages).await
+}
+
+/// Starts `n` routing-only chat processes, waits until the routers' consumers have nothing
+/// left, and stops them.
+async fn drain(stack: &Stack, n: usize, options: &Options) -> anyhow::Result<Round> {
+    let js = async_nats::jetstream::new(stack.nats.client().await);
+    let stream = js.get_stream(subjects::MESSAGES_STREAM).await?;
+    let mut chats = Vec::new();
+    for _ in 0..n {
+        chats.push(Chat::spawn(stack)?);
+    }
+    for chat in &chats {
+        wait_listening(chat.metrics).await?;
+    }
+    let cpu_before: u64 = chats
+        .iter()
+        .map(|c| c.cpu_ticks())
+        .sum::<anyhow::Result<u64>>()?;
+    let backlog = options.backlog as u64;
+    let mut first_routed: Option<Instant> = None;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let mut left = 0;
+        for k in 0..options.partitions {
+            let info = stream.consumer_info(subjects::router(k)).await?;
+            left += info.num_pending + info.num_ack_pending as u64;
+        }
+        if first_routed.is_none() && left < backlog {
+            first_routed = Some(Instant::now());
+        }
+        if left == 0 {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "{left} messages still unrouted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let took = first_routed.expect("routed").elapsed();
+    let cpu_after: u64 = chats
+        .iter()
+        .map(|c| c.cpu_ticks())
+        .sum::<anyhow::Result<u64>>()?;
+    let mut shares = Vec::new();
+    let fair = backlog as f64 / n as f64;
+    for chat in &chats {
+        shares.push(chat.routed().await? as f64 / fair);
+    }
+    for chat in &mut chats {
+        chat.stop()?;
+    }
+    // Let the keys of the stopped instances go, so the next round shares among its own.
+    tokio::time::sleep(plumbing::bus::shares::TTL).await;
+    let ticks_per_s = 100.0; // USER_HZ on Linux
+    let cpu_s = (cpu_after - cpu_before) as f64 / ticks_per_s;
+    Ok(Round {
+        instances: n,
+        routed_per_s: backlog as f64 / took.as_secs_f64(),
+        cpu_us_per_msg: cpu_s * 1e6 / backlog as f64,
+        share: (
+            shares.iter().copied().fold(f64::INFINITY, f64::min),
+            shares.iter().copied().fold(0.0, f64::max),
+        ),
+    })
+}
+
+/// A `natter-chat` process that only routes.
+struct Chat {
+    child: Child,
+    metrics: u16,
+}
+
+impl Chat {
+    fn spawn(stack: &Stack) -> anyhow::Result<Self> {
+        let path = std::env::current_exe()?.with_file_name("natter-chat");
+        anyhow::ensure!(
+            path.exists(),
+            "{} not found: build it with cargo build --release -p chat",
+            path.display()
+        );
+        let metrics = free_port()?;
+        let bus = stack.bus_for(Role::Chat);
+        let child = Command::new(&path)
+            .envs(bus.env())
+            .env("NATTER_BUS__PARTITIONS", bus.partitions.to_string())
+            .env("NATTER_BUS__REPLICAS", bus.replicas.to_string())
+            .env("NATTER_CHAT__INGEST", "false")
+            .env("NATTER_METRICS_ADDR", format!("127.0.0.1:{metrics}"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()?;
+        Ok(Self { child, metrics })
+    }
+
+    /// User and system time so far, in clock ticks.
+    fn cpu_ticks(&self) -> anyhow::Result<u64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
+        // Fields after the command name (which may hold spaces) start after the last ')'.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+        let tick = |i: usize| -> anyhow::Result<u64> {
+            Ok(fields
+                .get(i)
+                .ok_or_else(|| anyhow::anyhow!("short /proc stat"))?
+                .parse()?)
+        };
+        Ok(tick(11)? + tick(12)?)
+    }
+
+    /// Messages this instance routed.
+    async fn routed(&self) -> anyhow::Result<u64> {
+        let response = testkit::http_get(([127, 0, 0, 1], self.metrics).into(), "/metrics").await;
+        response
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("natter_chat_routed_total ")?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .ok_or_else(|| anyhow::anyhow!("no natter_chat_routed_total"))
+    }
+
+    /// SIGTERM, then waits for it to exit.
+    fn stop(&mut self) -> anyhow::Result<()> {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()?;
+        self.child.wait()?;
+        Ok(())
+    }
+}
+
+impl Drop for Chat {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
