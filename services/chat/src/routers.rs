@@ -9,7 +9,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer};
+use async_nats::jetstream::{self, AckKind, consumer};
+use futures::{FutureExt, StreamExt};
 use plumbing::bus::partition_tasks::{PartitionTask, PartitionWork};
 use protocol::GatewayId;
 use protocol::payloads::DeliveryOrder;
@@ -136,7 +137,8 @@ async fn serve(
                             .handle(&msg.subject, &msg.payload, seq, &mut numbering, &stop)
                             .await
                     {
-                        // Stopped mid-retry: leave it unacknowledged for the next router.
+                        // Stopped mid-retry: left unacknowledged for the next router.
+                        hand_back(&mut messages).await;
                         return Ok(received);
                     }
                     order.routed_upto(seq);
@@ -148,7 +150,19 @@ async fn serve(
             tracing::warn!(error = %e, "router ack failed; the message will be routed again");
         }
     }
+    hand_back(&mut messages).await;
     Ok(received)
+}
+
+/// Hands the messages that reached this router but were not routed back to the consumer at
+/// once (the partition goes to another instance): left alone, they would wait for the ack
+/// wait, and while a whole window of them waits the consumer delivers nothing else.
+async fn hand_back(messages: &mut consumer::pull::Stream) {
+    while let Some(Some(Ok(msg))) = messages.next().now_or_never() {
+        if let Err(e) = msg.ack_with(AckKind::Nak(None)).await {
+            tracing::debug!(error = %e, "not handed back; the ack wait will");
+        }
+    }
 }
 
 /// Routes, from the stream, the partition's messages before `seq` that the consumer

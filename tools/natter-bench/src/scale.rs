@@ -31,6 +31,10 @@ struct Round {
     instances: usize,
     routed_per_s: f64,
     cpu_us_per_msg: f64,
+    /// The nats-server nodes' CPU per routed message.
+    nats_cpu_us_per_msg: f64,
+    /// How busy the machine's cores were over the drain, 0–1.
+    machine_busy: f64,
     /// Each instance's routed messages over its fair share, lowest and highest.
     share: (f64, f64),
 }
@@ -73,7 +77,9 @@ pub async fn run(options: &Options, out: &crate::report::Output) -> anyhow::Resu
         report.measurement(
             serde_json::json!({"scenario": "scale", "instances": n,
                 "partitions": options.partitions, "routed_per_s": round.routed_per_s,
-                "cpu_us_per_msg": round.cpu_us_per_msg, "share_min": round.share.0,
+                "cpu_us_per_msg": round.cpu_us_per_msg,
+                "nats_cpu_us_per_msg": round.nats_cpu_us_per_msg,
+                "machine_busy": round.machine_busy, "share_min": round.share.0,
                 "share_max": round.share.1}),
             format!(
                 "scale: {n} instance(s), {} partitions: {:.0} routed/s, {:.1} µs CPU per message, shares {:.2}–{:.2}",
@@ -92,7 +98,9 @@ pub async fn run(options: &Options, out: &crate::report::Output) -> anyhow::Resu
             "instances",
             "routed/s",
             "× one instance",
-            "CPU µs/msg",
+            "chat CPU µs/msg",
+            "NATS CPU µs/msg",
+            "machine busy",
             "share min–max",
         ],
     );
@@ -103,6 +111,8 @@ pub async fn run(options: &Options, out: &crate::report::Output) -> anyhow::Resu
             format!("{:.0}", r.routed_per_s),
             format!("{:.2}", r.routed_per_s / one),
             format!("{:.1}", r.cpu_us_per_msg),
+            format!("{:.1}", r.nats_cpu_us_per_msg),
+            format!("{:.0} %", r.machine_busy * 100.0),
             format!("{:.2}–{:.2}", r.share.0, r.share.1),
         ]);
     }
@@ -114,11 +124,17 @@ pub async fn run(options: &Options, out: &crate::report::Output) -> anyhow::Resu
 }
 
 /// Writes `n` messages into the stream, spread over one conversation per recipient.
+///
+/// One sender for all: pairs named alike (`s7` and `r7`) would all hash to partitions of one
+/// parity. The partition hash is NATS's, FNV-1a, whose lowest bit is the parity of the
+/// bytes' lowest bits, and `s`/`r` with the same digits always have the same parity: with an
+/// even partition count, half the partitions would get nothing. Real ids have no such
+/// pattern.
 async fn backlog(stack: &Stack, recipients: &[String], n: usize) -> anyhow::Result<()> {
+    let sender = UserId::new("bench-sender")?;
     let pairs = recipients
         .iter()
-        .enumerate()
-        .map(|(i, r)| Ok((UserId::new(format!("s{i}"))?, UserId::new(r.as_str())?)))
+        .map(|r| Ok((sender.clone(), UserId::new(r.as_str())?)))
         .collect::<anyhow::Result<Vec<(UserId, UserId)>>>()?;
     let messages = (0..n).map(|i| pairs[i % pairs.len()].clone());
     crate::backlog::write(stack, messages).await
@@ -140,6 +156,8 @@ async fn drain(stack: &Stack, n: usize, options: &Options) -> anyhow::Result<Rou
         .iter()
         .map(|c| c.cpu_ticks())
         .sum::<anyhow::Result<u64>>()?;
+    let nats_before = nats_ticks(stack)?;
+    let machine_before = machine_ticks()?;
     let backlog = options.backlog as u64;
     let mut first_routed: Option<Instant> = None;
     let deadline = Instant::now() + Duration::from_secs(600);
@@ -163,6 +181,8 @@ async fn drain(stack: &Stack, n: usize, options: &Options) -> anyhow::Result<Rou
         .iter()
         .map(|c| c.cpu_ticks())
         .sum::<anyhow::Result<u64>>()?;
+    let nats_after = nats_ticks(stack)?;
+    let machine_after = machine_ticks()?;
     let mut shares = Vec::new();
     let fair = backlog as f64 / n as f64;
     for chat in &chats {
@@ -173,12 +193,14 @@ async fn drain(stack: &Stack, n: usize, options: &Options) -> anyhow::Result<Rou
     }
     // Let the keys of the stopped instances go, so the next round shares among its own.
     tokio::time::sleep(plumbing::bus::shares::TTL).await;
-    let ticks_per_s = 100.0; // USER_HZ on Linux
-    let cpu_s = (cpu_after - cpu_before) as f64 / ticks_per_s;
+    let per_msg = |ticks: u64| ticks as f64 / TICKS_PER_S * 1e6 / backlog as f64;
     Ok(Round {
         instances: n,
         routed_per_s: backlog as f64 / took.as_secs_f64(),
-        cpu_us_per_msg: cpu_s * 1e6 / backlog as f64,
+        cpu_us_per_msg: per_msg(cpu_after - cpu_before),
+        nats_cpu_us_per_msg: per_msg(nats_after - nats_before),
+        machine_busy: (machine_after.0 - machine_before.0) as f64
+            / (machine_after.1 - machine_before.1).max(1) as f64,
         share: (
             shares.iter().copied().fold(f64::INFINITY, f64::min),
             shares.iter().copied().fold(0.0, f64::max),
@@ -208,28 +230,21 @@ impl Chat {
             .env("NATTER_BUS__REPLICAS", bus.replicas.to_string())
             .env("NATTER_CHAT__INGEST", "false")
             .env("NATTER_METRICS_ADDR", format!("127.0.0.1:{metrics}"))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
+            .env(
+                "RUST_LOG",
+                std::env::var("NATTER_BENCH_CHILD_LOG").unwrap_or("warn".into()),
+            )
+            .stdout(match std::env::var_os("NATTER_BENCH_CHILD_LOG") {
+                Some(_) => Stdio::inherit(),
+                None => Stdio::null(),
+            })
             .spawn()?;
         Ok(Self { child, metrics })
     }
 
     /// User and system time so far, in clock ticks.
     fn cpu_ticks(&self) -> anyhow::Result<u64> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
-        // Fields after the command name (which may hold spaces) start after the last ')'.
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .map(|(_, rest)| rest.split_whitespace().collect())
-            .unwrap_or_default();
-        // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
-        let tick = |i: usize| -> anyhow::Result<u64> {
-            Ok(fields
-                .get(i)
-                .ok_or_else(|| anyhow::anyhow!("short /proc stat"))?
-                .parse()?)
-        };
-        Ok(tick(11)? + tick(12)?)
+        process_ticks(self.child.id())
     }
 
     /// Messages this instance routed.
@@ -261,4 +276,53 @@ impl Drop for Chat {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Clock ticks per second of /proc's times (USER_HZ on Linux).
+const TICKS_PER_S: f64 = 100.0;
+
+/// A process's user and system time so far, in clock ticks.
+fn process_ticks(pid: u32) -> anyhow::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let tick = |i: usize| -> anyhow::Result<u64> {
+        Ok(fields
+            .get(i)
+            .ok_or_else(|| anyhow::anyhow!("short /proc stat"))?
+            .parse()?)
+    };
+    Ok(tick(11)? + tick(12)?)
+}
+
+/// The nats-server nodes' user and system time so far, in clock ticks.
+fn nats_ticks(stack: &Stack) -> anyhow::Result<u64> {
+    let pids: Vec<u32> = match &stack.nats {
+        testkit::StackNats::One(nats) => nats.server.pid().into_iter().collect(),
+        testkit::StackNats::Cluster(cluster) => {
+            cluster.nodes.iter().filter_map(|n| n.pid()).collect()
+        }
+    };
+    pids.into_iter().map(process_ticks).sum()
+}
+
+/// The machine's busy and total clock ticks so far, over all cores (/proc/stat).
+fn machine_ticks() -> anyhow::Result<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let cpu: Vec<u64> = stat
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("cpu "))
+        .ok_or_else(|| anyhow::anyhow!("no cpu line in /proc/stat"))?
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    // user nice system idle iowait irq softirq steal …: idle and iowait are not busy.
+    let total: u64 = cpu.iter().sum();
+    let idle = cpu.get(3).copied().unwrap_or(0) + cpu.get(4).copied().unwrap_or(0);
+    Ok((total - idle, total))
 }

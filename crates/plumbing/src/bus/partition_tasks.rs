@@ -68,7 +68,9 @@ pub async fn run_partitions<W: PartitionWork>(
             hand_over(&work, k, task).await;
         }
         for &k in &want {
-            if running.contains_key(&k) {
+            // Starting takes a round trip per partition: one given away meanwhile is not
+            // started (its pulls would hold the pin the new owner needs).
+            if running.contains_key(&k) || !assigned.borrow().contains(&k) {
                 continue;
             }
             let token = stop.child_token();
@@ -109,13 +111,19 @@ async fn hand_over<W: PartitionWork>(work: &W, k: u32, running: Running) {
             0
         }
     };
-    // Only a task that received something knows it held the pin; unpinning otherwise could
-    // take it from the instance that does.
-    if received > 0
-        && let Err(e) = release_pin(work.stream(), &work.consumer(k)).await
-    {
+    // Released whether or not anything was received: the server pins a client at its first
+    // pull, and a pin left to time out stalls the partition for the pin timeout, while the
+    // messages already on their way to this task wait for the ack wait. If another instance
+    // holds the pin after all (this task never got it), releasing costs that instance one
+    // pull: it is pinned again at once.
+    if let Err(e) = release_pin(work.stream(), &work.consumer(k)).await {
         tracing::debug!(error = %e, partition = k, "pin not released");
     }
     work.stopped(k).await;
-    tracing::info!(partition = k, role = W::ROLE, "partition handed over");
+    tracing::info!(
+        partition = k,
+        role = W::ROLE,
+        received,
+        "partition handed over"
+    );
 }
