@@ -150,7 +150,24 @@ async fn a_message_answered_sent_is_routed_after_the_chat_service_dies() {
 
 #[tokio::test]
 async fn messages_the_routers_consumer_lost_in_flight_are_routed_first_and_in_order() {
-    // Messages persisted while no chat instance routes.
+    // The router sees the messages after the lost ones, and the skip in the consumer's
+    // delivery numbers.
+    lose_in_flight_then_route(2).await;
+}
+
+#[tokio::test]
+async fn messages_lost_in_flight_with_nothing_after_them_are_routed_within_seconds() {
+    // Every message was lost on the way (a former owner's dropped pull): the consumer has
+    // nothing to deliver until its 30 s ack wait, so the router must notice by itself.
+    lose_in_flight_then_route(6).await;
+}
+
+/// Six messages persisted while no chat instance routes; a pull of the first `lost` of them
+/// (and the session markers before) is lost on the way, as when a NATS node dies with it in
+/// flight or a former owner dropped it: the consumer counts them as delivered and would send
+/// them again only after its ack wait. A router started then delivers all six, in order,
+/// well within that wait.
+async fn lose_in_flight_then_route(lost: usize) {
     let mut stack = Stack::new().chat_config(|c| c.route = false).start().await;
     let mut alice = stack.connect("alice", 0).await;
     let mut bob = stack.connect("bob", 0).await;
@@ -161,19 +178,16 @@ async fn messages_the_routers_consumer_lost_in_flight_are_routed_first_and_in_or
             .unwrap();
         expect_sent(&mut alice, &format!("lost-{i}")).await;
     }
-    // A pull whose response is lost (as when a NATS node dies with it in flight): the
-    // consumer counts the first messages as delivered and would send them again only after
-    // its ack wait, after the messages that follow them.
     let stream = stack.messages_stream().await;
     let conversation = ConversationId::direct(&user("alice"), &user("bob"));
     let router = subjects::router(subjects::partition(&conversation, stack.bus.partitions));
     let consumer: PullConsumer = stream.get_consumer(&router).await.unwrap();
     let mut pulled = plumbing::bus::pull(&consumer, 1).await.unwrap();
-    let mut lost = 0;
-    while lost < 2 {
+    let mut taken = 0;
+    while taken < lost {
         let msg = within(pulled.next()).await.unwrap().unwrap();
         if msg.subject.as_str() != subjects::SESSION_MARKERS {
-            lost += 1;
+            taken += 1;
         }
     }
     drop(pulled);
@@ -186,7 +200,7 @@ async fn messages_the_routers_consumer_lost_in_flight_are_routed_first_and_in_or
         assert_eq!(expect_message(&mut bob).await.body, i.to_string());
     }
     assert!(
-        stack.chats[chat].metric("natter_chat_routed_from_stream_total") >= 2,
+        stack.chats[chat].metric("natter_chat_routed_from_stream_total") >= lost as u64,
         "the lost messages were read from the stream, not sent again by the consumer"
     );
 }

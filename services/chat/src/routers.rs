@@ -20,6 +20,10 @@ use tokio_util::sync::CancellationToken;
 use crate::router::{RETRY_DELAY, Router};
 use crate::stream_order::StreamOrder;
 
+/// How long a router waits without a message before it asks whether messages are stuck
+/// with a former owner of its partition (see `StreamOrder::stuck`).
+const STALL_CHECK: Duration = Duration::from_secs(1);
+
 /// Creates partition `k`'s router consumer if needed. Ingest creates them all too, so that
 /// a message persisted before any router ever ran is still routed.
 pub async fn ensure_consumer(
@@ -126,7 +130,25 @@ async fn serve(
 ) -> anyhow::Result<u64> {
     let mut messages = plumbing::bus::pull(&consumer, batch).await?;
     let mut received = 0;
-    while let Some(msg) = plumbing::bus::next_pulled(&mut messages, &stop).await {
+    loop {
+        let msg = match tokio::time::timeout(
+            STALL_CHECK,
+            plumbing::bus::next_pulled(&mut messages, &stop),
+        )
+        .await
+        {
+            Ok(Some(msg)) => msg,
+            Ok(None) => break,
+            // Nothing for a while: messages may be stuck with a former owner.
+            Err(_) => {
+                if let Some(upto) = order.stuck().await
+                    && !catch_up(&router, &mut order, &mut numbering, upto + 1, &stop).await
+                {
+                    break;
+                }
+                continue;
+            }
+        };
         received += 1;
         match msg.info().map(|i| (i.stream_sequence, i.consumer_sequence)) {
             Ok((seq, delivery)) => {

@@ -79,6 +79,19 @@ impl StreamOrder {
         Ok((self.routed + 1).min(seq))
     }
 
+    /// After a while without a message: the last sequence the consumer delivered, if it is
+    /// past what is routed and still unacknowledged. Those messages went to a former owner
+    /// of the partition whose pulls were dropped on the way (it handed the partition over):
+    /// they would wait for the ack wait, and while a whole window of them waits the consumer
+    /// delivers nothing, so nothing would show this router the skip. `None` on a lookup
+    /// failure too (the next check asks again).
+    pub async fn stuck(&mut self) -> Option<u64> {
+        let info = self.consumer.get_info().await.ok()?;
+        let delivered = info.delivered.stream_sequence;
+        (info.num_ack_pending > 0 && delivered > self.routed.max(info.ack_floor.stream_sequence))
+            .then_some(delivered)
+    }
+
     /// The first message of this router's at or after `from` and before `before`, read from
     /// the stream.
     pub async fn missing(&self, from: u64, before: u64) -> anyhow::Result<Option<StreamMessage>> {
