@@ -63,12 +63,7 @@ async fn killing_one_node_every_ten_seconds_loses_nothing_and_stores_nothing_twi
 
     let stored = stack.stream_messages().await;
     report.assert_stored_once(&stored);
-    assert!(
-        report.missing.is_empty(),
-        "{} SENT messages never reached their recipient, e.g. {:?}",
-        report.missing.len(),
-        report.missing.first()
-    );
+    report.assert_all_delivered();
     println!(
         "cluster: {} nodes killed, {} messages SENT at {:.0} msg/s on average and {:.0} msg/s in \
          the best {:?} (offered {:.0}), {} resends, {} duplicate deliveries dropped, longest \

@@ -92,12 +92,7 @@ async fn a_nats_restart_mid_traffic_loses_nothing_and_stores_nothing_twice() {
         assert_eq!(gw.metric("natter_gateway_connections_total").await, 21);
     }
     let report = traffic.finish(RECOVERY).await;
-    assert!(
-        report.missing.is_empty(),
-        "{} SENT messages never reached their recipient, e.g. {:?}",
-        report.missing.len(),
-        report.missing.first()
-    );
+    report.assert_all_delivered();
 
     // A user connected before the outage gets a message live.
     alice

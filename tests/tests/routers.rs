@@ -66,12 +66,7 @@ async fn three_chat_instances_share_the_partitions_and_losing_one_then_a_node_lo
     let report = traffic.finish(RECOVERY).await;
     let stored = stack.stream_messages().await;
     report.assert_stored_once(&stored);
-    assert!(
-        report.missing.is_empty(),
-        "{} SENT messages never reached their recipient, e.g. {:?}",
-        report.missing.len(),
-        report.missing.first()
-    );
+    report.assert_all_delivered();
     report.assert_in_stream_order(&stored);
     println!(
         "routers: {} messages SENT at {:.0} msg/s, {} resends, {} copies dropped",

@@ -145,6 +145,16 @@ impl TrafficReport {
 }
 
 impl TrafficReport {
+    /// Asserts that every SENT message reached its recipient.
+    pub fn assert_all_delivered(&self) {
+        assert!(
+            self.missing.is_empty(),
+            "{} SENT messages never reached their recipient, e.g. {:?}",
+            self.missing.len(),
+            self.missing.first()
+        );
+    }
+
     /// Asserts that each recipient got its messages (one conversation each) in the order
     /// they are stored in, which is the conversation's order.
     pub fn assert_in_stream_order(&self, stored: &[StoredMessage]) {

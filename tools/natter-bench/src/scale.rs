@@ -156,12 +156,7 @@ async fn drain(stack: &Stack, n: usize, options: &Options) -> anyhow::Result<Rou
     for chat in &chats {
         wait_listening(chat.metrics).await?;
     }
-    let cpu_before: u64 = chats
-        .iter()
-        .map(|c| c.cpu_ticks())
-        .sum::<anyhow::Result<u64>>()?;
-    let nats_before = nats_ticks(stack)?;
-    let machine_before = machine_ticks()?;
+    let before = Ticks::now(stack, &chats)?;
     let backlog = options.backlog as u64;
     // Done when the instances have routed the backlog. Not when the consumers have nothing
     // unacknowledged: messages lost on the way to a former owner during a hand-over are
@@ -188,12 +183,7 @@ async fn drain(stack: &Stack, n: usize, options: &Options) -> anyhow::Result<Rou
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let took = first_routed.expect("routed").elapsed();
-    let cpu_after: u64 = chats
-        .iter()
-        .map(|c| c.cpu_ticks())
-        .sum::<anyhow::Result<u64>>()?;
-    let nats_after = nats_ticks(stack)?;
-    let machine_after = machine_ticks()?;
+    let after = Ticks::now(stack, &chats)?;
     let mut shares = Vec::new();
     let mut from_stream = 0;
     let fair = backlog as f64 / n as f64;
@@ -210,11 +200,11 @@ async fn drain(stack: &Stack, n: usize, options: &Options) -> anyhow::Result<Rou
     Ok(Round {
         instances: n,
         routed_per_s: backlog as f64 / took.as_secs_f64(),
-        cpu_us_per_msg: per_msg(cpu_after - cpu_before),
-        nats_cpu_us_per_msg: per_msg(nats_after - nats_before),
+        cpu_us_per_msg: per_msg(after.chats - before.chats),
+        nats_cpu_us_per_msg: per_msg(after.nats - before.nats),
         from_stream,
-        machine_busy: (machine_after.0 - machine_before.0) as f64
-            / (machine_after.1 - machine_before.1).max(1) as f64,
+        machine_busy: (after.machine.0 - before.machine.0) as f64
+            / (after.machine.1 - before.machine.1).max(1) as f64,
         share: (
             shares.iter().copied().fold(f64::INFINITY, f64::min),
             shares.iter().copied().fold(0.0, f64::max),
@@ -284,6 +274,27 @@ impl Drop for Chat {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// CPU time so far, in clock ticks: the chat processes', the nats-server nodes', and the
+/// machine's (busy, total).
+struct Ticks {
+    chats: u64,
+    nats: u64,
+    machine: (u64, u64),
+}
+
+impl Ticks {
+    fn now(stack: &Stack, chats: &[Chat]) -> anyhow::Result<Self> {
+        Ok(Self {
+            chats: chats
+                .iter()
+                .map(|c| c.cpu_ticks())
+                .sum::<anyhow::Result<u64>>()?,
+            nats: nats_ticks(stack)?,
+            machine: machine_ticks()?,
+        })
     }
 }
 
