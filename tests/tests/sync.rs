@@ -476,3 +476,67 @@ async fn a_resume_across_partitions_gets_exactly_what_was_missed() {
         (false, Some(SyncGap::UnknownCursor))
     );
 }
+
+/// Resumes `user` from `cursor` and checks it gets exactly `missed`, in conversation order.
+async fn resume_gets_exactly(
+    stack: &Stack,
+    user: &str,
+    cursor: Cursor,
+    missed: &HashMap<String, Vec<MessageId>>,
+) -> Cursor {
+    let mut conn = stack.resume(user, 0, Some(cursor)).await;
+    let (replayed, synced) = expect_synced(&mut conn).await;
+    assert!(synced.recovered, "{synced:?}");
+    let ids: Vec<MessageId> = replayed.iter().map(|m| m.id).collect();
+    let expected: HashSet<MessageId> = missed.values().flatten().copied().collect();
+    assert_eq!(ids.len(), expected.len(), "nothing twice");
+    assert_eq!(ids.into_iter().collect::<HashSet<_>>(), expected);
+    assert_conversation_order(&replayed, missed);
+    conn.close().await;
+    synced.cursor
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replays_read_changed_conversations_without_consumers_and_fall_back_without_history() {
+    let mut stack = Stack::new().start().await;
+    let partitions = stack.bus.partitions;
+    let quiet = senders_in_every_partition("quiet", "bob", partitions);
+    let busy = senders_in_every_partition("busy", "bob", partitions);
+    let start = new_device(&stack, "bob").await;
+    let old = send_many(&stack, &quiet, "bob", 2).await;
+    let cursor = resume_gets_exactly(&stack, "bob", start, &old).await;
+
+    // Only some conversations change while bob is away: he gets exactly those, read
+    // without a consumer (the history index lists what changed).
+    let missed = send_many(&stack, &busy, "bob", 3).await;
+    let gateway = &stack.gateways[0];
+    let direct = gateway.metric("natter_gateway_replays_direct_total").await;
+    let cursor = resume_gets_exactly(&stack, "bob", cursor, &missed).await;
+    assert_eq!(
+        gateway.metric("natter_gateway_replays_direct_total").await,
+        direct + 1
+    );
+    assert_eq!(
+        gateway
+            .metric("natter_gateway_replays_with_consumers_total")
+            .await,
+        0
+    );
+
+    // History stops: its index cannot say what changed after its last write, so the replay
+    // reads the user's subjects with consumers, and still misses nothing.
+    for history in &mut stack.histories {
+        history.kill();
+    }
+    // (New senders: a resend of the same `cid` would be the same message.)
+    let late = senders_in_every_partition("late", "bob", partitions);
+    let missed = send_many(&stack, &late, "bob", 2).await;
+    resume_gets_exactly(&stack, "bob", cursor, &missed).await;
+    let gateway = &stack.gateways[0];
+    assert_eq!(
+        gateway
+            .metric("natter_gateway_replays_with_consumers_total")
+            .await,
+        1
+    );
+}

@@ -7,6 +7,11 @@
 pub const HISTORY_PAGE_DEFAULT: u32 = 50;
 pub const HISTORY_PAGE_MAX: u32 = 100;
 
+/// The most conversations one `changed` history query answers (previews left out, so the
+/// answer stays far below 1 MiB). A replay that finds this many falls back to reading the
+/// user's subjects with consumers.
+pub const CHANGED_CONVERSATIONS_MAX: u32 = 1000;
+
 /// Members per `group` `members` page unless the client asks otherwise, and the most.
 pub const MEMBERS_PAGE_DEFAULT: u32 = 200;
 pub const MEMBERS_PAGE_MAX: u32 = 1000;

@@ -224,6 +224,11 @@ pub enum HistoryQuery {
     },
     /// The user's conversation list, most recently active first.
     Conversations { limit: u32 },
+    /// The user's 1:1 conversations whose newest message is from `since` (milliseconds since
+    /// the Unix epoch, the message id's time) on, most recently active first, at most
+    /// `limit`; answered with `conversations`, unread counts not computed (0). Gateways use
+    /// it to find what changed for a device that was away.
+    Changed { since: u64, limit: u32 },
     /// Who of a group received and read message `id` (see [`ServerFrame::Receipts`]).
     Receipts {
         conversation: ConversationId,

@@ -55,11 +55,12 @@ impl HistoryFloor {
         })
     }
 
-    /// Waits until the writer has stored every stream entry up to `seq` (at most `PATIENCE`).
-    pub async fn reach(self: &Arc<Self>, seq: u64) {
+    /// Waits until the writer has stored every stream entry up to `seq` (at most
+    /// `PATIENCE`): whether it has (or no history writer exists at all).
+    pub async fn reach(self: &Arc<Self>, seq: u64) -> bool {
         // `no_writer` is only trusted fresh, from the poll this wait starts.
         if self.floor.borrow().stored >= seq {
-            return;
+            return true;
         }
         self.floor.send_modify(|f| f.no_writer = false);
         let mut floor = self.floor.subscribe();
@@ -69,8 +70,9 @@ impl HistoryFloor {
         let reached = tokio::time::timeout(PATIENCE, floor.wait_for(|f| f.covers(seq))).await;
         self.waiters.fetch_sub(1, Ordering::SeqCst);
         if reached.is_err() {
-            tracing::debug!(seq, "history writer behind a replay that sends to history");
+            tracing::debug!(seq, "history writer behind a replay");
         }
+        reached.is_ok()
     }
 
     /// Reads the writers' progress while anyone waits.

@@ -22,6 +22,8 @@ pub struct GatewayMetrics {
     pub send_latency: Histogram,
     pub undelivered: Counter,
     pub replays: Counter,
+    pub replays_direct: Counter,
+    pub replays_with_consumers: Counter,
     pub replay_gaps: Counter,
     pub replayed: Counter,
     pub delivery_gaps: Counter,
@@ -78,6 +80,14 @@ impl GatewayMetrics {
                 "messages for connections that had just closed, reported to chat",
             ),
             replays: m.counter("natter_gateway_replays_total", "sync requests answered"),
+            replays_direct: m.counter(
+                "natter_gateway_replays_direct_total",
+                "replays that read the changed conversations with direct gets (no consumer)",
+            ),
+            replays_with_consumers: m.counter(
+                "natter_gateway_replays_with_consumers_total",
+                "replays that read with consumers because history was behind or unreachable",
+            ),
             replay_gaps: m.counter(
                 "natter_gateway_replay_gaps_total",
                 "sync requests answered recovered: false",

@@ -80,6 +80,7 @@ impl Gateway {
         let listener = TcpListener::bind(config.listen_addr).await?;
         let addr = listener.local_addr()?;
         let routed_from = reregister::stream_head(&js, bus.partitions).await;
+        let metrics = GatewayMetrics::new();
         let replayer = Replayer {
             history_floor: HistoryFloor::new(js.clone(), bus.partitions),
             partitions: bus.partitions,
@@ -88,8 +89,8 @@ impl Gateway {
             max_messages: config.sync_max_messages,
             page: config.sync_page.max(1),
             permits: tokio::sync::Semaphore::new(config.sync_concurrency.max(1)),
+            metrics: metrics.clone(),
         };
-        let metrics = GatewayMetrics::new();
         let local = Arc::new(Local::new(
             gateway.clone(),
             nats.clone(),

@@ -87,6 +87,9 @@ impl<S: Store> Queries<S> {
             HistoryQuery::Conversations { limit } => {
                 self.conversations(&user, qid.clone(), limit).await
             }
+            HistoryQuery::Changed { since, limit } => {
+                self.changed(&user, qid.clone(), since, limit).await
+            }
             HistoryQuery::Messages {
                 conversation,
                 before,
@@ -112,6 +115,24 @@ impl<S: Store> Queries<S> {
             .conversations(user, &groups, limit)
             .await
             .map_err(QueryError::unavailable("conversation list"))?;
+        Ok(ServerFrame::Conversations { qid, conversations })
+    }
+
+    /// The user's 1:1 conversations active from `since` (ms) on, newest first, without
+    /// previews or unread counts: what a replay reads.
+    async fn changed(&self, user: &UserId, qid: ClientMsgId, since: u64, limit: u32) -> Answer {
+        let limit = limit.clamp(1, limits::CHANGED_CONVERSATIONS_MAX) as usize;
+        let mut conversations = self
+            .cache
+            .store()
+            .direct_conversations(user)
+            .await
+            .map_err(QueryError::unavailable("conversation list"))?;
+        conversations.retain(|c| c.last_ts >= since);
+        crate::store::newest_first(&mut conversations, limit);
+        for c in &mut conversations {
+            c.preview.clear();
+        }
         Ok(ServerFrame::Conversations { qid, conversations })
     }
 

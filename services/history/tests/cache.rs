@@ -43,6 +43,12 @@ impl Store for Gated {
     ) -> Result<Vec<ConversationSummary>, StoreError> {
         self.inner.conversations(u, g, l).await
     }
+    async fn direct_conversations(
+        &self,
+        u: &UserId,
+    ) -> Result<Vec<ConversationSummary>, StoreError> {
+        self.inner.direct_conversations(u).await
+    }
     async fn mark_read(
         &self,
         u: &UserId,

@@ -69,6 +69,7 @@ impl Role {
                 p.subscribe(["natter.gw.*.>", s::PRESENCE_ALL]);
                 p.ensure_stream(s::MESSAGES_STREAM);
                 p.read_with_consumers(s::MESSAGES_STREAM);
+                p.read_direct(s::MESSAGES_STREAM);
                 for bucket in [
                     s::SESSIONS_BUCKET,
                     s::GATEWAYS_BUCKET,

@@ -154,6 +154,27 @@ fn summary(conversation: ConversationId, bytes: &[u8]) -> Result<ConversationSum
     })
 }
 
+/// `user`'s 1:1 conversation list entries, unread not counted.
+fn direct_rows(
+    txn: &redb::ReadTransaction,
+    user: &UserId,
+) -> Result<Vec<ConversationSummary>, StoreError> {
+    let lists = txn.open_table(USER_CONVERSATIONS).map_err(err)?;
+    let mut out = Vec::new();
+    for row in lists.range((user.as_str(), "")..).map_err(err)? {
+        let (k, v) = row.map_err(err)?;
+        let (u, conversation) = k.value();
+        if u != user.as_str() {
+            break;
+        }
+        let conversation: ConversationId = conversation.parse().map_err(corrupt)?;
+        if conversation.is_direct() {
+            out.push(summary(conversation, v.value())?);
+        }
+    }
+    Ok(out)
+}
+
 /// Messages not from `user` in a key range, counted up to the cap.
 fn unread_in<'k, K: redb::Key + 'static>(
     table: &impl ReadableTable<K, &'static [u8]>,
@@ -318,20 +339,8 @@ impl Store for EmbeddedStore {
         let (user, groups) = (user.clone(), groups.to_vec());
         self.blocking(move |db| {
             let txn = db.begin_read().map_err(err)?;
-            let lists = txn.open_table(USER_CONVERSATIONS).map_err(err)?;
             let group_latest = txn.open_table(GROUP_LATEST).map_err(err)?;
-            let mut out = Vec::new();
-            for row in lists.range((user.as_str(), "")..).map_err(err)? {
-                let (k, v) = row.map_err(err)?;
-                let (u, conversation) = k.value();
-                if u != user.as_str() {
-                    break;
-                }
-                let conversation: ConversationId = conversation.parse().map_err(corrupt)?;
-                if conversation.is_direct() {
-                    out.push(summary(conversation, v.value())?);
-                }
-            }
+            let mut out = direct_rows(&txn, &user)?;
             for group in &groups {
                 if let Some(v) = group_latest.get(group.as_str()).map_err(err)? {
                     out.push(summary(ConversationId::group(group), v.value())?);
@@ -369,6 +378,15 @@ impl Store for EmbeddedStore {
             Ok(out)
         })
         .await
+    }
+
+    async fn direct_conversations(
+        &self,
+        user: &UserId,
+    ) -> Result<Vec<ConversationSummary>, StoreError> {
+        let user = user.clone();
+        self.blocking(move |db| direct_rows(&db.begin_read().map_err(err)?, &user))
+            .await
     }
 
     async fn mark_read(

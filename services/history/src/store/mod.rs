@@ -87,6 +87,13 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> impl Future<Output = Result<Vec<ConversationSummary>, StoreError>> + Send;
 
+    /// Every 1:1 conversation of `user`, with its newest message, unread counts not computed
+    /// (0), in no particular order.
+    fn direct_conversations(
+        &self,
+        user: &UserId,
+    ) -> impl Future<Output = Result<Vec<ConversationSummary>, StoreError>> + Send;
+
     /// Moves `user`'s read marker in `conversation` forward to `up_to` (never back). In a
     /// group it is also the member's "seen" receipt marker.
     fn mark_read(

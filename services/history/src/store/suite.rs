@@ -177,6 +177,39 @@ pub async fn conversation_list_orders_by_activity_and_counts_unread<S: Store>(s:
     );
 }
 
+/// The 1:1 list a replay starts from: every 1:1 conversation of the user with its newest
+/// message, and no group.
+pub async fn direct_conversations_list_each_partner_once_with_the_newest<S: Store>(s: &S) {
+    let (ab, ac) = (dm("alice", "bob"), dm("alice", "carol"));
+    let group = GroupId::new("g1").unwrap();
+    let mut posted = message("alice", &ConversationId::group(&group), "g1", T0 + 5, 9);
+    posted.to = user("g1");
+    s.append(&[
+        message("bob", &ab, "alice", T0, 1),
+        message("alice", &ac, "carol", T0 + 2, 2),
+        message("alice", &ab, "bob", T0 + 3, 3),
+        posted,
+    ])
+    .await
+    .unwrap();
+    let mut list = s.direct_conversations(&user("alice")).await.unwrap();
+    list.sort_by_key(|c| c.last_ts);
+    let seen: Vec<_> = list
+        .iter()
+        .map(|c| (c.conversation.clone(), c.last_ts))
+        .collect();
+    assert_eq!(seen, vec![(ac, T0 + 2), (ab.clone(), T0 + 3)]);
+    let bobs = s.direct_conversations(&user("bob")).await.unwrap();
+    assert_eq!(bobs.len(), 1);
+    assert_eq!(bobs[0].conversation, ab);
+    assert!(
+        s.direct_conversations(&user("dave"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
 pub async fn replaying_a_batch_leaves_one_copy<S: Store>(s: &S) {
     let all = chat(20);
     s.append(&all).await.unwrap();
@@ -408,6 +441,7 @@ macro_rules! store_suite {
             scroll_back_has_no_gap_and_no_duplicate,
             catch_up_after_a_cursor,
             conversation_list_orders_by_activity_and_counts_unread,
+            direct_conversations_list_each_partner_once_with_the_newest,
             replaying_a_batch_leaves_one_copy,
             group_events_survive_a_round_trip,
             group_lists_need_no_per_member_rows,

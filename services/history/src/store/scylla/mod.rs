@@ -295,20 +295,7 @@ impl Store for ScyllaStore {
         groups: &[GroupId],
         limit: usize,
     ) -> Result<Vec<ConversationSummary>, StoreError> {
-        let rows: Vec<(String, String, i64, String, String)> = self
-            .all_rows(&self.st.conversations, (user.as_str(),))
-            .await?;
-        let mut out = Vec::with_capacity(rows.len() + groups.len());
-        for (conversation, last_id, last_ts, last_from, preview) in rows {
-            let conversation: ConversationId = conversation.parse().map_err(corrupt)?;
-            // Group rows written here before groups moved to group_latest are ignored.
-            if conversation.is_direct() {
-                out.push(to_summary(
-                    conversation,
-                    (last_id, last_ts, last_from, preview),
-                )?);
-            }
-        }
+        let mut out = self.direct_conversations(user).await?;
         out.extend(self.group_summaries(groups).await?);
         newest_first(&mut out, limit);
         let conversations: Vec<ConversationId> =
@@ -320,6 +307,27 @@ impl Store for ScyllaStore {
             .await?;
         for (entry, unread) in out.iter_mut().zip(counts) {
             entry.unread = unread;
+        }
+        Ok(out)
+    }
+
+    async fn direct_conversations(
+        &self,
+        user: &UserId,
+    ) -> Result<Vec<ConversationSummary>, StoreError> {
+        let rows: Vec<(String, String, i64, String, String)> = self
+            .all_rows(&self.st.conversations, (user.as_str(),))
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (conversation, last_id, last_ts, last_from, preview) in rows {
+            let conversation: ConversationId = conversation.parse().map_err(corrupt)?;
+            // Group rows written here before groups moved to group_latest are ignored.
+            if conversation.is_direct() {
+                out.push(to_summary(
+                    conversation,
+                    (last_id, last_ts, last_from, preview),
+                )?);
+            }
         }
         Ok(out)
     }

@@ -1,18 +1,28 @@
 //! Replaying what a device missed: the `sync` frame.
 //!
 //! The messages stream is the per-user offline queue: every message of a user is already in
-//! it under `natter.msg.dm.<a>.<b>`, so a device's backlog is "the user's messages after my
-//! cursor", read with a short-lived consumer filtered to the user's subjects. Nothing is
-//! removed when a device acknowledges, so several devices each catch up from their own
-//! cursor, and a device that disconnects half-way resumes where it stopped.
+//! it under its conversation's subject, so a device's backlog is "the user's messages after
+//! my cursor". Nothing is removed when a device acknowledges, so several devices each catch
+//! up from their own cursor, and a device that disconnects half-way resumes where it stopped.
 //!
-//! The user's two 1:1 filters (first or second participant) are read by two consumers, one
-//! filter each, merged by stream sequence: JetStream recomputes a multi-filter consumer's
-//! pending count against every subject of the stream, which made a reconnect storm three
-//! times slower than two single-filter consumers (measured with 2,000 replays over 5,000
-//! conversations). The user's groups, asked of the chat service page by page when a replay
-//! starts (no one answer need hold them all), are read by a third consumer with one literal
-//! filter per group.
+//! **Which conversations to read.** A replay reads only the conversations that changed since
+//! the cursor, each on its literal subject with JetStream's batched direct get
+//! ([`direct_get`]): no consumer is made, and no JetStream API request beyond the stream's
+//! info. The list comes from indexes natter keeps anyway:
+//!
+//! * 1:1 conversations from the history store's conversation list (the `changed` history
+//!   query: conversations whose newest message is from the cursor's time on, less
+//!   [`CLOCK_MARGIN`]), once the history writers have stored everything up to the replay's
+//!   head, so the list misses nothing the replay covers;
+//! * groups from the chat service's membership (page by page), each probed with one batched
+//!   "last message of each subject" read.
+//!
+//! When the index cannot be trusted (history behind or unreachable, or more changed
+//! conversations than one answer holds), the replay reads the user's subjects with
+//! short-lived consumers instead ([`sources`]): slower, and correct without history. A
+//! wildcard filter in the middle of a subject (`natter.msg.*.dm.*.<user>`) makes the server
+//! walk every conversation of the stream; a literal subject is one lookup (measured 18-43x
+//! more replays per second).
 //!
 //! Large groups are left out (fan-out on read): a group of thousands would make every
 //! member's replay walk its traffic, so `synced` lists them instead and the device fetches
@@ -21,22 +31,26 @@
 //! A replay is gap-free or it is refused: `synced` says `recovered: false` (with the reason)
 //! when the cursor is missing, names another incarnation of the stream, lies in the future,
 //! precedes messages the stream has trimmed (its age limit), or when more messages are
-//! waiting than one replay may send (`sync_max_messages`). The device then refetches from
-//! history, which keeps everything.
+//! waiting than one replay may send (`sync_max_messages`, known from the first read of each
+//! source, before the backlog is read). The device then refetches from history, which keeps
+//! everything.
 //!
 //! The replay reads one page per turn of the session loop, and the session writes each page
 //! before asking for the next, so a large backlog flows at the pace of the socket. Replays
 //! running at once on one gateway are bounded, so a reconnect storm queues here instead of
 //! overloading JetStream.
 
-use std::collections::VecDeque;
+mod direct_get;
+mod sources;
+
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer};
-use futures::StreamExt;
+use async_nats::jetstream::{self, stream::DirectGetErrorKind};
+use futures::{StreamExt, TryStreamExt};
 use protocol::frames::ServerFrame;
-use protocol::payloads::{GroupRequest, StoredMessage};
+use protocol::payloads::{GroupRequest, HistoryQuery, HistoryRequest};
 use protocol::{
     ClientMsgId, ConversationId, Cursor, GroupId, GroupInfo, GroupOp, SyncGap, UserId, limits,
     subjects,
@@ -44,18 +58,29 @@ use protocol::{
 use tokio::sync::Semaphore;
 
 use crate::history_floor::HistoryFloor;
+use crate::metrics::GatewayMetrics;
+use sources::Source;
 
-/// How long an abandoned replay consumer lives on the server.
-const CONSUMER_IDLE: Duration = Duration::from_secs(30);
 /// The longest one replay turn may take.
 const TURN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How much earlier than the stream's time of the cursor a conversation's newest message id
+/// may be and still hold a message after the cursor. An id is the chat service's clock when
+/// it accepted the message, before the stream stored it; the margin covers a publish that
+/// took until its timeout and clocks that disagree by up to a minute. A larger margin only
+/// costs a read that finds nothing.
+const CLOCK_MARGIN: Duration = Duration::from_secs(120);
+/// Sources read at once in one replay.
+const READS_IN_FLIGHT: usize = 32;
+/// Subjects per "last message of each" probe of the user's groups.
+const GROUPS_PER_PROBE: usize = limits::GROUPS_PAGE_MAX as usize;
 
 /// Replay limits and the gateway-wide bound on concurrent replays.
 pub struct Replayer {
     pub js: jetstream::Context,
     /// The deployment's partition count, to name a group's subject.
     pub partitions: u32,
-    /// How long the chat service may take to list the user's groups.
+    /// How long the chat service may take to list the user's groups, and history the
+    /// changed conversations.
     pub groups_timeout: Duration,
     pub history_floor: Arc<HistoryFloor>,
     /// The most messages one replay sends; above it the device resyncs from history.
@@ -63,6 +88,7 @@ pub struct Replayer {
     /// Messages read per turn.
     pub page: usize,
     pub permits: Semaphore,
+    pub metrics: GatewayMetrics,
 }
 
 /// Where a replay stands between turns of the session loop.
@@ -74,7 +100,7 @@ pub enum Replay {
     Reading(Box<Reading>),
 }
 
-/// A replay under way: one source per filter, read up to `head`.
+/// A replay under way: one source per conversation (or per filter), read up to `head`.
 pub struct Reading {
     stream: jetstream::stream::Stream,
     sources: Vec<Source>,
@@ -85,14 +111,6 @@ pub struct Reading {
     head: Cursor,
     /// The large groups, for `synced`.
     history: Vec<ConversationId>,
-}
-
-/// One filter's consumer and the messages read from it but not sent yet.
-struct Source {
-    consumer: consumer::PullConsumer,
-    buffered: VecDeque<(u64, StoredMessage)>,
-    /// Nothing more to read from it (up to `head`).
-    exhausted: bool,
 }
 
 /// What one turn produced: frames to send, and the replay to continue with (`None`: done,
@@ -158,35 +176,19 @@ impl Replayer {
             return Ok(done(head, Some(gap), Vec::new()));
         }
         let cursor = cursor.expect("no gap means a cursor");
-        // From the partition furthest behind; what the others have is skipped.
-        let from = cursor.earliest() + 1;
         let (small, history) = self.groups_of(&user).await?;
-        let [a, b] = subjects::user_messages(&user);
-        let mut filters = vec![vec![a], vec![b]];
-        if !small.is_empty() {
-            filters.push(
-                small
-                    .iter()
-                    .map(|c| subjects::message(c, self.partitions))
-                    .collect(),
-            );
-        }
-        let opened =
-            futures::future::join_all(filters.iter().map(|f| open(&stream, f, from))).await;
-        if opened.iter().any(Result::is_err) {
-            for source in opened.into_iter().flatten() {
-                discard(&stream, source);
+        let sources = match self.changed(&stream, &user, &cursor, &head, &small).await {
+            Some(sources) => {
+                self.metrics.replays_direct.inc();
+                sources
             }
-            anyhow::bail!("could not open the replay");
-        }
-        let sources: Vec<Source> = opened.into_iter().flatten().collect();
-        // Pending counts matching messages from the cursor on, including any written since
-        // `head`: an upper bound of what this replay sends.
-        let pending: u64 = sources
-            .iter()
-            .map(|s| s.consumer.cached_info().num_pending)
-            .sum();
-        let reading = Reading {
+            None => {
+                self.metrics.replays_with_consumers.inc();
+                let from = cursor.earliest() + 1;
+                sources::consumers(&stream, &user, &small, self.partitions, from).await?
+            }
+        };
+        let mut reading = Reading {
             stream,
             sources,
             from: cursor.clone(),
@@ -194,8 +196,12 @@ impl Replayer {
             head: head.clone(),
             history,
         };
+        // The first read of every source says how much is waiting (including messages
+        // written since `head`: an upper bound of what this replay sends).
+        reading.fill(self.page).await?;
+        let pending: u64 = reading.sources.iter().map(Source::waiting).sum();
         if pending > self.max_messages {
-            let history = reading.history.clone();
+            let history = std::mem::take(&mut reading.history);
             reading.discard();
             return Ok(done(head, Some(SyncGap::TooMany), history));
         }
@@ -204,22 +210,134 @@ impl Replayer {
         Ok(turn)
     }
 
+    /// The sources of a replay read without consumers: one per conversation that has
+    /// messages after `cursor`. `None` when the index cannot be trusted, and the caller reads
+    /// with consumers.
+    async fn changed(
+        &self,
+        stream: &jetstream::stream::Stream,
+        user: &UserId,
+        cursor: &Cursor,
+        head: &Cursor,
+        small: &[ConversationId],
+    ) -> Option<Vec<Source>> {
+        if !self.history_floor.reach(head.latest()).await {
+            return None;
+        }
+        let since = match cursor.earliest() {
+            0 => 0,
+            seq => match stream.direct_get(seq).await {
+                Ok(m) => {
+                    let ms = (m.time.unix_timestamp_nanos() / 1_000_000).max(0) as u64;
+                    ms.saturating_sub(CLOCK_MARGIN.as_millis() as u64)
+                }
+                Err(e) if e.kind() == DirectGetErrorKind::NotFound => 0,
+                Err(e) => {
+                    tracing::debug!(error = %e, "time of a cursor unreadable");
+                    return None;
+                }
+            },
+        };
+        let (direct, groups) = tokio::join!(
+            self.changed_direct(user, since),
+            self.changed_groups(small, cursor, head)
+        );
+        let (direct, groups) = (direct.ok()?, groups.ok()?);
+        let client = self.js.client();
+        let sources = direct
+            .iter()
+            .chain(&groups)
+            .map(|c| {
+                let k = subjects::partition(c, self.partitions);
+                let subject = subjects::message(c, self.partitions);
+                Source::subject(client.clone(), subject, cursor.seqs[k as usize] + 1)
+            })
+            .collect();
+        Some(sources)
+    }
+
+    /// The user's 1:1 conversations whose newest message is from `since` on, from history.
+    async fn changed_direct(
+        &self,
+        user: &UserId,
+        since: u64,
+    ) -> anyhow::Result<Vec<ConversationId>> {
+        let request = HistoryRequest {
+            user: user.clone(),
+            qid: ClientMsgId::new("sync").expect("valid id"),
+            query: HistoryQuery::Changed {
+                since,
+                limit: limits::CHANGED_CONVERSATIONS_MAX,
+            },
+        };
+        let payload = serde_json::to_vec(&request).expect("history request to JSON");
+        let reply = tokio::time::timeout(
+            self.groups_timeout,
+            self.js
+                .client()
+                .request(subjects::history_query(user), payload.into()),
+        )
+        .await
+        .map_err(|_| anyhow::anyhow!("history did not list the changed conversations"))??;
+        let ServerFrame::Conversations { conversations, .. } =
+            serde_json::from_slice(&reply.payload)?
+        else {
+            anyhow::bail!("history could not list the changed conversations");
+        };
+        if conversations.len() >= limits::CHANGED_CONVERSATIONS_MAX as usize {
+            anyhow::bail!("more changed conversations than one answer holds");
+        }
+        Ok(conversations.into_iter().map(|c| c.conversation).collect())
+    }
+
+    /// The groups among `small` whose last message up to `head` is one `cursor` lacks.
+    async fn changed_groups(
+        &self,
+        small: &[ConversationId],
+        cursor: &Cursor,
+        head: &Cursor,
+    ) -> anyhow::Result<Vec<ConversationId>> {
+        let by_subject: HashMap<String, &ConversationId> = small
+            .iter()
+            .map(|c| (subjects::message(c, self.partitions), c))
+            .collect();
+        let subjects: Vec<String> = by_subject.keys().cloned().collect();
+        let client = self.js.client();
+        let mut probes = Vec::new();
+        for chunk in subjects.chunks(GROUPS_PER_PROBE) {
+            probes.push(last_of_each(&client, chunk, head.latest()));
+        }
+        let lasts: Vec<Vec<direct_get::Entry>> = futures::stream::iter(probes)
+            .buffer_unordered(READS_IN_FLIGHT)
+            .try_collect()
+            .await?;
+        let mut changed = Vec::new();
+        for last in lasts.into_iter().flatten() {
+            let (Some(k), Some(c)) = (
+                subjects::partition_of_subject(&last.subject),
+                by_subject.get(&last.subject),
+            ) else {
+                continue;
+            };
+            if !cursor.covers(k, last.seq) {
+                changed.push((*c).clone());
+            }
+        }
+        Ok(changed)
+    }
+
     /// Sends up to a page of messages in stream order, refilling each source as it runs dry.
     async fn read(&self, mut reading: Reading) -> anyhow::Result<Turn> {
         let mut frames = Vec::new();
         while frames.len() < self.page {
-            for source in &mut reading.sources {
-                if source.buffered.is_empty() && !source.exhausted {
-                    source.fill(self.page, reading.head.latest()).await?;
-                }
-            }
+            reading.fill(self.page).await?;
             // The smallest sequence among the sources; each is in order, and a source with
             // nothing buffered is exhausted, so nothing smaller can come later.
             let Some(next) = reading
                 .sources
                 .iter_mut()
-                .filter(|s| !s.buffered.is_empty())
-                .min_by_key(|s| s.buffered[0].0)
+                .filter(|s| s.has_buffered())
+                .min_by_key(|s| s.next_seq())
             else {
                 let head = reading.head.clone();
                 let history = std::mem::take(&mut reading.history);
@@ -229,7 +347,7 @@ impl Replayer {
                 turn.frames = frames;
                 return Ok(turn);
             };
-            let (seq, stored) = next.buffered.pop_front().expect("not empty");
+            let (seq, stored) = next.pop();
             let mut message = stored.message;
             let k = subjects::partition(&message.conversation, self.partitions);
             if reading.from.covers(k, seq) {
@@ -309,72 +427,43 @@ impl Replayer {
     }
 }
 
-impl Source {
-    /// Reads up to `page` more messages, none beyond `head`.
-    async fn fill(&mut self, page: usize, head: u64) -> anyhow::Result<()> {
-        let mut batch = self.consumer.fetch().max_messages(page).messages().await?;
-        self.exhausted = true;
-        while let Some(msg) = batch.next().await {
-            let msg = msg.map_err(|e| anyhow::anyhow!("replay read: {e}"))?;
-            let info = msg
-                .info()
-                .map_err(|e| anyhow::anyhow!("replay read: {e}"))?;
-            let seq = info.stream_sequence;
-            if seq > head {
-                // Live traffic from here on.
-                break;
-            }
-            match serde_json::from_slice::<StoredMessage>(&msg.payload) {
-                Ok(stored) => self.buffered.push_back((seq, stored)),
-                Err(e) => tracing::warn!(error = %e, seq, "unreadable message skipped in replay"),
-            }
-            self.exhausted = seq == head || info.pending == 0;
-            if self.exhausted {
-                break;
+impl Reading {
+    /// Reads more from every source that has nothing buffered and may have more.
+    async fn fill(&mut self, page: usize) -> anyhow::Result<()> {
+        let head = self.head.latest();
+        let mut reads = Vec::new();
+        for source in &mut self.sources {
+            if source.needs_reading() {
+                reads.push(source.fill(page, head));
             }
         }
+        futures::stream::iter(reads)
+            .buffer_unordered(READS_IN_FLIGHT)
+            .try_collect::<Vec<()>>()
+            .await?;
         Ok(())
     }
-}
 
-impl Reading {
     fn discard(self) {
         for source in self.sources {
-            discard(&self.stream, source);
+            source.discard(&self.stream);
         }
     }
 }
 
-/// A consumer of some subjects, from `from` on.
-async fn open(
-    stream: &jetstream::stream::Stream,
-    filters: &[String],
-    from: u64,
-) -> anyhow::Result<Source> {
-    let (filter_subject, filter_subjects) = match filters {
-        [one] => (one.clone(), Vec::new()),
-        many => (String::new(), many.to_vec()),
+/// The last message up to `head` of each subject of `names` that has one.
+async fn last_of_each(
+    client: &async_nats::Client,
+    names: &[String],
+    head: u64,
+) -> anyhow::Result<Vec<direct_get::Entry>> {
+    let request = direct_get::Request {
+        multi_last: names,
+        up_to_seq: head,
+        min_last_seq: head,
+        ..Default::default()
     };
-    let consumer = stream
-        .create_consumer(consumer::pull::Config {
-            filter_subject,
-            filter_subjects,
-            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                start_sequence: from,
-            },
-            ack_policy: consumer::AckPolicy::None,
-            inactive_threshold: CONSUMER_IDLE,
-            memory_storage: true,
-            num_replicas: 1,
-            ..Default::default()
-        })
-        .await?;
-    let exhausted = consumer.cached_info().num_pending == 0;
-    Ok(Source {
-        consumer,
-        buffered: VecDeque::new(),
-        exhausted,
-    })
+    direct_get::batch(client, subjects::MESSAGES_STREAM, &request).await
 }
 
 fn done(head: Cursor, gap: Option<SyncGap>, history: Vec<ConversationId>) -> Turn {
@@ -388,13 +477,4 @@ fn done(head: Cursor, gap: Option<SyncGap>, history: Vec<ConversationId>) -> Tur
         next: None,
         head: Some(head),
     }
-}
-
-/// Deletes a finished source's consumer in the background (it would expire by itself).
-fn discard(stream: &jetstream::stream::Stream, source: Source) {
-    let name = source.consumer.cached_info().name.clone();
-    let stream = stream.clone();
-    tokio::spawn(async move {
-        let _ = stream.delete_consumer(&name).await;
-    });
 }

@@ -1,0 +1,216 @@
+//! Where a replay reads from: one conversation's literal subject with batched direct gets
+//! (the usual way), or a short-lived consumer over the user's subjects (when the index of
+//! changed conversations cannot be trusted). Each yields its messages in stream order.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer};
+use futures::StreamExt;
+use protocol::payloads::StoredMessage;
+use protocol::{ConversationId, UserId, subjects};
+
+use super::direct_get;
+
+/// How long an abandoned replay consumer lives on the server.
+const CONSUMER_IDLE: Duration = Duration::from_secs(30);
+
+/// One source of a replay and what was read from it but not sent yet.
+pub struct Source {
+    reader: Reader,
+    buffered: VecDeque<(u64, StoredMessage)>,
+    /// Matching messages after the buffered ones, as the last read counted them (including
+    /// any written after the replay's head).
+    pending: u64,
+    /// Nothing more to read from it (up to the replay's head).
+    exhausted: bool,
+}
+
+enum Reader {
+    /// One subject, read from `next` on.
+    Subject {
+        client: async_nats::Client,
+        subject: String,
+        next: u64,
+    },
+    Consumer(Box<consumer::PullConsumer>),
+}
+
+impl Source {
+    /// A conversation's subject, from `from` on. Until its first read it is assumed to hold
+    /// something.
+    pub fn subject(client: async_nats::Client, subject: String, from: u64) -> Self {
+        Self {
+            reader: Reader::Subject {
+                client,
+                subject,
+                next: from,
+            },
+            buffered: VecDeque::new(),
+            pending: 1,
+            exhausted: false,
+        }
+    }
+
+    /// Whether it should be read before the next message is picked.
+    pub fn needs_reading(&self) -> bool {
+        self.buffered.is_empty() && !self.exhausted
+    }
+
+    pub fn has_buffered(&self) -> bool {
+        !self.buffered.is_empty()
+    }
+
+    /// The sequence of the next buffered message.
+    pub fn next_seq(&self) -> u64 {
+        self.buffered.front().map_or(u64::MAX, |(seq, _)| *seq)
+    }
+
+    pub fn pop(&mut self) -> (u64, StoredMessage) {
+        self.buffered.pop_front().expect("a buffered message")
+    }
+
+    /// Messages read and still to read.
+    pub fn waiting(&self) -> u64 {
+        if self.exhausted {
+            self.buffered.len() as u64
+        } else {
+            self.buffered.len() as u64 + self.pending
+        }
+    }
+
+    /// Reads up to `page` more messages, none beyond `head`.
+    pub async fn fill(&mut self, page: usize, head: u64) -> anyhow::Result<()> {
+        match &mut self.reader {
+            Reader::Subject {
+                client,
+                subject,
+                next,
+            } => {
+                let request = direct_get::Request {
+                    seq: *next,
+                    next_by_subj: Some(subject),
+                    batch: page as u64,
+                    min_last_seq: head,
+                    ..Default::default()
+                };
+                let entries =
+                    direct_get::batch(client, subjects::MESSAGES_STREAM, &request).await?;
+                self.exhausted = true;
+                for entry in entries {
+                    if entry.seq > head {
+                        break; // live traffic from here on
+                    }
+                    *next = entry.seq + 1;
+                    self.pending = entry.pending;
+                    self.exhausted = entry.seq == head || entry.pending == 0;
+                    buffer(&mut self.buffered, entry.seq, &entry.payload);
+                }
+            }
+            Reader::Consumer(consumer) => {
+                let mut batch = consumer.fetch().max_messages(page).messages().await?;
+                self.exhausted = true;
+                while let Some(msg) = batch.next().await {
+                    let msg = msg.map_err(|e| anyhow::anyhow!("replay read: {e}"))?;
+                    let info = msg
+                        .info()
+                        .map_err(|e| anyhow::anyhow!("replay read: {e}"))?;
+                    let seq = info.stream_sequence;
+                    if seq > head {
+                        break; // live traffic from here on
+                    }
+                    self.pending = info.pending;
+                    buffer(&mut self.buffered, seq, &msg.payload);
+                    self.exhausted = seq == head || info.pending == 0;
+                    if self.exhausted {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes a consumer in the background (it would expire by itself).
+    pub fn discard(self, stream: &jetstream::stream::Stream) {
+        if let Reader::Consumer(consumer) = self.reader {
+            let name = consumer.cached_info().name.clone();
+            let stream = stream.clone();
+            tokio::spawn(async move {
+                let _ = stream.delete_consumer(&name).await;
+            });
+        }
+    }
+}
+
+fn buffer(buffered: &mut VecDeque<(u64, StoredMessage)>, seq: u64, payload: &[u8]) {
+    match serde_json::from_slice::<StoredMessage>(payload) {
+        Ok(stored) => buffered.push_back((seq, stored)),
+        Err(e) => tracing::warn!(error = %e, seq, "unreadable message skipped in replay"),
+    }
+}
+
+/// Consumers over all of `user`'s subjects from `from` on: the two 1:1 filters (first or
+/// second participant) by one consumer each, and the small groups by a third with one
+/// literal filter per group. JetStream recomputes a multi-filter consumer's pending count
+/// against every subject of the stream, which made a reconnect storm three times slower
+/// than two single-filter consumers.
+pub async fn consumers(
+    stream: &jetstream::stream::Stream,
+    user: &UserId,
+    small: &[ConversationId],
+    partitions: u32,
+    from: u64,
+) -> anyhow::Result<Vec<Source>> {
+    let [a, b] = subjects::user_messages(user);
+    let mut filters = vec![vec![a], vec![b]];
+    if !small.is_empty() {
+        filters.push(
+            small
+                .iter()
+                .map(|c| subjects::message(c, partitions))
+                .collect(),
+        );
+    }
+    let opened = futures::future::join_all(filters.iter().map(|f| open(stream, f, from))).await;
+    if opened.iter().any(Result::is_err) {
+        for source in opened.into_iter().flatten() {
+            source.discard(stream);
+        }
+        anyhow::bail!("could not open the replay");
+    }
+    Ok(opened.into_iter().flatten().collect())
+}
+
+/// A consumer of some subjects, from `from` on.
+async fn open(
+    stream: &jetstream::stream::Stream,
+    filters: &[String],
+    from: u64,
+) -> anyhow::Result<Source> {
+    let (filter_subject, filter_subjects) = match filters {
+        [one] => (one.clone(), Vec::new()),
+        many => (String::new(), many.to_vec()),
+    };
+    let consumer = stream
+        .create_consumer(consumer::pull::Config {
+            filter_subject,
+            filter_subjects,
+            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: from,
+            },
+            ack_policy: consumer::AckPolicy::None,
+            inactive_threshold: CONSUMER_IDLE,
+            memory_storage: true,
+            num_replicas: 1,
+            ..Default::default()
+        })
+        .await?;
+    let pending = consumer.cached_info().num_pending;
+    Ok(Source {
+        reader: Reader::Consumer(Box::new(consumer)),
+        buffered: VecDeque::new(),
+        pending,
+        exhausted: pending == 0,
+    })
+}
