@@ -540,3 +540,15 @@ async fn replays_read_changed_conversations_without_consumers_and_fall_back_with
         1
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_backlog_in_one_conversation_is_replayed_whole_and_in_order() {
+    // Past 1,024 messages on one subject the replay moves that subject to a consumer: the
+    // hand-over from direct gets must neither skip nor repeat a message.
+    let stack = Stack::new().start().await;
+    let start = new_device(&stack, "bob").await;
+    let senders = vec!["chatty".to_string(), "brief".to_string()];
+    let mut missed = send_many(&stack, &senders[..1], "bob", 1500).await;
+    missed.extend(send_many(&stack, &senders[1..], "bob", 3).await);
+    resume_gets_exactly(&stack, "bob", start, &missed).await;
+}

@@ -84,12 +84,14 @@ impl Gateway {
         let replayer = Replayer {
             history_floor: HistoryFloor::new(js.clone(), bus.partitions),
             partitions: bus.partitions,
-            js,
+            js: js.clone(),
             groups_timeout: Duration::from_millis(config.send_timeout_ms),
             max_messages: config.sync_max_messages,
             page: config.sync_page.max(1),
             permits: tokio::sync::Semaphore::new(config.sync_concurrency.max(1)),
             metrics: metrics.clone(),
+            direct_gets: crate::replay::DirectGets::start(nats.clone()).await?,
+            stream_head: crate::replay::StreamHead::new(js.clone()),
         };
         let local = Arc::new(Local::new(
             gateway.clone(),

@@ -3,14 +3,20 @@
 //! an end-of-batch status. No JetStream API request is made, so a reconnect storm reads
 //! without queueing in the JetStream API or going through the meta leader.
 //!
-//! async-nats asks for one message at a time only, so the batch is read here from a reply
-//! subscription.
+//! async-nats asks for one message at a time only, so batches are read here. One wildcard
+//! reply subscription per gateway serves every batch, told apart by the reply subject's last
+//! token: a subscription per read would add a SUB and an UNSUB per read, which a cluster
+//! gossips to every server.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
 use serde::Serialize;
+use tokio::sync::mpsc;
 
 /// How long a batch may take from request to its end.
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -51,38 +57,93 @@ pub struct Entry {
     pub payload: Bytes,
 }
 
-/// Sends `request` to `stream`'s direct get and collects every message of the answer; a
-/// subject with nothing to send answers an empty batch.
-pub async fn batch(
-    client: &async_nats::Client,
-    stream: &str,
-    request: &Request<'_>,
-) -> anyhow::Result<Vec<Entry>> {
-    let inbox = client.new_inbox();
-    let mut replies = client.subscribe(inbox.clone()).await?;
-    let body = serde_json::to_vec(request).expect("direct get request to JSON");
-    client
-        .publish_with_reply(format!("$JS.API.DIRECT.GET.{stream}"), inbox, body.into())
-        .await?;
-    let mut entries = Vec::new();
-    let read = async {
-        while let Some(msg) = replies.next().await {
-            match msg.status.map(|s| s.as_u16()) {
-                None => entries.push(entry(msg)?),
-                // The end of the batch, or nothing matched.
-                Some(204 | 404) => return Ok(()),
-                Some(code) => anyhow::bail!(
-                    "direct get answered {code} {}",
-                    msg.description.unwrap_or_default()
-                ),
+/// Batched direct gets of one gateway, sharing one reply subscription.
+pub struct DirectGets {
+    client: async_nats::Client,
+    /// Replies go to `<prefix>.<read>`.
+    prefix: String,
+    reads: Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<async_nats::Message>>>>,
+    next: AtomicU64,
+}
+
+impl DirectGets {
+    /// Subscribes to the replies; the subscription lives as long as the connection.
+    pub async fn start(client: async_nats::Client) -> anyhow::Result<Arc<Self>> {
+        let prefix = client.new_inbox();
+        let mut replies = client.subscribe(format!("{prefix}.*")).await?;
+        let reads: Arc<Mutex<HashMap<u64, mpsc::UnboundedSender<_>>>> = Arc::default();
+        let routed = Arc::downgrade(&reads);
+        tokio::spawn(async move {
+            while let Some(msg) = replies.next().await {
+                let Some(reads) = routed.upgrade() else {
+                    break;
+                };
+                let read = msg.subject.rsplit('.').next().and_then(|t| t.parse().ok());
+                let reads = reads.lock().expect("direct get readers");
+                if let Some(reader) = read.and_then(|r: u64| reads.get(&r)) {
+                    let _ = reader.send(msg);
+                }
             }
-        }
-        anyhow::bail!("direct get: the reply subscription ended")
-    };
-    tokio::time::timeout(TIMEOUT, read)
-        .await
-        .map_err(|_| anyhow::anyhow!("direct get timed out"))??;
-    Ok(entries)
+        });
+        Ok(Arc::new(Self {
+            client,
+            prefix,
+            reads,
+            next: AtomicU64::new(0),
+        }))
+    }
+
+    /// Sends `request` to `stream`'s direct get and collects every message of the answer;
+    /// a subject with nothing to send answers an empty batch.
+    pub async fn batch(&self, stream: &str, request: &Request<'_>) -> anyhow::Result<Vec<Entry>> {
+        let read = self.next.fetch_add(1, Ordering::Relaxed);
+        let (tx, mut replies) = mpsc::unbounded_channel();
+        self.reads
+            .lock()
+            .expect("direct get readers")
+            .insert(read, tx);
+        let _registered = Registered(self, read);
+        let body = serde_json::to_vec(request).expect("direct get request to JSON");
+        self.client
+            .publish_with_reply(
+                format!("$JS.API.DIRECT.GET.{stream}"),
+                format!("{}.{read}", self.prefix),
+                body.into(),
+            )
+            .await?;
+        let mut entries = Vec::new();
+        let collect = async {
+            while let Some(msg) = replies.recv().await {
+                match msg.status.map(|s| s.as_u16()) {
+                    None => entries.push(entry(msg)?),
+                    // The end of the batch, or nothing matched.
+                    Some(204 | 404) => return Ok(()),
+                    Some(code) => anyhow::bail!(
+                        "direct get answered {code} {}",
+                        msg.description.unwrap_or_default()
+                    ),
+                }
+            }
+            anyhow::bail!("direct get: the reply subscription ended")
+        };
+        tokio::time::timeout(TIMEOUT, collect)
+            .await
+            .map_err(|_| anyhow::anyhow!("direct get timed out"))??;
+        Ok(entries)
+    }
+}
+
+/// Removes a read's reply channel however the read ends.
+struct Registered<'a>(&'a DirectGets, u64);
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.0
+            .reads
+            .lock()
+            .expect("direct get readers")
+            .remove(&self.1);
+    }
 }
 
 fn entry(msg: async_nats::Message) -> anyhow::Result<Entry> {

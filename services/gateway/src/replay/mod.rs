@@ -42,6 +42,10 @@
 
 mod direct_get;
 mod sources;
+mod stream_head;
+
+pub use direct_get::DirectGets;
+pub use stream_head::StreamHead;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -69,6 +73,10 @@ const TURN_TIMEOUT: Duration = Duration::from_secs(10);
 /// took until its timeout and clocks that disagree by up to a minute. A larger margin only
 /// costs a read that finds nothing.
 const CLOCK_MARGIN: Duration = Duration::from_secs(120);
+/// Messages each source reads at least on its first read.
+const FIRST_READ_MIN: usize = 8;
+/// Pages read per request once a replay is known to fit (fewer round trips for a backlog).
+const READ_PAGES: usize = 4;
 /// Sources read at once in one replay.
 const READS_IN_FLIGHT: usize = 32;
 /// Subjects per "last message of each" probe of the user's groups.
@@ -89,6 +97,8 @@ pub struct Replayer {
     pub page: usize,
     pub permits: Semaphore,
     pub metrics: GatewayMetrics,
+    pub direct_gets: Arc<DirectGets>,
+    pub stream_head: StreamHead,
 }
 
 /// Where a replay stands between turns of the session loop.
@@ -155,7 +165,7 @@ impl Replayer {
     }
 
     async fn start(&self, user: UserId, cursor: Option<Cursor>) -> anyhow::Result<Turn> {
-        let stream = self.js.get_stream(subjects::MESSAGES_STREAM).await?;
+        let stream = self.stream_head.read().await?;
         let info = stream.cached_info();
         let last = info.state.last_sequence;
         let head = Cursor::head(plumbing::bus::stream_epoch(info), last, self.partitions);
@@ -197,8 +207,11 @@ impl Replayer {
             history,
         };
         // The first read of every source says how much is waiting (including messages
-        // written since `head`: an upper bound of what this replay sends).
-        reading.fill(self.page).await?;
+        // written since `head`: an upper bound of what this replay sends). It reads a page
+        // shared among the sources (at least a few each), so a backlog too large to replay
+        // is refused before much of it is read.
+        let first = (self.page / reading.sources.len().max(1)).clamp(FIRST_READ_MIN, self.page);
+        reading.fill(first).await?;
         let pending: u64 = reading.sources.iter().map(Source::waiting).sum();
         if pending > self.max_messages {
             let history = std::mem::take(&mut reading.history);
@@ -243,14 +256,17 @@ impl Replayer {
             self.changed_groups(small, cursor, head)
         );
         let (direct, groups) = (direct.ok()?, groups.ok()?);
-        let client = self.js.client();
         let sources = direct
             .iter()
             .chain(&groups)
             .map(|c| {
                 let k = subjects::partition(c, self.partitions);
                 let subject = subjects::message(c, self.partitions);
-                Source::subject(client.clone(), subject, cursor.seqs[k as usize] + 1)
+                Source::subject(
+                    self.direct_gets.clone(),
+                    subject,
+                    cursor.seqs[k as usize] + 1,
+                )
             })
             .collect();
         Some(sources)
@@ -302,10 +318,9 @@ impl Replayer {
             .map(|c| (subjects::message(c, self.partitions), c))
             .collect();
         let subjects: Vec<String> = by_subject.keys().cloned().collect();
-        let client = self.js.client();
         let mut probes = Vec::new();
         for chunk in subjects.chunks(GROUPS_PER_PROBE) {
-            probes.push(last_of_each(&client, chunk, head.latest()));
+            probes.push(last_of_each(&self.direct_gets, chunk, head.latest()));
         }
         let lasts: Vec<Vec<direct_get::Entry>> = futures::stream::iter(probes)
             .buffer_unordered(READS_IN_FLIGHT)
@@ -330,7 +345,8 @@ impl Replayer {
     async fn read(&self, mut reading: Reading) -> anyhow::Result<Turn> {
         let mut frames = Vec::new();
         while frames.len() < self.page {
-            reading.fill(self.page).await?;
+            // Past the first read, what is waiting is known to fit in a replay.
+            reading.fill(self.page * READ_PAGES).await?;
             // The smallest sequence among the sources; each is in order, and a source with
             // nothing buffered is exhausted, so nothing smaller can come later.
             let Some(next) = reading
@@ -428,13 +444,13 @@ impl Replayer {
 }
 
 impl Reading {
-    /// Reads more from every source that has nothing buffered and may have more.
-    async fn fill(&mut self, page: usize) -> anyhow::Result<()> {
+    /// Reads up to `batch` more from every source that has nothing buffered and may have more.
+    async fn fill(&mut self, batch: usize) -> anyhow::Result<()> {
         let head = self.head.latest();
         let mut reads = Vec::new();
         for source in &mut self.sources {
             if source.needs_reading() {
-                reads.push(source.fill(page, head));
+                reads.push(source.fill(&self.stream, batch, head));
             }
         }
         futures::stream::iter(reads)
@@ -453,7 +469,7 @@ impl Reading {
 
 /// The last message up to `head` of each subject of `names` that has one.
 async fn last_of_each(
-    client: &async_nats::Client,
+    reads: &DirectGets,
     names: &[String],
     head: u64,
 ) -> anyhow::Result<Vec<direct_get::Entry>> {
@@ -463,7 +479,7 @@ async fn last_of_each(
         min_last_seq: head,
         ..Default::default()
     };
-    direct_get::batch(client, subjects::MESSAGES_STREAM, &request).await
+    reads.batch(subjects::MESSAGES_STREAM, &request).await
 }
 
 fn done(head: Cursor, gap: Option<SyncGap>, history: Vec<ConversationId>) -> Turn {
