@@ -547,7 +547,7 @@ async fn a_long_backlog_in_one_conversation_is_replayed_whole_and_in_order() {
     // hand-over from direct gets must neither skip nor repeat a message.
     let stack = Stack::new().start().await;
     let start = new_device(&stack, "bob").await;
-    let senders = vec!["chatty".to_string(), "brief".to_string()];
+    let senders = ["chatty".to_string(), "brief".to_string()];
     let mut missed = send_many(&stack, &senders[..1], "bob", 1500).await;
     missed.extend(send_many(&stack, &senders[1..], "bob", 3).await);
     resume_gets_exactly(&stack, "bob", start, &missed).await;
