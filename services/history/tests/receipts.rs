@@ -330,3 +330,46 @@ async fn a_receipt_for_a_message_never_stored_is_counted_as_a_miss() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn changed_lists_the_1to1_conversations_active_since_a_time_without_previews() {
+    let crew = Crew::start(10).await;
+    let dm = |a: &str, b: &str| ConversationId::direct(&user(a), &user(b));
+    crew.store
+        .append(&[
+            message("bob", &dm("alice", "bob"), "alice", T0 + 10, 10),
+            message("carol", &dm("alice", "carol"), "alice", T0 + 20, 11),
+            message("alice", &dm("alice", "dave"), "dave", T0 + 30, 12),
+        ])
+        .await
+        .unwrap();
+    let changed = |since| HistoryQuery::Changed { since, limit: 1000 };
+    let ServerFrame::Conversations { conversations, .. } =
+        crew.ask("alice", changed(T0 + 20)).await
+    else {
+        panic!("conversations expected");
+    };
+    let listed: Vec<_> = conversations
+        .iter()
+        .map(|c| c.conversation.clone())
+        .collect();
+    // Newest first, from `since` on, no group (groups come from the membership).
+    assert_eq!(listed, vec![dm("alice", "dave"), dm("alice", "carol")]);
+    assert!(
+        conversations
+            .iter()
+            .all(|c| c.preview.is_empty() && c.unread == 0)
+    );
+    let ServerFrame::Conversations { conversations, .. } = crew
+        .ask("alice", HistoryQuery::Changed { since: 0, limit: 2 })
+        .await
+    else {
+        panic!("conversations expected");
+    };
+    assert_eq!(conversations.len(), 2, "the limit holds");
+    // Only the user's own list: the subject names who asks.
+    let ServerFrame::Conversations { conversations, .. } = crew.ask("bob", changed(0)).await else {
+        panic!("conversations expected");
+    };
+    assert_eq!(conversations.len(), 1);
+}
