@@ -38,8 +38,9 @@ pub struct Request<'a> {
     pub multi_last: &'a [String],
     #[serde(skip_serializing_if = "is_zero")]
     pub up_to_seq: u64,
-    /// A server whose copy of the stream ends before this sequence does not answer (412):
-    /// a replica a few writes behind must not answer "nothing more" for what it lacks.
+    /// Read-after-write (ADR-49): a server whose copy of the stream ends before this
+    /// sequence does not answer with data. Sent for servers that know it; nats-server 2.15.1
+    /// ignores it, so replays read replicated streams with consumers (see `Replayer`).
     #[serde(skip_serializing_if = "is_zero")]
     pub min_last_seq: u64,
 }

@@ -234,6 +234,13 @@ impl Replayer {
         head: &Cursor,
         small: &[ConversationId],
     ) -> Option<Vec<Source>> {
+        // A follower a few writes behind answers a direct get with what it has: a replay
+        // would take "nothing more" for an answer and skip what it lacks. The server's
+        // read-after-write field (`min_last_seq`, ADR-49) is refused as unknown by the
+        // nats-server natter runs (2.15.1), so a replicated stream is read with consumers.
+        if stream.cached_info().config.num_replicas > 1 {
+            return None;
+        }
         if !self.history_floor.reach(head.latest()).await {
             return None;
         }

@@ -1,7 +1,9 @@
 //! The messages stream's state for replays: its last sequence (a replay's head), first
 //! sequence (what was trimmed) and epoch. A replay needs a read that began after it asked
 //! (its session's registration must be in the head), but not one of its own: replays that
-//! ask while a read is under way share the next one. A reconnect storm then makes a few
+//! ask while a read is under way share the next one, and its failure too (a stream in a
+//! leader election answers nothing until the request times out, and replays queued behind
+//! each other's timeouts would wait one timeout each). A reconnect storm then makes a few
 //! stream-info requests of the JetStream API per round trip instead of one per device.
 
 use std::sync::Mutex;
@@ -10,14 +12,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use async_nats::jetstream;
 use protocol::subjects;
 
+type Read = Result<jetstream::stream::Stream, String>;
+
 pub struct StreamHead {
     js: jetstream::Context,
     /// Reads started so far.
     started: AtomicU64,
     /// One read at a time.
     reading: tokio::sync::Mutex<()>,
-    /// The newest read: the number it started as, and the stream it returned.
-    last: Mutex<Option<(u64, jetstream::stream::Stream)>>,
+    /// The newest read: the number it started as, and what it returned.
+    last: Mutex<Option<(u64, Read)>>,
 }
 
 impl StreamHead {
@@ -34,14 +38,19 @@ impl StreamHead {
     pub async fn read(&self) -> anyhow::Result<jetstream::stream::Stream> {
         let asked = self.started.load(Ordering::SeqCst);
         let _one = self.reading.lock().await;
-        if let Some((n, stream)) = self.last.lock().expect("stream head").as_ref()
+        if let Some((n, read)) = self.last.lock().expect("stream head").as_ref()
             && *n > asked
         {
-            return Ok(stream.clone()); // began after this call did
+            // Began after this call did.
+            return read.clone().map_err(|e| anyhow::anyhow!(e));
         }
         let n = self.started.fetch_add(1, Ordering::SeqCst) + 1;
-        let stream = self.js.get_stream(subjects::MESSAGES_STREAM).await?;
-        *self.last.lock().expect("stream head") = Some((n, stream.clone()));
-        Ok(stream)
+        let read: Read = self
+            .js
+            .get_stream(subjects::MESSAGES_STREAM)
+            .await
+            .map_err(|e| format!("messages stream unreadable: {e}"));
+        *self.last.lock().expect("stream head") = Some((n, read.clone()));
+        read.map_err(|e| anyhow::anyhow!(e))
     }
 }
