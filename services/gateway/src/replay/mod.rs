@@ -293,18 +293,10 @@ impl Replayer {
                 limit: limits::CHANGED_CONVERSATIONS_MAX,
             },
         };
-        let payload = serde_json::to_vec(&request).expect("history request to JSON");
-        let reply = tokio::time::timeout(
-            self.groups_timeout,
-            self.js
-                .client()
-                .request(subjects::history_query(user), payload.into()),
-        )
-        .await
-        .map_err(|_| anyhow::anyhow!("history did not list the changed conversations"))??;
-        let ServerFrame::Conversations { conversations, .. } =
-            serde_json::from_slice(&reply.payload)?
-        else {
+        let answer = self
+            .ask(subjects::history_query(user), &request, "history")
+            .await?;
+        let ServerFrame::Conversations { conversations, .. } = answer else {
             anyhow::bail!("history could not list the changed conversations");
         };
         if conversations.len() >= limits::CHANGED_CONVERSATIONS_MAX as usize {
@@ -433,26 +425,40 @@ impl Replayer {
                 limit: Some(limits::GROUPS_PAGE_MAX),
             },
         };
-        let payload = serde_json::to_vec(&request).expect("group request to JSON");
-        let reply = tokio::time::timeout(
-            self.groups_timeout,
-            self.js
-                .client()
-                .request(subjects::chat_group(user), payload.into()),
-        )
-        .await
-        .map_err(|_| anyhow::anyhow!("the chat service did not list the user's groups"))??;
-        let ServerFrame::Groups { groups, more, .. } = serde_json::from_slice(&reply.payload)?
-        else {
+        let answer = self
+            .ask(subjects::chat_group(user), &request, "the chat service")
+            .await?;
+        let ServerFrame::Groups { groups, more, .. } = answer else {
             anyhow::bail!("the chat service could not list the user's groups");
         };
         Ok((groups, more))
+    }
+
+    /// Asks `who` a question on `subject` and reads its answer, within `groups_timeout`.
+    async fn ask(
+        &self,
+        subject: String,
+        request: &impl serde::Serialize,
+        who: &str,
+    ) -> anyhow::Result<ServerFrame> {
+        let payload = serde_json::to_vec(request).expect("request to JSON");
+        let reply = tokio::time::timeout(
+            self.groups_timeout,
+            self.js.client().request(subject, payload.into()),
+        )
+        .await
+        .map_err(|_| anyhow::anyhow!("{who} did not answer a replay's question"))??;
+        Ok(serde_json::from_slice(&reply.payload)?)
     }
 }
 
 impl Reading {
     /// Reads up to `batch` more from every source that has nothing buffered and may have more.
     async fn fill(&mut self, batch: usize) -> anyhow::Result<()> {
+        // Called before every message a replay sends: usually nothing is to be read.
+        if !self.sources.iter().any(Source::needs_reading) {
+            return Ok(());
+        }
         let head = self.head.latest();
         let mut reads = Vec::new();
         for source in &mut self.sources {
