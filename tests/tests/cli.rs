@@ -227,7 +227,7 @@ async fn check_passes_on_a_running_stack_and_fails_clearly_without_nats() {
     let items = report["items"].as_array().unwrap();
     let names: Vec<&str> = items.iter().map(|i| i["name"].as_str().unwrap()).collect();
     for needed in [
-        protocol::subjects::MESSAGES_STREAM,
+        &protocol::subjects::messages_stream(2),
         &protocol::subjects::router(2),
         &protocol::subjects::history_writer(0),
         protocol::subjects::NOTIFIER_CONSUMER,

@@ -178,15 +178,15 @@ async fn lose_in_flight_then_route(lost: usize) {
             .unwrap();
         expect_sent(&mut alice, &format!("lost-{i}")).await;
     }
-    let stream = stack.messages_stream().await;
     let conversation = ConversationId::direct(&user("alice"), &user("bob"));
+    let stream = stack.stream_of(&conversation).await;
     let router = subjects::router(subjects::partition(&conversation, stack.bus.partitions));
     let consumer: PullConsumer = stream.get_consumer(&router).await.unwrap();
     let mut pulled = plumbing::bus::pull(&consumer, 1).await.unwrap();
     let mut taken = 0;
     while taken < lost {
         let msg = within(pulled.next()).await.unwrap().unwrap();
-        if msg.subject.as_str() != subjects::SESSION_MARKERS {
+        if !subjects::is_session_marker(msg.subject.as_str()) {
             taken += 1;
         }
     }

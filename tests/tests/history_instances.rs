@@ -199,7 +199,7 @@ async fn a_deleted_writer_consumer_is_made_again_and_history_catches_up() {
     // An operator deletes the partition's writer consumer under the running service.
     let operator = async_nats::jetstream::new(stack.nats.client().await);
     operator
-        .get_stream(subjects::MESSAGES_STREAM)
+        .get_stream(subjects::messages_stream(k))
         .await
         .unwrap()
         .delete_consumer(&subjects::history_writer(k))

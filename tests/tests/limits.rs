@@ -214,7 +214,17 @@ async fn the_messages_stream_keeps_its_byte_limit_and_history_keeps_everything()
         alice.send("bob", &cid, &body).await.unwrap();
         expect_sent(&mut alice, &cid).await;
     }
-    let info = stack.messages_stream().await.info().await.unwrap().clone();
+    let conversation = protocol::ConversationId::direct(
+        &protocol::UserId::new("alice").unwrap(),
+        &protocol::UserId::new("bob").unwrap(),
+    );
+    let info = stack
+        .stream_of(&conversation)
+        .await
+        .info()
+        .await
+        .unwrap()
+        .clone();
     assert!(
         info.state.bytes <= 64 * 1024,
         "{} bytes kept",

@@ -213,7 +213,7 @@ async fn no_identity_but_chat_can_forge_a_stored_message_or_a_delivery() {
         intruder
             .expect_refused("Publish", "natter.msg.0.dm.alice.bob")
             .await;
-        let delete = format!("$JS.API.STREAM.DELETE.{}", subjects::MESSAGES_STREAM);
+        let delete = format!("$JS.API.STREAM.DELETE.{}", subjects::messages_stream(0));
         intruder
             .client
             .publish(delete.clone(), "".into())

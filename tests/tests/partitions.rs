@@ -1,5 +1,6 @@
-//! The partition count is fixed with the messages stream: every service refuses a stream made
-//! with another count, or made before partitions, with an error that says what to do.
+//! One messages stream per partition, whose count is fixed when they are made: every service
+//! refuses streams made with another count, or the one stream of before, with an error that
+//! says what to do.
 
 use plumbing::BusConfig;
 use plumbing::nats_auth::Role;
@@ -17,21 +18,21 @@ async fn a_stream_keeps_its_partition_count() {
     let nats = TestNats::start();
     let chat = async_nats::jetstream::new(nats.client_as(Role::Chat).await);
     let history = async_nats::jetstream::new(nats.client_as(Role::History).await);
-    plumbing::bus::ensure_messages_stream(&chat, &with(3))
+    plumbing::bus::ensure_messages_streams(&chat, &with(3))
         .await
         .expect("created with 3 partitions");
     // The owner may update the stream's settings, not its count.
-    plumbing::bus::ensure_messages_stream(&chat, &with(3))
+    plumbing::bus::ensure_messages_streams(&chat, &with(3))
         .await
         .expect("the same count again");
     for (who, refused) in [
         (
             "chat",
-            plumbing::bus::ensure_messages_stream(&chat, &with(4)).await,
+            plumbing::bus::ensure_messages_streams(&chat, &with(4)).await,
         ),
         (
             "history",
-            plumbing::bus::messages_stream(&history, &with(4)).await,
+            plumbing::bus::messages_streams(&history, &with(4)).await,
         ),
     ] {
         let e = refused.expect_err(who).to_string();
@@ -40,15 +41,20 @@ async fn a_stream_keeps_its_partition_count() {
             "{who}: {e}"
         );
     }
-    let stream = plumbing::bus::messages_stream(&history, &with(3))
+    let streams = plumbing::bus::messages_streams(&history, &with(3))
         .await
-        .expect("a reader with the stream's count");
-    assert_eq!(
-        plumbing::bus::stream_partitions(stream.cached_info()),
-        Some(3)
-    );
+        .expect("a reader with the streams' count");
+    assert_eq!(streams.partitions(), 3);
+    for (k, stream) in streams.iter().enumerate() {
+        let info = stream.cached_info();
+        assert_eq!(info.config.name, format!("NATTER_MESSAGES_{k}"));
+        assert_eq!(info.config.subjects, [format!("natter.msg.{k}.>")]);
+        assert_eq!(plumbing::bus::stream_partitions(info), Some(3));
+        // The byte limit is the deployment's, shared evenly.
+        assert_eq!(info.config.max_bytes, with(3).messages_max_bytes / 3);
+    }
     for bad in [0, protocol::subjects::MAX_PARTITIONS + 1] {
-        let e = plumbing::bus::messages_stream(&history, &with(bad))
+        let e = plumbing::bus::messages_streams(&history, &with(bad))
             .await
             .expect_err("out of range");
         assert!(e.to_string().contains("bus.partitions"), "{e}");
@@ -56,7 +62,7 @@ async fn a_stream_keeps_its_partition_count() {
 }
 
 #[tokio::test]
-async fn a_stream_from_before_partitions_is_refused_with_the_upgrade_path() {
+async fn the_one_stream_of_before_is_refused_with_the_upgrade_path() {
     let nats = TestNats::start();
     let operator = async_nats::jetstream::new(nats.client().await);
     operator
@@ -66,13 +72,14 @@ async fn a_stream_from_before_partitions_is_refused_with_the_upgrade_path() {
             ..Default::default()
         })
         .await
-        .expect("a stream as natter made it before partitions");
+        .expect("the one stream natter made before a stream per partition");
     let chat = async_nats::jetstream::new(nats.client_as(Role::Chat).await);
-    let e = plumbing::bus::ensure_messages_stream(&chat, &with(1))
+    let e = plumbing::bus::ensure_messages_streams(&chat, &with(1))
         .await
         .expect_err("refused");
     assert!(
-        e.to_string().contains("predates partitions") && e.to_string().contains("Partitions"),
+        e.to_string().contains("predates one stream per partition")
+            && e.to_string().contains("Partitions"),
         "{e}"
     );
 }

@@ -168,9 +168,9 @@ pub struct UserPresence {
     pub last_seen: Option<u64>,
 }
 
-/// `natter.msg.session`: a gateway registered a session; the revisions of its session key and
-/// of the gateway's lease that the router's presence view must have applied before it routes
-/// anything written after this marker.
+/// `natter.msg.<k>.session`, in every partition: a gateway registered a session; the
+/// revisions of its session key and of the gateway's lease that each partition's router's
+/// presence view must have applied before it routes anything written after this marker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionMarker {
     pub user: UserId,

@@ -30,28 +30,51 @@ pub const CHAT_QUEUE: &str = "natter-chat";
 pub const HISTORY_QUERY: &str = "natter.history.query.*";
 /// Queue group shared by all history service instances.
 pub const HISTORY_QUEUE: &str = "natter-history";
-/// Durable consumers on [`MESSAGES_STREAM`] that write messages to the history store: one
+/// Durable consumers on the messages streams that write messages to the history store: one
 /// per partition, `natter-history-writer-<k>` (see [`history_writer`]).
 pub const HISTORY_CONSUMER: &str = "natter-history-writer";
 
-/// JetStream stream holding every accepted message.
+/// The one stream of every accepted message in deployments before one stream per partition:
+/// its presence means an upgrade is due (docs/operations.md, "Partitions"). Partition `k`'s
+/// stream is [`messages_stream`]`(k)`.
 pub const MESSAGES_STREAM: &str = "NATTER_MESSAGES";
-/// Subjects captured by [`MESSAGES_STREAM`].
+/// Subjects captured by the messages streams together (each takes its partition's).
 pub const MESSAGES_SUBJECTS: &str = "natter.msg.>";
 /// The most partitions a deployment may have: `natter nats-auth` grants each service the
-/// durable consumers of this many, since NATS permissions cannot name a consumer by pattern.
+/// streams and durable consumers of this many, since NATS permissions cannot name a stream
+/// or consumer by pattern.
 pub const MAX_PARTITIONS: u32 = 64;
-/// Stream metadata key recording the deployment's partition count on [`MESSAGES_STREAM`]:
+/// Stream metadata key recording the deployment's partition count on each messages stream:
 /// every service checks it against its own `bus.partitions` before it starts.
 pub const PARTITIONS_METADATA: &str = "natter.partitions";
 /// KV bucket: one key per running instance of a partitioned role, `<role>.<instance>`,
 /// refreshed while it runs; the instances of a role share the partitions among the live ones.
 pub const INSTANCES_BUCKET: &str = "natter_instances";
-/// Session markers in [`MESSAGES_STREAM`]: a gateway registered a session. They put the
-/// registration in order with the messages, so the router never routes a message written
-/// after a registration without knowing the session.
-pub const SESSION_MARKERS: &str = "natter.msg.session";
-/// Durable consumer on [`MESSAGES_STREAM`] that routes messages to gateways.
+
+/// `NATTER_MESSAGES_<k>`: the JetStream stream holding partition `k`'s messages (subjects
+/// `natter.msg.<k>.>`), with its own leader, sequence and limits.
+pub fn messages_stream(k: u32) -> String {
+    format!("{MESSAGES_STREAM}_{k}")
+}
+
+/// `natter.msg.<k>.session`: session markers in partition `k`'s stream. A gateway that
+/// registers a session appends one to every partition; they put the registration in order
+/// with each partition's messages, so a router never routes a message written after a
+/// registration without knowing the session.
+pub fn session_markers(k: u32) -> String {
+    format!("natter.msg.{k}.session")
+}
+
+/// Whether a messages stream subject is a session marker ([`session_markers`]).
+pub fn is_session_marker(subject: &str) -> bool {
+    subject.starts_with("natter.msg.") && subject.ends_with(".session") && {
+        let tokens: Vec<&str> = subject.split('.').collect();
+        tokens.len() == 4 && tokens[2].parse::<u32>().is_ok()
+    }
+}
+
+/// Durable consumers on the messages streams that route messages to gateways: one per
+/// partition, `natter-router-<k>` (see [`router`]).
 pub const ROUTER_CONSUMER: &str = "natter-router";
 
 /// Partition `k`'s router consumer (`natter-router-<k>`). `ROUTER_CONSUMER` alone is the one
@@ -86,7 +109,7 @@ pub const PUSH_TOKENS_BUCKET: &str = "natter_push_tokens";
 /// Wildcard selecting every user's presence events (the notifier's subscription).
 pub const PRESENCE_ALL: &str = "natter.presence.*";
 
-/// Header carrying the de-duplication key on publishes to [`MESSAGES_STREAM`].
+/// Header carrying the de-duplication key on publishes to the messages streams.
 pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
 
 /// The partition of a conversation among `partitions`: FNV-1a (32 bits) of the
@@ -117,13 +140,14 @@ pub fn message(conversation: &ConversationId, partitions: u32) -> String {
     )
 }
 
-/// `natter.msg.<k>.>`: every message of partition `k`.
+/// `natter.msg.<k>.>`: every message (and session marker) of partition `k`: its stream's
+/// subjects.
 pub fn partition_messages(k: u32) -> String {
     format!("natter.msg.{k}.>")
 }
 
-/// The partition of a stored message from its subject (`natter.msg.<k>.…`); `None` for a
-/// session marker or anything else.
+/// The partition of a messages stream subject (`natter.msg.<k>.…`, a session marker
+/// included); `None` for anything else.
 pub fn partition_of_subject(subject: &str) -> Option<u32> {
     subject
         .strip_prefix("natter.msg.")?
@@ -144,6 +168,15 @@ pub fn user_messages(user: &UserId) -> [String; 2] {
     [
         format!("natter.msg.*.dm.{user}.*"),
         format!("natter.msg.*.dm.*.{user}"),
+    ]
+}
+
+/// The filters selecting every 1:1 message of `user` in partition `k`'s stream (as first or
+/// second participant): a replay's consumer of that partition.
+pub fn user_messages_in(user: &UserId, k: u32) -> [String; 2] {
+    [
+        format!("natter.msg.{k}.dm.{user}.*"),
+        format!("natter.msg.{k}.dm.*.{user}"),
     ]
 }
 
@@ -243,8 +276,9 @@ pub fn catalogue() -> Vec<String> {
         "natter.history.query.<user>".into(),
         HISTORY_QUEUE.into(),
         MESSAGES_STREAM.into(),
+        "NATTER_MESSAGES_<k>".into(),
         MESSAGES_SUBJECTS.into(),
-        SESSION_MARKERS.into(),
+        "natter.msg.<k>.session".into(),
         "natter-router-<k>".into(),
         SESSIONS_BUCKET.into(),
         SESSIONS_STREAM.into(),
@@ -254,6 +288,8 @@ pub fn catalogue() -> Vec<String> {
         "natter.msg.<k>.g.<group>".into(),
         "natter.msg.*.dm.<user>.*".into(),
         "natter.msg.*.dm.*.<user>".into(),
+        "natter.msg.<k>.dm.<user>.*".into(),
+        "natter.msg.<k>.dm.*.<user>".into(),
         "natter.msg.<k>.>".into(),
         "natter-history-writer-<k>".into(),
         PARTITIONS_METADATA.into(),
@@ -294,7 +330,14 @@ mod tests {
         let k = partition(&dm, 16);
         assert_eq!(message(&dm, 16), format!("natter.msg.{k}.dm.alice.bob"));
         assert_eq!(partition_of_subject(&message(&dm, 16)), Some(k));
-        assert_eq!(partition_of_subject(SESSION_MARKERS), None);
+        assert_eq!(partition_of_subject(&session_markers(5)), Some(5));
+        assert_eq!(partition_of_subject("natter.chat.send.alice"), None);
+        assert_eq!(messages_stream(7), "NATTER_MESSAGES_7");
+        assert_eq!(session_markers(7), "natter.msg.7.session");
+        assert!(is_session_marker(&session_markers(0)));
+        assert!(!is_session_marker(&message(&dm, 16)));
+        let session_group = ConversationId::group(&GroupId::new("session").unwrap());
+        assert!(!is_session_marker(&message(&session_group, 4)));
         assert_eq!(partition_messages(3), "natter.msg.3.>");
         assert_eq!(history_writer(3), "natter-history-writer-3");
         assert_eq!(

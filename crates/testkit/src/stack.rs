@@ -481,31 +481,38 @@ impl Stack {
         conn
     }
 
-    /// The messages stream, for tests that inspect or trim it.
-    pub async fn messages_stream(&self) -> async_nats::jetstream::stream::Stream {
+    /// Partition `k`'s messages stream, for tests that inspect or trim it.
+    pub async fn messages_stream(&self, k: u32) -> async_nats::jetstream::stream::Stream {
         let js = async_nats::jetstream::new(self.nats.client().await);
-        js.get_stream(protocol::subjects::MESSAGES_STREAM)
+        js.get_stream(protocol::subjects::messages_stream(k))
             .await
             .expect("stream")
     }
 
-    /// Number of conversation messages in the messages stream (session markers aside).
+    /// The messages stream holding `conversation`.
+    pub async fn stream_of(
+        &self,
+        conversation: &protocol::ConversationId,
+    ) -> async_nats::jetstream::stream::Stream {
+        let k = protocol::subjects::partition(conversation, self.bus.partitions);
+        self.messages_stream(k).await
+    }
+
+    /// Number of conversation messages in the messages streams (session markers aside).
     pub async fn stored_messages(&self) -> u64 {
-        let js = async_nats::jetstream::new(self.nats.client().await);
-        let stream = js
-            .get_stream(protocol::subjects::MESSAGES_STREAM)
-            .await
-            .expect("stream");
         use futures::StreamExt;
-        let mut subjects = stream
-            .info_with_subjects(protocol::subjects::MESSAGES_SUBJECTS)
-            .await
-            .expect("stream info");
         let mut n = 0;
-        while let Some(entry) = subjects.next().await {
-            let (subject, count) = entry.expect("stream subjects");
-            if subject != protocol::subjects::SESSION_MARKERS {
-                n += count as u64;
+        for k in 0..self.bus.partitions {
+            let stream = self.messages_stream(k).await;
+            let mut subjects = stream
+                .info_with_subjects(protocol::subjects::partition_messages(k))
+                .await
+                .expect("stream info");
+            while let Some(entry) = subjects.next().await {
+                let (subject, count) = entry.expect("stream subjects");
+                if !protocol::subjects::is_session_marker(&subject) {
+                    n += count as u64;
+                }
             }
         }
         n

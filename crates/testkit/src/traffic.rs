@@ -457,12 +457,21 @@ fn frame_of(event: Result<Event, ClientError>, user: &str) -> ServerFrame {
 }
 
 impl Stack {
-    /// Every conversation message in the messages stream, read back in order (session
-    /// markers aside).
+    /// Every conversation message in the messages streams, each partition's read back in
+    /// order, partition after partition (session markers aside). A conversation is in one
+    /// partition, so its messages are in its order.
     pub async fn stream_messages(&self) -> Vec<StoredMessage> {
+        let mut out = Vec::new();
+        for k in 0..self.bus.partitions {
+            out.extend(self.partition_messages(k).await);
+        }
+        out
+    }
+
+    async fn partition_messages(&self, k: u32) -> Vec<StoredMessage> {
         let js = jetstream::new(self.nats.client().await);
         let mut stream = js
-            .get_stream(subjects::MESSAGES_STREAM)
+            .get_stream(subjects::messages_stream(k))
             .await
             .expect("stream");
         let count = stream.info().await.expect("stream info").state.messages as usize;
@@ -479,7 +488,7 @@ impl Stack {
                 .expect("stream read stalled")
                 .expect("stream ended")
                 .expect("stream read");
-            if msg.subject.as_str() != subjects::SESSION_MARKERS {
+            if !subjects::is_session_marker(msg.subject.as_str()) {
                 out.push(serde_json::from_slice(&msg.payload).expect("a stored message"));
             }
             read += 1;

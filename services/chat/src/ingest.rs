@@ -1,5 +1,6 @@
 //! Accepting sends on `natter.chat.send`: validate, de-duplicate, assign the permanent id,
-//! persist in the messages stream, and answer SENT only after JetStream acknowledged.
+//! persist in the conversation's partition's stream, and answer SENT only after JetStream
+//! acknowledged.
 //!
 //! De-duplication uses JetStream's own: the publish carries `Nats-Msg-Id: <from>:<cid>`, the
 //! stream remembers ids for its duplicate window (60 s by default), and a duplicate's ack
@@ -26,7 +27,7 @@ pub struct Ingest {
     pub config: ChatConfig,
     pub nats: async_nats::Client,
     pub js: jetstream::Context,
-    pub stream: jetstream::stream::Stream,
+    pub streams: plumbing::bus::MessageStreams,
     /// The deployment's partition count, which names a message's subject.
     pub partitions: u32,
     pub metrics: ChatMetrics,
@@ -135,7 +136,8 @@ impl Ingest {
             });
         }
         self.metrics.duplicates.inc();
-        let original = self.original(ack.sequence).await?;
+        let k = subjects::partition(&conversation, self.partitions);
+        let original = self.original(k, ack.sequence).await?;
         Ok(ServerFrame::Sent {
             cid,
             id: original.id,
@@ -166,11 +168,18 @@ impl Ingest {
         Ok((ConversationId::group(&group), to))
     }
 
-    /// The message stored at `sequence` (the original of a duplicate).
-    async fn original(&self, sequence: u64) -> Result<Message, SendError> {
-        let raw = self.stream.direct_get(sequence).await.map_err(|e| {
-            SendError::StoreUnavailable(format!("original of a duplicate unreadable: {e}").into())
-        })?;
+    /// The message stored at `sequence` of partition `k` (the original of a duplicate).
+    async fn original(&self, k: u32, sequence: u64) -> Result<Message, SendError> {
+        let raw = self
+            .streams
+            .get(k)
+            .direct_get(sequence)
+            .await
+            .map_err(|e| {
+                SendError::StoreUnavailable(
+                    format!("original of a duplicate unreadable: {e}").into(),
+                )
+            })?;
         // A decoding error would quote the stored message: the cause names none of it.
         let stored: StoredMessage = serde_json::from_slice(&raw.payload).map_err(|_| {
             SendError::StoreUnavailable("original of a duplicate is not a stored message".into())

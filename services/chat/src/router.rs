@@ -13,8 +13,8 @@
 //!   are routed again; gateways drop what a device has). Messages the consumer delivered and
 //!   lost on the way are read from the stream and routed before the ones after them
 //!   (`stream_order`).
-//! - **No missed registrations.** A gateway appends a session marker to the stream when it
-//!   registers a session; every partition's router waits at every marker until its presence
+//! - **No missed registrations.** A gateway appends a session marker to every partition's
+//!   stream when it registers a session; each partition's router waits at its marker until its presence
 //!   view has applied that registration. A message written after a device registered is
 //!   therefore routed to it; messages written before are the device's replay. This costs
 //!   nothing per message.
@@ -64,7 +64,7 @@ impl Router {
         numbering: &mut Numbering,
         stop: &CancellationToken,
     ) -> bool {
-        if subject == subjects::SESSION_MARKERS {
+        if subjects::is_session_marker(subject) {
             match serde_json::from_slice::<SessionMarker>(payload) {
                 Ok(marker) => {
                     self.view

@@ -1,5 +1,5 @@
-//! The routers: one per partition of the messages stream. Partition `k`'s messages, with
-//! every session marker, come from its durable consumer `natter-router-<k>`, pinned to one
+//! The routers: one per partition. Partition `k`'s messages, with the session markers of
+//! its stream, come from its durable consumer `natter-router-<k>`, pinned to one
 //! chat instance at a time; the partitions are shared among the running instances
 //! (`plumbing::bus::shares`), so routing capacity grows with instances. Each routes its
 //! partition in stream order (`stream_order`) and numbers its deliveries to each gateway on
@@ -36,12 +36,10 @@ pub async fn ensure_consumer(
         stream,
         plumbing::bus::Durable {
             name: &subjects::router(k),
-            // Every router waits at every session marker: a device registered before a
-            // message was written is a target, whichever partition the message is in.
-            filters: vec![
-                subjects::partition_messages(k),
-                subjects::SESSION_MARKERS.into(),
-            ],
+            // Its stream's messages and session markers (every gateway appends a marker to
+            // every partition: a device registered before a message was written is a target,
+            // whichever partition the message is in).
+            filters: vec![subjects::partition_messages(k)],
             description: "routes one partition's messages to their recipients' gateways",
             deliver_policy: consumer::DeliverPolicy::New,
             batch,
@@ -55,7 +53,7 @@ pub async fn ensure_consumer(
 /// What the routers need, shared by every partition's.
 pub struct Routers {
     pub router: Arc<Router>,
-    pub stream: jetstream::stream::Stream,
+    pub streams: plumbing::bus::MessageStreams,
     pub batch: usize,
     pub ack_wait: Duration,
 }
@@ -63,8 +61,8 @@ pub struct Routers {
 impl PartitionWork for Routers {
     const ROLE: &'static str = "router";
 
-    fn stream(&self) -> &jetstream::stream::Stream {
-        &self.stream
+    fn stream(&self, k: u32) -> &jetstream::stream::Stream {
+        self.streams.get(k)
     }
 
     fn consumer(&self, k: u32) -> String {
@@ -72,11 +70,12 @@ impl PartitionWork for Routers {
     }
 
     async fn start(&self, k: u32, stop: CancellationToken) -> anyhow::Result<PartitionTask> {
-        let consumer = ensure_consumer(&self.stream, k, self.batch, self.ack_wait).await?;
+        let stream = self.streams.get(k);
+        let consumer = ensure_consumer(stream, k, self.batch, self.ack_wait).await?;
         self.router.metrics.routing_partitions.inc();
         Ok(tokio::spawn(serve(
             self.router.clone(),
-            StreamOrder::new(self.stream.clone(), consumer.clone(), k),
+            StreamOrder::new(stream.clone(), consumer.clone(), k),
             consumer,
             Numbering::new(k),
             self.batch,

@@ -37,17 +37,24 @@ impl Chat {
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
         let js = async_nats::jetstream::new(nats.clone());
-        let stream = plumbing::bus::ensure_messages_stream(&js, bus).await?;
+        let streams = plumbing::bus::ensure_messages_streams(&js, bus).await?;
         plumbing::bus::ensure_offline_stream(&js, bus).await?;
         let ack_wait = Duration::from_millis(config.router_ack_wait_ms);
         // Every partition's router consumer exists before anything is persisted, so that a
         // message persisted before any router ran is still routed.
         for k in 0..bus.partitions {
-            routers::ensure_consumer(&stream, k, config.router_batch, ack_wait).await?;
+            routers::ensure_consumer(streams.get(k), k, config.router_batch, ack_wait).await?;
         }
         let metrics = ChatMetrics::new();
         let mut roles = Roles::new(&shutdown);
         let stop = roles.stop();
+        roles.spawn({
+            let (js, streams, stop) = (js.clone(), streams.clone(), stop.clone());
+            async move {
+                plumbing::bus::leaders::keep_spread(js, streams, stop).await;
+                Ok(())
+            }
+        });
         let groups_bucket = plumbing::bus::ensure_groups_bucket(&js, bus).await?;
         let groups = GroupView::start(&js, &groups_bucket, stop.clone()).await?;
         let ids = Arc::new(MessageIds::default());
@@ -56,7 +63,7 @@ impl Chat {
             let buckets = plumbing::bus::ensure_presence_buckets(&js, bus).await?;
             let sweep = Duration::from_millis(config.presence_sweep_ms);
             let view = PresenceView::start(&js, buckets.clone(), sweep, stop.clone()).await?;
-            let epoch = plumbing::bus::stream_epoch(&stream.get_info().await?);
+            let epoch = streams.epoch();
             let router = Arc::new(Router {
                 nats: nats.clone(),
                 view,
@@ -72,7 +79,7 @@ impl Chat {
             roles.spawn(membership_task);
             let routers = Routers {
                 router: router.clone(),
-                stream: stream.clone(),
+                streams: streams.clone(),
                 batch: config.router_batch,
                 ack_wait,
             };
@@ -116,7 +123,7 @@ impl Chat {
                 config: config.clone(),
                 nats,
                 js,
-                stream,
+                streams,
                 partitions: bus.partitions,
                 metrics: metrics.clone(),
                 ids,

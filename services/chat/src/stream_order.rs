@@ -13,7 +13,7 @@
 //! router then reads the partition's messages (and session markers) it has not routed from
 //! the stream and routes them first. When the consumer sends them again, they are
 //! acknowledged without routing. In the usual case this costs nothing; a skip costs one
-//! consumer lookup and two stream reads per missing message.
+//! consumer lookup and one stream read per missing message.
 
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::message::StreamMessage;
@@ -23,8 +23,8 @@ use protocol::subjects;
 pub struct StreamOrder {
     stream: Stream,
     consumer: PullConsumer,
-    /// The partition's messages, and the session markers: what the consumer delivers.
-    subjects: [String; 2],
+    /// The partition's messages and session markers: what the consumer delivers.
+    subject: String,
     /// Every message of the partition up to this sequence is routed, by this router or
     /// (acknowledged) by one before it.
     routed: u64,
@@ -49,10 +49,7 @@ impl StreamOrder {
         Self {
             stream,
             consumer,
-            subjects: [
-                subjects::partition_messages(partition),
-                subjects::SESSION_MARKERS.to_string(),
-            ],
+            subject: subjects::partition_messages(partition),
             routed: 0,
             deliveries: Deliveries::default(),
         }
@@ -95,25 +92,16 @@ impl StreamOrder {
     /// The first message of this router's at or after `from` and before `before`, read from
     /// the stream.
     pub async fn missing(&self, from: u64, before: u64) -> anyhow::Result<Option<StreamMessage>> {
-        let mut first: Option<StreamMessage> = None;
-        for subject in &self.subjects {
-            match self
-                .stream
-                .get_first_raw_message_by_subject(subject, from)
-                .await
-            {
-                Ok(m)
-                    if m.sequence < before
-                        && first.as_ref().is_none_or(|f| m.sequence < f.sequence) =>
-                {
-                    first = Some(m)
-                }
-                Ok(_) => {}
-                Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => {}
-                Err(e) => anyhow::bail!("cannot read the stream from {from}: {e}"),
-            }
+        match self
+            .stream
+            .get_first_raw_message_by_subject(&self.subject, from)
+            .await
+        {
+            Ok(m) if m.sequence < before => Ok(Some(m)),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => anyhow::bail!("cannot read the stream from {from}: {e}"),
         }
-        Ok(first)
     }
 
     /// The message at `seq` is routed, and every one of the partition before it.

@@ -4,10 +4,17 @@
 //! When the lease lapses (the gateway died or was cut off), the chat service counts all of
 //! the gateway's sessions as offline.
 //!
-//! A registration also appends a session marker to the messages stream, naming the revisions
-//! just written. The router reads markers in order with the messages and waits, at a marker,
-//! until its presence view has those revisions: a message written after a device registered
-//! is therefore always routed to it, and everything before is the device's replay.
+//! A registration also appends a session marker to every partition's messages stream, naming
+//! the revisions just written. Each partition's router reads its markers in order with the
+//! messages and waits, at a marker, until its presence view has those revisions: a message
+//! written after a device registered is therefore always routed to it, and everything before
+//! is the device's replay.
+//!
+//! Markers are appended in batches: registrations that arrive while a batch is being written
+//! share the next marker of each partition, which names the newest revisions among them (a
+//! router that has applied those has applied every registration before them). So a
+//! reconnect storm writes about one marker per partition per round trip, not one per device
+//! and partition.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,6 +27,7 @@ use futures::future::BoxFuture;
 use plumbing::bus::PresenceBuckets;
 use protocol::payloads::{GatewayLease, SessionEntry, SessionMarker, UserPresence};
 use protocol::{ConnId, GatewayId, UserId, subjects};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 /// How long a purge marker stays in the sessions bucket: long enough for every watcher to see
@@ -31,12 +39,13 @@ pub struct Presence {
     sessions: kv::Store,
     gateways: kv::Store,
     users: kv::Store,
-    js: jetstream::Context,
     gateway: GatewayId,
     boot: ConnId,
     lease_ttl: Duration,
     /// Revision of the lease's last write, named in session markers.
     lease_revision: Arc<AtomicU64>,
+    /// Registrations waiting for their marker, and where to say it is written.
+    markers: mpsc::UnboundedSender<(SessionMarker, oneshot::Sender<Result<(), String>>)>,
 }
 
 impl Presence {
@@ -46,12 +55,15 @@ impl Presence {
         gateway: GatewayId,
         boot: ConnId,
         lease_ttl: Duration,
+        partitions: u32,
     ) -> Self {
+        let (markers, waiting) = mpsc::unbounded_channel();
+        tokio::spawn(append_markers(js, partitions, waiting));
         Self {
+            markers,
             sessions: buckets.sessions,
             gateways: buckets.gateways,
             users: buckets.users,
-            js,
             lease_revision: Arc::default(),
             gateway,
             boot,
@@ -71,7 +83,7 @@ impl Presence {
         };
         let key = subjects::session_key(user, &self.gateway, conn);
         let sessions = self.sessions.clone();
-        let js = self.js.clone();
+        let markers = self.markers.clone();
         let lease_revision = self.lease_revision.clone();
         Box::pin(async move {
             let session_revision = sessions
@@ -84,13 +96,13 @@ impl Presence {
                 session_revision,
                 lease_revision: lease_revision.load(Ordering::Acquire),
             };
-            js.publish(
-                subjects::SESSION_MARKERS,
-                serde_json::to_vec(&marker)?.into(),
-            )
-            .await?
-            .await?;
-            Ok(())
+            let (written, done) = oneshot::channel();
+            markers
+                .send((marker, written))
+                .map_err(|_| anyhow::anyhow!("the gateway is stopping"))?;
+            done.await
+                .map_err(|_| anyhow::anyhow!("the gateway is stopping"))?
+                .map_err(|e| anyhow::anyhow!(e))
         })
     }
 
@@ -159,4 +171,61 @@ impl Presence {
             .await?;
         Ok(())
     }
+}
+
+/// Registrations taken in one batch at most.
+const MARKER_BATCH: usize = 4096;
+
+/// Appends markers for waiting registrations, a batch at a time, until the presence is
+/// dropped. One marker per partition names the newest revisions of the batch.
+async fn append_markers(
+    js: jetstream::Context,
+    partitions: u32,
+    mut waiting: mpsc::UnboundedReceiver<(SessionMarker, oneshot::Sender<Result<(), String>>)>,
+) {
+    while let Some(first) = waiting.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MARKER_BATCH
+            && let Ok(more) = waiting.try_recv()
+        {
+            batch.push(more);
+        }
+        let mut marker = batch.last().expect("one at least").0.clone();
+        marker.session_revision = batch
+            .iter()
+            .map(|(m, _)| m.session_revision)
+            .max()
+            .unwrap_or(0);
+        marker.lease_revision = batch
+            .iter()
+            .map(|(m, _)| m.lease_revision)
+            .max()
+            .unwrap_or(0);
+        let written = write_marker(&js, partitions, &marker)
+            .await
+            .map_err(|e| e.to_string());
+        for (_, done) in batch {
+            let _ = done.send(written.clone());
+        }
+    }
+}
+
+/// One marker in every partition, acknowledged.
+async fn write_marker(
+    js: &jetstream::Context,
+    partitions: u32,
+    marker: &SessionMarker,
+) -> anyhow::Result<()> {
+    let payload = Bytes::from(serde_json::to_vec(marker)?);
+    let mut acks = Vec::with_capacity(partitions as usize);
+    for k in 0..partitions {
+        acks.push(
+            js.publish(subjects::session_markers(k), payload.clone())
+                .await?,
+        );
+    }
+    for ack in acks {
+        ack.await?;
+    }
+    Ok(())
 }

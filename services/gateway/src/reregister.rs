@@ -42,21 +42,6 @@ const RETRY_MAX: Duration = Duration::from_secs(5);
 /// Pause before a session retries a replay of its own that failed.
 const RESYNC_RETRY: Duration = Duration::from_secs(1);
 
-/// The messages stream's head, where this gateway's deliveries start (`None` before any chat
-/// service created the stream).
-pub async fn stream_head(js: &async_nats::jetstream::Context, partitions: u32) -> Option<Cursor> {
-    let mut stream = js
-        .get_stream(protocol::subjects::MESSAGES_STREAM)
-        .await
-        .ok()?;
-    let info = stream.info().await.ok()?;
-    Some(Cursor::head(
-        plumbing::bus::stream_epoch(info),
-        info.state.last_sequence,
-        partitions,
-    ))
-}
-
 /// Refreshes the lease and re-registers after every reconnect, until `stop`. When it returns
 /// it has handed every write to the NATS client, so a lease release issued afterwards is
 /// applied after them.

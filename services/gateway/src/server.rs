@@ -63,8 +63,8 @@ impl Gateway {
         let js = async_nats::jetstream::new(nats.clone());
         let buckets = plumbing::bus::ensure_presence_buckets(&js, bus).await?;
         let push_tokens = plumbing::bus::ensure_push_tokens_bucket(&js, bus).await?;
-        // Session markers go to the messages stream, whoever starts first.
-        plumbing::bus::messages_stream(&js, bus).await?;
+        // Session markers go to the messages streams, whoever starts first.
+        let streams = plumbing::bus::messages_streams(&js, bus).await?;
         let mut conn_ids = ulid::Generator::new();
         let boot = ConnId(conn_ids.generate()?);
         let presence = Presence::new(
@@ -73,16 +73,17 @@ impl Gateway {
             gateway.clone(),
             boot,
             Duration::from_millis(config.lease_ttl_ms),
+            bus.partitions,
         );
         // The lease goes first: sessions registered before it would look stale.
         presence.put_lease().await?;
 
         let listener = TcpListener::bind(config.listen_addr).await?;
         let addr = listener.local_addr()?;
-        let routed_from = reregister::stream_head(&js, bus.partitions).await;
+        let routed_from = plumbing::bus::heads(&js, bus.partitions).await;
         let metrics = GatewayMetrics::new();
         let replayer = Replayer {
-            history_floor: HistoryFloor::new(js.clone(), bus.partitions),
+            history_floor: HistoryFloor::new(streams),
             partitions: bus.partitions,
             js: js.clone(),
             groups_timeout: Duration::from_millis(config.send_timeout_ms),
@@ -91,7 +92,7 @@ impl Gateway {
             permits: tokio::sync::Semaphore::new(config.sync_concurrency.max(1)),
             metrics: metrics.clone(),
             direct_gets: crate::replay::DirectGets::start(nats.clone()).await?,
-            stream_head: crate::replay::StreamHead::new(js.clone()),
+            stream_head: crate::replay::StreamHead::new(js.clone(), bus.partitions),
         };
         let local = Arc::new(Local::new(
             gateway.clone(),

@@ -40,7 +40,7 @@ impl<S: Store> History<S> {
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
         let js = async_nats::jetstream::new(nats.clone());
-        let stream = plumbing::bus::messages_stream(&js, bus).await?;
+        let streams = plumbing::bus::messages_streams(&js, bus).await?;
         let ack_wait = Duration::from_millis(config.writer_ack_wait_ms);
         let metrics = plumbing::Metrics::default();
         let lag = metrics.gauge(
@@ -63,7 +63,7 @@ impl<S: Store> History<S> {
 
         let writers = writer::Writers {
             cache: cache.clone(),
-            stream: stream.clone(),
+            streams: streams.clone(),
             batch: config.writer_batch,
             ack_wait,
         };
@@ -74,7 +74,7 @@ impl<S: Store> History<S> {
         ));
         let (lag_stop, lag_assigned) = (stop.clone(), assigned.clone());
         roles.spawn(async move {
-            writer::report_lag(stream, lag_assigned, lag, lag_stop).await;
+            writer::report_lag(streams, lag_assigned, lag, lag_stop).await;
             Ok(())
         });
         let answers = Arc::new(Queries {

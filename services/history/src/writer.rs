@@ -1,4 +1,4 @@
-//! The history writers: one durable consumer per partition of the messages stream,
+//! The history writers: one durable consumer per partition's messages stream,
 //! `natter-history-writer-<k>`, pinned to one history instance at a time, the partitions
 //! shared among the running instances (`plumbing::bus::shares`). So write throughput grows
 //! with instances (each partition has its own unacknowledged window), and every message of a
@@ -29,7 +29,9 @@ use crate::store::Store;
 const RETRY_DELAY: Duration = Duration::from_millis(500);
 
 /// Creates partition `k`'s writer consumer if needed. It starts at the beginning of the
-/// stream: the store must hold everything the stream still has.
+/// partition's stream: the store must hold everything the stream still has. It reads the
+/// whole stream, session markers included (skipped), so a writer with nothing pending has
+/// stored everything up to the stream's last sequence.
 pub async fn ensure_consumer(
     stream: &jetstream::stream::Stream,
     k: u32,
@@ -55,7 +57,7 @@ pub async fn ensure_consumer(
 /// What the writers need, shared by every partition's.
 pub struct Writers<S> {
     pub cache: Arc<HistoryCache<S>>,
-    pub stream: jetstream::stream::Stream,
+    pub streams: plumbing::bus::MessageStreams,
     pub batch: usize,
     pub ack_wait: Duration,
 }
@@ -63,8 +65,8 @@ pub struct Writers<S> {
 impl<S: Store> PartitionWork for Writers<S> {
     const ROLE: &'static str = "history writer";
 
-    fn stream(&self) -> &jetstream::stream::Stream {
-        &self.stream
+    fn stream(&self, k: u32) -> &jetstream::stream::Stream {
+        self.streams.get(k)
     }
 
     fn consumer(&self, k: u32) -> String {
@@ -72,7 +74,7 @@ impl<S: Store> PartitionWork for Writers<S> {
     }
 
     async fn start(&self, k: u32, stop: CancellationToken) -> anyhow::Result<PartitionTask> {
-        let consumer = ensure_consumer(&self.stream, k, self.batch, self.ack_wait).await?;
+        let consumer = ensure_consumer(self.streams.get(k), k, self.batch, self.ack_wait).await?;
         // A former owner may still be finishing a batch it pulled: the cache serves this
         // partition once that batch is written or handed to us.
         self.cache.own(k, self.ack_wait);
@@ -123,7 +125,7 @@ async fn write<S: Store>(
         received += pending.len() as u64;
         let mut batch_messages = Vec::with_capacity(pending.len());
         for m in &pending {
-            if m.subject.as_str() == subjects::SESSION_MARKERS {
+            if subjects::is_session_marker(m.subject.as_str()) {
                 continue; // routing's, not history's
             }
             match serde_json::from_slice::<StoredMessage>(&m.payload) {
@@ -149,7 +151,7 @@ async fn write<S: Store>(
 /// Exports the lag of this instance's writers (messages of its partitions not yet written)
 /// every second.
 pub async fn report_lag(
-    stream: jetstream::stream::Stream,
+    streams: plumbing::bus::MessageStreams,
     assigned: Assigned,
     lag: Gauge,
     stop: CancellationToken,
@@ -162,6 +164,7 @@ pub async fn report_lag(
         let partitions = assigned.borrow().clone();
         let mut total = 0;
         for k in partitions {
+            let stream = streams.get(k);
             if let Ok(info) = stream.consumer_info(subjects::history_writer(k)).await {
                 total += info.num_pending + info.num_ack_pending as u64;
             }

@@ -106,7 +106,7 @@ async fn a_writer_killed_mid_batch_loses_nothing_and_duplicates_nothing() {
     let service_nats = nats.client_as(Role::History).await.unwrap();
     let bus = BusConfig::default();
     let js = async_nats::jetstream::new(client.clone());
-    plumbing::bus::ensure_messages_stream(&js, &bus)
+    plumbing::bus::ensure_messages_streams(&js, &bus)
         .await
         .unwrap();
 

@@ -282,7 +282,7 @@ async fn writer_lag(json: bool) -> anyhow::Result<()> {
     let client = nats.client().await;
     let bus = plumbing::BusConfig::default();
     let js = async_nats::jetstream::new(client.clone());
-    plumbing::bus::ensure_messages_stream(&js, &bus).await?;
+    plumbing::bus::ensure_messages_streams(&js, &bus).await?;
     let dir = tempfile::tempdir()?;
     let store = EmbeddedStore::open(&dir.path().join("lag.redb"))?;
     let service = history::History::start(

@@ -14,7 +14,7 @@ use std::time::Instant;
 use futures::StreamExt;
 use protocol::frames::ServerFrame;
 use protocol::payloads::StoredMessage;
-use protocol::{Cursor, UserId, subjects};
+use protocol::{ConversationId, Cursor, UserId, subjects};
 use testkit::Stack;
 
 use crate::peers::Peer;
@@ -99,21 +99,21 @@ async fn backlog(stack: &Stack, from: &str, to: &[String], n: usize) -> anyhow::
 /// so a measurement is not sharing the machine with their catching up.
 async fn settle(stack: &Stack) -> anyhow::Result<()> {
     let js = async_nats::jetstream::new(stack.nats.client().await);
-    let stream = js.get_stream(subjects::MESSAGES_STREAM).await?;
-    let routers = (0..stack.bus.partitions).map(subjects::router);
-    let writers = (0..stack.bus.partitions).map(subjects::history_writer);
-    for name in routers.chain(writers) {
-        loop {
-            let info = stream
-                .get_consumer::<async_nats::jetstream::consumer::pull::Config>(&name)
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?
-                .get_info()
-                .await?;
-            if info.num_pending == 0 && info.num_ack_pending == 0 {
-                break;
+    for k in 0..stack.bus.partitions {
+        let stream = js.get_stream(subjects::messages_stream(k)).await?;
+        for name in [subjects::router(k), subjects::history_writer(k)] {
+            loop {
+                let info = stream
+                    .get_consumer::<async_nats::jetstream::consumer::pull::Config>(&name)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?
+                    .get_info()
+                    .await?;
+                if info.num_pending == 0 && info.num_ack_pending == 0 {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
     }
     Ok(())
@@ -126,13 +126,16 @@ async fn drain(stack: &Stack, n: usize, report: &Report) -> anyhow::Result<()> {
 
     // The ceiling: an ordered consumer reading the same messages, no gateway, no socket.
     let js = async_nats::jetstream::new(stack.nats.client().await);
-    let stream = js.get_stream(subjects::MESSAGES_STREAM).await?;
+    let conversation =
+        ConversationId::direct(&UserId::new("drain-source")?, &UserId::new("drainer")?);
+    let k = subjects::partition(&conversation, stack.bus.partitions);
+    let stream = js.get_stream(subjects::messages_stream(k)).await?;
     let started = Instant::now();
     let consumer = stream
         .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
             filter_subjects: subjects::user_messages(&UserId::new("drainer")?).to_vec(),
             deliver_policy: async_nats::jetstream::consumer::DeliverPolicy::ByStartSequence {
-                start_sequence: cursor.earliest() + 1,
+                start_sequence: cursor.seqs[k as usize] + 1,
             },
             ..Default::default()
         })

@@ -5,6 +5,8 @@
 
 mod connect;
 mod durable;
+pub mod leaders;
+mod messages;
 pub mod partition_tasks;
 mod resources;
 mod serve;
@@ -18,10 +20,14 @@ pub use connect::{connect, permission_violations, round_trip};
 pub use durable::{
     Durable, HANDOVER_DELAY, ensure_durable, ensure_holding_durable, pull, release_pin,
 };
+pub use messages::{
+    MessageStreams, ensure_messages_streams, epoch, head_of, heads, messages_streams, stream_epoch,
+    stream_partitions,
+};
 pub use resources::{
     BucketSpec, GATEWAYS, GROUPS, PRESENCE, PUSH_TOKENS, PresenceBuckets, SESSIONS, ensure_bucket,
-    ensure_groups_bucket, ensure_messages_stream, ensure_offline_stream, ensure_presence_buckets,
-    ensure_push_tokens_bucket, messages_stream, offline_stream, stream_epoch, stream_partitions,
+    ensure_groups_bucket, ensure_offline_stream, ensure_presence_buckets,
+    ensure_push_tokens_bucket, offline_stream,
 };
 pub use serve::{answer_requests, next_json, next_or_stop, next_pulled, reply, serve_queue};
 
@@ -44,7 +50,8 @@ pub struct BusConfig {
     /// How long the messages stream keeps messages, in milliseconds (the history store keeps
     /// them for good).
     pub messages_max_age_ms: u64,
-    /// The most bytes the messages stream keeps; past it the oldest messages are dropped
+    /// The most bytes the messages streams keep together (each partition's stream an equal
+    /// share); past it the oldest messages are dropped
     /// (as past `messages_max_age_ms`): devices further behind get `synced` with
     /// `gap: "trimmed"` and refetch from history, which keeps everything. 1 GiB by default:
     /// JetStream reserves it in its store when the stream is created (a server without that

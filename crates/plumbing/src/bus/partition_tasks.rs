@@ -25,8 +25,8 @@ pub trait PartitionWork: Send + Sync {
     /// For logs: "history writer", "router".
     const ROLE: &'static str;
 
-    /// The stream the partitions' consumers read.
-    fn stream(&self) -> &Stream;
+    /// Partition `k`'s stream, which its consumer reads.
+    fn stream(&self, k: u32) -> &Stream;
 
     /// Partition `k`'s pinned durable consumer.
     fn consumer(&self, k: u32) -> String;
@@ -116,7 +116,7 @@ async fn hand_over<W: PartitionWork>(work: &W, k: u32, running: Running) {
     // messages already on their way to this task wait for the ack wait. If another instance
     // holds the pin after all (this task never got it), releasing costs that instance one
     // pull: it is pinned again at once.
-    if let Err(e) = release_pin(work.stream(), &work.consumer(k)).await {
+    if let Err(e) = release_pin(work.stream(k), &work.consumer(k)).await {
         tracing::debug!(error = %e, partition = k, "pin not released");
     }
     work.stopped(k).await;

@@ -8,94 +8,8 @@ use protocol::subjects;
 
 use super::BusConfig;
 
-/// Creates or updates the stream that holds every accepted message: the chat service's, the
-/// stream's owner (only its NATS identity may change the stream's settings).
-pub async fn ensure_messages_stream(
-    js: &jetstream::Context,
-    cfg: &BusConfig,
-) -> anyhow::Result<stream::Stream> {
-    check_partitions(cfg)?;
-    // An existing stream keeps its partition count: updating it to another would move
-    // conversations between partitions while their messages are in flight.
-    if let Ok(mut existing) = js.get_stream(subjects::MESSAGES_STREAM).await {
-        same_partitions(existing.info().await?, cfg)?;
-    }
-    own_stream(js, messages_stream_config(cfg)).await
-}
-
-/// The messages stream as it is, or created if it is missing; never changed. For the
-/// services that read it (gateways, history): their identities may not update it, and a
-/// reader's configuration must not reshape what the chat service owns.
-pub async fn messages_stream(
-    js: &jetstream::Context,
-    cfg: &BusConfig,
-) -> anyhow::Result<stream::Stream> {
-    check_partitions(cfg)?;
-    let stream = bind_stream(js, messages_stream_config(cfg)).await?;
-    same_partitions(stream.cached_info(), cfg)?;
-    Ok(stream)
-}
-
-fn check_partitions(cfg: &BusConfig) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        (1..=subjects::MAX_PARTITIONS).contains(&cfg.partitions),
-        "bus.partitions is {}; it must be between 1 and {}",
-        cfg.partitions,
-        subjects::MAX_PARTITIONS
-    );
-    Ok(())
-}
-
-/// The partition count the messages stream was made with.
-pub fn stream_partitions(info: &stream::Info) -> Option<u32> {
-    info.config
-        .metadata
-        .get(subjects::PARTITIONS_METADATA)
-        .and_then(|p| p.parse().ok())
-}
-
-/// Refuses a stream made with another partition count than `cfg`'s, or before partitions.
-fn same_partitions(info: &stream::Info, cfg: &BusConfig) -> anyhow::Result<()> {
-    match stream_partitions(info) {
-        Some(p) if p == cfg.partitions => Ok(()),
-        Some(p) => anyhow::bail!(
-            "the messages stream {} was made with {p} partitions, and bus.partitions is {}: \
-             a deployment keeps its partition count (docs/operations.md, \"Partitions\")",
-            subjects::MESSAGES_STREAM,
-            cfg.partitions
-        ),
-        None => anyhow::bail!(
-            "the messages stream {} predates partitions: upgrade it as docs/operations.md \
-             (\"Partitions\") says",
-            subjects::MESSAGES_STREAM
-        ),
-    }
-}
-
-fn messages_stream_config(cfg: &BusConfig) -> stream::Config {
-    stream::Config {
-        name: subjects::MESSAGES_STREAM.into(),
-        description: Some("every accepted natter message; see subjects.md".into()),
-        subjects: vec![subjects::MESSAGES_SUBJECTS.into()],
-        storage: stream::StorageType::File,
-        retention: stream::RetentionPolicy::Limits,
-        discard: stream::DiscardPolicy::Old,
-        max_age: Duration::from_millis(cfg.messages_max_age_ms),
-        max_bytes: cfg.messages_max_bytes,
-        duplicate_window: Duration::from_millis(cfg.dedup_window_ms),
-        num_replicas: cfg.replicas,
-        allow_direct: true,
-        metadata: [(
-            subjects::PARTITIONS_METADATA.to_string(),
-            cfg.partitions.to_string(),
-        )]
-        .into(),
-        ..Default::default()
-    }
-}
-
 /// Creates the stream, or updates its settings to `config`.
-async fn own_stream(
+pub(super) async fn own_stream(
     js: &jetstream::Context,
     config: stream::Config,
 ) -> anyhow::Result<stream::Stream> {
@@ -107,7 +21,7 @@ async fn own_stream(
 }
 
 /// The stream as it is, or created with `config` if it does not exist yet.
-async fn bind_stream(
+pub(super) async fn bind_stream(
     js: &jetstream::Context,
     config: stream::Config,
 ) -> anyhow::Result<stream::Stream> {
@@ -159,12 +73,6 @@ fn offline_stream_config(cfg: &BusConfig) -> stream::Config {
         num_replicas: cfg.replicas,
         ..Default::default()
     }
-}
-
-/// The creation time of a stream in milliseconds since the Unix epoch: tells one incarnation
-/// of a stream from the next, whose sequence numbers start again at 1.
-pub fn stream_epoch(info: &stream::Info) -> u64 {
-    (info.created.unix_timestamp_nanos() / 1_000_000) as u64
 }
 
 /// The shape of one KV bucket. Every bucket is file-backed and keeps the latest value per key

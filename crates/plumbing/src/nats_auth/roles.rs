@@ -64,12 +64,17 @@ impl Role {
                     s::CHAT_RECEIPT,
                     s::CHAT_TYPING,
                     s::CHAT_UNDELIVERED,
-                    s::SESSION_MARKERS,
+                    "natter.msg.*.session",
                 ]);
                 p.subscribe(["natter.gw.*.>", s::PRESENCE_ALL]);
-                p.ensure_stream(s::MESSAGES_STREAM);
-                p.read_with_consumers(s::MESSAGES_STREAM);
-                p.read_direct(s::MESSAGES_STREAM);
+                p.look_for_the_old_messages_stream();
+                // Permissions cannot name a stream by pattern: every partition's.
+                for k in 0..s::MAX_PARTITIONS {
+                    let stream = s::messages_stream(k);
+                    p.ensure_stream(&stream);
+                    p.read_with_consumers(&stream);
+                    p.read_direct(&stream);
+                }
                 for bucket in [
                     s::SESSIONS_BUCKET,
                     s::GATEWAYS_BUCKET,
@@ -99,14 +104,18 @@ impl Role {
                     s::CHAT_UNDELIVERED,
                     s::CHAT_NOTIFY,
                 ]);
-                p.own_stream(s::MESSAGES_STREAM);
                 p.own_stream(s::OFFLINE_STREAM);
-                // Permissions cannot name a consumer by pattern: every partition's router.
+                p.look_for_the_old_messages_stream();
+                // Permissions cannot name a stream or consumer by pattern: every partition's
+                // stream and router.
                 for k in 0..s::MAX_PARTITIONS {
-                    p.consume_durable(s::MESSAGES_STREAM, &s::router(k));
+                    let stream = s::messages_stream(k);
+                    p.own_stream(&stream);
+                    p.move_leader(&stream);
+                    p.consume_durable(&stream, &s::router(k));
+                    p.read_direct(&stream);
                 }
                 p.consume_durable(s::SESSIONS_STREAM, s::PRESENCE_CONSUMER);
-                p.read_direct(s::MESSAGES_STREAM);
                 for bucket in [
                     s::GROUPS_BUCKET,
                     s::SESSIONS_BUCKET,
@@ -123,10 +132,13 @@ impl Role {
                 p.allow_responses = true;
                 p.publish([s::CHAT_NOTIFY]);
                 p.subscribe([s::HISTORY_QUERY, s::CHAT_RECEIPT]);
-                p.ensure_stream(s::MESSAGES_STREAM);
-                // Permissions cannot name a consumer by pattern: every partition's writer.
+                p.look_for_the_old_messages_stream();
+                // Permissions cannot name a stream or consumer by pattern: every partition's
+                // stream and writer.
                 for k in 0..s::MAX_PARTITIONS {
-                    p.consume_durable(s::MESSAGES_STREAM, &s::history_writer(k));
+                    let stream = s::messages_stream(k);
+                    p.ensure_stream(&stream);
+                    p.consume_durable(&stream, &s::history_writer(k));
                 }
                 p.ensure_bucket(s::GROUPS_BUCKET);
                 p.read_bucket(s::GROUPS_BUCKET);
@@ -221,6 +233,17 @@ impl Permissions {
         ]);
     }
 
+    /// See whether the single messages stream of before one stream per partition is still
+    /// there (services refuse to start next to it).
+    fn look_for_the_old_messages_stream(&mut self) {
+        self.publish([format!("$JS.API.STREAM.INFO.{}", s::MESSAGES_STREAM)]);
+    }
+
+    /// Ask the stream's leader to step down in favour of another server (to spread leaders).
+    fn move_leader(&mut self, stream: &str) {
+        self.publish([format!("$JS.API.STREAM.LEADER.STEPDOWN.{stream}")]);
+    }
+
     /// Create the stream or update its settings.
     fn own_stream(&mut self, stream: &str) {
         self.ensure_stream(stream);
@@ -228,9 +251,9 @@ impl Permissions {
     }
 
     /// Create, read from, acknowledge and delete consumers on the stream (durable or not),
-    /// and answer its flow control: for KV watches and gateway replays, whose consumers are
-    /// ephemeral. (Names are not prefixed by token, so this cannot be narrowed to one's own
-    /// consumers; replays move to direct gets with the reconnect-storm work.)
+    /// and answer its flow control: for KV watches and the gateway replays that read with
+    /// consumers, which are ephemeral. (Names are not prefixed by token, so this cannot be
+    /// narrowed to one's own consumers.)
     fn read_with_consumers(&mut self, stream: &str) {
         self.publish([
             format!("$JS.API.STREAM.INFO.{stream}"),
@@ -328,31 +351,46 @@ mod tests {
         for p in [&gateway, &history, &notifier] {
             assert!(!may_publish(p, "natter.msg.0.dm.alice.bob"));
             assert!(!may_publish(p, "natter.gw.gw-1.deliver"));
-            assert!(!may_publish(p, "$JS.API.STREAM.UPDATE.NATTER_MESSAGES"));
-            assert!(!may_publish(p, "$JS.API.STREAM.DELETE.NATTER_MESSAGES"));
-            assert!(!may_publish(p, "$JS.API.STREAM.PURGE.NATTER_MESSAGES"));
+            for stream in ["NATTER_MESSAGES_0", "NATTER_MESSAGES_63", "NATTER_MESSAGES"] {
+                assert!(!may_publish(p, &format!("$JS.API.STREAM.UPDATE.{stream}")));
+                assert!(!may_publish(p, &format!("$JS.API.STREAM.DELETE.{stream}")));
+                assert!(!may_publish(p, &format!("$JS.API.STREAM.PURGE.{stream}")));
+            }
         }
-        // A service touches its own durable consumer only.
+        // Gateways append session markers, and nothing else, to the messages streams.
+        assert!(may_publish(&gateway, "natter.msg.5.session"));
+        // A service touches its own durable consumer only, on its partition's stream.
         assert!(!may_publish(
             &history,
-            "$JS.API.CONSUMER.DELETE.NATTER_MESSAGES.natter-router"
+            "$JS.API.CONSUMER.DELETE.NATTER_MESSAGES_0.natter-router-0"
         ));
         assert!(!may_publish(
             &history,
-            "$JS.API.CONSUMER.MSG.NEXT.NATTER_MESSAGES.natter-router"
+            "$JS.API.CONSUMER.MSG.NEXT.NATTER_MESSAGES_0.natter-router-0"
         ));
         assert!(may_publish(
             &history,
-            "$JS.API.CONSUMER.MSG.NEXT.NATTER_MESSAGES.natter-history-writer-0"
+            "$JS.API.CONSUMER.MSG.NEXT.NATTER_MESSAGES_0.natter-history-writer-0"
         ));
         assert!(may_publish(
             &history,
-            "$JS.API.CONSUMER.MSG.NEXT.NATTER_MESSAGES.natter-history-writer-63"
+            "$JS.API.CONSUMER.MSG.NEXT.NATTER_MESSAGES_63.natter-history-writer-63"
+        ));
+        assert!(!may_publish(
+            &history,
+            "$JS.API.CONSUMER.MSG.NEXT.NATTER_MESSAGES_1.natter-history-writer-0"
         ));
         let chat = Role::Chat.permissions();
         assert!(may_publish(&chat, "natter.msg.0.dm.alice.bob"));
         assert!(may_publish(&chat, "natter.gw.gw-1.deliver"));
-        assert!(!may_publish(&chat, "$JS.API.STREAM.DELETE.NATTER_MESSAGES"));
+        assert!(may_publish(
+            &chat,
+            "$JS.API.STREAM.LEADER.STEPDOWN.NATTER_MESSAGES_3"
+        ));
+        assert!(!may_publish(
+            &chat,
+            "$JS.API.STREAM.DELETE.NATTER_MESSAGES_0"
+        ));
         assert!(may_publish(&gateway, "natter.chat.send.alice"));
         assert!(!may_publish(&history, "natter.chat.send.alice"));
     }

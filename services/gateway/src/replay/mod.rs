@@ -110,9 +110,11 @@ pub enum Replay {
     Reading(Box<Reading>),
 }
 
-/// A replay under way: one source per conversation (or per filter), read up to `head`.
+/// A replay under way: one source per conversation (or per filter), each of one partition's
+/// stream, read up to that partition's position in `head`.
 pub struct Reading {
-    stream: jetstream::stream::Stream,
+    /// Every partition's stream, in partition order.
+    streams: Vec<jetstream::stream::Stream>,
     sources: Vec<Source>,
     /// What the device has: messages it covers are skipped.
     from: Cursor,
@@ -159,27 +161,34 @@ impl Replayer {
         }) = turn.frames.last()
             && (gap.is_some() || !history.is_empty())
         {
-            self.history_floor.reach(cursor.latest()).await;
+            self.history_floor.reach(cursor).await;
         }
         Ok(turn)
     }
 
     async fn start(&self, user: UserId, cursor: Option<Cursor>) -> anyhow::Result<Turn> {
-        let stream = self.stream_head.read().await?;
-        let info = stream.cached_info();
-        let last = info.state.last_sequence;
-        let head = Cursor::head(plumbing::bus::stream_epoch(info), last, self.partitions);
+        let streams = self.stream_head.read().await?;
+        let head = plumbing::bus::head_of(&streams);
         let gap = match &cursor {
             None => Some(SyncGap::NoCursor),
-            // Another incarnation of the stream, or another partition count (a cursor of
+            // Another incarnation of the streams, or another partition count (a cursor of
             // protocol revision 1 where there are several partitions).
             Some(c) if c.epoch != head.epoch || c.partitions() != self.partitions => {
                 Some(SyncGap::UnknownCursor)
             }
-            Some(c) if c.latest() > last => Some(SyncGap::FutureCursor),
-            // Messages between the cursor and the stream's first were trimmed.
-            Some(c) if c.earliest() + 1 < info.state.first_sequence => Some(SyncGap::Trimmed),
-            Some(c) if c.earliest() == last => return Ok(done(head, None, Vec::new())),
+            Some(c) if c.seqs.iter().zip(&head.seqs).any(|(s, h)| s > h) => {
+                Some(SyncGap::FutureCursor)
+            }
+            // Messages between the cursor and a stream's first were trimmed.
+            Some(c)
+                if c.seqs
+                    .iter()
+                    .zip(&streams)
+                    .any(|(s, stream)| s + 1 < stream.cached_info().state.first_sequence) =>
+            {
+                Some(SyncGap::Trimmed)
+            }
+            Some(c) if c.seqs == head.seqs => return Ok(done(head, None, Vec::new())),
             Some(_) => None,
         };
         if let Some(gap) = gap {
@@ -187,19 +196,18 @@ impl Replayer {
         }
         let cursor = cursor.expect("no gap means a cursor");
         let (small, history) = self.groups_of(&user).await?;
-        let sources = match self.changed(&stream, &user, &cursor, &head, &small).await {
+        let sources = match self.changed(&streams, &user, &cursor, &head, &small).await {
             Some(sources) => {
                 self.metrics.replays_direct.inc();
                 sources
             }
             None => {
                 self.metrics.replays_with_consumers.inc();
-                let from = cursor.earliest() + 1;
-                sources::consumers(&stream, &user, &small, self.partitions, from).await?
+                sources::consumers(&streams, &user, &small, &cursor, &head).await?
             }
         };
         let mut reading = Reading {
-            stream,
+            streams,
             sources,
             from: cursor.clone(),
             at: cursor,
@@ -228,7 +236,7 @@ impl Replayer {
     /// with consumers.
     async fn changed(
         &self,
-        stream: &jetstream::stream::Stream,
+        streams: &[jetstream::stream::Stream],
         user: &UserId,
         cursor: &Cursor,
         head: &Cursor,
@@ -237,27 +245,19 @@ impl Replayer {
         // A follower a few writes behind answers a direct get with what it has: a replay
         // would take "nothing more" for an answer and skip what it lacks. The server's
         // read-after-write field (`min_last_seq`, ADR-49) is refused as unknown by the
-        // nats-server natter runs (2.15.1), so a replicated stream is read with consumers.
-        if stream.cached_info().config.num_replicas > 1 {
+        // nats-server natter runs (2.15.1), so replicated streams are read with consumers.
+        if streams
+            .iter()
+            .any(|s| s.cached_info().config.num_replicas > 1)
+        {
             return None;
         }
-        if !self.history_floor.reach(head.latest()).await {
+        if !self.history_floor.reach(head).await {
             return None;
         }
-        let since = match cursor.earliest() {
-            0 => 0,
-            seq => match stream.direct_get(seq).await {
-                Ok(m) => {
-                    let ms = (m.time.unix_timestamp_nanos() / 1_000_000).max(0) as u64;
-                    ms.saturating_sub(CLOCK_MARGIN.as_millis() as u64)
-                }
-                Err(e) if e.kind() == DirectGetErrorKind::NotFound => 0,
-                Err(e) => {
-                    tracing::debug!(error = %e, "time of a cursor unreadable");
-                    return None;
-                }
-            },
-        };
+        let since = cursor_time(streams, cursor, head)
+            .await?
+            .saturating_sub(CLOCK_MARGIN.as_millis() as u64);
         let (direct, groups) = tokio::join!(
             self.changed_direct(user, since),
             self.changed_groups(small, cursor, head)
@@ -268,10 +268,10 @@ impl Replayer {
             .chain(&groups)
             .map(|c| {
                 let k = subjects::partition(c, self.partitions);
-                let subject = subjects::message(c, self.partitions);
                 Source::subject(
                     self.direct_gets.clone(),
-                    subject,
+                    k,
+                    subjects::message(c, self.partitions),
                     cursor.seqs[k as usize] + 1,
                 )
             })
@@ -305,21 +305,28 @@ impl Replayer {
         Ok(conversations.into_iter().map(|c| c.conversation).collect())
     }
 
-    /// The groups among `small` whose last message up to `head` is one `cursor` lacks.
+    /// The groups among `small` whose last message up to `head` is one `cursor` lacks: one
+    /// "last message of each subject" read per partition's stream and 200 groups.
     async fn changed_groups(
         &self,
         small: &[ConversationId],
         cursor: &Cursor,
         head: &Cursor,
     ) -> anyhow::Result<Vec<ConversationId>> {
-        let by_subject: HashMap<String, &ConversationId> = small
-            .iter()
-            .map(|c| (subjects::message(c, self.partitions), c))
-            .collect();
-        let subjects: Vec<String> = by_subject.keys().cloned().collect();
+        let mut by_partition: HashMap<u32, Vec<String>> = HashMap::new();
+        let mut by_subject: HashMap<String, &ConversationId> = HashMap::new();
+        for c in small {
+            let subject = subjects::message(c, self.partitions);
+            let k = subjects::partition(c, self.partitions);
+            by_partition.entry(k).or_default().push(subject.clone());
+            by_subject.insert(subject, c);
+        }
         let mut probes = Vec::new();
-        for chunk in subjects.chunks(GROUPS_PER_PROBE) {
-            probes.push(last_of_each(&self.direct_gets, chunk, head.latest()));
+        for (k, names) in &by_partition {
+            for chunk in names.chunks(GROUPS_PER_PROBE) {
+                let upto = head.seqs[*k as usize];
+                probes.push(last_of_each(&self.direct_gets, *k, chunk, upto));
+            }
         }
         let lasts: Vec<Vec<direct_get::Entry>> = futures::stream::iter(probes)
             .buffer_unordered(READS_IN_FLIGHT)
@@ -340,20 +347,14 @@ impl Replayer {
         Ok(changed)
     }
 
-    /// Sends up to a page of messages in stream order, refilling each source as it runs dry.
+    /// Sends up to a page of messages, each partition in its stream's order, refilling each
+    /// source as it runs dry.
     async fn read(&self, mut reading: Reading) -> anyhow::Result<Turn> {
         let mut frames = Vec::new();
         while frames.len() < self.page {
             // Past the first read, what is waiting is known to fit in a replay.
             reading.fill(self.page * READ_PAGES).await?;
-            // The smallest sequence among the sources; each is in order, and a source with
-            // nothing buffered is exhausted, so nothing smaller can come later.
-            let Some(next) = reading
-                .sources
-                .iter_mut()
-                .filter(|s| s.has_buffered())
-                .min_by_key(|s| s.next_seq())
-            else {
+            let Some(next) = reading.next_source() else {
                 let head = reading.head.clone();
                 let history = std::mem::take(&mut reading.history);
                 reading.discard();
@@ -362,16 +363,14 @@ impl Replayer {
                 turn.frames = frames;
                 return Ok(turn);
             };
-            let (seq, stored) = next.pop();
+            let k = reading.sources[next].partition();
+            let (seq, stored) = reading.sources[next].pop();
             let mut message = stored.message;
-            let k = subjects::partition(&message.conversation, self.partitions);
             if reading.from.covers(k, seq) {
                 continue; // the device has it
             }
-            // The replay reads the user's messages in stream order: every one before this
-            // message, of any partition, is sent already.
+            // Every message of partition `k` before this one is sent already.
             reading.at.receive(k, seq);
-            reading.at.reach(seq);
             message.cursor = Some(reading.at.clone());
             frames.push(ServerFrame::Message(message));
         }
@@ -380,6 +379,40 @@ impl Replayer {
             next: Some(Replay::Reading(Box::new(reading))),
             head: None,
         })
+    }
+}
+
+/// The earliest stream time of what `cursor` has (0 if some partition it has nothing of has
+/// news): a conversation with a message after the cursor has a newest message id from about
+/// then on. `None` if a time cannot be read.
+async fn cursor_time(
+    streams: &[jetstream::stream::Stream],
+    cursor: &Cursor,
+    head: &Cursor,
+) -> Option<u64> {
+    let reads = cursor
+        .seqs
+        .iter()
+        .zip(&head.seqs)
+        .zip(streams)
+        .filter(|((seq, head), _)| seq < head)
+        .map(|((seq, _), stream)| async move {
+            if *seq == 0 {
+                return Ok(0);
+            }
+            match stream.direct_get(*seq).await {
+                Ok(m) => Ok((m.time.unix_timestamp_nanos() / 1_000_000).max(0) as u64),
+                // Gone (trimmed since): from the start of time.
+                Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(0),
+                Err(e) => Err(e),
+            }
+        });
+    match futures::future::try_join_all(reads).await {
+        Ok(times) => Some(times.into_iter().min().unwrap_or(0)),
+        Err(e) => {
+            tracing::debug!(error = %e, "time of a cursor unreadable");
+            None
+        }
     }
 }
 
@@ -459,11 +492,11 @@ impl Reading {
         if !self.sources.iter().any(Source::needs_reading) {
             return Ok(());
         }
-        let head = self.head.latest();
         let mut reads = Vec::new();
         for source in &mut self.sources {
             if source.needs_reading() {
-                reads.push(source.fill(&self.stream, batch, head));
+                let k = source.partition() as usize;
+                reads.push(source.fill(&self.streams[k], batch, self.head.seqs[k]));
             }
         }
         futures::stream::iter(reads)
@@ -473,16 +506,43 @@ impl Reading {
         Ok(())
     }
 
+    /// The source whose message goes next: in each partition the one with the smallest
+    /// sequence (each source is in order, and a source with nothing buffered is exhausted, so
+    /// nothing smaller can come later), and among partitions the oldest message, so
+    /// conversations interleave as they were written. `None` when every source is done.
+    fn next_source(&self) -> Option<usize> {
+        let mut first_of: HashMap<u32, usize> = HashMap::new();
+        for (i, source) in self.sources.iter().enumerate() {
+            if !source.has_buffered() {
+                continue;
+            }
+            first_of
+                .entry(source.partition())
+                .and_modify(|best| {
+                    if source.next_seq() < self.sources[*best].next_seq() {
+                        *best = i;
+                    }
+                })
+                .or_insert(i);
+        }
+        first_of
+            .into_values()
+            .min_by_key(|&i| (self.sources[i].next_ts(), self.sources[i].partition()))
+    }
+
     fn discard(self) {
         for source in self.sources {
-            source.discard(&self.stream);
+            let k = source.partition() as usize;
+            source.discard(&self.streams[k]);
         }
     }
 }
 
-/// The last message up to `head` of each subject of `names` that has one.
+/// The last message up to `head` of each subject of `names` in partition `k`'s stream that
+/// has one.
 async fn last_of_each(
     reads: &DirectGets,
+    k: u32,
     names: &[String],
     head: u64,
 ) -> anyhow::Result<Vec<direct_get::Entry>> {
@@ -492,7 +552,7 @@ async fn last_of_each(
         min_last_seq: head,
         ..Default::default()
     };
-    reads.batch(subjects::MESSAGES_STREAM, &request).await
+    reads.batch(&subjects::messages_stream(k), &request).await
 }
 
 fn done(head: Cursor, gap: Option<SyncGap>, history: Vec<ConversationId>) -> Turn {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer};
 use futures::StreamExt;
 use protocol::payloads::StoredMessage;
-use protocol::{ConversationId, UserId, subjects};
+use protocol::{ConversationId, Cursor, UserId, subjects};
 
 use super::direct_get::{self, DirectGets};
 
@@ -18,8 +18,10 @@ const LONG_BACKLOG: u64 = 1024;
 /// How long an abandoned replay consumer lives on the server.
 const CONSUMER_IDLE: Duration = Duration::from_secs(30);
 
-/// One source of a replay and what was read from it but not sent yet.
+/// One source of a replay, within one partition's stream, and what was read from it but not
+/// sent yet.
 pub struct Source {
+    partition: u32,
     reader: Reader,
     buffered: VecDeque<(u64, StoredMessage)>,
     /// Matching messages after the buffered ones, as the last read counted them (including
@@ -42,8 +44,9 @@ enum Reader {
 impl Source {
     /// A conversation's subject, from `from` on. Until its first read it is assumed to hold
     /// something.
-    pub fn subject(reads: Arc<DirectGets>, subject: String, from: u64) -> Self {
+    pub fn subject(reads: Arc<DirectGets>, partition: u32, subject: String, from: u64) -> Self {
         Self {
+            partition,
             reader: Reader::Subject {
                 reads,
                 subject,
@@ -53,6 +56,11 @@ impl Source {
             pending: 1,
             exhausted: false,
         }
+    }
+
+    /// The partition whose stream it reads.
+    pub fn partition(&self) -> u32 {
+        self.partition
     }
 
     /// Whether it should be read before the next message is picked.
@@ -67,6 +75,13 @@ impl Source {
     /// The sequence of the next buffered message.
     pub fn next_seq(&self) -> u64 {
         self.buffered.front().map_or(u64::MAX, |(seq, _)| *seq)
+    }
+
+    /// The time of the next buffered message.
+    pub fn next_ts(&self) -> u64 {
+        self.buffered
+            .front()
+            .map_or(u64::MAX, |(_, m)| m.message.ts)
     }
 
     pub fn pop(&mut self) -> (u64, StoredMessage) {
@@ -94,7 +109,8 @@ impl Source {
         if let Reader::Subject { subject, next, .. } = &self.reader
             && self.pending > LONG_BACKLOG
         {
-            let mut source = open(stream, std::slice::from_ref(subject), *next).await?;
+            let filters = std::slice::from_ref(subject);
+            let mut source = open(stream, self.partition, filters, *next).await?;
             source.buffered = std::mem::take(&mut self.buffered);
             *self = source;
         }
@@ -111,7 +127,8 @@ impl Source {
                     min_last_seq: head,
                     ..Default::default()
                 };
-                let entries = reads.batch(subjects::MESSAGES_STREAM, &request).await?;
+                let name = &stream.cached_info().config.name;
+                let entries = reads.batch(name, &request).await?;
                 self.exhausted = true;
                 for entry in entries {
                     if entry.seq > head {
@@ -166,32 +183,43 @@ fn buffer(buffered: &mut VecDeque<(u64, StoredMessage)>, seq: u64, payload: &[u8
     }
 }
 
-/// Consumers over all of `user`'s subjects from `from` on: the two 1:1 filters (first or
-/// second participant) by one consumer each, and the small groups by a third with one
-/// literal filter per group. JetStream recomputes a multi-filter consumer's pending count
-/// against every subject of the stream, which made a reconnect storm three times slower
-/// than two single-filter consumers.
+/// Consumers over all of `user`'s subjects after `cursor`: one per partition with anything
+/// after the cursor, filtered to the user's 1:1 subjects of that partition (as first or
+/// second participant) and its small groups there. (This is the way replays go on
+/// replicated streams and while history is behind: at most one consumer per partition.)
 pub async fn consumers(
-    stream: &jetstream::stream::Stream,
+    streams: &[jetstream::stream::Stream],
     user: &UserId,
     small: &[ConversationId],
-    partitions: u32,
-    from: u64,
+    cursor: &Cursor,
+    head: &Cursor,
 ) -> anyhow::Result<Vec<Source>> {
-    let [a, b] = subjects::user_messages(user);
-    let mut filters = vec![vec![a], vec![b]];
-    if !small.is_empty() {
-        filters.push(
+    let partitions = streams.len() as u32;
+    let mut wanted = Vec::new();
+    for k in 0..partitions {
+        let from = cursor.seqs[k as usize] + 1;
+        if from > head.seqs[k as usize] {
+            continue; // nothing written there since
+        }
+        let mut filters = subjects::user_messages_in(user, k).to_vec();
+        filters.extend(
             small
                 .iter()
-                .map(|c| subjects::message(c, partitions))
-                .collect(),
+                .filter(|c| subjects::partition(c, partitions) == k)
+                .map(|c| subjects::message(c, partitions)),
         );
+        wanted.push((k, filters, from));
     }
-    let opened = futures::future::join_all(filters.iter().map(|f| open(stream, f, from))).await;
+    let opened = futures::future::join_all(
+        wanted
+            .iter()
+            .map(|(k, f, from)| open(&streams[*k as usize], *k, f, *from)),
+    )
+    .await;
     if opened.iter().any(Result::is_err) {
         for source in opened.into_iter().flatten() {
-            source.discard(stream);
+            let k = source.partition as usize;
+            source.discard(&streams[k]);
         }
         anyhow::bail!("could not open the replay");
     }
@@ -201,6 +229,7 @@ pub async fn consumers(
 /// A consumer of some subjects, from `from` on.
 async fn open(
     stream: &jetstream::stream::Stream,
+    partition: u32,
     filters: &[String],
     from: u64,
 ) -> anyhow::Result<Source> {
@@ -224,6 +253,7 @@ async fn open(
         .await?;
     let pending = consumer.cached_info().num_pending;
     Ok(Source {
+        partition,
         reader: Reader::Consumer(Box::new(consumer)),
         buffered: VecDeque::new(),
         pending,

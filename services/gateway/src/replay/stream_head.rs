@@ -1,10 +1,11 @@
-//! The messages stream's state for replays: its last sequence (a replay's head), first
-//! sequence (what was trimmed) and epoch. A replay needs a read that began after it asked
-//! (its session's registration must be in the head), but not one of its own: replays that
-//! ask while a read is under way share the next one, and its failure too (a stream in a
-//! leader election answers nothing until the request times out, and replays queued behind
-//! each other's timeouts would wait one timeout each). A reconnect storm then makes a few
-//! stream-info requests of the JetStream API per round trip instead of one per device.
+//! The messages streams' state for replays: each partition's last sequence (a replay's
+//! head), first sequence (what was trimmed) and epoch. A replay needs a read that began after
+//! it asked (its session's registration must be in the head), but not one of its own:
+//! replays that ask while a read is under way share the next one, and its failure too (a
+//! stream in a leader election answers nothing until the request times out, and replays
+//! queued behind each other's timeouts would wait one timeout each). A reconnect storm then
+//! makes a few stream-info requests of the JetStream API per round trip instead of one per
+//! device.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,10 +13,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use async_nats::jetstream;
 use protocol::subjects;
 
-type Read = Result<jetstream::stream::Stream, String>;
+type Read = Result<Vec<jetstream::stream::Stream>, String>;
 
 pub struct StreamHead {
     js: jetstream::Context,
+    partitions: u32,
     /// Reads started so far.
     started: AtomicU64,
     /// One read at a time.
@@ -25,17 +27,18 @@ pub struct StreamHead {
 }
 
 impl StreamHead {
-    pub fn new(js: jetstream::Context) -> Self {
+    pub fn new(js: jetstream::Context, partitions: u32) -> Self {
         Self {
             js,
+            partitions,
             started: AtomicU64::new(0),
             reading: tokio::sync::Mutex::new(()),
             last: Mutex::new(None),
         }
     }
 
-    /// The messages stream, with its info read after this call began.
-    pub async fn read(&self) -> anyhow::Result<jetstream::stream::Stream> {
+    /// Every partition's messages stream, with its info read after this call began.
+    pub async fn read(&self) -> anyhow::Result<Vec<jetstream::stream::Stream>> {
         let asked = self.started.load(Ordering::SeqCst);
         let _one = self.reading.lock().await;
         if let Some((n, read)) = self.last.lock().expect("stream head").as_ref()
@@ -45,11 +48,10 @@ impl StreamHead {
             return read.clone().map_err(|e| anyhow::anyhow!(e));
         }
         let n = self.started.fetch_add(1, Ordering::SeqCst) + 1;
-        let read: Read = self
-            .js
-            .get_stream(subjects::MESSAGES_STREAM)
+        let reads = (0..self.partitions).map(|k| self.js.get_stream(subjects::messages_stream(k)));
+        let read: Read = futures::future::try_join_all(reads)
             .await
-            .map_err(|e| format!("messages stream unreadable: {e}"));
+            .map_err(|e| format!("messages streams unreadable: {e}"));
         *self.last.lock().expect("stream head") = Some((n, read.clone()));
         read.map_err(|e| anyhow::anyhow!(e))
     }

@@ -47,14 +47,9 @@ struct Item {
 type Named = (&'static str, &'static str);
 
 /// A stream and the consumers on it that natter's services create, with who creates them.
+/// (The messages streams, one per partition with its router and history writer, are
+/// checked from the partition count the first one records.)
 const STREAMS: &[(&str, &str, &[Named])] = &[
-    (
-        subjects::MESSAGES_STREAM,
-        "gateway, chat and history services",
-        // One router and one history writer per partition, `natter-router-<k>` and
-        // `natter-history-writer-<k>`, added from the partition count the stream records.
-        &[],
-    ),
     (
         subjects::OFFLINE_STREAM,
         "chat service and notifier",
@@ -101,7 +96,12 @@ pub async fn run(args: CheckArgs, config: &NatterConfig, json: bool) -> anyhow::
         })?;
     let js = jetstream::new(nats.clone());
     let mut items = Vec::new();
+    check_messages_streams(&js, &mut items).await;
     for (stream_name, creators, consumers) in STREAMS {
+        let consumers = consumers
+            .iter()
+            .map(|(c, by)| (c.to_string(), *by))
+            .collect();
         check_stream(&js, stream_name, creators, consumers, &mut items).await;
     }
     for (bucket, creators) in BUCKETS {
@@ -150,11 +150,46 @@ pub async fn run(args: CheckArgs, config: &NatterConfig, json: bool) -> anyhow::
     Ok(ok)
 }
 
+/// Every partition's messages stream with its router and history writer; the one stream of
+/// before partitions had streams of their own fails the check (the services refuse to start
+/// next to it).
+async fn check_messages_streams(js: &jetstream::Context, items: &mut Vec<Item>) {
+    let creators = "gateway, chat and history services";
+    if js.get_stream(subjects::MESSAGES_STREAM).await.is_ok() {
+        items.push(Item {
+            kind: "stream",
+            name: subjects::MESSAGES_STREAM.into(),
+            ok: false,
+            detail: "the one stream of before a stream per partition: upgrade as \
+                     docs/operations.md (\"Partitions\") says"
+                .into(),
+        });
+    }
+    let first = subjects::messages_stream(0);
+    let partitions = match js.get_stream(&first).await {
+        Ok(mut s) => s
+            .info()
+            .await
+            .ok()
+            .and_then(plumbing::bus::stream_partitions)
+            .unwrap_or(1),
+        Err(_) => 1,
+    };
+    for k in 0..partitions {
+        let consumers = vec![
+            (subjects::router(k), "chat service (router)"),
+            (subjects::history_writer(k), "history service (writer)"),
+        ];
+        let name = subjects::messages_stream(k);
+        check_stream(js, &name, creators, consumers, items).await;
+    }
+}
+
 async fn check_stream(
     js: &jetstream::Context,
     name: &str,
     creators: &str,
-    consumers: &[Named],
+    consumers: Vec<(String, &str)>,
     items: &mut Vec<Item>,
 ) {
     let mut stream = match js.get_stream(name).await {
@@ -169,7 +204,7 @@ async fn check_stream(
             for (consumer, creator) in consumers {
                 items.push(Item {
                     kind: "consumer",
-                    name: (*consumer).into(),
+                    name: consumer,
                     ok: false,
                     detail: format!("missing with its stream {name} — created by the {creator}"),
                 });
@@ -177,22 +212,12 @@ async fn check_stream(
             return;
         }
     };
-    let mut consumers: Vec<(String, &str)> = consumers
-        .iter()
-        .map(|(c, creator)| (c.to_string(), *creator))
-        .collect();
     let detail = match stream.info().await {
         Ok(info) => match plumbing::bus::stream_partitions(info) {
-            Some(partitions) => {
-                let routers = (0..partitions).map(subjects::router);
-                consumers.extend(routers.map(|r| (r, "chat service (router)")));
-                let writers = (0..partitions).map(subjects::history_writer);
-                consumers.extend(writers.map(|w| (w, "history service (writer)")));
-                format!(
-                    "{} messages, {} bytes, {partitions} partitions",
-                    info.state.messages, info.state.bytes
-                )
-            }
+            Some(partitions) => format!(
+                "{} messages, {} bytes, one of {partitions} partitions",
+                info.state.messages, info.state.bytes
+            ),
             None => format!(
                 "{} messages, {} bytes",
                 info.state.messages, info.state.bytes
