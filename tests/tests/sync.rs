@@ -572,3 +572,51 @@ async fn a_long_backlog_in_one_conversation_is_replayed_whole_and_in_order() {
     missed.extend(send_many(&stack, &senders[1..], "bob", 3).await);
     resume_gets_exactly(&stack, "bob", start, &missed).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_stalled_by_a_slow_reader_outlasts_its_hold_and_loses_nothing() {
+    // bob resumes and does not read: his replay stalls on the socket while alice's live
+    // messages fill the hold. The hold drops them (the stream has them) and one more replay
+    // sends them once bob reads: no eviction, nothing lost, nothing twice.
+    let stack = Stack::new()
+        .gateway_config(|c| c.outbound_queue_frames = 32)
+        .start()
+        .await;
+    let start = new_device(&stack, "bob").await;
+    // About 18 MB: more than the socket buffers hold.
+    let body = "x".repeat(30_000);
+    let mut sent: HashMap<String, Vec<MessageId>> = HashMap::new();
+    let mut carol = stack.connect("carol", 0).await;
+    for window in (0..600).collect::<Vec<_>>().chunks(50) {
+        for i in window {
+            carol.send("bob", &format!("c{i}"), &body).await.unwrap();
+        }
+        for i in window {
+            let id = expect_sent(&mut carol, &format!("c{i}")).await.id;
+            sent.entry("carol".into()).or_default().push(id);
+        }
+    }
+    let mut bob = stack.resume("bob", 0, Some(start)).await;
+    let mut alice = stack.connect("alice", 0).await;
+    for i in 0..100 {
+        alice.send("bob", &format!("l{i}"), "live").await.unwrap();
+        let id = expect_sent(&mut alice, &format!("l{i}")).await.id;
+        sent.entry("alice".into()).or_default().push(id);
+    }
+
+    let mut received = Vec::new();
+    let mut ids = HashSet::new();
+    while ids.len() < 700 {
+        match within(bob.next_event()).await.unwrap() {
+            testkit::client::Event::Frame(protocol::frames::ServerFrame::Message(m)) => {
+                assert!(ids.insert(m.id), "{} twice", m.id);
+                received.push(m);
+            }
+            testkit::client::Event::Closed(code) => panic!("bob's session closed: {code:?}"),
+            testkit::client::Event::Frame(_) => {}
+        }
+    }
+    assert_conversation_order(&received, &sent);
+    let all: Vec<&Message> = received.iter().collect();
+    assert_rising_per_partition(&all, stack.bus.partitions);
+}

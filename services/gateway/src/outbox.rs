@@ -20,6 +20,11 @@
 //! holds live messages at once, before the session starts the replay, and a replay that ends
 //! while another is asked for keeps holding: a live message released before the missing ones
 //! are replayed would carry a cursor past them.
+//!
+//! Held messages count against the queue's bounds, but a hold that fills them (a replay that
+//! keeps failing while a stream elects its leader, say) does not evict the session: the held
+//! messages are dropped, since the stream keeps every one of them, and the hold ends with one
+//! more replay, from where the current one ends, instead of a release.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -73,6 +78,8 @@ struct Held {
     upto: Option<Cursor>,
     /// Routed messages without their cursor, and where they are in the stream.
     frames: VecDeque<(Position, Message)>,
+    /// Held messages were dropped for room: another replay must send them.
+    dropped: bool,
 }
 
 /// What a drain found.
@@ -128,27 +135,46 @@ impl Outbox {
     /// cursor moved to it. `false` as for [`push`](Self::push).
     pub fn push_routed(&self, frame: &Message, at: Position) -> bool {
         let mut state = self.state.lock().unwrap();
+        if state.held.is_some() {
+            return self.hold_routed(&mut state, frame, at);
+        }
         if !self.room(&mut state, frame.len()) {
             drop(state);
             self.notify.notify_one();
             return false;
         }
-        if let Some(held) = &mut state.held {
-            if !held
-                .upto
-                .as_ref()
-                .is_some_and(|upto| covers(upto, at, self.partitions))
-            {
-                held.frames.push_back((at, frame.clone()));
-                state.bytes += frame.len();
-            }
-            // Otherwise the replay carries it.
-            return true;
-        }
         let queued = self.queue_routed(&mut state, frame, at, true);
         drop(state);
         if queued {
             self.notify.notify_one();
+        }
+        true
+    }
+
+    /// Holds a routed message back during a replay, unless the replay carries it. With no
+    /// room left, every held message is dropped instead (the stream has them all) and the
+    /// hold ends with another replay.
+    fn hold_routed(&self, state: &mut State, frame: &Message, at: Position) -> bool {
+        if state.close == Some(CloseCode::SlowConsumer) {
+            return false;
+        }
+        let held = state.held.as_mut().expect("holding");
+        if held
+            .upto
+            .as_ref()
+            .is_some_and(|upto| covers(upto, at, self.partitions))
+        {
+            return true;
+        }
+        let full = state.frames.len() + held.frames.len() >= self.max_frames
+            || state.bytes + frame.len() > self.max_bytes;
+        if full {
+            state.bytes -= held.frames.iter().map(|(_, f)| f.len()).sum::<usize>();
+            held.frames = VecDeque::new();
+            held.dropped = true;
+        } else {
+            held.frames.push_back((at, frame.clone()));
+            state.bytes += frame.len();
         }
         true
     }
@@ -232,6 +258,25 @@ impl Outbox {
                     }
                     _ => upto,
                 });
+            }
+            if held.dropped {
+                // What was dropped lies after the replay's head: one more replay, from
+                // there, sends it. Without a position to replay from, the device must
+                // reconnect and sync (a live message would carry its cursor past the gap).
+                match state.cursor.clone() {
+                    Some(after) => {
+                        state.held = Some(Held::default());
+                        state.resync = Some(after);
+                    }
+                    None => {
+                        state.frames = VecDeque::new();
+                        state.bytes = 0;
+                        state.close = Some(CloseCode::SlowConsumer);
+                    }
+                }
+                drop(state);
+                self.notify.notify_one();
+                return;
             }
             for (at, frame) in held.frames {
                 state.bytes -= frame.len();
@@ -507,6 +552,45 @@ mod tests {
                 ("6".into(), Some("1-6.9".into()))
             ]
         );
+    }
+
+    #[test]
+    fn a_hold_out_of_room_drops_held_messages_and_ends_with_another_replay() {
+        let gateway = Arc::new(RoutedUpto::new(Some(Cursor::head(1, 4, 2)), 2));
+        let outbox = Outbox::new(3, 1024, Encoding::Json, gateway);
+        outbox.hold();
+        for seq in 5..=9 {
+            assert!(
+                outbox.push_routed(&routed(&seq.to_string()), at(0, seq)),
+                "a full hold does not evict"
+            );
+        }
+        assert!(outbox.push(Message::text(r#"{"body":"receipt"}"#)));
+        assert_eq!(drained(&outbox), [("receipt".into(), None)]);
+        // The replay (its head read before 7 was routed) ends: what was dropped after its
+        // head is replayed by another, and live messages stay held meanwhile.
+        outbox.covered_upto(Cursor::head(1, 6, 2));
+        outbox.release();
+        assert_eq!(outbox.take_resync(), Some(Cursor::head(1, 6, 2)));
+        assert!(outbox.push_routed(&routed("10"), at(0, 10)));
+        assert_eq!(drained(&outbox), [], "held for the next replay");
+        outbox.covered_upto(Cursor::head(1, 9, 2));
+        outbox.release();
+        assert_eq!(drained(&outbox), [("10".into(), Some("1-10.9".into()))]);
+        assert_eq!(outbox.take_resync(), None);
+    }
+
+    #[test]
+    fn a_full_queue_still_evicts_while_holding() {
+        let outbox = outbox(2, 1024);
+        outbox.hold();
+        assert!(outbox.push(Message::text("a")));
+        assert!(outbox.push(Message::text("b")));
+        assert!(
+            !outbox.push(Message::text("c")),
+            "frames the session must send"
+        );
+        assert!(!outbox.push_routed(&routed("d"), at(0, 1)));
     }
 
     #[test]
