@@ -26,9 +26,17 @@ pub struct StackBuilder {
     bus: BusConfig,
     sync_interval: String,
     cluster_nodes: Option<usize>,
+    lease_on_main_connection: bool,
 }
 
 impl StackBuilder {
+    /// Gateways write their lease over their main NATS connection instead of one of its own:
+    /// how gateways did before, as a benchmark's baseline.
+    pub fn lease_on_main_connection(mut self) -> Self {
+        self.lease_on_main_connection = true;
+        self
+    }
+
     /// JetStream `sync_interval` of the test nats-server (`always` or a duration).
     pub fn sync_interval(mut self, v: &str) -> Self {
         self.sync_interval = v.into();
@@ -89,6 +97,7 @@ impl StackBuilder {
             notifiers: Vec::new(),
             history_dir: tempfile::tempdir().expect("temp dir"),
             history_store: None,
+            lease_on_main_connection: self.lease_on_main_connection,
         };
         let chat_config = stack.chat_config.clone();
         stack.start_chat(chat_config).await;
@@ -142,6 +151,32 @@ impl RunningGateway {
     }
 }
 
+// A stack dropped without `stop` (the end of most tests) still asks its services to stop, so
+// none of them goes on writing leases and heartbeats into a NATS that is going away.
+impl Drop for RunningGateway {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+impl Drop for RunningChat {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+impl Drop for RunningHistory {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+impl Drop for RunningNotifier {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
 /// A running chat service of a stack.
 pub struct RunningChat {
     pub shutdown: CancellationToken,
@@ -150,6 +185,14 @@ pub struct RunningChat {
 }
 
 impl RunningChat {
+    /// Shuts it down gracefully and waits for it.
+    pub async fn stop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(handle) = self.handle.take() {
+            within(handle.wait()).await.expect("chat stopped cleanly");
+        }
+    }
+
     /// The value of one of its counters.
     pub fn metric(&self, name: &str) -> u64 {
         self.metrics
@@ -182,10 +225,13 @@ pub struct Stack {
     pub history_dir: tempfile::TempDir,
     /// The store every history instance of the stack shares, once the first has opened it.
     history_store: Option<history::EmbeddedStore>,
+    /// See [`StackBuilder::lease_on_main_connection`].
+    lease_on_main_connection: bool,
 }
 
 /// A running history service of a stack.
 pub struct RunningHistory {
+    pub shutdown: CancellationToken,
     pub metrics: plumbing::Metrics,
     pub cache: std::sync::Arc<history::HistoryCache<history::EmbeddedStore>>,
     /// The partitions it writes, as they change.
@@ -194,6 +240,16 @@ pub struct RunningHistory {
 }
 
 impl RunningHistory {
+    /// Shuts it down gracefully and waits for it.
+    pub async fn stop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(handle) = self.handle.take() {
+            within(handle.wait())
+                .await
+                .expect("history stopped cleanly");
+        }
+    }
+
     /// Kills it at once, as a crash would.
     pub fn kill(&mut self) {
         if let Some(handle) = self.handle.take() {
@@ -243,6 +299,25 @@ pub fn metric_value(metrics: &plumbing::Metrics, name: &str) -> i64 {
 }
 
 impl Stack {
+    /// Stops every service gracefully and waits for each: gateways first (their sessions end
+    /// and unregister while NATS is up), then notifiers, chat and history. What goes on in
+    /// the same process afterwards (a benchmark's next system) then shares the machine with
+    /// nothing of this stack. Dropping a stack only asks its services to stop.
+    pub async fn stop(mut self) {
+        for gateway in &mut self.gateways {
+            within(gateway.shutdown()).await;
+        }
+        for notifier in &mut self.notifiers {
+            notifier.stop().await;
+        }
+        for chat in &mut self.chats {
+            chat.stop().await;
+        }
+        for history in &mut self.histories {
+            history.stop().await;
+        }
+    }
+
     #[allow(clippy::new_ret_no_self)]
     pub fn new() -> StackBuilder {
         let gateway = gateway::GatewayConfig {
@@ -271,6 +346,7 @@ impl Stack {
             },
             sync_interval: "2m".into(),
             cluster_nodes: None,
+            lease_on_main_connection: false,
         }
     }
 
@@ -281,6 +357,17 @@ impl Stack {
 
     /// Starts a gateway that reaches NATS at `nats_url` (a [`Link`], to cut it off).
     pub async fn start_gateway_via(&mut self, id: &str, nats_url: &str) -> usize {
+        self.start_gateway_links(id, nats_url, nats_url).await
+    }
+
+    /// Starts a gateway whose main connection reaches NATS at `nats_url` and whose lease
+    /// connection at `liveness_url` (a [`Link`] for one of them cuts only that one).
+    pub async fn start_gateway_links(
+        &mut self,
+        id: &str,
+        nats_url: &str,
+        liveness_url: &str,
+    ) -> usize {
         let mut config = self.gateway_config.clone();
         config.gateway_id = id.into();
         let bus = BusConfig {
@@ -290,8 +377,19 @@ impl Stack {
         let nats = plumbing::bus::connect(&bus, Role::Gateway, id)
             .await
             .expect("connect");
+        let liveness_bus = BusConfig {
+            nats_url: liveness_url.into(),
+            ..bus.clone()
+        };
+        let liveness = if self.lease_on_main_connection {
+            nats.clone()
+        } else {
+            plumbing::bus::connect(&liveness_bus, Role::Gateway, &format!("{id}-liveness"))
+                .await
+                .expect("connect")
+        };
         let shutdown = CancellationToken::new();
-        let handle = gateway::Gateway::start(config, &self.bus, nats, shutdown.clone())
+        let handle = gateway::Gateway::start(config, &self.bus, nats, liveness, shutdown.clone())
             .await
             .expect("start gateway");
         self.gateways.push(RunningGateway {
@@ -339,17 +437,13 @@ impl Stack {
             history::membership::groups_view(&nats, &self.bus, CancellationToken::new())
                 .await
                 .expect("groups view");
-        let handle = history::History::start(
-            config,
-            &self.bus,
-            nats,
-            store,
-            membership,
-            CancellationToken::new(),
-        )
-        .await
-        .expect("start history");
+        let shutdown = CancellationToken::new();
+        let handle =
+            history::History::start(config, &self.bus, nats, store, membership, shutdown.clone())
+                .await
+                .expect("start history");
         self.histories.push(RunningHistory {
+            shutdown,
             metrics: handle.metrics.clone(),
             cache: handle.cache.clone(),
             assigned: handle.assigned.clone(),

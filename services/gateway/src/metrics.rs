@@ -27,6 +27,8 @@ pub struct GatewayMetrics {
     pub replay_gaps: Counter,
     pub replayed: Counter,
     pub delivery_gaps: Counter,
+    pub lease_writes: Histogram,
+    pub lease_write_failures: Counter,
 }
 
 impl GatewayMetrics {
@@ -99,6 +101,14 @@ impl GatewayMetrics {
             delivery_gaps: m.counter(
                 "natter_gateway_delivery_gaps_total",
                 "lost deliveries noticed (a gap in the router's numbering); sessions replayed",
+            ),
+            lease_writes: m.histogram(
+                "natter_gateway_lease_write_seconds",
+                "time to write this gateway's liveness lease (it lapses after lease_ttl_ms without one)",
+            ),
+            lease_write_failures: m.counter(
+                "natter_gateway_lease_write_failures_total",
+                "lease writes that failed or timed out (retried within a second)",
             ),
             registry: m,
         }

@@ -4,6 +4,12 @@
 //! When the lease lapses (the gateway died or was cut off), the chat service counts all of
 //! the gateway's sessions as offline.
 //!
+//! The lease is written over a NATS connection of its own. A reconnect storm sends thousands
+//! of replay reads over the gateway's main connection, and a write queued behind them (in
+//! the client's buffer and in the server's read loop for that connection) waited seconds;
+//! a lease that lapses takes every user of the gateway offline. A refresh that fails is
+//! tried again after `LEASE_RETRY`, not a third of the TTL later.
+//!
 //! A registration also appends a session marker to every partition's messages stream, naming
 //! the revisions just written. Each partition's router reads its markers in order with the
 //! messages and waits, at a marker, until its presence view has those revisions: a message
@@ -18,21 +24,26 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use async_nats::jetstream::kv;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use plumbing::bus::PresenceBuckets;
+use plumbing::{Counter, Histogram};
 use protocol::payloads::{GatewayLease, SessionEntry, SessionMarker, UserPresence};
 use protocol::{ConnId, GatewayId, UserId, subjects};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::GatewayMetrics;
+
 /// How long a purge marker stays in the sessions bucket: long enough for every watcher to see
 /// it, short enough that disconnected sessions leave nothing behind.
 const MARKER_TTL: Duration = Duration::from_secs(60);
+/// Pause before a failed lease refresh is tried again.
+const LEASE_RETRY: Duration = Duration::from_secs(1);
 
 #[derive(Clone)]
 pub struct Presence {
@@ -46,6 +57,8 @@ pub struct Presence {
     lease_revision: Arc<AtomicU64>,
     /// Registrations waiting for their marker, and where to say it is written.
     markers: mpsc::UnboundedSender<(SessionMarker, oneshot::Sender<Result<(), String>>)>,
+    lease_writes: Histogram,
+    lease_write_failures: Counter,
 }
 
 impl Presence {
@@ -56,11 +69,14 @@ impl Presence {
         boot: ConnId,
         lease_ttl: Duration,
         partitions: u32,
+        metrics: &GatewayMetrics,
     ) -> Self {
         let (markers, waiting) = mpsc::unbounded_channel();
         tokio::spawn(append_markers(js, partitions, waiting));
         Self {
             markers,
+            lease_writes: metrics.lease_writes.clone(),
+            lease_write_failures: metrics.lease_write_failures.clone(),
             sessions: buckets.sessions,
             gateways: buckets.gateways,
             users: buckets.users,
@@ -131,16 +147,27 @@ impl Presence {
             }))
     }
 
-    /// Writes the lease now and then every third of its TTL until `stop`; removes it on stop.
-    pub async fn keep_lease(self, stop: CancellationToken) {
+    /// Writes the lease now and then every third of its TTL until `stop` (a failed write is
+    /// tried again within `LEASE_RETRY`). The lease says deliveries reach this gateway, so it
+    /// is not refreshed while `deliveries`, the connection they arrive on, is down: the lease
+    /// connection may be on a cluster node that is still up.
+    pub async fn keep_lease(self, deliveries: async_nats::Client, stop: CancellationToken) {
         let every = self.lease_ttl / 3;
         loop {
-            if let Err(e) = self.put_lease().await {
-                // A lapse of one refresh is absorbed by the TTL; keep trying.
-                tracing::warn!(error = %e, "presence lease refresh failed");
-            }
+            let written = match deliveries.connection_state() {
+                async_nats::connection::State::Connected => self.put_lease().await,
+                _ => Err(anyhow::anyhow!("the delivery connection is down")),
+            };
+            let pause = match written {
+                Ok(()) => every,
+                Err(e) => {
+                    // One lapse is absorbed by the TTL; keep trying.
+                    tracing::warn!(error = %e, "presence lease refresh failed");
+                    LEASE_RETRY.min(every)
+                }
+            };
             tokio::select! {
-                _ = tokio::time::sleep(every) => {}
+                _ = tokio::time::sleep(pause) => {}
                 _ = stop.cancelled() => break,
             }
         }
@@ -152,13 +179,16 @@ impl Presence {
             boot: self.boot,
             ttl_ms: self.lease_ttl.as_millis() as u64,
         };
-        let revision = self
+        let started = Instant::now();
+        let written = self
             .gateways
             .put(
                 subjects::lease_key(&self.gateway),
                 Bytes::from(serde_json::to_vec(&lease)?),
             )
-            .await?;
+            .await;
+        self.lease_writes.observe(started.elapsed());
+        let revision = written.inspect_err(|_| self.lease_write_failures.inc())?;
         self.lease_revision.fetch_max(revision, Ordering::AcqRel);
         Ok(())
     }

@@ -47,7 +47,10 @@ const RESYNC_RETRY: Duration = Duration::from_secs(1);
 /// applied after them.
 pub async fn keep_registered(state: Arc<GatewayState>, stop: CancellationToken) {
     tokio::join!(
-        state.presence.clone().keep_lease(stop.clone()),
+        state
+            .presence
+            .clone()
+            .keep_lease(state.nats.clone(), stop.clone()),
         reregister_on_reconnect(&state, &stop),
     );
 }

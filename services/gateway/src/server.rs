@@ -9,6 +9,7 @@ use hyper::server::conn::http1;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use plumbing::BusConfig;
+use plumbing::nats_auth::Role;
 use protocol::{CloseCode, ConnId, GatewayId};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -41,10 +42,13 @@ pub struct Gateway {
 
 impl Gateway {
     /// Connects the gateway's NATS resources, binds, and serves until `shutdown` is cancelled.
+    /// `liveness` is a second connection to the same NATS, as the same identity, used only
+    /// for the gateway's lease (see `presence`).
     pub async fn start(
         config: GatewayConfig,
         bus: &BusConfig,
         nats: async_nats::Client,
+        liveness: async_nats::Client,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
         anyhow::ensure!(
@@ -62,11 +66,21 @@ impl Gateway {
         };
         let js = async_nats::jetstream::new(nats.clone());
         let buckets = plumbing::bus::ensure_presence_buckets(&js, bus).await?;
+        // The lease is written over a connection of its own: behind a reconnect storm's
+        // replays on the shared one it would wait its turn, and a lapsed lease takes every
+        // user of the gateway offline.
+        let buckets = plumbing::bus::PresenceBuckets {
+            gateways: async_nats::jetstream::new(liveness)
+                .get_key_value(protocol::subjects::GATEWAYS_BUCKET)
+                .await?,
+            ..buckets
+        };
         let push_tokens = plumbing::bus::ensure_push_tokens_bucket(&js, bus).await?;
         // Session markers go to the messages streams, whoever starts first.
         let streams = plumbing::bus::messages_streams(&js, bus).await?;
         let mut conn_ids = ulid::Generator::new();
         let boot = ConnId(conn_ids.generate()?);
+        let metrics = GatewayMetrics::new();
         let presence = Presence::new(
             buckets,
             js.clone(),
@@ -74,6 +88,7 @@ impl Gateway {
             boot,
             Duration::from_millis(config.lease_ttl_ms),
             bus.partitions,
+            &metrics,
         );
         // The lease goes first: sessions registered before it would look stale.
         presence.put_lease().await?;
@@ -81,7 +96,6 @@ impl Gateway {
         let listener = TcpListener::bind(config.listen_addr).await?;
         let addr = listener.local_addr()?;
         let routed_from = plumbing::bus::heads(&js, bus.partitions).await;
-        let metrics = GatewayMetrics::new();
         let replayer = Replayer {
             history_floor: HistoryFloor::new(streams),
             partitions: bus.partitions,
@@ -153,10 +167,12 @@ pub async fn run(
     nats: async_nats::Client,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    Gateway::start(config, bus, nats, shutdown)
+    let liveness = plumbing::bus::connect(bus, Role::Gateway, "natter-gateway-liveness").await?;
+    Gateway::start(config, bus, nats, liveness.clone(), shutdown)
         .await?
         .wait()
         .await;
+    let _ = liveness.drain().await;
     Ok(())
 }
 

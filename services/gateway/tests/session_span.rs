@@ -97,9 +97,16 @@ async fn a_sessions_warning_names_its_user_and_connection_at_info_level() {
         ..Default::default()
     };
     let stop = CancellationToken::new();
-    let gw = gateway::Gateway::start(config, &BusConfig::default(), client, stop.clone())
-        .await
-        .unwrap();
+    let liveness = nats.client_as(Role::Gateway).await.unwrap();
+    let gw = gateway::Gateway::start(
+        config,
+        &BusConfig::default(),
+        client,
+        liveness,
+        stop.clone(),
+    )
+    .await
+    .unwrap();
     let url = format!("ws://{}/v1/ws", gw.addr);
     let token = gateway::mint_token(SECRET, "alice", 3600);
     let mut alice = Connection::connect(&url, &token, Encoding::Json)

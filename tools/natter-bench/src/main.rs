@@ -134,6 +134,10 @@ enum Scenario {
         /// Messages waiting for each of them.
         #[arg(long, default_value_t = 5)]
         per_client: usize,
+        /// Also runs natter's storm with the gateway's lease written over its main NATS
+        /// connection (as before it had one of its own), for the lease-write figures.
+        #[arg(long)]
+        lease_baseline: bool,
     },
     /// Routing throughput and CPU per message with more routing instances (`natter-chat`
     /// processes next to natter-bench), draining a backlog on a 3-node cluster.
@@ -241,7 +245,8 @@ async fn main() -> anyhow::Result<()> {
             backlog,
             clients,
             per_client,
-        } => resync::run(backlog, clients, per_client, &peers, &out).await,
+            lease_baseline,
+        } => resync::run(backlog, clients, per_client, lease_baseline, &peers, &out).await,
     }
 }
 

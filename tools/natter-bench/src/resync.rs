@@ -8,6 +8,9 @@
 //!
 //! Backlogs are written straight into the messages stream (as ingest would), so the figures
 //! are about the replay, not about sending.
+//!
+//! During the storm the gateway refreshes its lease every second (a 3 s TTL): the figure
+//! says how long those liveness writes took while replays filled the bus.
 
 use std::time::Instant;
 
@@ -24,24 +27,32 @@ pub async fn run(
     backlog: usize,
     clients: usize,
     per_client: usize,
+    lease_baseline: bool,
     peer_names: &[String],
     out: &crate::report::Output,
 ) -> anyhow::Result<()> {
-    let report = Report::new(out, (2 + peer_names.len()) as u64)?;
-    let stack = Stack::new()
-        .gateway_config(|g| {
-            g.heartbeat_timeout_ms = 600_000;
-            g.max_connections = clients + 100;
-        })
-        .start()
-        .await;
+    let steps = 2 + lease_baseline as u64 + peer_names.len() as u64;
+    let report = Report::new(out, steps)?;
+    let stack = natter_stack(clients, false).await;
     report.step(format!("natter: one device draining {backlog} messages"));
     drain(&stack, backlog, &report).await?;
     report.done();
     report.step(format!("natter: storm of {clients} clients"));
-    let mut storms = vec![("natter", storm(&stack, clients, per_client, &report).await?)];
+    let took = storm(&stack, "natter", clients, per_client, &report).await?;
+    let mut storms = vec![("natter", took)];
     report.done();
-    drop(stack);
+    stack.stop().await;
+    if lease_baseline {
+        report.step(format!(
+            "natter, lease on the main connection: storm of {clients} clients"
+        ));
+        let stack = natter_stack(clients, true).await;
+        let system = "natter, lease on the main connection";
+        let took = storm(&stack, system, clients, per_client, &report).await?;
+        storms.push((system, took));
+        report.done();
+        stack.stop().await;
+    }
     // The peers one at a time, each with the machine to itself.
     for name in peer_names {
         report.step(format!("{name}: storm of {clients} clients"));
@@ -72,6 +83,69 @@ pub async fn run(
     }
     report.finish(&[table], &[]);
     Ok(())
+}
+
+/// A stack for `clients` devices (with the gateway's lease on its main NATS connection when
+/// `lease_on_main`).
+async fn natter_stack(clients: usize, lease_on_main: bool) -> Stack {
+    let stack = Stack::new().gateway_config(|g| {
+        g.heartbeat_timeout_ms = 600_000;
+        g.max_connections = clients + 100;
+        g.lease_ttl_ms = LEASE_TTL_MS;
+    });
+    match lease_on_main {
+        true => stack.lease_on_main_connection(),
+        false => stack,
+    }
+    .start()
+    .await
+}
+
+/// The gateway's lease TTL here: refreshed every third of it.
+const LEASE_TTL_MS: u64 = 3_000;
+
+/// Lease writes counted by the gateway's `natter_gateway_lease_write_seconds`: cumulative
+/// counts per bucket bound, and failures.
+struct LeaseWrites {
+    buckets: Vec<(f64, u64)>,
+    count: u64,
+    failures: u64,
+}
+
+impl LeaseWrites {
+    async fn read(stack: &Stack) -> Self {
+        let text = stack.gateways[0].http_get("/metrics").await;
+        let value = |line: &str| line.rsplit(' ').next().and_then(|v| v.parse().ok());
+        let mut writes = Self {
+            buckets: Vec::new(),
+            count: 0,
+            failures: 0,
+        };
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("natter_gateway_lease_write_seconds_bucket{le=\"")
+                && let Some((bound, _)) = rest.split_once('"')
+                && let (Ok(bound), Some(n)) = (bound.parse::<f64>(), value(line))
+            {
+                writes.buckets.push((bound, n));
+            } else if line.starts_with("natter_gateway_lease_write_seconds_count ") {
+                writes.count = value(line).unwrap_or(0);
+            } else if line.starts_with("natter_gateway_lease_write_failures_total ") {
+                writes.failures = value(line).unwrap_or(0);
+            }
+        }
+        writes
+    }
+
+    /// The bucket bound under which a share `q` of the writes since `before` took.
+    fn quantile_bound(&self, before: &Self, q: f64) -> Option<f64> {
+        let count = self.count - before.count;
+        let wanted = (count as f64 * q).ceil() as u64;
+        self.buckets
+            .iter()
+            .zip(&before.buckets)
+            .find(|((_, n), (_, m))| n - m >= wanted)
+            .map(|((bound, _), _)| *bound)
+    }
 }
 
 /// Where live traffic starts for a new device of `user`.
@@ -179,6 +253,7 @@ async fn drain(stack: &Stack, n: usize, report: &Report) -> anyhow::Result<()> {
 
 async fn storm(
     stack: &Stack,
+    system: &str,
     clients: usize,
     per_client: usize,
     report: &Report,
@@ -188,6 +263,7 @@ async fn storm(
     backlog(stack, "storm-source", &users, per_client).await?;
     settle(stack).await?;
 
+    let leases_before = LeaseWrites::read(stack).await;
     let started = Instant::now();
     let resyncs = users.iter().map(|user| {
         let cursor = cursor.clone();
@@ -208,6 +284,7 @@ async fn storm(
     });
     let done = futures::future::join_all(resyncs).await;
     let all = started.elapsed();
+    let leases = LeaseWrites::read(stack).await;
     let mut times_us = Vec::with_capacity(clients);
     let mut conns = Vec::with_capacity(clients);
     for r in done {
@@ -218,13 +295,31 @@ async fn storm(
     times_us.sort_unstable();
     let p = crate::percentile_ms;
     report.measurement(
-        serde_json::json!({"scenario": "storm", "clients": clients, "backlog_per_client": per_client,
+        serde_json::json!({"scenario": "storm", "system": system, "clients": clients, "backlog_per_client": per_client,
             "all_resynced_s": all.as_secs_f64(), "p50_ms": p(&times_us, 0.5), "p99_ms": p(&times_us, 0.99)}),
         format!(
-            "storm: {clients} clients with {per_client} messages each reconnected at once; all \
+            "storm {system}: {clients} clients with {per_client} messages each reconnected at once; all \
              resynced in {all:.2?} (per client p50 {:.0} ms, p99 {:.0} ms)",
             p(&times_us, 0.5),
             p(&times_us, 0.99)
+        ),
+    );
+    let writes = leases.count - leases_before.count;
+    let bound = |q| match leases.quantile_bound(&leases_before, q) {
+        _ if writes == 0 => "-".to_string(),
+        Some(b) => format!("{b} s"),
+        None => "over 10 s".into(),
+    };
+    let failures = leases.failures - leases_before.failures;
+    report.measurement(
+        serde_json::json!({"scenario": "storm_lease_writes", "system": system, "clients": clients, "writes": writes,
+            "failures": failures, "p50_le_s": leases.quantile_bound(&leases_before, 0.5),
+            "max_le_s": leases.quantile_bound(&leases_before, 1.0)}),
+        format!(
+            "storm {system}: {writes} lease writes during it ({failures} failed), half within {}, all \
+             within {}",
+            bound(0.5),
+            bound(1.0)
         ),
     );
     drop(conns);

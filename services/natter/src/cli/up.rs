@@ -42,6 +42,7 @@ pub async fn up(mut config: NatterConfig) -> anyhow::Result<()> {
         connect(Role::Notifier).await?,
         connect(Role::Gateway).await?,
     );
+    let gateway_liveness = connect(Role::Gateway).await?;
     // The chat service stops only after the gateway has closed its sessions, so sends made
     // during the drain are still answered.
     let chat_shutdown = tokio_util::sync::CancellationToken::new();
@@ -77,6 +78,7 @@ pub async fn up(mut config: NatterConfig) -> anyhow::Result<()> {
         config.gateway.clone(),
         &config.bus,
         gateway_nats.clone(),
+        gateway_liveness.clone(),
         shutdown.clone(),
     )
     .await?;
@@ -116,7 +118,13 @@ pub async fn up(mut config: NatterConfig) -> anyhow::Result<()> {
     let _ = tokio::time::timeout(Duration::from_secs(10), history.wait()).await;
     notifier_shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(10), notifier.wait()).await;
-    for nats in [gateway_nats, chat_nats, history_nats, notifier_nats] {
+    for nats in [
+        gateway_nats,
+        gateway_liveness,
+        chat_nats,
+        history_nats,
+        notifier_nats,
+    ] {
         let _ = nats.drain().await;
     }
     if let Some(mut server) = local_nats {
