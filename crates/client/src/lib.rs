@@ -20,6 +20,9 @@ pub enum ConnectError {
     /// The server refused the handshake with this HTTP status (401: bad token).
     #[error("handshake refused with HTTP {0}")]
     Refused(u16),
+    /// 503 with `Retry-After`: the gateway is catching other devices up; come back then.
+    #[error("gateway busy; retry in {0:?}")]
+    Busy(std::time::Duration),
     #[error("connection failed: {0}")]
     Transport(#[from] tungstenite::Error),
 }
@@ -104,6 +107,8 @@ impl Connection {
                 Err(ConnectError::Refused(status)) if (400..500).contains(&status) => {
                     return Err(ConnectError::Refused(status));
                 }
+                // The gateway said when: the backoff goes on from where it was.
+                Err(ConnectError::Busy(retry_after)) => tokio::time::sleep(retry_after).await,
                 Err(_) => {
                     let delay = backoff.next_delay(&mut rand::rng());
                     tokio::time::sleep(delay).await;
@@ -124,7 +129,16 @@ impl Connection {
                 cursor: None,
             }),
             Err(tungstenite::Error::Http(resp)) => {
-                Err(ConnectError::Refused(resp.status().as_u16()))
+                let retry_after = resp
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+                match (resp.status().as_u16(), retry_after) {
+                    (503, Some(secs)) => {
+                        Err(ConnectError::Busy(std::time::Duration::from_secs(secs)))
+                    }
+                    (status, _) => Err(ConnectError::Refused(status)),
+                }
             }
             Err(e) => Err(e.into()),
         }

@@ -69,6 +69,10 @@ pub struct GatewayConfig {
     pub sync_page: usize,
     /// Replays running at once on this gateway; more wait their turn (reconnect storms).
     pub sync_concurrency: usize,
+    /// A device resuming with a cursor that would wait longer than this for its replay to
+    /// start (the queue times the measured pace) is refused with 503 and `Retry-After`
+    /// instead. 0 admits everyone.
+    pub sync_wait_max_ms: u64,
     /// Browser origins (`https://chat.example.com`) whose pages may open a WebSocket. A
     /// handshake carrying any other `Origin` is refused with 403; clients that are not
     /// browsers send none and are not affected. Empty (the default) allows no browser page,
@@ -125,6 +129,7 @@ impl Default for GatewayConfig {
             sync_max_messages: 10_000,
             sync_page: 256,
             sync_concurrency: 64,
+            sync_wait_max_ms: 10_000,
             allowed_origins: Vec::new(),
             web_client: false,
             dev_tokens: false,

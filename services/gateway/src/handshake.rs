@@ -116,6 +116,19 @@ pub fn respond(
     {
         return refuse(HandshakeRefusal::TooManyForUser);
     }
+    // A device with a cursor starts with a replay: if it would wait too long for one, it is
+    // told when to come back instead (see `replay::admission`).
+    if let Some(Some(_)) = &resume
+        && let Some(retry_after) = state.replayer.admission.retry_after()
+    {
+        state.metrics.replays_deferred.inc();
+        let mut res = refuse(HandshakeRefusal::CatchingUp);
+        res.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(retry_after.as_secs().max(1)),
+        );
+        return res;
+    }
     let Some(on_upgrade) = slot.and_then(|s| s.take()) else {
         return refuse(HandshakeRefusal::NotUpgradable);
     };

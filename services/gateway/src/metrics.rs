@@ -27,6 +27,9 @@ pub struct GatewayMetrics {
     pub replay_gaps: Counter,
     pub replayed: Counter,
     pub delivery_gaps: Counter,
+    pub jetstream_api_requests: Counter,
+    pub replays_waiting: Gauge,
+    pub replays_deferred: Counter,
     pub lease_writes: Histogram,
     pub lease_write_failures: Counter,
 }
@@ -101,6 +104,18 @@ impl GatewayMetrics {
             delivery_gaps: m.counter(
                 "natter_gateway_delivery_gaps_total",
                 "lost deliveries noticed (a gap in the router's numbering); sessions replayed",
+            ),
+            jetstream_api_requests: m.counter(
+                "natter_gateway_jetstream_api_requests_total",
+                "JetStream API requests made by replays (stream info, consumer creation and deletion; not direct gets or fetches)",
+            ),
+            replays_waiting: m.gauge(
+                "natter_gateway_replays_waiting",
+                "replay steps waiting for one of the sync_concurrency slots",
+            ),
+            replays_deferred: m.counter(
+                "natter_gateway_replays_deferred_total",
+                "connections with a cursor refused with 503 and Retry-After because the replay queue would keep them waiting over sync_wait_max_ms",
             ),
             lease_writes: m.histogram(
                 "natter_gateway_lease_write_seconds",

@@ -136,6 +136,9 @@ pub enum HandshakeRefusal {
     NoBus,
     #[error("gateway is full")]
     Full,
+    /// Replays are queued for longer than `sync_wait_max_ms`: come back after `Retry-After`.
+    #[error("gateway is busy catching devices up; retry after the Retry-After seconds")]
+    CatchingUp,
     #[error("too many connections for this user")]
     TooManyForUser,
     #[error("connection cannot be upgraded")]
@@ -151,7 +154,7 @@ impl HandshakeRefusal {
             Unauthenticated => http::StatusCode::UNAUTHORIZED,
             TooManyForUser => http::StatusCode::TOO_MANY_REQUESTS,
             Origin => http::StatusCode::FORBIDDEN,
-            ShuttingDown | NoBus | Full => http::StatusCode::SERVICE_UNAVAILABLE,
+            ShuttingDown | NoBus | Full | CatchingUp => http::StatusCode::SERVICE_UNAVAILABLE,
             NotAnUpgrade | NoKey | BadCursor | Subprotocol | NotUpgradable => {
                 http::StatusCode::BAD_REQUEST
             }

@@ -104,9 +104,17 @@ impl Gateway {
             max_messages: config.sync_max_messages,
             page: config.sync_page.max(1),
             permits: tokio::sync::Semaphore::new(config.sync_concurrency.max(1)),
+            admission: crate::replay::Admission::new(
+                Duration::from_millis(config.sync_wait_max_ms),
+                metrics.replays_waiting.clone(),
+            ),
             metrics: metrics.clone(),
             direct_gets: crate::replay::DirectGets::start(nats.clone()).await?,
-            stream_head: crate::replay::StreamHead::new(js.clone(), bus.partitions),
+            stream_head: crate::replay::StreamHead::new(
+                js.clone(),
+                bus.partitions,
+                metrics.jetstream_api_requests.clone(),
+            ),
         };
         let local = Arc::new(Local::new(
             gateway.clone(),

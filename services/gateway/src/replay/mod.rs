@@ -40,10 +40,12 @@
 //! running at once on one gateway are bounded, so a reconnect storm queues here instead of
 //! overloading JetStream.
 
+mod admission;
 mod direct_get;
 mod sources;
 mod stream_head;
 
+pub use admission::Admission;
 pub use direct_get::DirectGets;
 pub use stream_head::StreamHead;
 
@@ -96,6 +98,7 @@ pub struct Replayer {
     /// Messages read per turn.
     pub page: usize,
     pub permits: Semaphore,
+    pub admission: Admission,
     pub metrics: GatewayMetrics,
     pub direct_gets: Arc<DirectGets>,
     pub stream_head: StreamHead,
@@ -140,16 +143,18 @@ impl Replayer {
     /// messages back until the replay ends.
     pub async fn turn(&self, replay: Replay) -> anyhow::Result<Turn> {
         let turn = {
+            let queued = self.admission.queued();
             let _permit = self.permits.acquire().await?;
+            drop(queued);
             let turn = async {
                 match replay {
                     Replay::Start { user, cursor } => self.start(user, cursor).await,
                     Replay::Reading(reading) => self.read(*reading).await,
                 }
             };
-            tokio::time::timeout(TURN_TIMEOUT, turn)
-                .await
-                .map_err(|_| anyhow::anyhow!("replay turn timed out"))??
+            let turn = tokio::time::timeout(TURN_TIMEOUT, turn).await;
+            self.admission.finished_step();
+            turn.map_err(|_| anyhow::anyhow!("replay turn timed out"))??
         };
         // A `synced` that sends the device to history waits (outside the permit) until the
         // history it will fetch holds everything up to its cursor.
@@ -203,7 +208,8 @@ impl Replayer {
             }
             None => {
                 self.metrics.replays_with_consumers.inc();
-                sources::consumers(&streams, &user, &small, &cursor, &head).await?
+                let api = &self.metrics.jetstream_api_requests;
+                sources::consumers(&streams, &user, &small, &cursor, &head, api).await?
             }
         };
         let mut reading = Reading {
@@ -273,6 +279,7 @@ impl Replayer {
                     k,
                     subjects::message(c, self.partitions),
                     cursor.seqs[k as usize] + 1,
+                    self.metrics.jetstream_api_requests.clone(),
                 )
             })
             .collect();

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
 use futures::StreamExt;
+use plumbing::Counter;
 use protocol::payloads::StoredMessage;
 use protocol::{ConversationId, Cursor, UserId, subjects};
 
@@ -29,6 +30,8 @@ pub struct Source {
     pending: u64,
     /// Nothing more to read from it (up to the replay's head).
     exhausted: bool,
+    /// Counts the JetStream API requests it makes (consumer creation and deletion).
+    api: Counter,
 }
 
 enum Reader {
@@ -44,7 +47,13 @@ enum Reader {
 impl Source {
     /// A conversation's subject, from `from` on. Until its first read it is assumed to hold
     /// something.
-    pub fn subject(reads: Arc<DirectGets>, partition: u32, subject: String, from: u64) -> Self {
+    pub fn subject(
+        reads: Arc<DirectGets>,
+        partition: u32,
+        subject: String,
+        from: u64,
+        api: Counter,
+    ) -> Self {
         Self {
             partition,
             reader: Reader::Subject {
@@ -55,6 +64,7 @@ impl Source {
             buffered: VecDeque::new(),
             pending: 1,
             exhausted: false,
+            api,
         }
     }
 
@@ -110,7 +120,7 @@ impl Source {
             && self.pending > LONG_BACKLOG
         {
             let filters = std::slice::from_ref(subject);
-            let mut source = open(stream, self.partition, filters, *next).await?;
+            let mut source = open(stream, self.partition, filters, *next, self.api.clone()).await?;
             source.buffered = std::mem::take(&mut self.buffered);
             *self = source;
         }
@@ -169,6 +179,7 @@ impl Source {
         if let Reader::Consumer(consumer) = self.reader {
             let name = consumer.cached_info().name.clone();
             let stream = stream.clone();
+            self.api.inc();
             tokio::spawn(async move {
                 let _ = stream.delete_consumer(&name).await;
             });
@@ -193,6 +204,7 @@ pub async fn consumers(
     small: &[ConversationId],
     cursor: &Cursor,
     head: &Cursor,
+    api: &Counter,
 ) -> anyhow::Result<Vec<Source>> {
     let partitions = streams.len() as u32;
     let mut wanted = Vec::new();
@@ -213,7 +225,7 @@ pub async fn consumers(
     let opened = futures::future::join_all(
         wanted
             .iter()
-            .map(|(k, f, from)| open(&streams[*k as usize], *k, f, *from)),
+            .map(|(k, f, from)| open(&streams[*k as usize], *k, f, *from, api.clone())),
     )
     .await;
     if opened.iter().any(Result::is_err) {
@@ -232,11 +244,13 @@ async fn open(
     partition: u32,
     filters: &[String],
     from: u64,
+    api: Counter,
 ) -> anyhow::Result<Source> {
     let (filter_subject, filter_subjects) = match filters {
         [one] => (one.clone(), Vec::new()),
         many => (String::new(), many.to_vec()),
     };
+    api.inc();
     let consumer = stream
         .create_consumer(consumer::pull::Config {
             filter_subject,
@@ -258,5 +272,6 @@ async fn open(
         buffered: VecDeque::new(),
         pending,
         exhausted: pending == 0,
+        api,
     })
 }

@@ -11,6 +11,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_nats::jetstream;
+use plumbing::Counter;
 use protocol::subjects;
 
 type Read = Result<Vec<jetstream::stream::Stream>, String>;
@@ -24,11 +25,14 @@ pub struct StreamHead {
     reading: tokio::sync::Mutex<()>,
     /// The newest read: the number it started as, and what it returned.
     last: Mutex<Option<(u64, Read)>>,
+    /// Counts the stream-info requests.
+    api: Counter,
 }
 
 impl StreamHead {
-    pub fn new(js: jetstream::Context, partitions: u32) -> Self {
+    pub fn new(js: jetstream::Context, partitions: u32, api: Counter) -> Self {
         Self {
+            api,
             js,
             partitions,
             started: AtomicU64::new(0),
@@ -48,6 +52,7 @@ impl StreamHead {
             return read.clone().map_err(|e| anyhow::anyhow!(e));
         }
         let n = self.started.fetch_add(1, Ordering::SeqCst) + 1;
+        self.api.add(self.partitions as u64);
         let reads = (0..self.partitions).map(|k| self.js.get_stream(subjects::messages_stream(k)));
         let read: Read = futures::future::try_join_all(reads)
             .await

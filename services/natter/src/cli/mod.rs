@@ -192,6 +192,10 @@ pub fn connect_advice(url: &str, user: Option<&str>, e: &ConnectError) -> anyhow
             "{url} refused the connection (503): the gateway is shutting down or full \
              (max_connections) — retry shortly, or use another gateway"
         ),
+        ConnectError::Busy(retry_after) => anyhow!(
+            "{url} is busy catching other devices up after a reconnect storm — retry in \
+             {retry_after:?}"
+        ),
         ConnectError::Refused(404) => {
             anyhow!("nothing at {url} (404) — natter's WebSocket path is /v1/ws")
         }
