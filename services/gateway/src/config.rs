@@ -129,7 +129,7 @@ impl Default for GatewayConfig {
             sync_max_messages: 10_000,
             sync_page: 256,
             sync_concurrency: 64,
-            sync_wait_max_ms: 10_000,
+            sync_wait_max_ms: 30_000,
             allowed_origins: Vec::new(),
             web_client: false,
             dev_tokens: false,
