@@ -120,6 +120,111 @@ async fn a_nats_restart_mid_traffic_loses_nothing_and_stores_nothing_twice() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_an_outage_a_gateways_sessions_replay_from_one_shared_read() {
+    const USERS: usize = 60;
+    const IN_GROUP: usize = 20;
+    let mut stack = Stack::new()
+        .gateway_config(|c| {
+            c.lease_ttl_ms = LEASE_TTL.as_millis() as u64;
+            c.send_timeout_ms = 1_000;
+        })
+        .chat_config(|c| c.group_adds = chat::GroupAdds::Anyone)
+        .start()
+        .await;
+    let link = Link::start(&stack.nats.url()).await;
+    let cut_off = stack.start_gateway_via("gw-cut", &link.url()).await;
+    let mut alice = stack.connect("alice", 0).await;
+    let users: Vec<String> = (0..USERS).map(|i| format!("m{i:02}")).collect();
+    let mut devices = Vec::new();
+    for user in &users {
+        devices.push(stack.connect(user, cut_off).await);
+    }
+    alice
+        .group(
+            "create",
+            protocol::GroupOp::Create {
+                name: "some of them".into(),
+                members: users[..IN_GROUP].to_vec(),
+            },
+        )
+        .await
+        .unwrap();
+    let group = match testkit::expect_answer(&mut alice, "create").await {
+        ServerFrame::Group { group, .. } => group,
+        other => panic!("no group: {other:?}"),
+    };
+    // Everything so far reached the devices: the group's creation, then a hello each.
+    for (user, device) in users.iter().zip(&mut devices) {
+        let hello = send_to(&mut alice, user, "hello").await;
+        while expect_message(device).await.id != hello {}
+    }
+
+    let gw = &stack.gateways[cut_off];
+    let replays_alone = || async {
+        gw.metric("natter_gateway_replays_direct_total").await
+            + gw.metric("natter_gateway_replays_with_consumers_total")
+                .await
+    };
+    let alone_before = replays_alone().await;
+    cut(&link, gw).await;
+    let mut missed: Vec<Vec<MessageId>> = Vec::new();
+    for user in &users {
+        missed.push(vec![send_to(&mut alice, user, "while cut off").await]);
+    }
+    let mut posts = Vec::new();
+    for i in 0..2 {
+        let cid = format!("post{i}");
+        alice
+            .send_group(group.group.as_str(), &cid, "to the group")
+            .await
+            .unwrap();
+        posts.push(expect_sent(&mut alice, &cid).await.id);
+    }
+    link.restore();
+
+    // Each device gets exactly what it missed, unasked, in order.
+    for (i, device) in devices.iter_mut().enumerate() {
+        let (replayed, synced) = expect_synced(device).await;
+        assert!(synced.recovered);
+        let mut expected = missed[i].clone();
+        if i < IN_GROUP {
+            expected.extend(&posts);
+        }
+        let got: Vec<MessageId> = replayed.iter().map(|m| m.id).collect();
+        let group_order: Vec<MessageId> = got
+            .iter()
+            .filter(|id| posts.contains(id))
+            .copied()
+            .collect();
+        let (mut got, mut want) = (got, expected);
+        got.sort();
+        want.sort();
+        assert_eq!(got, want, "{}", users[i]);
+        if i < IN_GROUP {
+            assert_eq!(group_order, posts, "{}: the group in order", users[i]);
+        }
+        assert!(replayed.iter().all(|m| m.cursor.is_some()));
+    }
+    // From one read of the gap (or a few, as sessions asked while one was under way), not
+    // one replay of JetStream and history per session.
+    let reads = gw.metric("natter_gateway_gap_reads_total").await;
+    assert!((1..=3).contains(&reads), "{reads} shared reads");
+    assert!(gw.metric("natter_gateway_replays_shared_total").await >= USERS as i64);
+    assert_eq!(
+        replays_alone().await,
+        alone_before,
+        "no session replayed on its own"
+    );
+}
+
+/// Sends to `to` and waits for SENT.
+async fn send_to(alice: &mut Connection, to: &str, body: &str) -> MessageId {
+    let cid = format!("{to}-{body}").replace(' ', "-");
+    alice.send(to, &cid, body).await.unwrap();
+    expect_sent(alice, &cid).await.id
+}
+
 /// Pings and waits for the matching pong.
 async fn pong(conn: &mut Connection, ts: u64) {
     conn.ping(Some(ts)).await.unwrap();

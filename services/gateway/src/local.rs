@@ -61,7 +61,7 @@ impl Local {
     /// are released when it ends).
     pub fn resync_all(&self, after: Cursor) {
         for (_, handle) in self.registry.all() {
-            handle.outbox.resync_after(after.clone());
+            handle.outbox.resync_with_all_after(after.clone());
         }
     }
 

@@ -28,6 +28,8 @@ pub struct GatewayMetrics {
     pub replayed: Counter,
     pub delivery_gaps: Counter,
     pub jetstream_api_requests: Counter,
+    pub replays_shared: Counter,
+    pub gap_reads: Counter,
     pub replays_waiting: Gauge,
     pub replays_deferred: Counter,
     pub lease_writes: Histogram,
@@ -108,6 +110,14 @@ impl GatewayMetrics {
             jetstream_api_requests: m.counter(
                 "natter_gateway_jetstream_api_requests_total",
                 "JetStream API requests made by replays (stream info, consumer creation and deletion; not direct gets or fetches)",
+            ),
+            replays_shared: m.counter(
+                "natter_gateway_replays_shared_total",
+                "replays after a NATS outage served from the gateway's one shared read of the gap",
+            ),
+            gap_reads: m.counter(
+                "natter_gateway_gap_reads_total",
+                "reads of what the gateway may have missed during a NATS outage, shared by its sessions",
             ),
             replays_waiting: m.gauge(
                 "natter_gateway_replays_waiting",

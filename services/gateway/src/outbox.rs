@@ -70,6 +70,9 @@ struct State {
     resync: Option<Cursor>,
     /// The resync waits until then (it retries a replay that failed).
     resync_not_before: Option<Instant>,
+    /// Every session of the gateway was asked for the same resync (after a NATS outage):
+    /// it may be served from one read shared by all (`replay::gap_read`).
+    resync_shared: bool,
 }
 
 #[derive(Default)]
@@ -267,6 +270,7 @@ impl Outbox {
                     Some(after) => {
                         state.held = Some(Held::default());
                         state.resync = Some(after);
+                        state.resync_shared = false;
                     }
                     None => {
                         state.frames = VecDeque::new();
@@ -292,12 +296,27 @@ impl Outbox {
     /// Asks the session to replay its user's messages after `after` (the earliest asked for
     /// wins until the session takes it).
     pub fn resync_after(&self, after: Cursor) {
+        self.ask_resync(after, false);
+    }
+
+    /// Asks, like [`resync_after`](Self::resync_after), for the replay every session of the
+    /// gateway is asked for at once, from the same `after`: it may share one read.
+    pub fn resync_with_all_after(&self, after: Cursor) {
+        self.ask_resync(after, true);
+    }
+
+    fn ask_resync(&self, after: Cursor, shared: bool) {
         let mut state = self.state.lock().unwrap();
         state.held.get_or_insert_with(Held::default);
-        state.resync = Some(match state.resync.take() {
-            Some(c) if c.epoch == after.epoch && c.seqs.len() == after.seqs.len() => c.min(&after),
-            _ => after,
-        });
+        let (resync, shared) = match state.resync.take() {
+            Some(c) if c.epoch == after.epoch && c.seqs.len() == after.seqs.len() => {
+                let same = c == after;
+                (c.min(&after), same && shared && state.resync_shared)
+            }
+            _ => (after, shared),
+        };
+        state.resync = Some(resync);
+        state.resync_shared = shared;
         drop(state);
         self.notify.notify_one();
     }
@@ -331,14 +350,16 @@ impl Outbox {
         self.notify.notify_one();
     }
 
-    /// The pending resync request, if any and not paused.
-    pub fn take_resync(&self) -> Option<Cursor> {
+    /// The pending resync request, if any and not paused, and whether every session of the
+    /// gateway was asked for it (see [`resync_with_all_after`](Self::resync_with_all_after)).
+    pub fn take_resync(&self) -> Option<(Cursor, bool)> {
         let mut state = self.state.lock().unwrap();
         if state.resync_not_before.is_some_and(|t| Instant::now() < t) {
             return None;
         }
         state.resync_not_before = None;
-        state.resync.take()
+        let shared = std::mem::take(&mut state.resync_shared);
+        state.resync.take().map(|c| (c, shared))
     }
 
     /// Asks the session to close with `code` after sending what is already queued.
@@ -400,6 +421,14 @@ mod tests {
             Encoding::Json,
             Arc::new(RoutedUpto::new(None, 2)),
         )
+    }
+
+    /// A two-partition cursor of epoch 1.
+    fn cursor(a: u64, b: u64) -> Cursor {
+        Cursor {
+            epoch: 1,
+            seqs: vec![a, b],
+        }
     }
 
     /// A routed message of partition `partition` at `seq`.
@@ -468,13 +497,13 @@ mod tests {
     #[test]
     fn a_resync_request_waits_for_the_session_and_the_earliest_wins() {
         let outbox = outbox(8, 1024);
-        let cursor = |a, b| Cursor {
-            epoch: 1,
-            seqs: vec![a, b],
-        };
         outbox.resync_after(cursor(7, 3));
         outbox.resync_after(cursor(5, 4));
-        assert_eq!(outbox.take_resync(), Some(cursor(5, 3)), "per partition");
+        assert_eq!(
+            outbox.take_resync(),
+            Some((cursor(5, 3), false)),
+            "per partition"
+        );
         assert_eq!(outbox.take_resync(), None);
         // A failed replay's retry waits out its pause; requests meanwhile join it.
         outbox.resync_after_pause(cursor(4, 4), Duration::from_secs(3600));
@@ -482,7 +511,22 @@ mod tests {
         assert_eq!(outbox.take_resync(), None, "paused");
         let outbox = self::outbox(8, 1024);
         outbox.resync_after_pause(cursor(4, 4), Duration::ZERO);
-        assert_eq!(outbox.take_resync(), Some(cursor(4, 4)));
+        assert_eq!(outbox.take_resync(), Some((cursor(4, 4), false)));
+    }
+
+    #[test]
+    fn a_resync_asked_of_every_session_is_shared_unless_another_joins_it() {
+        let outbox = outbox(8, 1024);
+        outbox.resync_with_all_after(cursor(3, 3));
+        outbox.resync_with_all_after(cursor(3, 3));
+        assert_eq!(outbox.take_resync(), Some((cursor(3, 3), true)));
+        // A request of this session's own, from elsewhere, makes the replay its own.
+        outbox.resync_with_all_after(cursor(3, 3));
+        outbox.resync_after(cursor(2, 5));
+        assert_eq!(outbox.take_resync(), Some((cursor(2, 3), false)));
+        outbox.resync_after(cursor(2, 5));
+        outbox.resync_with_all_after(cursor(3, 3));
+        assert_eq!(outbox.take_resync(), Some((cursor(2, 3), false)));
     }
 
     #[test]
@@ -571,7 +615,7 @@ mod tests {
         // head is replayed by another, and live messages stay held meanwhile.
         outbox.covered_upto(Cursor::head(1, 6, 2));
         outbox.release();
-        assert_eq!(outbox.take_resync(), Some(Cursor::head(1, 6, 2)));
+        assert_eq!(outbox.take_resync(), Some((Cursor::head(1, 6, 2), false)));
         assert!(outbox.push_routed(&routed("10"), at(0, 10)));
         assert_eq!(drained(&outbox), [], "held for the next replay");
         outbox.covered_upto(Cursor::head(1, 9, 2));
@@ -608,7 +652,7 @@ mod tests {
         outbox.covered_upto(Cursor::head(1, 6, 2));
         outbox.release();
         assert_eq!(drained(&outbox), []);
-        let after = outbox.take_resync().expect("the partition's replay");
+        let (after, _) = outbox.take_resync().expect("the partition's replay");
         assert_eq!(after.seqs, [5, 4]);
         outbox.covered_upto(Cursor::head(1, 6, 2));
         outbox.release();

@@ -31,6 +31,10 @@ use crate::replay::Replayer;
 use crate::reregister;
 use crate::state::GatewayState;
 
+/// The most messages one shared read of a NATS outage's gap holds (about 10 MB at typical
+/// sizes); a longer gap is replayed by each session on its own.
+const GAP_READ_MAX_MESSAGES: u64 = 20_000;
+
 /// A running gateway.
 pub struct Gateway {
     /// Where it listens (useful with port 0).
@@ -110,6 +114,10 @@ impl Gateway {
             ),
             metrics: metrics.clone(),
             direct_gets: crate::replay::DirectGets::start(nats.clone()).await?,
+            gap_reads: crate::replay::GapReads::new(
+                GAP_READ_MAX_MESSAGES,
+                metrics.gap_reads.clone(),
+            ),
             stream_head: crate::replay::StreamHead::new(
                 js.clone(),
                 bus.partitions,

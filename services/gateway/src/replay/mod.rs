@@ -42,11 +42,13 @@
 
 mod admission;
 mod direct_get;
+mod gap_read;
 mod sources;
 mod stream_head;
 
 pub use admission::Admission;
 pub use direct_get::DirectGets;
+pub use gap_read::GapReads;
 pub use stream_head::StreamHead;
 
 use std::collections::HashMap;
@@ -56,7 +58,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, stream::DirectGetErrorKind};
 use futures::{StreamExt, TryStreamExt};
 use protocol::frames::ServerFrame;
-use protocol::payloads::{GroupRequest, HistoryQuery, HistoryRequest};
+use protocol::payloads::{GroupRequest, HistoryQuery, HistoryRequest, StoredMessage};
 use protocol::{
     ClientMsgId, ConversationId, Cursor, GroupId, GroupInfo, GroupOp, SyncGap, UserId, limits,
     subjects,
@@ -102,6 +104,7 @@ pub struct Replayer {
     pub metrics: GatewayMetrics,
     pub direct_gets: Arc<DirectGets>,
     pub stream_head: StreamHead,
+    pub gap_reads: GapReads,
 }
 
 /// Where a replay stands between turns of the session loop.
@@ -109,6 +112,9 @@ pub enum Replay {
     Start {
         user: UserId,
         cursor: Option<Cursor>,
+        /// Every session of the gateway asked for this replay from the same cursor: it may
+        /// come from one shared read ([`gap_read`]).
+        shared: bool,
     },
     Reading(Box<Reading>),
 }
@@ -148,7 +154,12 @@ impl Replayer {
             drop(queued);
             let turn = async {
                 match replay {
-                    Replay::Start { user, cursor } => self.start(user, cursor).await,
+                    Replay::Start {
+                        user,
+                        cursor: Some(cursor),
+                        shared: true,
+                    } => self.start_shared(user, cursor).await,
+                    Replay::Start { user, cursor, .. } => self.start(user, cursor).await,
                     Replay::Reading(reading) => self.read(*reading).await,
                 }
             };
@@ -230,6 +241,55 @@ impl Replayer {
         if pending > self.max_messages {
             let history = std::mem::take(&mut reading.history);
             reading.discard();
+            return Ok(done(head, Some(SyncGap::TooMany), history));
+        }
+        let mut turn = self.read(reading).await?;
+        turn.head = Some(head);
+        Ok(turn)
+    }
+
+    /// A replay every session of the gateway was asked for from `cursor`: its messages are
+    /// taken from one read of the gap shared by them all, or, if there is none, read as
+    /// usual.
+    async fn start_shared(&self, user: UserId, cursor: Cursor) -> anyhow::Result<Turn> {
+        let Some(gap) = self.gap_reads.read(&self.stream_head, &cursor).await else {
+            return self.start(user, Some(cursor)).await;
+        };
+        self.metrics.replays_shared.inc();
+        let head = gap.head.clone();
+        if cursor.seqs == head.seqs {
+            return Ok(done(head, None, Vec::new()));
+        }
+        let (small, history) = self.groups_of(&user).await?;
+        let small: std::collections::HashSet<&ConversationId> = small.iter().collect();
+        let sources = gap
+            .messages
+            .iter()
+            .enumerate()
+            .filter_map(|(k, messages)| {
+                let mine: std::collections::VecDeque<_> = messages
+                    .iter()
+                    .filter(|(_, m)| {
+                        let c = &m.message.conversation;
+                        c.has_participant(&user) || small.contains(c)
+                    })
+                    .map(|(seq, m)| (*seq, StoredMessage::clone(m)))
+                    .collect();
+                let api = self.metrics.jetstream_api_requests.clone();
+                (!mine.is_empty()).then(|| Source::preloaded(k as u32, mine, api))
+            })
+            .collect();
+        let reading = Reading {
+            streams: gap.streams.clone(),
+            sources,
+            from: cursor.clone(),
+            at: cursor,
+            head: head.clone(),
+            history,
+        };
+        let pending: u64 = reading.sources.iter().map(Source::waiting).sum();
+        if pending > self.max_messages {
+            let history = reading.history;
             return Ok(done(head, Some(SyncGap::TooMany), history));
         }
         let mut turn = self.read(reading).await?;

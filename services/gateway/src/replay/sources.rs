@@ -42,6 +42,8 @@ enum Reader {
         next: u64,
     },
     Consumer(Box<consumer::PullConsumer>),
+    /// Everything was read before (a shared gap read).
+    Done,
 }
 
 impl Source {
@@ -64,6 +66,22 @@ impl Source {
             buffered: VecDeque::new(),
             pending: 1,
             exhausted: false,
+            api,
+        }
+    }
+
+    /// Messages read already, in stream order: nothing more to read.
+    pub fn preloaded(
+        partition: u32,
+        messages: VecDeque<(u64, StoredMessage)>,
+        api: Counter,
+    ) -> Self {
+        Self {
+            partition,
+            reader: Reader::Done,
+            buffered: messages,
+            pending: 0,
+            exhausted: true,
             api,
         }
     }
@@ -170,6 +188,7 @@ impl Source {
                     }
                 }
             }
+            Reader::Done => self.exhausted = true,
         }
         Ok(())
     }

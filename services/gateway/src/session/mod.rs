@@ -179,6 +179,7 @@ impl Session {
             self.start_replay_turn(crate::replay::Replay::Start {
                 user: self.user.clone(),
                 cursor,
+                shared: false,
             });
         }
         let close = self.serve().await;
@@ -227,9 +228,9 @@ impl Session {
                         return Some(code);
                     }
                     if self.replay.is_none()
-                        && let Some(after) = self.handle.outbox.take_resync()
+                        && let Some((after, shared)) = self.handle.outbox.take_resync()
                     {
-                        self.start_replay(Some(after));
+                        self.start_replay(Some(after), shared);
                     }
                 }
                 Some(frames) = query::next_answer(&mut self.queries), if self.has_queries() => {
