@@ -71,8 +71,9 @@ struct State {
     /// The resync waits until then (it retries a replay that failed).
     resync_not_before: Option<Instant>,
     /// Every session of the gateway was asked for the same resync (after a NATS outage):
-    /// it may be served from one read shared by all (`replay::gap_read`).
-    resync_shared: bool,
+    /// it may be served from one read shared by all (`replay::gap_read`) that began after
+    /// this time (when the gateway asked).
+    resync_shared: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -270,7 +271,7 @@ impl Outbox {
                     Some(after) => {
                         state.held = Some(Held::default());
                         state.resync = Some(after);
-                        state.resync_shared = false;
+                        state.resync_shared = None;
                     }
                     None => {
                         state.frames = VecDeque::new();
@@ -308,12 +309,14 @@ impl Outbox {
     fn ask_resync(&self, after: Cursor, shared: bool) {
         let mut state = self.state.lock().unwrap();
         state.held.get_or_insert_with(Held::default);
+        let now = shared.then(Instant::now);
         let (resync, shared) = match state.resync.take() {
+            // Two requests of every session from the same position: a read after the later.
+            Some(c) if c == after => (c, now.and(state.resync_shared).and(now)),
             Some(c) if c.epoch == after.epoch && c.seqs.len() == after.seqs.len() => {
-                let same = c == after;
-                (c.min(&after), same && shared && state.resync_shared)
+                (c.min(&after), None)
             }
-            _ => (after, shared),
+            _ => (after, now),
         };
         state.resync = Some(resync);
         state.resync_shared = shared;
@@ -350,9 +353,10 @@ impl Outbox {
         self.notify.notify_one();
     }
 
-    /// The pending resync request, if any and not paused, and whether every session of the
-    /// gateway was asked for it (see [`resync_with_all_after`](Self::resync_with_all_after)).
-    pub fn take_resync(&self) -> Option<(Cursor, bool)> {
+    /// The pending resync request, if any and not paused, and, when every session of the
+    /// gateway was asked for it (see [`resync_with_all_after`](Self::resync_with_all_after)),
+    /// since when.
+    pub fn take_resync(&self) -> Option<(Cursor, Option<Instant>)> {
         let mut state = self.state.lock().unwrap();
         if state.resync_not_before.is_some_and(|t| Instant::now() < t) {
             return None;
@@ -501,7 +505,7 @@ mod tests {
         outbox.resync_after(cursor(5, 4));
         assert_eq!(
             outbox.take_resync(),
-            Some((cursor(5, 3), false)),
+            Some((cursor(5, 3), None)),
             "per partition"
         );
         assert_eq!(outbox.take_resync(), None);
@@ -511,22 +515,28 @@ mod tests {
         assert_eq!(outbox.take_resync(), None, "paused");
         let outbox = self::outbox(8, 1024);
         outbox.resync_after_pause(cursor(4, 4), Duration::ZERO);
-        assert_eq!(outbox.take_resync(), Some((cursor(4, 4), false)));
+        assert_eq!(outbox.take_resync(), Some((cursor(4, 4), None)));
     }
 
     #[test]
     fn a_resync_asked_of_every_session_is_shared_unless_another_joins_it() {
         let outbox = outbox(8, 1024);
+        let asked = Instant::now();
         outbox.resync_with_all_after(cursor(3, 3));
         outbox.resync_with_all_after(cursor(3, 3));
-        assert_eq!(outbox.take_resync(), Some((cursor(3, 3), true)));
+        let (after, shared) = outbox.take_resync().expect("a resync");
+        assert_eq!(after, cursor(3, 3));
+        assert!(
+            shared.is_some_and(|since| since >= asked),
+            "after the later request"
+        );
         // A request of this session's own, from elsewhere, makes the replay its own.
         outbox.resync_with_all_after(cursor(3, 3));
         outbox.resync_after(cursor(2, 5));
-        assert_eq!(outbox.take_resync(), Some((cursor(2, 3), false)));
+        assert_eq!(outbox.take_resync(), Some((cursor(2, 3), None)));
         outbox.resync_after(cursor(2, 5));
         outbox.resync_with_all_after(cursor(3, 3));
-        assert_eq!(outbox.take_resync(), Some((cursor(2, 3), false)));
+        assert_eq!(outbox.take_resync(), Some((cursor(2, 3), None)));
     }
 
     #[test]
@@ -615,7 +625,7 @@ mod tests {
         // head is replayed by another, and live messages stay held meanwhile.
         outbox.covered_upto(Cursor::head(1, 6, 2));
         outbox.release();
-        assert_eq!(outbox.take_resync(), Some((Cursor::head(1, 6, 2), false)));
+        assert_eq!(outbox.take_resync(), Some((Cursor::head(1, 6, 2), None)));
         assert!(outbox.push_routed(&routed("10"), at(0, 10)));
         assert_eq!(drained(&outbox), [], "held for the next replay");
         outbox.covered_upto(Cursor::head(1, 9, 2));

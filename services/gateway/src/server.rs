@@ -31,10 +31,6 @@ use crate::replay::Replayer;
 use crate::reregister;
 use crate::state::GatewayState;
 
-/// The most messages one shared read of a NATS outage's gap holds (about 10 MB at typical
-/// sizes); a longer gap is replayed by each session on its own.
-const GAP_READ_MAX_MESSAGES: u64 = 20_000;
-
 /// A running gateway.
 pub struct Gateway {
     /// Where it listens (useful with port 0).
@@ -115,7 +111,7 @@ impl Gateway {
             metrics: metrics.clone(),
             direct_gets: crate::replay::DirectGets::start(nats.clone()).await?,
             gap_reads: crate::replay::GapReads::new(
-                GAP_READ_MAX_MESSAGES,
+                config.sync_gap_read_max_messages,
                 metrics.gap_reads.clone(),
             ),
             stream_head: crate::replay::StreamHead::new(

@@ -16,6 +16,7 @@
 //! `--json` prints one JSON object per measurement, one per line.
 
 mod backlog;
+mod blip;
 mod direct;
 mod flood;
 mod group;
@@ -139,6 +140,16 @@ enum Scenario {
         #[arg(long)]
         lease_baseline: bool,
     },
+    /// A NATS blip under a gateway: its devices catch up on what was routed meanwhile, from
+    /// one shared read of the gap and, in the same run, with a replay per session.
+    Blip {
+        /// Devices on the gateway that is cut off.
+        #[arg(long, default_value_t = 5_000)]
+        clients: usize,
+        /// Messages written for each of them while it is cut off.
+        #[arg(long, default_value_t = 2)]
+        per_client: usize,
+    },
     /// Routing throughput and CPU per message with more routing instances (`natter-chat`
     /// processes next to natter-bench), draining a backlog on a 3-node cluster.
     Scale {
@@ -241,6 +252,10 @@ async fn main() -> anyhow::Result<()> {
             };
             scale::run(&options, &out).await
         }
+        Scenario::Blip {
+            clients,
+            per_client,
+        } => blip::run(clients, per_client, &out).await,
         Scenario::Resync {
             backlog,
             clients,

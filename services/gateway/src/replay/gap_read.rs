@@ -9,29 +9,62 @@
 //! they are in, their small groups), in the replay they would have made, with the same
 //! ordering, cursors, limits and `synced`.
 //!
-//! A read serves replays that asked before it began (the same rule as `StreamHead`: a
-//! session's registration must be in the head) from the same position. A gap of more than
-//! `max_messages` messages in all is not read: each session then replays on its own, which
-//! refuses a backlog over its own limit.
+//! A read serves the replays the gateway asked for before it began (after its sessions were
+//! registered again, so everything lost is in its head), from the same position. That is
+//! when the gateway asked, not when each replay got its turn: replays run a few dozen at a
+//! time, and a rule of "began after this replay started" made a new read per wave (158 reads
+//! for 5,000 sessions, slower than replaying each on its own). The read is indexed by user
+//! and by group, so each session finds its own messages without scanning the gap. A gap of
+//! more than `max_messages` messages in all is not read: each session then replays on its
+//! own, which refuses a backlog over its own limit.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use async_nats::jetstream::{self, consumer};
 use futures::StreamExt;
 use plumbing::Counter;
 use protocol::payloads::StoredMessage;
-use protocol::{Cursor, subjects};
+use protocol::{ConversationId, Cursor, UserId, subjects};
 
 use super::stream_head::StreamHead;
+
+/// One message of the gap: its partition, its sequence there, the message.
+type Entry = (u32, u64, Arc<StoredMessage>);
 
 /// Everything written to the messages streams after `from`, up to `head`.
 pub struct GapRead {
     pub head: Cursor,
     /// Every partition's stream, as read for `head`.
     pub streams: Vec<jetstream::stream::Stream>,
-    /// Per partition, in stream order: (sequence, message). Session markers are left out.
-    pub messages: Vec<Vec<(u64, Arc<StoredMessage>)>>,
+    /// The 1:1 messages, under each participant, in stream order within each partition.
+    direct: HashMap<UserId, Vec<Entry>>,
+    /// The group messages, under their conversation, likewise.
+    groups: HashMap<ConversationId, Vec<Entry>>,
+}
+
+impl GapRead {
+    /// `user`'s messages (1:1, and of the groups `small`), per partition in stream order.
+    pub fn messages_of(
+        &self,
+        user: &UserId,
+        small: &[ConversationId],
+    ) -> Vec<VecDeque<(u64, StoredMessage)>> {
+        let mut mine: Vec<Vec<(u64, StoredMessage)>> = vec![Vec::new(); self.streams.len()];
+        let groups = small.iter().filter_map(|c| self.groups.get(c));
+        for entries in self.direct.get(user).into_iter().chain(groups) {
+            for (k, seq, m) in entries {
+                mine[*k as usize].push((*seq, StoredMessage::clone(m)));
+            }
+        }
+        mine.into_iter()
+            .map(|mut v| {
+                v.sort_by_key(|(seq, _)| *seq);
+                v.into()
+            })
+            .collect()
+    }
 }
 
 type Shared = Result<Arc<GapRead>, String>;
@@ -39,10 +72,8 @@ type Shared = Result<Arc<GapRead>, String>;
 pub struct GapReads {
     /// The most messages one read holds.
     max_messages: u64,
-    started: AtomicU64,
-    reading: tokio::sync::Mutex<()>,
-    /// The newest read: the number it started as, where from, and what it returned.
-    last: std::sync::Mutex<Option<(u64, Cursor, Shared)>>,
+    /// The newest read: when it began, where from, and what it returned. One read at a time.
+    last: tokio::sync::Mutex<Option<(Instant, Cursor, Shared)>>,
     reads: Counter,
 }
 
@@ -50,34 +81,39 @@ impl GapReads {
     pub fn new(max_messages: u64, reads: Counter) -> Self {
         Self {
             max_messages,
-            started: AtomicU64::new(0),
-            reading: tokio::sync::Mutex::new(()),
-            last: std::sync::Mutex::new(None),
+            last: tokio::sync::Mutex::new(None),
             reads,
         }
     }
 
-    /// What was written after `from`, read after this call began; `None` when the gap is too
-    /// large or could not be read (the caller replays on its own).
-    pub async fn read(&self, heads: &StreamHead, from: &Cursor) -> Option<Arc<GapRead>> {
-        let asked = self.started.load(Ordering::SeqCst);
-        let _one = self.reading.lock().await;
-        if let Some((n, last_from, read)) = self.last.lock().expect("gap read").as_ref()
-            && *n > asked
+    /// What was written after `from`, read after `asked`; `None` when the gap is too large or
+    /// could not be read (the caller replays on its own).
+    pub async fn read(
+        &self,
+        heads: &StreamHead,
+        from: &Cursor,
+        asked: Instant,
+    ) -> Option<Arc<GapRead>> {
+        let mut last = self.last.lock().await;
+        if let Some((began, last_from, read)) = last.as_ref()
+            && *began >= asked
             && last_from == from
         {
             return read.as_ref().ok().cloned();
         }
-        let n = self.started.fetch_add(1, Ordering::SeqCst) + 1;
+        let began = Instant::now();
         let read = self.read_now(heads, from).await;
         if let Err(e) = &read {
             tracing::info!(reason = %e, "sessions replay on their own");
         }
-        *self.last.lock().expect("gap read") = Some((n, from.clone(), read.clone()));
+        *last = Some((began, from.clone(), read.clone()));
         read.ok()
     }
 
     async fn read_now(&self, heads: &StreamHead, from: &Cursor) -> Shared {
+        if self.max_messages == 0 {
+            return Err("shared reads are off (sync_gap_read_max_messages = 0)".into());
+        }
         let streams = heads.read().await.map_err(|e| e.to_string())?;
         let head = plumbing::bus::head_of(&streams);
         if head.epoch != from.epoch || head.partitions() != from.partitions() {
@@ -106,13 +142,36 @@ impl GapReads {
             .iter()
             .enumerate()
             .map(|(k, stream)| read_partition(stream, k as u32, from.seqs[k], head.seqs[k]));
-        let messages = futures::future::try_join_all(reads)
+        let partitions = futures::future::try_join_all(reads)
             .await
             .map_err(|e| format!("gap unreadable: {e}"))?;
+        let (mut direct, mut groups) = (HashMap::new(), HashMap::new());
+        for (k, messages) in partitions.into_iter().enumerate() {
+            for (seq, m) in messages {
+                let c = &m.message.conversation;
+                let entry = (k as u32, seq, m.clone());
+                if c.is_direct() {
+                    let (from, to) = (&m.message.from, &m.message.to);
+                    direct
+                        .entry(from.clone())
+                        .or_insert_with(Vec::new)
+                        .push(entry.clone());
+                    if to != from {
+                        direct
+                            .entry(to.clone())
+                            .or_insert_with(Vec::new)
+                            .push(entry);
+                    }
+                } else {
+                    groups.entry(c.clone()).or_insert_with(Vec::new).push(entry);
+                }
+            }
+        }
         Ok(Arc::new(GapRead {
             head,
             streams,
-            messages,
+            direct,
+            groups,
         }))
     }
 }

@@ -53,12 +53,12 @@ pub use stream_head::StreamHead;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, stream::DirectGetErrorKind};
 use futures::{StreamExt, TryStreamExt};
 use protocol::frames::ServerFrame;
-use protocol::payloads::{GroupRequest, HistoryQuery, HistoryRequest, StoredMessage};
+use protocol::payloads::{GroupRequest, HistoryQuery, HistoryRequest};
 use protocol::{
     ClientMsgId, ConversationId, Cursor, GroupId, GroupInfo, GroupOp, SyncGap, UserId, limits,
     subjects,
@@ -112,9 +112,9 @@ pub enum Replay {
     Start {
         user: UserId,
         cursor: Option<Cursor>,
-        /// Every session of the gateway asked for this replay from the same cursor: it may
-        /// come from one shared read ([`gap_read`]).
-        shared: bool,
+        /// Since when every session of the gateway was asked for this replay from the same
+        /// cursor: it may come from one shared read begun after then ([`gap_read`]).
+        shared: Option<Instant>,
     },
     Reading(Box<Reading>),
 }
@@ -157,8 +157,8 @@ impl Replayer {
                     Replay::Start {
                         user,
                         cursor: Some(cursor),
-                        shared: true,
-                    } => self.start_shared(user, cursor).await,
+                        shared: Some(asked),
+                    } => self.start_shared(user, cursor, asked).await,
                     Replay::Start { user, cursor, .. } => self.start(user, cursor).await,
                     Replay::Reading(reading) => self.read(*reading).await,
                 }
@@ -251,8 +251,13 @@ impl Replayer {
     /// A replay every session of the gateway was asked for from `cursor`: its messages are
     /// taken from one read of the gap shared by them all, or, if there is none, read as
     /// usual.
-    async fn start_shared(&self, user: UserId, cursor: Cursor) -> anyhow::Result<Turn> {
-        let Some(gap) = self.gap_reads.read(&self.stream_head, &cursor).await else {
+    async fn start_shared(
+        &self,
+        user: UserId,
+        cursor: Cursor,
+        asked: Instant,
+    ) -> anyhow::Result<Turn> {
+        let Some(gap) = self.gap_reads.read(&self.stream_head, &cursor, asked).await else {
             return self.start(user, Some(cursor)).await;
         };
         self.metrics.replays_shared.inc();
@@ -261,22 +266,14 @@ impl Replayer {
             return Ok(done(head, None, Vec::new()));
         }
         let (small, history) = self.groups_of(&user).await?;
-        let small: std::collections::HashSet<&ConversationId> = small.iter().collect();
         let sources = gap
-            .messages
-            .iter()
+            .messages_of(&user, &small)
+            .into_iter()
             .enumerate()
-            .filter_map(|(k, messages)| {
-                let mine: std::collections::VecDeque<_> = messages
-                    .iter()
-                    .filter(|(_, m)| {
-                        let c = &m.message.conversation;
-                        c.has_participant(&user) || small.contains(c)
-                    })
-                    .map(|(seq, m)| (*seq, StoredMessage::clone(m)))
-                    .collect();
+            .filter(|(_, mine)| !mine.is_empty())
+            .map(|(k, mine)| {
                 let api = self.metrics.jetstream_api_requests.clone();
-                (!mine.is_empty()).then(|| Source::preloaded(k as u32, mine, api))
+                Source::preloaded(k as u32, mine, api)
             })
             .collect();
         let reading = Reading {

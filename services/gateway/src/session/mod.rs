@@ -179,7 +179,7 @@ impl Session {
             self.start_replay_turn(crate::replay::Replay::Start {
                 user: self.user.clone(),
                 cursor,
-                shared: false,
+                shared: None,
             });
         }
         let close = self.serve().await;

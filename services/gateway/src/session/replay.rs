@@ -21,13 +21,17 @@ impl Session {
         if self.replay.is_some() {
             return self.refuse(Refusal::SyncRunning);
         }
-        self.start_replay(cursor, false);
+        self.start_replay(cursor, None);
     }
 
     /// Replays the user's messages after `cursor`, holding live ones back meanwhile: for a
     /// `sync`, and unasked after the gateway was cut off from NATS (`reregister`; `shared`:
-    /// every session asked for the same, see `replay::gap_read`).
-    pub(super) fn start_replay(&mut self, cursor: Option<Cursor>, shared: bool) {
+    /// since when every session was asked for the same, see `replay::gap_read`).
+    pub(super) fn start_replay(
+        &mut self,
+        cursor: Option<Cursor>,
+        shared: Option<std::time::Instant>,
+    ) {
         self.state.metrics.replays.inc();
         self.handle.outbox.hold();
         self.start_replay_turn(Replay::Start {
