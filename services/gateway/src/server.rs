@@ -113,6 +113,7 @@ impl Gateway {
             gap_reads: crate::replay::GapReads::new(
                 config.sync_gap_read_max_messages,
                 metrics.gap_reads.clone(),
+                metrics.jetstream_api_requests.clone(),
             ),
             stream_head: crate::replay::StreamHead::new(
                 js.clone(),

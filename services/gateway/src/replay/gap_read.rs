@@ -75,14 +75,17 @@ pub struct GapReads {
     /// The newest read: when it began, where from, and what it returned. One read at a time.
     last: tokio::sync::Mutex<Option<(Instant, Cursor, Shared)>>,
     reads: Counter,
+    /// Counts the consumers it creates (JetStream API requests).
+    api: Counter,
 }
 
 impl GapReads {
-    pub fn new(max_messages: u64, reads: Counter) -> Self {
+    pub fn new(max_messages: u64, reads: Counter, api: Counter) -> Self {
         Self {
             max_messages,
             last: tokio::sync::Mutex::new(None),
             reads,
+            api,
         }
     }
 
@@ -138,6 +141,8 @@ impl GapReads {
             return Err("messages after the position were trimmed".into());
         }
         self.reads.inc();
+        let with_news = from.seqs.iter().zip(&head.seqs).filter(|(f, h)| f < h);
+        self.api.add(with_news.count() as u64);
         let reads = streams
             .iter()
             .enumerate()
