@@ -20,7 +20,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer};
 use futures::StreamExt;
@@ -69,11 +69,18 @@ impl GapRead {
 
 type Shared = Result<Arc<GapRead>, String>;
 
+/// The newest read: when it began, where from, and what it returned.
+type Last = Option<(Instant, Cursor, Shared)>;
+
+/// How long a read is kept for replays that have yet to get their turn; then its memory is
+/// given back (a replay asking later reads again).
+const KEEP: Duration = Duration::from_secs(120);
+
 pub struct GapReads {
     /// The most messages one read holds.
     max_messages: u64,
-    /// The newest read: when it began, where from, and what it returned. One read at a time.
-    last: tokio::sync::Mutex<Option<(Instant, Cursor, Shared)>>,
+    /// One read at a time.
+    last: Arc<tokio::sync::Mutex<Last>>,
     reads: Counter,
     /// Counts the consumers it creates (JetStream API requests).
     api: Counter,
@@ -83,7 +90,7 @@ impl GapReads {
     pub fn new(max_messages: u64, reads: Counter, api: Counter) -> Self {
         Self {
             max_messages,
-            last: tokio::sync::Mutex::new(None),
+            last: Arc::default(),
             reads,
             api,
         }
@@ -110,7 +117,22 @@ impl GapReads {
             tracing::info!(reason = %e, "sessions replay on their own");
         }
         *last = Some((began, from.clone(), read.clone()));
+        self.forget_later(began);
         read.ok()
+    }
+
+    /// Drops the read that began at `began` after `KEEP`, unless a newer one replaced it.
+    fn forget_later(&self, began: Instant) {
+        let last = Arc::downgrade(&self.last);
+        tokio::spawn(async move {
+            tokio::time::sleep(KEEP).await;
+            if let Some(last) = last.upgrade() {
+                let mut last = last.lock().await;
+                if last.as_ref().is_some_and(|(b, ..)| *b == began) {
+                    *last = None;
+                }
+            }
+        });
     }
 
     async fn read_now(&self, heads: &StreamHead, from: &Cursor) -> Shared {
@@ -221,4 +243,44 @@ async fn read_partition(
         }
     }
     Ok(messages)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_read_is_kept_for_a_while_then_given_back_unless_replaced() {
+        let reads = GapReads::new(10, Counter::default(), Counter::default());
+        let remember = async |began: Instant| {
+            let read = GapRead {
+                head: Cursor::head(1, 5, 1),
+                streams: Vec::new(),
+                direct: HashMap::new(),
+                groups: HashMap::new(),
+            };
+            *reads.last.lock().await = Some((began, Cursor::head(1, 1, 1), Ok(Arc::new(read))));
+            reads.forget_later(began);
+        };
+        let first = Instant::now();
+        remember(first).await;
+        tokio::time::sleep(KEEP / 2).await;
+        assert!(
+            reads.last.lock().await.is_some(),
+            "kept for replays still to come"
+        );
+        tokio::time::sleep(KEEP).await;
+        assert!(reads.last.lock().await.is_none(), "given back");
+
+        // A newer read is not dropped by the older one's timer.
+        remember(first).await;
+        tokio::time::sleep(KEEP / 2).await;
+        let second = Instant::now() + Duration::from_millis(1);
+        remember(second).await;
+        tokio::time::sleep(KEEP * 3 / 4).await;
+        let kept = reads.last.lock().await.as_ref().map(|(b, ..)| *b);
+        assert_eq!(kept, Some(second));
+        tokio::time::sleep(KEEP).await;
+        assert!(reads.last.lock().await.is_none());
+    }
 }
