@@ -312,7 +312,7 @@ impl Outbox {
         let now = shared.then(Instant::now);
         let (resync, shared) = match state.resync.take() {
             // Two requests of every session from the same position: a read after the later.
-            Some(c) if c == after => (c, now.and(state.resync_shared).and(now)),
+            Some(c) if c == after => (c, state.resync_shared.and(now)),
             Some(c) if c.epoch == after.epoch && c.seqs.len() == after.seqs.len() => {
                 (c.min(&after), None)
             }

@@ -223,20 +223,25 @@ impl Replayer {
                 sources::consumers(&streams, &user, &small, &cursor, &head, api).await?
             }
         };
-        let mut reading = Reading {
+        self.begin(Reading {
             streams,
             sources,
             from: cursor.clone(),
             at: cursor,
-            head: head.clone(),
+            head,
             history,
-        };
-        // The first read of every source says how much is waiting (including messages
-        // written since `head`: an upper bound of what this replay sends). It reads a page
-        // shared among the sources (at least a few each), so a backlog too large to replay
-        // is refused before much of it is read.
+        })
+        .await
+    }
+
+    /// The first turn of a replay whose sources are chosen. The first read of every source
+    /// says how much is waiting (including messages written since the head: an upper bound
+    /// of what this replay sends). It reads a page shared among the sources (at least a few
+    /// each), so a backlog too large to replay is refused before much of it is read.
+    async fn begin(&self, mut reading: Reading) -> anyhow::Result<Turn> {
         let first = (self.page / reading.sources.len().max(1)).clamp(FIRST_READ_MIN, self.page);
         reading.fill(first).await?;
+        let head = reading.head.clone();
         let pending: u64 = reading.sources.iter().map(Source::waiting).sum();
         if pending > self.max_messages {
             let history = std::mem::take(&mut reading.history);
@@ -271,27 +276,17 @@ impl Replayer {
             .into_iter()
             .enumerate()
             .filter(|(_, mine)| !mine.is_empty())
-            .map(|(k, mine)| {
-                let api = self.metrics.jetstream_api_requests.clone();
-                Source::preloaded(k as u32, mine, api)
-            })
+            .map(|(k, mine)| Source::preloaded(k as u32, mine))
             .collect();
-        let reading = Reading {
+        self.begin(Reading {
             streams: gap.streams.clone(),
             sources,
             from: cursor.clone(),
             at: cursor,
-            head: head.clone(),
+            head,
             history,
-        };
-        let pending: u64 = reading.sources.iter().map(Source::waiting).sum();
-        if pending > self.max_messages {
-            let history = reading.history;
-            return Ok(done(head, Some(SyncGap::TooMany), history));
-        }
-        let mut turn = self.read(reading).await?;
-        turn.head = Some(head);
-        Ok(turn)
+        })
+        .await
     }
 
     /// The sources of a replay read without consumers: one per conversation that has
