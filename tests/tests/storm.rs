@@ -1,7 +1,7 @@
 //! Reconnect storms: 2,000 devices on two gateways, each with messages waiting in a 1:1
 //! conversation and in a group, reconnect at once. Each must get exactly what it missed, each
 //! conversation in order, then `synced` with `recovered: true`, and JetStream's API must not
-//! reach its limit. A gateway whose replay queue is too long tells late devices when to come
+//! reach its limit: most replays share a read of the streams (`replay::gap_read`). A gateway whose replay queue is too long tells late devices when to come
 //! back instead of keeping them waiting.
 
 use std::collections::HashMap;
@@ -139,6 +139,13 @@ async fn two_thousand_devices_reconnecting_at_once_each_get_exactly_what_they_mi
         .await
         .unwrap();
     nats.flush().await.unwrap();
+    let mut api_before = Vec::new();
+    for gw in &stack.gateways {
+        api_before.push(
+            gw.metric("natter_gateway_jetstream_api_requests_total")
+                .await,
+        );
+    }
     let started = Instant::now();
     let storm = (0..CLIENTS).map(|i| resume(&stack, client(i), i % 2, before.clone()));
     let resumed = tokio::time::timeout(STORM_PATIENCE, futures::future::join_all(storm))
@@ -153,6 +160,18 @@ async fn two_thousand_devices_reconnecting_at_once_each_get_exactly_what_they_mi
         futures::FutureExt::now_or_never(api_limit.next()).is_none(),
         "JetStream's API limit was reached"
     );
+    // The crowd shares reads of the streams instead of replaying device by device.
+    for (gw, before) in stack.gateways.iter().zip(api_before) {
+        let shared = gw.metric("natter_gateway_replays_shared_total").await;
+        let reads = gw.metric("natter_gateway_gap_reads_total").await;
+        let api = gw
+            .metric("natter_gateway_jetstream_api_requests_total")
+            .await
+            - before;
+        println!("{shared} replays shared {reads} reads; {api} JetStream API requests");
+        assert!(shared >= CLIENTS as i64 / 4, "{shared} replays shared");
+        assert!(api <= 300, "{api} JetStream API requests");
+    }
     let resumed: HashMap<String, _> = resumed
         .into_iter()
         .map(|(user, received, recovered)| {
@@ -193,13 +212,14 @@ async fn two_thousand_devices_reconnecting_at_once_each_get_exactly_what_they_mi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_that_would_wait_too_long_is_told_when_to_come_back_and_then_gets_everything() {
     const QUEUED: usize = 20;
-    // One replay at a time. With the history service gone before the messages were written,
-    // each replay waits 2 s for history to store them, then reads with consumers: a slow,
-    // steady queue.
+    // One replay at a time, each on its own (a shared read would serve the crowd at once).
+    // With the history service gone before the messages were written, each replay waits 2 s
+    // for history to store them, then reads with consumers: a slow, steady queue.
     let mut stack = Stack::new()
         .gateway_config(|c| {
             c.sync_concurrency = 1;
             c.sync_wait_max_ms = 1_000;
+            c.sync_gap_read_max_messages = 0;
         })
         .start()
         .await;

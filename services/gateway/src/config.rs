@@ -73,9 +73,10 @@ pub struct GatewayConfig {
     /// start (the queue times the measured pace) is refused with 503 and `Retry-After`
     /// instead. 0 admits everyone.
     pub sync_wait_max_ms: u64,
-    /// After a NATS outage the gateway's sessions replay from one shared read of what was
-    /// written meanwhile, if that is at most this many messages (held in memory while they
-    /// replay); a longer gap, or 0, makes each session replay on its own.
+    /// Replays in crowds (a reconnect storm, every session after a NATS outage) take their
+    /// messages from one shared read of the streams' recent messages, of at most this many
+    /// stream messages (held in memory while they replay, about 0.5 KiB each plus the
+    /// body); a longer gap, or 0, makes each session replay on its own.
     pub sync_gap_read_max_messages: u64,
     /// Browser origins (`https://chat.example.com`) whose pages may open a WebSocket. A
     /// handshake carrying any other `Origin` is refused with 403; clients that are not
@@ -134,7 +135,7 @@ impl Default for GatewayConfig {
             sync_page: 256,
             sync_concurrency: 64,
             sync_wait_max_ms: 30_000,
-            sync_gap_read_max_messages: 20_000,
+            sync_gap_read_max_messages: 100_000,
             allowed_origins: Vec::new(),
             web_client: false,
             dev_tokens: false,

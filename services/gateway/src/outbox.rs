@@ -70,9 +70,9 @@ struct State {
     resync: Option<Cursor>,
     /// The resync waits until then (it retries a replay that failed).
     resync_not_before: Option<Instant>,
-    /// Every session of the gateway was asked for the same resync (after a NATS outage):
-    /// it may be served from one read shared by all (`replay::gap_read`) that began after
-    /// this time (when the gateway asked).
+    /// Every session of the gateway was asked for a resync at once (after a NATS outage or a
+    /// lost delivery): it may be served from one read shared by all (`replay::gap_read`)
+    /// that began after this time (when the gateway asked).
     resync_shared: Option<Instant>,
 }
 
@@ -301,7 +301,7 @@ impl Outbox {
     }
 
     /// Asks, like [`resync_after`](Self::resync_after), for the replay every session of the
-    /// gateway is asked for at once, from the same `after`: it may share one read.
+    /// gateway is asked for at once: it may share one read.
     pub fn resync_with_all_after(&self, after: Cursor) {
         self.ask_resync(after, true);
     }
@@ -311,10 +311,10 @@ impl Outbox {
         state.held.get_or_insert_with(Held::default);
         let now = shared.then(Instant::now);
         let (resync, shared) = match state.resync.take() {
-            // Two requests of every session from the same position: a read after the later.
-            Some(c) if c == after => (c, state.resync_shared.and(now)),
+            // Two requests of every session: from the earlier position, read after the later
+            // request. One of this session alone makes it a replay of its own.
             Some(c) if c.epoch == after.epoch && c.seqs.len() == after.seqs.len() => {
-                (c.min(&after), None)
+                (c.min(&after), state.resync_shared.and(now))
             }
             _ => (after, now),
         };
@@ -325,7 +325,8 @@ impl Outbox {
     }
 
     /// Asks for a replay of partition `k` after `seq`, the rest from where the device is
-    /// (or `fallback`, before it has a position).
+    /// (or `fallback`, before it has a position): a lost delivery, for which every session
+    /// of the gateway is asked at once, so it may share one read.
     pub fn resync_partition(&self, k: u32, seq: u64, fallback: &Cursor) {
         let mut after = match &self.state.lock().unwrap().cursor {
             Some(c) if c.epoch == fallback.epoch && c.seqs.len() == fallback.seqs.len() => {
@@ -336,7 +337,7 @@ impl Outbox {
         if let Some(s) = after.seqs.get_mut(k as usize) {
             *s = (*s).min(seq);
         }
-        self.resync_after(after);
+        self.ask_resync(after, true);
     }
 
     /// Asks, like [`resync_after`](Self::resync_after), for a replay after `after`, but not
@@ -523,6 +524,7 @@ mod tests {
         let outbox = outbox(8, 1024);
         let asked = Instant::now();
         outbox.resync_with_all_after(cursor(3, 3));
+        let later = Instant::now();
         outbox.resync_with_all_after(cursor(3, 3));
         let (after, shared) = outbox.take_resync().expect("a resync");
         assert_eq!(after, cursor(3, 3));
@@ -530,6 +532,12 @@ mod tests {
             shared.is_some_and(|since| since >= asked),
             "after the later request"
         );
+        // A lost delivery after an outage: from the earlier position, after the later one.
+        outbox.resync_with_all_after(cursor(3, 3));
+        outbox.resync_partition(0, 2, &cursor(3, 3));
+        let (after, shared) = outbox.take_resync().expect("a resync");
+        assert_eq!(after, cursor(2, 3));
+        assert!(shared.is_some_and(|since| since >= later));
         // A request of this session's own, from elsewhere, makes the replay its own.
         outbox.resync_with_all_after(cursor(3, 3));
         outbox.resync_after(cursor(2, 5));

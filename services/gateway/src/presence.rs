@@ -56,7 +56,7 @@ pub struct Presence {
     /// Revision of the lease's last write, named in session markers.
     lease_revision: Arc<AtomicU64>,
     /// Registrations waiting for their marker, and where to say it is written.
-    markers: mpsc::UnboundedSender<(SessionMarker, oneshot::Sender<Result<(), String>>)>,
+    markers: mpsc::UnboundedSender<(SessionMarker, oneshot::Sender<MarkerWritten>)>,
     lease_writes: Histogram,
     lease_write_failures: Counter,
 }
@@ -91,7 +91,14 @@ impl Presence {
     // futures are large and every session awaits them once, so keeping them out of the
     // session's own state machine saves memory on every idle connection.
 
-    pub fn register(&self, user: &UserId, conn: ConnId) -> BoxFuture<'static, anyhow::Result<()>> {
+    /// Registers a session; returns the stream sequence of its marker in each partition:
+    /// every message after them is routed to the session, and a replay for it reads up to
+    /// them (see `crate::replay`).
+    pub fn register(
+        &self,
+        user: &UserId,
+        conn: ConnId,
+    ) -> BoxFuture<'static, anyhow::Result<Vec<u64>>> {
         let entry = SessionEntry {
             user: user.clone(),
             gateway: self.gateway.clone(),
@@ -211,7 +218,7 @@ const MARKER_BATCH: usize = 4096;
 async fn append_markers(
     js: jetstream::Context,
     partitions: u32,
-    mut waiting: mpsc::UnboundedReceiver<(SessionMarker, oneshot::Sender<Result<(), String>>)>,
+    mut waiting: mpsc::UnboundedReceiver<(SessionMarker, oneshot::Sender<MarkerWritten>)>,
 ) {
     while let Some(first) = waiting.recv().await {
         let mut batch = vec![first];
@@ -240,12 +247,15 @@ async fn append_markers(
     }
 }
 
-/// One marker in every partition, acknowledged.
+/// A marker's stream sequence in each partition, or why it could not be written.
+type MarkerWritten = Result<Vec<u64>, String>;
+
+/// One marker in every partition, acknowledged; its sequence in each.
 async fn write_marker(
     js: &jetstream::Context,
     partitions: u32,
     marker: &SessionMarker,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<u64>> {
     let payload = Bytes::from(serde_json::to_vec(marker)?);
     let mut acks = Vec::with_capacity(partitions as usize);
     for k in 0..partitions {
@@ -254,8 +264,9 @@ async fn write_marker(
                 .await?,
         );
     }
+    let mut seqs = Vec::with_capacity(acks.len());
     for ack in acks {
-        ack.await?;
+        seqs.push(ack.await?.sequence);
     }
-    Ok(())
+    Ok(seqs)
 }

@@ -102,6 +102,35 @@ async fn natter_stack(clients: usize, lease_on_main: bool) -> Stack {
     .await
 }
 
+/// The gateway's replay counters: devices told to come back, replays served from a shared
+/// read, JetStream API requests.
+struct ReplayCounts {
+    deferred: i64,
+    shared: i64,
+    api: i64,
+}
+
+impl ReplayCounts {
+    async fn read(stack: &Stack) -> Self {
+        let gw = &stack.gateways[0];
+        Self {
+            deferred: gw.metric("natter_gateway_replays_deferred_total").await,
+            shared: gw.metric("natter_gateway_replays_shared_total").await,
+            api: gw
+                .metric("natter_gateway_jetstream_api_requests_total")
+                .await,
+        }
+    }
+
+    fn since(self, before: &Self) -> Self {
+        Self {
+            deferred: self.deferred - before.deferred,
+            shared: self.shared - before.shared,
+            api: self.api - before.api,
+        }
+    }
+}
+
 /// The gateway's lease TTL here: refreshed every third of it.
 const LEASE_TTL_MS: u64 = 3_000;
 
@@ -265,9 +294,7 @@ async fn storm(
     settle(stack).await?;
 
     let leases_before = LeaseWrites::read(stack).await;
-    let deferred_before = stack.gateways[0]
-        .metric("natter_gateway_replays_deferred_total")
-        .await;
+    let counted_before = ReplayCounts::read(stack).await;
     let started = Instant::now();
     let resyncs = users.iter().map(|user| {
         let cursor = cursor.clone();
@@ -298,6 +325,7 @@ async fn storm(
     let done = futures::future::join_all(resyncs).await;
     let all = started.elapsed();
     let leases = LeaseWrites::read(stack).await;
+    let counted = ReplayCounts::read(stack).await.since(&counted_before);
     let mut times_us = Vec::with_capacity(clients);
     let mut conns = Vec::with_capacity(clients);
     for r in done {
@@ -306,19 +334,21 @@ async fn storm(
         conns.push(conn);
     }
     times_us.sort_unstable();
-    let deferred = stack.gateways[0]
-        .metric("natter_gateway_replays_deferred_total")
-        .await
-        - deferred_before;
+    let ReplayCounts {
+        deferred,
+        shared,
+        api,
+    } = counted;
     let p = crate::percentile_ms;
     report.measurement(
         serde_json::json!({"scenario": "storm", "system": system, "clients": clients, "backlog_per_client": per_client,
             "all_resynced_s": all.as_secs_f64(), "p50_ms": p(&times_us, 0.5), "p99_ms": p(&times_us, 0.99),
-            "told_to_come_back": deferred}),
+            "told_to_come_back": deferred, "replays_shared": shared, "jetstream_api_requests": api}),
         format!(
             "storm {system}: {clients} clients with {per_client} messages each reconnected at once; all \
              resynced in {all:.2?} (per client p50 {:.0} ms, p99 {:.0} ms; {deferred} times a \
-             client was told to come back later)",
+             client was told to come back later; {shared} replays from a shared read; {api} \
+             JetStream API requests)",
             p(&times_us, 0.5),
             p(&times_us, 0.99)
         ),

@@ -115,6 +115,10 @@ pub enum Replay {
         /// Since when every session of the gateway was asked for this replay from the same
         /// cursor: it may come from one shared read begun after then ([`gap_read`]).
         shared: Option<Instant>,
+        /// For the replay a handshake asked for: where its session's registration marker
+        /// landed in each partition's stream. Every message after it is routed to the
+        /// session, so a shared read whose head is past it serves the replay ([`gap_read`]).
+        marker: Option<Vec<u64>>,
     },
     Reading(Box<Reading>),
 }
@@ -149,6 +153,16 @@ impl Replayer {
     /// messages back until the replay ends.
     pub async fn turn(&self, replay: Replay) -> anyhow::Result<Turn> {
         let turn = {
+            // A replay from a cursor that may share a read waits counted (see `gap_read`).
+            let _waiting = match &replay {
+                Replay::Start {
+                    cursor: Some(cursor),
+                    shared,
+                    marker,
+                    ..
+                } if shared.is_some() || marker.is_some() => Some(self.gap_reads.wait(cursor)),
+                _ => None,
+            };
             let queued = self.admission.queued();
             let _permit = self.permits.acquire().await?;
             drop(queued);
@@ -157,8 +171,11 @@ impl Replayer {
                     Replay::Start {
                         user,
                         cursor: Some(cursor),
-                        shared: Some(asked),
-                    } => self.start_shared(user, cursor, asked).await,
+                        shared,
+                        marker,
+                    } if shared.is_some() || marker.is_some() => {
+                        self.start_shared(user, cursor, shared, marker).await
+                    }
                     Replay::Start { user, cursor, .. } => self.start(user, cursor).await,
                     Replay::Reading(reading) => self.read(*reading).await,
                 }
@@ -253,16 +270,23 @@ impl Replayer {
         Ok(turn)
     }
 
-    /// A replay every session of the gateway was asked for from `cursor`: its messages are
-    /// taken from one read of the gap shared by them all, or, if there is none, read as
-    /// usual.
+    /// A replay that may come from a read shared with other sessions' replays
+    /// ([`gap_read`]): one every session of the gateway was asked for at `shared`, or the
+    /// one a device asked for when it connected (`marker`). Read on its own if no
+    /// shared read serves it.
     async fn start_shared(
         &self,
         user: UserId,
         cursor: Cursor,
-        asked: Instant,
+        shared: Option<Instant>,
+        marker: Option<Vec<u64>>,
     ) -> anyhow::Result<Turn> {
-        let Some(gap) = self.gap_reads.read(&self.stream_head, &cursor, asked).await else {
+        let covering = match &marker {
+            Some(marker) => gap_read::Covering::Marker(marker),
+            None => gap_read::Covering::AskedAt(shared.unwrap_or_else(Instant::now)),
+        };
+        let read = self.gap_reads.read(&self.stream_head, &cursor, covering);
+        let Some(gap) = read.await else {
             return self.start(user, Some(cursor)).await;
         };
         self.metrics.replays_shared.inc();
@@ -272,7 +296,7 @@ impl Replayer {
         }
         let (small, history) = self.groups_of(&user).await?;
         let sources = gap
-            .messages_of(&user, &small)
+            .messages_of(&user, &small, &cursor)
             .into_iter()
             .enumerate()
             .filter(|(_, mine)| !mine.is_empty())

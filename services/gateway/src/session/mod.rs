@@ -155,12 +155,15 @@ impl Session {
         if resume.is_some() {
             self.handle.outbox.hold();
         }
-        if let Err(e) = self.state.presence.register(&self.user, self.conn).await {
-            tracing::warn!(error = %e, "presence registration failed");
-            self.close(CloseCode::ServerError).await;
-            metrics.connections.dec();
-            return;
-        }
+        let marker = match self.state.presence.register(&self.user, self.conn).await {
+            Ok(marker) => marker,
+            Err(e) => {
+                tracing::warn!(error = %e, "presence registration failed");
+                self.close(CloseCode::ServerError).await;
+                metrics.connections.dec();
+                return;
+            }
+        };
         self.state
             .local
             .registry
@@ -180,6 +183,7 @@ impl Session {
                 user: self.user.clone(),
                 cursor,
                 shared: None,
+                marker: Some(marker),
             });
         }
         let close = self.serve().await;

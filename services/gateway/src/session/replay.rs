@@ -38,6 +38,7 @@ impl Session {
             user: self.user.clone(),
             cursor,
             shared,
+            marker: None,
         });
     }
 
