@@ -34,7 +34,7 @@ use crate::state::GatewayState;
 /// How often the connect counter is checked.
 const CHECK_EVERY: Duration = Duration::from_millis(100);
 /// Session keys written at once during a re-registration.
-const CONCURRENT_PUTS: usize = 64;
+const CONCURRENT_PUTS: usize = 1024;
 /// Pause after a failed re-registration, doubling up to `RETRY_MAX` (JetStream may still be
 /// recovering its streams when the connection is back).
 const RETRY_FIRST: Duration = Duration::from_millis(100);

@@ -1,6 +1,6 @@
 //! A NATS blip under a gateway: `clients` devices sit on a gateway whose NATS connection goes
-//! through a relay; the relay is cut, `per_client` messages for each device are written
-//! meanwhile, and the relay is restored. Figure: time from the restore until every device has
+//! through a relay; the relay is cut for `outage` (3 s by default), `per_client` messages for
+//! each device are written meanwhile, and the relay is restored. Figure: time from the restore until every device has
 //! its messages and the `synced` it did not ask for. Run twice in one invocation: as shipped
 //! (the sessions share one read of the gap) and with each session replaying on its own
 //! (`sync_gap_read_max_messages = 0`), the baseline.
@@ -17,21 +17,23 @@ use crate::report::{Report, Table, ratio};
 pub async fn run(
     clients: usize,
     per_client: usize,
+    outage: Duration,
     out: &crate::report::Output,
 ) -> anyhow::Result<()> {
     let report = Report::new(out, 2)?;
     let mut rows = Vec::new();
     for (label, shared) in [("one shared read", true), ("a replay per session", false)] {
         report.step(format!("{label}: {clients} devices catch up after a blip"));
-        let figures = blip(clients, per_client, shared).await?;
+        let figures = blip(clients, per_client, outage, shared).await?;
         report.measurement(
             serde_json::json!({"scenario": "blip", "recovery": label, "clients": clients,
-                "per_client": per_client, "all_resynced_s": figures.took.as_secs_f64(),
+                "per_client": per_client, "outage_s": outage.as_secs_f64(),
+                "all_resynced_s": figures.took.as_secs_f64(),
                 "gap_reads": figures.gap_reads, "replays_on_their_own": figures.alone,
                 "jetstream_api_requests": figures.api}),
             format!(
                 "blip, {label}: {clients} devices with {per_client} messages each caught up in \
-                 {:.2?} ({} shared reads, {} replays on their own, {} JetStream API requests)",
+                 {:.2?} after a {outage:.1?} outage ({} shared reads, {} replays on their own, {} JetStream API requests)",
                 figures.took, figures.gap_reads, figures.alone, figures.api
             ),
         );
@@ -61,7 +63,12 @@ struct Figures {
     api: i64,
 }
 
-async fn blip(clients: usize, per_client: usize, shared: bool) -> anyhow::Result<Figures> {
+async fn blip(
+    clients: usize,
+    per_client: usize,
+    outage: Duration,
+    shared: bool,
+) -> anyhow::Result<Figures> {
     let mut stack = Stack::new()
         .gateway_config(|g| {
             g.heartbeat_timeout_ms = 600_000;
@@ -88,6 +95,7 @@ async fn blip(clients: usize, per_client: usize, shared: bool) -> anyhow::Result
 
     let gateway = &stack.gateways[gw];
     link.cut();
+    let cut = Instant::now();
     while !gateway
         .http_get("/healthz")
         .await
@@ -103,6 +111,8 @@ async fn blip(clients: usize, per_client: usize, shared: bool) -> anyhow::Result
     let messages =
         (0..per_client).flat_map(|_| to.iter().map(|user| (source.clone(), user.clone())));
     crate::backlog::write(&stack, messages).await?;
+    // The scenario's outage length, not a synchronisation.
+    tokio::time::sleep(outage.saturating_sub(cut.elapsed())).await;
 
     let counters = async || {
         let m = |name| gateway.metric(name);

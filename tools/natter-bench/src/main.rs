@@ -149,6 +149,9 @@ enum Scenario {
         /// Messages written for each of them while it is cut off.
         #[arg(long, default_value_t = 2)]
         per_client: usize,
+        /// How long the gateway is cut off (at least as long as the writes take).
+        #[arg(long, default_value_t = 3_000)]
+        outage_ms: u64,
     },
     /// Routing throughput and CPU per message with more routing instances (`natter-chat`
     /// processes next to natter-bench), draining a backlog on a 3-node cluster.
@@ -255,7 +258,11 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Blip {
             clients,
             per_client,
-        } => blip::run(clients, per_client, &out).await,
+            outage_ms,
+        } => {
+            let outage = std::time::Duration::from_millis(outage_ms);
+            blip::run(clients, per_client, outage, &out).await
+        }
         Scenario::Resync {
             backlog,
             clients,

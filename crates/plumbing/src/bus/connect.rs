@@ -23,6 +23,7 @@ pub async fn connect(
         .custom_inbox_prefix(role.inbox_prefix())
         .connection_timeout(Duration::from_secs(5))
         .request_timeout(Some(Duration::from_secs(5)))
+        .reconnect_delay_callback(reconnect_delay)
         .event_callback(move |event| async move { on_event(role, event) });
     if let Some(seed_file) = &bus.nkey_file {
         options = options.nkey(nats_auth::read_seed(seed_file)?);
@@ -35,6 +36,24 @@ pub async fn connect(
         .await
         .map_err(|e| anyhow::anyhow!("cannot connect to NATS at {url} as {}: {e}", role.name()))?;
     Ok(client)
+}
+
+/// The longest pause between two attempts to reconnect.
+const RECONNECT_DELAY_MAX: Duration = Duration::from_millis(500);
+
+/// The pause before reconnect attempt `attempts`: none for the first (another server of the
+/// cluster may be up), then doubling from 2 ms to `RECONNECT_DELAY_MAX`, spread ±25 % so
+/// natter's connections do not arrive at a restarted server together. async-nats's default
+/// doubles up to 4 s: a gateway cut off for 3 s came back on average 2 s after the server
+/// did, and every device on it waited that long for what it missed.
+fn reconnect_delay(attempts: usize) -> Duration {
+    if attempts <= 1 {
+        return Duration::ZERO;
+    }
+    let doubled = Duration::from_millis(1 << (attempts - 1).min(20));
+    doubled
+        .min(RECONNECT_DELAY_MAX)
+        .mul_f64(rand::random_range(0.75..1.25))
 }
 
 /// Permission violations the server reported to natter's services (not to the operator),
@@ -104,5 +123,17 @@ mod tests {
             ["nats://a:4222", "nats://b:4222", "nats://c:4222"]
         );
         assert_eq!(server_urls("nats://a:4222"), ["nats://a:4222"]);
+    }
+
+    #[test]
+    fn reconnects_are_tried_at_once_then_at_most_about_half_a_second_apart() {
+        assert_eq!(reconnect_delay(1), Duration::ZERO);
+        let second = reconnect_delay(2);
+        assert!(second >= Duration::from_micros(1500) && second <= Duration::from_micros(2500));
+        for attempts in [10, 11, 64, usize::MAX] {
+            let d = reconnect_delay(attempts);
+            assert!(d >= RECONNECT_DELAY_MAX.mul_f64(0.75), "{attempts}: {d:?}");
+            assert!(d <= RECONNECT_DELAY_MAX.mul_f64(1.25), "{attempts}: {d:?}");
+        }
     }
 }
