@@ -58,6 +58,18 @@ pub struct Connection {
 impl Connection {
     /// Connects to `url` (`ws://host:port/v1/ws`) with a bearer token.
     pub async fn connect(url: &str, token: &str, encoding: Encoding) -> Result<Self, ConnectError> {
+        Self::connect_from(url, token, encoding, None).await
+    }
+
+    /// [`Connection::connect`] from the local address `local` (a load generator spreading
+    /// its connections over several source addresses), or any when `None`. Plain `ws://`
+    /// only when `local` is set.
+    pub async fn connect_from(
+        url: &str,
+        token: &str,
+        encoding: Encoding,
+        local: Option<std::net::IpAddr>,
+    ) -> Result<Self, ConnectError> {
         let mut request = url.into_client_request()?;
         let h = request.headers_mut();
         if let Ok(v) = HeaderValue::from_str(&format!("Bearer {token}")) {
@@ -67,7 +79,39 @@ impl Connection {
             "sec-websocket-protocol",
             HeaderValue::from_static(encoding.protocol()),
         );
-        Self::open(request, encoding).await
+        match local {
+            None => Self::open(request, encoding).await,
+            Some(local) => {
+                let uri = request.uri();
+                let host = uri.host().unwrap_or("127.0.0.1").to_string();
+                let port = uri.port_u16().unwrap_or(80);
+                let remote = tokio::net::lookup_host((host.as_str(), port))
+                    .await
+                    .map_err(tungstenite::Error::Io)?
+                    .find(|a| a.is_ipv4() == local.is_ipv4())
+                    .ok_or_else(|| {
+                        tungstenite::Error::Url(tungstenite::error::UrlError::UnableToConnect(
+                            host.clone(),
+                        ))
+                    })?;
+                let socket = match local {
+                    std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+                    std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+                }
+                .map_err(tungstenite::Error::Io)?;
+                socket
+                    .bind((local, 0).into())
+                    .map_err(tungstenite::Error::Io)?;
+                let stream = socket
+                    .connect(remote)
+                    .await
+                    .map_err(tungstenite::Error::Io)?;
+                let _ = stream.set_nodelay(true);
+                let opened =
+                    tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(stream)).await;
+                Self::opened(opened, encoding)
+            }
+        }
     }
 
     /// Connects and resumes from `cursor` (the last connection's [`Connection::cursor`];
@@ -79,10 +123,22 @@ impl Connection {
         encoding: Encoding,
         cursor: Option<Cursor>,
     ) -> Result<Self, ConnectError> {
+        Self::resume_from(url, token, encoding, cursor, None).await
+    }
+
+    /// [`Connection::resume`] from the local address `local` (see
+    /// [`Connection::connect_from`]).
+    pub async fn resume_from(
+        url: &str,
+        token: &str,
+        encoding: Encoding,
+        cursor: Option<Cursor>,
+        local: Option<std::net::IpAddr>,
+    ) -> Result<Self, ConnectError> {
         let sep = if url.contains('?') { '&' } else { '?' };
         let cursor_param = cursor.as_ref().map(|c| c.to_string()).unwrap_or_default();
         let url = format!("{url}{sep}cursor={cursor_param}");
-        let mut conn = Self::connect(&url, token, encoding).await?;
+        let mut conn = Self::connect_from(&url, token, encoding, local).await?;
         conn.cursor = cursor;
         Ok(conn)
     }
@@ -122,7 +178,21 @@ impl Connection {
         request: tungstenite::handshake::client::Request,
         encoding: Encoding,
     ) -> Result<Self, ConnectError> {
-        match tokio_tungstenite::connect_async(request).await {
+        Self::opened(tokio_tungstenite::connect_async(request).await, encoding)
+    }
+
+    /// A connection from the outcome of a WebSocket handshake.
+    fn opened(
+        handshake: Result<
+            (
+                WebSocketStream<MaybeTlsStream<TcpStream>>,
+                tungstenite::handshake::client::Response,
+            ),
+            tungstenite::Error,
+        >,
+        encoding: Encoding,
+    ) -> Result<Self, ConnectError> {
+        match handshake {
             Ok((ws, _)) => Ok(Self {
                 ws,
                 encoding,

@@ -75,8 +75,9 @@ pub struct GatewayConfig {
     pub sync_wait_max_ms: u64,
     /// Replays in crowds (a reconnect storm, every session after a NATS outage) take their
     /// messages from one shared read of the streams' recent messages, of at most this many
-    /// stream messages (held in memory while they replay, about 0.5 KiB each plus the
-    /// body); a longer gap, or 0, makes each session replay on its own.
+    /// stream messages (held in memory, as stored, until 2 minutes after the read was last
+    /// used: about 0.5 KiB each with a short body); a longer gap, or 0, makes each session
+    /// replay on its own.
     pub sync_gap_read_max_messages: u64,
     /// Browser origins (`https://chat.example.com`) whose pages may open a WebSocket. A
     /// handshake carrying any other `Origin` is refused with 403; clients that are not
@@ -135,7 +136,7 @@ impl Default for GatewayConfig {
             sync_page: 256,
             sync_concurrency: 64,
             sync_wait_max_ms: 30_000,
-            sync_gap_read_max_messages: 100_000,
+            sync_gap_read_max_messages: 250_000,
             allowed_origins: Vec::new(),
             web_client: false,
             dev_tokens: false,

@@ -13,6 +13,15 @@ pub async fn write(
     messages: impl IntoIterator<Item = (UserId, UserId)>,
 ) -> anyhow::Result<()> {
     let js = async_nats::jetstream::new(stack.nats.client().await);
+    write_to(&js, stack.bus.partitions, messages).await
+}
+
+/// [`write`] through `js`, to a deployment of `partitions` partitions.
+pub async fn write_to(
+    js: &async_nats::jetstream::Context,
+    partitions: u32,
+    messages: impl IntoIterator<Item = (UserId, UserId)>,
+) -> anyhow::Result<()> {
     let mut acks = Vec::new();
     let mut ids = ulid::Generator::new();
     for (i, (from, to)) in messages.into_iter().enumerate() {
@@ -33,7 +42,7 @@ pub async fn write(
             origin: None,
             groups_revision: None,
         };
-        let subject = subjects::message(&conversation, stack.bus.partitions);
+        let subject = subjects::message(&conversation, partitions);
         acks.push(
             js.publish(subject, serde_json::to_vec(&stored)?.into())
                 .await?,

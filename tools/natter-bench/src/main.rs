@@ -6,6 +6,9 @@
 //!   next to a raw core-NATS relay measured in the same invocation as the ceiling;
 //! * `resync`: one device draining a large backlog from its cursor (next to a bare JetStream
 //!   read), and a reconnect storm of many devices resuming at once;
+//! * `storm-wide`: reconnect storms of up to 20,000 devices over several gateway processes,
+//!   the devices in client processes of their own;
+//! * `blip`: a gateway cut off from NATS for 3 s, its devices catching up when it is back;
 //! * `group`: fan-out in a group of 500 with 200 online over 3 gateways: latency to the last
 //!   member at fixed rates, and deliveries per second at saturation, next to a raw relay;
 //! * `flood`: one user's delivery latency alone and while another user floods, with the
@@ -29,6 +32,7 @@ mod processes;
 mod report;
 mod resync;
 mod scale;
+mod storm_wide;
 
 use clap::{Parser, Subcommand};
 
@@ -139,6 +143,36 @@ enum Scenario {
         /// connection (as before it had one of its own), for the lease-write figures.
         #[arg(long)]
         lease_baseline: bool,
+    },
+    /// A reconnect storm over several gateway processes, devices in client processes of
+    /// their own (5,000 each), in rounds of increasing size: time until all resynced, and
+    /// per 1,000 devices.
+    StormWide {
+        /// Devices per round, one round each.
+        #[arg(long, value_delimiter = ',', default_value = "1000,5000,20000")]
+        clients: Vec<usize>,
+        /// Gateway processes.
+        #[arg(long, default_value_t = 4)]
+        gateways: usize,
+        /// Messages waiting for each device.
+        #[arg(long, default_value_t = 5)]
+        per_client: usize,
+    },
+    /// (Started by `storm-wide`: one client process of the storm.)
+    #[command(hide = true)]
+    StormClients {
+        #[arg(long, value_delimiter = ',')]
+        urls: Vec<String>,
+        #[arg(long)]
+        first: usize,
+        #[arg(long)]
+        count: usize,
+        #[arg(long)]
+        cursor: protocol::Cursor,
+        #[arg(long)]
+        per_client: usize,
+        #[arg(long)]
+        source: std::net::IpAddr,
     },
     /// A NATS blip under a gateway: its devices catch up on what was routed meanwhile, from
     /// one shared read of the gap and, in the same run, with a replay per session.
@@ -255,6 +289,19 @@ async fn main() -> anyhow::Result<()> {
             };
             scale::run(&options, &out).await
         }
+        Scenario::StormWide {
+            clients,
+            gateways,
+            per_client,
+        } => storm_wide::run(&clients, gateways, per_client, &out).await,
+        Scenario::StormClients {
+            urls,
+            first,
+            count,
+            cursor,
+            per_client,
+            source,
+        } => storm_wide::clients(&urls, first, count, cursor, per_client, source).await,
         Scenario::Blip {
             clients,
             per_client,

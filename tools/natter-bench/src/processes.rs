@@ -106,6 +106,20 @@ impl Processes {
         Ok(())
     }
 
+    /// Gateway `gw`'s WebSocket URL.
+    pub fn ws_url(&self, gw: usize) -> String {
+        format!("ws://127.0.0.1:{}/v1/ws", self.gateways[gw].1)
+    }
+
+    /// The value of a counter at gateway `gw`'s `/metrics`.
+    pub async fn metric(&self, gw: usize, name: &str) -> i64 {
+        let addr = ([127, 0, 0, 1], self.gateways[gw].1).into();
+        let text = testkit::http_get(addr, "/metrics").await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0)
+    }
+
     pub fn gateway_id(&self, gw: usize) -> &str {
         &self.gateways[gw].0
     }
@@ -116,7 +130,7 @@ impl Processes {
         user: &str,
         gw: usize,
     ) -> anyhow::Result<(Connection, ConnId)> {
-        let url = format!("ws://127.0.0.1:{}/v1/ws", self.gateways[gw].1);
+        let url = self.ws_url(gw);
         let token = gateway::mint_token(testkit::SECRET, user, 3600);
         let mut conn = Connection::connect(&url, &token, Encoding::Json).await?;
         match conn.next_frame().await? {

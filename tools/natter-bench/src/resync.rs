@@ -203,7 +203,15 @@ async fn backlog(stack: &Stack, from: &str, to: &[String], n: usize) -> anyhow::
 /// so a measurement is not sharing the machine with their catching up.
 async fn settle(stack: &Stack) -> anyhow::Result<()> {
     let js = async_nats::jetstream::new(stack.nats.client().await);
-    for k in 0..stack.bus.partitions {
+    settle_streams(&js, stack.bus.partitions).await
+}
+
+/// [`settle`] through `js`, for a deployment of `partitions` partitions.
+pub async fn settle_streams(
+    js: &async_nats::jetstream::Context,
+    partitions: u32,
+) -> anyhow::Result<()> {
+    for k in 0..partitions {
         let stream = js.get_stream(subjects::messages_stream(k)).await?;
         for name in [subjects::router(k), subjects::history_writer(k)] {
             loop {

@@ -40,6 +40,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer};
+use bytes::Bytes;
 use futures::StreamExt;
 use plumbing::Counter;
 use protocol::payloads::StoredMessage;
@@ -47,8 +48,9 @@ use protocol::{ConversationId, Cursor, UserId, subjects};
 
 use super::stream_head::StreamHead;
 
-/// One message of the gap: its partition, its sequence there, the message.
-type Entry = (u32, u64, Arc<StoredMessage>);
+/// One message of the gap: its partition, its sequence there, and the message as stored
+/// (decoded only by the replays that take it: most of a read is other gateways' users').
+type Entry = (u32, u64, Bytes);
 
 /// Stream messages a shared read may walk per replay it serves.
 const PER_REPLAY: u64 = 100;
@@ -74,6 +76,34 @@ struct Segment {
     direct: HashMap<UserId, Vec<Entry>>,
     /// The group messages, under their conversation, likewise.
     groups: HashMap<ConversationId, Vec<Entry>>,
+}
+
+impl Segment {
+    /// Files a message under its participants or its group, as its subject names them
+    /// (`natter.msg.<k>.dm.<a>.<b>`, `natter.msg.<k>.g.<group>`).
+    fn index(&mut self, entry: Entry, subject: &str) {
+        let mut tokens = subject.splitn(5, '.').skip(3);
+        match (tokens.next(), tokens.next()) {
+            (Some("dm"), Some(pair)) => {
+                let mut users = pair.splitn(2, '.').filter_map(|u| UserId::new(u).ok());
+                let (Some(a), Some(b)) = (users.next(), users.next()) else {
+                    return;
+                };
+                if a != b {
+                    let copy = entry.clone();
+                    self.direct.entry(b).or_default().push(copy);
+                }
+                self.direct.entry(a).or_default().push(entry);
+            }
+            (Some("g"), Some(group)) => {
+                if let Ok(group) = group.parse::<protocol::GroupId>() {
+                    let c = ConversationId::group(&group);
+                    self.groups.entry(c).or_default().push(entry);
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Everything written to the messages streams after `from`, up to `head`.
@@ -116,9 +146,13 @@ impl GapRead {
         for segment in &self.segments {
             let groups = small.iter().filter_map(|c| segment.groups.get(c));
             for entries in segment.direct.get(user).into_iter().chain(groups) {
-                for (k, seq, m) in entries {
-                    if !after.covers(*k, *seq) {
-                        mine[*k as usize].push((*seq, StoredMessage::clone(m)));
+                for (k, seq, payload) in entries {
+                    if after.covers(*k, *seq) {
+                        continue;
+                    }
+                    match serde_json::from_slice::<StoredMessage>(payload) {
+                        Ok(stored) => mine[*k as usize].push((*seq, stored)),
+                        Err(e) => tracing::warn!(error = %e, seq, "unreadable message skipped"),
                     }
                 }
             }
@@ -344,29 +378,16 @@ impl GapReads {
             .enumerate()
             .map(|(k, stream)| read_partition(stream, k as u32, from.seqs[k], head.seqs[k]));
         let partitions = futures::future::try_join_all(reads).await?;
-        let (mut direct, mut groups) = (HashMap::new(), HashMap::new());
+        let mut segment = Segment {
+            direct: HashMap::new(),
+            groups: HashMap::new(),
+        };
         for (k, messages) in partitions.into_iter().enumerate() {
-            for (seq, m) in messages {
-                let c = &m.message.conversation;
-                let entry = (k as u32, seq, m.clone());
-                if c.is_direct() {
-                    let (from, to) = (&m.message.from, &m.message.to);
-                    direct
-                        .entry(from.clone())
-                        .or_insert_with(Vec::new)
-                        .push(entry.clone());
-                    if to != from {
-                        direct
-                            .entry(to.clone())
-                            .or_insert_with(Vec::new)
-                            .push(entry);
-                    }
-                } else {
-                    groups.entry(c.clone()).or_insert_with(Vec::new).push(entry);
-                }
+            for (seq, subject, payload) in messages {
+                segment.index((k as u32, seq, payload), &subject);
             }
         }
-        Ok(Segment { direct, groups })
+        Ok(segment)
     }
 }
 
@@ -419,14 +440,14 @@ fn start_for(
     best
 }
 
-/// Partition `k`'s messages after `from` up to `head`, with an ordered consumer (served by
-/// the stream's leader, so complete on a replicated stream too).
+/// Partition `k`'s messages after `from` up to `head` (sequence, subject, payload), with an
+/// ordered consumer (served by the stream's leader, so complete on a replicated stream too).
 async fn read_partition(
     stream: &jetstream::stream::Stream,
     k: u32,
     from: u64,
     head: u64,
-) -> anyhow::Result<Vec<(u64, Arc<StoredMessage>)>> {
+) -> anyhow::Result<Vec<(u64, async_nats::Subject, Bytes)>> {
     let mut messages = Vec::new();
     if from >= head {
         return Ok(messages);
@@ -449,10 +470,7 @@ async fn read_partition(
             break;
         }
         if !subjects::is_session_marker(&msg.subject) {
-            match serde_json::from_slice::<StoredMessage>(&msg.payload) {
-                Ok(stored) => messages.push((seq, Arc::new(stored))),
-                Err(e) => tracing::warn!(error = %e, seq, "unreadable message skipped"),
-            }
+            messages.push((seq, msg.subject.clone(), msg.payload.clone()));
         }
         if seq == head || pending == 0 {
             break;
@@ -567,21 +585,19 @@ mod tests {
                 origin: None,
                 groups_revision: None,
             };
-            (k, seq, Arc::new(stored))
+            let subject = subjects::message(&stored.message.conversation, 2);
+            let payload = Bytes::from(serde_json::to_vec(&stored).unwrap());
+            ((k, seq, payload), subject)
         };
-        let segment = |entries: Vec<Entry>| {
-            let mut direct: HashMap<UserId, Vec<Entry>> = HashMap::new();
-            for e in entries {
-                direct
-                    .entry(e.2.message.from.clone())
-                    .or_default()
-                    .push(e.clone());
-                direct.entry(e.2.message.to.clone()).or_default().push(e);
-            }
-            Arc::new(Segment {
-                direct,
+        let segment = |entries: Vec<(Entry, String)>| {
+            let mut segment = Segment {
+                direct: HashMap::new(),
                 groups: HashMap::new(),
-            })
+            };
+            for (entry, subject) in entries {
+                segment.index(entry, &subject);
+            }
+            Arc::new(segment)
         };
         let mut r = read(&[0, 0], &[10, 10], Instant::now());
         r.segments = vec![
