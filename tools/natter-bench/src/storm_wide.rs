@@ -277,8 +277,8 @@ pub async fn clients(
                     }
                     // Dropped before the handshake ended: tried again after a pause.
                     Err(e) => {
-                        if failed == 0 && std::env::var_os("STORM_DEBUG").is_some() {
-                            eprintln!("device {}: {e}", first + j);
+                        if failed == 0 {
+                            eprintln!("device {}: {e}; trying again", first + j);
                         }
                         failed += 1;
                         tokio::time::sleep(backoff.next_delay(&mut rand::rng())).await;
