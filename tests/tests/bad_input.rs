@@ -197,3 +197,72 @@ fn now_secs() -> u64 {
         .unwrap()
         .as_secs()
 }
+
+/// The answers a client developer asked about, each as docs/protocol.md states it.
+#[tokio::test]
+async fn edge_frames_get_the_answers_the_protocol_documents() {
+    let stack = Stack::new().start().await;
+    let mut alice = stack.connect("alice", 0).await;
+    let mut mallory = stack.connect("mallory", 0).await;
+
+    // A connection opened without `cursor` gets no `synced`: the next frame answers the ping.
+    mallory.ping(Some(7)).await.unwrap();
+    assert_eq!(
+        mallory.next_frame().await.unwrap(),
+        ServerFrame::Pong { ts: Some(7) }
+    );
+
+    let cases: [(&str, ErrorCode); 3] = [
+        // `sync` with a cursor the server never gave.
+        (
+            r#"{"type":"sync","cursor":"yesterday"}"#,
+            ErrorCode::InvalidId,
+        ),
+        // `send` naming both a user and a group.
+        (
+            r#"{"type":"send","to":"bob","group":"01JGGVS2Q4M3TEAMS0000000AB","cid":"b1","body":"hi"}"#,
+            ErrorCode::InvalidId,
+        ),
+        // `typing` in someone else's 1:1 conversation.
+        (
+            r#"{"type":"typing","conversation":"dm:alice:bob"}"#,
+            ErrorCode::Forbidden,
+        ),
+    ];
+    for (raw, want) in cases {
+        mallory.send_raw(Message::text(raw)).await.unwrap();
+        assert_eq!(expect_error(&mut mallory).await, want, "for {raw}");
+    }
+
+    // A `history` limit over 100 is taken as 100.
+    for window in (0..101).collect::<Vec<_>>().chunks(20) {
+        for i in window {
+            alice.send("bob", &format!("m{i}"), "hi").await.unwrap();
+        }
+        for i in window {
+            expect_sent(&mut alice, &format!("m{i}")).await;
+        }
+    }
+    // History stores them after SENT: ask until the page says more follow.
+    let mut page = 0;
+    testkit::eventually(
+        "history holds all 101",
+        std::time::Duration::from_secs(30),
+        async || {
+            page += 1;
+            let qid = format!("h{page}");
+            let ask = format!(
+                r#"{{"type":"history","qid":"{qid}","conversation":"dm:alice:bob","limit":500}}"#
+            );
+            alice.send_raw(Message::text(ask)).await.unwrap();
+            match testkit::expect_answer(&mut alice, &qid).await {
+                ServerFrame::History { messages, more, .. } => {
+                    assert!(messages.len() <= 100, "{} messages", messages.len());
+                    more && messages.len() == 100
+                }
+                other => panic!("expected a history page, got {other:?}"),
+            }
+        },
+    )
+    .await;
+}

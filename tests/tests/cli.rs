@@ -304,3 +304,31 @@ async fn connection_problems_come_with_advice() {
     );
     assert!(err.contains("natter up"), "{err}");
 }
+
+#[tokio::test]
+async fn token_prints_a_bare_token_or_json_and_either_opens_a_connection() {
+    let stack = Stack::new().start().await;
+    let bare = ok(&stack, &["token", "bob", "--ttl-secs", "600"]).await;
+    let answer = json(&ok(&stack, &["--json", "token", "bob", "--ttl-secs", "600"]).await);
+    assert_eq!(answer["user"], "bob");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let expires_at = answer["expires_at"].as_u64().expect("expires_at");
+    assert!(
+        (now + 590..=now + 610).contains(&expires_at),
+        "{expires_at}"
+    );
+    let url = stack.gateways[0].ws_url();
+    for token in [bare.trim(), answer["token"].as_str().expect("token")] {
+        let mut conn = testkit::client::Connection::connect(&url, token, protocol::Encoding::Json)
+            .await
+            .expect("the token opens a connection");
+        let welcome = conn.next_frame().await.unwrap();
+        assert!(
+            matches!(&welcome, protocol::frames::ServerFrame::Welcome { user, .. } if user.as_str() == "bob"),
+            "{welcome:?}"
+        );
+    }
+}

@@ -84,7 +84,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             plumbing::telemetry::init();
             cli::up::up(config).await?;
         }
-        Command::Token { user, ttl_secs } => cli::token::run(&user, ttl_secs, config)?,
+        Command::Token { user, ttl_secs } => cli::token::run(&user, ttl_secs, config, json)?,
         Command::Send(args) => cli::send::run(args, &config, json).await?,
         Command::Tail(args) => cli::tail::run(args, &config, json).await?,
         Command::History(args) => cli::history::run(args, &config, json).await?,

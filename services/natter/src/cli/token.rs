@@ -1,15 +1,29 @@
 //! `natter token`: a token for a user, signed with the configured (or local dev) secret.
+//! Prints the bare token, or with `--json` `{"token", "user", "expires_at"}` (seconds since
+//! the Unix epoch).
 
 use anyhow::Context;
 
 use crate::config::NatterConfig;
 
-pub fn run(user: &str, ttl_secs: u64, mut config: NatterConfig) -> anyhow::Result<()> {
+pub fn run(user: &str, ttl_secs: u64, mut config: NatterConfig, json: bool) -> anyhow::Result<()> {
     protocol::UserId::new(user).context("invalid user id")?;
     config.resolve_secret()?;
-    println!(
-        "{}",
-        gateway::mint_token(&config.gateway.jwt_secret, user, ttl_secs)
-    );
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs()
+        .saturating_add(ttl_secs);
+    let claims = gateway::Claims {
+        sub: user.to_string(),
+        exp,
+        ..Default::default()
+    };
+    let token = gateway::encode_claims(&config.gateway.jwt_secret, &claims);
+    if json {
+        let out = serde_json::json!({"token": token, "user": user, "expires_at": exp});
+        println!("{out}");
+    } else {
+        println!("{token}");
+    }
     Ok(())
 }
