@@ -131,9 +131,83 @@ pub enum SecretSource {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
     use std::os::unix::fs::PermissionsExt;
 
     use super::*;
+
+    /// Every configuration key, `section.key`, with its default as docs/configuration.md
+    /// writes it: each service's own defaults, and the all-in-one's top-level keys.
+    fn defaults() -> BTreeMap<String, String> {
+        fn flatten(prefix: &str, value: &serde_json::Value, out: &mut BTreeMap<String, String>) {
+            match value {
+                serde_json::Value::Object(fields) => {
+                    for (key, value) in fields {
+                        flatten(&format!("{prefix}.{key}"), value, out);
+                    }
+                }
+                leaf => {
+                    let shown = match leaf {
+                        serde_json::Value::String(s) if s.is_empty() => "\"\"".to_string(),
+                        serde_json::Value::String(s) => s.clone(),
+                        serde_json::Value::Null => "none".to_string(),
+                        other => other.to_string(),
+                    };
+                    out.insert(prefix.trim_start_matches('.').to_string(), shown);
+                }
+            }
+        }
+        let mut out = BTreeMap::new();
+        let sections = [
+            ("bus", serde_json::to_value(BusConfig::default())),
+            ("gateway", serde_json::to_value(GatewayConfig::default())),
+            ("chat", serde_json::to_value(ChatConfig::default())),
+            ("history", serde_json::to_value(HistoryConfig::default())),
+            ("notifier", serde_json::to_value(NotifierConfig::default())),
+        ];
+        for (section, value) in sections {
+            flatten(section, &value.unwrap(), &mut out);
+        }
+        let all_in_one = NatterConfig::default();
+        out.insert("data_dir".into(), all_in_one.data_dir.display().to_string());
+        out.insert("nats_sync_interval".into(), all_in_one.nats_sync_interval);
+        out
+    }
+
+    #[test]
+    fn the_configuration_reference_lists_every_key_with_its_default() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/configuration.md");
+        let doc = std::fs::read_to_string(path).expect("docs/configuration.md");
+        // Rows: | `key` | `default` | meaning |
+        let mut documented = BTreeMap::new();
+        for line in doc.lines() {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            if let [_, key, default, ..] = cells.as_slice()
+                && let (Some(key), Some(default)) = (
+                    key.strip_prefix('`').and_then(|k| k.strip_suffix('`')),
+                    default.strip_prefix('`').and_then(|d| d.strip_suffix('`')),
+                )
+            {
+                documented.insert(key.to_string(), default.to_string());
+            }
+        }
+        // Where the service binaries serve /metrics; not part of any section.
+        documented.remove("metrics_addr");
+        let expected = defaults();
+        for (key, default) in &expected {
+            assert_eq!(
+                documented.get(key),
+                Some(default),
+                "docs/configuration.md: `{key}` (default `{default}`)"
+            );
+        }
+        for key in documented.keys() {
+            assert!(
+                expected.contains_key(key),
+                "docs/configuration.md names no key `{key}`"
+            );
+        }
+    }
 
     #[test]
     fn the_dev_secret_and_the_data_dir_are_private() {
