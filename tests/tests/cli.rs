@@ -274,6 +274,26 @@ async fn check_names_what_is_missing() {
         line.starts_with("FAIL") && line.contains("notifier"),
         "{line}"
     );
+
+    // Told the deployment runs no notifier, the check does not look for its consumer.
+    let out = run(natter(
+        &stack,
+        &[
+            "check",
+            "--nats-url",
+            &stack.nats.url(),
+            "--components",
+            "gateway,chat,history",
+        ],
+    ))
+    .await;
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{report}");
+    assert!(
+        !report.contains(protocol::subjects::NOTIFIER_CONSUMER),
+        "{report}"
+    );
+    assert!(report.contains("components: gateway, chat, history"), "{report}");
 }
 
 #[tokio::test]

@@ -32,6 +32,24 @@ pub struct CheckArgs {
     /// A token for the round trip instead of minting one.
     #[arg(long, env = "NATTER_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// The components this deployment runs; what only the others create is not checked
+    /// (`--components gateway,chat,history` for a deployment without push notifications).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "gateway,chat,history,notifier"
+    )]
+    pub components: Vec<Component>,
+}
+
+/// A natter component, as `--components` names it.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Component {
+    Gateway,
+    Chat,
+    History,
+    Notifier,
 }
 
 /// One thing looked at.
@@ -46,19 +64,26 @@ struct Item {
 /// A resource's name and the services that create it.
 type Named = (&'static str, &'static str);
 
+/// A consumer's name, the service that creates it, and that service's component.
+type Created = (&'static str, &'static str, Component);
+
 /// A stream and the consumers on it that natter's services create, with who creates them.
 /// (The messages streams, one per partition with its router and history writer, are
 /// checked from the partition count the first one records.)
-const STREAMS: &[(&str, &str, &[Named])] = &[
+const STREAMS: &[(&str, &str, &[Created])] = &[
     (
         subjects::OFFLINE_STREAM,
         "chat service and notifier",
-        &[(subjects::NOTIFIER_CONSUMER, "notifier")],
+        &[(subjects::NOTIFIER_CONSUMER, "notifier", Component::Notifier)],
     ),
     (
         subjects::SESSIONS_STREAM,
         "gateway and chat service",
-        &[(subjects::PRESENCE_CONSUMER, "chat service (user presence)")],
+        &[(
+            subjects::PRESENCE_CONSUMER,
+            "chat service (user presence)",
+            Component::Chat,
+        )],
     ),
 ];
 
@@ -95,12 +120,14 @@ pub async fn run(args: CheckArgs, config: &NatterConfig, json: bool) -> anyhow::
             )
         })?;
     let js = jetstream::new(nats.clone());
+    let runs = |c: &Component| args.components.contains(c);
     let mut items = Vec::new();
-    check_messages_streams(&js, &mut items).await;
+    check_messages_streams(&js, &runs, &mut items).await;
     for (stream_name, creators, consumers) in STREAMS {
         let consumers = consumers
             .iter()
-            .map(|(c, by)| (c.to_string(), *by))
+            .filter(|(_, _, component)| runs(component))
+            .map(|(c, by, _)| (c.to_string(), *by))
             .collect();
         check_stream(&js, stream_name, creators, consumers, &mut items).await;
     }
@@ -108,7 +135,7 @@ pub async fn run(args: CheckArgs, config: &NatterConfig, json: bool) -> anyhow::
         items.push(check_bucket(&js, bucket, creators).await);
     }
     let gateways = live_gateways(&js).await;
-    items.push(match &gateways {
+    items.extend(runs(&Component::Gateway).then(|| match &gateways {
         Ok(g) if !g.is_empty() => Item {
             kind: "gateways",
             name: subjects::GATEWAYS_BUCKET.into(),
@@ -127,16 +154,25 @@ pub async fn run(args: CheckArgs, config: &NatterConfig, json: bool) -> anyhow::
             ok: false,
             detail: format!("cannot list: {e}"),
         },
-    });
+    }));
     if let Some(url) = &args.url {
         items.push(round_trip(&args, url, config).await);
     }
     let ok = items.iter().all(|i| i.ok);
     let problems = items.iter().filter(|i| !i.ok).count();
     if json {
-        print_json(&serde_json::json!({ "ok": ok, "nats_url": nats_url, "items": items }))?;
+        let components = &args.components;
+        print_json(
+            &serde_json::json!({ "ok": ok, "nats_url": nats_url, "components": components, "items": items }),
+        )?;
     } else {
         println!("NATS {nats_url}: connected");
+        let names: Vec<String> = args
+            .components
+            .iter()
+            .map(|c| format!("{c:?}").to_lowercase())
+            .collect();
+        println!("components: {}", names.join(", "));
         for i in &items {
             let mark = if i.ok { "ok  " } else { "FAIL" };
             println!("{mark} {:<9} {:<22} {}", i.kind, i.name, i.detail);
@@ -153,7 +189,11 @@ pub async fn run(args: CheckArgs, config: &NatterConfig, json: bool) -> anyhow::
 /// Every partition's messages stream with its router and history writer; the one stream of
 /// before partitions had streams of their own fails the check (the services refuse to start
 /// next to it).
-async fn check_messages_streams(js: &jetstream::Context, items: &mut Vec<Item>) {
+async fn check_messages_streams(
+    js: &jetstream::Context,
+    runs: &impl Fn(&Component) -> bool,
+    items: &mut Vec<Item>,
+) {
     let creators = "gateway, chat and history services";
     if js.get_stream(subjects::MESSAGES_STREAM).await.is_ok() {
         items.push(Item {
@@ -176,10 +216,22 @@ async fn check_messages_streams(js: &jetstream::Context, items: &mut Vec<Item>) 
         Err(_) => 1,
     };
     for k in 0..partitions {
-        let consumers = vec![
-            (subjects::router(k), "chat service (router)"),
-            (subjects::history_writer(k), "history service (writer)"),
-        ];
+        let consumers = [
+            (
+                subjects::router(k),
+                "chat service (router)",
+                Component::Chat,
+            ),
+            (
+                subjects::history_writer(k),
+                "history service (writer)",
+                Component::History,
+            ),
+        ]
+        .into_iter()
+        .filter(|(_, _, component)| runs(component))
+        .map(|(c, by, _)| (c, by))
+        .collect();
         let name = subjects::messages_stream(k);
         check_stream(js, &name, creators, consumers, items).await;
     }
