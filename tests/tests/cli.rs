@@ -293,7 +293,10 @@ async fn check_names_what_is_missing() {
         !report.contains(protocol::subjects::NOTIFIER_CONSUMER),
         "{report}"
     );
-    assert!(report.contains("components: gateway, chat, history"), "{report}");
+    assert!(
+        report.contains("components: gateway, chat, history"),
+        "{report}"
+    );
 }
 
 #[tokio::test]

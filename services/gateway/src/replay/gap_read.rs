@@ -262,7 +262,13 @@ impl GapReads {
             ),
         };
         let began = Instant::now();
-        let read = self.read_now(heads, last.as_deref(), whole_gateway, near_head.as_ref());
+        let read = self.read_now(
+            heads,
+            last.as_deref(),
+            cursor,
+            whole_gateway,
+            near_head.as_ref(),
+        );
         match read.await {
             Ok(Some(read)) => {
                 let read = Arc::new(read);
@@ -294,14 +300,17 @@ impl GapReads {
         });
     }
 
-    /// `last` made longer up to the streams' heads, or a new read; `None` when neither pays.
-    /// `whole_gateway`: every session replays (after an outage), so any gap up to
-    /// `max_messages` pays. `near_head`: where the heads were a moment ago (a registration
-    /// marker), to see whether sharing pays before the heads are read.
+    /// `last` made longer up to the streams' heads, or a new read; `None` when neither pays
+    /// or neither would hold what `cursor` lacks (an outlier replays on its own instead of
+    /// replacing a read that serves the others). `whole_gateway`: every session replays
+    /// (after an outage), so any gap up to `max_messages` pays. `near_head`: where the heads
+    /// were a moment ago (a registration marker), to see whether sharing pays before the
+    /// heads are read.
     async fn read_now(
         &self,
         heads: &StreamHead,
         last: Option<&GapRead>,
+        cursor: &Cursor,
         whole_gateway: bool,
         near_head: Option<&Cursor>,
     ) -> anyhow::Result<Option<GapRead>> {
@@ -312,6 +321,7 @@ impl GapReads {
             let waiting = self.waiting.lock().expect("waiting replays");
             waiting.cursors.values().cloned().collect()
         };
+        // Where the next segment starts, if it pays and holds what `cursor` lacks.
         let plan = |head: &Cursor, first: &[u64]| {
             let budget = |served: usize| match whole_gateway {
                 true => self.max_messages,
@@ -325,11 +335,14 @@ impl GapReads {
             {
                 let more = distance(&last.head, head);
                 let served = waiting.iter().filter(|c| within(&last.from, c)).count();
-                if last.len() + more <= self.max_messages && more <= budget(served) {
+                if within(&last.from, cursor)
+                    && last.len() + more <= self.max_messages
+                    && more <= budget(served)
+                {
                     return Some(last.head.clone());
                 }
             }
-            start_for(&waiting, head, first, budget)
+            start_for(&waiting, head, first, budget).filter(|from| within(from, cursor))
         };
         if let Some(near) = near_head
             && plan(near, &[]).is_none()
