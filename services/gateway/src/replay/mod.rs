@@ -39,6 +39,10 @@
 //! before asking for the next, so a large backlog flows at the pace of the socket. Replays
 //! running at once on one gateway are bounded, so a reconnect storm queues here instead of
 //! overloading JetStream.
+//!
+//! **Replays in crowds** (a reconnect storm, every session after an outage or a lost
+//! delivery) take their messages from one read of the streams shared by the gateway
+//! ([`gap_read`]) instead of each reading the way above.
 
 mod admission;
 mod direct_get;
@@ -112,8 +116,9 @@ pub enum Replay {
     Start {
         user: UserId,
         cursor: Option<Cursor>,
-        /// Since when every session of the gateway was asked for this replay from the same
-        /// cursor: it may come from one shared read begun after then ([`gap_read`]).
+        /// Since when every session of the gateway was asked for a replay (after a NATS
+        /// outage or a lost delivery): it may come from one shared read begun after then
+        /// ([`gap_read`]).
         shared: Option<Instant>,
         /// For the replay a handshake asked for: where its session's registration marker
         /// landed in each partition's stream. Every message after it is routed to the
