@@ -395,3 +395,60 @@ async fn send(alice: &mut Connection, body: &str) -> MessageId {
     alice.send("bob", body, body).await.unwrap();
     expect_sent(alice, body).await.id
 }
+
+/// A delivery lost on the way (a gap in a router's numbering) makes every session of the
+/// gateway replay from where its deliveries stood, from one shared read: each gets `synced`,
+/// nothing twice, and what is sent afterwards arrives live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_delivery_makes_the_gateways_sessions_replay_from_one_shared_read() {
+    const USERS: usize = 30;
+    let stack = Stack::new().start().await;
+    let mut alice = stack.connect("alice", 0).await;
+    let users: Vec<String> = (0..USERS).map(|i| format!("g{i:02}")).collect();
+    let mut devices = Vec::new();
+    for user in &users {
+        devices.push(stack.connect(user, 0).await);
+    }
+    for (user, device) in users.iter().zip(&mut devices) {
+        let hello = send_to(&mut alice, user, "hello").await;
+        assert_eq!(expect_message(device).await.id, hello);
+    }
+    let gw = &stack.gateways[0];
+    let shared_before = gw.metric("natter_gateway_replays_shared_total").await;
+
+    // A router run numbering its deliveries to this gateway 1, then 3: number 2 was lost.
+    let nats = stack.nats.client().await;
+    let subject = subjects::gateway_deliver(&GatewayId::new(&gw.id).unwrap());
+    for n in [1, 3] {
+        let delivery = protocol::payloads::Delivery {
+            targets: Vec::new(),
+            frame: ServerFrame::Pong { ts: None },
+            order: Some(protocol::payloads::DeliveryOrder {
+                run: u64::MAX,
+                n,
+                partition: 0,
+            }),
+            position: None,
+        };
+        let payload = serde_json::to_vec(&delivery).unwrap();
+        nats.publish(subject.clone(), payload.into()).await.unwrap();
+    }
+    nats.flush().await.unwrap();
+
+    // Every session replays, unasked, and has nothing it lacked: no copy of its hello.
+    for device in &mut devices {
+        let (replayed, synced) = expect_synced(device).await;
+        assert!(synced.recovered);
+        assert!(replayed.is_empty(), "replayed again: {replayed:?}");
+    }
+    let shared = gw.metric("natter_gateway_replays_shared_total").await - shared_before;
+    assert!(
+        shared >= USERS as i64,
+        "{shared} replays from a shared read"
+    );
+    // Live traffic goes on.
+    for (user, device) in users.iter().zip(&mut devices) {
+        let after = send_to(&mut alice, user, "after").await;
+        assert_eq!(expect_message(device).await.id, after);
+    }
+}
