@@ -81,36 +81,7 @@ impl Connection {
         );
         match local {
             None => Self::open(request, encoding).await,
-            Some(local) => {
-                let uri = request.uri();
-                let host = uri.host().unwrap_or("127.0.0.1").to_string();
-                let port = uri.port_u16().unwrap_or(80);
-                let remote = tokio::net::lookup_host((host.as_str(), port))
-                    .await
-                    .map_err(tungstenite::Error::Io)?
-                    .find(|a| a.is_ipv4() == local.is_ipv4())
-                    .ok_or_else(|| {
-                        tungstenite::Error::Url(tungstenite::error::UrlError::UnableToConnect(
-                            host.clone(),
-                        ))
-                    })?;
-                let socket = match local {
-                    std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
-                    std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
-                }
-                .map_err(tungstenite::Error::Io)?;
-                socket
-                    .bind((local, 0).into())
-                    .map_err(tungstenite::Error::Io)?;
-                let stream = socket
-                    .connect(remote)
-                    .await
-                    .map_err(tungstenite::Error::Io)?;
-                let _ = stream.set_nodelay(true);
-                let opened =
-                    tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(stream)).await;
-                Self::opened(opened, encoding)
-            }
+            Some(local) => Self::open_from(request, encoding, local).await,
         }
     }
 
@@ -179,6 +150,40 @@ impl Connection {
         encoding: Encoding,
     ) -> Result<Self, ConnectError> {
         Self::opened(tokio_tungstenite::connect_async(request).await, encoding)
+    }
+
+    /// [`Connection::open`] over a TCP connection made from the local address `local` (plain
+    /// `ws://` only).
+    async fn open_from(
+        request: tungstenite::handshake::client::Request,
+        encoding: Encoding,
+        local: std::net::IpAddr,
+    ) -> Result<Self, ConnectError> {
+        let uri = request.uri();
+        let host = uri.host().unwrap_or("127.0.0.1").to_string();
+        let port = uri.port_u16().unwrap_or(80);
+        let remote = tokio::net::lookup_host((host.as_str(), port))
+            .await
+            .map_err(tungstenite::Error::Io)?
+            .find(|a| a.is_ipv4() == local.is_ipv4())
+            .ok_or_else(|| {
+                tungstenite::Error::Url(tungstenite::error::UrlError::UnableToConnect(host.clone()))
+            })?;
+        let socket = match local {
+            std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+            std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+        }
+        .map_err(tungstenite::Error::Io)?;
+        socket
+            .bind((local, 0).into())
+            .map_err(tungstenite::Error::Io)?;
+        let stream = socket
+            .connect(remote)
+            .await
+            .map_err(tungstenite::Error::Io)?;
+        let _ = stream.set_nodelay(true);
+        let opened = tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(stream)).await;
+        Self::opened(opened, encoding)
     }
 
     /// A connection from the outcome of a WebSocket handshake.

@@ -26,6 +26,6 @@ mod state;
 mod watchers;
 mod web_client;
 
-pub use auth::{Claims, encode_claims, mint_token};
+pub use auth::{Claims, encode_claims, mint_token, mint_token_expiring};
 pub use config::GatewayConfig;
 pub use server::{Gateway, run};

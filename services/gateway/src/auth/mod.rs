@@ -140,6 +140,11 @@ pub fn url_query_param(query: &str, name: &str) -> Option<String> {
 
 /// Mints a token for `user` valid for `ttl_secs` (dev tokens, tests, the CLI).
 pub fn mint_token(secret: &str, user: &str, ttl_secs: u64) -> String {
+    mint_token_expiring(secret, user, ttl_secs).0
+}
+
+/// [`mint_token`], with the token's expiry (`exp`, seconds since the Unix epoch).
+pub fn mint_token_expiring(secret: &str, user: &str, ttl_secs: u64) -> (String, u64) {
     let exp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -150,7 +155,7 @@ pub fn mint_token(secret: &str, user: &str, ttl_secs: u64) -> String {
         exp,
         ..Default::default()
     };
-    encode_claims(secret, &claims)
+    (encode_claims(secret, &claims), exp)
 }
 
 /// Signs arbitrary claims with HS256 (tests of expired or odd tokens).

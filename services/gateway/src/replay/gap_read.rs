@@ -71,6 +71,7 @@ pub enum Covering<'a> {
 }
 
 /// One read of each partition, after the previous segment's end.
+#[derive(Default)]
 struct Segment {
     /// The 1:1 messages, under each participant, in stream order within each partition.
     direct: HashMap<UserId, Vec<Entry>>,
@@ -120,11 +121,8 @@ pub struct GapRead {
 impl GapRead {
     /// Whether it holds everything after `cursor`, up to a head that has the session.
     pub fn serves(&self, cursor: &Cursor, covering: &Covering) -> bool {
-        let within = cursor.epoch == self.head.epoch
-            && cursor.seqs.len() == self.head.seqs.len()
-            && (self.from.seqs.iter().zip(&cursor.seqs)).all(|(f, c)| f <= c)
-            && (cursor.seqs.iter().zip(&self.head.seqs)).all(|(c, h)| c <= h);
-        within
+        within(&self.from, cursor)
+            && (cursor.seqs.iter().zip(&self.head.seqs)).all(|(c, h)| c <= h)
             && match covering {
                 Covering::AskedAt(asked) => self.read_at >= *asked,
                 Covering::Marker(marker) => {
@@ -391,10 +389,7 @@ impl GapReads {
             .enumerate()
             .map(|(k, stream)| read_partition(stream, k as u32, from.seqs[k], head.seqs[k]));
         let partitions = futures::future::try_join_all(reads).await?;
-        let mut segment = Segment {
-            direct: HashMap::new(),
-            groups: HashMap::new(),
-        };
+        let mut segment = Segment::default();
         for (k, messages) in partitions.into_iter().enumerate() {
             for (seq, subject, payload) in messages {
                 segment.index((k as u32, seq, payload), &subject);
@@ -603,10 +598,7 @@ mod tests {
             ((k, seq, payload), subject)
         };
         let segment = |entries: Vec<(Entry, String)>| {
-            let mut segment = Segment {
-                direct: HashMap::new(),
-                groups: HashMap::new(),
-            };
+            let mut segment = Segment::default();
             for (entry, subject) in entries {
                 segment.index(entry, &subject);
             }

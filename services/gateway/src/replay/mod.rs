@@ -128,6 +128,21 @@ pub enum Replay {
     Reading(Box<Reading>),
 }
 
+impl Replay {
+    /// The cursor of a first turn that may come from a shared read (see `start_shared`).
+    fn shareable(&self) -> Option<&Cursor> {
+        match self {
+            Replay::Start {
+                cursor: Some(cursor),
+                shared,
+                marker,
+                ..
+            } if shared.is_some() || marker.is_some() => Some(cursor),
+            _ => None,
+        }
+    }
+}
+
 /// A replay under way: one source per conversation (or per filter), each of one partition's
 /// stream, read up to that partition's position in `head`.
 pub struct Reading {
@@ -159,15 +174,7 @@ impl Replayer {
     pub async fn turn(&self, replay: Replay) -> anyhow::Result<Turn> {
         let turn = {
             // A replay from a cursor that may share a read waits counted (see `gap_read`).
-            let _waiting = match &replay {
-                Replay::Start {
-                    cursor: Some(cursor),
-                    shared,
-                    marker,
-                    ..
-                } if shared.is_some() || marker.is_some() => Some(self.gap_reads.wait(cursor)),
-                _ => None,
-            };
+            let _waiting = replay.shareable().map(|cursor| self.gap_reads.wait(cursor));
             let queued = self.admission.queued();
             let _permit = self.permits.acquire().await?;
             drop(queued);
@@ -178,9 +185,7 @@ impl Replayer {
                         cursor: Some(cursor),
                         shared,
                         marker,
-                    } if shared.is_some() || marker.is_some() => {
-                        self.start_shared(user, cursor, shared, marker).await
-                    }
+                    } => self.start_shared(user, cursor, shared, marker).await,
                     Replay::Start { user, cursor, .. } => self.start(user, cursor).await,
                     Replay::Reading(reading) => self.read(*reading).await,
                 }
@@ -275,10 +280,11 @@ impl Replayer {
         Ok(turn)
     }
 
-    /// A replay that may come from a read shared with other sessions' replays
-    /// ([`gap_read`]): one every session of the gateway was asked for at `shared`, or the
-    /// one a device asked for when it connected (`marker`). Read on its own if no
-    /// shared read serves it.
+    /// A replay from `cursor`, from a read shared with other sessions' replays
+    /// ([`gap_read`]) when it may come from one: one every session of the gateway was asked
+    /// for at `shared`, or the one a device asked for when it connected (`marker`). Read on
+    /// its own otherwise (a device's `sync`, a resync of its own), or if no shared read
+    /// serves it.
     async fn start_shared(
         &self,
         user: UserId,
@@ -286,9 +292,10 @@ impl Replayer {
         shared: Option<Instant>,
         marker: Option<Vec<u64>>,
     ) -> anyhow::Result<Turn> {
-        let covering = match &marker {
-            Some(marker) => gap_read::Covering::Marker(marker),
-            None => gap_read::Covering::AskedAt(shared.unwrap_or_else(Instant::now)),
+        let covering = match (&marker, shared) {
+            (Some(marker), _) => gap_read::Covering::Marker(marker),
+            (None, Some(asked)) => gap_read::Covering::AskedAt(asked),
+            (None, None) => return self.start(user, Some(cursor)).await,
         };
         let read = self.gap_reads.read(&self.stream_head, &cursor, covering);
         let Some(gap) = read.await else {

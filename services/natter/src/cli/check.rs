@@ -167,10 +167,9 @@ pub async fn run(args: CheckArgs, config: &NatterConfig, json: bool) -> anyhow::
         )?;
     } else {
         println!("NATS {nats_url}: connected");
-        let names: Vec<String> = args
-            .components
-            .iter()
-            .map(|c| format!("{c:?}").to_lowercase())
+        let names: Vec<String> = (args.components.iter())
+            .filter_map(clap::ValueEnum::to_possible_value)
+            .map(|v| v.get_name().to_string())
             .collect();
         println!("components: {}", names.join(", "));
         for i in &items {

@@ -9,16 +9,7 @@ use crate::config::NatterConfig;
 pub fn run(user: &str, ttl_secs: u64, mut config: NatterConfig, json: bool) -> anyhow::Result<()> {
     protocol::UserId::new(user).context("invalid user id")?;
     config.resolve_secret()?;
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_secs()
-        .saturating_add(ttl_secs);
-    let claims = gateway::Claims {
-        sub: user.to_string(),
-        exp,
-        ..Default::default()
-    };
-    let token = gateway::encode_claims(&config.gateway.jwt_secret, &claims);
+    let (token, exp) = gateway::mint_token_expiring(&config.gateway.jwt_secret, user, ttl_secs);
     if json {
         let out = serde_json::json!({"token": token, "user": user, "expires_at": exp});
         println!("{out}");
