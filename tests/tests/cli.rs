@@ -4,7 +4,6 @@
 
 use std::path::PathBuf;
 use std::process::{Output, Stdio};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use plumbing::nats_auth::Role;
@@ -16,28 +15,9 @@ use tokio::process::Command;
 /// How long one CLI command may take.
 const COMMAND_PATIENCE: Duration = Duration::from_secs(30);
 
-/// The `natter` binary. Cargo builds a package's binaries only for that package's own tests,
-/// so this builds it once, into the target directory this test runs from.
-fn natter_bin() -> &'static PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let exe = std::env::current_exe().expect("current exe");
-        // <target>/<profile>/deps/cli-<hash>
-        let profile_dir = exe.parent().and_then(|d| d.parent()).expect("profile dir");
-        let target_dir = profile_dir.parent().expect("target dir");
-        let mut build = std::process::Command::new(env!("CARGO"));
-        build
-            .args(["build", "--quiet", "-p", "natter", "--bin", "natter"])
-            .arg("--target-dir")
-            .arg(target_dir)
-            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            build.arg("--release");
-        }
-        let status = build.status().expect("run cargo build -p natter");
-        assert!(status.success(), "cargo build -p natter failed");
-        profile_dir.join("natter")
-    })
+/// The `natter` binary.
+fn natter_bin() -> PathBuf {
+    testkit::built(&["natter"]).join("natter")
 }
 
 /// A `natter` command with the stack's gateway and secret in its environment.

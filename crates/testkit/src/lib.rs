@@ -10,6 +10,7 @@
 //!
 //! | module | owns |
 //! |---|---|
+//! | `binaries` | the workspace's binaries, built for tests that run them as processes |
 //! | `harness` | `TestNats` and `StackNats`: real nats-server processes |
 //! | `cluster` | `TestCluster`: three clustered nats-servers, a node killed and restarted |
 //! | `stack` | the `Stack` builder and the `Running*` handles on its services |
@@ -18,6 +19,7 @@
 //! | `traffic` | `Traffic`: retrying senders and recipients with a report |
 //! | `webhook` | `WebhookReceiver`: the notifier's webhook, received |
 
+mod binaries;
 mod cluster;
 mod expect;
 mod harness;
@@ -26,6 +28,7 @@ mod stack;
 mod traffic;
 mod webhook;
 
+pub use binaries::built;
 pub use client;
 pub use cluster::TestCluster;
 /// The old name of [`expect_answer`], kept for `tools/natter-bench`.

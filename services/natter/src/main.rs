@@ -59,6 +59,8 @@ enum Command {
     /// Make the NATS credentials of a deployment: TLS certificates, one nkey per role and
     /// integrator, and the nats-server configuration with their permissions.
     NatsAuth(cli::nats_auth::NatsAuthArgs),
+    /// Exit 0 when `GET URL` answers 200 (a container health check: the image has no curl).
+    Probe(cli::probe::ProbeArgs),
 }
 
 #[tokio::main]
@@ -76,6 +78,11 @@ async fn main() -> ExitCode {
 
 /// Runs the command; `Ok(false)` is a check that found problems (already reported).
 async fn run(cli: Cli) -> anyhow::Result<bool> {
+    // A health check needs no configuration; a broken file must not fail it.
+    if let Command::Probe(args) = cli.command {
+        cli::probe::run(args).await?;
+        return Ok(true);
+    }
     let config: NatterConfig =
         plumbing::config::load(cli.config.as_deref()).context("invalid configuration")?;
     let json = cli.json;
@@ -94,6 +101,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         Command::Receipts(args) => cli::receipts::run(args, &config, json).await?,
         Command::Check(args) => return cli::check::run(args, &config, json).await,
         Command::NatsAuth(args) => cli::nats_auth::run(args, &config)?,
+        Command::Probe(_) => unreachable!("answered before the configuration is read"),
     }
     Ok(true)
 }

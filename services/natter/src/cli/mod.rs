@@ -7,6 +7,7 @@ pub mod conversations;
 pub mod groups;
 pub mod history;
 pub mod nats_auth;
+pub mod probe;
 pub mod receipts;
 pub mod send;
 pub mod tail;

@@ -1,0 +1,658 @@
+//! compose.yaml, run without a container engine: every service started as a process with
+//! exactly its command, environment and health check, in the order its `depends_on`
+//! conditions say, then a conversation through it.
+//!
+//! What stands for a container (`ComposeRun`):
+//! - **Addresses.** Each service gets its own loopback address (127.77.0.N). A service name
+//!   in a URL, `name:port` or after `--host` becomes that address; `0.0.0.0` in its own
+//!   values becomes its address and `127.0.0.1` a loopback address of its own (127.78.0.N),
+//!   so a server bound to 127.0.0.1 is out of the other services' reach, as in a container.
+//!   A health check runs inside the container: its `127.0.0.1` reaches both.
+//! - **Files.** Each service gets a root directory. A bind mount is copied there (its text
+//!   mapped like a value), a named volume is a directory shared by every service mounting it,
+//!   and an absolute path under a mount point is prefixed with the root.
+//! - **Images.** `build: .` runs the binaries the Dockerfile builds (built here from the same
+//!   packages); `nats:*` runs the pinned nats-server; `scylladb/*` is the test's Cassandra
+//!   (`NATTER_SCYLLA_URI`, as for the CQL store's suite). A health check's `wget URL` is
+//!   asked with `natter probe URL`.
+//!
+//! Anything else in compose.yaml fails the test with what it does not understand, so the file
+//! cannot drift into something this test no longer runs.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use protocol::Encoding;
+use serde::Deserialize;
+use testkit::client::Connection;
+use testkit::{expect_delivered, expect_history, expect_message, expect_sent, expect_welcome};
+use tokio::process::{Child, Command};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+/// The repository's root.
+const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+
+/// How long the whole stack may take to become healthy.
+const START_PATIENCE: Duration = Duration::from_secs(90);
+
+#[derive(Deserialize)]
+struct ComposeFile {
+    services: BTreeMap<String, ServiceDef>,
+    #[serde(default)]
+    volumes: BTreeMap<String, Option<serde_yaml_ng::Value>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServiceDef {
+    image: Option<String>,
+    build: Option<String>,
+    #[serde(default)]
+    command: Vec<String>,
+    #[serde(default)]
+    environment: BTreeMap<String, String>,
+    #[serde(default)]
+    volumes: Vec<String>,
+    #[serde(default)]
+    depends_on: DependsOn,
+    healthcheck: Option<HealthCheck>,
+    restart: Option<String>,
+    #[serde(default)]
+    ports: Vec<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(untagged)]
+enum DependsOn {
+    #[default]
+    None,
+    Started(Vec<String>),
+    Conditions(BTreeMap<String, Condition>),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Condition {
+    condition: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // the timings are the engine's; the test polls until its own deadline
+struct HealthCheck {
+    test: Vec<String>,
+    interval: Option<String>,
+    timeout: Option<String>,
+    retries: Option<u32>,
+    start_period: Option<String>,
+}
+
+impl DependsOn {
+    /// (service, condition) pairs; a bare list means `service_started`.
+    fn conditions(&self) -> Vec<(String, String)> {
+        match self {
+            DependsOn::None => Vec::new(),
+            DependsOn::Started(names) => names
+                .iter()
+                .map(|n| (n.clone(), "service_started".to_string()))
+                .collect(),
+            DependsOn::Conditions(map) => map
+                .iter()
+                .map(|(n, c)| (n.clone(), c.condition.clone()))
+                .collect(),
+        }
+    }
+}
+
+fn read_compose() -> ComposeFile {
+    let text = std::fs::read_to_string(format!("{ROOT}/compose.yaml")).expect("read compose.yaml");
+    let mut value: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).expect("compose.yaml");
+    value.apply_merge().expect("merge keys");
+    serde_yaml_ng::from_value(value).unwrap_or_else(|e| panic!("compose.yaml: {e}"))
+}
+
+/// The binaries the Dockerfile's image holds (its `COPY --from=build` of target/release).
+fn dockerfile_binaries() -> Vec<String> {
+    let text = std::fs::read_to_string(format!("{ROOT}/Dockerfile")).expect("read Dockerfile");
+    text.split_whitespace()
+        .filter_map(|w| w.strip_prefix("/src/target/release/"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The packages the Dockerfile builds (`cargo build … -p a -p b`).
+fn dockerfile_packages() -> Vec<String> {
+    let text = std::fs::read_to_string(format!("{ROOT}/Dockerfile")).expect("read Dockerfile");
+    let build = text
+        .lines()
+        .find(|l| l.contains("cargo build"))
+        .expect("the Dockerfile runs cargo build");
+    let words: Vec<&str> = build.split_whitespace().collect();
+    words
+        .windows(2)
+        .filter(|w| w[0] == "-p")
+        .map(|w| w[1].to_string())
+        .collect()
+}
+
+/// The directory holding the binaries of the Dockerfile's packages, built here.
+fn built_binaries() -> &'static PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let packages = dockerfile_packages();
+        testkit::built(&packages.iter().map(String::as_str).collect::<Vec<_>>())
+    })
+}
+
+/// What runs a service here.
+enum Runs {
+    /// A binary of the image `build: .` makes.
+    Natter,
+    /// The nats image: the pinned nats-server with the service's command as arguments.
+    NatsServer,
+    /// The CQL database: the test's own Cassandra, at this address.
+    External(String),
+}
+
+/// One service as this machine runs it.
+struct Placed {
+    name: String,
+    def: ServiceDef,
+    runs: Runs,
+    /// Its address on the compose network.
+    addr: Ipv4Addr,
+    /// What it reaches as 127.0.0.1.
+    loopback: Ipv4Addr,
+    root: PathBuf,
+}
+
+/// compose.yaml placed on this machine, and its processes.
+struct ComposeRun {
+    services: Vec<Placed>,
+    dir: tempfile::TempDir,
+    variables: HashMap<String, String>,
+    children: HashMap<String, Child>,
+    healthy: Vec<String>,
+}
+
+impl ComposeRun {
+    fn new(file: ComposeFile, variables: HashMap<String, String>) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let cql = std::env::var("NATTER_SCYLLA_URI").expect(
+            "NATTER_SCYLLA_URI is not set: run scripts/test, which starts a local Cassandra \
+             node (compose.yaml's scylla service runs as that node here)",
+        );
+        for volume in file.volumes.keys() {
+            std::fs::create_dir_all(dir.path().join("volumes").join(volume)).unwrap();
+        }
+        let services = file
+            .services
+            .into_iter()
+            .enumerate()
+            .map(|(i, (name, def))| {
+                let runs = match (&def.build, def.image.as_deref()) {
+                    (Some(context), _) => {
+                        assert_eq!(context, ".", "{name}: build context");
+                        Runs::Natter
+                    }
+                    (None, Some(image)) if image.starts_with("nats:") => Runs::NatsServer,
+                    (None, Some(image)) if image.starts_with("scylladb/") => {
+                        Runs::External(cql.clone())
+                    }
+                    (None, image) => panic!("{name}: this test cannot run image {image:?}"),
+                };
+                let root = dir.path().join("roots").join(&name);
+                std::fs::create_dir_all(&root).unwrap();
+                Placed {
+                    addr: Ipv4Addr::new(127, 77, 0, i as u8 + 1),
+                    loopback: Ipv4Addr::new(127, 78, 0, i as u8 + 1),
+                    name,
+                    def,
+                    runs,
+                    root,
+                }
+            })
+            .collect();
+        let run = Self {
+            services,
+            dir,
+            variables,
+            children: HashMap::new(),
+            healthy: Vec::new(),
+        };
+        run.mount_all();
+        run
+    }
+
+    fn service(&self, name: &str) -> &Placed {
+        self.services
+            .iter()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("no service {name} in compose.yaml"))
+    }
+
+    /// The address a client outside reaches `service`'s container `port` at.
+    fn addr(&self, service: &str, port: u16) -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(self.service(service).addr), port)
+    }
+
+    /// The container port `service` publishes first (`HOST:CONTAINER`), as a client reaches it.
+    fn published(&self, service: &str) -> SocketAddr {
+        let ports = &self.service(service).def.ports;
+        let port = ports
+            .first()
+            .and_then(|p| p.rsplit(':').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("{service} publishes no port: {ports:?}"));
+        self.addr(service, port)
+    }
+
+    /// Bind mounts copied (their text mapped), named volumes linked, under each root.
+    fn mount_all(&self) {
+        for s in &self.services {
+            for mount in &s.def.volumes {
+                let mut parts = mount.split(':');
+                let (source, target) = (parts.next().unwrap(), parts.next().unwrap());
+                let at = s.root.join(target.trim_start_matches('/'));
+                std::fs::create_dir_all(at.parent().unwrap()).unwrap();
+                if let Some(file) = source.strip_prefix("./") {
+                    let text = std::fs::read_to_string(Path::new(ROOT).join(file))
+                        .unwrap_or_else(|e| panic!("{}: bind mount {source}: {e}", s.name));
+                    std::fs::write(&at, self.map(s, &text, s.loopback)).unwrap();
+                } else {
+                    let volume = self.dir.path().join("volumes").join(source);
+                    assert!(volume.is_dir(), "{}: undeclared volume {source}", s.name);
+                    std::os::unix::fs::symlink(&volume, &at).unwrap();
+                }
+            }
+        }
+    }
+
+    /// A value as `s` sees it, mapped to this machine (see the module's doc).
+    fn map(&self, s: &Placed, value: &str, loopback: Ipv4Addr) -> String {
+        let mut value = self.interpolate(value);
+        let own = s.addr.to_string();
+        value = value
+            .replace("0.0.0.0", &own)
+            .replace("127.0.0.1", &loopback.to_string());
+        for other in &self.services {
+            let name = &other.name;
+            let to = match &other.runs {
+                Runs::External(addr) => {
+                    // `name:port` is the external server whatever the port.
+                    if let Some(port) = value.strip_prefix(&format!("{name}:"))
+                        && port.parse::<u16>().is_ok()
+                    {
+                        value = addr.clone();
+                    }
+                    continue;
+                }
+                _ => other.addr.to_string(),
+            };
+            value = value.replace(&format!("//{name}:"), &format!("//{to}:"));
+            if let Some(port) = value.strip_prefix(&format!("{name}:"))
+                && port.parse::<u16>().is_ok()
+            {
+                value = format!("{to}:{port}");
+            }
+        }
+        self.prefix_paths(s, &value)
+    }
+
+    /// A service's name as its address here.
+    fn host(&self, name: &str) -> String {
+        self.service(name).addr.to_string()
+    }
+
+    /// Absolute paths under one of `s`'s mount points, moved under its root.
+    fn prefix_paths(&self, s: &Placed, value: &str) -> String {
+        let targets: Vec<&str> = s
+            .def
+            .volumes
+            .iter()
+            .map(|m| m.split(':').nth(1).unwrap())
+            .collect();
+        let root = s.root.to_str().unwrap();
+        let mut out = String::new();
+        let mut rest = value;
+        while let Some((at, target)) = targets
+            .iter()
+            .filter_map(|t| rest.find(t).map(|at| (at, *t)))
+            .min()
+        {
+            out.push_str(&rest[..at]);
+            out.push_str(root);
+            out.push_str(target);
+            rest = &rest[at + target.len()..];
+        }
+        out.push_str(rest);
+        out
+    }
+
+    /// `${VAR}`, `${VAR:-default}` and `${VAR:?message}` from the test's variables.
+    fn interpolate(&self, value: &str) -> String {
+        let mut out = String::new();
+        let mut rest = value;
+        while let Some(start) = rest.find("${") {
+            out.push_str(&rest[..start]);
+            let end = rest[start..].find('}').expect("unclosed ${") + start;
+            let expr = &rest[start + 2..end];
+            let (name, fallback) = match expr.find([':', '-', '?']) {
+                Some(i) => (&expr[..i], Some(&expr[i..])),
+                None => (expr, None),
+            };
+            let value = match (self.variables.get(name), fallback) {
+                (Some(v), _) => v.clone(),
+                (None, Some(f)) if f.starts_with(":-") => f[2..].to_string(),
+                (None, f) => panic!("compose.yaml needs ${{{name}}} ({f:?})"),
+            };
+            out.push_str(&value);
+            rest = &rest[end + 1..];
+        }
+        out.push_str(rest);
+        out
+    }
+
+    /// The program and arguments of `argv` (a command or a health check) as run here.
+    fn command(&self, s: &Placed, argv: &[String], loopback: Ipv4Addr) -> Command {
+        let argv: Vec<String> = argv
+            .iter()
+            .enumerate()
+            .map(|(i, a)| match i.checked_sub(1).map(|p| argv[p].as_str()) {
+                // A host name argument (`natter nats-auth --host nats`).
+                Some("--host") => self.host(a),
+                _ => self.map(s, a, loopback),
+            })
+            .collect();
+        let bin = built_binaries();
+        let mut cmd = match (&s.runs, argv[0].as_str()) {
+            (_, "wget") => {
+                let mut cmd = Command::new(bin.join("natter"));
+                cmd.args(["probe", argv.last().unwrap()]);
+                cmd
+            }
+            (Runs::NatsServer, _) => {
+                let mut cmd = Command::new(
+                    std::env::var("NATTER_NATS_SERVER").unwrap_or("nats-server".into()),
+                );
+                cmd.args(&argv);
+                cmd
+            }
+            (_, program) => {
+                assert!(
+                    dockerfile_binaries().iter().any(|b| b == program),
+                    "{}: {program} is not a binary the Dockerfile's image holds",
+                    s.name
+                );
+                let mut cmd = Command::new(bin.join(program));
+                cmd.args(&argv[1..]);
+                cmd
+            }
+        };
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .current_dir(&s.root)
+            .kill_on_drop(true);
+        for (key, value) in &s.def.environment {
+            cmd.env(key, self.map(s, value, loopback));
+        }
+        cmd
+    }
+
+    /// Starts `s`'s process, its output in a log file beside its root.
+    fn start(&mut self, name: &str) {
+        let s = self.service(name);
+        let mut cmd = match &s.runs {
+            Runs::External(_) => {
+                self.healthy.push(name.to_string());
+                return;
+            }
+            Runs::Natter | Runs::NatsServer => self.command(s, &s.def.command, s.loopback),
+        };
+        let log = std::fs::File::create(self.log_path(name)).unwrap();
+        cmd.stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log));
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("{name}: start: {e}"));
+        self.children.insert(name.to_string(), child);
+    }
+
+    fn log_path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(format!("{name}.log"))
+    }
+
+    /// The end of a service's log, for failure messages.
+    fn log_tail(&self, name: &str) -> String {
+        let text = std::fs::read_to_string(self.log_path(name)).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// Whether `name` meets `condition` now.
+    async fn meets(&mut self, name: &str, condition: &str) -> bool {
+        if self.healthy.iter().any(|h| h == name) {
+            return true;
+        }
+        match condition {
+            "service_started" => self.children.contains_key(name),
+            "service_completed_successfully" => {
+                let Some(child) = self.children.get_mut(name) else {
+                    return false;
+                };
+                match child.try_wait().unwrap() {
+                    None => false,
+                    Some(status) if status.success() => true,
+                    Some(status) => panic!("{name} exited with {status}:\n{}", self.log_tail(name)),
+                }
+            }
+            "service_healthy" => {
+                if !self.children.contains_key(name) {
+                    return false;
+                }
+                let s = self.service(name);
+                let check = s.def.healthcheck.as_ref().unwrap_or_else(|| {
+                    panic!("{name} is waited for as healthy but has no healthcheck")
+                });
+                assert_eq!(check.test[0], "CMD", "{name}: health check form");
+                // Inside a container 127.0.0.1 reaches what listens on 127.0.0.1 and what
+                // listens on 0.0.0.0: here two addresses, so the check may try both.
+                let mut ok = false;
+                for loopback in [s.loopback, s.addr] {
+                    let mut cmd = self.command(s, &check.test[1..], loopback);
+                    cmd.stdout(Stdio::null()).stderr(Stdio::null());
+                    if cmd.status().await.unwrap().success() {
+                        ok = true;
+                        break;
+                    }
+                }
+                if ok {
+                    self.healthy.push(name.to_string());
+                }
+                ok
+            }
+            other => panic!("unknown depends_on condition {other}"),
+        }
+    }
+
+    /// Starts every service once its dependencies meet their conditions, and waits until
+    /// every service with a health check is healthy.
+    async fn up(&mut self) {
+        let deadline = Instant::now() + START_PATIENCE;
+        let names: Vec<String> = self.services.iter().map(|s| s.name.clone()).collect();
+        loop {
+            let mut waiting = Vec::new();
+            for name in &names {
+                if self.children.contains_key(name) || self.healthy.contains(name) {
+                    continue;
+                }
+                let mut ready = true;
+                for (dependency, condition) in self.service(name).def.depends_on.conditions() {
+                    if !self.meets(&dependency, &condition).await {
+                        ready = false;
+                        waiting.push(format!("{name} for {dependency} ({condition})"));
+                    }
+                }
+                if ready {
+                    self.start(name);
+                }
+            }
+            for name in &names {
+                if self.service(name).def.healthcheck.is_some()
+                    && !self.meets(name, "service_healthy").await
+                {
+                    waiting.push(format!("{name} healthy"));
+                }
+            }
+            if waiting.is_empty() {
+                return;
+            }
+            if Instant::now() > deadline {
+                let logs: Vec<String> = names
+                    .iter()
+                    .map(|n| format!("--- {n}\n{}", self.log_tail(n)))
+                    .collect();
+                panic!(
+                    "compose did not come up: waiting {waiting:?}\n{}",
+                    logs.join("\n")
+                );
+            }
+            // Compose's own engine polls health checks on an interval too.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// What compose.yaml promises an operator, read from the file: long-running services restart
+/// and have a health check, dependants wait for health, and the build context leaves out
+/// what must not be sent to the engine.
+#[test]
+fn compose_restarts_gates_and_builds_what_it_runs() {
+    let file = read_compose();
+    for (name, s) in &file.services {
+        let one_shot = s.command.iter().any(|a| a == "migrate" || a == "nats-auth");
+        if !one_shot {
+            assert_eq!(
+                s.restart.as_deref(),
+                Some("unless-stopped"),
+                "{name} restarts when it fails"
+            );
+            assert!(s.healthcheck.is_some(), "{name} has a health check");
+        }
+        for (dependency, condition) in s.depends_on.conditions() {
+            let d = &file.services[&dependency];
+            let expected = if d.command.iter().any(|a| a == "migrate" || a == "nats-auth") {
+                "service_completed_successfully"
+            } else {
+                "service_healthy"
+            };
+            assert_eq!(condition, expected, "{name} waits for {dependency}");
+        }
+        if s.build.is_some() {
+            assert!(
+                dockerfile_binaries().contains(&s.command[0]),
+                "{name} runs {}, which the image does not hold",
+                s.command[0]
+            );
+        }
+    }
+    let ignored = std::fs::read_to_string(format!("{ROOT}/.dockerignore")).expect(".dockerignore");
+    for path in ["target/", ".tools/", ".data/", ".git/"] {
+        assert!(
+            ignored.lines().any(|l| l.trim() == path),
+            ".dockerignore leaves out {path}"
+        );
+    }
+}
+
+/// Every service of compose.yaml as a process: the stack comes up health-gated, two users on
+/// the two gateways chat, history answers from the CQL store, and every metrics endpoint
+/// answers on the compose network.
+#[tokio::test(flavor = "multi_thread")]
+async fn compose_yaml_starts_and_chats() {
+    built_binaries();
+    let secret = format!("{}{}", ulid::Ulid::new(), ulid::Ulid::new());
+    let variables = HashMap::from([("NATTER_JWT_SECRET".to_string(), secret.clone())]);
+    let mut run = ComposeRun::new(read_compose(), variables);
+    run.up().await;
+
+    let run_id = ulid::Ulid::new().to_string().to_lowercase();
+    let (alice, bob) = (format!("alice{run_id}"), format!("bob{run_id}"));
+    let connect = |gateway: &str, user: &str| {
+        let url = format!("ws://{}/v1/ws", run.published(gateway));
+        let token = gateway::mint_token(&secret, user, 600);
+        async move {
+            let mut conn = Connection::connect(&url, &token, Encoding::Json)
+                .await
+                .unwrap_or_else(|e| panic!("connect to {url}: {e:?}"));
+            expect_welcome(&mut conn).await;
+            conn
+        }
+    };
+    let mut a = connect("gateway-a", &alice).await;
+    let mut b = connect("gateway-b", &bob).await;
+
+    a.send(&bob, "c1", "hello through compose").await.unwrap();
+    let sent = expect_sent(&mut a, "c1").await;
+    let got = expect_message(&mut b).await;
+    assert_eq!(got.id, sent.id);
+    assert_eq!(got.body, "hello through compose");
+    b.ack(&got.conversation, got.id).await.unwrap();
+    let (delivered, by) = expect_delivered(&mut a).await;
+    assert_eq!((delivered, by.as_str()), (sent.id, bob.as_str()));
+
+    // History comes from the history service and the CQL store; the writer is asynchronous.
+    let conversation = protocol::ConversationId::direct(
+        &protocol::UserId::new(&alice).unwrap(),
+        &protocol::UserId::new(&bob).unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for i in 0.. {
+        let qid = format!("h{i}");
+        let frame = serde_json::json!({
+            "type": "history", "qid": qid, "conversation": conversation.to_string(), "limit": 10
+        });
+        b.send_raw(WsMessage::text(frame.to_string()))
+            .await
+            .unwrap();
+        let (page, _) = expect_history(&mut b, &qid)
+            .await
+            .expect("history answered");
+        if page.iter().any(|m| m.id == sent.id) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "history never held the message");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Metrics, where a Prometheus on the compose network scrapes them.
+    for (service, port, metric) in [
+        ("chat", 9090, "natter_chat_sends_total 1"),
+        ("history", 9091, "natter_history_store_reads_total"),
+        ("notifier", 9092, "natter_notifier_events_total"),
+        ("gateway-a", 8080, "natter_gateway_connections 1"),
+        ("gateway-b", 8080, "natter_gateway_connections 1"),
+    ] {
+        let text = testkit::http_get(run.addr(service, port), "/metrics").await;
+        assert!(
+            text.contains(metric),
+            "{service}:{port}/metrics lacks {metric:?}:\n{text}"
+        );
+    }
+    // No service stopped, and none was refused a subject by NATS's permissions.
+    for (name, child) in run.children.iter_mut() {
+        if let Some(status) = child.try_wait().unwrap() {
+            let one_shot = ["nats-auth", "history-migrate"].contains(&name.as_str());
+            assert!(one_shot && status.success(), "{name} stopped: {status}");
+        }
+    }
+    for name in run.children.keys() {
+        let log = std::fs::read_to_string(run.log_path(name)).unwrap_or_default();
+        assert!(
+            !log.contains("NATS refused a subject"),
+            "{name} was refused a subject:\n{}",
+            run.log_tail(name)
+        );
+    }
+}
