@@ -12,9 +12,11 @@
 //!   mapped like a value), a named volume is a directory shared by every service mounting it,
 //!   and an absolute path under a mount point is prefixed with the root.
 //! - **Images.** `build: .` runs the binaries the Dockerfile builds (built here from the same
-//!   packages); `nats:*` runs the pinned nats-server; `scylladb/*` is the test's Cassandra
-//!   (`NATTER_SCYLLA_URI`, as for the CQL store's suite). A health check's `wget URL` is
-//!   asked with `natter probe URL`.
+//!   packages); `nats:*` runs the pinned nats-server, `prom/prometheus:*` the Prometheus of
+//!   scripts/install-deps; `scylladb/*` is the test's Cassandra (`NATTER_SCYLLA_URI`, as for
+//!   the CQL store's suite). A health check's `wget URL` is asked with `natter probe URL`.
+//! - **Time.** Prometheus runs 60 times faster: scrapes and evaluations every second, and
+//!   every duration of the alert rules in seconds instead of minutes (`fast_prometheus`).
 //!
 //! Anything else in compose.yaml fails the test with what it does not understand, so the file
 //! cannot drift into something this test no longer runs.
@@ -26,7 +28,9 @@ use std::process::Stdio;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use protocol::Encoding;
+use plumbing::BusConfig;
+use plumbing::nats_auth::Role;
+use protocol::{Encoding, subjects};
 use serde::Deserialize;
 use testkit::client::Connection;
 use testkit::{expect_delivered, expect_history, expect_message, expect_sent, expect_welcome};
@@ -152,10 +156,18 @@ fn built_binaries() -> &'static PathBuf {
 enum Runs {
     /// A binary of the image `build: .` makes.
     Natter,
-    /// The nats image: the pinned nats-server with the service's command as arguments.
-    NatsServer,
+    /// A program standing for the image (nats-server, Prometheus), given the service's
+    /// command as its arguments, as the images' entry points are.
+    Program(PathBuf),
     /// The CQL database: the test's own Cassandra, at this address.
     External(String),
+}
+
+/// A program of scripts/install-deps: `$var`, or `.tools/bin/name`.
+fn installed(var: &str, name: &str) -> PathBuf {
+    std::env::var_os(var)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(ROOT).join(".tools/bin").join(name))
 }
 
 /// One service as this machine runs it.
@@ -180,7 +192,8 @@ struct ComposeRun {
 }
 
 impl ComposeRun {
-    fn new(file: ComposeFile, variables: HashMap<String, String>) -> Self {
+    /// `file` placed on this machine, its services on 127.`block`.0.N (each test its own).
+    fn new(file: ComposeFile, variables: HashMap<String, String>, block: u8) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let cql = std::env::var("NATTER_SCYLLA_URI").expect(
             "NATTER_SCYLLA_URI is not set: run scripts/test, which starts a local Cassandra \
@@ -199,7 +212,12 @@ impl ComposeRun {
                         assert_eq!(context, ".", "{name}: build context");
                         Runs::Natter
                     }
-                    (None, Some(image)) if image.starts_with("nats:") => Runs::NatsServer,
+                    (None, Some(image)) if image.starts_with("nats:") => {
+                        Runs::Program(installed("NATTER_NATS_SERVER", "nats-server"))
+                    }
+                    (None, Some(image)) if image.starts_with("prom/prometheus:") => {
+                        Runs::Program(installed("NATTER_PROMETHEUS", "prometheus"))
+                    }
                     (None, Some(image)) if image.starts_with("scylladb/") => {
                         Runs::External(cql.clone())
                     }
@@ -208,8 +226,8 @@ impl ComposeRun {
                 let root = dir.path().join("roots").join(&name);
                 std::fs::create_dir_all(&root).unwrap();
                 Placed {
-                    addr: Ipv4Addr::new(127, 77, 0, i as u8 + 1),
-                    loopback: Ipv4Addr::new(127, 78, 0, i as u8 + 1),
+                    addr: Ipv4Addr::new(127, block, 0, i as u8 + 1),
+                    loopback: Ipv4Addr::new(127, block + 1, 0, i as u8 + 1),
                     name,
                     def,
                     runs,
@@ -258,10 +276,17 @@ impl ComposeRun {
                 let (source, target) = (parts.next().unwrap(), parts.next().unwrap());
                 let at = s.root.join(target.trim_start_matches('/'));
                 std::fs::create_dir_all(at.parent().unwrap()).unwrap();
-                if let Some(file) = source.strip_prefix("./") {
-                    let text = std::fs::read_to_string(Path::new(ROOT).join(file))
-                        .unwrap_or_else(|e| panic!("{}: bind mount {source}: {e}", s.name));
-                    std::fs::write(&at, self.map(s, &text, s.loopback)).unwrap();
+                if let Some(path) = source.strip_prefix("./") {
+                    let path = Path::new(ROOT).join(path);
+                    if path.is_dir() {
+                        std::fs::create_dir_all(&at).unwrap();
+                        for entry in std::fs::read_dir(&path).unwrap() {
+                            let file = entry.unwrap().path();
+                            self.copy_mapped(s, &file, &at.join(file.file_name().unwrap()));
+                        }
+                    } else {
+                        self.copy_mapped(s, &path, &at);
+                    }
                 } else {
                     let volume = self.dir.path().join("volumes").join(source);
                     assert!(volume.is_dir(), "{}: undeclared volume {source}", s.name);
@@ -271,35 +296,32 @@ impl ComposeRun {
         }
     }
 
-    /// A value as `s` sees it, mapped to this machine (see the module's doc).
+    /// A bind-mounted file, its text mapped (and sped up, for Prometheus's).
+    fn copy_mapped(&self, s: &Placed, from: &Path, to: &Path) {
+        let text = std::fs::read_to_string(from)
+            .unwrap_or_else(|e| panic!("{}: bind mount {}: {e}", s.name, from.display()));
+        let text = fast_prometheus(from, self.map_text(s, &text, s.loopback));
+        std::fs::write(to, text).unwrap();
+    }
+
+    /// A value of compose.yaml as `s` sees it: interpolated, then mapped.
     fn map(&self, s: &Placed, value: &str, loopback: Ipv4Addr) -> String {
-        let mut value = self.interpolate(value);
-        let own = s.addr.to_string();
-        value = value
-            .replace("0.0.0.0", &own)
+        self.map_text(s, &self.interpolate(value), loopback)
+    }
+
+    /// Text as `s` sees it, mapped to this machine (see the module's doc).
+    fn map_text(&self, s: &Placed, text: &str, loopback: Ipv4Addr) -> String {
+        let mut text = text
+            .replace("0.0.0.0", &s.addr.to_string())
             .replace("127.0.0.1", &loopback.to_string());
         for other in &self.services {
-            let name = &other.name;
-            let to = match &other.runs {
-                Runs::External(addr) => {
-                    // `name:port` is the external server whatever the port.
-                    if let Some(port) = value.strip_prefix(&format!("{name}:"))
-                        && port.parse::<u16>().is_ok()
-                    {
-                        value = addr.clone();
-                    }
-                    continue;
-                }
-                _ => other.addr.to_string(),
+            text = match &other.runs {
+                // `name:port` is the external server whatever the port.
+                Runs::External(addr) => replace_host(&text, &other.name, |_| addr.clone()),
+                _ => replace_host(&text, &other.name, |port| format!("{}:{port}", other.addr)),
             };
-            value = value.replace(&format!("//{name}:"), &format!("//{to}:"));
-            if let Some(port) = value.strip_prefix(&format!("{name}:"))
-                && port.parse::<u16>().is_ok()
-            {
-                value = format!("{to}:{port}");
-            }
         }
-        self.prefix_paths(s, &value)
+        self.prefix_paths(s, &text)
     }
 
     /// A service's name as its address here.
@@ -309,26 +331,12 @@ impl ComposeRun {
 
     /// Absolute paths under one of `s`'s mount points, moved under its root.
     fn prefix_paths(&self, s: &Placed, value: &str) -> String {
-        let targets: Vec<&str> = s
-            .def
-            .volumes
-            .iter()
-            .map(|m| m.split(':').nth(1).unwrap())
-            .collect();
         let root = s.root.to_str().unwrap();
-        let mut out = String::new();
-        let mut rest = value;
-        while let Some((at, target)) = targets
-            .iter()
-            .filter_map(|t| rest.find(t).map(|at| (at, *t)))
-            .min()
-        {
-            out.push_str(&rest[..at]);
-            out.push_str(root);
-            out.push_str(target);
-            rest = &rest[at + target.len()..];
+        let mut out = value.to_string();
+        for mount in &s.def.volumes {
+            let target = mount.split(':').nth(1).unwrap();
+            out = replace_path(&out, target, root);
         }
-        out.push_str(rest);
         out
     }
 
@@ -374,10 +382,8 @@ impl ComposeRun {
                 cmd.args(["probe", argv.last().unwrap()]);
                 cmd
             }
-            (Runs::NatsServer, _) => {
-                let mut cmd = Command::new(
-                    std::env::var("NATTER_NATS_SERVER").unwrap_or("nats-server".into()),
-                );
+            (Runs::Program(program), _) => {
+                let mut cmd = Command::new(program);
                 cmd.args(&argv);
                 cmd
             }
@@ -410,13 +416,64 @@ impl ComposeRun {
                 self.healthy.push(name.to_string());
                 return;
             }
-            Runs::Natter | Runs::NatsServer => self.command(s, &s.def.command, s.loopback),
+            Runs::Natter | Runs::Program(_) => self.command(s, &s.def.command, s.loopback),
         };
         let log = std::fs::File::create(self.log_path(name)).unwrap();
         cmd.stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log));
         let child = cmd.spawn().unwrap_or_else(|e| panic!("{name}: start: {e}"));
         self.children.insert(name.to_string(), child);
+    }
+
+    /// Where a named volume's files are.
+    fn volume(&self, name: &str) -> PathBuf {
+        self.dir.path().join("volumes").join(name)
+    }
+
+    /// No service stopped (one-shot services excepted, when they succeeded), and none was
+    /// refused a subject by NATS's permissions.
+    fn assert_all_well(&mut self) {
+        for (name, child) in self.children.iter_mut() {
+            if let Some(status) = child.try_wait().unwrap() {
+                let one_shot = ["nats-auth", "history-migrate"].contains(&name.as_str());
+                assert!(one_shot && status.success(), "{name} stopped: {status}");
+            }
+        }
+        for name in self.children.keys() {
+            let log = std::fs::read_to_string(self.log_path(name)).unwrap_or_default();
+            assert!(
+                !log.contains("NATS refused a subject"),
+                "{name} was refused a subject:\n{}",
+                self.log_tail(name)
+            );
+        }
+    }
+
+    /// `GET path` of the compose stack's Prometheus API, as JSON.
+    async fn prometheus(&self, path: &str) -> serde_json::Value {
+        let url = format!("http://{}{path}", self.addr("prometheus", 9090));
+        let body = reqwest::get(&url)
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+            .text()
+            .await
+            .unwrap();
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{url}: {e}: {body}"))
+    }
+
+    /// The alerts Prometheus holds now: (name, state, labels).
+    async fn alerts(&self) -> Vec<(String, String, serde_json::Value)> {
+        let answer = self.prometheus("/api/v1/alerts").await;
+        answer["data"]["alerts"]
+            .as_array()
+            .expect("alerts")
+            .iter()
+            .map(|a| {
+                let name = a["labels"]["alertname"].as_str().unwrap_or("").to_string();
+                let state = a["state"].as_str().unwrap_or("").to_string();
+                (name, state, a["labels"].clone())
+            })
+            .collect()
     }
 
     fn log_path(&self, name: &str) -> PathBuf {
@@ -524,6 +581,87 @@ impl ComposeRun {
     }
 }
 
+/// The path `target` where it stands as a whole path or a path's first part (after `=`, a
+/// quote, a space or the start; followed by `/` or the path's end), prefixed by `root`.
+fn replace_path(text: &str, target: &str, root: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(at) = rest.find(target) {
+        let before = rest[..at].chars().last().or(out.chars().last());
+        let after = rest[at + target.len()..].chars().next();
+        let starts = before.is_none_or(|c| "= \"'[,:".contains(c));
+        let ends = after.is_none_or(|c| "/ \"',]\n".contains(c));
+        out.push_str(&rest[..at]);
+        if starts && ends && !out.ends_with(root) {
+            out.push_str(root);
+        }
+        out.push_str(target);
+        rest = &rest[at + target.len()..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// `name:PORT` where it stands as a host (not inside a longer name), replaced by `to(PORT)`.
+fn replace_host(text: &str, name: &str, to: impl Fn(&str) -> String) -> String {
+    let pattern = format!("{name}:");
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(at) = rest.find(&pattern) {
+        let before = rest[..at].chars().last().or(out.chars().last());
+        let after = &rest[at + pattern.len()..];
+        let digits = after.chars().take_while(char::is_ascii_digit).count();
+        let in_name = before.is_some_and(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        if digits > 0 && !in_name {
+            out.push_str(&rest[..at]);
+            out.push_str(&to(&after[..digits]));
+            rest = &after[digits..];
+        } else {
+            out.push_str(&rest[..at + pattern.len()]);
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Prometheus's files, 60 times faster: every interval 1 s, and in the alert rules every
+/// duration of minutes (`for: 5m`, `[5m]`) the same number of seconds. The expressions are
+/// the shipped ones.
+fn fast_prometheus(file: &Path, text: String) -> String {
+    let name = file.file_name().unwrap().to_str().unwrap();
+    if name == "prometheus.yml" {
+        return text
+            .lines()
+            .map(|l| match l.split_once("_interval:") {
+                Some((key, _)) => format!("{key}_interval: 1s"),
+                None => l.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+    }
+    if !name.ends_with("-rules.yml") {
+        return text;
+    }
+    let mut out = String::new();
+    let mut chars = text.chars().peekable();
+    let mut digits = String::new();
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        let minutes = c == 'm'
+            && !digits.is_empty()
+            && !chars.peek().is_some_and(|n| n.is_ascii_alphanumeric());
+        out.push_str(&digits);
+        digits.clear();
+        out.push(if minutes { 's' } else { c });
+    }
+    out.push_str(&digits);
+    out
+}
+
 /// What compose.yaml promises an operator, read from the file: long-running services restart
 /// and have a health check, dependants wait for health, and the build context leaves out
 /// what must not be sent to the engine.
@@ -566,33 +704,42 @@ fn compose_restarts_gates_and_builds_what_it_runs() {
     }
 }
 
-/// Every service of compose.yaml as a process: the stack comes up health-gated, two users on
-/// the two gateways chat, history answers from the CQL store, and every metrics endpoint
-/// answers on the compose network.
-#[tokio::test(flavor = "multi_thread")]
-async fn compose_yaml_starts_and_chats() {
+/// compose.yaml up on 127.`block`.0.N, with a fresh gateway secret (returned).
+async fn compose_up(block: u8) -> (ComposeRun, String) {
     built_binaries();
     let secret = format!("{}{}", ulid::Ulid::new(), ulid::Ulid::new());
     let variables = HashMap::from([("NATTER_JWT_SECRET".to_string(), secret.clone())]);
-    let mut run = ComposeRun::new(read_compose(), variables);
+    let mut run = ComposeRun::new(read_compose(), variables, block);
     run.up().await;
+    (run, secret)
+}
 
+/// A user connected to a gateway of `run`, welcomed.
+async fn connect(run: &ComposeRun, secret: &str, gateway: &str, user: &str) -> Connection {
+    let url = format!("ws://{}/v1/ws", run.published(gateway));
+    let token = gateway::mint_token(secret, user, 600);
+    let mut conn = Connection::connect(&url, &token, Encoding::Json)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {url}: {e:?}"));
+    expect_welcome(&mut conn).await;
+    conn
+}
+
+/// Two users of this run (the CQL store outlives it).
+fn two_users() -> (String, String) {
     let run_id = ulid::Ulid::new().to_string().to_lowercase();
-    let (alice, bob) = (format!("alice{run_id}"), format!("bob{run_id}"));
-    let connect = |gateway: &str, user: &str| {
-        let url = format!("ws://{}/v1/ws", run.published(gateway));
-        let token = gateway::mint_token(&secret, user, 600);
-        async move {
-            let mut conn = Connection::connect(&url, &token, Encoding::Json)
-                .await
-                .unwrap_or_else(|e| panic!("connect to {url}: {e:?}"));
-            expect_welcome(&mut conn).await;
-            conn
-        }
-    };
-    let mut a = connect("gateway-a", &alice).await;
-    let mut b = connect("gateway-b", &bob).await;
+    (format!("alice{run_id}"), format!("bob{run_id}"))
+}
 
+/// Every service of compose.yaml as a process: the stack comes up health-gated, two users on
+/// the two gateways chat, history answers from the CQL store, every metrics endpoint answers
+/// on the compose network and Prometheus scrapes them all, with no alert firing.
+#[tokio::test(flavor = "multi_thread")]
+async fn compose_yaml_starts_and_chats() {
+    let (mut run, secret) = compose_up(77).await;
+    let (alice, bob) = two_users();
+    let mut a = connect(&run, &secret, "gateway-a", &alice).await;
+    let mut b = connect(&run, &secret, "gateway-b", &bob).await;
     a.send(&bob, "c1", "hello through compose").await.unwrap();
     let sent = expect_sent(&mut a, "c1").await;
     let got = expect_message(&mut b).await;
@@ -640,19 +787,109 @@ async fn compose_yaml_starts_and_chats() {
             "{service}:{port}/metrics lacks {metric:?}:\n{text}"
         );
     }
-    // No service stopped, and none was refused a subject by NATS's permissions.
-    for (name, child) in run.children.iter_mut() {
-        if let Some(status) = child.try_wait().unwrap() {
-            let one_shot = ["nats-auth", "history-migrate"].contains(&name.as_str());
-            assert!(one_shot && status.success(), "{name} stopped: {status}");
+    // Prometheus scrapes every natter process, and a healthy stack fires nothing.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let targets = run.prometheus("/api/v1/targets").await;
+        let targets = targets["data"]["activeTargets"].as_array().unwrap().clone();
+        let jobs: Vec<&str> = targets
+            .iter()
+            .filter_map(|t| t["labels"]["job"].as_str())
+            .collect();
+        let all_up = targets.iter().all(|t| t["health"] == "up");
+        if all_up && targets.len() == 5 {
+            for job in [
+                "natter-gateway",
+                "natter-chat",
+                "natter-history",
+                "natter-notifier",
+            ] {
+                assert!(jobs.contains(&job), "Prometheus scrapes {job}: {jobs:?}");
+            }
+            break;
         }
-    }
-    for name in run.children.keys() {
-        let log = std::fs::read_to_string(run.log_path(name)).unwrap_or_default();
         assert!(
-            !log.contains("NATS refused a subject"),
-            "{name} was refused a subject:\n{}",
-            run.log_tail(name)
+            Instant::now() < deadline,
+            "targets not all up: {targets:#?}"
         );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    let firing: Vec<_> = run.alerts().await;
+    assert!(firing.is_empty(), "alerts on a healthy stack: {firing:?}");
+    run.assert_all_well();
+}
+
+/// A stopped consumer fires its alert. The history writer's consumer is paused (NATS's own
+/// consumer pause, as the operator identity may do); messages keep coming, and Prometheus,
+/// with natter's rules, raises `NatterConsumerLagGrowing` for that consumer and nothing else.
+/// Resumed, the writer catches up and the alert goes away.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopped_consumer_fires_its_alert() {
+    let (mut run, secret) = compose_up(79).await;
+    let (alice, bob) = two_users();
+    let mut a = connect(&run, &secret, "gateway-a", &alice).await;
+
+    let auth = run.volume("nats-auth");
+    let bus = BusConfig {
+        nats_url: format!("nats://{}", run.addr("nats", 4222)),
+        nkey_file: Some(auth.join("operator.nk")),
+        tls_ca_file: Some(auth.join("ca.pem")),
+        ..BusConfig::default()
+    };
+    let nats = plumbing::bus::connect(&bus, Role::Operator, "compose-test")
+        .await
+        .expect("the operator connects");
+    let (stream, consumer) = (subjects::messages_stream(0), subjects::history_writer(0));
+    let pause = |until: Option<&str>| {
+        let (nats, subject) = (
+            nats.clone(),
+            format!("$JS.API.CONSUMER.PAUSE.{stream}.{consumer}"),
+        );
+        let body = match until {
+            Some(until) => serde_json::json!({ "pause_until": until }).to_string(),
+            None => String::new(),
+        };
+        async move {
+            let answer = nats.request(subject, body.into()).await.expect("pause");
+            serde_json::from_slice::<serde_json::Value>(&answer.payload).unwrap()
+        }
+    };
+    let paused = pause(Some("2999-01-01T00:00:00Z")).await;
+    assert_eq!(paused["paused"], true, "{paused}");
+
+    let is_lag_alert = |(name, state, labels): &(String, String, serde_json::Value)| {
+        name == "NatterConsumerLagGrowing" && state == "firing" && labels["consumer"] == *consumer
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for n in 0.. {
+        let cid = format!("c{n}");
+        a.send(&bob, &cid, "while the writer is stopped")
+            .await
+            .unwrap();
+        expect_sent(&mut a, &cid).await;
+        let alerts = run.alerts().await;
+        if alerts.iter().any(is_lag_alert) {
+            let others: Vec<_> = alerts.iter().filter(|a| !is_lag_alert(a)).collect();
+            assert!(others.is_empty(), "only the lag alert: {others:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no alert for the stopped consumer {consumer}: {alerts:?}"
+        );
+        // One message about every quarter second: the lag grows at a steady pace.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    let resumed = pause(None).await;
+    assert_eq!(resumed["paused"], false, "{resumed}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while run.alerts().await.iter().any(is_lag_alert) {
+        assert!(
+            Instant::now() < deadline,
+            "the alert stayed after the resume"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    run.assert_all_well();
 }

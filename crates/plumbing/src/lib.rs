@@ -15,5 +15,5 @@ pub mod shutdown;
 pub mod telemetry;
 
 pub use bus::BusConfig;
-pub use metrics::{Counter, Gauge, Histogram, Metrics};
+pub use metrics::{Counter, CounterVec, Gauge, GaugeVec, Histogram, Metrics, jetstream_error};
 pub use nats_server::NatsServer;

@@ -1,10 +1,15 @@
 //! A small Prometheus registry: lock-free counters, gauges and fixed-bucket histograms,
-//! rendered in the text exposition format. Names are registered once at startup.
+//! families of them by one label (error code, consumer, role), rendered in the text
+//! exposition format. Names are registered once at startup.
+//!
+//! [`process`] holds what belongs to the process rather than to one service (its NATS
+//! connections, JetStream errors): every `/metrics` of a process renders it once.
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Arc;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 /// A monotonically increasing count.
 #[derive(Clone, Default)]
@@ -73,10 +78,86 @@ impl Histogram {
     }
 }
 
+/// Counters by the value of one label (`natter_chat_sends_rejected_total{code="1004"}`).
+#[derive(Clone)]
+pub struct CounterVec(Family<Counter>);
+
+/// Gauges by the value of one label (`natter_consumer_pending_messages{consumer="…"}`).
+#[derive(Clone)]
+pub struct GaugeVec(Family<Gauge>);
+
+#[derive(Clone)]
+struct Family<T> {
+    label: &'static str,
+    members: Arc<Mutex<BTreeMap<String, T>>>,
+}
+
+impl<T: Clone + Default> Family<T> {
+    fn new(label: &'static str) -> Self {
+        Self {
+            label,
+            members: Arc::default(),
+        }
+    }
+
+    fn with(&self, value: &str) -> T {
+        let mut members = self.members.lock().unwrap();
+        if let Some(m) = members.get(value) {
+            return m.clone();
+        }
+        members.entry(value.to_string()).or_default().clone()
+    }
+
+    fn remove(&self, value: &str) {
+        self.members.lock().unwrap().remove(value);
+    }
+
+    fn render(&self, out: &mut String, name: &str, value_of: impl Fn(&T) -> String) {
+        for (value, m) in self.members.lock().unwrap().iter() {
+            let _ = writeln!(
+                out,
+                "{name}{{{}=\"{}\"}} {}",
+                self.label,
+                escape_label(value),
+                value_of(m)
+            );
+        }
+    }
+}
+
+impl CounterVec {
+    /// The counter of `value` (made at 0 on first use).
+    pub fn with(&self, value: &str) -> Counter {
+        self.0.with(value)
+    }
+}
+
+impl GaugeVec {
+    /// The gauge of `value` (made at 0 on first use).
+    pub fn with(&self, value: &str) -> Gauge {
+        self.0.with(value)
+    }
+
+    /// Stops exporting `value` (a partition this instance no longer holds).
+    pub fn remove(&self, value: &str) {
+        self.0.remove(value)
+    }
+}
+
+/// A label value in the exposition format: backslash, quote and newline escaped.
+fn escape_label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
 enum Metric {
     Counter(Counter),
     Gauge(Gauge),
     Histogram(Histogram),
+    CounterVec(CounterVec),
+    GaugeVec(GaugeVec),
 }
 
 /// One registered metric: name, help text, value.
@@ -107,6 +188,28 @@ impl Metrics {
         h
     }
 
+    pub fn counter_vec(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        label: &'static str,
+    ) -> CounterVec {
+        let c = CounterVec(Family::new(label));
+        self.register(name, help, Metric::CounterVec(c.clone()));
+        c
+    }
+
+    pub fn gauge_vec(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        label: &'static str,
+    ) -> GaugeVec {
+        let g = GaugeVec(Family::new(label));
+        self.register(name, help, Metric::GaugeVec(g.clone()));
+        g
+    }
+
     fn register(&self, name: &'static str, help: &'static str, m: Metric) {
         self.entries.lock().unwrap().push((name, help, m));
     }
@@ -122,6 +225,14 @@ impl Metrics {
                 }
                 Metric::Gauge(g) => {
                     let _ = writeln!(out, "# TYPE {name} gauge\n{name} {}", g.get());
+                }
+                Metric::CounterVec(c) => {
+                    let _ = writeln!(out, "# TYPE {name} counter");
+                    c.0.render(&mut out, name, |c| c.get().to_string());
+                }
+                Metric::GaugeVec(g) => {
+                    let _ = writeln!(out, "# TYPE {name} gauge");
+                    g.0.render(&mut out, name, |g| g.get().to_string());
                 }
                 Metric::Histogram(h) => {
                     let _ = writeln!(out, "# TYPE {name} histogram");
@@ -140,6 +251,65 @@ impl Metrics {
     }
 }
 
+/// What belongs to the process rather than to one of its services.
+pub struct ProcessMetrics {
+    pub registry: Metrics,
+    /// 1 while the NATS connection of a role is up, 0 while it is down.
+    pub nats_connected: GaugeVec,
+    /// Times a role's NATS connection was lost.
+    pub nats_disconnects: CounterVec,
+    /// Messages the server dropped for a role's connection because it read too slowly.
+    pub nats_slow_consumers: CounterVec,
+    /// JetStream requests that failed, by operation.
+    pub jetstream_errors: CounterVec,
+}
+
+/// The process's own metrics; every `/metrics` endpoint renders them after its service's.
+pub fn process() -> &'static ProcessMetrics {
+    static PROCESS: OnceLock<ProcessMetrics> = OnceLock::new();
+    PROCESS.get_or_init(|| {
+        let m = Metrics::default();
+        ProcessMetrics {
+            nats_connected: m.gauge_vec(
+                "natter_nats_connected",
+                "1 while this process's NATS connection of the role is up",
+                "role",
+            ),
+            nats_disconnects: m.counter_vec(
+                "natter_nats_disconnects_total",
+                "NATS connections of the role lost",
+                "role",
+            ),
+            nats_slow_consumers: m.counter_vec(
+                "natter_nats_slow_consumers_total",
+                "times the NATS client dropped messages of the role's connection, read too slowly",
+                "role",
+            ),
+            jetstream_errors: m.counter_vec(
+                "natter_jetstream_errors_total",
+                "JetStream requests that failed (publish, fetch, ack, kv, consumer_info, read)",
+                "operation",
+            ),
+            registry: m,
+        }
+    })
+}
+
+/// How long ago `ts_ms` (milliseconds since the Unix epoch, as messages carry it) was; zero
+/// for a time ahead of this clock.
+pub fn age_of(ts_ms: u64) -> std::time::Duration {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    now.saturating_sub(std::time::Duration::from_millis(ts_ms))
+}
+
+/// Counts a failed JetStream request of `operation` (`publish`, `fetch`, `ack`, `kv`,
+/// `consumer_info`, `read`).
+pub fn jetstream_error(operation: &str) {
+    process().jetstream_errors.with(operation).inc();
+}
+
 /// Serves `/metrics` and `/healthz` on `addr` until `shutdown` (for services without a
 /// gateway's HTTP listener). `healthy` decides the health answer.
 pub async fn serve(
@@ -151,7 +321,7 @@ pub async fn serve(
     use warp::Filter;
     let render = warp::path!("metrics").map(move || {
         warp::reply::with_header(
-            metrics.render(),
+            metrics.render() + &process().registry.render(),
             "content-type",
             "text/plain; version=0.0.4",
         )
@@ -189,5 +359,24 @@ mod tests {
         assert!(text.contains("natter_z_seconds_bucket{le=\"0.001\"} 0\n"));
         assert!(text.contains("natter_z_seconds_bucket{le=\"0.0025\"} 1\n"));
         assert!(text.contains("natter_z_seconds_count 1\n"));
+    }
+
+    #[test]
+    fn renders_families_by_label() {
+        let m = Metrics::default();
+        let errors = m.counter_vec("natter_e_total", "e", "code");
+        errors.with("1004").add(2);
+        errors.with("1001").inc();
+        let lag = m.gauge_vec("natter_lag", "l", "consumer");
+        lag.with("a\"b").set(7);
+        lag.with("gone").set(1);
+        lag.remove("gone");
+        let text = m.render();
+        assert!(text.contains("# TYPE natter_e_total counter\n"));
+        assert!(
+            text.contains("natter_e_total{code=\"1001\"} 1\nnatter_e_total{code=\"1004\"} 2\n")
+        );
+        assert!(text.contains("natter_lag{consumer=\"a\\\"b\"} 7\n"));
+        assert!(!text.contains("gone"));
     }
 }

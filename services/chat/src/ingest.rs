@@ -59,8 +59,9 @@ impl Ingest {
     /// Turns one send request into its answer: `sent` or `error`.
     async fn accept(&self, subject: &str, payload: &[u8]) -> ServerFrame {
         let frame = self.try_accept(subject, payload).await;
-        if matches!(frame, ServerFrame::Error { .. }) {
-            self.metrics.sends_rejected.inc();
+        if let ServerFrame::Error { code, .. } = &frame {
+            let code = u16::from(*code).to_string();
+            self.metrics.sends_rejected.with(&code).inc();
         }
         frame
     }

@@ -21,5 +21,5 @@ mod undelivered;
 mod user_presence;
 
 pub use config::{ChatConfig, GroupAdds};
-pub use presence_view::PresenceView;
+pub use presence_view::{PresenceView, SweepMetrics};
 pub use service::{Chat, run};

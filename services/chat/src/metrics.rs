@@ -1,12 +1,15 @@
 //! The chat service's metrics.
 
-use plumbing::{Counter, Gauge, Histogram, Metrics};
+use plumbing::{Counter, CounterVec, Gauge, Histogram, Metrics};
 
 #[derive(Clone)]
 pub struct ChatMetrics {
     pub registry: Metrics,
     pub sends: Counter,
-    pub sends_rejected: Counter,
+    pub sends_rejected: CounterVec,
+    pub route_lag: Histogram,
+    pub presence_sweep: Histogram,
+    pub presence_swept_at: Gauge,
     pub duplicates: Counter,
     pub persist_latency: Histogram,
     pub routed: Counter,
@@ -26,7 +29,23 @@ impl ChatMetrics {
         let m = Metrics::default();
         Self {
             sends: m.counter("natter_chat_sends_total", "messages accepted and persisted"),
-            sends_rejected: m.counter("natter_chat_sends_rejected_total", "sends refused"),
+            sends_rejected: m.counter_vec(
+                "natter_chat_sends_rejected_total",
+                "sends refused, by error code",
+                "code",
+            ),
+            route_lag: m.histogram(
+                "natter_chat_route_lag_seconds",
+                "time from a message's acceptance to its routing to the gateways",
+            ),
+            presence_sweep: m.histogram(
+                "natter_chat_presence_sweep_seconds",
+                "time one pass of the presence sweeper took",
+            ),
+            presence_swept_at: m.gauge(
+                "natter_chat_presence_swept_timestamp_seconds",
+                "when the presence sweeper last finished a pass (Unix time)",
+            ),
             duplicates: m.counter(
                 "natter_chat_duplicates_total",
                 "resends answered with the original message id",

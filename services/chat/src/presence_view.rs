@@ -83,6 +83,7 @@ impl PresenceView {
         js: &jetstream::Context,
         buckets: plumbing::bus::PresenceBuckets,
         sweep_every: Duration,
+        metrics: SweepMetrics,
         stop: CancellationToken,
     ) -> anyhow::Result<Self> {
         let nats = js.client();
@@ -120,6 +121,7 @@ impl PresenceView {
             link.clone(),
             buckets.sessions,
             sweep_every,
+            metrics,
             stop,
         ));
         Ok(Self {
@@ -351,6 +353,7 @@ async fn sweep(
     link: Link,
     sessions: kv::Store,
     every: Duration,
+    metrics: SweepMetrics,
     stop: CancellationToken,
 ) {
     loop {
@@ -362,6 +365,7 @@ async fn sweep(
         if link.nats.connection_state() != async_nats::connection::State::Connected {
             continue;
         }
+        let started = Instant::now();
         rebase_after_reconnect(&state, &link);
         let dead: Vec<(UserId, Route)> = {
             let mut s = state.write().unwrap();
@@ -378,10 +382,24 @@ async fn sweep(
         for (user, route) in dead {
             let key = subjects::session_key(&user, &route.gateway, route.conn);
             if let Err(e) = sessions.purge_with_ttl(key, MARKER_TTL).await {
+                plumbing::jetstream_error("kv");
                 tracing::debug!(error = %e, "purge of a dead session failed");
             }
         }
+        metrics.pass.observe(started.elapsed());
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        metrics.finished_at.set(now.as_secs() as i64);
     }
+}
+
+/// What the sweeper reports: how long a pass takes and when the last one finished (the
+/// alert "presence sweeper behind" fires when that falls far back).
+#[derive(Default)]
+pub struct SweepMetrics {
+    pub pass: plumbing::Histogram,
+    pub finished_at: plumbing::Gauge,
 }
 
 /// After this service reconnected to NATS, gives every lease that lapsed while it could not

@@ -61,6 +61,7 @@ impl SendError {
                 tracing::warn!(error = %cause, "group directory unavailable");
             }
             SendError::StoreUnavailable(cause) => {
+                plumbing::jetstream_error("publish");
                 tracing::warn!(error = %cause, "message store unavailable");
             }
             _ => {}

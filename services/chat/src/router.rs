@@ -173,6 +173,9 @@ impl Router {
             }
         }
         self.metrics.routed.inc();
+        self.metrics
+            .route_lag
+            .observe(plumbing::metrics::age_of(message.ts));
         let frame = ServerFrame::Message(message);
         let max_payload = self.max_payload();
         for (gateway, targets) in by_gateway {

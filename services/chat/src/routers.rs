@@ -168,6 +168,7 @@ async fn serve(
             Err(e) => tracing::warn!(error = %e, "a routed message without its stream position"),
         }
         if let Err(e) = msg.ack().await {
+            plumbing::jetstream_error("ack");
             tracing::warn!(error = %e, "router ack failed; the message will be routed again");
         }
     }

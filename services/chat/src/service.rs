@@ -1,5 +1,6 @@
 //! Starting and stopping the chat service.
 
+use plumbing::bus::consumer_metrics::{self, ConsumerGauges};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +15,7 @@ use crate::ids::MessageIds;
 use crate::ingest::{self, Ingest};
 use crate::metrics::ChatMetrics;
 use crate::notify;
-use crate::presence_view::PresenceView;
+use crate::presence_view::{PresenceView, SweepMetrics};
 use crate::receipts;
 use crate::router::Router;
 use crate::routers::{self, Routers};
@@ -62,7 +63,13 @@ impl Chat {
         if config.route {
             let buckets = plumbing::bus::ensure_presence_buckets(&js, bus).await?;
             let sweep = Duration::from_millis(config.presence_sweep_ms);
-            let view = PresenceView::start(&js, buckets.clone(), sweep, stop.clone()).await?;
+            let sweep_metrics = SweepMetrics {
+                pass: metrics.presence_sweep.clone(),
+                finished_at: metrics.presence_swept_at.clone(),
+            };
+            let view =
+                PresenceView::start(&js, buckets.clone(), sweep, sweep_metrics, stop.clone())
+                    .await?;
             let epoch = streams.epoch();
             let router = Arc::new(Router {
                 nats: nats.clone(),
@@ -85,9 +92,24 @@ impl Chat {
             };
             roles.spawn(plumbing::bus::partition_tasks::run_partitions(
                 routers,
-                assigned,
+                assigned.clone(),
                 stop.clone(),
             ));
+            let consumers = ConsumerGauges::register(&metrics.registry);
+            let (streams, report_stop) = (streams.clone(), stop.clone());
+            roles.spawn(async move {
+                let name = protocol::subjects::router;
+                consumer_metrics::report_partitions(
+                    streams,
+                    assigned,
+                    name,
+                    consumers,
+                    |_| {},
+                    report_stop,
+                )
+                .await;
+                Ok(())
+            });
             let sub = receipts::subscribe(&nats).await?;
             roles.spawn(receipts::serve(router.clone(), sub, stop.clone()));
             let sub = typing::subscribe(&nats).await?;

@@ -107,6 +107,7 @@ impl UserPresenceRole {
         };
         let payload = Bytes::from(serde_json::to_vec(&presence).expect("presence to JSON"));
         if let Err(e) = self.users.put(user.as_str(), payload.clone()).await {
+            plumbing::jetstream_error("kv");
             tracing::warn!(error = %e, "presence not recorded");
         }
         if let Err(e) = self.nats.publish(subjects::presence(user), payload).await {

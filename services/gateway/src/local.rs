@@ -96,6 +96,10 @@ impl Local {
             ServerFrame::Message(m) => Some(m),
             _ => None,
         };
+        if let Some(m) = message {
+            let age = plumbing::metrics::age_of(m.ts);
+            self.metrics.delivery_latency.observe(age);
+        }
         let position = delivery.position;
         let mut gone = Vec::new();
         self.registry.deliver_to(

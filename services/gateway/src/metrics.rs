@@ -1,6 +1,6 @@
 //! The gateway's metrics.
 
-use plumbing::{Counter, Gauge, Histogram, Metrics};
+use plumbing::{Counter, CounterVec, Gauge, Histogram, Metrics};
 
 #[derive(Clone)]
 pub struct GatewayMetrics {
@@ -20,6 +20,9 @@ pub struct GatewayMetrics {
     pub sends_rate_limited: Counter,
     pub reregistrations: Counter,
     pub send_latency: Histogram,
+    pub errors: CounterVec,
+    pub delivery_latency: Histogram,
+    pub replay_time: Histogram,
     pub undelivered: Counter,
     pub replays: Counter,
     pub replays_direct: Counter,
@@ -81,6 +84,19 @@ impl GatewayMetrics {
             send_latency: m.histogram(
                 "natter_gateway_send_seconds",
                 "time from a client send to its sent answer",
+            ),
+            errors: m.counter_vec(
+                "natter_gateway_errors_total",
+                "error frames sent to clients, by error code",
+                "code",
+            ),
+            delivery_latency: m.histogram(
+                "natter_gateway_delivery_seconds",
+                "time from a message's acceptance to its arrival in its recipients' outboxes on this gateway (live deliveries)",
+            ),
+            replay_time: m.histogram(
+                "natter_gateway_replay_seconds",
+                "time from a replay's start (a sync, a resume, a resync) to its synced",
             ),
             undelivered: m.counter(
                 "natter_gateway_undelivered_total",

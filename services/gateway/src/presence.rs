@@ -169,6 +169,7 @@ impl Presence {
                 Ok(()) => every,
                 Err(e) => {
                     // One lapse is absorbed by the TTL; keep trying.
+                    plumbing::jetstream_error("kv");
                     tracing::warn!(error = %e, "presence lease refresh failed");
                     LEASE_RETRY.min(every)
                 }

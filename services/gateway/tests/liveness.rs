@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 
-use chat::PresenceView;
+use chat::{PresenceView, SweepMetrics};
 use client::{Connection, Event};
 use plumbing::BusConfig;
 use plumbing::nats_auth::{NatsAuth, Role};
@@ -44,7 +44,8 @@ async fn setup() -> Setup {
         .await
         .unwrap();
     let stop = CancellationToken::new();
-    let view = PresenceView::start(&js, buckets, Duration::from_millis(100), stop.clone())
+    let sweep = Duration::from_millis(100);
+    let view = PresenceView::start(&js, buckets, sweep, SweepMetrics::default(), stop.clone())
         .await
         .unwrap();
     Setup {

@@ -73,8 +73,9 @@ impl<S: Store> History<S> {
             stop.clone(),
         ));
         let (lag_stop, lag_assigned) = (stop.clone(), assigned.clone());
+        let consumers = plumbing::bus::consumer_metrics::ConsumerGauges::register(&metrics);
         roles.spawn(async move {
-            writer::report_lag(streams, lag_assigned, lag, lag_stop).await;
+            writer::report_lag(streams, lag_assigned, lag, consumers, lag_stop).await;
             Ok(())
         });
         let answers = Arc::new(Queries {

@@ -16,6 +16,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer};
 use futures::{FutureExt, StreamExt};
 use plumbing::Gauge;
+use plumbing::bus::consumer_metrics::{self, ConsumerGauges};
 use plumbing::bus::partition_tasks::{PartitionTask, PartitionWork};
 use plumbing::bus::shares::Assigned;
 use protocol::payloads::StoredMessage;
@@ -111,6 +112,7 @@ async fn write<S: Store>(
         match first {
             Some(Ok(m)) => pending.push(m),
             Some(Err(e)) => {
+                plumbing::jetstream_error("fetch");
                 tracing::warn!(error = %e, "history consumer error");
                 continue;
             }
@@ -142,33 +144,30 @@ async fn write<S: Store>(
         }
         for m in pending.drain(..) {
             if let Err(e) = m.ack().await {
+                plumbing::jetstream_error("ack");
                 tracing::warn!(error = %e, "history ack failed; the message will be written again");
             }
         }
     }
 }
 
-/// Exports the lag of this instance's writers (messages of its partitions not yet written)
-/// every second.
+/// Exports the lag of this instance's writers (messages of its partitions not yet written),
+/// in all and by consumer, every second.
 pub async fn report_lag(
     streams: plumbing::bus::MessageStreams,
     assigned: Assigned,
     lag: Gauge,
+    consumers: ConsumerGauges,
     stop: CancellationToken,
 ) {
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-        }
-        let partitions = assigned.borrow().clone();
-        let mut total = 0;
-        for k in partitions {
-            let stream = streams.get(k);
-            if let Ok(info) = stream.consumer_info(subjects::history_writer(k)).await {
-                total += info.num_pending + info.num_ack_pending as u64;
-            }
-        }
-        lag.set(total as i64);
-    }
+    let total = move |n: u64| lag.set(n as i64);
+    consumer_metrics::report_partitions(
+        streams,
+        assigned,
+        subjects::history_writer,
+        consumers,
+        total,
+        stop,
+    )
+    .await
 }

@@ -1,5 +1,6 @@
 //! Starting and stopping the notifier.
 
+use plumbing::bus::consumer_metrics::{self, ConsumerGauges};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -86,6 +87,15 @@ impl Notifier {
         });
         let mut roles = Roles::new(&shutdown);
         let stop = roles.stop();
+        let consumers = ConsumerGauges::register(&metrics.registry);
+        roles.spawn({
+            let (stream, stop) = (stream.clone(), stop.clone());
+            async move {
+                consumer_metrics::report_one(stream, subjects::NOTIFIER_CONSUMER, consumers, stop)
+                    .await;
+                Ok(())
+            }
+        });
         roles.spawn(Batcher::new(courier).serve(stream, consumer, batch, presence_events, stop));
         tracing::info!(provider = ?provider_kind, window_ms, "notifier started");
         Ok(Self {

@@ -35,6 +35,10 @@ pub async fn connect(
         .connect(server_urls(url))
         .await
         .map_err(|e| anyhow::anyhow!("cannot connect to NATS at {url} as {}: {e}", role.name()))?;
+    crate::metrics::process()
+        .nats_connected
+        .with(role.name())
+        .set(1);
     Ok(client)
 }
 
@@ -67,7 +71,20 @@ pub fn permission_violations() -> u64 {
 }
 
 fn on_event(role: Role, event: async_nats::Event) {
+    let process = crate::metrics::process();
     match event {
+        async_nats::Event::Connected => process.nats_connected.with(role.name()).set(1),
+        async_nats::Event::Disconnected => {
+            process.nats_connected.with(role.name()).set(0);
+            process.nats_disconnects.with(role.name()).inc();
+        }
+        async_nats::Event::SlowConsumer(_) => {
+            process.nats_slow_consumers.with(role.name()).inc();
+            tracing::warn!(
+                role = role.name(),
+                "NATS client dropped messages: read too slowly"
+            );
+        }
         // An answer to a request that came in over an earlier connection: the permission to
         // reply lives as long as the connection that received the request, so after a
         // reconnect the answer is refused. The requester has timed out by then and retries.

@@ -4,6 +4,7 @@
 //! depends on at startup; they are idempotent, so start order does not matter.
 
 mod connect;
+pub mod consumer_metrics;
 mod durable;
 pub mod leaders;
 mod messages;

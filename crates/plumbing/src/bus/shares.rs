@@ -142,6 +142,7 @@ impl Member {
                 _ = stop.cancelled() => break,
                 _ = beat.tick() => {
                     if let Err(e) = bucket.put(&key, bytes::Bytes::new()).await {
+                        crate::jetstream_error("kv");
                         tracing::warn!(error = %e, "instance heartbeat not written");
                     }
                 }

@@ -156,6 +156,8 @@ pub struct Reading {
     head: Cursor,
     /// The large groups, for `synced`.
     history: Vec<ConversationId>,
+    /// When the replay's first turn began (`natter_gateway_replay_seconds`).
+    started: Instant,
 }
 
 /// What one turn produced: frames to send, and the replay to continue with (`None`: done,
@@ -172,7 +174,11 @@ impl Replayer {
     /// consumer whose server went away answers nothing, and the session holds its live
     /// messages back until the replay ends.
     pub async fn turn(&self, replay: Replay) -> anyhow::Result<Turn> {
-        let turn = {
+        let started = match &replay {
+            Replay::Reading(reading) => reading.started,
+            Replay::Start { .. } => Instant::now(),
+        };
+        let mut turn = {
             // A replay from a cursor that may share a read waits counted (see `gap_read`).
             let _waiting = replay.shareable().map(|cursor| self.gap_reads.wait(cursor));
             let queued = self.admission.queued();
@@ -205,6 +211,11 @@ impl Replayer {
             && (gap.is_some() || !history.is_empty())
         {
             self.history_floor.reach(cursor).await;
+        }
+        match &mut turn.next {
+            Some(Replay::Reading(reading)) => reading.started = started,
+            Some(Replay::Start { .. }) => {}
+            None => self.metrics.replay_time.observe(started.elapsed()),
         }
         Ok(turn)
     }
@@ -257,6 +268,7 @@ impl Replayer {
             at: cursor,
             head,
             history,
+            started: Instant::now(),
         })
         .await
     }
@@ -321,6 +333,7 @@ impl Replayer {
             at: cursor,
             head,
             history,
+            started: Instant::now(),
         })
         .await
     }

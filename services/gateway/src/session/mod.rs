@@ -158,6 +158,7 @@ impl Session {
         let marker = match self.state.presence.register(&self.user, self.conn).await {
             Ok(marker) => marker,
             Err(e) => {
+                plumbing::jetstream_error("kv");
                 tracing::warn!(error = %e, "presence registration failed");
                 self.close(CloseCode::ServerError).await;
                 metrics.connections.dec();
@@ -194,6 +195,7 @@ impl Session {
         self.state.local.registry.remove(self.conn);
         self.state.watchers.forget(self.conn);
         if let Err(e) = self.state.presence.unregister(&self.user, self.conn).await {
+            plumbing::jetstream_error("kv");
             tracing::warn!(error = %e, "presence removal failed; the lease TTL will cover it");
         }
         if let Some(code) = close {
@@ -374,6 +376,10 @@ impl Session {
     }
 
     fn queue(&mut self, frame: &ServerFrame) {
+        if let ServerFrame::Error { code, .. } = frame {
+            let code = u16::from(*code).to_string();
+            self.state.metrics.errors.with(&code).inc();
+        }
         self.batch.push(to_ws(self.encoding.encode_server(frame)));
     }
 

@@ -61,12 +61,14 @@ impl Session {
                 // last message it sent; a device that leaves meanwhile resumes from there.
                 match self.replayed_to.take() {
                     Some(at) => {
+                        plumbing::jetstream_error("read");
                         tracing::warn!(error = %e, "replay failed; trying again");
                         return crate::reregister::resync_later(self.handle.clone(), at);
                     }
                     // No cursor: nothing was to be replayed, and the device learns where
                     // live traffic starts from `synced` when it asks again.
                     None => {
+                        plumbing::jetstream_error("read");
                         tracing::warn!(error = %e, "sync failed");
                         self.handle.outbox.release();
                         return self.refuse(Refusal::SyncFailed);
