@@ -774,6 +774,7 @@ async fn compose_yaml_starts_and_chats() {
     }
 
     // Metrics, where a Prometheus on the compose network scrapes them.
+    let mut exposed = String::new();
     for (service, port, metric) in [
         ("chat", 9090, "natter_chat_sends_total 1"),
         ("history", 9091, "natter_history_store_reads_total"),
@@ -786,7 +787,9 @@ async fn compose_yaml_starts_and_chats() {
             text.contains(metric),
             "{service}:{port}/metrics lacks {metric:?}:\n{text}"
         );
+        exposed.push_str(&text);
     }
+    assert_rules_and_dashboard_use(&exposed);
     // Prometheus scrapes every natter process, and a healthy stack fires nothing.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -817,6 +820,43 @@ async fn compose_yaml_starts_and_chats() {
     let firing: Vec<_> = run.alerts().await;
     assert!(firing.is_empty(), "alerts on a healthy stack: {firing:?}");
     run.assert_all_well();
+}
+
+/// Every `natter_…` metric the alert rules and the dashboard name is one the running stack
+/// exposes (a histogram by its `_bucket`, `_sum` and `_count` series too).
+fn assert_rules_and_dashboard_use(exposition: &str) {
+    let mut exposed = std::collections::BTreeSet::new();
+    for line in exposition.lines() {
+        let Some(rest) = line.strip_prefix("# TYPE ") else {
+            continue;
+        };
+        let mut words = rest.split_whitespace();
+        let (name, kind) = (words.next().unwrap(), words.next().unwrap_or(""));
+        exposed.insert(name.to_string());
+        if kind == "histogram" {
+            for suffix in ["_bucket", "_sum", "_count"] {
+                exposed.insert(format!("{name}{suffix}"));
+            }
+        }
+    }
+    for file in [
+        "deploy/prometheus/natter-rules.yml",
+        "deploy/grafana/natter-dashboard.json",
+    ] {
+        let text = std::fs::read_to_string(Path::new(ROOT).join(file)).unwrap();
+        let mut rest = text.as_str();
+        while let Some(at) = rest.find("natter_") {
+            let name: String = rest[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            rest = &rest[at + name.len()..];
+            assert!(
+                exposed.contains(&name),
+                "{file} uses {name}, which no natter process exposes"
+            );
+        }
+    }
 }
 
 /// A stopped consumer fires its alert. The history writer's consumer is paused (NATS's own
