@@ -199,6 +199,30 @@ impl NatsServer {
         }
     }
 
+    /// Puts the server in lame-duck mode, as `nats-server --signal ldm` does: it stops
+    /// leading its streams, moves its clients to the other nodes over its
+    /// `lame_duck_duration`, then exits. Waits at most `patience` for the exit.
+    pub fn lame_duck(&mut self, patience: Duration) -> anyhow::Result<()> {
+        let Some(child) = self.child.as_mut() else {
+            anyhow::bail!("not running");
+        };
+        let status = Command::new("kill")
+            .arg("-USR2")
+            .arg(child.id().to_string())
+            .status()?;
+        anyhow::ensure!(status.success(), "kill -USR2 failed");
+        let deadline = Instant::now() + patience;
+        while child.try_wait()?.is_none() {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "not out of lame-duck mode in {patience:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.child = None;
+        Ok(())
+    }
+
     /// Restarts on the same ports with the same store, as an operator's restart would.
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.kill();
@@ -254,6 +278,7 @@ fn spawn(
         let routes: Vec<String> = cluster.routes.iter().map(|r| format!("{r:?}")).collect();
         text.push_str(&format!(
             "server_name: {server:?}\nhttp_port: {monitor}\n\
+             lame_duck_duration: \"30s\"\nlame_duck_grace_period: \"1s\"\n\
              cluster {{\n  name: {name:?}\n  host: 127.0.0.1\n  port: {port}\n  \
              routes: [{routes}]\n{tls}}}\n",
             server = cluster.server_name,

@@ -65,6 +65,13 @@ impl TestCluster {
         self.nodes[i].kill();
     }
 
+    /// Puts node `i` in lame-duck mode and waits until it has exited (a clustered node's
+    /// `lame_duck_duration` is 30 s, the least nats-server allows).
+    pub async fn lame_duck(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        blocking(|| node.lame_duck(Duration::from_secs(60))).expect("lame-duck mode");
+    }
+
     /// Restarts node `i` on its ports and store, and waits until its JetStream is current.
     pub async fn restart(&mut self, i: usize) {
         let routes = self

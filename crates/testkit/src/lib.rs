@@ -16,6 +16,7 @@
 //! | `stack` | the `Stack` builder and the `Running*` handles on its services |
 //! | `expect` | waiting with a named patience: `within`, `eventually`, and the typed `expect_*` helpers that read the frames a test expects from a connection |
 //! | `link` | `Link`: a relay that cuts one service off NATS |
+//! | `rolling` | a rolling restart under load: users that reconnect elsewhere, every component restarted in turn, the pauses they saw |
 //! | `traffic` | `Traffic`: retrying senders and recipients with a report |
 //! | `webhook` | `WebhookReceiver`: the notifier's webhook, received |
 
@@ -24,6 +25,7 @@ mod cluster;
 mod expect;
 mod harness;
 mod link;
+pub mod rolling;
 mod stack;
 mod traffic;
 mod webhook;

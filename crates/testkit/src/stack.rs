@@ -261,6 +261,8 @@ impl RunningHistory {
 /// A running notifier of a stack.
 pub struct RunningNotifier {
     pub shutdown: CancellationToken,
+    /// What it was started with (a restart starts it the same way).
+    pub config: notifier::NotifierConfig,
     pub metrics: plumbing::Metrics,
     handle: Option<notifier::Notifier>,
 }
@@ -368,8 +370,33 @@ impl Stack {
         nats_url: &str,
         liveness_url: &str,
     ) -> usize {
+        let listen = self.gateway_config.listen_addr;
+        let gateway = self
+            .launch_gateway(id, nats_url, liveness_url, listen)
+            .await;
+        self.gateways.push(gateway);
+        self.gateways.len() - 1
+    }
+
+    /// Drains gateway `i` (its clients are told to reconnect elsewhere) and starts it again
+    /// on the same address, as one step of a rolling restart.
+    pub async fn restart_gateway(&mut self, i: usize) {
+        let (id, addr) = (self.gateways[i].id.clone(), self.gateways[i].addr);
+        within(self.gateways[i].shutdown()).await;
+        let url = self.bus.nats_url.clone();
+        self.gateways[i] = self.launch_gateway(&id, &url, &url, addr).await;
+    }
+
+    async fn launch_gateway(
+        &self,
+        id: &str,
+        nats_url: &str,
+        liveness_url: &str,
+        listen_addr: SocketAddr,
+    ) -> RunningGateway {
         let mut config = self.gateway_config.clone();
         config.gateway_id = id.into();
+        config.listen_addr = listen_addr;
         let bus = BusConfig {
             nats_url: nats_url.into(),
             ..self.bus_for(Role::Gateway)
@@ -392,13 +419,12 @@ impl Stack {
         let handle = gateway::Gateway::start(config, &self.bus, nats, liveness, shutdown.clone())
             .await
             .expect("start gateway");
-        self.gateways.push(RunningGateway {
+        RunningGateway {
             addr: handle.addr,
             id: id.into(),
             shutdown,
             handle: Some(handle),
-        });
-        self.gateways.len() - 1
+        }
     }
 
     pub async fn start_chat(&mut self, config: chat::ChatConfig) -> usize {
@@ -479,11 +505,12 @@ impl Stack {
                 .await
                 .expect("connect");
         let shutdown = CancellationToken::new();
-        let handle = notifier::Notifier::start(config, &self.bus, nats, shutdown.clone())
+        let handle = notifier::Notifier::start(config.clone(), &self.bus, nats, shutdown.clone())
             .await
             .expect("start notifier");
         self.notifiers.push(RunningNotifier {
             shutdown,
+            config,
             metrics: handle.metrics.clone(),
             handle: Some(handle),
         });

@@ -13,6 +13,8 @@
 //!   member at fixed rates, and deliveries per second at saturation, next to a raw relay;
 //! * `flood`: one user's delivery latency alone and while another user floods, with the
 //!   default per-user limits on (natter alone: it measures natter's limits);
+//! * `rolling`: every component restarted in turn under 1:1 and group traffic: what was lost
+//!   or stored twice, and the pause each restart caused each user;
 //! * `scale`: routing throughput and CPU per routed message with 1, 2, 3 routing chat
 //!   processes on a 3-node cluster (natter alone).
 //!
@@ -31,6 +33,7 @@ mod process;
 mod processes;
 mod report;
 mod resync;
+mod rolling;
 mod scale;
 mod storm_wide;
 
@@ -187,6 +190,19 @@ enum Scenario {
         #[arg(long, default_value_t = 3_000)]
         outage_ms: u64,
     },
+    /// A rolling restart under load: each gateway, chat, history, notifier and NATS node
+    /// restarted in turn; loss, double storage and the pause per restart per user.
+    Rolling {
+        /// Users, 1:1 with the next and in groups.
+        #[arg(long, default_value_t = 60)]
+        users: usize,
+        /// Members per group.
+        #[arg(long, default_value_t = 6)]
+        group_size: usize,
+        /// Messages each user sends per second.
+        #[arg(long, default_value_t = 2.0)]
+        rate: f64,
+    },
     /// Routing throughput and CPU per message with more routing instances (`natter-chat`
     /// processes next to natter-bench), draining a backlog on a 3-node cluster.
     Scale {
@@ -302,6 +318,11 @@ async fn main() -> anyhow::Result<()> {
             per_client,
             source,
         } => storm_wide::clients(&urls, first, count, cursor, per_client, source).await,
+        Scenario::Rolling {
+            users,
+            group_size,
+            rate,
+        } => rolling::run(users, group_size, rate, &out).await,
         Scenario::Blip {
             clients,
             per_client,
