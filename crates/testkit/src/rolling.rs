@@ -3,7 +3,7 @@
 //! drains, and sends again (same cid) what was refused or left unanswered; while every
 //! component of the stack is restarted in turn ([`restart_everything`]). The report says what
 //! was lost, what was stored twice, and the pause each restart caused each user: the longest
-//! time without a `sent` answer or an arriving message around it.
+//! time without a `sent` answer, or without an arriving message, around it.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -103,8 +103,10 @@ struct UserLog {
     sent: Vec<(MessageId, Target, Instant)>,
     /// Message id → copies received.
     received: HashMap<MessageId, u32>,
-    /// Every `sent` answer and every arriving message, in order.
-    activity: Vec<Instant>,
+    /// When each `sent` answer came.
+    answered_at: Vec<Instant>,
+    /// When each message arrived.
+    arrived_at: Vec<Instant>,
     resends: u64,
     reconnects: u64,
     /// Messages waiting for their `sent` now.
@@ -188,13 +190,14 @@ impl Chatters {
         }
     }
 
-    /// Waits until every user has had a `sent` answer or a message after `since`: all are
+    /// Waits until every user has had a `sent` answer and a message after `since`: all are
     /// connected and chatting again.
     pub async fn wait_all_active_since(&self, since: Instant) {
         eventually("every user chatting again", crate::PATIENCE, async || {
             self.users.iter().all(|(_, log)| {
                 let log = log.lock().unwrap();
-                log.activity.last().is_some_and(|at| *at > since)
+                let after = |times: &[Instant]| times.last().is_some_and(|at| *at > since);
+                after(&log.answered_at) && after(&log.arrived_at)
             })
         })
         .await;
@@ -282,7 +285,10 @@ impl Chatters {
         let pauses = restarts
             .into_iter()
             .map(|r| {
-                let each = logs.iter().map(|l| pause_around(&l.activity, &r)).collect();
+                let each = logs
+                    .iter()
+                    .map(|l| pause_around(&l.answered_at, &r).max(pause_around(&l.arrived_at, &r)))
+                    .collect();
                 (r, each)
             })
             .collect();
@@ -302,10 +308,10 @@ impl Chatters {
     }
 }
 
-/// The longest gap between two of a user's activities that overlaps the restart (from its
-/// start until it was back).
-fn pause_around(activity: &[Instant], restart: &Restart) -> Duration {
-    activity
+/// The longest gap between two of a user's `sent` answers, or two arrivals, that overlaps
+/// the restart (from its start until it was back).
+fn pause_around(times: &[Instant], restart: &Restart) -> Duration {
+    times
         .windows(2)
         .filter(|w| w[1] >= restart.began && w[0] <= restart.back)
         .map(|w| w[1] - w[0])
@@ -413,12 +419,12 @@ impl User {
             ServerFrame::Sent { cid, id, .. } => {
                 if let Some(w) = waiting.remove(cid.as_str()) {
                     log.sent.push((id, w.target, Instant::now()));
-                    log.activity.push(Instant::now());
+                    log.answered_at.push(Instant::now());
                 }
             }
             ServerFrame::Message(m) => {
                 *log.received.entry(m.id).or_default() += 1;
-                log.activity.push(Instant::now());
+                log.arrived_at.push(Instant::now());
             }
             ServerFrame::Error {
                 cid: Some(cid),

@@ -84,7 +84,7 @@ impl Session {
         let payload = serde_json::to_vec(&request).expect("send request to JSON");
         let timeout = Duration::from_millis(self.state.config.send_timeout_ms);
         let fut: InFlight = Box::pin(async move {
-            match tokio::time::timeout(timeout, nats.request(subject, payload.into())).await {
+            match tokio::time::timeout(timeout, ask_chat(nats, subject, payload.into())).await {
                 Ok(Ok(reply)) => Ok(reply),
                 Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
                     Err(SendFailure::NoChatService)
@@ -119,6 +119,42 @@ impl Session {
             }
         };
         self.queue(&frame);
+    }
+}
+
+/// How often a send waiting for its answer looks whether the NATS connection was replaced.
+const RECONNECT_CHECK: Duration = Duration::from_millis(100);
+
+/// Asks the chat service to persist a send, and asks again whenever the gateway's NATS
+/// connection was replaced meanwhile: an answer published while the connection was being
+/// replaced (a NATS node in lame-duck mode or gone) is lost, and the client would otherwise
+/// wait for the request timeout (5 s) and resend. Asking again is safe: the chat service
+/// answers a repeated cid with the original message (its duplicate window), and this session
+/// has one send in flight, so the order holds.
+async fn ask_chat(
+    nats: async_nats::Client,
+    subject: String,
+    payload: bytes::Bytes,
+) -> Result<async_nats::Message, async_nats::RequestError> {
+    let statistics = nats.statistics();
+    let connects = || {
+        statistics
+            .connects
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    loop {
+        let asked_on = connects();
+        let request = nats.request(subject.clone(), payload.clone());
+        tokio::pin!(request);
+        let replaced = async {
+            while connects() == asked_on {
+                tokio::time::sleep(RECONNECT_CHECK).await;
+            }
+        };
+        tokio::select! {
+            answer = &mut request => return answer,
+            _ = replaced => {}
+        }
     }
 }
 
