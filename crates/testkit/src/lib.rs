@@ -14,6 +14,7 @@
 //! | `harness` | `TestNats` and `StackNats`: real nats-server processes |
 //! | `cluster` | `TestCluster`: three clustered nats-servers, a node killed and restarted |
 //! | `stack` | the `Stack` builder and the `Running*` handles on its services |
+//! | `compose` | compose.yaml run as processes: commands, environment, mounts, health checks, names mapped to loopback |
 //! | `expect` | waiting with a named patience: `within`, `eventually`, and the typed `expect_*` helpers that read the frames a test expects from a connection |
 //! | `link` | `Link`: a relay that cuts one service off NATS |
 //! | `rolling` | a rolling restart under load: users that reconnect elsewhere, every component restarted in turn, the pauses they saw |
@@ -22,6 +23,7 @@
 
 mod binaries;
 mod cluster;
+pub mod compose;
 mod expect;
 mod harness;
 mod link;
