@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use chat::GroupAdds;
 use testkit::Stack;
-use testkit::rolling::{Chatters, RollingPlan, restart_everything};
+use testkit::rolling::{Chatters, Pause, RollingPlan, quantile, restart_everything};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rolling_restart_of_every_component_loses_nothing() {
@@ -57,17 +57,30 @@ async fn a_rolling_restart_of_every_component_loses_nothing() {
         report.deliveries,
         report.lost.iter().take(30).collect::<Vec<_>>()
     );
-    // What a user notices: most users' longest pause in every restart is under 2 s (the
-    // longest of all is reported above; on a shared two-core machine a user may now and
-    // then wait longer behind a stream's leader election).
+    // What a user notices. natter's own components: no user waits 2 s in any restart (the
+    // pause is the users' send interval). A NATS node's restart: the median user waits less
+    // than 2 s; the longest is reported above, not asserted, as deliveries now and then wait
+    // up to about 5 s there on this shared two-core machine (docs/benchmarks.md, "Rolling
+    // restart").
     for (restart, pauses) in &report.pauses {
-        let mut p = pauses.clone();
-        p.sort();
-        let p90 = p[(p.len() - 1) * 9 / 10];
+        let nats_node = restart.what.starts_with("NATS");
+        let q = if nats_node { 0.5 } else { 1.0 };
+        let pause = quantile(pauses.iter().map(Pause::noticed), q);
         assert!(
-            p90 < Duration::from_secs(2),
-            "{}: p90 pause {p90:?}",
+            pause < Duration::from_secs(2),
+            "{}: pause (quantile {q}) {pause:?}",
             restart.what
+        );
+    }
+    // The gateways' NATS connections moved from node to node while their leases held: no
+    // session had been purged, so none was registered again (each would have made the
+    // routers wait at its marker).
+    for gateway in &stack.gateways {
+        assert_eq!(
+            gateway.metric("natter_gateway_reregistrations_total").await,
+            0,
+            "{}",
+            gateway.id
         );
     }
     // Each gateway's users moved once when it drained.

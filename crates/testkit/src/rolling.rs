@@ -54,7 +54,32 @@ pub struct RollingReport {
     /// Times a client reconnected.
     pub reconnects: u64,
     /// Per restart, each user's pause around it.
-    pub pauses: Vec<(Restart, Vec<Duration>)>,
+    pub pauses: Vec<(Restart, Vec<Pause>)>,
+}
+
+/// What one user waited for around one restart.
+#[derive(Debug, Clone, Copy)]
+pub struct Pause {
+    /// The longest time between two `sent` answers.
+    pub sending: Duration,
+    /// The longest time between two arriving messages.
+    pub arriving: Duration,
+}
+
+impl Pause {
+    /// The longer of the two: what the user noticed.
+    pub fn noticed(&self) -> Duration {
+        self.sending.max(self.arriving)
+    }
+}
+
+/// The `q` quantile of `values` (sorted here).
+pub fn quantile(values: impl Iterator<Item = Duration>, q: f64) -> Duration {
+    let mut v: Vec<Duration> = values.collect();
+    v.sort();
+    v.get(((v.len().max(1) - 1) as f64 * q).round() as usize)
+        .copied()
+        .unwrap_or_default()
 }
 
 impl RollingReport {
@@ -62,26 +87,30 @@ impl RollingReport {
     pub fn longest_pause(&self) -> Duration {
         self.pauses
             .iter()
-            .flat_map(|(_, p)| p.iter().copied())
+            .flat_map(|(_, p)| p.iter().map(Pause::noticed))
             .max()
             .unwrap_or_default()
     }
 
-    /// One line per restart: the pause's median, 90th percentile and maximum over users.
+    /// One line per restart: the noticed pause's median, 90th percentile and maximum over
+    /// users, and the longest wait for a `sent` and for a message apart.
     pub fn pause_table(&self) -> String {
-        let mut out =
-            String::from("| restart | took | pause p50 | p90 | max |\n|---|---|---|---|---|\n");
+        let mut out = String::from(
+            "| restart | took | pause p50 | p90 | max | longest without `sent` | longest without a message |\n\
+             |---|---|---|---|---|---|---|\n",
+        );
         for (restart, pauses) in &self.pauses {
-            let mut p = pauses.clone();
-            p.sort();
-            let at = |q: f64| p[((p.len() - 1) as f64 * q).round() as usize];
+            let at = |q: f64| quantile(pauses.iter().map(Pause::noticed), q).as_secs_f64();
+            let max = |f: fn(&Pause) -> Duration| quantile(pauses.iter().map(f), 1.0).as_secs_f64();
             out.push_str(&format!(
-                "| {} | {:.1} s | {:.2} s | {:.2} s | {:.2} s |\n",
+                "| {} | {:.1} s | {:.2} s | {:.2} s | {:.2} s | {:.2} s | {:.2} s |\n",
                 restart.what,
                 (restart.back - restart.began).as_secs_f64(),
-                at(0.5).as_secs_f64(),
-                at(0.9).as_secs_f64(),
-                at(1.0).as_secs_f64()
+                at(0.5),
+                at(0.9),
+                at(1.0),
+                max(|p| p.sending),
+                max(|p| p.arriving),
             ));
         }
         out
@@ -287,7 +316,10 @@ impl Chatters {
             .map(|r| {
                 let each = logs
                     .iter()
-                    .map(|l| pause_around(&l.answered_at, &r).max(pause_around(&l.arrived_at, &r)))
+                    .map(|l| Pause {
+                        sending: pause_around(&l.answered_at, &r),
+                        arriving: pause_around(&l.arrived_at, &r),
+                    })
                     .collect();
                 (r, each)
             })
@@ -512,6 +544,7 @@ pub async fn restart_everything(stack: &mut Stack, chatters: &Chatters) -> Vec<R
 /// The restart of `what`, begun at `began`, once every user is chatting again after it.
 async fn settle(chatters: &Chatters, what: String, began: Instant) -> Restart {
     let back = Instant::now();
+    tracing::info!(restarted = %what, took = ?(back - began), "rolling restart step");
     chatters.wait_all_active_since(back).await;
     Restart { what, began, back }
 }

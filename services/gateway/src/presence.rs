@@ -22,8 +22,8 @@
 //! reconnect storm writes about one marker per partition per round trip, not one per device
 //! and partition.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
@@ -59,6 +59,14 @@ pub struct Presence {
     markers: mpsc::UnboundedSender<(SessionMarker, oneshot::Sender<MarkerWritten>)>,
     lease_writes: Histogram,
     lease_write_failures: Counter,
+    /// When the lease was last written, and whether a write failed since.
+    lease_health: Arc<Mutex<LeaseHealth>>,
+}
+
+#[derive(Default)]
+struct LeaseHealth {
+    written_at: Option<Instant>,
+    failed_since: bool,
 }
 
 impl Presence {
@@ -81,10 +89,30 @@ impl Presence {
             gateways: buckets.gateways,
             users: buckets.users,
             lease_revision: Arc::default(),
+            lease_health: Arc::default(),
             gateway,
             boot,
             lease_ttl,
         }
+    }
+
+    /// Whether the lease has been refreshed without a failure and lately enough (within half
+    /// its TTL) that no chat service can have counted it lapsed: then none has purged this
+    /// gateway's sessions, and they need not be registered again after a reconnect.
+    pub fn lease_unbroken(&self) -> bool {
+        let health = self.lease_health.lock().unwrap();
+        !health.failed_since
+            && health
+                .written_at
+                .is_some_and(|at| at.elapsed() < self.lease_ttl / 2)
+    }
+
+    fn lease_written(&self, ok: bool) {
+        let mut health = self.lease_health.lock().unwrap();
+        if ok {
+            health.written_at = Some(Instant::now());
+        }
+        health.failed_since = !ok;
     }
 
     // `register` and `unregister` return boxed futures built in a plain function: the KV
@@ -169,6 +197,7 @@ impl Presence {
                 Ok(()) => every,
                 Err(e) => {
                     // One lapse is absorbed by the TTL; keep trying.
+                    self.lease_written(false);
                     plumbing::jetstream_error("kv");
                     tracing::warn!(error = %e, "presence lease refresh failed");
                     LEASE_RETRY.min(every)
@@ -196,6 +225,7 @@ impl Presence {
             )
             .await;
         self.lease_writes.observe(started.elapsed());
+        self.lease_written(written.is_ok());
         let revision = written.inspect_err(|_| self.lease_write_failures.inc())?;
         self.lease_revision.fetch_max(revision, Ordering::AcqRel);
         Ok(())

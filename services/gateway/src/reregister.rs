@@ -7,7 +7,9 @@
 //!   and its subscription exists again only once the client has reconnected. This includes
 //!   messages routed in the moment between the chat service's reconnect and its own.
 //!
-//! So after every reconnect the gateway writes its lease and every live session's key again,
+//! So after every reconnect the gateway writes its lease and every live session's key again
+//! (unless its lease held throughout, refreshed without a failure within half its TTL: then
+//! no chat service purged anything, as when the connection merely moved to another server),
 //! then has every session replay its user's messages after the last one routed to this
 //! gateway before the cut (the `sync` replay, ending with an unasked `synced`). The router
 //! routes in stream order, so nothing before that point can be missing. A replay that fails
@@ -76,30 +78,22 @@ async fn reregister_on_reconnect(state: &GatewayState, stop: &CancellationToken)
             continue;
         }
         seen = connects;
-        tracing::info!("nats connection re-established; re-registering presence");
-        let mut pause = RETRY_FIRST;
-        loop {
-            let attempt = tokio::select! {
-                _ = stop.cancelled() => return,
-                attempt = reregister(state) => attempt,
-            };
-            match attempt {
-                Ok(sessions) => {
-                    state.metrics.reregistrations.inc();
-                    tracing::info!(sessions, "presence re-registered");
-                    break;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "re-registration failed; retrying");
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        _ = tokio::time::sleep(pause) => {}
-                    }
-                    pause = (pause * 2).min(RETRY_MAX);
-                }
-            }
+        if state.presence.lease_unbroken() {
+            // Moved to another server (a node in lame-duck mode, a blip) while the lease
+            // held: no chat service purged a session. Writing every key again would only make
+            // each router wait at each session's marker for its presence view, which is itself
+            // catching up after such a move.
+            tracing::info!(
+                "nats connection re-established; lease unbroken, sessions still registered"
+            );
+        } else {
+            tracing::info!("nats connection re-established; re-registering presence");
+            reregister_until_done(state, stop).await;
         }
-        // Registered again, so new messages reach the sessions live (held while they replay).
+        if stop.is_cancelled() {
+            return;
+        }
+        // Registered, so new messages reach the sessions live (held while they replay).
         match routed_before.clone() {
             Some(after) => {
                 state.local.resync_all(after);
@@ -107,6 +101,33 @@ async fn reregister_on_reconnect(state: &GatewayState, stop: &CancellationToken)
             None => tracing::warn!("no stream position known; sessions cannot replay"),
         }
         // A reconnect during the attempt moved the counter again: the next check repeats it.
+    }
+}
+
+/// Writes the lease and every session's key again, retrying with backoff until it succeeds
+/// or `stop`.
+async fn reregister_until_done(state: &GatewayState, stop: &CancellationToken) {
+    let mut pause = RETRY_FIRST;
+    loop {
+        let attempt = tokio::select! {
+            _ = stop.cancelled() => return,
+            attempt = reregister(state) => attempt,
+        };
+        match attempt {
+            Ok(sessions) => {
+                state.metrics.reregistrations.inc();
+                tracing::info!(sessions, "presence re-registered");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "re-registration failed; retrying");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(pause) => {}
+                }
+                pause = (pause * 2).min(RETRY_MAX);
+            }
+        }
     }
 }
 

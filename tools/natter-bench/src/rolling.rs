@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use chat::GroupAdds;
 use testkit::Stack;
-use testkit::rolling::{Chatters, RollingPlan, restart_everything};
+use testkit::rolling::{Chatters, Pause, RollingPlan, quantile, restart_everything};
 
 use crate::report::{Report, Table};
 
@@ -69,7 +69,9 @@ pub async fn run(
             "reconnects": rolling.reconnects, "longest_pause_s": longest.as_secs_f64(),
             "restarts": rolling.pauses.iter().map(|(r, p)| serde_json::json!({
                 "what": r.what, "took_s": (r.back - r.began).as_secs_f64(),
-                "pauses_s": p.iter().map(Duration::as_secs_f64).collect::<Vec<_>>()})).collect::<Vec<_>>()}),
+                "pauses_s": p.iter().map(|p| p.noticed().as_secs_f64()).collect::<Vec<_>>(),
+                "sending_pauses_s": p.iter().map(|p| p.sending.as_secs_f64()).collect::<Vec<_>>(),
+                "arriving_pauses_s": p.iter().map(|p| p.arriving.as_secs_f64()).collect::<Vec<_>>()})).collect::<Vec<_>>()}),
         format!(
             "rolling restart: {} sent, {} deliveries, {} lost, {} stored twice, {} copies dropped \
              by id, {} resends, {} reconnects, longest pause {:.2?}\n{}",
@@ -87,18 +89,27 @@ pub async fn run(
     report.done();
     let mut table = Table::new(
         format!("Rolling restart: {users} users, {rate} msg/s each, pause per restart"),
-        &["restart", "took (s)", "pause p50 (s)", "p90 (s)", "max (s)"],
+        &[
+            "restart",
+            "took (s)",
+            "pause p50 (s)",
+            "p90 (s)",
+            "max (s)",
+            "longest without sent (s)",
+            "longest without a message (s)",
+        ],
     );
     for (restart, pauses) in &rolling.pauses {
-        let mut p = pauses.clone();
-        p.sort();
-        let at = |q: f64| p[((p.len() - 1) as f64 * q).round() as usize].as_secs_f64();
+        let noticed = |q: f64| quantile(pauses.iter().map(Pause::noticed), q).as_secs_f64();
+        let max = |f: fn(&Pause) -> Duration| quantile(pauses.iter().map(f), 1.0).as_secs_f64();
         table.row(vec![
             restart.what.clone(),
             format!("{:.1}", (restart.back - restart.began).as_secs_f64()),
-            format!("{:.2}", at(0.5)),
-            format!("{:.2}", at(0.9)),
-            format!("{:.2}", at(1.0)),
+            format!("{:.2}", noticed(0.5)),
+            format!("{:.2}", noticed(0.9)),
+            format!("{:.2}", noticed(1.0)),
+            format!("{:.2}", max(|p| p.sending)),
+            format!("{:.2}", max(|p| p.arriving)),
         ]);
     }
     report.finish(&[table], &[]);
