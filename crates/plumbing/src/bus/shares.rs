@@ -18,9 +18,11 @@
 //! instances for good.
 //!
 //! While this instance cannot write its own key (the bucket has no leader for a moment, as
-//! when a NATS node restarts), the others' keys lapse for the same reason, not because they
-//! died: it keeps its partitions, and once its write succeeds again the time it was blind does
-//! not count against the others ([`Blindness`]). A death during that time is noticed up to one
+//! when a NATS node restarts), or its watch does not bring back its own writes (the watch's
+//! consumer sat on a node that left, and is noticed dead only after its idle heartbeat), the
+//! others' keys lapse for the same reason, not because they died: it keeps its partitions,
+//! and once it writes and sees its writes again the time it was blind does not count against
+//! the others ([`Blindness`]). A death during that time is noticed up to one
 //! TTL late, never early; before, every instance took every partition and gave them back a
 //! few seconds later, and routing stopped for about 3 s meanwhile.
 
@@ -39,6 +41,9 @@ use super::{BucketSpec, BusConfig, ensure_bucket};
 pub const HEARTBEAT: Duration = Duration::from_secs(2);
 /// How long an instance counts as live after its last write.
 pub const TTL: Duration = Duration::from_secs(6);
+/// How long a write of our own key may take to come back through the watch before the watch
+/// counts as behind (it takes milliseconds).
+const WATCH_BEHIND: Duration = Duration::from_secs(2);
 
 /// The instances of partitioned roles, one key each.
 pub const INSTANCES: BucketSpec = BucketSpec {
@@ -145,15 +150,20 @@ impl Member {
         let mut beat = tokio::time::interval(HEARTBEAT);
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut blindness = Blindness::default();
+        let mut writing = true;
+        // The oldest write of our key acknowledged and not yet seen in the watch, and when.
+        let mut unseen: Option<(u64, std::time::Instant)> = None;
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
                 _ = beat.tick() => {
-                    let now = time::OffsetDateTime::now_utc();
                     match bucket.put(&key, bytes::Bytes::new()).await {
-                        Ok(_) => blindness.ended(now, &mut seen),
+                        Ok(revision) => {
+                            writing = true;
+                            unseen.get_or_insert((revision, std::time::Instant::now()));
+                        }
                         Err(e) => {
-                            blindness.began(now);
+                            writing = false;
                             crate::jetstream_error("kv");
                             tracing::warn!(error = %e, "instance heartbeat not written");
                         }
@@ -162,6 +172,9 @@ impl Member {
                 entry = watch.next() => match entry {
                     Some(Ok(entry)) => {
                         let instance = entry.key.rsplit('.').next().unwrap_or_default().to_string();
+                        if instance == me && unseen.is_some_and(|(rev, _)| entry.revision >= rev) {
+                            unseen = None;
+                        }
                         match entry.operation {
                             kv::Operation::Put => seen.insert(instance, entry.created),
                             kv::Operation::Delete | kv::Operation::Purge => seen.remove(&instance),
@@ -174,9 +187,13 @@ impl Member {
                     }
                 },
             }
-            if blindness.is_blind() {
+            let now = time::OffsetDateTime::now_utc();
+            let watch_behind = unseen.is_some_and(|(_, at)| at.elapsed() > WATCH_BEHIND);
+            if !writing || watch_behind {
+                blindness.began(now);
                 continue;
             }
+            blindness.ended(now, &mut seen);
             let live = live(&seen, &me);
             let mine = assign(&live, &me, partitions);
             tx.send_if_modified(|current| {
@@ -223,6 +240,7 @@ impl Blindness {
         }
     }
 
+    #[cfg(test)]
     fn is_blind(&self) -> bool {
         self.since.is_some()
     }
