@@ -4,19 +4,18 @@
 //! natter's metrics. That the metrics exist with these names is checked against a running
 //! stack in compose.rs.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+use testkit::compose::{ROOT, installed};
 
-fn promtool() -> PathBuf {
-    std::env::var_os("NATTER_PROMTOOL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(ROOT).join(".tools/bin/promtool"))
+/// A file of the repository.
+fn repo_file(path: &str) -> String {
+    std::fs::read_to_string(Path::new(ROOT).join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
 fn run_promtool(args: &[&str]) -> String {
-    let out = Command::new(promtool())
+    let out = Command::new(installed("NATTER_PROMTOOL", "promtool"))
         .args(args)
         .current_dir(Path::new(ROOT).join("deploy/prometheus"))
         .output()
@@ -38,8 +37,7 @@ fn the_rules_are_valid_and_their_unit_tests_pass() {
 
 /// The rules file's alerts: (name, runbook_url).
 fn alerts() -> Vec<(String, String)> {
-    let text = std::fs::read_to_string(Path::new(ROOT).join("deploy/prometheus/natter-rules.yml"))
-        .expect("rules");
+    let text = repo_file("deploy/prometheus/natter-rules.yml");
     let rules: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).expect("rules YAML");
     rules["groups"]
         .as_sequence()
@@ -59,7 +57,7 @@ fn alerts() -> Vec<(String, String)> {
 
 #[test]
 fn every_alert_links_to_its_section_of_the_runbook() {
-    let doc = std::fs::read_to_string(Path::new(ROOT).join("docs/operations.md")).unwrap();
+    let doc = repo_file("docs/operations.md");
     let alerts = alerts();
     assert!(alerts.len() >= 10, "{alerts:?}");
     for (name, url) in alerts {
@@ -77,9 +75,7 @@ fn every_alert_links_to_its_section_of_the_runbook() {
 
 #[test]
 fn every_alert_has_a_unit_test() {
-    let tests =
-        std::fs::read_to_string(Path::new(ROOT).join("deploy/prometheus/natter-rules.test.yml"))
-            .unwrap();
+    let tests = repo_file("deploy/prometheus/natter-rules.test.yml");
     for (name, _) in alerts() {
         assert!(
             tests.contains(&format!("alertname: {name}")),
@@ -90,9 +86,7 @@ fn every_alert_has_a_unit_test() {
 
 #[test]
 fn the_dashboard_is_a_grafana_dashboard_of_natter_metrics() {
-    let text =
-        std::fs::read_to_string(Path::new(ROOT).join("deploy/grafana/natter-dashboard.json"))
-            .unwrap();
+    let text = repo_file("deploy/grafana/natter-dashboard.json");
     let dashboard: serde_json::Value = serde_json::from_str(&text).expect("dashboard JSON");
     assert_eq!(dashboard["uid"], "natter");
     // Rows may hold their panels inside.

@@ -6,28 +6,13 @@
 //! each restart caused each user is reported. `natter-bench rolling` measures the same with
 //! a release build.
 
-use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use chat::GroupAdds;
-use testkit::Stack;
-use testkit::rolling::{Chatters, Pause, RollingPlan, quantile, restart_everything};
+use testkit::rolling::{self, Chatters, Pause, RollingPlan, quantile, restart_everything};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rolling_restart_of_every_component_loses_nothing() {
-    let mut stack = Stack::new()
-        .cluster(3)
-        .gateways(3)
-        .bus_config(|b| {
-            b.replicas = 3;
-            b.partitions = 3;
-        })
-        .chat_config(|c| c.group_adds = GroupAdds::Anyone)
-        .start()
-        .await;
-    stack.start_chat(stack.chat_config.clone()).await;
-    stack.start_history().await;
-    stack.start_notifier(1_000, "").await;
+    let mut stack = rolling::stack().await;
     let plan = RollingPlan {
         users: 24,
         group_size: 6,
@@ -85,14 +70,7 @@ async fn a_rolling_restart_of_every_component_loses_nothing() {
     }
     // Each gateway's users moved once when it drained.
     assert!(report.reconnects >= 24, "{report:?}");
-    let stored = stack.stream_messages().await;
-    let mut once = HashSet::new();
-    let from_users = stored
-        .iter()
-        .filter(|m| m.message.event.is_none() && m.message.from.as_str().starts_with('u'));
-    for m in from_users {
-        let key = (m.message.from.to_string(), m.message.cid.to_string());
-        assert!(once.insert(key.clone()), "stored twice: {key:?}");
-    }
-    assert_eq!(once.len(), report.sent, "stored what was answered sent");
+    let (stored, stored_twice) = rolling::stored(&stack).await;
+    assert_eq!(stored_twice, 0, "stored twice");
+    assert_eq!(stored, report.sent, "stored what was answered sent");
 }

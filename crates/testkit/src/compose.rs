@@ -158,7 +158,7 @@ enum Runs {
 }
 
 /// A program of scripts/install-deps: `$var`, or `.tools/bin/name`.
-fn installed(var: &str, name: &str) -> PathBuf {
+pub fn installed(var: &str, name: &str) -> PathBuf {
     std::env::var_os(var)
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(ROOT).join(".tools/bin").join(name))

@@ -5,7 +5,7 @@
 //! was lost, what was stored twice, and the pause each restart caused each user: the longest
 //! time without a `sent` answer, or without an arriving message, around it.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,6 +16,7 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
 use crate::client::{ClientError, Connection, Event};
+use crate::traffic::send_again;
 use crate::{Stack, eventually, expect_answer, expect_synced};
 
 /// The traffic.
@@ -92,29 +93,59 @@ impl RollingReport {
             .unwrap_or_default()
     }
 
-    /// One line per restart: the noticed pause's median, 90th percentile and maximum over
-    /// users, and the longest wait for a `sent` and for a message apart.
+    /// Per restart: how long it took, the noticed pause's median, 90th percentile and maximum
+    /// over users, and the longest wait for a `sent` and for a message apart.
+    pub fn rows(&self) -> Vec<PauseRow> {
+        self.pauses
+            .iter()
+            .map(|(restart, pauses)| {
+                let noticed = |q| quantile(pauses.iter().map(Pause::noticed), q);
+                PauseRow {
+                    what: restart.what.clone(),
+                    took: restart.back - restart.began,
+                    p50: noticed(0.5),
+                    p90: noticed(0.9),
+                    max: noticed(1.0),
+                    sending_max: quantile(pauses.iter().map(|p| p.sending), 1.0),
+                    arriving_max: quantile(pauses.iter().map(|p| p.arriving), 1.0),
+                }
+            })
+            .collect()
+    }
+
+    /// [`RollingReport::rows`] as a Markdown table.
     pub fn pause_table(&self) -> String {
         let mut out = String::from(
             "| restart | took | pause p50 | p90 | max | longest without `sent` | longest without a message |\n\
              |---|---|---|---|---|---|---|\n",
         );
-        for (restart, pauses) in &self.pauses {
-            let at = |q: f64| quantile(pauses.iter().map(Pause::noticed), q).as_secs_f64();
-            let max = |f: fn(&Pause) -> Duration| quantile(pauses.iter().map(f), 1.0).as_secs_f64();
+        for row in self.rows() {
+            let s = |d: Duration| format!("{:.2} s", d.as_secs_f64());
             out.push_str(&format!(
-                "| {} | {:.1} s | {:.2} s | {:.2} s | {:.2} s | {:.2} s | {:.2} s |\n",
-                restart.what,
-                (restart.back - restart.began).as_secs_f64(),
-                at(0.5),
-                at(0.9),
-                at(1.0),
-                max(|p| p.sending),
-                max(|p| p.arriving),
+                "| {} | {:.1} s | {} | {} | {} | {} | {} |\n",
+                row.what,
+                row.took.as_secs_f64(),
+                s(row.p50),
+                s(row.p90),
+                s(row.max),
+                s(row.sending_max),
+                s(row.arriving_max),
             ));
         }
         out
     }
+}
+
+/// One restart's pauses over users (see [`RollingReport::rows`]).
+#[derive(Debug, Clone)]
+pub struct PauseRow {
+    pub what: String,
+    pub took: Duration,
+    pub p50: Duration,
+    pub p90: Duration,
+    pub max: Duration,
+    pub sending_max: Duration,
+    pub arriving_max: Duration,
 }
 
 /// Where a message goes.
@@ -382,7 +413,7 @@ impl User {
     ) {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
-        let mut waiting: BTreeMap<String, Waiting> = BTreeMap::new();
+        let mut waiting: HashMap<String, Waiting> = HashMap::new();
         let mut refused: VecDeque<String> = VecDeque::new();
         let mut next = 0u64;
         loop {
@@ -396,16 +427,7 @@ impl User {
                     }
                 },
                 _ = tick.tick() => {
-                    let again = loop {
-                        match refused.pop_front() {
-                            Some(cid) if waiting.contains_key(&cid) => break Some(cid),
-                            Some(_) => continue,
-                            None => break waiting
-                                .iter()
-                                .find(|(_, w)| w.at.elapsed() > RESEND_AFTER)
-                                .map(|(cid, _)| cid.clone()),
-                        }
-                    };
+                    let again = send_again(&mut refused, &waiting, |w| w.at.elapsed() > RESEND_AFTER);
                     let cid = match again {
                         Some(cid) => {
                             self.log.lock().unwrap().resends += 1;
@@ -439,7 +461,7 @@ impl User {
     fn on_event(
         &self,
         event: Result<Event, ClientError>,
-        waiting: &mut BTreeMap<String, Waiting>,
+        waiting: &mut HashMap<String, Waiting>,
         refused: &mut VecDeque<String>,
     ) -> Option<()> {
         let frame = match event {
@@ -497,6 +519,40 @@ impl User {
             }
         }
     }
+}
+
+/// The deployment a rolling restart runs on: a three-node cluster (`bus.replicas = 3`, three
+/// partitions), three gateways, two chat and two history instances and a notifier; groups
+/// may take anyone.
+pub async fn stack() -> Stack {
+    let mut stack = Stack::new()
+        .cluster(3)
+        .gateways(3)
+        .bus_config(|b| {
+            b.replicas = 3;
+            b.partitions = 3;
+        })
+        .chat_config(|c| c.group_adds = chat::GroupAdds::Anyone)
+        .start()
+        .await;
+    stack.start_chat(stack.chat_config.clone()).await;
+    stack.start_history().await;
+    stack.start_notifier(1_000, "").await;
+    stack
+}
+
+/// The users' messages in the streams: how many distinct (user, cid), and how many of them
+/// stored more than once.
+pub async fn stored(stack: &Stack) -> (usize, usize) {
+    let mut once = HashSet::new();
+    let mut twice = 0;
+    for m in stack.stream_messages().await {
+        let from_a_user = m.message.event.is_none() && m.message.from.as_str().starts_with('u');
+        if from_a_user && !once.insert((m.message.from.to_string(), m.message.cid.to_string())) {
+            twice += 1;
+        }
+    }
+    (once.len(), twice)
 }
 
 /// Restarts every component of `stack` in turn, waiting after each until every user is

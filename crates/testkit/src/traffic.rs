@@ -378,16 +378,7 @@ async fn send(
             }
             _ = tick.tick() => {
                 let now = Instant::now();
-                let again = loop {
-                    match refused.pop_front() {
-                        Some(cid) if waiting.contains_key(&cid) => break Some(cid),
-                        Some(_) => continue,
-                        None => break waiting
-                            .iter()
-                            .find(|(_, at)| now - **at > plan.resend_after)
-                            .map(|(cid, _)| cid.clone()),
-                    }
-                };
+                let again = send_again(&mut refused, &waiting, |at| now - *at > plan.resend_after);
                 let cid = match again {
                     Some(cid) => {
                         log.resends += 1;
@@ -413,6 +404,24 @@ async fn send(
             }
         }
     }
+}
+
+/// The message to send again, if any: the first refused one still waiting, else a waiting
+/// one that `unanswered` says has waited too long.
+pub(crate) fn send_again<V>(
+    refused: &mut VecDeque<String>,
+    waiting: &HashMap<String, V>,
+    unanswered: impl Fn(&V) -> bool,
+) -> Option<String> {
+    while let Some(cid) = refused.pop_front() {
+        if waiting.contains_key(&cid) {
+            return Some(cid);
+        }
+    }
+    waiting
+        .iter()
+        .find(|(_, v)| unanswered(v))
+        .map(|(cid, _)| cid.clone())
 }
 
 /// One recipient: records every message id until `stop`, pinging so the gateway keeps the

@@ -78,6 +78,7 @@ async fn reregister_on_reconnect(state: &GatewayState, stop: &CancellationToken)
             continue;
         }
         seen = connects;
+        state.reconnected.send_replace(connects);
         if state.presence.lease_unbroken() {
             // Moved to another server (a node in lame-duck mode, a blip) while the lease
             // held: no chat service purged a session. Writing every key again would only make

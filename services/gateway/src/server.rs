@@ -144,6 +144,7 @@ impl Gateway {
             sessions: TaskTracker::new(),
             conn_ids: Mutex::new(conn_ids),
             extra_metrics: Mutex::new(Vec::new()),
+            reconnected: tokio::sync::watch::Sender::new(0),
         });
         let inbox = inbox::subscribe(state.local.clone()).await?;
         tracing::info!(gateway = %gateway, %addr, "gateway listening");

@@ -41,6 +41,9 @@ pub struct GatewayState {
     pub conn_ids: Mutex<ulid::Generator>,
     /// Other registries rendered at `/metrics` (the chat service's, in the all-in-one).
     pub extra_metrics: Mutex<Vec<plumbing::Metrics>>,
+    /// The NATS client's connect count as `reregister` last saw it (checked every 100 ms):
+    /// a send waiting for its answer asks again when it changes.
+    pub reconnected: tokio::sync::watch::Sender<u64>,
 }
 
 impl GatewayState {

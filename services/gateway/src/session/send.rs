@@ -83,8 +83,10 @@ impl Session {
         let subject = subjects::chat_send(&request.from);
         let payload = serde_json::to_vec(&request).expect("send request to JSON");
         let timeout = Duration::from_millis(self.state.config.send_timeout_ms);
+        let reconnected = self.state.reconnected.subscribe();
         let fut: InFlight = Box::pin(async move {
-            match tokio::time::timeout(timeout, ask_chat(nats, subject, payload.into())).await {
+            let ask = ask_chat(nats, reconnected, subject, payload.into());
+            match tokio::time::timeout(timeout, ask).await {
                 Ok(Ok(reply)) => Ok(reply),
                 Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
                     Err(SendFailure::NoChatService)
@@ -122,38 +124,25 @@ impl Session {
     }
 }
 
-/// How often a send waiting for its answer looks whether the NATS connection was replaced.
-const RECONNECT_CHECK: Duration = Duration::from_millis(100);
-
 /// Asks the chat service to persist a send, and asks again whenever the gateway's NATS
-/// connection was replaced meanwhile: an answer published while the connection was being
-/// replaced (a NATS node in lame-duck mode or gone) is lost, and the client would otherwise
-/// wait for the request timeout (5 s) and resend. Asking again is safe: the chat service
-/// answers a repeated cid with the original message (its duplicate window), and this session
-/// has one send in flight, so the order holds.
+/// connection was replaced meanwhile (`reconnected`, told by `reregister`): an answer
+/// published while the connection was being replaced (a NATS node in lame-duck mode or gone)
+/// is lost, and the client would otherwise wait for the request timeout (5 s) and resend.
+/// Asking again is safe: the chat service answers a repeated cid with the original message
+/// (its duplicate window), and this session has one send in flight, so the order holds.
 async fn ask_chat(
     nats: async_nats::Client,
+    mut reconnected: tokio::sync::watch::Receiver<u64>,
     subject: String,
     payload: bytes::Bytes,
 ) -> Result<async_nats::Message, async_nats::RequestError> {
-    let statistics = nats.statistics();
-    let connects = || {
-        statistics
-            .connects
-            .load(std::sync::atomic::Ordering::Relaxed)
-    };
     loop {
-        let asked_on = connects();
+        reconnected.mark_unchanged();
         let request = nats.request(subject.clone(), payload.clone());
-        tokio::pin!(request);
-        let replaced = async {
-            while connects() == asked_on {
-                tokio::time::sleep(RECONNECT_CHECK).await;
-            }
-        };
         tokio::select! {
-            answer = &mut request => return answer,
-            _ = replaced => {}
+            answer = request => return answer,
+            // The gateway is shutting down when the sender is gone: wait for the answer.
+            Ok(()) = reconnected.changed() => {}
         }
     }
 }
