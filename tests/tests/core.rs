@@ -2,7 +2,6 @@
 //! service: delivery across gateways, receipts, retries, devices, order, crash recovery.
 
 use async_nats::jetstream::consumer::PullConsumer;
-use futures::StreamExt;
 use protocol::frames::ServerFrame;
 use protocol::{ClientMsgId, ConversationId, Encoding, UserId, subjects};
 use testkit::{
@@ -182,10 +181,11 @@ async fn lose_in_flight_then_route(lost: usize) {
     let stream = stack.stream_of(&conversation).await;
     let router = subjects::router(subjects::partition(&conversation, stack.bus.partitions));
     let consumer: PullConsumer = stream.get_consumer(&router).await.unwrap();
-    let mut pulled = plumbing::bus::pull(&consumer, 1).await.unwrap();
+    let mut pulled = plumbing::bus::Pulled::start(&consumer, 1).await.unwrap();
+    let never = tokio_util::sync::CancellationToken::new();
     let mut taken = 0;
     while taken < lost {
-        let msg = within(pulled.next()).await.unwrap().unwrap();
+        let msg = within(pulled.next(&never)).await.unwrap();
         if !subjects::is_session_marker(msg.subject.as_str()) {
             taken += 1;
         }

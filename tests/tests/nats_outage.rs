@@ -7,6 +7,7 @@
 
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use protocol::frames::ServerFrame;
 use protocol::{Encoding, GatewayId, MessageId, UserId, subjects};
 use testkit::client::{ConnectError, Connection};
@@ -452,4 +453,47 @@ async fn a_lost_delivery_makes_the_gateways_sessions_replay_from_one_shared_read
         let after = send_to(&mut alice, user, "after").await;
         assert_eq!(expect_message(device).await.id, after);
     }
+}
+
+/// Core NATS delivers at most once: a send request (or its answer) lost in flight, as when a
+/// chat instance's connection moves to another node, is asked again after `send_reask_ms`
+/// with the same payload, so the client gets `sent` without waiting for the timeout. A stand-in
+/// for the chat service swallows the first request and answers the second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_request_lost_in_flight_is_asked_again() {
+    let mut stack = Stack::new()
+        .gateway_config(|c| {
+            c.send_timeout_ms = 600_000;
+            c.send_reask_ms = 200;
+        })
+        .start()
+        .await;
+    stack.chats[0].stop().await;
+    let nats = stack.nats.client().await;
+    let mut asks = nats
+        .queue_subscribe(subjects::CHAT_SEND, subjects::CHAT_QUEUE.into())
+        .await
+        .unwrap();
+    nats.flush().await.unwrap();
+
+    let mut alice = stack.connect("alice", 0).await;
+    alice.send("bob", "lost-once", "hello").await.unwrap();
+    let first = testkit::within(asks.next()).await.expect("the first ask");
+    let second = testkit::within(asks.next()).await.expect("asked again");
+    assert_eq!(
+        first.payload, second.payload,
+        "the same request, the same cid"
+    );
+    let id: MessageId = ulid::Ulid::new().to_string().parse().unwrap();
+    let sent = ServerFrame::Sent {
+        cid: "lost-once".parse().unwrap(),
+        id,
+        conversation: "dm:alice:bob".parse().unwrap(),
+        ts: 1,
+    };
+    let reply = second.reply.expect("a request");
+    nats.publish(reply, serde_json::to_vec(&sent).unwrap().into())
+        .await
+        .unwrap();
+    assert_eq!(expect_sent(&mut alice, "lost-once").await.id, id);
 }

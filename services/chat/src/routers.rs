@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer};
-use futures::{FutureExt, StreamExt};
 use plumbing::bus::partition_tasks::{PartitionTask, PartitionWork};
 use protocol::GatewayId;
 use protocol::payloads::DeliveryOrder;
@@ -127,15 +126,10 @@ async fn serve(
     batch: usize,
     stop: CancellationToken,
 ) -> anyhow::Result<u64> {
-    let mut messages = plumbing::bus::pull(&consumer, batch).await?;
+    let mut messages = plumbing::bus::Pulled::start(&consumer, batch).await?;
     let mut received = 0;
     loop {
-        let msg = match tokio::time::timeout(
-            STALL_CHECK,
-            plumbing::bus::next_pulled(&mut messages, &stop),
-        )
-        .await
-        {
+        let msg = match tokio::time::timeout(STALL_CHECK, messages.next(&stop)).await {
             Ok(Some(msg)) => msg,
             Ok(None) => break,
             // Nothing for a while: messages may be stuck with a former owner.
@@ -179,8 +173,8 @@ async fn serve(
 /// Hands the messages that reached this router but were not routed back to the consumer at
 /// once (the partition goes to another instance): left alone, they would wait for the ack
 /// wait, and while a whole window of them waits the consumer delivers nothing else.
-async fn hand_back(messages: &mut consumer::pull::Stream) {
-    while let Some(Some(Ok(msg))) = messages.next().now_or_never() {
+async fn hand_back(messages: &mut plumbing::bus::Pulled) {
+    while let Some(msg) = messages.ready() {
         if let Err(e) = msg.ack_with(AckKind::Nak(None)).await {
             tracing::debug!(error = %e, "not handed back; the ack wait will");
         }

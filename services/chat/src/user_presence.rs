@@ -56,11 +56,11 @@ pub async fn serve(
     consumer: consumer::PullConsumer,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut messages = plumbing::bus::pull(&consumer, 256).await?;
+    let mut messages = plumbing::bus::Pulled::start(&consumer, 256).await?;
     // Users this instance has seen online; others are looked up in the bucket.
     let mut online: HashSet<UserId> = HashSet::new();
     let prefix = format!("$KV.{}.", subjects::SESSIONS_BUCKET);
-    while let Some(msg) = plumbing::bus::next_pulled(&mut messages, &stop).await {
+    while let Some(msg) = messages.next(&stop).await {
         let user = msg
             .subject
             .strip_prefix(prefix.as_str())

@@ -61,6 +61,11 @@ pub struct GatewayConfig {
     pub shutdown_grace_ms: u64,
     /// How long a `send` waits for the chat service before the client gets `unavailable`.
     pub send_timeout_ms: u64,
+    /// A `send` unanswered this long is asked of the chat service again (then after twice
+    /// as long, and so on, until `send_timeout_ms`); 0 asks once. An answer lost in flight
+    /// (a chat instance's NATS connection moving to another node) then costs this, not the
+    /// whole timeout. Safe: the stream de-duplicates a repeated cid.
+    pub send_reask_ms: u64,
     /// The most messages one `sync` replays. A device further behind is answered
     /// `recovered: false` and refetches from history (the per-user offline queue limit; the
     /// age limit is the messages stream's `bus.messages_max_age_ms`).
@@ -132,6 +137,7 @@ impl Default for GatewayConfig {
             max_connections_per_user: 32,
             shutdown_grace_ms: 10_000,
             send_timeout_ms: 10_000,
+            send_reask_ms: 1_000,
             sync_max_messages: 10_000,
             sync_page: 256,
             sync_concurrency: 64,

@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
-use futures::{FutureExt, StreamExt};
 use plumbing::Gauge;
 use plumbing::bus::consumer_metrics::{self, ConsumerGauges};
 use plumbing::bus::partition_tasks::{PartitionTask, PartitionWork};
@@ -100,28 +99,16 @@ async fn write<S: Store>(
     batch: usize,
     stop: CancellationToken,
 ) -> anyhow::Result<u64> {
-    let mut messages = plumbing::bus::pull(&consumer, batch).await?;
+    let mut messages = plumbing::bus::Pulled::start(&consumer, batch).await?;
     let mut pending = Vec::with_capacity(batch);
     let mut received = 0;
-    loop {
-        // Wait for one message, then take whatever else is already here.
-        let first = tokio::select! {
-            _ = stop.cancelled() => return Ok(received),
-            next = messages.next() => next,
-        };
-        match first {
-            Some(Ok(m)) => pending.push(m),
-            Some(Err(e)) => {
-                plumbing::jetstream_error("fetch");
-                tracing::warn!(error = %e, "history consumer error");
-                continue;
-            }
-            None => return Ok(received),
-        }
+    // Wait for one message, then take whatever else is already here.
+    while let Some(first) = messages.next(&stop).await {
+        pending.push(first);
         while pending.len() < batch {
-            match messages.next().now_or_never() {
-                Some(Some(Ok(m))) => pending.push(m),
-                _ => break,
+            match messages.ready() {
+                Some(m) => pending.push(m),
+                None => break,
             }
         }
         received += pending.len() as u64;
@@ -149,6 +136,7 @@ async fn write<S: Store>(
             }
         }
     }
+    Ok(received)
 }
 
 /// Exports the lag of this instance's writers (messages of its partitions not yet written),

@@ -92,7 +92,7 @@ impl Batcher {
         mut presence: async_nats::Subscriber,
         stop: CancellationToken,
     ) -> anyhow::Result<()> {
-        let mut messages = plumbing::bus::pull(&consumer, batch).await?;
+        let mut messages = plumbing::bus::Pulled::start(&consumer, batch).await?;
         let mut progress = tokio::time::interval(self.progress_every);
         progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -109,7 +109,7 @@ impl Batcher {
                 Some(msg) = presence.next() => self.on_presence(&msg.payload).await,
                 _ = sleep_until(next_due), if next_due.is_some() && can_deliver => self.close_due(),
                 _ = progress.tick() => self.still_working().await,
-                msg = plumbing::bus::next_pulled(&mut messages, &stop) => match msg {
+                msg = messages.next(&stop) => match msg {
                     Some(msg) => self.on_event(msg).await,
                     None => break,
                 },

@@ -78,7 +78,10 @@ pub async fn ensure_holding_durable(
 }
 
 /// The message stream of a shared durable consumer, pulled `batch` at a time.
-pub async fn pull(consumer: &PullConsumer, batch: usize) -> anyhow::Result<consumer::pull::Stream> {
+pub(super) async fn pull(
+    consumer: &PullConsumer,
+    batch: usize,
+) -> anyhow::Result<consumer::pull::Stream> {
     let builder = consumer.stream().max_messages_per_batch(batch);
     let pinned =
         consumer.cached_info().config.priority_policy == consumer::PriorityPolicy::PinnedClient;

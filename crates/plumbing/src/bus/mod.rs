@@ -9,6 +9,7 @@ mod durable;
 pub mod leaders;
 mod messages;
 pub mod partition_tasks;
+mod pulled;
 mod resources;
 mod serve;
 pub mod shares;
@@ -18,19 +19,18 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 pub use connect::{connect, permission_violations, round_trip};
-pub use durable::{
-    Durable, HANDOVER_DELAY, ensure_durable, ensure_holding_durable, pull, release_pin,
-};
+pub use durable::{Durable, HANDOVER_DELAY, ensure_durable, ensure_holding_durable, release_pin};
 pub use messages::{
     MessageStreams, ensure_messages_streams, epoch, head_of, heads, messages_streams, stream_epoch,
     stream_partitions,
 };
+pub use pulled::Pulled;
 pub use resources::{
     BucketSpec, GATEWAYS, GROUPS, PRESENCE, PUSH_TOKENS, PresenceBuckets, SESSIONS, ensure_bucket,
     ensure_groups_bucket, ensure_offline_stream, ensure_presence_buckets,
     ensure_push_tokens_bucket, offline_stream,
 };
-pub use serve::{answer_requests, next_json, next_or_stop, next_pulled, reply, serve_queue};
+pub use serve::{answer_requests, next_json, next_or_stop, reply, serve_queue};
 
 /// How services reach NATS and how the shared JetStream resources are shaped.
 #[derive(Debug, Clone, Serialize, Deserialize)]

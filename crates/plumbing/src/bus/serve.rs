@@ -1,12 +1,11 @@
-//! Taking messages off the bus until shutdown: the next message of a subscription or a pull
-//! consumer raced against the stop token, queue-group subscriptions, the request/reply
+//! Taking messages off the bus until shutdown: the next message of a subscription raced
+//! against the stop token (a pull consumer's: `pulled`), queue-group subscriptions, the request/reply
 //! loop that answers them with bounded concurrency, and the one way an answer is published
 //! (never dropped for its size).
 
 use std::future::Future;
 use std::sync::Arc;
 
-use async_nats::jetstream::consumer::pull;
 use futures::StreamExt;
 use protocol::frames::ServerFrame;
 use tokio::sync::Semaphore;
@@ -37,25 +36,6 @@ pub async fn next_json<T: serde::de::DeserializeOwned>(
         match serde_json::from_slice(&msg.payload) {
             Ok(value) => return Some(value),
             Err(e) => tracing::warn!(error = %e, subject = %msg.subject, "undecodable payload"),
-        }
-    }
-}
-
-/// The next message pulled from a durable, or `None` once `stop` is cancelled or the pull
-/// stream ends. Pull errors (heartbeats missed during a reconnect...) are logged and skipped:
-/// the stream keeps pulling.
-pub async fn next_pulled(
-    messages: &mut pull::Stream,
-    stop: &CancellationToken,
-) -> Option<async_nats::jetstream::Message> {
-    loop {
-        let next = tokio::select! {
-            _ = stop.cancelled() => return None,
-            next = messages.next() => next,
-        };
-        match next? {
-            Ok(msg) => return Some(msg),
-            Err(e) => tracing::debug!(error = %e, "pull consumer"),
         }
     }
 }

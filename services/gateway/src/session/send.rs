@@ -83,9 +83,10 @@ impl Session {
         let subject = subjects::chat_send(&request.from);
         let payload = serde_json::to_vec(&request).expect("send request to JSON");
         let timeout = Duration::from_millis(self.state.config.send_timeout_ms);
+        let reask = Duration::from_millis(self.state.config.send_reask_ms);
         let reconnected = self.state.reconnected.subscribe();
         let fut: InFlight = Box::pin(async move {
-            let ask = ask_chat(nats, reconnected, subject, payload.into());
+            let ask = ask_chat(nats, reconnected, reask, subject, payload.into());
             match tokio::time::timeout(timeout, ask).await {
                 Ok(Ok(reply)) => Ok(reply),
                 Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
@@ -124,25 +125,37 @@ impl Session {
     }
 }
 
-/// Asks the chat service to persist a send, and asks again whenever the gateway's NATS
-/// connection was replaced meanwhile (`reconnected`, told by `reregister`): an answer
-/// published while the connection was being replaced (a NATS node in lame-duck mode or gone)
-/// is lost, and the client would otherwise wait for the request timeout (5 s) and resend.
-/// Asking again is safe: the chat service answers a repeated cid with the original message
-/// (its duplicate window), and this session has one send in flight, so the order holds.
+/// Asks the chat service to persist a send, and asks again when the answer is overdue or
+/// the gateway's NATS connection was replaced meanwhile. Core NATS delivers at most once: a
+/// request or answer in flight while a connection moves (a NATS node in lame-duck mode or
+/// gone, on the gateway's side — `reconnected`, told by `reregister` — or the chat
+/// instance's) is lost, and the client would otherwise wait for the whole timeout.
+///
+/// Overdue is `reask` (0: never), doubling after each ask, so a chat service slow under load
+/// is asked at most a few times (1 s: at 1 s and 3 s within the 10 s timeout). Asking again is
+/// safe: the stream de-duplicates the cid (`Nats-Msg-Id`) and the chat service answers the
+/// original message, and this session has one send in flight, so the order holds.
 async fn ask_chat(
     nats: async_nats::Client,
     mut reconnected: tokio::sync::watch::Receiver<u64>,
+    mut reask: Duration,
     subject: String,
     payload: bytes::Bytes,
 ) -> Result<async_nats::Message, async_nats::RequestError> {
     loop {
         reconnected.mark_unchanged();
         let request = nats.request(subject.clone(), payload.clone());
+        let overdue = async {
+            if reask.is_zero() {
+                std::future::pending().await
+            }
+            tokio::time::sleep(reask).await;
+        };
         tokio::select! {
             answer = request => return answer,
             // The gateway is shutting down when the sender is gone: wait for the answer.
             Ok(()) = reconnected.changed() => {}
+            () = overdue => reask *= 2,
         }
     }
 }
