@@ -4,13 +4,11 @@
 
 use chat::GroupAdds;
 use protocol::frames::{ClientFrame, Message, ServerFrame};
-use protocol::{
-    ConversationId, Cursor, ErrorCode, GroupEvent, GroupInfo, GroupOp, MessageId, Role,
-};
+use protocol::{Cursor, ErrorCode, GroupEvent, GroupInfo, GroupOp, MessageId, Role};
 use testkit::client::Connection;
 use testkit::{
-    Stack, expect_answer, expect_delivered, expect_history, expect_message, expect_post,
-    expect_seen, expect_sent_or_error, expect_synced,
+    Stack, expect_answer, expect_delivered, expect_message, expect_post, expect_seen,
+    expect_sent_or_error, expect_synced, fetch_history,
 };
 
 /// Runs a group operation and returns the group it answers with; panics on an error.
@@ -42,26 +40,6 @@ async fn send(
         .await
         .unwrap();
     expect_sent_or_error(conn, cid).await.map(|sent| sent.id)
-}
-
-/// The newest messages of a conversation, or the error code.
-async fn history(
-    conn: &mut Connection,
-    qid: &str,
-    conversation: &ConversationId,
-) -> Result<Vec<Message>, ErrorCode> {
-    conn.send_frame(&ClientFrame::History {
-        qid: qid.into(),
-        conversation: conversation.to_string(),
-        before: None,
-        after: None,
-        limit: Some(100),
-    })
-    .await
-    .unwrap();
-    expect_history(conn, qid)
-        .await
-        .map(|(messages, _)| messages)
 }
 
 fn user(i: usize) -> String {
@@ -164,7 +142,7 @@ async fn only_members_post_and_read_and_a_removed_member_stops_receiving_at_once
         Err(ErrorCode::Forbidden)
     );
     assert_eq!(
-        history(&mut mallory, "h1", &c).await.err(),
+        fetch_history(&mut mallory, "h1", &c).await.err(),
         Some(ErrorCode::Forbidden)
     );
     let info = GroupOp::Info {
@@ -193,7 +171,9 @@ async fn only_members_post_and_read_and_a_removed_member_stops_receiving_at_once
     while seen.last().map(|m: &Message| m.id) != Some(first) {
         tries += 1;
         assert!(tries < 500, "the message never reached history");
-        seen = history(&mut bob, &format!("h2-{tries}"), &c).await.unwrap();
+        seen = fetch_history(&mut bob, &format!("h2-{tries}"), &c)
+            .await
+            .unwrap();
     }
     assert!(
         matches!(seen[0].event, Some(GroupEvent::Created { .. })),
@@ -235,7 +215,7 @@ async fn only_members_post_and_read_and_a_removed_member_stops_receiving_at_once
         Err(ErrorCode::Forbidden)
     );
     assert_eq!(
-        history(&mut carol, "h3", &c).await.err(),
+        fetch_history(&mut carol, "h3", &c).await.err(),
         Some(ErrorCode::Forbidden)
     );
 }
@@ -414,7 +394,9 @@ async fn a_large_group_is_left_to_history_when_a_member_catches_up() {
         [in_small]
     );
     assert_eq!(synced.history, std::slice::from_ref(&large.conversation));
-    let fetched = history(&mut bob, "h", &large.conversation).await.unwrap();
+    let fetched = fetch_history(&mut bob, "h", &large.conversation)
+        .await
+        .unwrap();
     assert_eq!(fetched.last().unwrap().id, in_large);
 }
 

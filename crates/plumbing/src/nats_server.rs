@@ -171,6 +171,11 @@ impl NatsServer {
         crate::bus::connect(&self.bus(role), role, role.name()).await
     }
 
+    /// Where its JetStream keeps its data.
+    pub fn store_dir(&self) -> &std::path::Path {
+        &self.options.store_dir
+    }
+
     /// Kills the process at once (SIGKILL), as a crash would.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -246,6 +246,27 @@ pub async fn expect_history(
     }
 }
 
+/// Asks for the newest 100 messages of `conversation` (query `qid`) and reads the answer: the
+/// messages, or the error code.
+pub async fn fetch_history(
+    conn: &mut Connection,
+    qid: &str,
+    conversation: &ConversationId,
+) -> Result<Vec<Message>, ErrorCode> {
+    conn.send_frame(&protocol::frames::ClientFrame::History {
+        qid: qid.into(),
+        conversation: conversation.to_string(),
+        before: None,
+        after: None,
+        limit: Some(100),
+    })
+    .await
+    .expect("send history query");
+    expect_history(conn, qid)
+        .await
+        .map(|(messages, _)| messages)
+}
+
 /// The answer to the `conversations` query `qid`; fails the test if it is refused.
 pub async fn expect_conversations(conn: &mut Connection, qid: &str) -> Vec<ConversationSummary> {
     match expect_answer(conn, qid).await {

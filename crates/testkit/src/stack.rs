@@ -99,12 +99,7 @@ impl StackBuilder {
             history_store: None,
             lease_on_main_connection: self.lease_on_main_connection,
         };
-        let chat_config = stack.chat_config.clone();
-        stack.start_chat(chat_config).await;
-        stack.start_history().await;
-        for i in 0..self.gateways {
-            stack.start_gateway(&format!("gw-{i}")).await;
-        }
+        stack.start_services(self.gateways).await;
         stack
     }
 }
@@ -306,6 +301,13 @@ impl Stack {
     /// the same process afterwards (a benchmark's next system) then shares the machine with
     /// nothing of this stack. Dropping a stack only asks its services to stop.
     pub async fn stop(mut self) {
+        self.stop_services().await;
+    }
+
+    /// Stops every service as [`Stack::stop`] does, forgets them, and closes the embedded
+    /// history store ([`Stack::history_file`] may then be copied or replaced); NATS stays.
+    /// [`Stack::start_services`] starts them again.
+    pub async fn stop_services(&mut self) {
         for gateway in &mut self.gateways {
             within(gateway.shutdown()).await;
         }
@@ -318,6 +320,27 @@ impl Stack {
         for history in &mut self.histories {
             history.stop().await;
         }
+        self.gateways.clear();
+        self.notifiers.clear();
+        self.chats.clear();
+        self.histories.clear();
+        self.history_store = None;
+    }
+
+    /// Starts what [`StackBuilder::start`] starts: a chat and a history service, and
+    /// `gateways` gateways (`gw-0`, `gw-1`, ...).
+    pub async fn start_services(&mut self, gateways: usize) {
+        let chat_config = self.chat_config.clone();
+        self.start_chat(chat_config).await;
+        self.start_history().await;
+        for i in 0..gateways {
+            self.start_gateway(&format!("gw-{i}")).await;
+        }
+    }
+
+    /// The embedded history store's file (open while a history service runs).
+    pub fn history_file(&self) -> std::path::PathBuf {
+        self.history_dir.path().join("history.redb")
     }
 
     #[allow(clippy::new_ret_no_self)]
@@ -452,7 +475,7 @@ impl Stack {
         let nats = plumbing::bus::connect(&self.bus_for(Role::History), Role::History, "history")
             .await
             .expect("connect");
-        let path = self.history_dir.path().join("history.redb");
+        let path = self.history_file();
         let store = self
             .history_store
             .get_or_insert_with(|| {
