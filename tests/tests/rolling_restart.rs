@@ -44,7 +44,8 @@ async fn a_rolling_restart_of_every_component_loses_nothing() {
     );
     // What a user notices: no user waits 2 s in any restart (the pause is the users' send
     // interval). At a NATS node's restart, a send request or answer lost in flight while a
-    // connection moved is asked again after the gateway's `send_reask_ms` (1 s).
+    // connection moved is asked again after the gateway's `send_reask_ms` (1 s), and a pull
+    // request that vanished is made anew after a second without heartbeats (`Pulled`).
     for (restart, pauses) in &report.pauses {
         let pause = quantile(pauses.iter().map(Pause::noticed), 1.0);
         assert!(

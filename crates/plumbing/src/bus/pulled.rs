@@ -6,7 +6,7 @@
 //! expiry passed unanswered. During a NATS node's restart a request can vanish without any of
 //! the first two: the consumer's leader leaves, or the listed request was the old
 //! connection's. The consumer then sends nothing, not even idle heartbeats, and its messages
-//! wait: a router's users saw no message for 4-7 s in the rolling-restart test
+//! wait: a router's users saw no message for 4-6 s in the rolling-restart test
 //! (tests/tests/rolling_restart.rs). A missed heartbeat (two heartbeat intervals of silence:
 //! 1 s for a pinned durable, 10 s for another) means exactly that, so [`Pulled`] drops the
 //! stream and pulls anew at once.
