@@ -497,3 +497,105 @@ async fn a_send_request_lost_in_flight_is_asked_again() {
         .unwrap();
     assert_eq!(expect_sent(&mut alice, "lost-once").await.id, id);
 }
+
+/// The last deliveries before a partition goes quiet have no later one to show their loss;
+/// the routers' progress notes do. Here the test plays the router (the chat service stores
+/// but does not route): delivery 1 of a run arrives, delivery 2 (bob's message) is lost, and
+/// the note saying 2 makes bob's session replay the partition and get it. A note that matches
+/// what arrived changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_last_delivery_is_found_by_the_routers_progress_note() {
+    let stack = Stack::new().chat_config(|c| c.route = false).start().await;
+    let mut bob = stack.resume("bob", 0, None).await;
+    let (_, before) = expect_synced(&mut bob).await;
+    let mut alice = stack.connect("alice", 0).await;
+    let lost = send_to(&mut alice, "bob", "lost").await;
+    let conversation = protocol::ConversationId::direct(
+        &UserId::new("alice").unwrap(),
+        &UserId::new("bob").unwrap(),
+    );
+    let partition = subjects::partition(&conversation, stack.bus.partitions);
+
+    let gw = &stack.gateways[0];
+    let gateway = GatewayId::new(&gw.id).unwrap();
+    let nats = stack.nats.client().await;
+    let order = |n| protocol::payloads::DeliveryOrder {
+        run: 7,
+        n,
+        partition,
+    };
+    let delivery = protocol::payloads::Delivery {
+        targets: Vec::new(),
+        frame: ServerFrame::Pong { ts: None },
+        order: Some(order(1)),
+        position: None,
+    };
+    let note = |n| protocol::payloads::Progress {
+        order: order(n),
+        // Routed up to where bob was: the lost message is after it.
+        position: protocol::payloads::Position {
+            epoch: before.cursor.epoch,
+            partition,
+            seq: before.cursor.seqs[partition as usize],
+        },
+    };
+    let publish = async |subject: String, payload: Vec<u8>| {
+        nats.publish(subject, payload.into()).await.unwrap();
+        nats.flush().await.unwrap();
+    };
+    let gaps_before = gw.metric("natter_gateway_delivery_gaps_total").await;
+    publish(
+        subjects::gateway_deliver(&gateway),
+        serde_json::to_vec(&delivery).unwrap(),
+    )
+    .await;
+    // What arrived: nothing to do.
+    publish(
+        subjects::gateway_progress(&gateway),
+        serde_json::to_vec(&note(1)).unwrap(),
+    )
+    .await;
+    eventually("the note is read", RECOVERY, async || {
+        gw.metric("natter_gateway_progress_notes_total").await >= 1
+    })
+    .await;
+    assert_eq!(
+        gw.metric("natter_gateway_delivery_gaps_total").await,
+        gaps_before
+    );
+    // Delivery 2 never came.
+    publish(
+        subjects::gateway_progress(&gateway),
+        serde_json::to_vec(&note(2)).unwrap(),
+    )
+    .await;
+    let (replayed, synced) = expect_synced(&mut bob).await;
+    assert!(synced.recovered);
+    assert_eq!(
+        replayed.iter().map(|m| m.id).collect::<Vec<_>>(),
+        vec![lost]
+    );
+    assert_eq!(
+        gw.metric("natter_gateway_delivery_gaps_total").await,
+        gaps_before + 1
+    );
+}
+
+/// The routers send progress notes to the gateways they deliver to, and a gateway that got
+/// every delivery finds no gap in them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_routers_progress_notes_agree_with_their_deliveries() {
+    let stack = Stack::new().start().await;
+    let mut alice = stack.connect("alice", 0).await;
+    let mut bob = stack.connect("bob", 0).await;
+    for body in ["one", "two", "three"] {
+        let id = send_to(&mut alice, "bob", body).await;
+        assert_eq!(expect_message(&mut bob).await.id, id);
+    }
+    let gw = &stack.gateways[0];
+    eventually("progress notes arrive", RECOVERY, async || {
+        gw.metric("natter_gateway_progress_notes_total").await >= 2
+    })
+    .await;
+    assert_eq!(gw.metric("natter_gateway_delivery_gaps_total").await, 0);
+}

@@ -224,6 +224,12 @@ pub fn gateway_deliver(gateway: &GatewayId) -> String {
     format!("natter.gw.{gateway}.deliver")
 }
 
+/// `natter.gw.<gateway>.progress`: a partition router's progress note to that gateway
+/// (`payloads::Progress`).
+pub fn gateway_progress(gateway: &GatewayId) -> String {
+    format!("natter.gw.{gateway}.progress")
+}
+
 /// `<user>.<gateway>.<conn>`: a session's key in [`SESSIONS_BUCKET`].
 pub fn session_key(user: &UserId, gateway: &GatewayId, conn: ConnId) -> String {
     format!("{user}.{gateway}.{conn}")
@@ -307,6 +313,7 @@ pub fn catalogue() -> Vec<String> {
         "natter.presence.<user>".into(),
         gateway_inbox(&gw).replace("GW", "<gateway>"),
         gateway_deliver(&gw).replace("GW", "<gateway>"),
+        gateway_progress(&gw).replace("GW", "<gateway>"),
         "<user>.<gateway>.<conn>".into(),
         "<from>:<cid>".into(),
         OFFLINE_STREAM.into(),
@@ -354,6 +361,7 @@ mod tests {
         assert_eq!(requesting_user("natter.chat.send.*"), None);
         assert_eq!(requesting_user("natter.chat.send.a b"), None);
         assert_eq!(gateway_deliver(&gw), "natter.gw.gw-1.deliver");
+        assert_eq!(gateway_progress(&gw), "natter.gw.gw-1.progress");
         assert_eq!(gateway_inbox(&gw), "natter.gw.gw-1.>");
         assert_eq!(dedup_id(&a, &ClientMsgId::new("c1").unwrap()), "alice:c1");
         let key = push_token_key(&b, "token-1");

@@ -25,7 +25,7 @@ use std::time::Duration;
 use groups::GroupView;
 use protocol::frames::ServerFrame;
 use protocol::payloads::{
-    Delivery, DeliveryOrder, OfflineMessage, Position, SessionMarker, StoredMessage,
+    Delivery, DeliveryOrder, OfflineMessage, Position, Progress, SessionMarker, StoredMessage,
 };
 use protocol::{ConnId, GatewayId, GroupEvent, UserId, subjects};
 use tokio_util::sync::CancellationToken;
@@ -191,6 +191,31 @@ impl Router {
             }
         }
         true
+    }
+
+    /// Sends each gateway in `due` its progress note: the number of this run's last delivery
+    /// to it, and the partition routed up to `routed` (see `payloads::Progress`). Published
+    /// after those deliveries on the same connection, so it arrives after them. A failed
+    /// publish is not retried: the next note follows.
+    pub async fn progress(&self, due: Vec<(GatewayId, DeliveryOrder)>, routed: u64) {
+        for (gateway, order) in due {
+            let note = Progress {
+                order,
+                position: Position {
+                    epoch: self.epoch,
+                    partition: order.partition,
+                    seq: routed,
+                },
+            };
+            let payload = serde_json::to_vec(&note).expect("progress note to JSON");
+            if let Err(e) = self
+                .nats
+                .publish(subjects::gateway_progress(&gateway), payload.into())
+                .await
+            {
+                tracing::debug!(error = %e, %gateway, "progress note not published");
+            }
+        }
     }
 
     /// The largest payload the server accepts.

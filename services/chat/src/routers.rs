@@ -3,7 +3,8 @@
 //! chat instance at a time; the partitions are shared among the running instances
 //! (`plumbing::bus::shares`), so routing capacity grows with instances. Each routes its
 //! partition in stream order (`stream_order`) and numbers its deliveries to each gateway on
-//! its own, so a gateway that misses one recovers only that partition.
+//! its own, so a gateway that misses one recovers only that partition; progress notes tell a
+//! gateway it missed the last ones before the partition went quiet.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use plumbing::bus::partition_tasks::{PartitionTask, PartitionWork};
 use protocol::GatewayId;
 use protocol::payloads::DeliveryOrder;
 use protocol::subjects;
+use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use crate::router::{RETRY_DELAY, Router};
@@ -22,6 +24,11 @@ use crate::stream_order::StreamOrder;
 /// How long a router waits without a message before it asks whether messages are stuck
 /// with a former owner of its partition (see `StreamOrder::stuck`).
 const STALL_CHECK: Duration = Duration::from_secs(1);
+/// How often a router sends progress notes (`natter.gw.<gateway>.progress`).
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+/// How many notes a gateway gets after the router's last delivery to it: a lost note is
+/// followed by the next.
+const NOTES_AFTER_DELIVERY: u8 = 3;
 
 /// Creates partition `k`'s router consumer if needed. Ingest creates them all too, so that
 /// a message persisted before any router ever ran is still routed.
@@ -89,11 +96,19 @@ impl PartitionWork for Routers {
 
 /// A partition router's numbers for its message deliveries to each gateway: a new run
 /// each time the partition is taken, counting from 1 per gateway (only the partition's
-/// loop numbers them, so they leave in order).
+/// loop numbers them, so they leave in order). It also knows which gateways are owed a
+/// progress note: those delivered to in the last few notes' time.
 pub struct Numbering {
     partition: u32,
     run: u64,
-    last: HashMap<GatewayId, u64>,
+    last: HashMap<GatewayId, Sent>,
+}
+
+/// Deliveries to one gateway in this run, and the notes still owed to it.
+#[derive(Default)]
+struct Sent {
+    n: u64,
+    notes_owed: u8,
 }
 
 impl Numbering {
@@ -107,11 +122,30 @@ impl Numbering {
 
     /// The number of the next delivery to `gateway`.
     pub fn next(&mut self, gateway: &GatewayId) -> DeliveryOrder {
-        let n = self.last.entry(gateway.clone()).or_default();
-        *n += 1;
+        let sent = self.last.entry(gateway.clone()).or_default();
+        sent.n += 1;
+        sent.notes_owed = NOTES_AFTER_DELIVERY;
+        let n = sent.n;
+        self.order(n)
+    }
+
+    /// The notes due now: each gateway delivered to lately, with the number of the last
+    /// delivery to it.
+    fn notes_due(&mut self) -> Vec<(GatewayId, DeliveryOrder)> {
+        let mut due = Vec::new();
+        for (gateway, sent) in &mut self.last {
+            if sent.notes_owed > 0 {
+                sent.notes_owed -= 1;
+                due.push((gateway.clone(), sent.n));
+            }
+        }
+        due.into_iter().map(|(g, n)| (g, self.order(n))).collect()
+    }
+
+    fn order(&self, n: u64) -> DeliveryOrder {
         DeliveryOrder {
             run: self.run,
-            n: *n,
+            n,
             partition: self.partition,
         }
     }
@@ -128,12 +162,19 @@ async fn serve(
 ) -> anyhow::Result<u64> {
     let mut messages = plumbing::bus::Pulled::start(&consumer, batch).await?;
     let mut received = 0;
+    let mut quiet_since = Instant::now();
+    let mut notes = tokio::time::interval(PROGRESS_EVERY);
+    notes.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
-        let msg = match tokio::time::timeout(STALL_CHECK, messages.next(&stop)).await {
-            Ok(Some(msg)) => msg,
-            Ok(None) => break,
+        let msg = tokio::select! {
+            msg = messages.next(&stop) => msg,
+            _ = notes.tick() => {
+                router.progress(numbering.notes_due(), order.routed()).await;
+                continue;
+            }
             // Nothing for a while: messages may be stuck with a former owner.
-            Err(_) => {
+            _ = tokio::time::sleep_until(quiet_since + STALL_CHECK) => {
+                quiet_since = Instant::now();
                 if let Some(upto) = order.stuck().await
                     && !catch_up(&router, &mut order, &mut numbering, upto + 1, &stop).await
                 {
@@ -142,6 +183,8 @@ async fn serve(
                 continue;
             }
         };
+        let Some(msg) = msg else { break };
+        quiet_since = Instant::now();
         received += 1;
         match msg.info().map(|i| (i.stream_sequence, i.consumer_sequence)) {
             Ok((seq, delivery)) => {

@@ -104,6 +104,11 @@ impl StreamOrder {
         }
     }
 
+    /// Every message of the partition up to this sequence is routed.
+    pub fn routed(&self) -> u64 {
+        self.routed
+    }
+
     /// The message at `seq` is routed, and every one of the partition before it.
     pub fn routed_upto(&mut self, seq: u64) {
         self.routed = self.routed.max(seq);

@@ -8,7 +8,8 @@
 //! and the device's cursor would then move past it with the next message. So each
 //! partition's router numbers its message deliveries to each gateway, and a gap in a
 //! partition's numbers makes every session here replay that partition from the last message
-//! received before it.
+//! received before it. The last deliveries before a partition goes quiet have no later one to
+//! show their loss; the router's progress notes (`progress`) do.
 //!
 //! Where this gateway's deliveries stand per partition (`RoutedUpto`) is raised after a
 //! delivery is in its targets' outboxes: every session here not replaying then has each of
@@ -19,7 +20,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use protocol::frames::ServerFrame;
-use protocol::payloads::{Delivery, DeliveryOrder, Position, Undelivered};
+use protocol::payloads::{Delivery, DeliveryOrder, Position, Progress, Undelivered};
 use protocol::{Cursor, Encoding, GatewayId, subjects};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -71,24 +72,7 @@ impl Local {
         if let Some(order) = delivery.order
             && self.gaps.missed_before(order)
         {
-            // Replay from the last message received before the gap; it precedes the lost ones.
-            match self.routed.get() {
-                Some(routed) => {
-                    self.metrics.delivery_gaps.inc();
-                    let k = order.partition;
-                    tracing::warn!(
-                        partition = k,
-                        run = order.run,
-                        n = order.n,
-                        "a delivery was lost; sessions replay its partition"
-                    );
-                    let upto = routed.seqs.get(k as usize).copied().unwrap_or_default();
-                    for (_, handle) in self.registry.all() {
-                        handle.outbox.resync_partition(k, upto, &routed);
-                    }
-                }
-                None => tracing::warn!("a delivery was lost and no stream position is known"),
-            }
+            self.replay_partition(order);
         }
         let mut json: Option<Message> = None;
         let mut msgpack: Option<Message> = None;
@@ -149,6 +133,38 @@ impl Local {
             });
         }
     }
+
+    /// A router's progress note: replays its partition if deliveries it announces were lost,
+    /// else raises where this gateway's deliveries stand to the note's position.
+    pub fn progress(&self, note: Progress) {
+        self.metrics.progress_notes.inc();
+        if self.gaps.missed_by(note.order) {
+            self.replay_partition(note.order);
+        } else {
+            self.routed.observe(note.position);
+        }
+    }
+
+    /// Every session replays `order`'s partition from the last message of it received before
+    /// the lost deliveries; that one precedes them.
+    fn replay_partition(&self, order: DeliveryOrder) {
+        let Some(routed) = self.routed.get() else {
+            tracing::warn!("a delivery was lost and no stream position is known");
+            return;
+        };
+        self.metrics.delivery_gaps.inc();
+        let k = order.partition;
+        tracing::warn!(
+            partition = k,
+            run = order.run,
+            n = order.n,
+            "a delivery was lost; sessions replay its partition"
+        );
+        let upto = routed.seqs.get(k as usize).copied().unwrap_or_default();
+        for (_, handle) in self.registry.all() {
+            handle.outbox.resync_partition(k, upto, &routed);
+        }
+    }
 }
 
 /// The last numbered delivery received from each partition's router, to notice one that
@@ -157,12 +173,39 @@ impl Local {
 pub struct DeliveryGaps(Mutex<HashMap<u32, DeliveryOrder>>);
 
 impl DeliveryGaps {
-    /// Records `order`; `true` if deliveries of the same router run were skipped.
+    /// Records a delivery's `order`; `true` if deliveries before it were lost: its number
+    /// skips within a run, or it is not the first of a new run of a partition heard from
+    /// before (a run numbers each gateway's deliveries from 1). The first delivery this gateway
+    /// hears of a partition is taken as it is (the router may have counted deliveries to this
+    /// gateway's previous run).
     fn missed_before(&self, order: DeliveryOrder) -> bool {
         let mut last = self.0.lock().unwrap();
-        let last = last.entry(order.partition).or_insert(order);
-        let missed = last.run == order.run && order.n > last.n + 1;
+        let Some(last) = last.get_mut(&order.partition) else {
+            last.insert(order.partition, order);
+            return false;
+        };
+        let missed = if last.run == order.run {
+            order.n > last.n + 1
+        } else {
+            order.n > 1
+        };
         if last.run != order.run || order.n > last.n {
+            *last = order;
+        }
+        missed
+    }
+
+    /// Records a progress note's `order` (the router's last delivery here); `true` if
+    /// deliveries up to it were lost: the last one heard of its partition is of the same run
+    /// and numbered below it, or of another run.
+    fn missed_by(&self, order: DeliveryOrder) -> bool {
+        let mut last = self.0.lock().unwrap();
+        let Some(last) = last.get_mut(&order.partition) else {
+            last.insert(order.partition, order);
+            return false;
+        };
+        let missed = last.run != order.run || order.n > last.n;
+        if missed {
             *last = order;
         }
         missed
@@ -215,20 +258,30 @@ impl RoutedUpto {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_skipped_number_is_a_gap_and_a_new_run_is_not() {
-        let gaps = DeliveryGaps::default();
-        let at = |run, n| DeliveryOrder {
+    fn at(run: u64, n: u64) -> DeliveryOrder {
+        DeliveryOrder {
             run,
             n,
             partition: 0,
-        };
-        assert!(!gaps.missed_before(at(1, 1)));
-        assert!(!gaps.missed_before(at(1, 2)));
-        assert!(gaps.missed_before(at(1, 4)), "3 went missing");
-        assert!(!gaps.missed_before(at(1, 5)));
+        }
+    }
+
+    #[test]
+    fn a_skipped_number_is_a_gap_and_so_is_a_new_run_not_starting_at_one() {
+        let gaps = DeliveryGaps::default();
+        assert!(
+            !gaps.missed_before(at(1, 7)),
+            "the first heard is taken as it is"
+        );
+        assert!(!gaps.missed_before(at(1, 8)));
+        assert!(gaps.missed_before(at(1, 10)), "9 went missing");
+        assert!(!gaps.missed_before(at(1, 11)));
         assert!(!gaps.missed_before(at(2, 1)), "another router took over");
         assert!(!gaps.missed_before(at(2, 2)));
+        assert!(
+            gaps.missed_before(at(3, 2)),
+            "the next router's first went missing"
+        );
         // Each partition's router numbers on its own.
         let other = DeliveryOrder {
             run: 3,
@@ -236,7 +289,32 @@ mod tests {
             partition: 1,
         };
         assert!(!gaps.missed_before(other), "the first of partition 1");
-        assert!(!gaps.missed_before(at(2, 3)));
+        assert!(!gaps.missed_before(at(3, 3)));
         assert!(gaps.missed_before(DeliveryOrder { n: 9, ..other }));
+    }
+
+    #[test]
+    fn a_note_ahead_of_the_last_delivery_is_a_loss_once() {
+        let gaps = DeliveryGaps::default();
+        assert!(
+            !gaps.missed_by(at(1, 4)),
+            "nothing heard of the partition yet"
+        );
+        assert!(!gaps.missed_before(at(1, 5)));
+        assert!(!gaps.missed_by(at(1, 5)), "every delivery arrived");
+        assert!(gaps.missed_by(at(1, 6)), "the last delivery went missing");
+        assert!(
+            !gaps.missed_by(at(1, 6)),
+            "the next note of it is no new loss"
+        );
+        assert!(
+            !gaps.missed_before(at(1, 7)),
+            "deliveries count on from the note"
+        );
+        assert!(
+            gaps.missed_by(at(2, 1)),
+            "a new run whose only delivery went missing"
+        );
+        assert!(!gaps.missed_before(at(2, 2)));
     }
 }

@@ -30,6 +30,7 @@ pub struct GatewayMetrics {
     pub replay_gaps: Counter,
     pub replayed: Counter,
     pub delivery_gaps: Counter,
+    pub progress_notes: Counter,
     pub jetstream_api_requests: Counter,
     pub replays_shared: Counter,
     pub gap_reads: Counter,
@@ -121,7 +122,11 @@ impl GatewayMetrics {
             ),
             delivery_gaps: m.counter(
                 "natter_gateway_delivery_gaps_total",
-                "lost deliveries noticed (a gap in the router's numbering); sessions replayed",
+                "lost deliveries noticed (a gap in the router's numbering, or a progress note ahead of the last delivery); sessions replayed",
+            ),
+            progress_notes: m.counter(
+                "natter_gateway_progress_notes_total",
+                "progress notes received from the partitions' routers",
             ),
             jetstream_api_requests: m.counter(
                 "natter_gateway_jetstream_api_requests_total",

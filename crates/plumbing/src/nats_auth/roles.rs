@@ -92,6 +92,7 @@ impl Role {
                     "natter.msg.*.dm.>",
                     "natter.msg.*.g.>",
                     "natter.gw.*.deliver",
+                    "natter.gw.*.progress",
                     s::USER_OFFLINE_MESSAGE,
                     "natter.presence.*",
                     "natter.history.query.*",
@@ -383,6 +384,7 @@ mod tests {
         let chat = Role::Chat.permissions();
         assert!(may_publish(&chat, "natter.msg.0.dm.alice.bob"));
         assert!(may_publish(&chat, "natter.gw.gw-1.deliver"));
+        assert!(may_publish(&chat, "natter.gw.gw-1.progress"));
         assert!(may_publish(
             &chat,
             "$JS.API.STREAM.LEADER.STEPDOWN.NATTER_MESSAGES_3"
