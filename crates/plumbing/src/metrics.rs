@@ -262,6 +262,42 @@ pub struct ProcessMetrics {
     pub nats_slow_consumers: CounterVec,
     /// JetStream requests that failed, by operation.
     pub jetstream_errors: CounterVec,
+    /// Every NATS connection this process made, with its role: their message counts are
+    /// rendered as `natter_nats_messages_total` (closed connections included).
+    connections: Mutex<Vec<(&'static str, Arc<async_nats::Statistics>)>>,
+}
+
+impl ProcessMetrics {
+    /// Counts the messages of a new NATS connection of `role` from now on.
+    pub fn count_nats_messages(&self, role: &'static str, client: &async_nats::Client) {
+        let mut connections = self.connections.lock().unwrap();
+        connections.push((role, client.statistics()));
+    }
+
+    /// The process's metrics in the text format, with the NATS messages its connections
+    /// sent and received by role (what a message costs in NATS operations: publishes,
+    /// requests and their answers, acks, pulls, deliveries).
+    pub fn render(&self) -> String {
+        let mut out = self.registry.render();
+        let mut totals: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+        for (role, stats) in self.connections.lock().unwrap().iter() {
+            let total = totals.entry(role).or_default();
+            total.0 += stats.in_messages.load(Ordering::Relaxed);
+            total.1 += stats.out_messages.load(Ordering::Relaxed);
+        }
+        if !totals.is_empty() {
+            let name = "natter_nats_messages_total";
+            let _ = writeln!(
+                out,
+                "# HELP {name} NATS messages this process's connections of the role received (in) and sent (out)\n# TYPE {name} counter"
+            );
+            for (role, (received, sent)) in totals {
+                let _ = writeln!(out, "{name}{{role=\"{role}\",direction=\"in\"}} {received}");
+                let _ = writeln!(out, "{name}{{role=\"{role}\",direction=\"out\"}} {sent}");
+            }
+        }
+        out
+    }
 }
 
 /// The process's own metrics; every `/metrics` endpoint renders them after its service's.
@@ -290,6 +326,7 @@ pub fn process() -> &'static ProcessMetrics {
                 "JetStream requests that failed (publish, fetch, ack, kv, consumer_info, read)",
                 "operation",
             ),
+            connections: Default::default(),
             registry: m,
         }
     })
@@ -321,7 +358,7 @@ pub async fn serve(
     use warp::Filter;
     let render = warp::path!("metrics").map(move || {
         warp::reply::with_header(
-            metrics.render() + &process().registry.render(),
+            metrics.render() + &process().render(),
             "content-type",
             "text/plain; version=0.0.4",
         )

@@ -338,7 +338,7 @@ fn routes(state: Arc<GatewayState>) -> Routes {
             for extra in state.extra_metrics.lock().unwrap().iter() {
                 text.push_str(&extra.render());
             }
-            text.push_str(&plumbing::metrics::process().registry.render());
+            text.push_str(&plumbing::metrics::process().render());
             warp::reply::with_header(text, "content-type", "text/plain; version=0.0.4")
                 .into_response()
         });

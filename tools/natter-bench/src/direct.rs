@@ -23,6 +23,7 @@ use tokio::sync::Mutex;
 
 use crate::peers::{Peer, Run};
 use crate::plot::{self, RateCurve};
+use crate::processes::Processes;
 use crate::report::{Report, Table, ms, ratio};
 
 pub struct Options {
@@ -311,8 +312,28 @@ fn summarise(
 /// Numbers runs, to give each its own users.
 static RUNS: AtomicU64 = AtomicU64::new(0);
 
-async fn natter_run(
-    stack: &Stack,
+/// Where a run's users connect (senders to gateway 0, receivers to gateway 1): natter in
+/// process ([`Stack`]) or as processes ([`Processes`]).
+pub(crate) trait Gateways {
+    async fn connect(&self, user: &str, gw: usize) -> anyhow::Result<client::Connection>;
+}
+
+impl Gateways for Stack {
+    async fn connect(&self, user: &str, gw: usize) -> anyhow::Result<client::Connection> {
+        Ok(Stack::connect(self, user, gw).await)
+    }
+}
+
+impl Gateways for Processes {
+    async fn connect(&self, user: &str, gw: usize) -> anyhow::Result<client::Connection> {
+        Ok(self.connect_welcomed(user, gw).await?.0)
+    }
+}
+
+/// `pairs` senders each send to their own receiver, `rate` messages a second in all, for
+/// `seconds`; what was answered `sent` and what arrived, with each arrival's latency.
+pub(crate) async fn natter_run(
+    stack: &impl Gateways,
     epoch: Instant,
     rate: u64,
     seconds: u64,
@@ -329,8 +350,8 @@ async fn natter_run(
         // Users of their own per run: a sender reusing another run's client ids would be
         // answered as a retry and not delivered again (natter's de-duplication).
         let to = format!("r{run}-{i}");
-        let rx = stack.connect(&to, 1).await;
-        let mut tx = stack.connect(&format!("s{run}-{i}"), 0).await;
+        let rx = stack.connect(&to, 1).await?;
+        let mut tx = stack.connect(&format!("s{run}-{i}"), 0).await?;
         let expected = (per_pair * seconds as f64).round() as u64;
         receivers.push(tokio::spawn(receive(
             rx,

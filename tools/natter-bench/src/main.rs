@@ -15,6 +15,8 @@
 //!   default per-user limits on (natter alone: it measures natter's limits);
 //! * `rolling`: every component restarted in turn under 1:1 and group traffic: what was lost
 //!   or stored twice, and the pause each restart caused each user;
+//! * `cost`: CPU time and NATS messages per persisted message, process by process (natter as
+//!   separate processes at a fixed rate);
 //! * `scale`: routing throughput and CPU per routed message with 1, 2, 3 routing chat
 //!   processes on a 3-node cluster (natter alone).
 //!
@@ -22,6 +24,7 @@
 
 mod backlog;
 mod blip;
+mod cost;
 mod direct;
 mod flood;
 mod group;
@@ -219,6 +222,22 @@ enum Scenario {
         #[arg(long, default_value_t = 200)]
         pairs: usize,
     },
+    /// CPU time and NATS messages per persisted 1:1 message, process by process, at a fixed
+    /// rate (natter as separate processes next to natter-bench).
+    Cost {
+        /// Messages per second offered, all pairs together.
+        #[arg(long, default_value_t = 2_000)]
+        rate: u64,
+        /// Seconds measured (after one second unmeasured).
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Sender and receiver pairs.
+        #[arg(long, default_value_t = 100)]
+        pairs: usize,
+        /// The nats-server's sync_interval (`always` for an fsync per write).
+        #[arg(long, default_value = "2m")]
+        sync: String,
+    },
     /// One user's delivery latency alone and while another user floods (per-user limits on).
     Flood {
         /// Messages per second alice sends bob.
@@ -293,6 +312,20 @@ async fn main() -> anyhow::Result<()> {
             group::run(&options, &peers, &out).await
         }
         Scenario::Flood { rate, seconds } => flood::run(rate, seconds, &out).await,
+        Scenario::Cost {
+            rate,
+            seconds,
+            pairs,
+            sync,
+        } => {
+            let options = cost::Options {
+                rate,
+                seconds,
+                pairs,
+                sync,
+            };
+            cost::run(&options, &out).await
+        }
         Scenario::Scale {
             instances,
             partitions,

@@ -3,6 +3,7 @@
 //! configured through the environment, so that the operating system schedules natter's
 //! servers apart from the load generator's clients exactly as it does a peer's.
 
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 
 use plumbing::nats_auth::Role;
@@ -15,17 +16,32 @@ use crate::process::{free_port, wait_listening};
 
 pub struct Processes {
     pub nats: TestNats,
-    children: Vec<Child>,
+    children: Vec<Server>,
     /// (gateway id, port) of each gateway.
     gateways: Vec<(String, u16)>,
     _dir: tempfile::TempDir,
 }
 
+/// One of natter's server processes.
+pub struct Server {
+    /// `natter-chat`, `natter-history`, `gw-0`, …
+    pub name: String,
+    child: Child,
+    /// Where it serves `/metrics`.
+    pub metrics: SocketAddr,
+}
+
+impl Server {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
 impl Drop for Processes {
     fn drop(&mut self) {
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
+        for server in &mut self.children {
+            let _ = server.child.kill();
+            let _ = server.child.wait();
         }
     }
 }
@@ -43,6 +59,8 @@ impl Processes {
         let metrics = free_port()?;
         natter.spawn(
             "natter-chat",
+            "natter-chat",
+            metrics,
             Role::Chat,
             &[
                 ("NATTER_METRICS_ADDR", format!("127.0.0.1:{metrics}")),
@@ -55,6 +73,8 @@ impl Processes {
         let store = natter._dir.path().join("history.redb");
         natter.spawn(
             "natter-history",
+            "natter-history",
+            metrics,
             Role::History,
             &[
                 ("NATTER_METRICS_ADDR", format!("127.0.0.1:{metrics}")),
@@ -66,7 +86,9 @@ impl Processes {
             let port = free_port()?;
             let id = format!("gw-{i}");
             natter.spawn(
+                &id,
                 "natter-gateway",
+                port,
                 Role::Gateway,
                 &[
                     ("NATTER_GATEWAY__GATEWAY_ID", id.clone()),
@@ -86,8 +108,16 @@ impl Processes {
         Ok(natter)
     }
 
-    /// Starts one of natter's binaries, found next to `natter-bench`.
-    fn spawn(&mut self, binary: &str, role: Role, env: &[(&str, String)]) -> anyhow::Result<()> {
+    /// Starts one of natter's binaries, found next to `natter-bench`, serving `/metrics` on
+    /// `metrics_port`.
+    fn spawn(
+        &mut self,
+        name: &str,
+        binary: &str,
+        metrics_port: u16,
+        role: Role,
+        env: &[(&str, String)],
+    ) -> anyhow::Result<()> {
         let path = std::env::current_exe()?.with_file_name(binary);
         anyhow::ensure!(
             path.exists(),
@@ -102,8 +132,17 @@ impl Processes {
         for (key, value) in env {
             command.env(key, value);
         }
-        self.children.push(command.spawn()?);
+        self.children.push(Server {
+            name: name.to_string(),
+            child: command.spawn()?,
+            metrics: ([127, 0, 0, 1], metrics_port).into(),
+        });
         Ok(())
+    }
+
+    /// natter's server processes.
+    pub fn servers(&self) -> &[Server] {
+        &self.children
     }
 
     /// Gateway `gw`'s WebSocket URL.

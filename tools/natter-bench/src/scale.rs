@@ -16,7 +16,7 @@ use plumbing::nats_auth::Role;
 use protocol::UserId;
 use testkit::Stack;
 
-use crate::process::{free_port, wait_listening};
+use crate::process::{TICKS_PER_S, free_port, process_ticks, wait_listening};
 use crate::report::{Report, Table};
 
 pub struct Options {
@@ -296,27 +296,6 @@ impl Ticks {
             machine: machine_ticks()?,
         })
     }
-}
-
-/// Clock ticks per second of /proc's times (USER_HZ on Linux).
-const TICKS_PER_S: f64 = 100.0;
-
-/// A process's user and system time so far, in clock ticks.
-fn process_ticks(pid: u32) -> anyhow::Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name (which may hold spaces) start after the last ')'.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
-    let tick = |i: usize| -> anyhow::Result<u64> {
-        Ok(fields
-            .get(i)
-            .ok_or_else(|| anyhow::anyhow!("short /proc stat"))?
-            .parse()?)
-    };
-    Ok(tick(11)? + tick(12)?)
 }
 
 /// The nats-server nodes' user and system time so far, in clock ticks.

@@ -35,10 +35,9 @@ pub async fn connect(
         .connect(server_urls(url))
         .await
         .map_err(|e| anyhow::anyhow!("cannot connect to NATS at {url} as {}: {e}", role.name()))?;
-    crate::metrics::process()
-        .nats_connected
-        .with(role.name())
-        .set(1);
+    let process = crate::metrics::process();
+    process.nats_connected.with(role.name()).set(1);
+    process.count_nats_messages(role.name(), &client);
     Ok(client)
 }
 
