@@ -5,9 +5,17 @@
 //! single file with no compaction to tune, and its ACID write transactions make the
 //! read-compare-write of the conversation list and read markers atomic without extra locks.
 //! Every commit is durable (fsync) before `append` returns.
+//!
+//! Appends commit in groups: an append waits for the next commit, which starts up to
+//! `COMMIT_LINGER` later and takes every append waiting by then (one transaction, one fsync).
+//! The partitions' writers append small batches at once, and a commit per append cost an
+//! fsync and a blocking-thread hand-off each (`natter-bench cost`: the history process was
+//! the costliest of natter's at 168-179 µs of CPU per message, most of it in the kernel).
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::oneshot;
 
 use protocol::frames::{ConversationSummary, Message};
 use protocol::{ConversationId, GroupId, MessageId, UserId};
@@ -47,6 +55,25 @@ struct Latest {
 #[derive(Clone)]
 pub struct EmbeddedStore {
     db: Arc<Database>,
+    appends: Arc<Mutex<Appends>>,
+}
+
+/// How long a commit waits for more appends to join it, unless `GROUP_ENOUGH` messages
+/// already wait: messages reach history up to this much later, and each commit (an fsync)
+/// carries more of them. `natter-bench cost` at 2,000 msg/s: the history process's CPU per
+/// message fell from 154-165 µs (commits grouped without waiting) to 99-102 µs.
+const COMMIT_LINGER: std::time::Duration = std::time::Duration::from_millis(2);
+/// Messages waiting that make a commit start at once.
+const GROUP_ENOUGH: usize = 256;
+
+/// Where an append hears its commit's result.
+type Committed = oneshot::Sender<Result<(), StoreError>>;
+
+/// Appends waiting for the next commit, and whether a committer is at work.
+#[derive(Default)]
+struct Appends {
+    waiting: Vec<(Vec<Message>, Committed)>,
+    committing: bool,
 }
 
 fn err(e: impl std::fmt::Display) -> StoreError {
@@ -72,7 +99,38 @@ impl EmbeddedStore {
         txn.open_table(READ_MARKERS).map_err(err)?;
         txn.open_table(GROUP_MARKERS).map_err(err)?;
         txn.commit().map_err(err)?;
-        Ok(Self { db: Arc::new(db) })
+        Ok(Self {
+            db: Arc::new(db),
+            appends: Arc::default(),
+        })
+    }
+
+    /// Commits every waiting append, a group at a time, until none waits (on a blocking
+    /// thread: see the module's comment). Each append is told its group's result. The
+    /// database is held only while a group is written, so once the last append has returned
+    /// and the store is dropped, the file can be opened again at once.
+    fn commit_waiting(db: &std::sync::Weak<Database>, appends: &Mutex<Appends>) {
+        loop {
+            let waiting: usize = {
+                let mut appends = appends.lock().unwrap();
+                if appends.waiting.is_empty() {
+                    appends.committing = false;
+                    return;
+                }
+                appends.waiting.iter().map(|(m, _)| m.len()).sum()
+            };
+            if waiting < GROUP_ENOUGH {
+                std::thread::sleep(COMMIT_LINGER);
+            }
+            let group = std::mem::take(&mut appends.lock().unwrap().waiting);
+            let result = match db.upgrade() {
+                Some(db) => write_messages(&db, group.iter().flat_map(|(messages, _)| messages)),
+                None => Err(StoreError::Unavailable("the store is closed".into())),
+            };
+            for (_, done) in group {
+                let _ = done.send(result.clone());
+            }
+        }
     }
 
     /// Runs blocking redb work off the async runtime.
@@ -85,6 +143,51 @@ impl EmbeddedStore {
             .await
             .map_err(err)?
     }
+}
+
+/// Writes `messages` in one transaction and commits it (durably).
+fn write_messages<'m>(
+    db: &Database,
+    messages: impl Iterator<Item = &'m Message>,
+) -> Result<(), StoreError> {
+    let txn = db.begin_write().map_err(err)?;
+    {
+        let mut rows = txn.open_table(MESSAGES).map_err(err)?;
+        let mut group_rows = txn.open_table(GROUP_MESSAGES).map_err(err)?;
+        let mut lists = txn.open_table(USER_CONVERSATIONS).map_err(err)?;
+        let mut group_latest = txn.open_table(GROUP_LATEST).map_err(err)?;
+        for m in messages {
+            let id = m.id.0.0;
+            let conversation = m.conversation.as_str();
+            if let Some(group) = m.conversation.group_id() {
+                // One summary per group, whatever its size: members' lists merge it in when
+                // they are read.
+                group_rows
+                    .insert((group.as_str(), bucket_of(m.id), id), encode(m).as_slice())
+                    .map_err(err)?;
+                let stored = group_latest.get(group.as_str()).map_err(err)?;
+                if newer_than(stored.as_ref().map(|v| v.value()), id)? {
+                    drop(stored);
+                    group_latest
+                        .insert(group.as_str(), summary_bytes(m).as_slice())
+                        .map_err(err)?;
+                }
+                continue;
+            }
+            rows.insert((conversation, id), encode(m).as_slice())
+                .map_err(err)?;
+            for user in [m.from.as_str(), m.to.as_str()] {
+                let stored = lists.get((user, conversation)).map_err(err)?;
+                if newer_than(stored.as_ref().map(|v| v.value()), id)? {
+                    drop(stored);
+                    lists
+                        .insert((user, conversation), summary_bytes(m).as_slice())
+                        .map_err(err)?;
+                }
+            }
+        }
+    }
+    txn.commit().map_err(err)
 }
 
 fn encode(m: &Message) -> Vec<u8> {
@@ -245,48 +348,17 @@ impl EmbeddedStore {
 
 impl Store for EmbeddedStore {
     async fn append(&self, messages: &[Message]) -> Result<(), StoreError> {
-        let messages = messages.to_vec();
-        self.blocking(move |db| {
-            let txn = db.begin_write().map_err(err)?;
-            {
-                let mut rows = txn.open_table(MESSAGES).map_err(err)?;
-                let mut group_rows = txn.open_table(GROUP_MESSAGES).map_err(err)?;
-                let mut lists = txn.open_table(USER_CONVERSATIONS).map_err(err)?;
-                let mut group_latest = txn.open_table(GROUP_LATEST).map_err(err)?;
-                for m in &messages {
-                    let id = m.id.0.0;
-                    let conversation = m.conversation.as_str();
-                    if let Some(group) = m.conversation.group_id() {
-                        // One summary per group, whatever its size: members' lists merge it
-                        // in when they are read.
-                        group_rows
-                            .insert((group.as_str(), bucket_of(m.id), id), encode(m).as_slice())
-                            .map_err(err)?;
-                        let stored = group_latest.get(group.as_str()).map_err(err)?;
-                        if newer_than(stored.as_ref().map(|v| v.value()), id)? {
-                            drop(stored);
-                            group_latest
-                                .insert(group.as_str(), summary_bytes(m).as_slice())
-                                .map_err(err)?;
-                        }
-                        continue;
-                    }
-                    rows.insert((conversation, id), encode(m).as_slice())
-                        .map_err(err)?;
-                    for user in [m.from.as_str(), m.to.as_str()] {
-                        let stored = lists.get((user, conversation)).map_err(err)?;
-                        if newer_than(stored.as_ref().map(|v| v.value()), id)? {
-                            drop(stored);
-                            lists
-                                .insert((user, conversation), summary_bytes(m).as_slice())
-                                .map_err(err)?;
-                        }
-                    }
-                }
-            }
-            txn.commit().map_err(err)
-        })
-        .await
+        let (done, committed) = oneshot::channel();
+        let start_committer = {
+            let mut appends = self.appends.lock().unwrap();
+            appends.waiting.push((messages.to_vec(), done));
+            !std::mem::replace(&mut appends.committing, true)
+        };
+        if start_committer {
+            let (db, appends) = (Arc::downgrade(&self.db), self.appends.clone());
+            tokio::task::spawn_blocking(move || Self::commit_waiting(&db, &appends));
+        }
+        committed.await.map_err(err)?
     }
 
     async fn page(
