@@ -174,8 +174,9 @@ async fn serve(
             }
             // Nothing for a while: messages may be stuck with a former owner.
             _ = tokio::time::sleep_until(quiet_since + STALL_CHECK) => {
+                let stuck = order.stuck().await;
                 quiet_since = Instant::now();
-                if let Some(upto) = order.stuck().await
+                if let Some(upto) = stuck
                     && !catch_up(&router, &mut order, &mut numbering, upto + 1, &stop).await
                 {
                     break;

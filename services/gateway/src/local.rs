@@ -72,6 +72,7 @@ impl Local {
         if let Some(order) = delivery.order
             && self.gaps.missed_before(order)
         {
+            self.metrics.delivery_gaps.inc();
             self.replay_partition(order);
         }
         let mut json: Option<Message> = None;
@@ -138,10 +139,17 @@ impl Local {
     /// else raises where this gateway's deliveries stand to the note's position.
     pub fn progress(&self, note: Progress) {
         self.metrics.progress_notes.inc();
-        if self.gaps.missed_by(note.order) {
-            self.replay_partition(note.order);
-        } else {
-            self.routed.observe(note.position);
+        match self.gaps.missed_by(note.order) {
+            Missed::No => self.routed.observe(note.position),
+            Missed::Yes => {
+                self.metrics.delivery_gaps.inc();
+                self.replay_partition(note.order);
+            }
+            // Notes go only to gateways delivered to in the router's run: either the
+            // deliveries were all lost, or this gateway restarted since (with the same id).
+            // Replay (harmless after a restart: its sessions are new), but do not count it as a
+            // lost delivery, or every restart would look like one per partition.
+            Missed::Unknown => self.replay_partition(note.order),
         }
     }
 
@@ -152,7 +160,6 @@ impl Local {
             tracing::warn!("a delivery was lost and no stream position is known");
             return;
         };
-        self.metrics.delivery_gaps.inc();
         let k = order.partition;
         tracing::warn!(
             partition = k,
@@ -195,21 +202,31 @@ impl DeliveryGaps {
         missed
     }
 
-    /// Records a progress note's `order` (the router's last delivery here); `true` if
-    /// deliveries up to it were lost: the last one heard of its partition is of the same run
-    /// and numbered below it, or of another run.
-    fn missed_by(&self, order: DeliveryOrder) -> bool {
+    /// Records a progress note's `order` (the router's last delivery here): whether
+    /// deliveries up to it were lost. They were if the last one heard of its partition is of
+    /// the same run and numbered below it, or of another run; it is unknown if nothing was
+    /// heard of the partition.
+    fn missed_by(&self, order: DeliveryOrder) -> Missed {
         let mut last = self.0.lock().unwrap();
         let Some(last) = last.get_mut(&order.partition) else {
             last.insert(order.partition, order);
-            return false;
+            return Missed::Unknown;
         };
-        let missed = last.run != order.run || order.n > last.n;
-        if missed {
+        if last.run != order.run || order.n > last.n {
             *last = order;
+            return Missed::Yes;
         }
-        missed
+        Missed::No
     }
+}
+
+/// What a progress note says of the deliveries before it.
+#[derive(Debug, PartialEq, Eq)]
+enum Missed {
+    No,
+    Yes,
+    /// Nothing was heard of the partition.
+    Unknown,
 }
 
 /// Where the messages routed to this gateway stand, per partition (from the stream's head
@@ -296,23 +313,30 @@ mod tests {
     #[test]
     fn a_note_ahead_of_the_last_delivery_is_a_loss_once() {
         let gaps = DeliveryGaps::default();
-        assert!(
-            !gaps.missed_by(at(1, 4)),
-            "nothing heard of the partition yet"
+        assert_eq!(
+            gaps.missed_by(at(1, 4)),
+            Missed::Unknown,
+            "nothing heard of the partition: all lost, or a restart"
         );
         assert!(!gaps.missed_before(at(1, 5)));
-        assert!(!gaps.missed_by(at(1, 5)), "every delivery arrived");
-        assert!(gaps.missed_by(at(1, 6)), "the last delivery went missing");
-        assert!(
-            !gaps.missed_by(at(1, 6)),
-            "the next note of it is no new loss"
+        assert_eq!(
+            gaps.missed_by(at(1, 5)),
+            Missed::No,
+            "every delivery arrived"
         );
+        assert_eq!(
+            gaps.missed_by(at(1, 6)),
+            Missed::Yes,
+            "the last one went missing"
+        );
+        assert_eq!(gaps.missed_by(at(1, 6)), Missed::No, "no new loss");
         assert!(
             !gaps.missed_before(at(1, 7)),
             "deliveries count on from the note"
         );
-        assert!(
+        assert_eq!(
             gaps.missed_by(at(2, 1)),
+            Missed::Yes,
             "a new run whose only delivery went missing"
         );
         assert!(!gaps.missed_before(at(2, 2)));

@@ -117,7 +117,7 @@ async fn sample(natter: &Processes) -> anyhow::Result<Vec<Sample>> {
         samples.push(Sample {
             name: server.name.clone(),
             ticks: process_ticks(server.pid())?,
-            nats: Some(nats_messages(server.metrics).await),
+            nats: nats_messages(server.metrics).await,
         });
     }
     let nats_pid = natter
@@ -138,11 +138,12 @@ async fn sample(natter: &Processes) -> anyhow::Result<Vec<Sample>> {
     Ok(samples)
 }
 
-/// `natter_nats_messages_total` at `/metrics` of `addr`: (in, out), every role together.
-async fn nats_messages(addr: SocketAddr) -> (u64, u64) {
+/// `natter_nats_messages_total` at `/metrics` of `addr`: (in, out), every role together;
+/// `None` if `/metrics` did not answer.
+async fn nats_messages(addr: SocketAddr) -> Option<(u64, u64)> {
     let text = tokio::time::timeout(Duration::from_secs(5), testkit::http_get(addr, "/metrics"))
         .await
-        .unwrap_or_default();
+        .ok()?;
     let mut by_direction: BTreeMap<&str, u64> = BTreeMap::new();
     for line in text.lines() {
         let Some(rest) = line.strip_prefix("natter_nats_messages_total{") else {
@@ -159,8 +160,8 @@ async fn nats_messages(addr: SocketAddr) -> (u64, u64) {
             .unwrap_or(0);
         *by_direction.entry(direction).or_default() += n;
     }
-    (
+    Some((
         by_direction.get("in").copied().unwrap_or(0),
         by_direction.get("out").copied().unwrap_or(0),
-    )
+    ))
 }

@@ -132,7 +132,7 @@ impl Session {
 /// instance's) is lost, and the client would otherwise wait for the whole timeout.
 ///
 /// Overdue is `reask` (0: never), doubling after each ask, so a chat service slow under load
-/// is asked at most a few times (1 s: at 1 s and 3 s within the 10 s timeout). Asking again is
+/// is asked at most a few times (1 s: at 1, 3 and 7 s within the 10 s timeout). Asking again is
 /// safe: the stream de-duplicates the cid (`Nats-Msg-Id`) and the chat service answers the
 /// original message, and this session has one send in flight, so the order holds.
 async fn ask_chat(
@@ -152,7 +152,11 @@ async fn ask_chat(
             tokio::time::sleep(reask).await;
         };
         tokio::select! {
-            answer = request => return answer,
+            answer = request => match answer {
+                // The client's own request timeout (5 s) passed before ours: ask again.
+                Err(e) if e.kind() == async_nats::RequestErrorKind::TimedOut => {}
+                answer => return answer,
+            },
             // The gateway is shutting down when the sender is gone: wait for the answer.
             Ok(()) = reconnected.changed() => {}
             () = overdue => reask *= 2,
