@@ -77,12 +77,12 @@ pub struct DeliveryOrder {
     pub partition: u32,
 }
 
-/// `natter.gw.<gateway>.progress`: a partition router's note to a gateway it delivered to
-/// lately, about once a second for a few seconds after its last delivery there: how many
-/// deliveries its run has published to the gateway (`order.n`) and how far it has routed the
-/// partition (`position`). It leaves on the router's connection after those deliveries, so it
-/// arrives after them: a gateway that has seen fewer lost the rest, which no later delivery
-/// would show when the partition goes quiet; one that has them all knows its sessions have the
+/// `natter.gw.<gateway>.progress`: a partition router's note to a gateway it delivered to,
+/// once a second for a few seconds once those deliveries stop: how many deliveries its run
+/// has published to the gateway (`order.n`) and how far it has routed the partition
+/// (`position`). It leaves on the router's connection after those deliveries, so it arrives
+/// after them: a gateway that has seen fewer lost the rest, which no later delivery would
+/// show when the partition goes quiet; one that has them all knows its sessions have the
 /// partition up to `position`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Progress {

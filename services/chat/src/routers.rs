@@ -26,8 +26,8 @@ use crate::stream_order::StreamOrder;
 const STALL_CHECK: Duration = Duration::from_secs(1);
 /// How often a router sends progress notes (`natter.gw.<gateway>.progress`).
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
-/// How many notes a gateway gets after the router's last delivery to it: a lost note is
-/// followed by the next.
+/// How many notes a gateway gets once the router's deliveries to it stop (one a tick): a
+/// lost note is followed by the next.
 const NOTES_AFTER_DELIVERY: u8 = 3;
 
 /// Creates partition `k`'s router consumer if needed. Ingest creates them all too, so that
@@ -108,6 +108,8 @@ pub struct Numbering {
 #[derive(Default)]
 struct Sent {
     n: u64,
+    /// `n` at the last tick of the notes.
+    at_last_tick: u64,
     notes_owed: u8,
 }
 
@@ -124,17 +126,21 @@ impl Numbering {
     pub fn next(&mut self, gateway: &GatewayId) -> DeliveryOrder {
         let sent = self.last.entry(gateway.clone()).or_default();
         sent.n += 1;
-        sent.notes_owed = NOTES_AFTER_DELIVERY;
         let n = sent.n;
         self.order(n)
     }
 
-    /// The notes due now: each gateway delivered to lately, with the number of the last
-    /// delivery to it.
+    /// The notes due at this tick, with the number of the last delivery to each gateway: one
+    /// for each of the `NOTES_AFTER_DELIVERY` ticks after the router's deliveries to it
+    /// stopped. A gateway still getting deliveries needs none (the next one shows a gap), so
+    /// steady traffic costs no notes.
     fn notes_due(&mut self) -> Vec<(GatewayId, DeliveryOrder)> {
         let mut due = Vec::new();
         for (gateway, sent) in &mut self.last {
-            if sent.notes_owed > 0 {
+            if sent.n != sent.at_last_tick {
+                sent.at_last_tick = sent.n;
+                sent.notes_owed = NOTES_AFTER_DELIVERY;
+            } else if sent.notes_owed > 0 {
                 sent.notes_owed -= 1;
                 due.push((gateway.clone(), sent.n));
             }
@@ -276,5 +282,38 @@ async fn catch_up(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notes_go_only_to_gateways_whose_deliveries_stopped_and_only_three_times() {
+        let mut numbering = Numbering::new(2);
+        let (busy, quiet) = (
+            GatewayId::new("busy").unwrap(),
+            GatewayId::new("quiet").unwrap(),
+        );
+        numbering.next(&quiet);
+        numbering.next(&busy);
+        // The tick after a delivery: nothing yet (a delivery may still follow).
+        assert!(numbering.notes_due().is_empty());
+        for tick in 0..NOTES_AFTER_DELIVERY {
+            numbering.next(&busy);
+            let due = numbering.notes_due();
+            assert_eq!(due.len(), 1, "tick {tick}: only the quiet gateway");
+            assert_eq!(due[0].0, quiet);
+            assert_eq!((due[0].1.n, due[0].1.partition), (1, 2));
+        }
+        assert!(
+            numbering.notes_due().iter().all(|(g, _)| *g != quiet),
+            "three notes only"
+        );
+        // The busy gateway's deliveries stop: its notes name its last one.
+        let due = numbering.notes_due();
+        assert_eq!(due.len(), 1);
+        assert_eq!((due[0].0.clone(), due[0].1.n), (busy, 4));
     }
 }
