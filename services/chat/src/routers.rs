@@ -97,7 +97,7 @@ impl PartitionWork for Routers {
 /// A partition router's numbers for its message deliveries to each gateway: a new run
 /// each time the partition is taken, counting from 1 per gateway (only the partition's
 /// loop numbers them, so they leave in order). It also knows which gateways are owed a
-/// progress note: those delivered to in the last few notes' time.
+/// progress note: those whose deliveries stopped in the last few ticks.
 pub struct Numbering {
     partition: u32,
     run: u64,
@@ -126,8 +126,11 @@ impl Numbering {
     pub fn next(&mut self, gateway: &GatewayId) -> DeliveryOrder {
         let sent = self.last.entry(gateway.clone()).or_default();
         sent.n += 1;
-        let n = sent.n;
-        self.order(n)
+        DeliveryOrder {
+            run: self.run,
+            n: sent.n,
+            partition: self.partition,
+        }
     }
 
     /// The notes due at this tick, with the number of the last delivery to each gateway: one
@@ -135,6 +138,7 @@ impl Numbering {
     /// stopped. A gateway still getting deliveries needs none (the next one shows a gap), so
     /// steady traffic costs no notes.
     fn notes_due(&mut self) -> Vec<(GatewayId, DeliveryOrder)> {
+        let (run, partition) = (self.run, self.partition);
         let mut due = Vec::new();
         for (gateway, sent) in &mut self.last {
             if sent.n != sent.at_last_tick {
@@ -142,18 +146,11 @@ impl Numbering {
                 sent.notes_owed = NOTES_AFTER_DELIVERY;
             } else if sent.notes_owed > 0 {
                 sent.notes_owed -= 1;
-                due.push((gateway.clone(), sent.n));
+                let n = sent.n;
+                due.push((gateway.clone(), DeliveryOrder { run, n, partition }));
             }
         }
-        due.into_iter().map(|(g, n)| (g, self.order(n))).collect()
-    }
-
-    fn order(&self, n: u64) -> DeliveryOrder {
-        DeliveryOrder {
-            run: self.run,
-            n,
-            partition: self.partition,
-        }
+        due
     }
 }
 

@@ -72,8 +72,7 @@ impl Local {
         if let Some(order) = delivery.order
             && self.gaps.missed_before(order)
         {
-            self.metrics.delivery_gaps.inc();
-            self.replay_partition(order);
+            self.lost(order);
         }
         let mut json: Option<Message> = None;
         let mut msgpack: Option<Message> = None;
@@ -141,32 +140,40 @@ impl Local {
         self.metrics.progress_notes.inc();
         match self.gaps.missed_by(note.order) {
             Missed::No => self.routed.observe(note.position),
-            Missed::Yes => {
-                self.metrics.delivery_gaps.inc();
-                self.replay_partition(note.order);
-            }
+            Missed::Yes => self.lost(note.order),
             // Notes go only to gateways delivered to in the router's run: either the
             // deliveries were all lost, or this gateway restarted since (with the same id).
             // Replay (harmless after a restart: its sessions are new), but do not count it as a
             // lost delivery, or every restart would look like one per partition.
-            Missed::Unknown => self.replay_partition(note.order),
+            Missed::Unknown => {
+                tracing::info!(
+                    partition = note.order.partition,
+                    "a progress note of a partition not heard from; sessions replay it"
+                );
+                self.replay_partition(note.order.partition);
+            }
         }
     }
 
-    /// Every session replays `order`'s partition from the last message of it received before
-    /// the lost deliveries; that one precedes them.
-    fn replay_partition(&self, order: DeliveryOrder) {
-        let Some(routed) = self.routed.get() else {
-            tracing::warn!("a delivery was lost and no stream position is known");
-            return;
-        };
-        let k = order.partition;
+    /// Deliveries up to `order` were lost: counted, and every session replays the partition.
+    fn lost(&self, order: DeliveryOrder) {
+        self.metrics.delivery_gaps.inc();
         tracing::warn!(
-            partition = k,
+            partition = order.partition,
             run = order.run,
             n = order.n,
             "a delivery was lost; sessions replay its partition"
         );
+        self.replay_partition(order.partition);
+    }
+
+    /// Every session replays partition `k` from the last message of it received before the
+    /// lost deliveries; that one precedes them.
+    fn replay_partition(&self, k: u32) {
+        let Some(routed) = self.routed.get() else {
+            tracing::warn!("a delivery was lost and no stream position is known");
+            return;
+        };
         let upto = routed.seqs.get(k as usize).copied().unwrap_or_default();
         for (_, handle) in self.registry.all() {
             handle.outbox.resync_partition(k, upto, &routed);

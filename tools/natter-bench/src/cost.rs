@@ -20,11 +20,19 @@ use crate::process::{TICKS_PER_S, process_ticks};
 use crate::processes::Processes;
 use crate::report::{Report, Table};
 
+#[derive(clap::Args)]
 pub struct Options {
+    /// Messages per second offered, all pairs together.
+    #[arg(long, default_value_t = 2_000)]
     pub rate: u64,
+    /// Seconds measured (after one second unmeasured).
+    #[arg(long, default_value_t = 10)]
     pub seconds: u64,
+    /// Sender and receiver pairs.
+    #[arg(long, default_value_t = 100)]
     pub pairs: usize,
-    /// The nats-server's `sync_interval` (`always`: an fsync per write).
+    /// The nats-server's sync_interval (`always` for an fsync per write).
+    #[arg(long, default_value = "2m")]
     pub sync: String,
 }
 

@@ -224,20 +224,7 @@ enum Scenario {
     },
     /// CPU time and NATS messages per persisted 1:1 message, process by process, at a fixed
     /// rate (natter as separate processes next to natter-bench).
-    Cost {
-        /// Messages per second offered, all pairs together.
-        #[arg(long, default_value_t = 2_000)]
-        rate: u64,
-        /// Seconds measured (after one second unmeasured).
-        #[arg(long, default_value_t = 10)]
-        seconds: u64,
-        /// Sender and receiver pairs.
-        #[arg(long, default_value_t = 100)]
-        pairs: usize,
-        /// The nats-server's sync_interval (`always` for an fsync per write).
-        #[arg(long, default_value = "2m")]
-        sync: String,
-    },
+    Cost(cost::Options),
     /// One user's delivery latency alone and while another user floods (per-user limits on).
     Flood {
         /// Messages per second alice sends bob.
@@ -312,20 +299,7 @@ async fn main() -> anyhow::Result<()> {
             group::run(&options, &peers, &out).await
         }
         Scenario::Flood { rate, seconds } => flood::run(rate, seconds, &out).await,
-        Scenario::Cost {
-            rate,
-            seconds,
-            pairs,
-            sync,
-        } => {
-            let options = cost::Options {
-                rate,
-                seconds,
-                pairs,
-                sync,
-            };
-            cost::run(&options, &out).await
-        }
+        Scenario::Cost(options) => cost::run(&options, &out).await,
         Scenario::Scale {
             instances,
             partitions,

@@ -146,28 +146,22 @@ impl EmbeddedStore {
                 std::thread::sleep(COMMIT_LINGER);
             }
             let group = std::mem::take(&mut appends.lock().unwrap().waiting);
-            let Some(db) = db.upgrade() else {
-                let closed = StoreError::Unavailable("the store is closed".into());
-                for (_, done) in group {
-                    let _ = done.send(Err(closed.clone()));
+            // The database is dropped at the end of this statement, before anyone is told.
+            let results: Vec<Result<(), StoreError>> = match db.upgrade() {
+                None => {
+                    vec![Err(StoreError::Unavailable("the store is closed".into())); group.len()]
                 }
-                continue;
+                Some(db) => match write_messages(&db, group.iter().flat_map(|(m, _)| m)) {
+                    Ok(()) => vec![Ok(()); group.len()],
+                    Err(e) if group.len() == 1 => vec![Err(e)],
+                    // One append's failure must not fail the others (nor keep failing them
+                    // when all retry together): each is committed on its own.
+                    Err(_) => group
+                        .iter()
+                        .map(|(messages, _)| write_messages(&db, messages.iter()))
+                        .collect(),
+                },
             };
-            let result = write_messages(&db, group.iter().flat_map(|(messages, _)| messages));
-            if result.is_ok() || group.len() == 1 {
-                drop(db);
-                for (_, done) in group {
-                    let _ = done.send(result.clone());
-                }
-                continue;
-            }
-            // One append's failure must not fail the others (nor keep failing them when all
-            // retry together): each is committed on its own and hears its own result.
-            let results: Vec<_> = group
-                .iter()
-                .map(|(messages, _)| write_messages(&db, messages.iter()))
-                .collect();
-            drop(db);
             for ((_, done), result) in group.into_iter().zip(results) {
                 let _ = done.send(result);
             }
