@@ -11,12 +11,12 @@
 //! 1 s for a pinned durable, 10 s for another) means exactly that, so [`Pulled`] drops the
 //! stream and pulls anew at once.
 //!
-//! It pulls anew only when the consumer answers an info request: not while this client is
-//! itself disconnected (async-nats pulls again after its own reconnect) or the consumer has
-//! no leader. A new pull carries no pin id. Where the consumer's leader kept no pin, it is
-//! pinned at once; where the pin is still this client's from before, it is served when the
-//! pin times out (6 s; without the new pull, async-nats would have pulled again with the pin
-//! id within 7 s).
+//! A new pull carries no pin id. Where the consumer's leader kept no pin, it is pinned at
+//! once; where the pin is still this client's from before, it is served when the pin times
+//! out (6 s; without the new pull, async-nats would have pulled again with the pin id within
+//! 7 s). It pulls anew even while this client is itself disconnected: asking the consumer
+//! first (an info request, up to the 5 s request timeout while the consumer has no leader)
+//! delayed the new pull past 6 s in a rolling-restart CI run.
 
 use async_nats::jetstream::Message;
 use async_nats::jetstream::consumer::PullConsumer;
@@ -71,13 +71,6 @@ impl Pulled {
         crate::jetstream_error("fetch");
         if e.kind() != MessagesErrorKind::MissingHeartbeat {
             tracing::debug!(error = %e, "pull consumer");
-            return;
-        }
-        // Only when the consumer answers: while this client is itself disconnected, or the
-        // consumer has no leader yet, a new pull would queue up (and lose the pin) for
-        // nothing; async-nats pulls again by itself after its own reconnect.
-        if let Err(e) = self.consumer.get_info().await {
-            tracing::debug!(error = %e, "no heartbeat, and the consumer does not answer yet");
             return;
         }
         match durable::pull(&self.consumer, self.batch).await {
