@@ -3,7 +3,9 @@
 //! NATS cluster with three partitions and three chat
 //! instances, the instance routing one partition is killed and then a NATS node: the others
 //! take the partition over, nothing SENT is lost or stored twice, and every recipient gets
-//! its conversation in order.
+//! its conversation in order. Sessions are sharded the same way: each instance holds one
+//! session shard, looks up the others' users by asking their holder, and the survivors take
+//! the dead instance's shard over.
 
 use std::time::Duration;
 
@@ -65,12 +67,43 @@ async fn three_chat_instances_share_the_partitions_and_losing_one_then_a_node_lo
         (0..3).all(|i| routed(&stack, i) > 0),
         "every instance routes its share"
     );
+    // 12 pairs: 24 sessions, split among the instances by user, none holding them all.
+    let shards = |stack: &Stack, i: usize| stack.chats[i].metric("natter_chat_session_shards_held");
+    let sessions = |stack: &Stack, i: usize| stack.chats[i].metric("natter_chat_sessions_held");
+    assert!(
+        (0..3).all(|i| shards(&stack, i) == 1),
+        "one session shard each"
+    );
+    eventually(
+        "the sessions are split among the instances",
+        RECOVERY,
+        async || {
+            let held: Vec<u64> = (0..3).map(|i| sessions(&stack, i)).collect();
+            held.iter().sum::<u64>() == 24 && held.iter().all(|n| *n < 24)
+        },
+    )
+    .await;
+    let queries =
+        |stack: &Stack, i: usize| stack.chats[i].metric("natter_chat_session_queries_total");
+    assert!(
+        (0..3).all(|i| queries(&stack, i) > 0),
+        "every instance asks the others for their shards' users"
+    );
 
     stack.chats[1].kill();
     eventually(
         "the survivors route all three partitions",
         RECOVERY,
         async || routing(&stack, 0) + routing(&stack, 2) == 3,
+    )
+    .await;
+    eventually(
+        "the survivors hold all three session shards and every session",
+        RECOVERY,
+        async || {
+            shards(&stack, 0) + shards(&stack, 2) == 3
+                && sessions(&stack, 0) + sessions(&stack, 2) == 24
+        },
     )
     .await;
     let after_takeover = routed(&stack, 0) + routed(&stack, 2);

@@ -193,6 +193,26 @@ pub struct SessionMarker {
     pub lease_revision: u64,
 }
 
+/// `natter.chat.sessions.<k>` request: the live sessions of `users` (all of session shard
+/// `k`), once the holder of the shard has applied the sessions bucket up to
+/// `session_revision` and the gateways bucket up to `lease_revision` (the newest registration
+/// the asking router has passed in its stream).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionsQuery {
+    pub users: Vec<UserId>,
+    #[serde(default)]
+    pub session_revision: u64,
+    #[serde(default)]
+    pub lease_revision: u64,
+}
+
+/// Answer to a [`SessionsQuery`]: every live session of the users asked about; a user with
+/// none is offline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionsFound {
+    pub sessions: Vec<SessionEntry>,
+}
+
 /// Value of a gateway's presence lease in the `natter_gateways` bucket.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GatewayLease {

@@ -53,6 +53,8 @@ pub struct Presence {
     gateway: GatewayId,
     boot: ConnId,
     lease_ttl: Duration,
+    /// The deployment's partition count, which is also its session shard count.
+    shards: u32,
     /// Revision of the lease's last write, named in session markers.
     lease_revision: Arc<AtomicU64>,
     /// Registrations waiting for their marker, and where to say it is written.
@@ -93,6 +95,7 @@ impl Presence {
             gateway,
             boot,
             lease_ttl,
+            shards: partitions,
         }
     }
 
@@ -132,7 +135,7 @@ impl Presence {
             gateway: self.gateway.clone(),
             conn,
         };
-        let key = subjects::session_key(user, &self.gateway, conn);
+        let key = subjects::session_key(user, &self.gateway, conn, self.shards);
         let sessions = self.sessions.clone();
         let markers = self.markers.clone();
         let lease_revision = self.lease_revision.clone();
@@ -162,7 +165,7 @@ impl Presence {
         user: &UserId,
         conn: ConnId,
     ) -> BoxFuture<'static, anyhow::Result<()>> {
-        let key = subjects::session_key(user, &self.gateway, conn);
+        let key = subjects::session_key(user, &self.gateway, conn, self.shards);
         let sessions = self.sessions.clone();
         Box::pin(async move {
             sessions.purge_with_ttl(key, MARKER_TTL).await?;
