@@ -206,3 +206,74 @@ async fn leaders_gathered_on_one_node_are_spread_again() {
         "and they stay"
     );
 }
+
+/// The router of a conversation remembers the sessions it asked another instance for (for up
+/// to a second). A device that registers meanwhile must still get the next message: the
+/// session marker before that message makes the router ask again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_registering_while_the_router_remembers_its_user_gets_the_next_message() {
+    let mut stack = Stack::new().start().await;
+    let partitions = stack.bus.partitions;
+    assert_eq!(partitions, 3);
+    stack.start_chat(stack.chat_config.clone()).await;
+    let routing = |stack: &Stack, i: usize| stack.chats[i].metric("natter_chat_routing_partitions");
+    let shards = |stack: &Stack, i: usize| stack.chats[i].metric("natter_chat_session_shards_held");
+    eventually(
+        "the partitions and shards are shared",
+        RECOVERY,
+        async || {
+            routing(&stack, 0) + routing(&stack, 1) == 3
+                && routing(&stack, 0) > 0
+                && routing(&stack, 1) > 0
+                && shards(&stack, 0) + shards(&stack, 1) == 3
+        },
+    )
+    .await;
+    // Two instances: partition k is routed, and shard k held, by the instance of rank k % 2.
+    // A recipient whose shard is held by the other instance than the conversation's router
+    // is looked up remotely.
+    let bob = (0..)
+        .map(|i| format!("bob{i}"))
+        .find(|bob| {
+            let user = protocol::UserId::new(bob.as_str()).unwrap();
+            let conversation =
+                protocol::ConversationId::direct(&protocol::UserId::new("alice").unwrap(), &user);
+            let partition = protocol::subjects::partition(&conversation, partitions);
+            partition % 2 != protocol::subjects::user_shard(&user, partitions) % 2
+        })
+        .unwrap();
+    let queries = |stack: &Stack| {
+        stack.chats[0].metric("natter_chat_session_queries_total")
+            + stack.chats[1].metric("natter_chat_session_queries_total")
+    };
+    let mut alice = stack.connect("alice", 0).await;
+    let mut phone = stack.connect(&bob, 0).await;
+    for round in 0..5 {
+        let asked = queries(&stack);
+        // The router looks bob up (or finds him remembered) and delivers to his phone.
+        alice
+            .send(&bob, &format!("warm-{round}"), "warm")
+            .await
+            .unwrap();
+        testkit::expect_sent(&mut alice, &format!("warm-{round}")).await;
+        assert_eq!(testkit::expect_message(&mut phone).await.body, "warm");
+        if round == 0 {
+            assert!(
+                queries(&stack) > asked,
+                "bob was looked up at his shard's holder"
+            );
+        }
+        // A laptop registers while bob is remembered with his phone only.
+        let mut laptop = stack.connect(&bob, 0).await;
+        let cid = format!("next-{round}");
+        alice.send(&bob, &cid, "next").await.unwrap();
+        testkit::expect_sent(&mut alice, &cid).await;
+        assert_eq!(testkit::expect_message(&mut phone).await.body, "next");
+        assert_eq!(
+            testkit::expect_message(&mut laptop).await.body,
+            "next",
+            "round {round}: the new device gets the next message live"
+        );
+        laptop.close().await;
+    }
+}

@@ -68,7 +68,10 @@ impl Router {
     ) -> bool {
         if subjects::is_session_marker(subject) {
             match serde_json::from_slice::<SessionMarker>(payload) {
-                Ok(marker) => self.directory.note_registration(&marker),
+                Ok(marker) => {
+                    numbering.routes.forget(&marker.user);
+                    self.directory.note_registration(&marker);
+                }
                 Err(e) => tracing::warn!(error = %e, "undecodable session marker"),
             }
             return true;
@@ -110,7 +113,10 @@ impl Router {
                 if message.from != message.to {
                     recipients.push(&message.from);
                 }
-                let found = self.directory.lookup(recipients, None, stop).await;
+                let found = self
+                    .directory
+                    .lookup_cached(recipients, &mut numbering.routes, stop)
+                    .await;
                 let offline = found
                     .iter()
                     .flat_map(|f| &f.offline)
@@ -132,7 +138,7 @@ impl Router {
                 };
                 let found = self
                     .directory
-                    .lookup(members.iter().chain(&former), None, stop)
+                    .lookup_cached(members.iter().chain(&former), &mut numbering.routes, stop)
                     .await;
                 group_name = self.groups.record(&group).map(|r| r.name);
                 let offline = match message.event {

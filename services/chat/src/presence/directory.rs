@@ -28,10 +28,10 @@ use protocol::{ConnId, GatewayId, UserId, subjects};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::Route;
 use super::decider::Decider;
 use super::leases::Leases;
 use super::shard::Shard;
+use super::{Route, RouteCache};
 use crate::metrics::ChatMetrics;
 
 /// Marker TTL for purges done by the sweeper (see the gateway's presence module).
@@ -302,6 +302,54 @@ impl Directory {
                 }
             }
         }
+        Some(found)
+    }
+
+    /// [`Directory::lookup`] for a partition router: users of shards held elsewhere are taken
+    /// from `cache` while fresh, and those looked up are remembered there.
+    pub async fn lookup_cached<'a>(
+        &self,
+        users: impl IntoIterator<Item = &'a UserId>,
+        cache: &mut RouteCache,
+        stop: &CancellationToken,
+    ) -> Option<Found> {
+        let now = Instant::now();
+        let mut found = Found::default();
+        let mut ask = Vec::new();
+        for user in users {
+            let k = subjects::user_shard(user, self.inner.shards);
+            let cached = if self.holds(k) {
+                None
+            } else {
+                cache.get(user, now)
+            };
+            match cached {
+                Some([]) => found.offline.push(user.clone()),
+                Some(routes) => found
+                    .routes
+                    .extend(routes.iter().map(|r| (user.clone(), r.clone()))),
+                None => ask.push(user),
+            }
+        }
+        if ask.is_empty() {
+            return Some(found);
+        }
+        let asked = self.lookup(ask.iter().copied(), None, stop).await?;
+        let mut remembered: HashMap<&UserId, Vec<Route>> = ask
+            .iter()
+            .filter(|u| !self.holds(subjects::user_shard(u, self.inner.shards)))
+            .map(|u| (*u, Vec::new()))
+            .collect();
+        for (user, route) in &asked.routes {
+            if let Some(routes) = remembered.get_mut(user) {
+                routes.push(route.clone());
+            }
+        }
+        for (user, routes) in remembered {
+            cache.put(user.clone(), routes, now);
+        }
+        found.routes.extend(asked.routes);
+        found.offline.extend(asked.offline);
         Some(found)
     }
 

@@ -4,12 +4,14 @@
 mod decider;
 mod directory;
 mod leases;
+mod route_cache;
 mod shard;
 
 use protocol::{ConnId, GatewayId};
 
 pub use decider::delete_unsharded_consumer;
 pub use directory::{Directory, Found};
+pub use route_cache::RouteCache;
 
 /// A session as routing sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
