@@ -277,3 +277,58 @@ async fn a_device_registering_while_the_router_remembers_its_user_gets_the_next_
         laptop.close().await;
     }
 }
+
+/// A chat instance that crashes leaves its session shards without a holder until its key
+/// lapses and its work is shared out (6 s and more). An instance that needs one of them
+/// meanwhile takes it itself: a device of a user in that shard still gets its messages
+/// within about a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_holders_session_shard_is_taken_by_the_instance_that_needs_it() {
+    let mut stack = Stack::new().start().await;
+    let partitions = stack.bus.partitions;
+    stack.start_chat(stack.chat_config.clone()).await;
+    let shards = |stack: &Stack, i: usize| stack.chats[i].metric("natter_chat_session_shards_held");
+    eventually("the shards are shared", RECOVERY, async || {
+        shards(&stack, 0) + shards(&stack, 1) == 3 && shards(&stack, 0) * shards(&stack, 1) == 2
+    })
+    .await;
+    // Three shards on two instances: the one of rank 0 holds (and routes) 0 and 2, the other 1.
+    let alice = protocol::UserId::new("alice").unwrap();
+    let bob = (0..)
+        .map(|i| protocol::UserId::new(format!("bob{i}")).unwrap())
+        .find(|bob| {
+            let conversation = protocol::ConversationId::direct(&alice, bob);
+            let partition = protocol::subjects::partition(&conversation, partitions);
+            partition % 2 != protocol::subjects::user_shard(bob, partitions) % 2
+        })
+        .unwrap();
+    let holder_shards = if protocol::subjects::user_shard(&bob, partitions) == 1 {
+        1
+    } else {
+        2
+    };
+    let holder = (0..2)
+        .find(|i| shards(&stack, *i) == holder_shards)
+        .unwrap();
+    let mut sender = stack.connect("alice", 0).await;
+    let mut phone = stack.connect(bob.as_str(), 0).await;
+    sender.send(bob.as_str(), "before", "before").await.unwrap();
+    assert_eq!(testkit::expect_message(&mut phone).await.body, "before");
+
+    stack.chats[holder].kill();
+    // A new device: the router must look bob up again, and nobody holds his shard.
+    let mut laptop = stack.connect(bob.as_str(), 0).await;
+    let sent_at = std::time::Instant::now();
+    sender.send(bob.as_str(), "after", "after").await.unwrap();
+    testkit::expect_sent(&mut sender, "after").await;
+    assert_eq!(testkit::expect_message(&mut laptop).await.body, "after");
+    let took = sent_at.elapsed();
+    assert!(
+        took < Duration::from_secs(4),
+        "delivered {took:?} after the send; the holder's key lapses only after 6 s"
+    );
+    assert!(
+        shards(&stack, 1 - holder) > 3 - holder_shards,
+        "the survivor stands in for bob's shard"
+    );
+}

@@ -46,6 +46,12 @@ const ASK_RETRY: Duration = Duration::from_millis(50);
 const LOAD_PATIENCE: Duration = Duration::from_secs(120);
 /// How often shards that could not be taken are tried again.
 const HOLD_RETRY: Duration = Duration::from_secs(1);
+/// How long a shard may have no holder answering (none subscribed) before an instance that
+/// needs it takes it itself: a holder that crashed leaves its shard so until its key in
+/// `natter_instances` lapses (6 s) and the survivors share its work out.
+const ORPHANED_AFTER: Duration = Duration::from_secs(1);
+/// How long a shard taken that way is kept although not assigned here.
+const STAND_IN_FOR: Duration = Duration::from_secs(20);
 
 /// The live sessions of some users, and those of them with none.
 #[derive(Debug, Default)]
@@ -67,6 +73,10 @@ struct Inner {
     decider: Decider,
     shards: u32,
     held: RwLock<HashMap<u32, Arc<Held>>>,
+    /// Taken by one holder at a time, so a shard is never loaded twice at once.
+    taking: tokio::sync::Mutex<()>,
+    /// Shards held because nobody answered for them, and since when (see [`ORPHANED_AFTER`]).
+    stand_ins: Mutex<HashMap<u32, Instant>>,
     /// Per shard, the newest registration a router here has passed (see the module doc).
     floors: Mutex<HashMap<u32, Floor>>,
     metrics: ChatMetrics,
@@ -111,6 +121,8 @@ impl Directory {
                 decider,
                 shards: shards.max(1),
                 held: RwLock::default(),
+                taking: tokio::sync::Mutex::new(()),
+                stand_ins: Mutex::default(),
                 floors: Mutex::default(),
                 metrics,
                 stop: stop.clone(),
@@ -134,7 +146,11 @@ impl Directory {
         loop {
             let want = assigned.borrow_and_update().clone();
             let held: Vec<u32> = self.inner.held.read().unwrap().keys().copied().collect();
-            for k in held.into_iter().filter(|k| !want.contains(k)) {
+            let standing_in = self.standing_in(&want);
+            for k in held
+                .into_iter()
+                .filter(|k| !want.contains(k) && !standing_in.contains(k))
+            {
                 self.release(k).await;
             }
             for k in want {
@@ -165,9 +181,34 @@ impl Directory {
         Ok(())
     }
 
+    /// The shards held as a stand-in for lately (assigned ones are no longer stand-ins).
+    fn standing_in(&self, assigned: &std::collections::BTreeSet<u32>) -> Vec<u32> {
+        let mut stand_ins = self.inner.stand_ins.lock().unwrap();
+        stand_ins.retain(|k, since| !assigned.contains(k) && since.elapsed() < STAND_IN_FOR);
+        stand_ins.keys().copied().collect()
+    }
+
+    /// Takes shard `k`, which nobody answers for, until its work is shared out again.
+    async fn stand_in(&self, k: u32) -> anyhow::Result<()> {
+        if self.holds(k) {
+            return Ok(());
+        }
+        tracing::warn!(
+            shard = k,
+            "no instance answers for a session shard; taking it"
+        );
+        self.inner
+            .stand_ins
+            .lock()
+            .unwrap()
+            .insert(k, Instant::now());
+        self.hold(k).await
+    }
+
     /// Takes shard `k`: loads its sessions, then answers lookups for it and decides its
     /// users' presence. Nothing if it is held already.
     pub async fn hold(&self, k: u32) -> anyhow::Result<()> {
+        let _taking = self.inner.taking.lock().await;
         if self.inner.held.read().unwrap().contains_key(&k) {
             return Ok(());
         }
@@ -276,6 +317,7 @@ impl Directory {
         let mut found = Found::default();
         for (k, users) in by_shard {
             let floor = self.floor(k);
+            let mut unanswered_since = None;
             loop {
                 let held = self.inner.held.read().unwrap().get(&k).cloned();
                 if let Some(held) = held {
@@ -290,6 +332,14 @@ impl Directory {
                     }
                     Err(e) => {
                         tracing::debug!(error = %e, shard = k, "session lookup not answered");
+                        if e.orphaned() {
+                            let since = *unanswered_since.get_or_insert_with(Instant::now);
+                            if since.elapsed() >= ORPHANED_AFTER
+                                && let Err(e) = self.stand_in(k).await
+                            {
+                                tracing::warn!(error = %e, shard = k, "session shard not taken");
+                            }
+                        }
                         if deadline.is_some_and(|d| Instant::now() >= d) {
                             return None;
                         }
@@ -430,14 +480,19 @@ impl Directory {
     }
 
     /// Asks the holder of shard `k` for the live sessions of `users`.
-    async fn ask(&self, k: u32, users: &[&UserId], floor: Floor) -> anyhow::Result<SessionsFound> {
+    async fn ask(
+        &self,
+        k: u32,
+        users: &[&UserId],
+        floor: Floor,
+    ) -> Result<SessionsFound, AskError> {
         self.inner.metrics.session_queries.inc();
         let query = SessionsQuery {
             users: users.iter().map(|u| (*u).clone()).collect(),
             session_revision: floor.session,
             lease_revision: floor.lease,
         };
-        let payload = serde_json::to_vec(&query)?;
+        let payload = serde_json::to_vec(&query).expect("query to JSON");
         let reply = tokio::time::timeout(
             ASK_TIMEOUT,
             self.inner
@@ -446,8 +501,27 @@ impl Directory {
                 .request(subjects::sessions_query(k), payload.into()),
         )
         .await
-        .map_err(|_| anyhow::anyhow!("no answer within {ASK_TIMEOUT:?}"))??;
-        Ok(serde_json::from_slice(&reply.payload)?)
+        .map_err(|_| AskError::TimedOut)?
+        .map_err(AskError::Request)?;
+        serde_json::from_slice(&reply.payload).map_err(AskError::Undecodable)
+    }
+}
+
+/// Why a holder gave no answer.
+#[derive(Debug, thiserror::Error)]
+enum AskError {
+    #[error("no answer within {ASK_TIMEOUT:?}")]
+    TimedOut,
+    #[error(transparent)]
+    Request(async_nats::RequestError),
+    #[error("undecodable answer: {0}")]
+    Undecodable(serde_json::Error),
+}
+
+impl AskError {
+    /// Nobody holds the shard: no instance subscribes to its lookups.
+    fn orphaned(&self) -> bool {
+        matches!(self, AskError::Request(e) if e.kind() == async_nats::RequestErrorKind::NoResponders)
     }
 }
 
