@@ -69,8 +69,12 @@ impl Router {
         if subjects::is_session_marker(subject) {
             match serde_json::from_slice::<SessionMarker>(payload) {
                 Ok(marker) => {
-                    numbering.routes.forget(&marker.user);
-                    self.directory.note_registration(&marker);
+                    let registrations = marker.registrations();
+                    for registration in &registrations {
+                        numbering.routes.forget(&registration.user);
+                    }
+                    self.directory
+                        .note_registrations(&registrations, marker.lease_revision);
                 }
                 Err(e) => tracing::warn!(error = %e, "undecodable session marker"),
             }

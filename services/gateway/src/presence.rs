@@ -32,7 +32,7 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use plumbing::bus::PresenceBuckets;
 use plumbing::{Counter, Histogram};
-use protocol::payloads::{GatewayLease, SessionEntry, SessionMarker, UserPresence};
+use protocol::payloads::{GatewayLease, Registration, SessionEntry, SessionMarker, UserPresence};
 use protocol::{ConnId, GatewayId, UserId, subjects};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -149,6 +149,7 @@ impl Presence {
                 conn,
                 session_revision,
                 lease_revision: lease_revision.load(Ordering::Acquire),
+                registered: Vec::new(),
             };
             let (written, done) = oneshot::channel();
             markers
@@ -272,6 +273,13 @@ async fn append_markers(
             .map(|(m, _)| m.lease_revision)
             .max()
             .unwrap_or(0);
+        marker.registered = batch
+            .iter()
+            .map(|(m, _)| Registration {
+                user: m.user.clone(),
+                session_revision: m.session_revision,
+            })
+            .collect();
         let written = write_marker(&js, partitions, &marker)
             .await
             .map_err(|e| e.to_string());

@@ -11,9 +11,10 @@
 //! gateway's current run (its connection id is newer than the lease's boot id). Leases are
 //! one per gateway, and every routing instance follows them all (`leases.rs`).
 //!
-//! **No missed registrations.** A router passing a session marker records the revisions it
-//! names as the floor of the user's shard; every later lookup in that shard, here or at its
-//! holder, waits until the shard's view has applied them. A message written after a device
+//! **No missed registrations.** A router passing a session marker records, for each
+//! registration it stands for, the user's key revision as the floor of the user's shard;
+//! every later lookup in that shard, here or at its holder, waits until the shard's view has
+//! applied it. A message written after a device
 //! registered is therefore routed to it.
 
 use std::collections::{BTreeMap, HashMap};
@@ -23,7 +24,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, kv};
 use futures::StreamExt;
 use plumbing::kv_follow::Progress;
-use protocol::payloads::{SessionEntry, SessionMarker, SessionsFound, SessionsQuery};
+use protocol::payloads::{Registration, SessionEntry, SessionsFound, SessionsQuery};
 use protocol::{ConnId, GatewayId, UserId, subjects};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -290,13 +291,19 @@ impl Directory {
         held.values().map(|h| h.shard.read().unwrap().len()).sum()
     }
 
-    /// A router passed `marker`: later lookups in its user's shard include that session.
-    pub fn note_registration(&self, marker: &SessionMarker) {
-        let k = subjects::user_shard(&marker.user, self.inner.shards);
+    /// A router passed a session marker standing for `registrations`, written when the
+    /// gateways bucket stood at `lease_revision`: later lookups in each registered user's
+    /// shard include that user's new session. (A marker stands for every registration a
+    /// gateway had waiting, whatever their shards, so each gets its own key's revision: a
+    /// shard's view reaches only revisions of its own keys.)
+    pub fn note_registrations(&self, registrations: &[Registration], lease_revision: u64) {
         let mut floors = self.inner.floors.lock().unwrap();
-        let floor = floors.entry(k).or_default();
-        floor.session = floor.session.max(marker.session_revision);
-        floor.lease = floor.lease.max(marker.lease_revision);
+        raise_floors(
+            &mut floors,
+            registrations,
+            lease_revision,
+            self.inner.shards,
+        );
     }
 
     /// The live sessions of `users`, and those of them with none. Shards held here are read
@@ -366,19 +373,24 @@ impl Directory {
         let now = Instant::now();
         let mut found = Found::default();
         let mut ask = Vec::new();
-        for user in users {
-            let k = subjects::user_shard(user, self.inner.shards);
-            let cached = if self.holds(k) {
-                None
-            } else {
-                cache.get(user, now)
-            };
-            match cached {
-                Some([]) => found.offline.push(user.clone()),
-                Some(routes) => found
-                    .routes
-                    .extend(routes.iter().map(|r| (user.clone(), r.clone()))),
-                None => ask.push(user),
+        {
+            // Remembered sessions count only while their gateway's current run holds a live
+            // lease: a gateway that restarted or went away makes its users be asked again.
+            let book = self.inner.leases.read();
+            for user in users {
+                let k = subjects::user_shard(user, self.inner.shards);
+                let cached = if self.holds(k) {
+                    None
+                } else {
+                    cache.get(user, now)
+                };
+                match cached {
+                    Some([]) => found.offline.push(user.clone()),
+                    Some(routes) if routes.iter().all(|r| book.live(r, now)) => found
+                        .routes
+                        .extend(routes.iter().map(|r| (user.clone(), r.clone()))),
+                    _ => ask.push(user),
+                }
             }
         }
         if ask.is_empty() {
@@ -522,6 +534,21 @@ impl AskError {
     /// Nobody holds the shard: no instance subscribes to its lookups.
     fn orphaned(&self) -> bool {
         matches!(self, AskError::Request(e) if e.kind() == async_nats::RequestErrorKind::NoResponders)
+    }
+}
+
+/// Raises each registered user's shard floor to that user's key revision.
+fn raise_floors(
+    floors: &mut HashMap<u32, Floor>,
+    registrations: &[Registration],
+    lease_revision: u64,
+    shards: u32,
+) {
+    for registration in registrations {
+        let k = subjects::user_shard(&registration.user, shards);
+        let floor = floors.entry(k).or_default();
+        floor.session = floor.session.max(registration.session_revision);
+        floor.lease = floor.lease.max(lease_revision);
     }
 }
 
@@ -686,6 +713,37 @@ mod tests {
         assert_eq!(parse_session_key(&key), Some((user, gateway, conn)));
         // A key of before sessions were sharded has one token less.
         assert_eq!(parse_session_key(&format!("alice.gw-1.{conn}")), None);
+    }
+
+    #[test]
+    fn a_marker_of_several_registrations_raises_each_users_shard_to_its_own_key() {
+        let shards = 4;
+        let users: Vec<UserId> = (0..40)
+            .map(|i| UserId::new(format!("user{i}")).unwrap())
+            .collect();
+        let registrations: Vec<Registration> = users
+            .iter()
+            .enumerate()
+            .map(|(i, user)| Registration {
+                user: user.clone(),
+                session_revision: 100 + i as u64,
+            })
+            .collect();
+        let mut floors = HashMap::new();
+        raise_floors(&mut floors, &registrations, 7, shards);
+        for k in 0..shards {
+            let newest = registrations
+                .iter()
+                .filter(|r| subjects::user_shard(&r.user, shards) == k)
+                .map(|r| r.session_revision)
+                .max()
+                .expect("forty users fill four shards");
+            assert_eq!(floors[&k].session, newest, "shard {k}");
+            assert_eq!(floors[&k].lease, 7);
+        }
+        // Floors only rise.
+        raise_floors(&mut floors, &registrations[..1], 1, shards);
+        assert_eq!(floors[&subjects::user_shard(&users[0], shards)].lease, 7);
     }
 
     #[test]
