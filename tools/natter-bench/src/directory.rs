@@ -171,6 +171,9 @@ async fn hold_in_child(nats: &NatsServer, partitions: u32, shards: u32) -> anyho
     if let Some(seed) = &bus.nkey_file {
         command.args(["--nkey-file", &seed.display().to_string()]);
     }
+    if let Some(ca) = &bus.tls_ca_file {
+        command.args(["--tls-ca-file", &ca.display().to_string()]);
+    }
     let mut child = command.stdout(Stdio::piped()).kill_on_drop(true).spawn()?;
     let stdout = child.stdout.take().expect("piped stdout");
     let mut lines = tokio::io::BufReader::new(stdout).lines();
@@ -183,13 +186,8 @@ async fn hold_in_child(nats: &NatsServer, partitions: u32, shards: u32) -> anyho
 
 /// The holder process (`natter-bench directory-holder`): takes shards `0..shards` of a
 /// directory of `partitions` shards as a chat instance does, and prints one [`Held`] line.
-pub async fn holder(
-    url: String,
-    nkey_file: Option<std::path::PathBuf>,
-    partitions: u32,
-    shards: u32,
-) -> anyhow::Result<()> {
-    let held = match hold(url, nkey_file, partitions, shards).await {
+pub async fn holder(access: Access, partitions: u32, shards: u32) -> anyhow::Result<()> {
+    let held = match hold(access, partitions, shards).await {
         Ok(held) => held,
         Err(e) => Held {
             shards,
@@ -203,15 +201,18 @@ pub async fn holder(
     Ok(())
 }
 
-async fn hold(
-    url: String,
-    nkey_file: Option<std::path::PathBuf>,
-    partitions: u32,
-    shards: u32,
-) -> anyhow::Result<Held> {
+/// How the holder process reaches NATS as the chat identity.
+pub struct Access {
+    pub url: String,
+    pub nkey_file: Option<std::path::PathBuf>,
+    pub tls_ca_file: Option<std::path::PathBuf>,
+}
+
+async fn hold(access: Access, partitions: u32, shards: u32) -> anyhow::Result<Held> {
     let bus = BusConfig {
-        nats_url: url,
-        nkey_file,
+        nats_url: access.url,
+        nkey_file: access.nkey_file,
+        tls_ca_file: access.tls_ca_file,
         partitions,
         ..BusConfig::default()
     };

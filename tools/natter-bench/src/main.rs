@@ -247,6 +247,8 @@ enum Scenario {
         #[arg(long)]
         nkey_file: Option<std::path::PathBuf>,
         #[arg(long)]
+        tls_ca_file: Option<std::path::PathBuf>,
+        #[arg(long)]
         partitions: u32,
         #[arg(long)]
         shards: u32,
@@ -341,9 +343,17 @@ async fn main() -> anyhow::Result<()> {
         Scenario::DirectoryHolder {
             url,
             nkey_file,
+            tls_ca_file,
             partitions,
             shards,
-        } => directory::holder(url, nkey_file, partitions, shards).await,
+        } => {
+            let access = directory::Access {
+                url,
+                nkey_file,
+                tls_ca_file,
+            };
+            directory::holder(access, partitions, shards).await
+        }
         Scenario::Scale {
             instances,
             partitions,

@@ -109,6 +109,11 @@ impl Directory {
         stop: CancellationToken,
     ) -> anyhow::Result<Self> {
         let leases = Leases::follow(js, &buckets.gateways, stop.clone()).await?;
+        // Until the leases are in, every session would look dead.
+        anyhow::ensure!(
+            leases.loaded(LOAD_PATIENCE).await,
+            "the gateways' leases did not load within {LOAD_PATIENCE:?}"
+        );
         let decider = Decider {
             nats: js.client(),
             users: buckets.users,
@@ -385,10 +390,13 @@ impl Directory {
                     cache.get(user, now)
                 };
                 match cached {
-                    Some([]) => found.offline.push(user.clone()),
-                    Some(routes) if routes.iter().all(|r| book.live(r, now)) => found
-                        .routes
-                        .extend(routes.iter().map(|r| (user.clone(), r.clone()))),
+                    Some(routes)
+                        if !routes.is_empty() && routes.iter().all(|r| book.live(r, now)) =>
+                    {
+                        found
+                            .routes
+                            .extend(routes.iter().map(|r| (user.clone(), r.clone())))
+                    }
                     _ => ask.push(user),
                 }
             }
@@ -407,8 +415,12 @@ impl Directory {
                 routes.push(route.clone());
             }
         }
+        // Only users found online are remembered: an offline user is asked again each time,
+        // so a wrong "offline" never outlives one message.
         for (user, routes) in remembered {
-            cache.put(user.clone(), routes, now);
+            if !routes.is_empty() {
+                cache.put(user.clone(), routes, now);
+            }
         }
         found.routes.extend(asked.routes);
         found.offline.extend(asked.offline);

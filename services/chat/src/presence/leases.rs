@@ -108,6 +108,11 @@ impl Leases {
         self.book.read().unwrap()
     }
 
+    /// Waits until every lease written before following began is in (at most `patience`).
+    pub async fn loaded(&self, patience: Duration) -> bool {
+        self.progress.loaded(patience).await
+    }
+
     /// Waits until the gateways-bucket change with revision `rev` is applied.
     pub async fn reach(&self, rev: u64, patience: Duration) -> bool {
         self.progress.reach(rev, patience).await

@@ -38,7 +38,8 @@ impl RouteCache {
         self.users.remove(user);
     }
 
-    /// The remembered sessions of `user` (empty: offline), if fresh.
+    /// The remembered sessions of `user`, if fresh (the directory remembers only users it
+    /// found online: see `Directory::lookup_cached`).
     pub fn get(&self, user: &UserId, now: Instant) -> Option<&[Route]> {
         self.users
             .get(user)
