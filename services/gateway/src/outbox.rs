@@ -302,7 +302,16 @@ impl Outbox {
 
     /// Asks, like [`resync_after`](Self::resync_after), for the replay every session of the
     /// gateway is asked for at once: it may share one read.
+    ///
+    /// `after` is where the gateway's deliveries stood (`reregister`), and a session holding
+    /// live messages for a replay has not had those: the replay from `after` would cover them
+    /// without carrying them, and they would be dropped as covered. So the request starts no
+    /// later than the device's own cursor, which a hold never moves past a held message.
     pub fn resync_with_all_after(&self, after: Cursor) {
+        let after = match &self.state.lock().unwrap().cursor {
+            Some(c) if c.epoch == after.epoch && c.seqs.len() == after.seqs.len() => c.min(&after),
+            _ => after,
+        };
         self.ask_resync(after, true);
     }
 
@@ -614,6 +623,28 @@ mod tests {
                 ("6".into(), Some("1-6.9".into()))
             ]
         );
+    }
+
+    /// The gateway was cut off from NATS while this session replayed: the gateway's position
+    /// before the cut counts messages held for the device, which it has not had yet. The
+    /// resync must carry them, not cover them.
+    #[test]
+    fn a_resync_of_every_session_does_not_skip_what_a_replaying_session_holds() {
+        let gateway = Arc::new(RoutedUpto::new(Some(Cursor::head(1, 4, 2)), 2));
+        let outbox = Outbox::new(8, 1024, Encoding::Json, gateway.clone());
+        outbox.hold();
+        for seq in 5..=7 {
+            assert!(outbox.push_routed(&routed(&seq.to_string()), at(0, seq)));
+            gateway.observe(at(0, seq));
+        }
+        outbox.resync_with_all_after(gateway.get().unwrap());
+        // The replay under way ends before the resync's replay starts.
+        outbox.covered_upto(Cursor::head(1, 4, 2));
+        outbox.release();
+        let (from, shared) = outbox.take_resync().expect("a resync is asked for");
+        assert!(shared.is_some());
+        assert_eq!(from, Cursor::head(1, 4, 2), "from before the held messages");
+        assert_eq!(drained(&outbox), [], "held until the resync's replay ends");
     }
 
     #[test]

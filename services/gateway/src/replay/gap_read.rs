@@ -46,6 +46,7 @@ use plumbing::Counter;
 use protocol::payloads::StoredMessage;
 use protocol::{ConversationId, Cursor, UserId, subjects};
 
+use super::replica_lag;
 use super::stream_head::StreamHead;
 
 /// One message of the gap: its partition, its sequence there, and the message as stored
@@ -384,10 +385,9 @@ impl GapReads {
         self.reads.inc();
         let with_news = from.seqs.iter().zip(&head.seqs).filter(|(f, h)| f < h);
         self.api.add(with_news.count() as u64);
-        let reads = streams
-            .iter()
-            .enumerate()
-            .map(|(k, stream)| read_partition(stream, k as u32, from.seqs[k], head.seqs[k]));
+        let reads = streams.iter().enumerate().map(|(k, stream)| {
+            read_partition(stream, k as u32, from.seqs[k], head.seqs[k], &self.api)
+        });
         let partitions = futures::future::try_join_all(reads).await?;
         let mut segment = Segment::default();
         for (k, messages) in partitions.into_iter().enumerate() {
@@ -449,28 +449,31 @@ fn start_for(
 }
 
 /// Partition `k`'s messages after `from` up to `head` (sequence, subject, payload), with an
-/// ordered consumer (served by the stream's leader, so complete on a replicated stream too).
+/// ordered consumer. It is placed on any of the stream's peers, not on its leader: a read
+/// that runs dry before `head` is complete only if the leader agrees (`replica_lag`).
 async fn read_partition(
     stream: &jetstream::stream::Stream,
     k: u32,
     from: u64,
     head: u64,
+    api: &Counter,
 ) -> anyhow::Result<Vec<(u64, async_nats::Subject, Bytes)>> {
     let mut messages = Vec::new();
     if from >= head {
         return Ok(messages);
     }
+    let filter = subjects::partition_messages(k);
     let consumer = stream
         .create_consumer(consumer::pull::OrderedConfig {
-            filter_subject: subjects::partition_messages(k),
+            filter_subject: filter.clone(),
             deliver_policy: consumer::DeliverPolicy::ByStartSequence {
                 start_sequence: from + 1,
             },
             ..Default::default()
         })
         .await?;
-    let mut stream = consumer.messages().await?;
-    while let Some(msg) = stream.next().await {
+    let mut delivered = consumer.messages().await?;
+    while let Some(msg) = delivered.next().await {
         let msg = msg?;
         let info = msg.info().map_err(|e| anyhow::anyhow!("{e}"))?;
         let (seq, pending) = (info.stream_sequence, info.pending);
@@ -480,7 +483,13 @@ async fn read_partition(
         if !subjects::is_session_marker(&msg.subject) {
             messages.push((seq, msg.subject.clone(), msg.payload.clone()));
         }
-        if seq == head || pending == 0 {
+        if seq == head {
+            break;
+        }
+        if pending == 0 {
+            if replica_lag::leader_has_more(stream, &[filter], seq, head, api).await? {
+                return Err(replica_lag::lagging());
+            }
             break;
         }
     }

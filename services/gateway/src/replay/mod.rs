@@ -47,6 +47,7 @@
 mod admission;
 mod direct_get;
 mod gap_read;
+mod replica_lag;
 mod sources;
 mod stream_head;
 

@@ -13,6 +13,7 @@ use protocol::payloads::StoredMessage;
 use protocol::{ConversationId, Cursor, UserId, subjects};
 
 use super::direct_get::{self, DirectGets};
+use super::replica_lag;
 
 /// Messages left on one subject past which it is read with a consumer.
 const LONG_BACKLOG: u64 = 1024;
@@ -41,7 +42,13 @@ enum Reader {
         subject: String,
         next: u64,
     },
-    Consumer(Box<consumer::PullConsumer>),
+    Consumer {
+        consumer: Box<consumer::PullConsumer>,
+        /// Its filters, to ask the stream's leader when it runs dry (`replica_lag`).
+        filters: Vec<String>,
+        /// The last sequence it delivered (before the first: the one before its start).
+        last: u64,
+    },
     /// Everything was read before (a shared gap read).
     Done,
 }
@@ -165,9 +172,14 @@ impl Source {
                     buffer(&mut self.buffered, entry.seq, &entry.payload);
                 }
             }
-            Reader::Consumer(consumer) => {
+            Reader::Consumer {
+                consumer,
+                filters,
+                last,
+            } => {
                 let mut batch = consumer.fetch().max_messages(batch).messages().await?;
                 self.exhausted = true;
+                let mut reached_head = false;
                 while let Some(msg) = batch.next().await {
                     let msg = msg.map_err(|e| anyhow::anyhow!("replay read: {e}"))?;
                     let info = msg
@@ -175,14 +187,23 @@ impl Source {
                         .map_err(|e| anyhow::anyhow!("replay read: {e}"))?;
                     let seq = info.stream_sequence;
                     if seq > head {
+                        reached_head = true;
                         break; // live traffic from here on
                     }
+                    *last = seq;
                     self.pending = info.pending;
                     buffer(&mut self.buffered, seq, &msg.payload);
-                    self.exhausted = seq == head || info.pending == 0;
+                    reached_head = seq == head;
+                    self.exhausted = reached_head || info.pending == 0;
                     if self.exhausted {
                         break;
                     }
+                }
+                if self.exhausted
+                    && !reached_head
+                    && replica_lag::leader_has_more(stream, filters, *last, head, &self.api).await?
+                {
+                    return Err(replica_lag::lagging());
                 }
             }
             Reader::Done => self.exhausted = true,
@@ -192,7 +213,7 @@ impl Source {
 
     /// Deletes a consumer in the background (it would expire by itself).
     pub fn discard(self, stream: &jetstream::stream::Stream) {
-        if let Reader::Consumer(consumer) = self.reader {
+        if let Reader::Consumer { consumer, .. } = self.reader {
             let name = consumer.cached_info().name.clone();
             let stream = stream.clone();
             self.api.inc();
@@ -282,12 +303,19 @@ async fn open(
         })
         .await?;
     let pending = consumer.cached_info().num_pending;
+    // Nothing pending on a replica may still be something at the leader: the first read
+    // asks it (`replica_lag`).
+    let replicated = stream.cached_info().config.num_replicas > 1;
     Ok(Source {
         partition,
-        reader: Reader::Consumer(Box::new(consumer)),
+        reader: Reader::Consumer {
+            consumer: Box::new(consumer),
+            filters: filters.to_vec(),
+            last: from.saturating_sub(1),
+        },
         buffered: VecDeque::new(),
         pending,
-        exhausted: pending == 0,
+        exhausted: pending == 0 && !replicated,
         api,
     })
 }
