@@ -190,11 +190,11 @@ async fn serve(
         let Some(msg) = msg else { break };
         quiet_since = Instant::now();
         received += 1;
-        match msg.info().map(|i| (i.stream_sequence, i.consumer_sequence)) {
-            Ok((seq, delivery)) => {
-                let skipped = order.delivered(delivery);
+        match msg.info().map(|i| i.stream_sequence) {
+            Ok(seq) => {
                 if !order.is_routed(seq) {
-                    if (skipped && !catch_up(&router, &mut order, &mut numbering, seq, &stop).await)
+                    if (order.gap_before(seq)
+                        && !catch_up(&router, &mut order, &mut numbering, seq, &stop).await)
                         || !router
                             .handle(&msg.subject, &msg.payload, seq, &mut numbering, &stop)
                             .await
