@@ -293,6 +293,7 @@ async fn a_gateway_cut_off_from_nats_keeps_its_sessions_and_catches_up_when_back
         &UserId::new("bob").unwrap(),
         &GatewayId::new("gw-cut").unwrap(),
         bob_conn,
+        stack.bus.partitions,
     );
     eventually("bob's session purged", RECOVERY, async || {
         sessions.get(&key).await.unwrap().is_none()

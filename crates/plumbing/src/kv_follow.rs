@@ -13,6 +13,8 @@ use tokio_util::sync::CancellationToken;
 #[derive(Clone)]
 pub struct Progress {
     applied: watch::Receiver<u64>,
+    /// The bucket's last revision when following began.
+    initial: u64,
 }
 
 impl Progress {
@@ -25,13 +27,43 @@ impl Progress {
         apply: impl FnMut(&kv::Entry) + Send + 'static,
         stop: CancellationToken,
     ) -> anyhow::Result<Self> {
+        Self::follow_keys(js, bucket, name, ">", apply, stop).await
+    }
+
+    /// Like [`Progress::follow`], for the keys matching `keys` only (`<shard>.>`). Revisions
+    /// are the bucket's: the view has applied revision `r` once it has applied every change
+    /// of its keys up to `r`.
+    pub async fn follow_keys(
+        js: &jetstream::Context,
+        bucket: &kv::Store,
+        name: &str,
+        keys: &str,
+        apply: impl FnMut(&kv::Entry) + Send + 'static,
+        stop: CancellationToken,
+    ) -> anyhow::Result<Self> {
         let mut stream = js.get_stream(format!("KV_{name}")).await?;
         let info = stream.info().await?.state.clone();
         let last = info.last_sequence;
+        let empty = if keys == ">" {
+            info.messages == 0
+        } else {
+            // The newest message of those keys, read from the stream's leader; none means
+            // nothing to replay.
+            let filter = format!("$KV.{name}.{keys}");
+            match stream.get_last_raw_message_by_subject(&filter).await {
+                Ok(_) => false,
+                Err(e)
+                    if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
+                {
+                    true
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
         // With nothing to replay, the view is as fresh as the bucket's last revision;
         // otherwise it is once the replay is done (see `apply_changes`).
-        let (applied_tx, applied) = watch::channel(if info.messages == 0 { last } else { 0 });
-        let watch = bucket.watch_with_history(">").await?;
+        let (applied_tx, applied) = watch::channel(if empty { last } else { 0 });
+        let watch = bucket.watch_with_history(keys).await?;
         tokio::spawn(apply_changes(
             name.to_string(),
             watch,
@@ -40,7 +72,16 @@ impl Progress {
             last,
             stop,
         ));
-        Ok(Self { applied })
+        Ok(Self {
+            applied,
+            initial: last,
+        })
+    }
+
+    /// Waits until the view holds everything written before following began (at most
+    /// `patience`); `false` if it did not by then.
+    pub async fn loaded(&self, patience: Duration) -> bool {
+        self.reach(self.initial, patience).await
     }
 
     /// Waits until the change with revision `rev` is applied (at most `patience`); `false`

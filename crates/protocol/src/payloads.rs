@@ -191,6 +191,53 @@ pub struct SessionMarker {
     pub conn: ConnId,
     pub session_revision: u64,
     pub lease_revision: u64,
+    /// Every registration the marker stands for, with its session key's revision: a gateway
+    /// writes one marker for the registrations waiting at once, and each user's session shard
+    /// must have applied that user's key. Empty in markers of before sessions were sharded:
+    /// then the marker stands for `user` alone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub registered: Vec<Registration>,
+}
+
+/// One registration named by a [`SessionMarker`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registration {
+    pub user: UserId,
+    pub session_revision: u64,
+}
+
+impl SessionMarker {
+    /// The registrations this marker stands for.
+    pub fn registrations(&self) -> Vec<Registration> {
+        if self.registered.is_empty() {
+            vec![Registration {
+                user: self.user.clone(),
+                session_revision: self.session_revision,
+            }]
+        } else {
+            self.registered.clone()
+        }
+    }
+}
+
+/// `natter.chat.sessions.<k>` request: the live sessions of `users` (all of session shard
+/// `k`), once the holder of the shard has applied the sessions bucket up to
+/// `session_revision` and the gateways bucket up to `lease_revision` (the newest registration
+/// the asking router has passed in its stream).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionsQuery {
+    pub users: Vec<UserId>,
+    #[serde(default)]
+    pub session_revision: u64,
+    #[serde(default)]
+    pub lease_revision: u64,
+}
+
+/// Answer to a [`SessionsQuery`]: every live session of the users asked about; a user with
+/// none is offline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionsFound {
+    pub sessions: Vec<SessionEntry>,
 }
 
 /// Value of a gateway's presence lease in the `natter_gateways` bucket.

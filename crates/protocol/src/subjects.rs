@@ -96,8 +96,24 @@ pub const PRESENCE_BUCKET: &str = "natter_presence";
 pub const GROUPS_BUCKET: &str = "natter_groups";
 /// The JetStream stream behind [`GROUPS_BUCKET`].
 pub const GROUPS_STREAM: &str = "KV_natter_groups";
-/// Durable consumer on [`SESSIONS_STREAM`] that turns session changes into user presence.
+/// Durable consumer on [`SESSIONS_STREAM`] that turned every session change into user
+/// presence, before sessions were sharded: chat deletes it (see [`presence_decider`]).
 pub const PRESENCE_CONSUMER: &str = "natter-presence";
+
+/// Shard `k`'s durable consumer on [`SESSIONS_STREAM`] (`natter-presence-<k>`): turns that
+/// shard's session changes into user presence, on the chat instance that holds the shard.
+pub fn presence_decider(k: u32) -> String {
+    format!("{PRESENCE_CONSUMER}-{k}")
+}
+
+/// `natter.chat.sessions.<k>`: asks the chat instance holding session shard `k` for users'
+/// live sessions (`payloads::SessionsQuery`, answered with `payloads::SessionsFound`).
+pub fn sessions_query(k: u32) -> String {
+    format!("natter.chat.sessions.{k}")
+}
+
+/// Every shard's [`sessions_query`] subject (for permissions).
+pub const SESSIONS_QUERY_ALL: &str = "natter.chat.sessions.*";
 
 /// JetStream stream making [`USER_OFFLINE_MESSAGE`] durable for the notifier.
 pub const OFFLINE_STREAM: &str = "NATTER_OFFLINE";
@@ -230,9 +246,28 @@ pub fn gateway_progress(gateway: &GatewayId) -> String {
     format!("natter.gw.{gateway}.progress")
 }
 
-/// `<user>.<gateway>.<conn>`: a session's key in [`SESSIONS_BUCKET`].
-pub fn session_key(user: &UserId, gateway: &GatewayId, conn: ConnId) -> String {
-    format!("{user}.{gateway}.{conn}")
+/// The session shard of a user among `shards` (the deployment's partition count): FNV-1a of
+/// the user id, like [`partition`]. A user's sessions are kept, and looked up, by the chat
+/// instance holding that shard, so no instance holds every session.
+pub fn user_shard(user: &UserId, shards: u32) -> u32 {
+    let mut hash: u32 = 0x811c_9dc5;
+    for byte in user.as_str().bytes() {
+        hash ^= u32::from(byte);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    hash % shards.max(1)
+}
+
+/// `<shard>.<user>.<gateway>.<conn>`: a session's key in [`SESSIONS_BUCKET`], under its
+/// user's [`user_shard`], so a shard's keys are one filter (`<shard>.>`).
+pub fn session_key(user: &UserId, gateway: &GatewayId, conn: ConnId, shards: u32) -> String {
+    let k = user_shard(user, shards);
+    format!("{k}.{user}.{gateway}.{conn}")
+}
+
+/// The subject filter of session shard `k`'s keys on [`SESSIONS_STREAM`].
+pub fn session_shard_filter(k: u32) -> String {
+    format!("$KV.{SESSIONS_BUCKET}.{k}.>")
 }
 
 /// `<group>`: a group's metadata key in [`GROUPS_BUCKET`].
@@ -314,7 +349,9 @@ pub fn catalogue() -> Vec<String> {
         gateway_inbox(&gw).replace("GW", "<gateway>"),
         gateway_deliver(&gw).replace("GW", "<gateway>"),
         gateway_progress(&gw).replace("GW", "<gateway>"),
-        "<user>.<gateway>.<conn>".into(),
+        "<shard>.<user>.<gateway>.<conn>".into(),
+        "natter-presence-<k>".into(),
+        "natter.chat.sessions.<k>".into(),
         "<from>:<cid>".into(),
         OFFLINE_STREAM.into(),
         NOTIFIER_CONSUMER.into(),

@@ -22,6 +22,15 @@ pub struct ChatMetrics {
     pub offline_recipients: Counter,
     pub undelivered: Counter,
     pub presence_changes: Counter,
+    pub sessions_held: Gauge,
+    pub session_shards_held: Gauge,
+    pub session_queries: Counter,
+}
+
+impl Default for ChatMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl ChatMetrics {
@@ -87,6 +96,18 @@ impl ChatMetrics {
             undelivered: m.counter(
                 "natter_chat_undelivered_total",
                 "deliveries a gateway reported as undeliverable (connection gone)",
+            ),
+            sessions_held: m.gauge(
+                "natter_chat_sessions_held",
+                "sessions in the session shards this instance holds (at the last sweep)",
+            ),
+            session_shards_held: m.gauge(
+                "natter_chat_session_shards_held",
+                "session shards this instance holds",
+            ),
+            session_queries: m.counter(
+                "natter_chat_session_queries_total",
+                "lookups of sessions asked of the instance holding another shard",
             ),
             presence_changes: m.counter(
                 "natter_chat_presence_changes_total",

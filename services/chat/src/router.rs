@@ -32,18 +32,20 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ChatConfig;
 use crate::metrics::ChatMetrics;
-use crate::presence_view::{PresenceView, Route};
+use crate::presence::{Directory, Found};
 use crate::routers::Numbering;
 
-/// How long routing waits at a session marker for the presence view to apply it.
-const PRESENCE_PATIENCE: Duration = Duration::from_millis(500);
+/// How long routing waits at a membership change for the group view to apply it.
+const GROUPS_PATIENCE: Duration = Duration::from_millis(500);
+/// How long an at-most-once notice (receipt, typing) waits for a session lookup.
+const NOTICE_PATIENCE: Duration = Duration::from_secs(2);
 
 /// Pause before retrying a delivery publish that failed (the NATS connection is down).
 pub const RETRY_DELAY: Duration = Duration::from_millis(200);
 
 pub struct Router {
     pub nats: async_nats::Client,
-    pub view: PresenceView,
+    pub directory: Directory,
     pub groups: GroupView,
     pub config: ChatConfig,
     pub metrics: ChatMetrics,
@@ -67,13 +69,12 @@ impl Router {
         if subjects::is_session_marker(subject) {
             match serde_json::from_slice::<SessionMarker>(payload) {
                 Ok(marker) => {
-                    self.view
-                        .reach(
-                            marker.session_revision,
-                            marker.lease_revision,
-                            PRESENCE_PATIENCE,
-                        )
-                        .await
+                    let registrations = marker.registrations();
+                    for registration in &registrations {
+                        numbering.routes.forget(&registration.user);
+                    }
+                    self.directory
+                        .note_registrations(&registrations, marker.lease_revision);
                 }
                 Err(e) => tracing::warn!(error = %e, "undecodable session marker"),
             }
@@ -109,32 +110,28 @@ impl Router {
             partition: subjects::partition(&message.conversation, self.partitions),
             seq,
         };
-        let mut by_gateway: HashMap<GatewayId, Vec<ConnId>> = HashMap::new();
-        let mut target = |route: &Route| {
-            if Some(route.conn) != stored.origin {
-                by_gateway
-                    .entry(route.gateway.clone())
-                    .or_default()
-                    .push(route.conn);
-            }
-        };
         let mut group_name = None;
-        let offline: Vec<UserId> = match message.conversation.group_id() {
+        let (found, offline): (Option<Found>, Vec<UserId>) = match message.conversation.group_id() {
             None => {
                 let mut recipients = vec![&message.to];
                 if message.from != message.to {
                     recipients.push(&message.from);
                 }
-                let offline = self.view.routes_of_all(recipients, &mut target);
-                offline
-                    .into_iter()
+                let found = self
+                    .directory
+                    .lookup_cached(recipients, &mut numbering.routes, stop)
+                    .await;
+                let offline = found
+                    .iter()
+                    .flat_map(|f| &f.offline)
                     .filter(|u| **u == message.to && message.to != message.from)
                     .cloned()
-                    .collect()
+                    .collect();
+                (found, offline)
             }
             Some(group) => {
                 if let Some(rev) = stored.groups_revision {
-                    self.groups.reach(rev, PRESENCE_PATIENCE).await;
+                    self.groups.reach(rev, GROUPS_PATIENCE).await;
                 }
                 let members = self.groups.members(&group);
                 // Whoever a system message removes still gets it, to learn of it.
@@ -143,21 +140,37 @@ impl Router {
                     Some(GroupEvent::Left) => vec![message.from.clone()],
                     _ => Vec::new(),
                 };
-                let offline = self
-                    .view
-                    .routes_of_all(members.iter().chain(&former), &mut target);
+                let found = self
+                    .directory
+                    .lookup_cached(members.iter().chain(&former), &mut numbering.routes, stop)
+                    .await;
                 group_name = self.groups.record(&group).map(|r| r.name);
-                match message.event {
+                let offline = match message.event {
                     // Membership changes are not worth a push.
                     Some(_) => Vec::new(),
-                    None => offline
-                        .into_iter()
+                    None => found
+                        .iter()
+                        .flat_map(|f| &f.offline)
                         .filter(|u| **u != message.from)
                         .cloned()
                         .collect(),
-                }
+                };
+                (found, offline)
             }
         };
+        // The lookup gives up only when the router stops: the message is routed again.
+        let Some(found) = found else {
+            return false;
+        };
+        let mut by_gateway: HashMap<GatewayId, Vec<ConnId>> = HashMap::new();
+        for (_, route) in found.routes {
+            if Some(route.conn) != stored.origin {
+                by_gateway
+                    .entry(route.gateway)
+                    .or_default()
+                    .push(route.conn);
+            }
+        }
         if !offline.is_empty() {
             self.metrics.offline_recipients.add(offline.len() as u64);
             for users in offline.chunks(OfflineMessage::MAX_USERS) {
@@ -235,6 +248,15 @@ impl Router {
         }
     }
 
+    /// Whether `user` has no live session but `gone` (which its holder may not have dropped
+    /// yet); also when the lookup found nothing in time.
+    pub async fn offline_but(&self, user: &UserId, gone: ConnId) -> bool {
+        self.directory
+            .lookup([user], Some(NOTICE_PATIENCE), &CancellationToken::new())
+            .await
+            .is_none_or(|f| f.routes.iter().all(|(_, r)| r.conn == gone))
+    }
+
     /// Routes a frame to every session of `user` (receipts and typing: at most once, as
     /// documented in subjects.md).
     pub async fn notify_user(&self, user: &UserId, frame: ServerFrame) {
@@ -247,13 +269,21 @@ impl Router {
         users: impl IntoIterator<Item = &'a UserId>,
         frame: ServerFrame,
     ) {
+        let Some(found) = self
+            .directory
+            .lookup(users, Some(NOTICE_PATIENCE), &CancellationToken::new())
+            .await
+        else {
+            tracing::debug!("notice dropped: sessions not found in time");
+            return;
+        };
         let mut by_gateway: HashMap<GatewayId, Vec<ConnId>> = HashMap::new();
-        self.view.routes_of_all(users, |route| {
+        for (_, route) in found.routes {
             by_gateway
-                .entry(route.gateway.clone())
+                .entry(route.gateway)
                 .or_default()
-                .push(route.conn)
-        });
+                .push(route.conn);
+        }
         let max_payload = self.max_payload();
         for (gateway, targets) in by_gateway {
             for payload in deliveries(targets, &frame, None, max_payload, || None) {

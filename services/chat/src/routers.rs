@@ -18,6 +18,7 @@ use protocol::subjects;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
+use crate::presence::RouteCache;
 use crate::router::{RETRY_DELAY, Router};
 use crate::stream_order::StreamOrder;
 
@@ -102,6 +103,9 @@ pub struct Numbering {
     partition: u32,
     run: u64,
     last: HashMap<GatewayId, Sent>,
+    /// The sessions this router looked up in shards held elsewhere (its own: it must see
+    /// its partition's session markers in order, see `RouteCache`).
+    pub routes: RouteCache,
 }
 
 /// Deliveries to one gateway in this run, and the notes still owed to it.
@@ -119,6 +123,7 @@ impl Numbering {
             partition,
             run: ulid::Ulid::new().random() as u64,
             last: HashMap::new(),
+            routes: RouteCache::default(),
         }
     }
 

@@ -15,13 +15,12 @@ use crate::ids::MessageIds;
 use crate::ingest::{self, Ingest};
 use crate::metrics::ChatMetrics;
 use crate::notify;
-use crate::presence_view::{PresenceView, SweepMetrics};
+use crate::presence::{self, Directory};
 use crate::receipts;
 use crate::router::Router;
 use crate::routers::{self, Routers};
 use crate::typing;
 use crate::undelivered;
-use crate::user_presence::{self, UserPresenceRole};
 
 /// A running chat service instance.
 pub struct Chat {
@@ -63,17 +62,20 @@ impl Chat {
         if config.route {
             let buckets = plumbing::bus::ensure_presence_buckets(&js, bus).await?;
             let sweep = Duration::from_millis(config.presence_sweep_ms);
-            let sweep_metrics = SweepMetrics {
-                pass: metrics.presence_sweep.clone(),
-                finished_at: metrics.presence_swept_at.clone(),
-            };
-            let view =
-                PresenceView::start(&js, buckets.clone(), sweep, sweep_metrics, stop.clone())
-                    .await?;
+            presence::delete_unsharded_consumer(&js).await;
+            let directory = Directory::start(
+                &js,
+                buckets,
+                bus.partitions,
+                sweep,
+                metrics.clone(),
+                stop.clone(),
+            )
+            .await?;
             let epoch = streams.epoch();
             let router = Arc::new(Router {
                 nats: nats.clone(),
-                view,
+                directory: directory.clone(),
                 groups: groups.clone(),
                 config: config.clone(),
                 metrics: metrics.clone(),
@@ -84,6 +86,14 @@ impl Chat {
             let (assigned, membership_task) =
                 plumbing::bus::shares::join(&js, bus, "router", instance, stop.clone()).await?;
             roles.spawn(membership_task);
+            // Session shard k is held where partition k is routed.
+            roles.spawn({
+                let assigned = assigned.clone();
+                async move {
+                    directory.follow_assignment(assigned).await;
+                    Ok(())
+                }
+            });
             let routers = Routers {
                 router: router.clone(),
                 streams: streams.clone(),
@@ -118,14 +128,6 @@ impl Chat {
             roles.spawn(undelivered::serve(router.clone(), sub, stop.clone()));
             let sub = notify::subscribe(&nats).await?;
             roles.spawn(notify::serve(router.clone(), sub, stop.clone()));
-            let role = Arc::new(UserPresenceRole {
-                nats: nats.clone(),
-                view: router.view.clone(),
-                users: buckets.users,
-                metrics: metrics.clone(),
-            });
-            let consumer = user_presence::ensure_consumer(&js).await?;
-            roles.spawn(user_presence::serve(role, consumer, stop.clone()));
         }
         if config.ingest {
             let sub = group_ops::subscribe(&nats).await?;

@@ -25,10 +25,10 @@ pub async fn serve(
     while let Some(report) = plumbing::bus::next_json::<Undelivered>(&mut sub, &stop).await {
         router.metrics.undelivered.inc();
         router
-            .view
+            .directory
             .forget(&report.user, &report.gateway, report.conn)
             .await;
-        if report.user != report.from && router.view.routes_of(&report.user).is_empty() {
+        if report.user != report.from && router.offline_but(&report.user, report.conn).await {
             router.metrics.offline_recipients.inc();
             let offline = OfflineMessage {
                 users: vec![report.user],

@@ -32,7 +32,7 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use plumbing::bus::PresenceBuckets;
 use plumbing::{Counter, Histogram};
-use protocol::payloads::{GatewayLease, SessionEntry, SessionMarker, UserPresence};
+use protocol::payloads::{GatewayLease, Registration, SessionEntry, SessionMarker, UserPresence};
 use protocol::{ConnId, GatewayId, UserId, subjects};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -53,6 +53,8 @@ pub struct Presence {
     gateway: GatewayId,
     boot: ConnId,
     lease_ttl: Duration,
+    /// The deployment's partition count, which is also its session shard count.
+    shards: u32,
     /// Revision of the lease's last write, named in session markers.
     lease_revision: Arc<AtomicU64>,
     /// Registrations waiting for their marker, and where to say it is written.
@@ -93,6 +95,7 @@ impl Presence {
             gateway,
             boot,
             lease_ttl,
+            shards: partitions,
         }
     }
 
@@ -132,7 +135,7 @@ impl Presence {
             gateway: self.gateway.clone(),
             conn,
         };
-        let key = subjects::session_key(user, &self.gateway, conn);
+        let key = subjects::session_key(user, &self.gateway, conn, self.shards);
         let sessions = self.sessions.clone();
         let markers = self.markers.clone();
         let lease_revision = self.lease_revision.clone();
@@ -146,6 +149,7 @@ impl Presence {
                 conn,
                 session_revision,
                 lease_revision: lease_revision.load(Ordering::Acquire),
+                registered: Vec::new(),
             };
             let (written, done) = oneshot::channel();
             markers
@@ -162,7 +166,7 @@ impl Presence {
         user: &UserId,
         conn: ConnId,
     ) -> BoxFuture<'static, anyhow::Result<()>> {
-        let key = subjects::session_key(user, &self.gateway, conn);
+        let key = subjects::session_key(user, &self.gateway, conn, self.shards);
         let sessions = self.sessions.clone();
         Box::pin(async move {
             sessions.purge_with_ttl(key, MARKER_TTL).await?;
@@ -269,6 +273,13 @@ async fn append_markers(
             .map(|(m, _)| m.lease_revision)
             .max()
             .unwrap_or(0);
+        marker.registered = batch
+            .iter()
+            .map(|(m, _)| Registration {
+                user: m.user.clone(),
+                session_revision: m.session_revision,
+            })
+            .collect();
         let written = write_marker(&js, partitions, &marker)
             .await
             .map_err(|e| e.to_string());

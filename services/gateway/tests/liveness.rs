@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 
-use chat::{PresenceView, SweepMetrics};
+use chat::{ChatMetrics, Directory};
 use client::{Connection, Event};
 use plumbing::BusConfig;
 use plumbing::nats_auth::{NatsAuth, Role};
@@ -25,7 +25,7 @@ const SECRET: &str = "liveness-secret";
 struct Setup {
     _store: tempfile::TempDir,
     nats: NatsServer,
-    view: PresenceView,
+    view: Directory,
     _stop: CancellationToken,
 }
 
@@ -40,14 +40,17 @@ async fn setup() -> Setup {
     .unwrap();
     let client = nats.client_as(Role::Chat).await.unwrap();
     let js = async_nats::jetstream::new(client);
-    let buckets = plumbing::bus::ensure_presence_buckets(&js, &BusConfig::default())
+    let bus = BusConfig::default();
+    let buckets = plumbing::bus::ensure_presence_buckets(&js, &bus)
         .await
         .unwrap();
     let stop = CancellationToken::new();
     let sweep = Duration::from_millis(100);
-    let view = PresenceView::start(&js, buckets, sweep, SweepMetrics::default(), stop.clone())
+    let metrics = ChatMetrics::new();
+    let view = Directory::start(&js, buckets, bus.partitions, sweep, metrics, stop.clone())
         .await
         .unwrap();
+    view.hold_all().await.unwrap();
     Setup {
         _store: store,
         nats,
@@ -126,14 +129,14 @@ async fn a_killed_gateways_sessions_go_offline_within_the_lease_ttl() {
     let _bob = connect(port, "bob").await;
     let bob = UserId::new("bob").unwrap();
     eventually(Duration::from_secs(10), || {
-        !s.view.routes_of(&bob).is_empty()
+        !s.view.local_routes_of(&bob).is_empty()
     })
     .await;
 
     gateway.kill().unwrap();
     gateway.wait().unwrap();
     let took = eventually(Duration::from_secs(10), || {
-        s.view.routes_of(&bob).is_empty()
+        s.view.local_routes_of(&bob).is_empty()
     })
     .await;
     // The lease was refreshed at most a third of the TTL before the kill.
@@ -156,7 +159,7 @@ async fn a_stopped_gateway_hands_clients_off_and_releases_presence_at_once() {
     let mut bob_conn = connect(port, "bob").await;
     let bob = UserId::new("bob").unwrap();
     eventually(Duration::from_secs(10), || {
-        !s.view.routes_of(&bob).is_empty()
+        !s.view.local_routes_of(&bob).is_empty()
     })
     .await;
 
@@ -170,7 +173,10 @@ async fn a_stopped_gateway_hands_clients_off_and_releases_presence_at_once() {
         .unwrap()
         .unwrap();
     assert_eq!(closed, Event::Closed(Some(CloseCode::Reconnect as u16)));
-    eventually(Duration::from_secs(5), || s.view.routes_of(&bob).is_empty()).await;
+    eventually(Duration::from_secs(5), || {
+        s.view.local_routes_of(&bob).is_empty()
+    })
+    .await;
     assert!(
         gateway.wait().unwrap().success(),
         "gateway exits cleanly on SIGTERM"
@@ -249,7 +255,7 @@ async fn a_killed_gateways_clients_reconnect_elsewhere_and_miss_nothing() {
     }
     let ids: Vec<UserId> = users.iter().map(|u| UserId::new(u).unwrap()).collect();
     eventually(Duration::from_secs(20), || {
-        ids.iter().all(|u| !s.view.routes_of(u).is_empty())
+        ids.iter().all(|u| !s.view.local_routes_of(u).is_empty())
     })
     .await;
 
@@ -306,7 +312,7 @@ async fn a_killed_gateways_clients_reconnect_elsewhere_and_miss_nothing() {
 
     // Seen offline within the TTL, and each of them announced as offline.
     eventually(Duration::from_secs(10), || {
-        ids.iter().all(|u| s.view.routes_of(u).is_empty())
+        ids.iter().all(|u| s.view.local_routes_of(u).is_empty())
     })
     .await;
     let detected = killed.elapsed();

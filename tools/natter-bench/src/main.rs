@@ -26,6 +26,7 @@ mod backlog;
 mod blip;
 mod cost;
 mod direct;
+mod directory;
 mod flood;
 mod group;
 mod history;
@@ -225,6 +226,33 @@ enum Scenario {
     /// CPU time and NATS messages per persisted 1:1 message, process by process, at a fixed
     /// rate (natter as separate processes next to natter-bench).
     Cost(cost::Options),
+    /// The session directory's memory and start-up per chat instance, by the number of
+    /// session shards it holds.
+    Directory {
+        /// Sessions written, one user each.
+        #[arg(long, default_value_t = 1_000_000)]
+        sessions: usize,
+        /// Session shards (the deployment's partition count).
+        #[arg(long, default_value_t = 6)]
+        partitions: u32,
+        /// Shard counts held, one fresh process each.
+        #[arg(long, value_delimiter = ',', default_value = "6,3,2,1")]
+        held: Vec<u32>,
+    },
+    /// (Started by `directory`: one chat instance's directory taking shards.)
+    #[command(hide = true)]
+    DirectoryHolder {
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        nkey_file: Option<std::path::PathBuf>,
+        #[arg(long)]
+        tls_ca_file: Option<std::path::PathBuf>,
+        #[arg(long)]
+        partitions: u32,
+        #[arg(long)]
+        shards: u32,
+    },
     /// One user's delivery latency alone and while another user floods (per-user limits on).
     Flood {
         /// Messages per second alice sends bob.
@@ -300,6 +328,32 @@ async fn main() -> anyhow::Result<()> {
         }
         Scenario::Flood { rate, seconds } => flood::run(rate, seconds, &out).await,
         Scenario::Cost(options) => cost::run(&options, &out).await,
+        Scenario::Directory {
+            sessions,
+            partitions,
+            held,
+        } => {
+            let options = directory::Options {
+                sessions,
+                partitions,
+                held,
+            };
+            directory::run(&options, &out).await
+        }
+        Scenario::DirectoryHolder {
+            url,
+            nkey_file,
+            tls_ca_file,
+            partitions,
+            shards,
+        } => {
+            let access = directory::Access {
+                url,
+                nkey_file,
+                tls_ca_file,
+            };
+            directory::holder(access, partitions, shards).await
+        }
         Scenario::Scale {
             instances,
             partitions,

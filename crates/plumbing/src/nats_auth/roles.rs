@@ -96,8 +96,10 @@ impl Role {
                     s::USER_OFFLINE_MESSAGE,
                     "natter.presence.*",
                     "natter.history.query.*",
+                    s::SESSIONS_QUERY_ALL,
                 ]);
                 p.subscribe([
+                    s::SESSIONS_QUERY_ALL,
                     s::CHAT_SEND,
                     s::CHAT_GROUP,
                     s::CHAT_RECEIPT,
@@ -116,7 +118,17 @@ impl Role {
                     p.consume_durable(&stream, &s::router(k));
                     p.read_direct(&stream);
                 }
+                for k in 0..s::MAX_PARTITIONS {
+                    p.consume_durable(s::SESSIONS_STREAM, &s::presence_decider(k));
+                }
+                // The one presence consumer of before sessions were sharded, to delete it.
                 p.consume_durable(s::SESSIONS_STREAM, s::PRESENCE_CONSUMER);
+                p.publish([format!(
+                    "$JS.API.CONSUMER.DELETE.{}.{}",
+                    s::SESSIONS_STREAM,
+                    s::PRESENCE_CONSUMER
+                )]);
+                p.read_direct(s::SESSIONS_STREAM);
                 for bucket in [
                     s::GROUPS_BUCKET,
                     s::SESSIONS_BUCKET,

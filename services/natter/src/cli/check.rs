@@ -70,22 +70,11 @@ type Created = (&'static str, &'static str, Component);
 /// A stream and the consumers on it that natter's services create, with who creates them.
 /// (The messages streams, one per partition with its router and history writer, are
 /// checked from the partition count the first one records.)
-const STREAMS: &[(&str, &str, &[Created])] = &[
-    (
-        subjects::OFFLINE_STREAM,
-        "chat service and notifier",
-        &[(subjects::NOTIFIER_CONSUMER, "notifier", Component::Notifier)],
-    ),
-    (
-        subjects::SESSIONS_STREAM,
-        "gateway and chat service",
-        &[(
-            subjects::PRESENCE_CONSUMER,
-            "chat service (user presence)",
-            Component::Chat,
-        )],
-    ),
-];
+const STREAMS: &[(&str, &str, &[Created])] = &[(
+    subjects::OFFLINE_STREAM,
+    "chat service and notifier",
+    &[(subjects::NOTIFIER_CONSUMER, "notifier", Component::Notifier)],
+)];
 
 const BUCKETS: &[Named] = &[
     (subjects::SESSIONS_BUCKET, "gateway and chat service"),
@@ -185,7 +174,8 @@ pub async fn run(args: CheckArgs, config: &NatterConfig, json: bool) -> anyhow::
     Ok(ok)
 }
 
-/// Every partition's messages stream with its router and history writer; the one stream of
+/// Every partition's messages stream with its router and history writer, and the sessions
+/// stream with every shard's presence decider; the one stream of
 /// before partitions had streams of their own fails the check (the services refuse to start
 /// next to it).
 async fn check_messages_streams(
@@ -234,6 +224,25 @@ async fn check_messages_streams(
         let name = subjects::messages_stream(k);
         check_stream(js, &name, creators, consumers, items).await;
     }
+    // The sessions bucket's stream, with each session shard's presence decider (one shard
+    // per partition).
+    let deciders = (0..partitions)
+        .map(|k| {
+            (
+                subjects::presence_decider(k),
+                "chat service (user presence)",
+            )
+        })
+        .filter(|_| runs(&Component::Chat))
+        .collect();
+    check_stream(
+        js,
+        subjects::SESSIONS_STREAM,
+        "gateway and chat service",
+        deciders,
+        items,
+    )
+    .await;
 }
 
 async fn check_stream(
