@@ -25,7 +25,7 @@
 
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::message::StreamMessage;
-use async_nats::jetstream::stream::{RawMessageErrorKind, Stream};
+use async_nats::jetstream::stream::Stream;
 use protocol::subjects;
 
 pub struct StreamOrder {
@@ -96,16 +96,8 @@ impl StreamOrder {
     /// The first message of this router's at or after `from` and before `before`, read from
     /// the stream.
     pub async fn missing(&self, from: u64, before: u64) -> anyhow::Result<Option<StreamMessage>> {
-        match self
-            .stream
-            .get_first_raw_message_by_subject(&self.subject, from)
-            .await
-        {
-            Ok(m) if m.sequence < before => Ok(Some(m)),
-            Ok(_) => Ok(None),
-            Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => Ok(None),
-            Err(e) => anyhow::bail!("cannot read the stream from {from}: {e}"),
-        }
+        let first = plumbing::bus::first_from(&self.stream, &self.subject, from).await?;
+        Ok(first.filter(|m| m.sequence < before))
     }
 
     /// Every message of the partition up to this sequence is routed.

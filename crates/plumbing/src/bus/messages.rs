@@ -91,6 +91,21 @@ pub async fn heads(js: &jetstream::Context, partitions: u32) -> Option<Cursor> {
     Some(head_of(&streams))
 }
 
+/// The first message of `subject` (wildcards allowed) in `stream` at or after sequence
+/// `from`, read from the stream's leader (`STREAM.MSG.GET`, which only the leader answers, so
+/// it is never behind what was acknowledged); `None` if there is none.
+pub async fn first_from(
+    stream: &stream::Stream,
+    subject: &str,
+    from: u64,
+) -> anyhow::Result<Option<jetstream::message::StreamMessage>> {
+    match stream.get_first_raw_message_by_subject(subject, from).await {
+        Ok(m) => Ok(Some(m)),
+        Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => Ok(None),
+        Err(e) => anyhow::bail!("cannot read {subject} from {from}: {e}"),
+    }
+}
+
 /// The cursor at the end of `streams` as their infos were read.
 pub fn head_of(streams: &[stream::Stream]) -> Cursor {
     Cursor {

@@ -21,8 +21,8 @@ use serde::{Deserialize, Serialize};
 pub use connect::{connect, permission_violations, round_trip};
 pub use durable::{Durable, HANDOVER_DELAY, ensure_durable, ensure_holding_durable, release_pin};
 pub use messages::{
-    MessageStreams, ensure_messages_streams, epoch, head_of, heads, messages_streams, stream_epoch,
-    stream_partitions,
+    MessageStreams, ensure_messages_streams, epoch, first_from, head_of, heads, messages_streams,
+    stream_epoch, stream_partitions,
 };
 pub use pulled::Pulled;
 pub use resources::{

@@ -12,7 +12,7 @@
 //! One request per filter, only on replicated streams, only when a read ends before the
 //! head: a single-node deployment pays nothing.
 
-use async_nats::jetstream::stream::{RawMessageErrorKind, Stream};
+use async_nats::jetstream::stream::Stream;
 use plumbing::Counter;
 
 /// Whether `stream` has a message of one of `filters` after `after` and up to `head`, by
@@ -30,14 +30,11 @@ pub async fn leader_has_more(
     }
     for filter in filters {
         api.inc();
-        match stream
-            .get_first_raw_message_by_subject(filter, after + 1)
-            .await
+        if plumbing::bus::first_from(stream, filter, after + 1)
+            .await?
+            .is_some_and(|m| m.sequence <= head)
         {
-            Ok(m) if m.sequence <= head => return Ok(true),
-            Ok(_) => {}
-            Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => {}
-            Err(e) => anyhow::bail!("cannot ask the stream's leader: {e}"),
+            return Ok(true);
         }
     }
     Ok(false)
