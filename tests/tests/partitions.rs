@@ -4,6 +4,7 @@
 
 use plumbing::BusConfig;
 use plumbing::nats_auth::Role;
+use plumbing::nats_server::{NatsServer, NatsServerOptions};
 use testkit::TestNats;
 
 fn with(partitions: u32) -> BusConfig {
@@ -82,4 +83,35 @@ async fn the_one_stream_of_before_is_refused_with_the_upgrade_path() {
             && e.to_string().contains("Partitions"),
         "{e}"
     );
+}
+
+#[tokio::test]
+async fn a_store_too_small_for_the_streams_is_named_with_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start(NatsServerOptions {
+        max_file_store: Some(1 << 20),
+        ..NatsServerOptions::scratch(
+            dir.path().join("nats"),
+            testkit::test_auth(&dir.path().join("auth")),
+        )
+    })
+    .expect("nats-server");
+    let chat = async_nats::jetstream::new(nats.client_as(Role::Chat).await.unwrap());
+    // The default limit (1 GiB over the partitions) does not fit a 1 MiB store.
+    let e = plumbing::bus::ensure_messages_streams(&chat, &with(2))
+        .await
+        .expect_err("refused")
+        .to_string();
+    assert!(
+        e.contains("insufficient storage") && e.contains("bus.messages_max_bytes"),
+        "{e}"
+    );
+    // What the advice says works: a limit the store has room for.
+    let fits = BusConfig {
+        messages_max_bytes: 512 * 1024,
+        ..with(2)
+    };
+    plumbing::bus::ensure_messages_streams(&chat, &fits)
+        .await
+        .expect("streams that fit the store");
 }

@@ -24,6 +24,25 @@ pub struct NatsServerOptions {
     pub sync_interval: String,
     /// The identities, permissions and certificates the server enforces.
     pub auth: NatsAuth,
+    /// JetStream's `max_file_store` in bytes; `None` lets nats-server offer 75% of the disk
+    /// that is free when it starts. Streams reserve their `max_bytes` from it when they are
+    /// made, so a throwaway server sets it: its streams then do not depend on how full the
+    /// machine's disk happens to be (CI machines have been seen with 287 MB free).
+    pub max_file_store: Option<u64>,
+}
+
+impl NatsServerOptions {
+    /// A throwaway server for a test or a benchmark: a random port, fsync every two minutes,
+    /// and a fixed 8 GiB store limit (nothing it holds comes near it).
+    pub fn scratch(store_dir: PathBuf, auth: NatsAuth) -> Self {
+        Self {
+            store_dir,
+            port: None,
+            sync_interval: "2m".into(),
+            auth,
+            max_file_store: Some(8 << 30),
+        }
+    }
 }
 
 /// Membership of a managed nats-server in a cluster. A clustered node also serves monitoring
@@ -271,10 +290,14 @@ fn spawn(
     let conf = run_dir.join("nats.conf");
     let mut text = format!(
         "host: 127.0.0.1\nport: {port}\nmax_payload: 1MB\n\
-         jetstream {{\n  store_dir: {store:?}\n  sync_interval: {sync}\n}}\n",
+         jetstream {{\n  store_dir: {store:?}\n  sync_interval: {sync}\n{limit}}}\n",
         port = port_or_random(options.port),
         store = options.store_dir,
         sync = options.sync_interval,
+        limit = options
+            .max_file_store
+            .map(|bytes| format!("  max_file_store: {bytes}\n"))
+            .unwrap_or_default(),
     );
     // The generated files are inlined rather than included: nats-server resolves an include
     // relative to the including file.

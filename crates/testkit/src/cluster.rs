@@ -29,10 +29,11 @@ impl TestCluster {
         let mut nodes = Vec::with_capacity(size);
         for (i, port) in route_ports.iter().enumerate() {
             let options = NatsServerOptions {
-                store_dir: stores.path().join(format!("n{}", i + 1)),
-                port: None,
                 sync_interval: sync_interval.into(),
-                auth: auth.clone(),
+                ..NatsServerOptions::scratch(
+                    stores.path().join(format!("n{}", i + 1)),
+                    auth.clone(),
+                )
             };
             let cluster = ClusterOptions {
                 name: "natter".into(),

@@ -52,10 +52,11 @@ impl TestNats {
     pub fn start_with_sync(sync_interval: &str) -> Self {
         let store = tempfile::tempdir().expect("temp dir");
         let server = NatsServer::start(NatsServerOptions {
-            store_dir: store.path().join("jetstream"),
-            port: None,
             sync_interval: sync_interval.into(),
-            auth: test_auth(&store.path().join("auth")),
+            ..NatsServerOptions::scratch(
+                store.path().join("jetstream"),
+                test_auth(&store.path().join("auth")),
+            )
         })
         .expect("start nats-server (run scripts/install-deps)");
         Self {
@@ -94,7 +95,7 @@ impl Drop for TestNats {
 
 /// The NATS a stack runs on: one server, or the nodes of a cluster.
 pub enum StackNats {
-    One(TestNats),
+    One(Box<TestNats>),
     Cluster(TestCluster),
 }
 

@@ -81,7 +81,7 @@ impl StackBuilder {
         plumbing::telemetry::init();
         let nats = match self.cluster_nodes {
             Some(nodes) => StackNats::Cluster(TestCluster::start(nodes, &self.sync_interval).await),
-            None => StackNats::One(TestNats::start_with_sync(&self.sync_interval)),
+            None => StackNats::One(Box::new(TestNats::start_with_sync(&self.sync_interval))),
         };
         let mut bus = self.bus;
         bus.nats_url = nats.url();

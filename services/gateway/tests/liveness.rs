@@ -31,12 +31,10 @@ struct Setup {
 
 async fn setup() -> Setup {
     let store = tempfile::tempdir().unwrap();
-    let nats = NatsServer::start(NatsServerOptions {
-        store_dir: store.path().into(),
-        port: None,
-        sync_interval: "2m".into(),
-        auth: NatsAuth::ensure(&store.path().join("auth"), &[], &[]).unwrap(),
-    })
+    let nats = NatsServer::start(NatsServerOptions::scratch(
+        store.path().into(),
+        NatsAuth::ensure(&store.path().join("auth"), &[], &[]).unwrap(),
+    ))
     .unwrap();
     let client = nats.client_as(Role::Chat).await.unwrap();
     let js = async_nats::jetstream::new(client);

@@ -83,12 +83,10 @@ async fn a_sessions_warning_names_its_user_and_connection_at_info_level() {
     tracing::subscriber::set_global_default(subscriber).expect("first subscriber");
 
     let store = tempfile::tempdir().unwrap();
-    let nats = NatsServer::start(NatsServerOptions {
-        store_dir: store.path().into(),
-        port: None,
-        sync_interval: "2m".into(),
-        auth: NatsAuth::ensure(&store.path().join("auth"), &[], &[]).unwrap(),
-    })
+    let nats = NatsServer::start(NatsServerOptions::scratch(
+        store.path().into(),
+        NatsAuth::ensure(&store.path().join("auth"), &[], &[]).unwrap(),
+    ))
     .unwrap();
     let client = nats.client_as(Role::Gateway).await.unwrap();
     let config = gateway::GatewayConfig {

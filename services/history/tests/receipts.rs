@@ -42,12 +42,10 @@ struct Crew {
 impl Crew {
     async fn start(receipt_lists_max: usize) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let nats = NatsServer::start(NatsServerOptions {
-            store_dir: dir.path().join("nats"),
-            port: None,
-            sync_interval: "2m".into(),
-            auth: NatsAuth::ensure(&dir.path().join("auth"), &[], &[]).unwrap(),
-        })
+        let nats = NatsServer::start(NatsServerOptions::scratch(
+            dir.path().join("nats"),
+            NatsAuth::ensure(&dir.path().join("auth"), &[], &[]).unwrap(),
+        ))
         .unwrap();
         // The test plays the gateways and the chat service, as the operator; the service
         // runs as itself.

@@ -94,12 +94,10 @@ impl Store for DiesMidBatch {
 #[tokio::test]
 async fn a_writer_killed_mid_batch_loses_nothing_and_duplicates_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let nats = NatsServer::start(NatsServerOptions {
-        store_dir: dir.path().join("nats"),
-        port: None,
-        sync_interval: "2m".into(),
-        auth: NatsAuth::ensure(&dir.path().join("auth"), &[], &[]).unwrap(),
-    })
+    let nats = NatsServer::start(NatsServerOptions::scratch(
+        dir.path().join("nats"),
+        NatsAuth::ensure(&dir.path().join("auth"), &[], &[]).unwrap(),
+    ))
     .unwrap();
     // The test stores messages as the chat service would; the writers run as history.
     let client = nats.client_as(Role::Chat).await.unwrap();

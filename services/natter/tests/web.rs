@@ -129,13 +129,12 @@ fn run_scenario(name: &str) {
         "the browser tests need /usr/bin/chromium and tests/web/node_modules: run scripts/install-deps"
     );
     let tmp = tempfile::tempdir().expect("tempdir");
+    // Credentials where `natter up` looks for its roles' (`data_dir/nats-auth`).
+    let auth =
+        NatsAuth::ensure(&tmp.path().join("natter/nats-auth"), &[], &[]).expect("NATS credentials");
     let nats = NatsServer::start(NatsServerOptions {
-        store_dir: tmp.path().join("nats"),
-        port: None,
         sync_interval: "always".into(),
-        // Where `natter up` looks for its roles' credentials (`data_dir/nats-auth`).
-        auth: NatsAuth::ensure(&tmp.path().join("natter/nats-auth"), &[], &[])
-            .expect("NATS credentials"),
+        ..NatsServerOptions::scratch(tmp.path().join("nats"), auth)
     })
     .expect("nats-server (scripts/install-deps, or set NATTER_NATS_SERVER)");
     let mut natter = Natter::start(

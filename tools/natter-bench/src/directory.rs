@@ -48,12 +48,10 @@ struct Held {
 pub async fn run(options: &Options, out: &crate::report::Output) -> anyhow::Result<()> {
     let report = Report::new(out, options.held.len() as u64 + 1)?;
     let store = tempfile::tempdir()?;
-    let nats = NatsServer::start(NatsServerOptions {
-        store_dir: store.path().join("nats"),
-        port: None,
-        sync_interval: "2m".into(),
-        auth: NatsAuth::ensure(&store.path().join("auth"), &[], &[])?,
-    })?;
+    let nats = NatsServer::start(NatsServerOptions::scratch(
+        store.path().join("nats"),
+        NatsAuth::ensure(&store.path().join("auth"), &[], &[])?,
+    ))?;
     report.step(format!("writing {} sessions", options.sessions));
     let written = Instant::now();
     write_sessions(&nats, options).await?;

@@ -14,10 +14,32 @@ pub(super) async fn own_stream(
     config: stream::Config,
 ) -> anyhow::Result<stream::Stream> {
     let name = config.name.clone();
-    js.create_or_update_stream(config)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot create stream {name}: {e}"))?;
+    let max_bytes = config.max_bytes;
+    js.create_or_update_stream(config).await.map_err(|e| {
+        anyhow::anyhow!("cannot create stream {name}: {e}{}", advice(&e, max_bytes))
+    })?;
     Ok(js.get_stream(&name).await?)
+}
+
+/// What an operator can do about a refused stream, when the refusal says what it is.
+fn advice(error: &jetstream::context::CreateStreamError, max_bytes: i64) -> String {
+    use jetstream::ErrorCode;
+    use jetstream::context::CreateStreamErrorKind;
+    match error.kind() {
+        // JetStream reserves a stream's `max_bytes` in its store when the stream is made, and
+        // a server told no `max_file_store` offers 75% of the disk that was free when it
+        // started.
+        CreateStreamErrorKind::JetStream(e)
+            if e.error_code() == ErrorCode::STORAGE_RESOURCES_EXCEEDED =>
+        {
+            format!(
+                " (the stream reserves {max_bytes} bytes: free disk under the JetStream store, \
+                 give nats-server a larger `max_file_store`, or lower bus.messages_max_bytes; \
+                 see docs/configuration.md)"
+            )
+        }
+        _ => String::new(),
+    }
 }
 
 /// The stream as it is, or created with `config` if it does not exist yet.

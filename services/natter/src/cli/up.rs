@@ -27,6 +27,7 @@ pub async fn up(mut config: NatterConfig) -> anyhow::Result<()> {
             port: None,
             sync_interval: config.nats_sync_interval.clone(),
             auth,
+            max_file_store: None,
         })
         .context("starting the local nats-server")?;
         config.bus.nats_url = server.url();
