@@ -1,11 +1,14 @@
-//! The in-memory view of the `natter_groups` bucket: who is in which group, kept by watching
-//! the bucket, so routing a group message and authorising a send cost no round trip.
+//! The in-memory view of one shard of the `natter_groups` bucket: the groups of partition
+//! `k` (their records and members) and the group lists of shard `k`'s users, kept by
+//! watching the shard's keys (`<k>.>`), so routing a group message costs no round trip and
+//! an instance holds only its shards, not every group.
 //!
 //! The view trails the bucket by the time a change takes to arrive (milliseconds). Where that
 //! matters, the writer knows the revision of its write and waits for the view to reach it
 //! (`reach`): the router does so at every membership event in the messages stream, so nothing
 //! written after a removal reaches the removed member and everything after an addition
-//! reaches the new one.
+//! reaches the new one. A shard's view reaches only revisions of its own keys, so a writer
+//! waits for the revision of its last write in that shard.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, RwLock};
@@ -13,6 +16,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
 use plumbing::kv_follow::Progress;
+use protocol::payloads::{GroupFacts, GroupsAnswer, GroupsAsk};
 use protocol::{GroupId, Member, Role, UserId, subjects};
 use tokio_util::sync::CancellationToken;
 
@@ -28,6 +32,7 @@ pub struct GroupView {
 #[derive(Default)]
 struct State {
     groups: HashMap<GroupId, Group>,
+    /// The group lists of the shard's users.
     of_user: HashMap<UserId, HashSet<GroupId>>,
 }
 
@@ -40,23 +45,38 @@ struct Group {
 }
 
 impl GroupView {
-    /// Loads the bucket and keeps the view up to date until `stop`.
-    pub async fn start(
+    /// Starts following shard `k`'s keys and keeps the view up to date until `stop`; see
+    /// [`GroupView::loaded`] for when it holds what the bucket held.
+    pub async fn follow_shard(
         js: &jetstream::Context,
         bucket: &kv::Store,
+        k: u32,
         stop: CancellationToken,
     ) -> anyhow::Result<Self> {
         let state = Arc::new(RwLock::new(State::default()));
         let applying = state.clone();
-        let progress = Progress::follow(
+        let progress = Progress::follow_keys(
             js,
             bucket,
             subjects::GROUPS_BUCKET,
+            &format!("{k}.>"),
             move |entry| applying.write().unwrap().apply(entry),
             stop,
         )
         .await?;
         Ok(Self { state, progress })
+    }
+
+    /// Waits until the view holds what the shard held when following began.
+    pub async fn loaded(&self, patience: Duration) -> bool {
+        self.progress.loaded(patience).await
+    }
+
+    /// How many groups and memberships the view holds (for the start-up log and benchmarks).
+    pub fn size(&self) -> (usize, usize) {
+        let state = self.state.read().unwrap();
+        let memberships = state.groups.values().map(|g| g.members.len()).sum();
+        (state.groups.len(), memberships)
     }
 
     /// Waits until the bucket change with revision `rev` is applied (at most `patience`).
@@ -129,17 +149,7 @@ impl GroupView {
         (page, more)
     }
 
-    /// How many groups `user` is a member of.
-    pub fn group_count(&self, user: &UserId) -> usize {
-        self.state
-            .read()
-            .unwrap()
-            .of_user
-            .get(user)
-            .map_or(0, |gs| gs.len())
-    }
-
-    /// The groups `user` is a member of, in no particular order.
+    /// The groups `user` (a user of this shard) is a member of, in no particular order.
     pub fn groups_of(&self, user: &UserId) -> Vec<GroupId> {
         let state = self.state.read().unwrap();
         state
@@ -147,6 +157,59 @@ impl GroupView {
             .get(user)
             .map(|gs| gs.iter().cloned().collect())
             .unwrap_or_default()
+    }
+}
+
+impl GroupView {
+    fn facts(&self, group: &GroupId, user: &UserId) -> Option<GroupFacts> {
+        let record = self.record(group)?;
+        Some(GroupFacts {
+            name: record.name,
+            created_by: record.created_by,
+            created_ts: record.created_ts,
+            members: self.member_count(group) as u32,
+            role: self.role(group, user),
+        })
+    }
+
+    /// The answer to `ask`, once the view has applied `revision` (at most `patience`).
+    pub async fn answer(&self, revision: u64, ask: GroupsAsk, patience: Duration) -> GroupsAnswer {
+        self.reach(revision, patience).await;
+        match ask {
+            GroupsAsk::Info { group, user } => GroupsAnswer::Info {
+                facts: self.facts(&group, &user),
+            },
+            GroupsAsk::Infos { groups, user } => GroupsAnswer::Infos {
+                facts: groups.iter().map(|g| self.facts(g, &user)).collect(),
+            },
+            GroupsAsk::Members {
+                group,
+                after,
+                limit,
+            } => {
+                let (members, more) = self.members_page(&group, after.as_ref(), limit as usize);
+                GroupsAnswer::Members {
+                    members,
+                    more,
+                    count: self.member_count(&group) as u32,
+                }
+            }
+            GroupsAsk::Heir { group } => {
+                let state = self.state.read().unwrap();
+                let members = state.groups.get(&group).map(|g| &g.members);
+                let heir = members.and_then(|members| {
+                    members
+                        .iter()
+                        .find(|(_, m)| m.role == Role::Admin)
+                        .or(members.iter().next())
+                        .map(|(user, _)| user.clone())
+                });
+                GroupsAnswer::Heir { heir }
+            }
+            GroupsAsk::GroupsOf { users } => GroupsAnswer::GroupsOf {
+                groups: users.iter().map(|u| self.groups_of(u)).collect(),
+            },
+        }
     }
 }
 
@@ -179,20 +242,23 @@ impl State {
                 if put {
                     match serde_json::from_slice::<MemberRecord>(&entry.value) {
                         Ok(m) => {
-                            g.members.insert(user.clone(), m);
-                            self.of_user.entry(user).or_default().insert(group);
+                            g.members.insert(user, m);
                         }
                         Err(e) => tracing::warn!(error = %e, %group, "undecodable membership"),
                     }
                 } else {
                     g.members.remove(&user);
-                    if let Some(gs) = self.of_user.get_mut(&user) {
-                        gs.remove(&group);
-                        if gs.is_empty() {
-                            self.of_user.remove(&user);
-                        }
-                    }
                     self.drop_if_empty(&group);
+                }
+            }
+            Key::GroupOf(user, group) => {
+                if put {
+                    self.of_user.entry(user).or_default().insert(group);
+                } else if let Some(gs) = self.of_user.get_mut(&user) {
+                    gs.remove(&group);
+                    if gs.is_empty() {
+                        self.of_user.remove(&user);
+                    }
                 }
             }
         }

@@ -4,7 +4,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::frames::{Message, ServerFrame};
-use crate::ids::{ConnId, ConversationId, GatewayId, MessageId, UserId};
+use crate::groups::{Member, Role};
+use crate::ids::{ConnId, ConversationId, GatewayId, GroupId, MessageId, UserId};
 
 /// `natter.chat.send` request: a user sends a message to a user (`to`) or a group (`group`),
 /// exactly one of the two. Answered with a [`ServerFrame::Sent`] or [`ServerFrame::Error`].
@@ -238,6 +239,77 @@ pub struct SessionsQuery {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionsFound {
     pub sessions: Vec<SessionEntry>,
+}
+
+/// A question on `natter.chat.groups.<k>` to the chat instance holding shard `k`, about a
+/// group of partition `k` or the group lists of shard `k`'s users. The holder answers (a
+/// [`GroupsAnswer`]) once its view of the groups bucket has applied `revision` (0: at once),
+/// so an asker that has just written a change sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupsQuery {
+    #[serde(default)]
+    pub revision: u64,
+    #[serde(flatten)]
+    pub ask: GroupsAsk,
+}
+
+/// What a [`GroupsQuery`] asks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "ask", rename_all = "snake_case")]
+pub enum GroupsAsk {
+    /// The group's record and member count, and `user`'s role in it.
+    Info { group: GroupId, user: UserId },
+    /// [`GroupsAsk::Info`] for each of `groups` (of this shard), in the same order.
+    Infos { groups: Vec<GroupId>, user: UserId },
+    /// Up to `limit` members after `after` (by user id), and whether more follow.
+    Members {
+        group: GroupId,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<UserId>,
+        limit: u32,
+    },
+    /// Who takes over a group its owner left: the first admin by user id, else the first
+    /// member.
+    Heir { group: GroupId },
+    /// The groups of each of `users`, in the same order.
+    GroupsOf { users: Vec<UserId> },
+}
+
+/// The answer to a [`GroupsQuery`], named like its question.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "answer", rename_all = "snake_case")]
+pub enum GroupsAnswer {
+    /// `facts` is none for a group that does not exist.
+    Info {
+        facts: Option<GroupFacts>,
+    },
+    Infos {
+        facts: Vec<Option<GroupFacts>>,
+    },
+    Members {
+        members: Vec<Member>,
+        more: bool,
+        /// How many members the group has.
+        count: u32,
+    },
+    Heir {
+        heir: Option<UserId>,
+    },
+    GroupsOf {
+        groups: Vec<Vec<GroupId>>,
+    },
+}
+
+/// A group as its shard's holder knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupFacts {
+    pub name: String,
+    pub created_by: UserId,
+    pub created_ts: u64,
+    pub members: u32,
+    /// The asker's role; none for a non-member.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
 }
 
 /// Value of a gateway's presence lease in the `natter_gateways` bucket.

@@ -91,9 +91,16 @@ pub const SESSIONS_STREAM: &str = "KV_natter_sessions";
 pub const GATEWAYS_BUCKET: &str = "natter_gateways";
 /// KV bucket: per user, online or not and when last seen (written by the presence role).
 pub const PRESENCE_BUCKET: &str = "natter_presence";
-/// KV bucket: group metadata (`<group>`) and membership (`<group>.<user>`), written by the
-/// chat service's group operations and watched by chat and history.
+/// KV bucket: groups, sharded like sessions: a group's record (`<k>.g.<group>`) and
+/// memberships (`<k>.m.<group>.<user>`) under the group's partition `k`, and each user's list
+/// of groups (`<j>.u.<user>.<group>`) under the user's shard `j`. Written by the chat
+/// service's group operations; shard `k` is followed by the chat instance holding it.
 pub const GROUPS_BUCKET: &str = "natter_groups";
+/// The key in [`GROUPS_BUCKET`] saying the keys are sharded (value [`GROUPS_SHARDED`]):
+/// written once the keys of before (`<group>`, `<group>.<user>`) are moved.
+pub const GROUPS_LAYOUT_KEY: &str = "layout";
+/// The value of [`GROUPS_LAYOUT_KEY`] once the bucket's keys are sharded.
+pub const GROUPS_SHARDED: &str = "sharded";
 /// The JetStream stream behind [`GROUPS_BUCKET`].
 pub const GROUPS_STREAM: &str = "KV_natter_groups";
 /// Durable consumer on [`SESSIONS_STREAM`] that turned every session change into user
@@ -114,6 +121,16 @@ pub fn sessions_query(k: u32) -> String {
 
 /// Every shard's [`sessions_query`] subject (for permissions).
 pub const SESSIONS_QUERY_ALL: &str = "natter.chat.sessions.*";
+
+/// `natter.chat.groups.<k>`: asks the chat instance holding shard `k` about the groups of
+/// partition `k` and the group lists of shard `k`'s users (`payloads::GroupsQuery`,
+/// answered with `payloads::GroupsAnswer`).
+pub fn groups_query(k: u32) -> String {
+    format!("natter.chat.groups.{k}")
+}
+
+/// Every shard's [`groups_query`] subject (for permissions).
+pub const GROUPS_QUERY_ALL: &str = "natter.chat.groups.*";
 
 /// JetStream stream making [`USER_OFFLINE_MESSAGE`] durable for the notifier.
 pub const OFFLINE_STREAM: &str = "NATTER_OFFLINE";
@@ -270,14 +287,26 @@ pub fn session_shard_filter(k: u32) -> String {
     format!("$KV.{SESSIONS_BUCKET}.{k}.>")
 }
 
-/// `<group>`: a group's metadata key in [`GROUPS_BUCKET`].
-pub fn group_key(group: &GroupId) -> String {
-    group.to_string()
+/// The shard of a group among `shards`: its conversation's partition, so the router of a
+/// partition holds the groups it routes.
+pub fn group_shard(group: &GroupId, shards: u32) -> u32 {
+    partition(&ConversationId::group(group), shards)
 }
 
-/// `<group>.<user>`: a membership key in [`GROUPS_BUCKET`].
-pub fn member_key(group: &GroupId, user: &UserId) -> String {
-    format!("{group}.{user}")
+/// `<k>.g.<group>`: a group's record key in [`GROUPS_BUCKET`], under its [`group_shard`].
+pub fn group_key(group: &GroupId, shards: u32) -> String {
+    format!("{}.g.{group}", group_shard(group, shards))
+}
+
+/// `<k>.m.<group>.<user>`: a membership key in [`GROUPS_BUCKET`], under the group's shard.
+pub fn member_key(group: &GroupId, user: &UserId, shards: u32) -> String {
+    format!("{}.m.{group}.{user}", group_shard(group, shards))
+}
+
+/// `<j>.u.<user>.<group>`: an entry of `user`'s list of groups in [`GROUPS_BUCKET`], under
+/// the user's [`user_shard`].
+pub fn user_group_key(user: &UserId, group: &GroupId, shards: u32) -> String {
+    format!("{}.u.{user}.{group}", user_shard(user, shards))
 }
 
 /// `<gateway>`: a gateway's lease key in [`GATEWAYS_BUCKET`].
@@ -341,7 +370,9 @@ pub fn catalogue() -> Vec<String> {
         CHAT_NOTIFY.into(),
         GROUPS_BUCKET.into(),
         GROUPS_STREAM.into(),
-        "<group>.<user>".into(),
+        "<k>.m.<group>.<user>".into(),
+        "<j>.u.<user>.<group>".into(),
+        "natter.chat.groups.<k>".into(),
         USER_OFFLINE_MESSAGE.into(),
         PRESENCE_BUCKET.into(),
         PRESENCE_CONSUMER.into(),

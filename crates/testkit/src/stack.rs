@@ -466,6 +466,37 @@ impl Stack {
         self.chats.len() - 1
     }
 
+    /// Holds every shard (sessions and groups) as a routing chat instance does, without
+    /// routing: for tests that play the router themselves (`route = false`) while gateways
+    /// and group operations still need a shard's holder to answer. Held until the token is
+    /// cancelled (or dropped with the stack's process).
+    pub async fn hold_shards(&self) -> CancellationToken {
+        let nats = plumbing::bus::connect(&self.bus_for(Role::Chat), Role::Chat, "holder")
+            .await
+            .expect("connect");
+        let js = async_nats::jetstream::new(nats);
+        let buckets = plumbing::bus::ensure_presence_buckets(&js, &self.bus)
+            .await
+            .expect("presence buckets");
+        let groups = plumbing::bus::ensure_groups_bucket(&js, &self.bus)
+            .await
+            .expect("groups bucket");
+        let stop = CancellationToken::new();
+        let directory = chat::Directory::start(
+            &js,
+            buckets,
+            groups,
+            self.bus.partitions,
+            std::time::Duration::from_secs(1),
+            chat::ChatMetrics::new(),
+            stop.clone(),
+        )
+        .await
+        .expect("directory");
+        directory.hold_all().await.expect("hold every shard");
+        stop
+    }
+
     /// Starts a history service over the stack's embedded store, with the stack's config.
     pub async fn start_history(&mut self) -> usize {
         self.start_history_with(self.history_config.clone()).await
@@ -482,10 +513,9 @@ impl Stack {
                 history::EmbeddedStore::open(&path).expect("open embedded store")
             })
             .clone();
-        let membership =
-            history::membership::groups_view(&nats, &self.bus, CancellationToken::new())
-                .await
-                .expect("groups view");
+        let membership = history::membership::held_elsewhere(&nats, &self.bus)
+            .await
+            .expect("groups bucket");
         let shutdown = CancellationToken::new();
         let handle =
             history::History::start(config, &self.bus, nats, store, membership, shutdown.clone())

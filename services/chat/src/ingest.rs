@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::{self, kv};
-use groups::{GroupView, membership};
+use async_nats::jetstream;
+use groups::Groups;
 use protocol::frames::{Message, ServerFrame};
 use protocol::payloads::{SendRequest, StoredMessage};
 use protocol::{ClientMsgId, ConversationId, GroupId, UserId, subjects};
@@ -32,8 +32,7 @@ pub struct Ingest {
     pub partitions: u32,
     pub metrics: ChatMetrics,
     pub ids: Arc<MessageIds>,
-    pub groups: GroupView,
-    pub groups_bucket: kv::Store,
+    pub groups: Groups,
 }
 
 /// Joins the chat queue group on send requests.
@@ -157,11 +156,11 @@ impl Ingest {
         let (Ok(group), true) = (GroupId::new(group), req.to.is_empty()) else {
             return Err(SendError::InvalidGroupAddress);
         };
-        let member = self.groups.is_member(&group, &req.from)
-            || membership(&self.groups_bucket, &group, &req.from)
-                .await
-                .map_err(|e| SendError::DirectoryUnavailable(e.into()))?
-                .is_some();
+        let member = self
+            .groups
+            .is_member(&group, &req.from)
+            .await
+            .map_err(|e| SendError::DirectoryUnavailable(e.into()))?;
         if !member {
             return Err(SendError::NotAMember);
         }

@@ -24,6 +24,7 @@ pub struct ChatMetrics {
     pub presence_changes: Counter,
     pub sessions_held: Gauge,
     pub session_shards_held: Gauge,
+    pub memberships_held: Gauge,
     pub session_queries: Counter,
 }
 
@@ -104,6 +105,10 @@ impl ChatMetrics {
             session_shards_held: m.gauge(
                 "natter_chat_session_shards_held",
                 "session shards this instance holds",
+            ),
+            memberships_held: m.gauge(
+                "natter_chat_group_memberships_held",
+                "group memberships in the shards this instance holds (at the last sweep)",
             ),
             session_queries: m.counter(
                 "natter_chat_session_queries_total",

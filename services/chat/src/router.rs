@@ -22,7 +22,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use groups::GroupView;
+use groups::Groups;
 use protocol::frames::ServerFrame;
 use protocol::payloads::{
     Delivery, DeliveryOrder, OfflineMessage, Position, Progress, SessionMarker, StoredMessage,
@@ -46,7 +46,8 @@ pub const RETRY_DELAY: Duration = Duration::from_millis(200);
 pub struct Router {
     pub nats: async_nats::Client,
     pub directory: Directory,
-    pub groups: GroupView,
+    /// Questions about groups of other partitions (typing notices).
+    pub groups: Groups,
     pub config: ChatConfig,
     pub metrics: ChatMetrics,
     /// The messages stream's epoch, for the positions stamped on deliveries.
@@ -130,10 +131,13 @@ impl Router {
                 (found, offline)
             }
             Some(group) => {
+                let Some(view) = self.partition_groups(position.partition, stop).await else {
+                    return false;
+                };
                 if let Some(rev) = stored.groups_revision {
-                    self.groups.reach(rev, GROUPS_PATIENCE).await;
+                    view.reach(rev, GROUPS_PATIENCE).await;
                 }
-                let members = self.groups.members(&group);
+                let members = view.members(&group);
                 // Whoever a system message removes still gets it, to learn of it.
                 let former = match &message.event {
                     Some(GroupEvent::Removed { users }) => users.clone(),
@@ -144,7 +148,7 @@ impl Router {
                     .directory
                     .lookup_cached(members.iter().chain(&former), &mut numbering.routes, stop)
                     .await;
-                group_name = self.groups.record(&group).map(|r| r.name);
+                group_name = view.record(&group).map(|r| r.name);
                 let offline = match message.event {
                     // Membership changes are not worth a push.
                     Some(_) => Vec::new(),
@@ -227,6 +231,25 @@ impl Router {
                 .await
             {
                 tracing::debug!(error = %e, %gateway, "progress note not published");
+            }
+        }
+    }
+
+    /// The groups of partition `k`, which this router routes: held here with the partition
+    /// (taken now if the shard is not yet). `None` if `stop` came while it could not be taken.
+    async fn partition_groups(
+        &self,
+        k: u32,
+        stop: &CancellationToken,
+    ) -> Option<groups::GroupView> {
+        loop {
+            match self.directory.groups_of_shard(k).await {
+                Ok(view) => return Some(view),
+                Err(e) => tracing::warn!(error = %e, partition = k, "groups shard not taken"),
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return None,
+                _ = tokio::time::sleep(RETRY_DELAY) => {}
             }
         }
     }

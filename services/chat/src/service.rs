@@ -4,7 +4,7 @@ use plumbing::bus::consumer_metrics::{self, ConsumerGauges};
 use std::sync::Arc;
 use std::time::Duration;
 
-use groups::GroupView;
+use groups::Groups;
 use plumbing::BusConfig;
 use plumbing::roles::Roles;
 use tokio_util::sync::CancellationToken;
@@ -56,7 +56,10 @@ impl Chat {
             }
         });
         let groups_bucket = plumbing::bus::ensure_groups_bucket(&js, bus).await?;
-        let groups = GroupView::start(&js, &groups_bucket, stop.clone()).await?;
+        groups::layout::shard_keys(&js, &groups_bucket, bus.partitions).await?;
+        // Groups are held with their shard by the instance routing it; an instance that does
+        // not route holds none and asks.
+        let mut groups = Groups::new(nats.clone(), groups_bucket.clone(), bus.partitions, None);
         let ids = Arc::new(MessageIds::default());
 
         if config.route {
@@ -66,6 +69,7 @@ impl Chat {
             let directory = Directory::start(
                 &js,
                 buckets,
+                groups_bucket.clone(),
                 bus.partitions,
                 sweep,
                 metrics.clone(),
@@ -73,6 +77,13 @@ impl Chat {
             )
             .await?;
             let epoch = streams.epoch();
+            let holder: Arc<dyn groups::Holder> = Arc::new(directory.clone());
+            groups = Groups::new(
+                nats.clone(),
+                groups_bucket.clone(),
+                bus.partitions,
+                Some(holder),
+            );
             let router = Arc::new(Router {
                 nats: nats.clone(),
                 directory: directory.clone(),
@@ -135,9 +146,9 @@ impl Chat {
                 config: config.clone(),
                 nats: nats.clone(),
                 js: js.clone(),
-                bucket: groups_bucket.clone(),
+                bucket: groups_bucket,
                 partitions: bus.partitions,
-                view: groups.clone(),
+                groups: groups.clone(),
                 ids: ids.clone(),
                 metrics: metrics.clone(),
             });
@@ -152,7 +163,6 @@ impl Chat {
                 metrics: metrics.clone(),
                 ids,
                 groups,
-                groups_bucket,
             });
             roles.spawn(ingest::serve(ingest, sub, stop.clone()));
         }

@@ -29,17 +29,16 @@ pub async fn serve(
                 .into_iter()
                 .collect(),
             Some(group) => {
-                let members = router.groups.members(&group);
-                if members.len() > router.config.typing_group_members
-                    || !members.contains(&typing.by)
-                {
-                    continue;
-                }
-                members
-                    .iter()
-                    .filter(|m| **m != typing.by)
-                    .cloned()
-                    .collect()
+                let limit = router.config.typing_group_members;
+                let members = match router.groups.members_if_at_most(&group, limit).await {
+                    Ok((Some(members), _)) if members.contains(&typing.by) => members,
+                    Ok(_) => continue,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "typing notice dropped: members unknown");
+                        continue;
+                    }
+                };
+                members.into_iter().filter(|m| *m != typing.by).collect()
             }
         };
         let frame = ServerFrame::Typing {

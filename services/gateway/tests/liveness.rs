@@ -45,9 +45,20 @@ async fn setup() -> Setup {
     let stop = CancellationToken::new();
     let sweep = Duration::from_millis(100);
     let metrics = ChatMetrics::new();
-    let view = Directory::start(&js, buckets, bus.partitions, sweep, metrics, stop.clone())
+    let groups = plumbing::bus::ensure_groups_bucket(&js, &bus)
         .await
         .unwrap();
+    let view = Directory::start(
+        &js,
+        buckets,
+        groups,
+        bus.partitions,
+        sweep,
+        metrics,
+        stop.clone(),
+    )
+    .await
+    .unwrap();
     view.hold_all().await.unwrap();
     Setup {
         _store: store,

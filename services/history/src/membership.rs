@@ -1,65 +1,114 @@
 //! Group membership as the history service sees it. The chat service owns membership (the
-//! `natter_groups` KV bucket); history only asks who may read a group and whom to tell about
-//! receipts, through this seam.
+//! `natter_groups` KV bucket, sharded, each shard held by a chat instance); history holds no
+//! shard and asks, through this seam: who may read a group, whose groups are whose, and whom
+//! to tell about receipts.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
+use futures::future::BoxFuture;
 use protocol::{ConversationId, GroupId, UserId};
 
-/// Group membership as the history service sees it (the natter_groups KV view in production).
+/// Group membership as the history service sees it (the chat instances holding the groups'
+/// shards in production).
 ///
 /// Answers are about "now": a removed member is no member, whatever they could read before.
-/// Implementations answer from memory (no I/O), so callers may ask freely on every query.
 pub trait Membership: Send + Sync + 'static {
-    fn is_member(&self, group: &GroupId, user: &UserId) -> bool;
+    fn is_member<'a>(
+        &'a self,
+        group: &'a GroupId,
+        user: &'a UserId,
+    ) -> BoxFuture<'a, anyhow::Result<bool>>;
     /// The user's groups now.
-    fn groups_of(&self, user: &UserId) -> Vec<GroupId>;
-    /// How many members the group has now (0: no such group).
-    fn member_count(&self, group: &GroupId) -> usize;
-    /// The members, for groups up to `limit` members; None above it.
-    fn members_if_at_most(&self, group: &GroupId, limit: usize) -> Option<Vec<UserId>>;
+    fn groups_of<'a>(&'a self, user: &'a UserId) -> BoxFuture<'a, anyhow::Result<Vec<GroupId>>>;
+    /// How many members the group has now (0: no such group), and the members if at most
+    /// `limit`.
+    fn members_if_at_most<'a>(
+        &'a self,
+        group: &'a GroupId,
+        limit: usize,
+    ) -> BoxFuture<'a, anyhow::Result<(Option<Vec<UserId>>, usize)>>;
 }
 
 /// Whether `user` may read `conversation` through the server: a participant of a 1:1
 /// conversation, or a current member of the group. A removed member reads nothing of the
 /// group's history, not even what was written before the removal (their devices keep what
 /// they received).
-pub fn can_read(membership: &dyn Membership, user: &UserId, conversation: &ConversationId) -> bool {
+pub async fn can_read(
+    membership: &dyn Membership,
+    user: &UserId,
+    conversation: &ConversationId,
+) -> anyhow::Result<bool> {
     match conversation.group_id() {
-        Some(group) => membership.is_member(&group, user),
-        None => conversation.has_participant(user),
+        Some(group) => membership.is_member(&group, user).await,
+        None => Ok(conversation.has_participant(user)),
     }
 }
 
-/// The `natter_groups` bucket's view, kept until `stop`: membership for a running service.
-pub async fn groups_view(
+/// How long the member list of a small group is reused for receipts: a receipt is a notice
+/// (at most once), and a group's members would otherwise be asked for at every receipt.
+const RECEIPT_MEMBERS_FOR: Duration = Duration::from_secs(1);
+
+/// A group's member list (if at most the limit asked with) and member count.
+type Listed = (Option<Arc<[UserId]>>, usize);
+
+/// Membership for a running service: asked of the chat instances holding the shards.
+pub struct HeldElsewhere {
+    groups: groups::Groups,
+    /// Small groups' member lists and counts, by group and limit, for
+    /// [`RECEIPT_MEMBERS_FOR`].
+    recent: moka::future::Cache<(GroupId, usize), Listed>,
+}
+
+/// Membership asked of the chat service's shard holders.
+pub async fn held_elsewhere(
     nats: &async_nats::Client,
     bus: &plumbing::BusConfig,
-    stop: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<Arc<dyn Membership>> {
     let js = async_nats::jetstream::new(nats.clone());
     let bucket = plumbing::bus::ensure_groups_bucket(&js, bus).await?;
-    Ok(Arc::new(
-        groups::GroupView::start(&js, &bucket, stop).await?,
-    ))
+    Ok(Arc::new(HeldElsewhere {
+        groups: groups::Groups::new(nats.clone(), bucket, bus.partitions, None),
+        recent: moka::future::Cache::builder()
+            .max_capacity(10_000)
+            .time_to_live(RECEIPT_MEMBERS_FOR)
+            .build(),
+    }))
 }
 
-impl Membership for groups::GroupView {
-    fn is_member(&self, group: &GroupId, user: &UserId) -> bool {
-        groups::GroupView::is_member(self, group, user)
+impl Membership for HeldElsewhere {
+    /// Exact: read from the bucket.
+    fn is_member<'a>(
+        &'a self,
+        group: &'a GroupId,
+        user: &'a UserId,
+    ) -> BoxFuture<'a, anyhow::Result<bool>> {
+        Box::pin(self.groups.is_member(group, user))
     }
 
-    fn groups_of(&self, user: &UserId) -> Vec<GroupId> {
-        groups::GroupView::groups_of(self, user)
+    fn groups_of<'a>(&'a self, user: &'a UserId) -> BoxFuture<'a, anyhow::Result<Vec<GroupId>>> {
+        Box::pin(async move {
+            let mut lists = self.groups.groups_of(std::slice::from_ref(user)).await?;
+            Ok(lists.pop().unwrap_or_default())
+        })
     }
 
-    fn member_count(&self, group: &GroupId) -> usize {
-        groups::GroupView::member_count(self, group)
-    }
-
-    fn members_if_at_most(&self, group: &GroupId, limit: usize) -> Option<Vec<UserId>> {
-        (self.member_count(group) <= limit).then(|| self.members(group).to_vec())
+    fn members_if_at_most<'a>(
+        &'a self,
+        group: &'a GroupId,
+        limit: usize,
+    ) -> BoxFuture<'a, anyhow::Result<(Option<Vec<UserId>>, usize)>> {
+        Box::pin(async move {
+            let key = (group.clone(), limit);
+            if let Some((members, count)) = self.recent.get(&key).await {
+                return Ok((members.map(|m| m.to_vec()), count));
+            }
+            let (members, count) = self.groups.members_if_at_most(group, limit).await?;
+            let shared = members.as_deref().map(Arc::<[UserId]>::from);
+            self.recent.insert(key, (shared, count)).await;
+            Ok((members, count))
+        })
     }
 }
 
@@ -82,32 +131,41 @@ impl StaticMembership {
 }
 
 impl Membership for StaticMembership {
-    fn is_member(&self, group: &GroupId, user: &UserId) -> bool {
-        self.groups
+    fn is_member<'a>(
+        &'a self,
+        group: &'a GroupId,
+        user: &'a UserId,
+    ) -> BoxFuture<'a, anyhow::Result<bool>> {
+        let member = self
+            .groups
             .read()
             .unwrap()
             .get(group)
-            .is_some_and(|members| members.contains(user))
+            .is_some_and(|members| members.contains(user));
+        Box::pin(std::future::ready(Ok(member)))
     }
 
-    fn groups_of(&self, user: &UserId) -> Vec<GroupId> {
-        self.groups
+    fn groups_of<'a>(&'a self, user: &'a UserId) -> BoxFuture<'a, anyhow::Result<Vec<GroupId>>> {
+        let groups = self
+            .groups
             .read()
             .unwrap()
             .iter()
             .filter(|(_, members)| members.contains(user))
             .map(|(group, _)| group.clone())
-            .collect()
+            .collect();
+        Box::pin(std::future::ready(Ok(groups)))
     }
 
-    fn member_count(&self, group: &GroupId) -> usize {
-        self.groups.read().unwrap().get(group).map_or(0, Vec::len)
-    }
-
-    fn members_if_at_most(&self, group: &GroupId, limit: usize) -> Option<Vec<UserId>> {
+    fn members_if_at_most<'a>(
+        &'a self,
+        group: &'a GroupId,
+        limit: usize,
+    ) -> BoxFuture<'a, anyhow::Result<(Option<Vec<UserId>>, usize)>> {
         let groups = self.groups.read().unwrap();
         let members = groups.get(group).map(Vec::as_slice).unwrap_or_default();
-        (members.len() <= limit).then(|| members.to_vec())
+        let listed = (members.len() <= limit).then(|| members.to_vec());
+        Box::pin(std::future::ready(Ok((listed, members.len()))))
     }
 }
 
@@ -119,29 +177,41 @@ mod tests {
         UserId::new(s).unwrap()
     }
 
-    #[test]
-    fn participants_and_current_members_only() {
+    #[tokio::test]
+    async fn participants_and_current_members_only() {
         let membership = StaticMembership::default();
         let g = GroupId::new("club").unwrap();
         membership.set(g.clone(), vec![user("alice"), user("bob")]);
         let ab = ConversationId::direct(&user("alice"), &user("bob"));
-        assert!(can_read(&membership, &user("alice"), &ab));
-        assert!(!can_read(&membership, &user("mallory"), &ab));
+        let reads = |u: &'static str, c: ConversationId| {
+            let membership = &membership;
+            async move { can_read(membership, &user(u), &c).await.unwrap() }
+        };
+        assert!(reads("alice", ab.clone()).await);
+        assert!(!reads("mallory", ab).await);
         let club = ConversationId::group(&g);
-        assert!(can_read(&membership, &user("bob"), &club));
-        assert!(!can_read(&membership, &user("mallory"), &club));
+        assert!(reads("bob", club.clone()).await);
+        assert!(!reads("mallory", club.clone()).await);
 
         // Removed: no longer readable, whatever was written before.
         membership.set(g.clone(), vec![user("alice")]);
-        assert!(!can_read(&membership, &user("bob"), &club));
-        assert_eq!(membership.groups_of(&user("alice")), vec![g.clone()]);
-        assert_eq!(membership.member_count(&g), 1);
+        assert!(!reads("bob", club).await);
         assert_eq!(
-            membership.members_if_at_most(&g, 1),
-            Some(vec![user("alice")])
+            membership.groups_of(&user("alice")).await.unwrap(),
+            vec![g.clone()]
         );
-        assert_eq!(membership.members_if_at_most(&g, 0), None);
+        assert_eq!(
+            membership.members_if_at_most(&g, 1).await.unwrap(),
+            (Some(vec![user("alice")]), 1)
+        );
+        assert_eq!(
+            membership.members_if_at_most(&g, 0).await.unwrap(),
+            (None, 1)
+        );
         membership.set(g.clone(), vec![]);
-        assert_eq!(membership.member_count(&g), 0);
+        assert_eq!(
+            membership.members_if_at_most(&g, 0).await.unwrap(),
+            (Some(vec![]), 0)
+        );
     }
 }

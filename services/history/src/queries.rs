@@ -108,7 +108,11 @@ impl<S: Store> Queries<S> {
 
     async fn conversations(&self, user: &UserId, qid: ClientMsgId, limit: u32) -> Answer {
         let limit = limit.clamp(1, limits::HISTORY_PAGE_MAX) as usize;
-        let groups = self.membership.groups_of(user);
+        let groups = self
+            .membership
+            .groups_of(user)
+            .await
+            .map_err(QueryError::membership)?;
         let conversations = self
             .cache
             .store()
@@ -146,7 +150,10 @@ impl<S: Store> Queries<S> {
         after: Option<MessageId>,
         limit: u32,
     ) -> Answer {
-        if !can_read(&*self.membership, user, &conversation) {
+        if !can_read(&*self.membership, user, &conversation)
+            .await
+            .map_err(QueryError::membership)?
+        {
             return Err(QueryError::NotAParticipant);
         }
         let page = match (before, after) {
@@ -193,7 +200,12 @@ impl<S: Store> Queries<S> {
         let Some(group) = conversation.group_id() else {
             return Err(QueryError::NotAGroup);
         };
-        if !self.membership.is_member(&group, user) {
+        if !self
+            .membership
+            .is_member(&group, user)
+            .await
+            .map_err(QueryError::membership)?
+        {
             return Err(QueryError::NotAMember);
         }
         let sender = self
@@ -209,22 +221,25 @@ impl<S: Store> Queries<S> {
             .group_markers(&group)
             .await
             .map_err(QueryError::unavailable("group markers"))?;
-        let listed = self
+        let (listed, count) = self
             .membership
             .members_if_at_most(&group, self.receipt_lists_max)
-            .map(|members| members.into_iter().collect::<HashSet<_>>());
-        let is_member = |u: &UserId| match &listed {
-            Some(members) => members.contains(u),
-            None => self.membership.is_member(&group, u),
+            .await
+            .map_err(QueryError::membership)?;
+        let listed = listed.map(|members| members.into_iter().collect::<HashSet<_>>());
+        let is_member = async |u: &UserId| match &listed {
+            Some(members) => Ok(members.contains(u)),
+            None => self
+                .membership
+                .is_member(&group, u)
+                .await
+                .map_err(QueryError::membership),
         };
-        let recipients = self
-            .membership
-            .member_count(&group)
-            .saturating_sub(usize::from(is_member(&sender)));
+        let recipients = count.saturating_sub(usize::from(is_member(&sender).await?));
         let mut delivered_by = Vec::new();
         let mut seen_by = Vec::new();
         for m in markers {
-            if m.user == sender || !is_member(&m.user) {
+            if m.user == sender || !is_member(&m.user).await? {
                 continue; // former members' markers stay behind; they are nobody's business
             }
             if m.seen >= Some(id) {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use plumbing::Counter;
 use protocol::frames::{Message, ServerFrame};
 use protocol::payloads::{Notify, Receipt, ReceiptKind};
-use protocol::{ConversationId, GroupId, MessageId, UserId, subjects};
+use protocol::{ConversationId, MessageId, UserId, subjects};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -76,16 +76,22 @@ pub async fn serve<S: Store>(
         let Some(group) = receipt.conversation.group_id() else {
             continue; // the chat service tells 1:1 senders
         };
-        if receipts.membership.member_count(&group) > receipts.receipt_lists_max {
-            continue; // large groups: counts on request only
-        }
+        let limit = receipts.receipt_lists_max;
+        let members = match receipts.membership.members_if_at_most(&group, limit).await {
+            Ok((Some(members), _)) => members,
+            Ok((None, _)) => continue, // large groups: counts on request only
+            Err(e) => {
+                tracing::debug!(error = %e, "receipt not told: group membership unknown");
+                continue;
+            }
+        };
         let Ok(permit) = permits.clone().acquire_owned().await else {
             break;
         };
         let receipts = receipts.clone();
         tracker.spawn(async move {
             let _permit = permit;
-            receipts.tell_senders(group, receipt, previous_read).await;
+            receipts.tell_senders(members, receipt, previous_read).await;
         });
     }
     tracker.close();
@@ -98,9 +104,16 @@ impl<S: Store> Receipts<S> {
     /// `seen` (`Some(None)`: none yet), or `None` when the receipt is refused or not stored.
     async fn store_markers(&self, receipt: &Receipt) -> Option<Option<MessageId>> {
         let (by, conversation) = (&receipt.by, &receipt.conversation);
-        if !can_read(&*self.membership, by, conversation) {
-            tracing::debug!(user = %by, conversation = %conversation, "receipt from a non-member");
-            return None;
+        match can_read(&*self.membership, by, conversation).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::debug!(user = %by, conversation = %conversation, "receipt from a non-member");
+                return None;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "receipt dropped: group membership unknown");
+                return None;
+            }
         }
         let stored = match receipt.kind {
             ReceiptKind::Delivered if conversation.is_direct() => return None,
@@ -139,7 +152,7 @@ impl<S: Store> Receipts<S> {
     /// messages read since `previous_read`; never to the reader, nor to former members.
     async fn tell_senders(
         &self,
-        group: GroupId,
+        members: Vec<UserId>,
         receipt: Receipt,
         previous_read: Option<MessageId>,
     ) {
@@ -174,7 +187,7 @@ impl<S: Store> Receipts<S> {
                 )
             }
         };
-        users.retain(|u| *u != receipt.by && self.membership.is_member(&group, u));
+        users.retain(|u| *u != receipt.by && members.contains(u));
         if users.is_empty() {
             return;
         }

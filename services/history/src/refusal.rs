@@ -34,12 +34,23 @@ pub enum QueryError {
         #[source]
         source: StoreError,
     },
+    /// Nobody answered for the group's shard (the chat instances holding groups).
+    #[error("group membership unavailable; retry")]
+    MembershipUnavailable {
+        #[source]
+        source: anyhow::Error,
+    },
 }
 
 impl QueryError {
     /// The store failed while reading `what` (for the log: "conversation list", …).
     pub fn unavailable(what: &'static str) -> impl FnOnce(StoreError) -> Self {
         move |source| QueryError::Unavailable { what, source }
+    }
+
+    /// Group membership could not be asked.
+    pub fn membership(source: anyhow::Error) -> Self {
+        QueryError::MembershipUnavailable { source }
     }
 
     /// The code and the text the client sees.
@@ -49,7 +60,7 @@ impl QueryError {
             NotARequest | BeforeAndAfter => ErrorCode::MalformedFrame,
             NotAParticipant | NotAMember | NotTheSubjectsUser => ErrorCode::Forbidden,
             NotAGroup | NoSuchMessage => ErrorCode::NotFound,
-            Unavailable { .. } => ErrorCode::Unavailable,
+            Unavailable { .. } | MembershipUnavailable { .. } => ErrorCode::Unavailable,
         };
         (code, self.to_string())
     }
@@ -59,6 +70,9 @@ impl QueryError {
     pub fn frame(self, qid: Option<ClientMsgId>) -> ServerFrame {
         if let QueryError::Unavailable { what, source } = &self {
             tracing::warn!(error = %source, read = what, "history read failed");
+        }
+        if let QueryError::MembershipUnavailable { source } = &self {
+            tracing::warn!(error = %source, "group membership not answered");
         }
         let (code, reason) = self.to_client();
         match qid {

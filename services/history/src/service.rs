@@ -127,7 +127,7 @@ pub async fn start(
     nats: async_nats::Client,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Started> {
-    let membership = membership::groups_view(&nats, bus, shutdown.clone()).await?;
+    let membership = membership::held_elsewhere(&nats, bus).await?;
     match config.store {
         StoreKind::Embedded => {
             let path = &config.embedded_path;

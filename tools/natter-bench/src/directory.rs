@@ -1,13 +1,14 @@
 //! The session directory's memory and start-up per chat instance: `--sessions` sessions
 //! (distinct users on 100 gateways with live leases) written into the sessions bucket of a
-//! deployment with `--partitions` session shards, then, for each count of shards held, a
-//! fresh process (`natter-bench directory-holder`) takes that many shards as a chat instance
-//! does when it starts. Figures per count: the sessions it holds, how long loading them took,
-//! and its resident memory above what it used before taking any.
+//! deployment with `--partitions` shards, and `--memberships` group memberships (groups of
+//! `--group-size` of those users) into the groups bucket, then, for each count of shards
+//! held, a fresh process (`natter-bench directory-holder`) takes that many shards as a chat
+//! instance does when it starts. Figures per count: the sessions and memberships it holds, how
+//! long loading them took, and its resident memory above what it used before taking any.
 //!
 //! A chat instance routing `k` of `P` partitions holds `k` shards, so with `n` instances each
-//! holds about `1/n` of the sessions: the memory and start-up figures should fall in
-//! proportion.
+//! holds about `1/n` of the sessions and of the memberships: the memory and start-up figures
+//! should fall in proportion.
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -30,6 +31,8 @@ const WRITES_IN_FLIGHT: usize = 4_096;
 
 pub struct Options {
     pub sessions: usize,
+    pub memberships: usize,
+    pub group_size: usize,
     pub partitions: u32,
     /// Shard counts to measure, one fresh process each.
     pub held: Vec<u32>,
@@ -40,6 +43,8 @@ pub struct Options {
 struct Held {
     shards: u32,
     sessions: usize,
+    #[serde(default)]
+    memberships: usize,
     load_s: f64,
     rss_kib: u64,
     error: Option<String>,
@@ -55,18 +60,20 @@ pub async fn run(options: &Options, out: &crate::report::Output) -> anyhow::Resu
     report.step(format!("writing {} sessions", options.sessions));
     let written = Instant::now();
     write_sessions(&nats, options).await?;
+    report.step(format!("writing {} memberships", options.memberships));
+    write_memberships(&nats, options).await?;
     let write_s = written.elapsed().as_secs_f64();
     let mut table = Table::new(
         format!(
-            "Session directory: {} sessions, {} shards (written in {write_s:.1} s)",
-            options.sessions, options.partitions
+            "Session directory: {} sessions and {} memberships, {} shards (written in {write_s:.1} s)",
+            options.sessions, options.memberships, options.partitions
         ),
         &[
             "shards held",
             "sessions held",
+            "memberships held",
             "load",
             "RSS above empty",
-            "per session",
         ],
     );
     for &shards in &options.held {
@@ -75,7 +82,6 @@ pub async fn run(options: &Options, out: &crate::report::Output) -> anyhow::Resu
         if let Some(e) = held.error {
             anyhow::bail!("holder of {shards} shards failed: {e}");
         }
-        let per_session = held.rss_kib as f64 * 1024.0 / held.sessions.max(1) as f64;
         report.measurement(
             serde_json::json!({
                 "scenario": "directory",
@@ -83,13 +89,15 @@ pub async fn run(options: &Options, out: &crate::report::Output) -> anyhow::Resu
                 "shards_held": shards,
                 "sessions_total": options.sessions,
                 "sessions_held": held.sessions,
+                "memberships_total": options.memberships,
+                "memberships_held": held.memberships,
                 "load_s": held.load_s,
                 "rss_mib": held.rss_kib as f64 / 1024.0,
-                "bytes_per_session": per_session,
             }),
             format!(
-                "{shards} shards: {} sessions, {:.2} s, {:.1} MiB",
+                "{shards} shards: {} sessions, {} memberships, {:.2} s, {:.1} MiB",
                 held.sessions,
+                held.memberships,
                 held.load_s,
                 held.rss_kib as f64 / 1024.0
             ),
@@ -97,9 +105,9 @@ pub async fn run(options: &Options, out: &crate::report::Output) -> anyhow::Resu
         table.row(vec![
             shards.to_string(),
             held.sessions.to_string(),
+            held.memberships.to_string(),
             format!("{:.2} s", held.load_s),
             format!("{:.1} MiB", held.rss_kib as f64 / 1024.0),
-            format!("{per_session:.0} B"),
         ]);
     }
     report.finish(&[table], &[]);
@@ -158,6 +166,67 @@ async fn write_sessions(nats: &NatsServer, options: &Options) -> anyhow::Result<
     Ok(())
 }
 
+/// Writes `options.memberships` memberships in groups of `options.group_size` users (user
+/// `i` of the sessions' users in groups `i / size` onwards, wrapping), with the group records
+/// and each user's list of groups, as group operations write them.
+async fn write_memberships(nats: &NatsServer, options: &Options) -> anyhow::Result<()> {
+    let client = nats.client_as(Role::Chat).await?;
+    let js = async_nats::jetstream::new(client);
+    let bus = BusConfig {
+        partitions: options.partitions,
+        ..BusConfig::default()
+    };
+    plumbing::bus::ensure_groups_bucket(&js, &bus).await?;
+    let size = options.group_size.max(1);
+    let groups = options.memberships.div_ceil(size);
+    let users = options.sessions.max(1);
+    let shards = options.partitions;
+    let record = serde_json::to_vec(&groups::GroupRecord {
+        name: "bench".into(),
+        created_by: UserId::new("user-0").expect("user id"),
+        created_ts: 0,
+    })?;
+    let member = serde_json::to_vec(&groups::MemberRecord {
+        role: protocol::Role::Member,
+        since: 0,
+    })?;
+    // Key and value of every write: a group's record before its members.
+    let keys = (0..groups).flat_map(|g| {
+        let group = protocol::GroupId::new(format!("g{g:08}")).expect("group id");
+        let first = (g * size) % users;
+        let members = (0..size)
+            .take(options.memberships - g * size)
+            .map(move |m| UserId::new(format!("user-{}", (first + m) % users)).expect("user id"));
+        let mut writes = vec![(subjects::group_key(&group, shards), record.clone())];
+        for user in members {
+            writes.push((subjects::user_group_key(&user, &group, shards), Vec::new()));
+            writes.push((subjects::member_key(&group, &user, shards), member.clone()));
+        }
+        writes
+    });
+    let writes = futures::stream::iter(keys).map(|(key, value)| {
+        let js = js.clone();
+        async move {
+            let subject = format!("$KV.{}.{key}", subjects::GROUPS_BUCKET);
+            js.publish(subject, value.into()).await?.await?;
+            anyhow::Ok(())
+        }
+    });
+    let mut writes = writes.buffer_unordered(WRITES_IN_FLIGHT);
+    while let Some(written) = writes.next().await {
+        written?;
+    }
+    let layout = format!(
+        "$KV.{}.{}",
+        subjects::GROUPS_BUCKET,
+        subjects::GROUPS_LAYOUT_KEY
+    );
+    js.publish(layout, subjects::GROUPS_SHARDED.into())
+        .await?
+        .await?;
+    Ok(())
+}
+
 async fn hold_in_child(nats: &NatsServer, partitions: u32, shards: u32) -> anyhow::Result<Held> {
     let bus = nats.bus(Role::Chat);
     let mut command = tokio::process::Command::new(std::env::current_exe()?);
@@ -190,6 +259,7 @@ pub async fn holder(access: Access, partitions: u32, shards: u32) -> anyhow::Res
         Err(e) => Held {
             shards,
             sessions: 0,
+            memberships: 0,
             load_s: 0.0,
             rss_kib: 0,
             error: Some(format!("{e:#}")),
@@ -217,10 +287,12 @@ async fn hold(access: Access, partitions: u32, shards: u32) -> anyhow::Result<He
     let client = plumbing::bus::connect(&bus, Role::Chat, "directory-holder").await?;
     let js = async_nats::jetstream::new(client);
     let buckets = plumbing::bus::ensure_presence_buckets(&js, &bus).await?;
+    let groups = plumbing::bus::ensure_groups_bucket(&js, &bus).await?;
     let stop = CancellationToken::new();
     let directory = chat::Directory::start(
         &js,
         buckets,
+        groups,
         partitions,
         Duration::from_secs(3600),
         chat::ChatMetrics::new(),
@@ -235,10 +307,12 @@ async fn hold(access: Access, partitions: u32, shards: u32) -> anyhow::Result<He
     let load_s = started.elapsed().as_secs_f64();
     let after = crate::process::rss_kib(std::process::id())?;
     let sessions = directory.sessions_held();
+    let memberships = directory.memberships_held();
     stop.cancel();
     Ok(Held {
         shards,
         sessions,
+        memberships,
         load_s,
         rss_kib: after.saturating_sub(before),
         error: None,

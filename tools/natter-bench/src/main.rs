@@ -226,12 +226,17 @@ enum Scenario {
     /// CPU time and NATS messages per persisted 1:1 message, process by process, at a fixed
     /// rate (natter as separate processes next to natter-bench).
     Cost(cost::Options),
-    /// The session directory's memory and start-up per chat instance, by the number of
-    /// session shards it holds.
+    /// The session directory's memory and start-up per chat instance (sessions and group
+    /// memberships), by the number of shards it holds.
     Directory {
         /// Sessions written, one user each.
         #[arg(long, default_value_t = 1_000_000)]
         sessions: usize,
+        /// Group memberships written, in groups of `--group-size` among the sessions' users.
+        #[arg(long, default_value_t = 1_000_000)]
+        memberships: usize,
+        #[arg(long, default_value_t = 10)]
+        group_size: usize,
         /// Session shards (the deployment's partition count).
         #[arg(long, default_value_t = 6)]
         partitions: u32,
@@ -330,11 +335,15 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Cost(options) => cost::run(&options, &out).await,
         Scenario::Directory {
             sessions,
+            memberships,
+            group_size,
             partitions,
             held,
         } => {
             let options = directory::Options {
                 sessions,
+                memberships,
+                group_size,
                 partitions,
                 held,
             };

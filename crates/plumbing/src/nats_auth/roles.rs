@@ -97,9 +97,11 @@ impl Role {
                     "natter.presence.*",
                     "natter.history.query.*",
                     s::SESSIONS_QUERY_ALL,
+                    s::GROUPS_QUERY_ALL,
                 ]);
                 p.subscribe([
                     s::SESSIONS_QUERY_ALL,
+                    s::GROUPS_QUERY_ALL,
                     s::CHAT_SEND,
                     s::CHAT_GROUP,
                     s::CHAT_RECEIPT,
@@ -143,7 +145,7 @@ impl Role {
             }
             Role::History => {
                 p.allow_responses = true;
-                p.publish([s::CHAT_NOTIFY]);
+                p.publish([s::CHAT_NOTIFY, s::GROUPS_QUERY_ALL]);
                 p.subscribe([s::HISTORY_QUERY, s::CHAT_RECEIPT]);
                 p.look_for_the_old_messages_stream();
                 // Permissions cannot name a stream or consumer by pattern: every partition's

@@ -1,4 +1,4 @@
-//! Who may do what in a group. Roles are read from the bucket, not the view, so a decision
+//! Who may do what in a group. Roles are read from the bucket, not a view, so a decision
 //! always sees the latest write (a member removed a moment ago on another instance is refused).
 
 use futures::StreamExt;
@@ -12,9 +12,12 @@ use crate::refusal::GroupError;
 impl GroupOps {
     /// The user's role, read from the bucket; refused if they are not a member.
     pub(super) async fn role_of(&self, group: &GroupId, user: &UserId) -> Result<Role, GroupError> {
-        match membership(&self.bucket, group, user).await? {
+        match membership(&self.bucket, group, user, self.partitions).await? {
             Some(m) => Ok(m.role),
-            None if group_record(&self.bucket, group).await?.is_none() => {
+            None if group_record(&self.bucket, group, self.partitions)
+                .await?
+                .is_none() =>
+            {
                 Err(GroupError::NoSuchGroup)
             }
             None => Err(GroupError::NotAMember),
@@ -46,8 +49,9 @@ impl GroupOps {
             futures::stream::iter(users)
                 .map(|user| {
                     let (bucket, group) = (self.bucket.clone(), group.clone());
+                    let shards = self.partitions;
                     async move {
-                        let m = membership(&bucket, &group, &user).await;
+                        let m = membership(&bucket, &group, &user, shards).await;
                         (user, m)
                     }
                 })
@@ -82,7 +86,7 @@ impl GroupOps {
         if target == actor {
             return Err(GroupError::OwnRole);
         }
-        membership(&self.bucket, group, target)
+        membership(&self.bucket, group, target, self.partitions)
             .await?
             .ok_or(GroupError::NoSuchMember)
     }

@@ -2,13 +2,14 @@
 //! in the same order: check the request, authorise against the bucket, write the bucket,
 //! record the system message with the revision, answer with the group as the actor sees it.
 
+use futures::StreamExt;
 use groups::{GroupRecord, group_record};
 use protocol::{ClientMsgId, GroupEvent, GroupId, Role, UserId};
 
 use super::authorise::{may_add, may_remove_users};
 use super::validate::{group_name, user_ids};
-use super::writes::now_ms;
-use super::{Answer, GroupOps, VIEW_PATIENCE};
+use super::writes::{WRITES_AT_ONCE, now_ms};
+use super::{Answer, GroupOps};
 use crate::refusal::GroupError;
 
 impl GroupOps {
@@ -24,7 +25,7 @@ impl GroupOps {
         self.check_size(members.len() + 1)?;
         let mut joining = vec![owner.clone()];
         joining.extend(members.iter().cloned());
-        self.check_groups_of(&joining)?;
+        self.check_groups_of(&joining).await?;
         self.check_consent(&owner, &members).await?;
         let group = GroupId::new(ulid::Ulid::new().to_string()).expect("a ULID is a valid id");
         let now = now_ms();
@@ -46,7 +47,7 @@ impl GroupOps {
             members: everyone,
         };
         self.record(&group, &owner, event, rev).await;
-        Ok(self.answer_info(qid, &group, &owner))
+        self.answer_info(qid, &group, &owner, rev).await
     }
 
     pub(super) async fn rename(
@@ -58,14 +59,16 @@ impl GroupOps {
     ) -> Answer {
         let name = group_name(name)?;
         self.require_manager(&group, &actor).await?;
-        let Some((mut record, revision)) = group_record(&self.bucket, &group).await? else {
+        let Some((mut record, revision)) =
+            group_record(&self.bucket, &group, self.partitions).await?
+        else {
             return Err(GroupError::NoSuchGroup);
         };
         record.name = name.clone();
         let rev = self.update_group(&group, &record, revision).await?;
         self.record(&group, &actor, GroupEvent::Renamed { name }, rev)
             .await;
-        Ok(self.answer_info(qid, &group, &actor))
+        self.answer_info(qid, &group, &actor, rev).await
     }
 
     pub(super) async fn add(
@@ -80,12 +83,14 @@ impl GroupOps {
         let role = role.unwrap_or(Role::Member);
         may_add(actor_role, role)?;
         let users = user_ids(users, &actor)?;
-        let newcomers: Vec<UserId> = users
-            .into_iter()
-            .filter(|u| !self.view.is_member(&group, u))
-            .collect();
-        self.check_size(self.view.member_count(&group) + newcomers.len())?;
-        self.check_groups_of(&newcomers)?;
+        let newcomers = self.not_members(&group, users).await?;
+        let members = self
+            .groups
+            .info(&group, &actor, 0)
+            .await?
+            .map_or(0, |facts| facts.members as usize);
+        self.check_size(members + newcomers.len())?;
+        self.check_groups_of(&newcomers).await?;
         self.check_consent(&actor, &newcomers).await?;
         let (added, rev) = self
             .create_members(&group, newcomers, role, now_ms())
@@ -94,7 +99,7 @@ impl GroupOps {
             let event = GroupEvent::Added { users: added, role };
             self.record(&group, &actor, event, rev).await;
         }
-        Ok(self.answer_info(qid, &group, &actor))
+        self.answer_info(qid, &group, &actor, rev).await
     }
 
     pub(super) async fn remove(
@@ -108,51 +113,48 @@ impl GroupOps {
         may_remove_users(&actor, users)?;
         let users = user_ids(users, &actor)?;
         let targets = self.removable(&group, users, actor_role).await?;
+        let mut rev = 0;
         if !targets.is_empty() {
-            let rev = self.delete_members(&group, &targets).await?;
+            rev = self.delete_members(&group, &targets).await?;
             let event = GroupEvent::Removed { users: targets };
             self.record(&group, &actor, event, rev).await;
         }
-        Ok(self.answer_info(qid, &group, &actor))
+        self.answer_info(qid, &group, &actor, rev).await
     }
 
     pub(super) async fn leave(&self, user: UserId, qid: ClientMsgId, group: GroupId) -> Answer {
         let role = self.role_of(&group, &user).await?;
-        let rev = self
+        let mut rev = self
             .delete_members(&group, std::slice::from_ref(&user))
             .await?;
         self.record(&group, &user, GroupEvent::Left, rev).await;
         if role == Role::Owner {
-            self.hand_over(&group, &user).await?;
+            rev = self.hand_over(&group, &user, rev).await?;
         }
-        Ok(self.answer_info(qid, &group, &user))
+        self.answer_info(qid, &group, &user, rev).await
     }
 
-    /// After the owner left: the first admin by user id becomes owner, else the first member;
-    /// with nobody left, the group is deleted.
-    async fn hand_over(&self, group: &GroupId, former: &UserId) -> Result<(), GroupError> {
-        self.view
-            .reach(self.revision_after_write().await?, VIEW_PATIENCE)
-            .await;
-        let (members, _) = self.view.members_page(group, None, usize::MAX);
-        let heir = members
-            .iter()
-            .find(|m| m.role == Role::Admin)
-            .or(members.first());
-        match heir {
+    /// After the owner left (the bucket at `rev`): the first admin by user id becomes owner,
+    /// else the first member; with nobody left, the group is deleted. Returns the revision
+    /// of that write.
+    async fn hand_over(
+        &self,
+        group: &GroupId,
+        former: &UserId,
+        rev: u64,
+    ) -> Result<u64, GroupError> {
+        match self.groups.heir(group, rev).await? {
             Some(heir) => {
-                let rev = self
-                    .put_member(group, &heir.user, Role::Owner, now_ms())
-                    .await?;
+                let rev = self.put_member(group, &heir, Role::Owner, now_ms()).await?;
                 let event = GroupEvent::RoleChanged {
-                    user: heir.user.clone(),
+                    user: heir,
                     role: Role::Owner,
                 };
                 self.record(group, former, event, rev).await;
+                Ok(rev)
             }
-            None => self.delete_group(group).await?,
+            None => self.delete_group(group).await,
         }
-        Ok(())
     }
 
     pub(super) async fn set_role(
@@ -175,17 +177,42 @@ impl GroupOps {
         }
         let event = GroupEvent::RoleChanged { user: target, role };
         self.record(&group, &actor, event, rev).await;
-        Ok(self.answer_info(qid, &group, &actor))
+        self.answer_info(qid, &group, &actor, rev).await
     }
 
-    /// Refused if any of `joining` is already in the most groups a user may be in (as this
-    /// instance's view counts them, like the member limit).
-    fn check_groups_of(&self, joining: &[UserId]) -> Result<(), GroupError> {
+    /// Those of `users` who are not members of `group`.
+    async fn not_members(
+        &self,
+        group: &GroupId,
+        users: Vec<UserId>,
+    ) -> Result<Vec<UserId>, GroupError> {
+        let checked: Vec<(UserId, anyhow::Result<bool>)> = futures::stream::iter(users)
+            .map(|user| async move {
+                let member = self.groups.is_member(group, &user).await;
+                (user, member)
+            })
+            .buffered(WRITES_AT_ONCE)
+            .collect()
+            .await;
+        let mut newcomers = Vec::new();
+        for (user, member) in checked {
+            if !member? {
+                newcomers.push(user);
+            }
+        }
+        Ok(newcomers)
+    }
+
+    /// Refused if any of `joining` is already in the most groups a user may be in (as their
+    /// shards' holders count them now, like the member limit).
+    async fn check_groups_of(&self, joining: &[UserId]) -> Result<(), GroupError> {
         let max_groups = self.config.max_groups_per_user;
+        let lists = self.groups.groups_of(joining).await?;
         let users: Vec<String> = joining
             .iter()
-            .filter(|u| self.view.group_count(u) >= max_groups)
-            .map(|u| u.to_string())
+            .zip(lists)
+            .filter(|(_, groups)| groups.len() >= max_groups)
+            .map(|(u, _)| u.to_string())
             .collect();
         if users.is_empty() {
             Ok(())

@@ -9,9 +9,12 @@
 //! a system message in the group's conversation recording it. The message carries the bucket
 //! revision of the change, and the router applies that revision before routing anything
 //! written after the message (see `router`), which is what makes a removal take effect at
-//! once. Authorisation reads the bucket, not the view, so it always sees the latest write.
+//! once. Authorisation reads the bucket, not a view, so it always sees the latest write.
 //!
-//! The member limit is checked against this instance's view: two additions racing on
+//! Any chat instance serves any operation: what the group's shard knows (its member count,
+//! its members, the users' lists of groups) is asked of the shard's holder
+//! (`groups::Groups`), naming the revision of the change just made so the answer includes
+//! it. The member limit is checked against that count: two additions racing on
 //! different instances can overshoot it by the size of the second one. Operations on one
 //! group are rare enough that this is preferred over serialising them.
 
@@ -24,10 +27,9 @@ mod validate;
 mod writes;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
-use groups::GroupView;
+use groups::Groups;
 use protocol::frames::ServerFrame;
 use protocol::payloads::GroupRequest;
 use protocol::{GroupOp, subjects};
@@ -39,8 +41,6 @@ use crate::metrics::ChatMetrics;
 use crate::refusal::GroupError;
 use validate::{group_id, user_id};
 
-/// How long an answer waits for this instance's view to show the change it made.
-const VIEW_PATIENCE: Duration = Duration::from_secs(2);
 /// Operations one instance works on at once.
 const OPERATIONS_AT_ONCE: usize = 256;
 
@@ -51,7 +51,7 @@ pub struct GroupOps {
     pub bucket: kv::Store,
     /// The deployment's partition count, which names a system message's subject.
     pub partitions: u32,
-    pub view: GroupView,
+    pub groups: Groups,
     pub ids: Arc<MessageIds>,
     pub metrics: ChatMetrics,
 }
@@ -117,7 +117,7 @@ impl GroupOps {
                     .await
             }
             GroupOp::Info { group } => self.group_info(user, qid, group_id(&group)?).await,
-            GroupOp::Mine { after, limit } => self.mine(user, qid, after.as_deref(), limit),
+            GroupOp::Mine { after, limit } => self.mine(user, qid, after.as_deref(), limit).await,
             GroupOp::Members {
                 group,
                 after,

@@ -5,16 +5,16 @@ use protocol::frames::Message;
 use protocol::payloads::StoredMessage;
 use protocol::{ClientMsgId, ConversationId, GroupEvent, GroupId, Role, UserId, subjects};
 
+use super::GroupOps;
 use super::writes::json;
-use super::{GroupOps, VIEW_PATIENCE};
 
 /// Names listed in a system message's text before "and N others".
 const NAMES_IN_TEXT: usize = 10;
 
 impl GroupOps {
-    /// Appends the system message recording `event` to the group's conversation, then waits
-    /// (a little) for this instance's view to reach `rev`. The change is already in the
-    /// bucket; a failure here loses the record, not the change.
+    /// Appends the system message recording `event` to the group's conversation, carrying
+    /// `rev` for the router. The change is already in the bucket; a failure here loses the
+    /// record, not the change.
     pub(super) async fn record(
         &self,
         group: &GroupId,
@@ -47,7 +47,6 @@ impl GroupOps {
         if let Err(e) = published {
             tracing::warn!(error = %e, %group, "group event not recorded in the conversation");
         }
-        self.view.reach(rev, VIEW_PATIENCE).await;
     }
 }
 

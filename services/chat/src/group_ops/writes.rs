@@ -1,9 +1,11 @@
-//! The writes to the `natter_groups` bucket that make a change: the group record and the
-//! membership keys, each returning the bucket revision the system message will carry.
+//! The writes to the `natter_groups` bucket that make a change: the group record, the
+//! membership keys and the users' lists of groups, each returning the bucket revision the
+//! system message will carry (that of a key in the group's shard, the only revisions the
+//! shard's view reaches).
 
 use async_nats::jetstream::kv;
 use futures::StreamExt;
-use groups::{GroupRecord, MemberRecord, membership};
+use groups::{GroupRecord, MemberRecord, delete_key, membership};
 use protocol::{GroupId, Role, UserId, subjects};
 
 use super::GroupOps;
@@ -20,7 +22,7 @@ impl GroupOps {
         record: &GroupRecord,
     ) -> Result<u64, GroupError> {
         self.bucket
-            .create(subjects::group_key(group), json(record))
+            .create(subjects::group_key(group, self.partitions), json(record))
             .await
             .map_err(GroupError::unavailable)
     }
@@ -32,8 +34,9 @@ impl GroupOps {
         record: &GroupRecord,
         revision: u64,
     ) -> Result<u64, GroupError> {
+        let key = subjects::group_key(group, self.partitions);
         self.bucket
-            .update(subjects::group_key(group), json(record), revision)
+            .update(key, json(record), revision)
             .await
             .map_err(|e| match e.kind() {
                 kv::UpdateErrorKind::WrongLastRevision => GroupError::Changed,
@@ -42,15 +45,18 @@ impl GroupOps {
     }
 
     /// Deletes the group record (the last member left).
-    pub(super) async fn delete_group(&self, group: &GroupId) -> Result<(), GroupError> {
-        self.bucket
-            .delete(subjects::group_key(group))
-            .await
-            .map_err(GroupError::unavailable)
+    pub(super) async fn delete_group(&self, group: &GroupId) -> Result<u64, GroupError> {
+        let key = subjects::group_key(group, self.partitions);
+        Ok(delete_key(&self.js, &key).await?)
     }
 
-    /// Adds new members, many writes at once; a key that exists already (a member the view
-    /// had not seen yet) is left as it is. Returns who was added and the last revision.
+    /// Adds new members, many writes at once; a key that exists already (a member added
+    /// meanwhile) is left as it is. Returns who was added and the revision of the last
+    /// membership written.
+    ///
+    /// Each user's list of groups gets its entry first and loses it last (`delete_members`):
+    /// the lists may name a group a user is no longer in after a failure between the two
+    /// writes, never miss one, and readers check the membership itself.
     pub(super) async fn create_members(
         &self,
         group: &GroupId,
@@ -59,11 +65,21 @@ impl GroupOps {
         now: u64,
     ) -> Result<(Vec<UserId>, u64), GroupError> {
         let value = json(&MemberRecord { role, since: now });
-        let results: Vec<(UserId, Result<u64, kv::CreateError>)> = futures::stream::iter(users)
+        let results: Vec<(UserId, Result<u64, GroupError>)> = futures::stream::iter(users)
             .map(|user| {
-                let (bucket, value) = (self.bucket.clone(), value.clone());
-                let key = subjects::member_key(group, &user);
-                async move { (user, bucket.create(key, value).await) }
+                let value = value.clone();
+                async move {
+                    let created = async {
+                        self.list_in_groups_of(&user, group).await?;
+                        let key = subjects::member_key(group, &user, self.partitions);
+                        match self.bucket.create(key, value).await {
+                            Ok(rev) => Ok(rev),
+                            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(0),
+                            Err(e) => Err(GroupError::unavailable(e)),
+                        }
+                    };
+                    (user.clone(), created.await)
+                }
             })
             .buffered(WRITES_AT_ONCE)
             .collect()
@@ -71,13 +87,12 @@ impl GroupOps {
         let mut added = Vec::new();
         let mut rev = 0;
         for (user, result) in results {
-            match result {
-                Ok(r) => {
+            match result? {
+                0 => {}
+                r => {
                     rev = rev.max(r);
                     added.push(user);
                 }
-                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
-                Err(e) => return Err(GroupError::unavailable(e)),
             }
         }
         Ok((added, rev))
@@ -91,7 +106,7 @@ impl GroupOps {
         role: Role,
         now: u64,
     ) -> Result<u64, GroupError> {
-        let since = match membership(&self.bucket, group, user).await? {
+        let since = match membership(&self.bucket, group, user, self.partitions).await? {
             Some(m) => m.since,
             None => now,
         };
@@ -105,46 +120,53 @@ impl GroupOps {
         role: Role,
         since: u64,
     ) -> Result<u64, GroupError> {
+        self.list_in_groups_of(user, group).await?;
         let record = MemberRecord { role, since };
         self.bucket
-            .put(subjects::member_key(group, user), json(&record))
+            .put(
+                subjects::member_key(group, user, self.partitions),
+                json(&record),
+            )
             .await
             .map_err(GroupError::unavailable)
     }
 
-    /// Deletes the membership keys of `users`, many at once, and returns the revision after.
+    /// Deletes the membership keys of `users`, many at once, then their entries in the users'
+    /// lists of groups; returns the revision of the last membership deleted.
     pub(super) async fn delete_members(
         &self,
         group: &GroupId,
         users: &[UserId],
     ) -> Result<u64, GroupError> {
-        let keys: Vec<String> = users
-            .iter()
-            .map(|user| subjects::member_key(group, user))
-            .collect();
-        let deleted: Vec<_> = futures::stream::iter(keys)
-            .map(|key| {
-                let bucket = self.bucket.clone();
-                async move { bucket.delete(key).await }
+        let deleted: Vec<anyhow::Result<u64>> = futures::stream::iter(users.to_vec())
+            .map(|user| async move {
+                let rev = delete_key(
+                    &self.js,
+                    &subjects::member_key(group, &user, self.partitions),
+                )
+                .await?;
+                let listed = subjects::user_group_key(&user, group, self.partitions);
+                delete_key(&self.js, &listed).await?;
+                Ok(rev)
             })
             .buffer_unordered(WRITES_AT_ONCE)
             .collect()
             .await;
-        if let Some(Err(e)) = deleted.into_iter().find(Result::is_err) {
-            return Err(GroupError::unavailable(e));
+        let mut rev = 0;
+        for result in deleted {
+            rev = rev.max(result?);
         }
-        self.revision_after_write().await
+        Ok(rev)
     }
 
-    /// The bucket's last revision: a delete does not return the revision it wrote.
-    pub(super) async fn revision_after_write(&self) -> Result<u64, GroupError> {
-        let mut stream = self
-            .js
-            .get_stream(subjects::GROUPS_STREAM)
+    /// Puts `group` in `user`'s list of groups (the value is not read: the key says it).
+    async fn list_in_groups_of(&self, user: &UserId, group: &GroupId) -> Result<(), GroupError> {
+        let key = subjects::user_group_key(user, group, self.partitions);
+        self.bucket
+            .put(key, bytes::Bytes::new())
             .await
             .map_err(GroupError::unavailable)?;
-        let info = stream.info().await.map_err(GroupError::unavailable)?;
-        Ok(info.state.last_sequence)
+        Ok(())
     }
 }
 

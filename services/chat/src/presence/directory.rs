@@ -7,6 +7,10 @@
 //! not with everyone; the price is a request to the holder for recipients in shards held
 //! elsewhere (ARCHITECTURE.md, "Partitions").
 //!
+//! A shard held here is also shard `k` of the groups bucket (the groups of partition `k` and
+//! the group lists of the shard's users, `groups::GroupView`), answered on
+//! `natter.chat.groups.<k>`: one holder, one hand-over and one stand-in rule for both.
+//!
 //! A session counts only while its gateway holds a live lease and the session belongs to the
 //! gateway's current run (its connection id is newer than the lease's boot id). Leases are
 //! one per gateway, and every routing instance follows them all (`leases.rs`).
@@ -70,6 +74,7 @@ pub struct Directory {
 struct Inner {
     js: jetstream::Context,
     sessions: kv::Store,
+    groups: kv::Store,
     leases: Leases,
     decider: Decider,
     shards: u32,
@@ -88,6 +93,7 @@ struct Inner {
 struct Held {
     shard: Arc<RwLock<Shard>>,
     progress: Progress,
+    groups: groups::GroupView,
     stop: CancellationToken,
 }
 
@@ -103,6 +109,7 @@ impl Directory {
     pub async fn start(
         js: &jetstream::Context,
         buckets: plumbing::bus::PresenceBuckets,
+        groups: kv::Store,
         shards: u32,
         sweep_every: Duration,
         metrics: ChatMetrics,
@@ -123,6 +130,7 @@ impl Directory {
             inner: Arc::new(Inner {
                 js: js.clone(),
                 sessions: buckets.sessions,
+                groups,
                 leases,
                 decider,
                 shards: shards.max(1),
@@ -211,8 +219,8 @@ impl Directory {
         self.hold(k).await
     }
 
-    /// Takes shard `k`: loads its sessions, then answers lookups for it and decides its
-    /// users' presence. Nothing if it is held already.
+    /// Takes shard `k`: loads its sessions and groups, then answers lookups and questions
+    /// about groups for it and decides its users' presence. Nothing if it is held already.
     pub async fn hold(&self, k: u32) -> anyhow::Result<()> {
         let _taking = self.inner.taking.lock().await;
         if self.inner.held.read().unwrap().contains_key(&k) {
@@ -238,40 +246,72 @@ impl Directory {
                 return Err(e);
             }
         };
-        if !progress.loaded(LOAD_PATIENCE).await {
-            stop.cancel();
-            anyhow::bail!("session shard {k} did not load within {LOAD_PATIENCE:?}");
-        }
-        let queries = match self
-            .inner
-            .js
-            .client()
-            .subscribe(subjects::sessions_query(k))
-            .await
-        {
-            Ok(sub) => sub,
+        let loaded = async {
+            let groups = groups::GroupView::follow_shard(
+                &self.inner.js,
+                &self.inner.groups,
+                k,
+                stop.clone(),
+            )
+            .await?;
+            let (sessions, groups_in) =
+                tokio::join!(progress.loaded(LOAD_PATIENCE), groups.loaded(LOAD_PATIENCE));
+            anyhow::ensure!(
+                sessions && groups_in,
+                "shard {k} did not load within {LOAD_PATIENCE:?}"
+            );
+            let nats = self.inner.js.client();
+            let queries = nats.subscribe(subjects::sessions_query(k)).await?;
+            let questions = nats.subscribe(subjects::groups_query(k)).await?;
+            anyhow::Ok((groups, queries, questions))
+        };
+        let (groups, queries, questions) = match loaded.await {
+            Ok(loaded) => loaded,
             Err(e) => {
                 stop.cancel();
-                return Err(e.into());
+                return Err(e);
             }
         };
         let held = Arc::new(Held {
             shard,
             progress,
+            groups: groups.clone(),
             stop: stop.clone(),
         });
         tokio::spawn(answer(self.clone(), k, queries, stop.clone()));
+        let nats = self.inner.js.client();
+        tokio::spawn(groups::serve_shard(
+            nats,
+            k,
+            groups.clone(),
+            questions,
+            stop.clone(),
+        ));
         tokio::spawn(self.inner.decider.clone().run(self.clone(), k, stop));
         let sessions = held.shard.read().unwrap().len();
         self.inner.held.write().unwrap().insert(k, held);
         self.inner.metrics.session_shards_held.inc();
+        let (group_count, memberships) = groups.size();
         tracing::info!(
             shard = k,
             sessions,
+            groups = group_count,
+            memberships,
             load_ms = started.elapsed().as_millis() as u64,
-            "session shard taken"
+            "shard taken"
         );
         Ok(())
+    }
+
+    /// The view of groups shard `k`, taking the shard if it is not held yet (a router needs
+    /// the shard of its partition).
+    pub async fn groups_of_shard(&self, k: u32) -> anyhow::Result<groups::GroupView> {
+        if let Some(view) = groups::Holder::held(self, k) {
+            return Ok(view);
+        }
+        self.hold(k).await?;
+        groups::Holder::held(self, k)
+            .ok_or_else(|| anyhow::anyhow!("shard {k} was given up while being taken"))
     }
 
     /// Gives shard `k` up: stops answering for it and deciding its presence.
@@ -282,7 +322,7 @@ impl Directory {
         held.stop.cancel();
         self.inner.metrics.session_shards_held.dec();
         self.inner.decider.release(&self.inner.js, k).await;
-        tracing::info!(shard = k, "session shard given up");
+        tracing::info!(shard = k, "shard given up");
     }
 
     /// Whether this instance holds shard `k`.
@@ -294,6 +334,12 @@ impl Directory {
     pub fn sessions_held(&self) -> usize {
         let held = self.inner.held.read().unwrap();
         held.values().map(|h| h.shard.read().unwrap().len()).sum()
+    }
+
+    /// How many group memberships the shards held here hold.
+    pub fn memberships_held(&self) -> usize {
+        let held = self.inner.held.read().unwrap();
+        held.values().map(|h| h.groups.size().1).sum()
     }
 
     /// A router passed a session marker standing for `registrations`, written when the
@@ -531,6 +577,21 @@ impl Directory {
     }
 }
 
+impl groups::Holder for Directory {
+    fn held(&self, k: u32) -> Option<groups::GroupView> {
+        let held = self.inner.held.read().unwrap();
+        held.get(&k).map(|h| h.groups.clone())
+    }
+
+    fn orphaned(&self, k: u32) -> futures::future::BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if let Err(e) = self.stand_in(k).await {
+                tracing::warn!(error = %e, shard = k, "shard not taken");
+            }
+        })
+    }
+}
+
 /// Why a holder gave no answer.
 #[derive(Debug, thiserror::Error)]
 enum AskError {
@@ -683,6 +744,8 @@ async fn sweep(directory: Directory, every: Duration, stop: CancellationToken) {
         let started = Instant::now();
         let held: Vec<Arc<Held>> = inner.held.read().unwrap().values().cloned().collect();
         let mut sessions = 0;
+        let memberships = directory.memberships_held();
+        inner.metrics.memberships_held.set(memberships as i64);
         for held in held {
             let dead = {
                 let book = inner.leases.read();

@@ -62,8 +62,7 @@ pub async fn up(mut config: NatterConfig) -> anyhow::Result<()> {
         &config.bus,
         history_nats.clone(),
         store,
-        history::membership::groups_view(&history_nats, &config.bus, history_shutdown.clone())
-            .await?,
+        history::membership::held_elsewhere(&history_nats, &config.bus).await?,
         history_shutdown.clone(),
     )
     .await?;
