@@ -150,14 +150,26 @@ async fn three_instances_each_hold_a_share_of_the_groups_and_serve_any_of_them()
         .unwrap();
     assert!(page.iter().any(|m| m.body == "hello-0"));
 
-    // An instance dies, holding a shard with some of the groups: they are served again.
+    // An instance dies, holding a shard with some of the groups: they are served again. A
+    // request that was on its way to the dead instance is answered "unavailable, retry", and
+    // the client retries, as clients do.
     stack.chats[0].kill();
     for (g, group) in groups.iter().enumerate() {
-        let rename = GroupOp::Rename {
-            group: group.to_string(),
-            name: format!("renamed-{g}"),
+        let mut tries = 0;
+        let renamed = loop {
+            tries += 1;
+            let qid = format!("rename-{g}-{tries}");
+            let rename = GroupOp::Rename {
+                group: group.to_string(),
+                name: format!("renamed-{g}"),
+            };
+            owner.group(&qid, rename).await.unwrap();
+            match expect_answer(&mut owner, &qid).await {
+                ServerFrame::Group { group, .. } => break group,
+                ServerFrame::Error { code, .. } if code == ErrorCode::Unavailable && tries < 5 => {}
+                other => panic!("rename {qid} failed: {other:?}"),
+            }
         };
-        let renamed = op(&mut owner, &format!("rename-{g}"), rename).await;
         assert_eq!(renamed.name, format!("renamed-{g}"));
     }
     send(&mut owner, &first, "after-takeover").await.unwrap();

@@ -130,10 +130,7 @@ impl Groups {
             let GroupsAnswer::Infos { facts: found } = answer else {
                 anyhow::bail!("a groups holder answered {answer:?} to an infos question");
             };
-            anyhow::ensure!(found.len() == at.len(), "a groups holder answered short");
-            for (i, f) in at.into_iter().zip(found) {
-                facts[i] = f;
-            }
+            place(&mut facts, at, found)?;
         }
         Ok(facts)
     }
@@ -186,25 +183,49 @@ impl Groups {
 
     /// The groups of each of `users`, in order: one question per shard of theirs.
     pub async fn groups_of(&self, users: &[UserId]) -> anyhow::Result<Vec<Vec<GroupId>>> {
-        let by_shard = by_shard(users.iter().map(|u| subjects::user_shard(u, self.shards)));
-        let answers = futures::future::try_join_all(by_shard.into_iter().map(|(k, at)| {
-            let ask = GroupsAsk::GroupsOf {
-                users: at.iter().map(|&i| users[i].clone()).collect(),
-            };
-            async move { Ok::<_, anyhow::Error>((at, self.ask(k, 0, ask).await?)) }
-        }))
-        .await?;
+        let ask = |users| GroupsAsk::GroupsOf { users };
+        let answers = self.ask_per_user_shard(users, ask).await?;
         let mut groups = vec![Vec::new(); users.len()];
         for (at, answer) in answers {
             let GroupsAnswer::GroupsOf { groups: lists } = answer else {
                 anyhow::bail!("a groups holder answered {answer:?} to a groups-of question");
             };
-            anyhow::ensure!(lists.len() == at.len(), "a groups holder answered short");
-            for (i, list) in at.into_iter().zip(lists) {
-                groups[i] = list;
-            }
+            place(&mut groups, at, lists)?;
         }
         Ok(groups)
+    }
+
+    /// How many groups each of `users` is in, in order (the answer stays small however many
+    /// groups they are in).
+    pub async fn group_counts(&self, users: &[UserId]) -> anyhow::Result<Vec<usize>> {
+        let ask = |users| GroupsAsk::GroupCounts { users };
+        let answers = self.ask_per_user_shard(users, ask).await?;
+        let mut counts = vec![0; users.len()];
+        for (at, answer) in answers {
+            let GroupsAnswer::GroupCounts { counts: found } = answer else {
+                anyhow::bail!("a groups holder answered {answer:?} to a group-counts question");
+            };
+            place(
+                &mut counts,
+                at,
+                found.into_iter().map(|c| c as usize).collect(),
+            )?;
+        }
+        Ok(counts)
+    }
+
+    /// `ask` of the users of each shard, at once; each answer with the positions it is for.
+    async fn ask_per_user_shard(
+        &self,
+        users: &[UserId],
+        ask: impl Fn(Vec<UserId>) -> GroupsAsk,
+    ) -> anyhow::Result<Vec<(Vec<usize>, GroupsAnswer)>> {
+        let by_shard = by_shard(users.iter().map(|u| subjects::user_shard(u, self.shards)));
+        futures::future::try_join_all(by_shard.into_iter().map(|(k, at)| {
+            let ask = ask(at.iter().map(|&i| users[i].clone()).collect());
+            async move { Ok::<_, anyhow::Error>((at, self.ask(k, 0, ask).await?)) }
+        }))
+        .await
     }
 
     fn shard_of(&self, group: &GroupId) -> u32 {
@@ -259,6 +280,15 @@ fn by_shard(shards: impl Iterator<Item = u32>) -> BTreeMap<u32, Vec<usize>> {
         by_shard.entry(k).or_default().push(i);
     }
     by_shard
+}
+
+/// Puts a holder's answers for the entries at positions `at` in their places.
+fn place<T>(all: &mut [T], at: Vec<usize>, found: Vec<T>) -> anyhow::Result<()> {
+    anyhow::ensure!(found.len() == at.len(), "a groups holder answered short");
+    for (i, f) in at.into_iter().zip(found) {
+        all[i] = f;
+    }
+    Ok(())
 }
 
 /// Answers questions about held shard `k` from `view` until `stop` (it is given up).

@@ -209,6 +209,13 @@ impl GroupView {
             GroupsAsk::GroupsOf { users } => GroupsAnswer::GroupsOf {
                 groups: users.iter().map(|u| self.groups_of(u)).collect(),
             },
+            GroupsAsk::GroupCounts { users } => {
+                let state = self.state.read().unwrap();
+                let count = |u: &UserId| state.of_user.get(u).map_or(0, |gs| gs.len() as u32);
+                GroupsAnswer::GroupCounts {
+                    counts: users.iter().map(count).collect(),
+                }
+            }
         }
     }
 }

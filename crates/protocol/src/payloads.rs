@@ -273,6 +273,8 @@ pub enum GroupsAsk {
     Heir { group: GroupId },
     /// The groups of each of `users`, in the same order.
     GroupsOf { users: Vec<UserId> },
+    /// How many groups each of `users` is in, in the same order.
+    GroupCounts { users: Vec<UserId> },
 }
 
 /// The answer to a [`GroupsQuery`], named like its question.
@@ -297,6 +299,9 @@ pub enum GroupsAnswer {
     },
     GroupsOf {
         groups: Vec<Vec<GroupId>>,
+    },
+    GroupCounts {
+        counts: Vec<u32>,
     },
 }
 

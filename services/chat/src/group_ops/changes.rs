@@ -207,11 +207,11 @@ impl GroupOps {
     /// shards' holders count them now, like the member limit).
     async fn check_groups_of(&self, joining: &[UserId]) -> Result<(), GroupError> {
         let max_groups = self.config.max_groups_per_user;
-        let lists = self.groups.groups_of(joining).await?;
+        let counts = self.groups.group_counts(joining).await?;
         let users: Vec<String> = joining
             .iter()
-            .zip(lists)
-            .filter(|(_, groups)| groups.len() >= max_groups)
+            .zip(counts)
+            .filter(|(_, groups)| *groups >= max_groups)
             .map(|(u, _)| u.to_string())
             .collect();
         if users.is_empty() {
