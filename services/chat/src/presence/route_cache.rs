@@ -38,8 +38,7 @@ impl RouteCache {
         self.users.remove(user);
     }
 
-    /// The remembered sessions of `user`, if fresh (the directory remembers only users it
-    /// found online: see `Directory::lookup_cached`).
+    /// The remembered sessions of `user`, if fresh (none: the user was offline).
     pub fn get(&self, user: &UserId, now: Instant) -> Option<&[Route]> {
         self.users
             .get(user)
