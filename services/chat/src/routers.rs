@@ -246,23 +246,29 @@ async fn catch_up(
         let caught_up = async {
             let mut from = order.look_from(seq).await?;
             let mut lost = 0;
-            while let Some(message) = order.missing(from, seq).await? {
-                if !router
-                    .handle(
-                        &message.subject,
-                        &message.payload,
-                        message.sequence,
-                        numbering,
-                        stop,
-                    )
-                    .await
-                {
-                    return Ok(false);
+            loop {
+                let missing = order.missing(from, seq).await?;
+                if missing.is_empty() {
+                    break;
                 }
-                order.routed_upto(message.sequence);
-                from = message.sequence + 1;
-                lost += 1;
-                router.metrics.routed_from_stream.inc();
+                for message in missing {
+                    let routed = router
+                        .handle(
+                            &message.subject,
+                            &message.payload,
+                            message.seq,
+                            numbering,
+                            stop,
+                        )
+                        .await;
+                    if !routed {
+                        return Ok(false);
+                    }
+                    order.routed_upto(message.seq);
+                    from = message.seq + 1;
+                    lost += 1;
+                    router.metrics.routed_from_stream.inc();
+                }
             }
             if lost > 0 {
                 tracing::warn!(

@@ -119,6 +119,9 @@ impl Role {
                     p.move_leader(&stream);
                     p.consume_durable(&stream, &s::router(k));
                     p.read_direct(&stream);
+                    // A router's catch-up after a hand-over reads a dropped pull's messages
+                    // through a short-lived consumer.
+                    p.read_with_consumers(&stream);
                 }
                 for k in 0..s::MAX_PARTITIONS {
                     p.consume_durable(s::SESSIONS_STREAM, &s::presence_decider(k));
