@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use async_nats::jetstream::kv;
 use futures::StreamExt;
-use futures::future::BoxFuture;
 use protocol::payloads::{GroupFacts, GroupsAnswer, GroupsAsk, GroupsQuery};
 use protocol::{GroupId, Member, UserId, subjects};
 use tokio::time::Instant;
@@ -36,8 +35,9 @@ const REACH_PATIENCE: Duration = Duration::from_secs(2);
 pub trait Holder: Send + Sync + 'static {
     /// The view of shard `k`, if held here.
     fn held(&self, k: u32) -> Option<GroupView>;
-    /// Nobody has answered for shard `k` for a while: take it, as a stand-in.
-    fn orphaned(&self, k: u32) -> BoxFuture<'_, ()>;
+    /// Nobody has answered for shard `k` for a while: take it, as a stand-in (without
+    /// waiting: the asker goes on asking).
+    fn orphaned(&self, k: u32);
 }
 
 /// Cloneable handle for asking about groups.
@@ -257,7 +257,7 @@ impl Groups {
                     if since.elapsed() >= ORPHANED_AFTER
                         && let Some(holder) = &self.holder
                     {
-                        holder.orphaned(k).await;
+                        holder.orphaned(k);
                     }
                     anyhow::anyhow!("no chat instance holds group shard {k}")
                 }

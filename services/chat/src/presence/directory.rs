@@ -83,6 +83,8 @@ struct Inner {
     taking: tokio::sync::Mutex<()>,
     /// Shards held because nobody answered for them, and since when (see [`ORPHANED_AFTER`]).
     stand_ins: Mutex<HashMap<u32, Instant>>,
+    /// Shards a stand-in is being taken for now (see [`Directory::stand_in_soon`]).
+    stand_ins_loading: Mutex<std::collections::HashSet<u32>>,
     /// Per shard, the newest registration a router here has passed (see the module doc).
     floors: Mutex<HashMap<u32, Floor>>,
     metrics: ChatMetrics,
@@ -137,6 +139,7 @@ impl Directory {
                 held: RwLock::default(),
                 taking: tokio::sync::Mutex::new(()),
                 stand_ins: Mutex::default(),
+                stand_ins_loading: Mutex::default(),
                 floors: Mutex::default(),
                 metrics,
                 stop: stop.clone(),
@@ -200,6 +203,21 @@ impl Directory {
         let mut stand_ins = self.inner.stand_ins.lock().unwrap();
         stand_ins.retain(|k, since| !assigned.contains(k) && since.elapsed() < STAND_IN_FOR);
         stand_ins.keys().copied().collect()
+    }
+
+    /// Takes shard `k` as a stand-in ([`Directory::stand_in`]) in a task of its own, once at
+    /// a time: whoever asks goes on asking (and may stop) while the shard loads.
+    fn stand_in_soon(&self, k: u32) {
+        if self.holds(k) || !self.inner.stand_ins_loading.lock().unwrap().insert(k) {
+            return;
+        }
+        let directory = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = directory.stand_in(k).await {
+                tracing::warn!(error = %e, shard = k, "shard not taken");
+            }
+            directory.inner.stand_ins_loading.lock().unwrap().remove(&k);
+        });
     }
 
     /// Takes shard `k`, which nobody answers for, until its work is shared out again.
@@ -392,10 +410,8 @@ impl Directory {
                         tracing::debug!(error = %e, shard = k, "session lookup not answered");
                         if e.orphaned() {
                             let since = *unanswered_since.get_or_insert_with(Instant::now);
-                            if since.elapsed() >= ORPHANED_AFTER
-                                && let Err(e) = self.stand_in(k).await
-                            {
-                                tracing::warn!(error = %e, shard = k, "session shard not taken");
+                            if since.elapsed() >= ORPHANED_AFTER {
+                                self.stand_in_soon(k);
                             }
                         }
                         if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -581,12 +597,8 @@ impl groups::Holder for Directory {
         held.get(&k).map(|h| h.groups.clone())
     }
 
-    fn orphaned(&self, k: u32) -> futures::future::BoxFuture<'_, ()> {
-        Box::pin(async move {
-            if let Err(e) = self.stand_in(k).await {
-                tracing::warn!(error = %e, shard = k, "shard not taken");
-            }
-        })
+    fn orphaned(&self, k: u32) {
+        self.stand_in_soon(k);
     }
 }
 
