@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::kv;
-use futures::StreamExt;
 use protocol::payloads::{GroupFacts, GroupsAnswer, GroupsAsk, GroupsQuery};
 use protocol::{GroupId, Member, UserId, subjects};
 use tokio::time::Instant;
@@ -294,38 +293,13 @@ fn place<T>(all: &mut [T], at: Vec<usize>, found: Vec<T>) -> anyhow::Result<()> 
 /// Answers questions about held shard `k` from `view` until `stop` (it is given up).
 pub async fn serve_shard(
     nats: async_nats::Client,
-    k: u32,
     view: GroupView,
-    mut questions: async_nats::Subscriber,
+    questions: async_nats::Subscriber,
     stop: CancellationToken,
 ) {
-    loop {
-        let msg = tokio::select! {
-            _ = stop.cancelled() => break,
-            msg = questions.next() => match msg {
-                Some(msg) => msg,
-                None => break,
-            },
-        };
-        let Some(reply) = msg.reply else { continue };
-        let Ok(query) = serde_json::from_slice::<GroupsQuery>(&msg.payload) else {
-            tracing::warn!(shard = k, "undecodable groups question");
-            continue;
-        };
-        let (nats, view, stop) = (nats.clone(), view.clone(), stop.clone());
-        tokio::spawn(async move {
-            let answer = view.answer(query.revision, query.ask, REACH_PATIENCE).await;
-            // Given up meanwhile: no answer, so the asker asks the new holder.
-            if stop.is_cancelled() {
-                return;
-            }
-            let payload = serde_json::to_vec(&answer).expect("answer to JSON");
-            if let Err(e) = nats.publish(reply, payload.into()).await {
-                tracing::debug!(error = %e, "groups answer not sent");
-            }
-        });
-    }
-    if let Err(e) = questions.unsubscribe().await {
-        tracing::debug!(error = %e, "groups question subscription not closed");
-    }
+    let answer = move |query: GroupsQuery| {
+        let view = view.clone();
+        async move { Some(view.answer(query.revision, query.ask, REACH_PATIENCE).await) }
+    };
+    plumbing::bus::answer_shard(nats, "groups", questions, stop, answer).await;
 }

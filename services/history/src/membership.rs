@@ -100,14 +100,17 @@ impl Membership for HeldElsewhere {
         limit: usize,
     ) -> BoxFuture<'a, anyhow::Result<(Option<Vec<UserId>>, usize)>> {
         Box::pin(async move {
-            let key = (group.clone(), limit);
-            if let Some((members, count)) = self.recent.get(&key).await {
-                return Ok((members.map(|m| m.to_vec()), count));
-            }
-            let (members, count) = self.groups.members_if_at_most(group, limit).await?;
-            let shared = members.as_deref().map(Arc::<[UserId]>::from);
-            self.recent.insert(key, (shared, count)).await;
-            Ok((members, count))
+            // Receipts of one group come in bursts: one question answers them all.
+            let asked = async {
+                let (members, count) = self.groups.members_if_at_most(group, limit).await?;
+                anyhow::Ok((members.map(Arc::<[UserId]>::from), count))
+            };
+            let (members, count) = self
+                .recent
+                .try_get_with((group.clone(), limit), asked)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e:#}"))?;
+            Ok((members.map(|m| m.to_vec()), count))
         })
     }
 }

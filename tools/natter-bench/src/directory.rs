@@ -139,23 +139,33 @@ async fn write_sessions(nats: &NatsServer, options: &Options) -> anyhow::Result<
             .put(gateway.as_str(), serde_json::to_vec(&lease)?.into())
             .await?;
     }
-    let writes = futures::stream::iter(0..options.sessions).map(|i| {
-        let (js, gateway) = (js.clone(), gateways[i % GATEWAYS].clone());
-        let partitions = options.partitions;
+    let entries = (0..options.sessions).map(|i| {
+        let gateway = gateways[i % GATEWAYS].clone();
+        let user = UserId::new(format!("user-{i}")).expect("user id");
+        let conn = ConnId(ulid::Ulid::new());
+        let key = subjects::session_key(&user, &gateway, conn, options.partitions);
+        let entry = SessionEntry {
+            user,
+            gateway,
+            conn,
+        };
+        let value = serde_json::to_vec(&entry).expect("session entry to JSON");
+        (key, value)
+    });
+    put_all(&js, subjects::SESSIONS_BUCKET, entries).await
+}
+
+/// Puts every `(key, value)` into `bucket`, [`WRITES_IN_FLIGHT`] at a time.
+async fn put_all(
+    js: &async_nats::jetstream::Context,
+    bucket: &str,
+    entries: impl Iterator<Item = (String, Vec<u8>)>,
+) -> anyhow::Result<()> {
+    let writes = futures::stream::iter(entries).map(|(key, value)| {
+        let js = js.clone();
+        let subject = format!("$KV.{bucket}.{key}");
         async move {
-            let user = UserId::new(format!("user-{i}")).expect("user id");
-            let conn = ConnId(ulid::Ulid::new());
-            let key = subjects::session_key(&user, &gateway, conn, partitions);
-            let entry = SessionEntry {
-                user,
-                gateway,
-                conn,
-            };
-            let subject = format!("$KV.{}.{key}", subjects::SESSIONS_BUCKET);
-            let ack = js
-                .publish(subject, serde_json::to_vec(&entry)?.into())
-                .await?;
-            ack.await?;
+            js.publish(subject, value.into()).await?.await?;
             anyhow::Ok(())
         }
     });
@@ -204,27 +214,12 @@ async fn write_memberships(nats: &NatsServer, options: &Options) -> anyhow::Resu
         }
         writes
     });
-    let writes = futures::stream::iter(keys).map(|(key, value)| {
-        let js = js.clone();
-        async move {
-            let subject = format!("$KV.{}.{key}", subjects::GROUPS_BUCKET);
-            js.publish(subject, value.into()).await?.await?;
-            anyhow::Ok(())
-        }
-    });
-    let mut writes = writes.buffer_unordered(WRITES_IN_FLIGHT);
-    while let Some(written) = writes.next().await {
-        written?;
-    }
-    let layout = format!(
-        "$KV.{}.{}",
-        subjects::GROUPS_BUCKET,
-        subjects::GROUPS_LAYOUT_KEY
+    // The mark chat writes once the bucket has the sharded layout.
+    let layout = (
+        subjects::GROUPS_LAYOUT_KEY.to_string(),
+        subjects::GROUPS_SHARDED.as_bytes().to_vec(),
     );
-    js.publish(layout, subjects::GROUPS_SHARDED.into())
-        .await?
-        .await?;
-    Ok(())
+    put_all(&js, subjects::GROUPS_BUCKET, keys.chain([layout])).await
 }
 
 async fn hold_in_child(nats: &NatsServer, partitions: u32, shards: u32) -> anyhow::Result<Held> {

@@ -30,7 +30,7 @@ pub use resources::{
     ensure_groups_bucket, ensure_offline_stream, ensure_presence_buckets,
     ensure_push_tokens_bucket, offline_stream,
 };
-pub use serve::{answer_requests, next_json, next_or_stop, reply, serve_queue};
+pub use serve::{answer_requests, answer_shard, next_json, next_or_stop, reply, serve_queue};
 
 /// How services reach NATS and how the shared JetStream resources are shaped.
 #[derive(Debug, Clone, Serialize, Deserialize)]

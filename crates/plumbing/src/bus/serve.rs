@@ -40,6 +40,48 @@ pub async fn next_json<T: serde::de::DeserializeOwned>(
     }
 }
 
+/// Answers the JSON questions `sub` receives for a shard this instance holds, until `stop`
+/// (the shard is given up): each in a task of its own, with `answer`'s JSON on its reply
+/// subject. No answer when `answer` gives none or `stop` came meanwhile: the asker then asks
+/// again and reaches the shard's new holder. `what` names the questions in the log.
+pub async fn answer_shard<Q, A, F, Fut>(
+    nats: async_nats::Client,
+    what: &'static str,
+    mut sub: async_nats::Subscriber,
+    stop: CancellationToken,
+    answer: F,
+) where
+    Q: serde::de::DeserializeOwned,
+    A: serde::Serialize + Send,
+    F: Fn(Q) -> Fut,
+    Fut: Future<Output = Option<A>> + Send + 'static,
+{
+    while let Some(msg) = next_or_stop(&mut sub, &stop).await {
+        let Some(reply) = msg.reply else { continue };
+        let Ok(question) = serde_json::from_slice::<Q>(&msg.payload) else {
+            tracing::warn!(what, "undecodable question");
+            continue;
+        };
+        let answering = answer(question);
+        let (nats, stop) = (nats.clone(), stop.clone());
+        tokio::spawn(async move {
+            let Some(answer) = answering.await else {
+                return;
+            };
+            if stop.is_cancelled() {
+                return;
+            }
+            let payload = serde_json::to_vec(&answer).expect("answer to JSON");
+            if let Err(e) = nats.publish(reply, payload.into()).await {
+                tracing::debug!(error = %e, what, "answer not sent");
+            }
+        });
+    }
+    if let Err(e) = sub.unsubscribe().await {
+        tracing::debug!(error = %e, what, "question subscription not closed");
+    }
+}
+
 /// Joins `queue` on `subject`; the subscription is live on the server when this returns, so
 /// requests sent from other connections right after can already reach it.
 pub async fn serve_queue(

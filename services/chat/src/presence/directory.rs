@@ -26,7 +26,6 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
-use futures::StreamExt;
 use plumbing::kv_follow::Progress;
 use protocol::payloads::{Registration, SessionEntry, SessionsFound, SessionsQuery};
 use protocol::{ConnId, GatewayId, UserId, subjects};
@@ -300,7 +299,6 @@ impl Directory {
         let nats = self.inner.js.client();
         tokio::spawn(groups::serve_shard(
             nats,
-            k,
             groups.clone(),
             questions,
             stop.clone(),
@@ -660,29 +658,15 @@ fn take_found(users: &[&UserId], sessions: SessionsFound, found: &mut Found) {
 async fn answer(
     directory: Directory,
     k: u32,
-    mut queries: async_nats::Subscriber,
+    queries: async_nats::Subscriber,
     stop: CancellationToken,
 ) {
-    loop {
-        let msg = tokio::select! {
-            _ = stop.cancelled() => break,
-            msg = queries.next() => match msg {
-                Some(msg) => msg,
-                None => break,
-            },
-        };
-        let Some(reply) = msg.reply.clone() else {
-            continue;
-        };
-        let Ok(query) = serde_json::from_slice::<SessionsQuery>(&msg.payload) else {
-            tracing::warn!(shard = k, "undecodable sessions query");
-            continue;
-        };
+    let nats = directory.inner.js.client();
+    let answer = move |query: SessionsQuery| {
         let directory = directory.clone();
-        tokio::spawn(async move {
-            let held = directory.inner.held.read().unwrap().get(&k).cloned();
+        async move {
             // Given up meanwhile: no answer, so the asker asks the new holder.
-            let Some(held) = held else { return };
+            let held = directory.inner.held.read().unwrap().get(&k).cloned()?;
             let floor = Floor {
                 session: query.session_revision,
                 lease: query.lease_revision,
@@ -703,21 +687,10 @@ async fn answer(
                     conn: r.conn,
                 })
                 .collect();
-            let payload = serde_json::to_vec(&SessionsFound { sessions }).expect("to JSON");
-            if let Err(e) = directory
-                .inner
-                .js
-                .client()
-                .publish(reply, payload.into())
-                .await
-            {
-                tracing::debug!(error = %e, "sessions answer not sent");
-            }
-        });
-    }
-    if let Err(e) = queries.unsubscribe().await {
-        tracing::debug!(error = %e, "sessions query subscription not closed");
-    }
+            Some(SessionsFound { sessions })
+        }
+    };
+    plumbing::bus::answer_shard(nats, "sessions", queries, stop, answer).await;
 }
 
 fn parse_session_key(key: &str) -> Option<(UserId, GatewayId, ConnId)> {
