@@ -4,7 +4,8 @@
 //!   figure: messages per second until `synced`, next to a bare JetStream ordered read of the
 //!   same messages in the same invocation (the ceiling);
 //! * **storm**: `clients` devices, each with `per_client` messages waiting, reconnect at once;
-//!   figures: time until every one has its `synced`, and per-client p50/p99.
+//!   figures: time until every one has its `synced`, per-client p50/p99, and when their
+//!   `welcome` came (p50/p99: the connect path, before any replay).
 //!
 //! Backlogs are written straight into the messages stream (as ingest would), so the figures
 //! are about the replay, not about sending.
@@ -318,12 +319,15 @@ async fn storm(
             let mut conn =
                 Connection::reconnect(&url, &token, encoding, Some(cursor), &mut backoff).await?;
             let mut replayed = 0;
+            let mut welcomed = None;
             loop {
                 match conn.next_frame().await? {
+                    ServerFrame::Welcome { .. } => welcomed = Some(started.elapsed()),
                     ServerFrame::Message(_) => replayed += 1,
                     ServerFrame::Synced { recovered, .. } => {
                         anyhow::ensure!(recovered && replayed == per_client, "{user}: {replayed}");
-                        return Ok((started.elapsed(), conn));
+                        let welcomed = welcomed.unwrap_or_default();
+                        return Ok((started.elapsed(), welcomed, conn));
                     }
                     _ => {}
                 }
@@ -335,13 +339,16 @@ async fn storm(
     let leases = LeaseWrites::read(stack).await;
     let counted = ReplayCounts::read(stack).await.since(&counted_before);
     let mut times_us = Vec::with_capacity(clients);
+    let mut welcomes_us = Vec::with_capacity(clients);
     let mut conns = Vec::with_capacity(clients);
     for r in done {
-        let (t, conn) = r?;
+        let (t, welcomed, conn) = r?;
         times_us.push(t.as_micros() as u64);
+        welcomes_us.push(welcomed.as_micros() as u64);
         conns.push(conn);
     }
     times_us.sort_unstable();
+    welcomes_us.sort_unstable();
     let ReplayCounts {
         deferred,
         shared,
@@ -351,14 +358,18 @@ async fn storm(
     report.measurement(
         serde_json::json!({"scenario": "storm", "system": system, "clients": clients, "backlog_per_client": per_client,
             "all_resynced_s": all.as_secs_f64(), "p50_ms": p(&times_us, 0.5), "p99_ms": p(&times_us, 0.99),
+            "welcome_p50_ms": p(&welcomes_us, 0.5), "welcome_p99_ms": p(&welcomes_us, 0.99),
             "told_to_come_back": deferred, "replays_shared": shared, "jetstream_api_requests": api}),
         format!(
             "storm {system}: {clients} clients with {per_client} messages each reconnected at once; all \
-             resynced in {all:.2?} (per client p50 {:.0} ms, p99 {:.0} ms; {deferred} times a \
+             resynced in {all:.2?} (per client p50 {:.0} ms, p99 {:.0} ms; welcome p50 {:.0} ms, \
+             p99 {:.0} ms; {deferred} times a \
              client was told to come back later; {shared} replays from a shared read; {api} \
              JetStream API requests)",
             p(&times_us, 0.5),
-            p(&times_us, 0.99)
+            p(&times_us, 0.99),
+            p(&welcomes_us, 0.5),
+            p(&welcomes_us, 0.99)
         ),
     );
     let writes = leases.count - leases_before.count;

@@ -47,7 +47,7 @@ use protocol::payloads::StoredMessage;
 use protocol::{ConversationId, Cursor, UserId, subjects};
 
 use super::replica_lag;
-use super::stream_head::StreamHead;
+use super::stream_head::{StreamHead, Streams};
 
 /// One message of the gap: its partition, its sequence there, and the message as stored
 /// (decoded only by the replays that take it: most of a read is other gateways' users').
@@ -113,7 +113,7 @@ pub struct GapRead {
     from: Cursor,
     pub head: Cursor,
     /// Every partition's stream, as read for `head`.
-    pub streams: Vec<jetstream::stream::Stream>,
+    pub streams: Streams,
     segments: Vec<Arc<Segment>>,
     /// When `head` was asked for: the read holds everything routed before then.
     read_at: Instant,
@@ -511,7 +511,7 @@ mod tests {
         GapRead {
             from: cursor(from),
             head: cursor(head),
-            streams: Vec::new(),
+            streams: Streams::from([]),
             segments: Vec::new(),
             read_at,
         }

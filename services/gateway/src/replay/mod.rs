@@ -73,6 +73,7 @@ use tokio::sync::Semaphore;
 use crate::history_floor::HistoryFloor;
 use crate::metrics::GatewayMetrics;
 use sources::Source;
+use stream_head::Streams;
 
 /// The longest one replay turn may take.
 const TURN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -148,7 +149,7 @@ impl Replay {
 /// stream, read up to that partition's position in `head`.
 pub struct Reading {
     /// Every partition's stream, in partition order.
-    streams: Vec<jetstream::stream::Stream>,
+    streams: Streams,
     sources: Vec<Source>,
     /// What the device has: messages it covers are skipped.
     from: Cursor,
@@ -238,7 +239,7 @@ impl Replayer {
             Some(c)
                 if c.seqs
                     .iter()
-                    .zip(&streams)
+                    .zip(streams.iter())
                     .any(|(s, stream)| s + 1 < stream.cached_info().state.first_sequence) =>
             {
                 Some(SyncGap::Trimmed)

@@ -7,14 +7,18 @@
 //! makes a few stream-info requests of the JetStream API per round trip instead of one per
 //! device.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use async_nats::jetstream;
 use plumbing::Counter;
 use protocol::subjects;
 
-type Read = Result<Vec<jetstream::stream::Stream>, String>;
+/// Every partition's messages stream, in partition order; shared, since every replay of a
+/// storm holds the same ones (a stream's info is a few KiB of strings and maps to copy).
+pub type Streams = Arc<[jetstream::stream::Stream]>;
+
+type Read = Result<Streams, String>;
 
 pub struct StreamHead {
     js: jetstream::Context,
@@ -42,7 +46,7 @@ impl StreamHead {
     }
 
     /// Every partition's messages stream, with its info read after this call began.
-    pub async fn read(&self) -> anyhow::Result<Vec<jetstream::stream::Stream>> {
+    pub async fn read(&self) -> anyhow::Result<Streams> {
         let asked = self.started.load(Ordering::SeqCst);
         let _one = self.reading.lock().await;
         if let Some((n, read)) = self.last.lock().expect("stream head").as_ref()
@@ -56,6 +60,7 @@ impl StreamHead {
         let reads = (0..self.partitions).map(|k| self.js.get_stream(subjects::messages_stream(k)));
         let read: Read = futures::future::try_join_all(reads)
             .await
+            .map(Streams::from)
             .map_err(|e| format!("messages streams unreadable: {e}"));
         *self.last.lock().expect("stream head") = Some((n, read.clone()));
         read.map_err(|e| anyhow::anyhow!(e))
