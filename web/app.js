@@ -158,6 +158,8 @@ function onMessage(m) {
   const own = m.from === store.user;
   if (!own) conn.send({ type: 'ack', conversation: m.conversation, id: m.id });
   const c = store.conversation(m.conversation);
+  // A message from who was typing ends their typing, as every chat app shows it.
+  if (c.typing && c.typing.by === m.from) c.typing = null;
   if (!store.addMessage(m)) return;
   if (!own && !isVisible(c)) c.unread += 1;
   if (c.kind === 'group' && !c.name) nameGroup(c);

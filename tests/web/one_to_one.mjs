@@ -25,6 +25,8 @@ await scenario('one_to_one', async (browser) => {
   await bob.fill('#composer-text', '');
   await say(bob, 'hello alice');
   await sees(alice, 'hello alice');
+  // Their message ends "is typing" at once, not when the indicator would have expired.
+  await alice.waitForSelector('#typing:not(:has-text("bob is typing"))', { timeout: 1000 });
   await bob.waitForSelector('#messages li.own:has-text("hello alice") .tick[data-state="seen"]');
   // Presence of the 1:1 peer.
   await alice.waitForSelector('#chat-presence[data-online="true"]');

@@ -151,6 +151,7 @@ impl Chat {
                 groups: groups.clone(),
                 ids: ids.clone(),
                 metrics: metrics.clone(),
+                history_floor: plumbing::bus::HistoryFloor::new(streams.clone()),
             });
             roles.spawn(group_ops::serve(ops, sub, stop.clone()));
             let sub = ingest::subscribe(&nats).await?;

@@ -7,7 +7,6 @@ mod auth;
 mod config;
 mod dev_token;
 mod handshake;
-mod history_floor;
 mod inbox;
 mod local;
 mod metrics;

@@ -21,7 +21,6 @@ use warp::Filter;
 use crate::auth::Verifier;
 use crate::config::GatewayConfig;
 use crate::handshake::{self, UpgradeSlot};
-use crate::history_floor::HistoryFloor;
 use crate::inbox;
 use crate::local::Local;
 use crate::metrics::GatewayMetrics;
@@ -30,6 +29,7 @@ use crate::presence::Presence;
 use crate::replay::Replayer;
 use crate::reregister;
 use crate::state::GatewayState;
+use plumbing::bus::HistoryFloor;
 
 /// A running gateway.
 pub struct Gateway {

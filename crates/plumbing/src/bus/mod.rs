@@ -6,6 +6,7 @@
 mod connect;
 pub mod consumer_metrics;
 mod durable;
+mod history_floor;
 pub mod leaders;
 mod messages;
 pub mod partition_tasks;
@@ -20,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 pub use connect::{connect, permission_violations, round_trip};
 pub use durable::{Durable, HANDOVER_DELAY, ensure_durable, ensure_holding_durable, release_pin};
+pub use history_floor::HistoryFloor;
 pub use messages::{
     MessageStreams, ensure_messages_streams, epoch, first_from, head_of, heads, messages_streams,
     stream_epoch, stream_partitions,

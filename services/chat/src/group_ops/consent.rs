@@ -2,6 +2,10 @@
 //! only by a contact, someone they share a 1:1 conversation with (a message was exchanged),
 //! as the history service knows it. The same notion of contact decides whose presence a user
 //! may watch.
+//!
+//! History stores a message a few milliseconds after its `sent`: a "no" is asked again once
+//! the history writers have stored the streams up to their head as it was then, so adding
+//! someone right after the first message with them is not refused.
 
 use std::time::Duration;
 
@@ -31,29 +35,46 @@ impl GroupOps {
         if self.config.group_adds == GroupAdds::Anyone {
             return Ok(());
         }
-        let answers: Vec<(UserId, Result<bool, GroupError>)> =
-            futures::stream::iter(joining.to_vec())
-                .map(|user| {
-                    let (nats, actor) = (self.nats.clone(), actor.clone());
-                    async move {
-                        let contact = are_contacts(nats, &actor, &user).await;
-                        (user, contact)
-                    }
-                })
-                .buffered(QUESTIONS_AT_ONCE)
-                .collect()
-                .await;
-        let mut users = Vec::new();
-        for (user, contact) in answers {
-            if !contact? {
-                users.push(user.to_string());
-            }
+        let mut strangers = self.not_contacts(actor, joining.to_vec()).await?;
+        if !strangers.is_empty()
+            && let Some(head) = plumbing::bus::heads(&self.js, self.partitions).await
+            && self.history_floor.reach(&head).await
+        {
+            strangers = self.not_contacts(actor, strangers).await?;
         }
-        if users.is_empty() {
+        if strangers.is_empty() {
             Ok(())
         } else {
-            Err(GroupError::NotContacts { users })
+            Err(GroupError::NotContacts {
+                users: strangers.iter().map(UserId::to_string).collect(),
+            })
         }
+    }
+
+    /// Those of `users` who are not contacts of `actor`, as history knows it now.
+    async fn not_contacts(
+        &self,
+        actor: &UserId,
+        users: Vec<UserId>,
+    ) -> Result<Vec<UserId>, GroupError> {
+        let answers: Vec<(UserId, Result<bool, GroupError>)> = futures::stream::iter(users)
+            .map(|user| {
+                let (nats, actor) = (self.nats.clone(), actor.clone());
+                async move {
+                    let contact = are_contacts(nats, &actor, &user).await;
+                    (user, contact)
+                }
+            })
+            .buffered(QUESTIONS_AT_ONCE)
+            .collect()
+            .await;
+        let mut strangers = Vec::new();
+        for (user, contact) in answers {
+            if !contact? {
+                strangers.push(user);
+            }
+        }
+        Ok(strangers)
     }
 }
 

@@ -54,6 +54,8 @@ pub struct GroupOps {
     pub groups: Groups,
     pub ids: Arc<MessageIds>,
     pub metrics: ChatMetrics,
+    /// How far history has stored the messages streams (for contact checks, see `consent`).
+    pub history_floor: Arc<plumbing::bus::HistoryFloor>,
 }
 
 /// An operation's answer, or why it was refused.

@@ -70,8 +70,8 @@ use protocol::{
 };
 use tokio::sync::Semaphore;
 
-use crate::history_floor::HistoryFloor;
 use crate::metrics::GatewayMetrics;
+use plumbing::bus::HistoryFloor;
 use sources::Source;
 use stream_head::Streams;
 

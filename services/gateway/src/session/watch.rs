@@ -69,6 +69,11 @@ impl Session {
 /// Whether `me` and `other` share a conversation: they have exchanged a message (asked of
 /// the history service, whose cache makes it cheap). A refusal naming `other` when history
 /// did not answer.
+///
+/// History stores a message a few milliseconds after its `sent`: a "no" is asked again once
+/// the history writers have stored every partition up to the streams' head as it is now, so
+/// a watch right after the first exchanged message is not refused. Only a "no" pays for that
+/// (one shared read of the streams' heads and a wait of at most the floor's patience).
 async fn shares_conversation(
     state: &GatewayState,
     me: &UserId,
@@ -77,6 +82,22 @@ async fn shares_conversation(
     if me == other {
         return Ok(true);
     }
+    if has_exchanged(state, me, other).await? {
+        return Ok(true);
+    }
+    let replayer = &state.replayer;
+    let Ok(streams) = replayer.stream_head.read().await else {
+        return Ok(false);
+    };
+    let head = plumbing::bus::head_of(&streams);
+    if !replayer.history_floor.reach(&head).await {
+        return Ok(false);
+    }
+    has_exchanged(state, me, other).await
+}
+
+/// Whether history holds a message between `me` and `other`.
+async fn has_exchanged(state: &GatewayState, me: &UserId, other: &UserId) -> Result<bool, Refusal> {
     let qid = ClientMsgId::new("presence").expect("valid id");
     let request = HistoryRequest {
         user: me.clone(),

@@ -1,10 +1,12 @@
-//! How far the history writers have stored the messages streams, for replays that need
-//! history to hold everything up to their head: those that list what changed from history,
-//! and those that send a device to history (`synced` with a gap, or with large groups). A
-//! message accepted just before would otherwise be missing from the list, or from the
-//! history the device fetches while its cursor is already past it.
+//! How far the history writers have stored the messages streams, for anyone who needs
+//! history to hold everything up to a head: the gateway's replays that list what changed
+//! from history, and those that send a device to history (`synced` with a gap, or with large
+//! groups); and a "no" to "are these two contacts?" (a presence watch, a group add) right
+//! after their first message. A message accepted just before would otherwise be missing from
+//! the list, from the history the device fetches while its cursor is already past it, or
+//! from the contact check.
 //!
-//! One poller per gateway reads the writers' progress while anyone is waiting, so a reconnect
+//! One poller per process reads the writers' progress while anyone is waiting, so a reconnect
 //! storm costs one round of JetStream requests per poll, not one per device. There is one
 //! writer per partition, reading its partition's whole stream (session markers too): a
 //! writer with nothing pending or unacknowledged has stored its stream up to the last
@@ -15,8 +17,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use super::MessageStreams;
 use async_nats::jetstream::context::ConsumerInfoErrorKind;
-use plumbing::bus::MessageStreams;
 use protocol::{Cursor, subjects};
 use tokio::sync::watch;
 
