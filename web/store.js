@@ -100,6 +100,7 @@ export class Store extends EventTarget {
   /** Adds a message (live, replayed or from history); returns false for a repeat. */
   addMessage(m, { pending = false } = {}) {
     const c = this.conversation(m.conversation);
+    this.applyState(c, m);
     const key = pending ? m.cid : m.id;
     if (c.messages.has(key)) return false;
     c.messages.set(key, { ...m, pending });
@@ -108,6 +109,14 @@ export class Store extends EventTarget {
     }
     this.changed();
     return true;
+  }
+
+  /** A history page's `state` of one of our messages: the ticks it had live. */
+  applyState(c, m) {
+    if (m.state === 'seen' && m.id > c.seenUpTo) c.seenUpTo = m.id;
+    else if (m.state === 'delivered' && !c.delivered.has(m.id)) c.delivered.add(m.id);
+    else return;
+    this.changed();
   }
 
   /** A pending send got its permanent id. */

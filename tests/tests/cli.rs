@@ -86,6 +86,16 @@ async fn send_then_history_shows_the_message() {
     assert_eq!(conversations[0]["conversation"], "dm:alice:bob");
     assert_eq!(conversations[0]["unread"], 2);
 
+    // The sender's page says how far her messages got (nobody acknowledged them); bob's
+    // page, where they are not his, says nothing.
+    let mine = ok(&stack, &["history", "--as", "alice", "bob"]).await;
+    assert!(
+        mine.lines().all(|l| l.ends_with(" [sent]")) && mine.lines().count() == 2,
+        "{mine}"
+    );
+    let theirs = json(&ok(&stack, &["history", "--as", "bob", "alice", "--json"]).await);
+    assert!(theirs["messages"][0].get("state").is_none(), "{theirs}");
+
     let throughput = ok(
         &stack,
         &["send", "--as", "alice", "--to", "bob", "n", "--count", "20"],

@@ -139,6 +139,7 @@ async fn a_delivery_to_a_closed_socket_is_reported_and_the_recipient_counts_as_o
         ts: now_ms(),
         cursor: None,
         event: None,
+        state: None,
     };
     let delivery = Delivery {
         targets: vec![bob_conn],

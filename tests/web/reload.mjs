@@ -17,6 +17,12 @@ await scenario('reload', async (browser) => {
     for (let i = 1; i <= 3; i++) await sees(page, `before reload ${i}`);
     await sees(page, 'reply before reload');
   }
+  // The ticks come back with the history: bob read alice's messages before the reload, and
+  // alice's open chat read bob's reply.
+  for (let i = 1; i <= 3; i++) {
+    await alice.waitForSelector(`#messages li.own:has-text("before reload ${i}") .tick[data-state="seen"]`);
+  }
+  await bob.waitForSelector('#messages li.own:has-text("reply before reload") .tick[data-state="seen"]');
   // Live traffic still flows after the reload (resumed from the stored cursor).
   await say(alice, 'after reload');
   await sees(bob, 'after reload');

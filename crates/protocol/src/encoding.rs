@@ -204,6 +204,7 @@ mod tests {
                 ts: 1,
                 cursor,
                 event: None,
+                state: None,
             })
         };
         // Short and long cursors (MessagePack strings of each size class).
@@ -388,6 +389,7 @@ mod tests {
             ts: 1,
             cursor: Some("17-5".parse().unwrap()),
             event: None,
+            state: None,
         });
         for f in [
             m,

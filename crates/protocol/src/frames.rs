@@ -129,6 +129,22 @@ pub struct Message {
     /// Set on a group's system messages: the membership change they record (`from` made it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event: Option<GroupEvent>,
+    /// In a history page, on the asker's own messages: how far the message got, so a client
+    /// that reloads shows the ticks it showed live. Absent everywhere else.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<MessageState>,
+}
+
+/// How far one of your messages got (see "Message states" in docs/protocol.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageState {
+    /// Stored; no recipient device has acknowledged it.
+    Sent,
+    /// A recipient device acknowledged it (`ack`).
+    Delivered,
+    /// A recipient read the conversation up to it or beyond (`read`).
+    Seen,
 }
 
 /// One entry of a user's conversation list.

@@ -101,6 +101,7 @@ impl Ingest {
                 ts: id.timestamp_ms(),
                 cursor: None,
                 event: None,
+                state: None,
             },
             origin: req.origin,
             groups_revision: None,

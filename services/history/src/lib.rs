@@ -9,6 +9,7 @@ mod queries;
 mod receipts;
 mod refusal;
 mod service;
+mod states;
 pub mod store;
 mod writer;
 
@@ -18,4 +19,4 @@ pub use membership::{Membership, StaticMembership};
 pub use service::{History, run, start};
 pub use store::embedded::EmbeddedStore;
 pub use store::scylla::{ScyllaConfig, ScyllaStore};
-pub use store::{GroupMarkers, Page, Store, StoreError};
+pub use store::{Page, ReceiptMarkers, Store, StoreError};

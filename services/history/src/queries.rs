@@ -181,6 +181,15 @@ impl<S: Store> Queries<S> {
         if !matches!(page, Page::After(_)) {
             messages.reverse(); // answers are always oldest first
         }
+        crate::states::mark_own(
+            self.cache.store(),
+            &*self.membership,
+            self.receipt_lists_max,
+            user,
+            &conversation,
+            &mut messages,
+        )
+        .await;
         Ok(ServerFrame::History {
             qid,
             conversation,

@@ -1,5 +1,6 @@
 //! Receipts from `natter.chat.receipt` (queue group `natter-history`): they move the
-//! sender's markers (the read marker of any conversation; the delivered marker of a group),
+//! sender's delivered and read markers in the conversation (which history pages show as the
+//! state of the other side's messages),
 //! and in groups up to `receipt_lists_max` members they tell the senders of the acknowledged
 //! messages, through `natter.chat.notify`. The chat service tells 1:1 senders itself.
 
@@ -116,7 +117,6 @@ impl<S: Store> Receipts<S> {
             }
         }
         let stored = match receipt.kind {
-            ReceiptKind::Delivered if conversation.is_direct() => return None,
             ReceiptKind::Delivered => self
                 .cache
                 .store()

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use history::store::suite::message;
-use history::{CacheConfig, EmbeddedStore, GroupMarkers, HistoryCache, Page, Store, StoreError};
+use history::{CacheConfig, EmbeddedStore, HistoryCache, Page, ReceiptMarkers, Store, StoreError};
 use protocol::frames::{ConversationSummary, Message};
 use protocol::{ConversationId, GroupId, MessageId, UserId};
 use tokio::sync::Notify;
@@ -72,7 +72,14 @@ impl Store for Gated {
     ) -> Result<Option<MessageId>, StoreError> {
         self.inner.read_marker(u, c).await
     }
-    async fn group_markers(&self, g: &GroupId) -> Result<Vec<GroupMarkers>, StoreError> {
+    async fn receipt_markers(
+        &self,
+        u: &UserId,
+        c: &ConversationId,
+    ) -> Result<ReceiptMarkers, StoreError> {
+        self.inner.receipt_markers(u, c).await
+    }
+    async fn group_markers(&self, g: &GroupId) -> Result<Vec<ReceiptMarkers>, StoreError> {
         self.inner.group_markers(g).await
     }
     async fn message(

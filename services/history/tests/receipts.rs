@@ -11,7 +11,7 @@ use history::{EmbeddedStore, History, HistoryConfig, StaticMembership, Store};
 use plumbing::BusConfig;
 use plumbing::nats_auth::{NatsAuth, Role};
 use plumbing::nats_server::{NatsServer, NatsServerOptions};
-use protocol::frames::{Message, ServerFrame};
+use protocol::frames::{Message, MessageState, ServerFrame};
 use protocol::payloads::{HistoryQuery, HistoryRequest, Notify, Receipt, ReceiptKind};
 use protocol::{ClientMsgId, ConversationId, ErrorCode, GroupId, MessageId, UserId, subjects};
 use tokio_util::sync::CancellationToken;
@@ -370,4 +370,150 @@ async fn changed_lists_the_1to1_conversations_active_since_a_time_without_previe
         panic!("conversations expected");
     };
     assert_eq!(conversations.len(), 1);
+}
+
+impl Crew {
+    /// `who`'s latest page of `conversation`: each message's id and state.
+    async fn states(
+        &self,
+        who: &str,
+        conversation: &ConversationId,
+    ) -> Vec<(MessageId, Option<MessageState>)> {
+        let query = HistoryQuery::Messages {
+            conversation: conversation.clone(),
+            before: None,
+            after: None,
+            limit: 50,
+        };
+        let ServerFrame::History { messages, .. } = self.ask(who, query).await else {
+            panic!("a page expected");
+        };
+        messages.iter().map(|m| (m.id, m.state)).collect()
+    }
+
+    /// Asks until `who`'s page of `conversation` says `want` (markers are stored a moment
+    /// after their receipt is published).
+    async fn until_states(
+        &self,
+        who: &str,
+        conversation: &ConversationId,
+        want: &[(MessageId, Option<MessageState>)],
+    ) {
+        let started = Instant::now();
+        loop {
+            let states = self.states(who, conversation).await;
+            if states == want {
+                return;
+            }
+            assert!(started.elapsed() < PATIENCE, "{states:?}, want {want:?}");
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_1to1_page_says_how_far_each_of_your_messages_got() {
+    use MessageState::{Delivered, Seen, Sent};
+    let crew = Crew::start(256).await;
+    let ab = ConversationId::direct(&user("alice"), &user("bob"));
+    let said: Vec<Message> = (0..3)
+        .map(|i| message("alice", &ab, "bob", T0 + 100 + i, 100 + i))
+        .chain([message("bob", &ab, "alice", T0 + 200, 200)])
+        .collect();
+    crew.store.append(&said).await.unwrap();
+    let (d1, d2, d3, reply) = (said[0].id, said[1].id, said[2].id, said[3].id);
+    crew.until_states(
+        "alice",
+        &ab,
+        &[
+            (d1, Some(Sent)),
+            (d2, Some(Sent)),
+            (d3, Some(Sent)),
+            (reply, None),
+        ],
+    )
+    .await;
+
+    // bob's phone received up to d2, and he read up to d1.
+    let receipt = |kind, id| Receipt {
+        kind,
+        by: user("bob"),
+        conversation: ab.clone(),
+        id,
+    };
+    for r in [
+        receipt(ReceiptKind::Delivered, d2),
+        receipt(ReceiptKind::Seen, d1),
+    ] {
+        crew.client
+            .publish(
+                subjects::CHAT_RECEIPT,
+                serde_json::to_vec(&r).unwrap().into(),
+            )
+            .await
+            .unwrap();
+    }
+    crew.until_states(
+        "alice",
+        &ab,
+        &[
+            (d1, Some(Seen)),
+            (d2, Some(Delivered)),
+            (d3, Some(Sent)),
+            (reply, None),
+        ],
+    )
+    .await;
+    // bob's own message: alice has neither received nor read it; her messages carry no
+    // state on his page.
+    crew.until_states(
+        "bob",
+        &ab,
+        &[(d1, None), (d2, None), (d3, None), (reply, Some(Sent))],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_small_groups_page_follows_the_furthest_current_member() {
+    use MessageState::{Delivered, Seen, Sent};
+    let mut crew = Crew::start(256).await;
+    let (m1, m2, m3) = (crew.said[0].id, crew.said[1].id, crew.said[2].id);
+    let crew_conversation = crew.conversation.clone();
+    crew.receipt(ReceiptKind::Delivered, "bob", m1).await;
+    crew.next_notification().await;
+    assert_eq!(
+        crew.states("alice", &crew_conversation).await,
+        [(m1, Some(Delivered)), (m2, None), (m3, None)]
+    );
+    crew.receipt(ReceiptKind::Seen, "carol", m2).await;
+    crew.next_notification().await;
+    assert_eq!(
+        crew.states("alice", &crew_conversation).await,
+        [(m1, Some(Seen)), (m2, None), (m3, None)]
+    );
+    // Only current members count: without carol, alice's m1 is back to what bob did.
+    crew.membership
+        .set(crew.group.clone(), vec![user("alice"), user("bob")]);
+    assert_eq!(
+        crew.states("alice", &crew_conversation).await,
+        [(m1, Some(Delivered)), (m2, None), (m3, None)]
+    );
+    // bob's m2: carol read it but has left; nobody else has it.
+    assert_eq!(
+        crew.states("bob", &crew_conversation).await,
+        [(m1, None), (m2, Some(Sent)), (m3, None)]
+    );
+}
+
+#[tokio::test]
+async fn a_large_groups_page_has_no_states() {
+    let crew = Crew::start(2).await;
+    let conversation = crew.conversation.clone();
+    assert!(
+        crew.states("alice", &conversation)
+            .await
+            .iter()
+            .all(|(_, state)| state.is_none())
+    );
 }

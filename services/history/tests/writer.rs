@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use history::store::suite::message;
 use history::{
-    EmbeddedStore, GroupMarkers, History, HistoryConfig, Page, StaticMembership, Store, StoreError,
+    EmbeddedStore, History, HistoryConfig, Page, ReceiptMarkers, StaticMembership, Store,
+    StoreError,
 };
 use plumbing::BusConfig;
 use plumbing::nats_auth::{NatsAuth, Role};
@@ -79,7 +80,14 @@ impl Store for DiesMidBatch {
     ) -> Result<Option<MessageId>, StoreError> {
         self.inner.read_marker(u, c).await
     }
-    async fn group_markers(&self, g: &GroupId) -> Result<Vec<GroupMarkers>, StoreError> {
+    async fn receipt_markers(
+        &self,
+        u: &UserId,
+        c: &ConversationId,
+    ) -> Result<ReceiptMarkers, StoreError> {
+        self.inner.receipt_markers(u, c).await
+    }
+    async fn group_markers(&self, g: &GroupId) -> Result<Vec<ReceiptMarkers>, StoreError> {
         self.inner.group_markers(g).await
     }
     async fn message(

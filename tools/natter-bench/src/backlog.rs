@@ -38,6 +38,7 @@ pub async fn write_to(
                 ts: id.timestamp_ms(),
                 cursor: None,
                 event: None,
+                state: None,
             },
             origin: None,
             groups_revision: None,

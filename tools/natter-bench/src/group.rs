@@ -370,6 +370,7 @@ async fn relay(
         ts: 0,
         cursor: None,
         event: None,
+        state: None,
     };
     let frame = ServerFrame::Message(message);
     for (gw, conns) in targets {

@@ -35,6 +35,7 @@ impl GroupOps {
                 ts: id.timestamp_ms(),
                 cursor: None,
                 event: Some(event),
+                state: None,
             },
             origin: None,
             groups_revision: Some(rev),

@@ -596,6 +596,7 @@ mod tests {
                 ts: seq,
                 cursor: None,
                 event: None,
+                state: None,
             };
             let stored = StoredMessage {
                 message,

@@ -22,7 +22,9 @@ use protocol::{ConversationId, GroupId, MessageId, UserId};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use super::{GroupMarkers, Page, Store, StoreError, UNREAD_CAP, bucket_of, newest_first, preview};
+use super::{
+    Page, ReceiptMarkers, Store, StoreError, UNREAD_CAP, bucket_of, newest_first, preview,
+};
 
 /// (conversation, message id) → message.
 const MESSAGES: TableDefinition<(&str, u128), &[u8]> =
@@ -38,6 +40,9 @@ const USER_CONVERSATIONS: TableDefinition<(&str, &str), &[u8]> =
 const GROUP_LATEST: TableDefinition<&str, &[u8]> = TableDefinition::new("group_latest");
 /// (user, 1:1 conversation) → id read up to.
 const READ_MARKERS: TableDefinition<(&str, &str), u128> = TableDefinition::new("read_markers");
+/// (user, 1:1 conversation) → how far the user's devices have received it (the `ack`ed id).
+const DELIVERED_MARKERS: TableDefinition<(&str, &str), u128> =
+    TableDefinition::new("delivered_markers");
 /// (group, user) → (delivered up to, read up to); 0 is "nothing yet". Older files also hold
 /// a `group_members` table, which nothing reads any more.
 const GROUP_MARKERS: TableDefinition<(&str, &str), (u128, u128)> =
@@ -117,6 +122,7 @@ impl EmbeddedStore {
         txn.open_table(USER_CONVERSATIONS).map_err(err)?;
         txn.open_table(GROUP_LATEST).map_err(err)?;
         txn.open_table(READ_MARKERS).map_err(err)?;
+        txn.open_table(DELIVERED_MARKERS).map_err(err)?;
         txn.open_table(GROUP_MARKERS).map_err(err)?;
         txn.commit().map_err(err)?;
         Ok(Self {
@@ -348,6 +354,34 @@ enum Marker {
 
 impl EmbeddedStore {
     /// Moves one of `user`'s markers in `group` forward, in one transaction.
+    /// Moves a 1:1 marker of `table` (read or delivered) forward to `up_to`, never back.
+    async fn advance_direct_marker(
+        &self,
+        table: TableDefinition<'static, (&'static str, &'static str), u128>,
+        user: &UserId,
+        conversation: &ConversationId,
+        up_to: MessageId,
+    ) -> Result<(), StoreError> {
+        let (user, conversation) = (user.clone(), conversation.clone());
+        self.blocking(move |db| {
+            let txn = db.begin_write().map_err(err)?;
+            {
+                let mut markers = txn.open_table(table).map_err(err)?;
+                let key = (user.as_str(), conversation.as_str());
+                let current = markers
+                    .get(key)
+                    .map_err(err)?
+                    .map(|g| g.value())
+                    .unwrap_or(0);
+                if up_to.0.0 > current {
+                    markers.insert(key, up_to.0.0).map_err(err)?;
+                }
+            }
+            txn.commit().map_err(err)
+        })
+        .await
+    }
+
     async fn advance_group_marker(
         &self,
         group: GroupId,
@@ -507,24 +541,8 @@ impl Store for EmbeddedStore {
                 .advance_group_marker(group, user, Marker::Read, up_to)
                 .await;
         }
-        let (user, conversation) = (user.clone(), conversation.clone());
-        self.blocking(move |db| {
-            let txn = db.begin_write().map_err(err)?;
-            {
-                let mut markers = txn.open_table(READ_MARKERS).map_err(err)?;
-                let key = (user.as_str(), conversation.as_str());
-                let current = markers
-                    .get(key)
-                    .map_err(err)?
-                    .map(|g| g.value())
-                    .unwrap_or(0);
-                if up_to.0.0 > current {
-                    markers.insert(key, up_to.0.0).map_err(err)?;
-                }
-            }
-            txn.commit().map_err(err)
-        })
-        .await
+        self.advance_direct_marker(READ_MARKERS, user, conversation, up_to)
+            .await
     }
 
     async fn mark_delivered(
@@ -538,8 +556,47 @@ impl Store for EmbeddedStore {
                 self.advance_group_marker(group, user, Marker::Delivered, up_to)
                     .await
             }
-            None => Ok(()),
+            None => {
+                self.advance_direct_marker(DELIVERED_MARKERS, user, conversation, up_to)
+                    .await
+            }
         }
+    }
+
+    async fn receipt_markers(
+        &self,
+        user: &UserId,
+        conversation: &ConversationId,
+    ) -> Result<ReceiptMarkers, StoreError> {
+        let (who, conversation) = (user.clone(), conversation.clone());
+        let (delivered, read) = self
+            .blocking(move |db| {
+                let txn = db.begin_read().map_err(err)?;
+                if let Some(group) = conversation.group_id() {
+                    return Ok(txn
+                        .open_table(GROUP_MARKERS)
+                        .map_err(err)?
+                        .get((group.as_str(), who.as_str()))
+                        .map_err(err)?
+                        .map_or((0, 0), |v| v.value()));
+                }
+                let key = (who.as_str(), conversation.as_str());
+                let marker = |table| -> Result<u128, StoreError> {
+                    Ok(txn
+                        .open_table(table)
+                        .map_err(err)?
+                        .get(key)
+                        .map_err(err)?
+                        .map_or(0, |v| v.value()))
+                };
+                Ok((marker(DELIVERED_MARKERS)?, marker(READ_MARKERS)?))
+            })
+            .await?;
+        Ok(ReceiptMarkers::new(
+            user.clone(),
+            id_of(delivered),
+            id_of(read),
+        ))
     }
 
     async fn read_marker(
@@ -569,7 +626,7 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn group_markers(&self, group: &GroupId) -> Result<Vec<GroupMarkers>, StoreError> {
+    async fn group_markers(&self, group: &GroupId) -> Result<Vec<ReceiptMarkers>, StoreError> {
         let group = group.clone();
         self.blocking(move |db| {
             let txn = db.begin_read().map_err(err)?;
@@ -582,7 +639,7 @@ impl Store for EmbeddedStore {
                     break;
                 }
                 let (delivered, read) = v.value();
-                out.push(GroupMarkers::new(
+                out.push(ReceiptMarkers::new(
                     UserId::new(user).map_err(corrupt)?,
                     id_of(delivered),
                     id_of(read),

@@ -6,7 +6,7 @@
 //! * `user_conversations`: each user's 1:1 conversations with the newest message;
 //! * `group_latest`: each group's newest message (one row per group, not per member: a
 //!   member's conversation list merges it in at read time);
-//! * `read_markers`: how far each user has read each 1:1 conversation;
+//! * `read_markers`: how far each user has received and read each 1:1 conversation;
 //! * `group_markers`: how far each member has received and read each group.
 //!
 //! Membership is not the store's: the chat service owns it (see [`crate::membership`]).
@@ -103,8 +103,7 @@ pub trait Store: Send + Sync + 'static {
         up_to: MessageId,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Moves `user`'s delivered marker in a group conversation forward to `up_to` (never
-    /// back). 1:1 conversations keep no delivered marker: this does nothing for them.
+    /// Moves `user`'s delivered marker in `conversation` forward to `up_to` (never back).
     fn mark_delivered(
         &self,
         user: &UserId,
@@ -119,12 +118,19 @@ pub trait Store: Send + Sync + 'static {
         conversation: &ConversationId,
     ) -> impl Future<Output = Result<Option<MessageId>, StoreError>> + Send;
 
+    /// How far `user` has received and read `conversation` (1:1 or group).
+    fn receipt_markers(
+        &self,
+        user: &UserId,
+        conversation: &ConversationId,
+    ) -> impl Future<Output = Result<ReceiptMarkers, StoreError>> + Send;
+
     /// Every member's receipt markers in `group`, from one partition. `delivered` is never
     /// behind `seen` (reading implies receiving).
     fn group_markers(
         &self,
         group: &GroupId,
-    ) -> impl Future<Output = Result<Vec<GroupMarkers>, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Vec<ReceiptMarkers>, StoreError>> + Send;
 
     /// One message, by id.
     fn message(
@@ -134,9 +140,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<Message>, StoreError>> + Send;
 }
 
-/// One member's receipt markers in a group.
+/// One user's receipt markers in a conversation (a member's in a group).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GroupMarkers {
+pub struct ReceiptMarkers {
     pub user: UserId,
     /// Received up to (at least `seen`).
     pub delivered: Option<MessageId>,
@@ -144,7 +150,7 @@ pub struct GroupMarkers {
     pub seen: Option<MessageId>,
 }
 
-impl GroupMarkers {
+impl ReceiptMarkers {
     /// Builds markers, raising `delivered` to `seen` when it is behind.
     pub fn new(user: UserId, delivered: Option<MessageId>, seen: Option<MessageId>) -> Self {
         Self {

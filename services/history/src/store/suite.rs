@@ -5,7 +5,7 @@
 use protocol::frames::Message;
 use protocol::{ClientMsgId, ConversationId, GroupEvent, GroupId, MessageId, Role, UserId};
 
-use super::{BUCKET_MS, GroupMarkers, Page, Store};
+use super::{BUCKET_MS, Page, ReceiptMarkers, Store};
 
 fn user(s: &str) -> UserId {
     UserId::new(s).unwrap()
@@ -24,6 +24,7 @@ pub fn message(from: &str, conversation: &ConversationId, to: &str, ts: u64, seq
         ts,
         cursor: None,
         event: None,
+        state: None,
     }
 }
 
@@ -363,7 +364,7 @@ pub async fn group_lists_need_no_per_member_rows<S: Store>(s: &S) {
     assert_eq!((list[0].last_id, list[0].unread), (said[3].id, 2));
 }
 
-fn markers_of(all: &[GroupMarkers], who: &str) -> (Option<MessageId>, Option<MessageId>) {
+fn markers_of(all: &[ReceiptMarkers], who: &str) -> (Option<MessageId>, Option<MessageId>) {
     all.iter()
         .find(|m| m.user == user(who))
         .map(|m| (m.delivered, m.seen))
@@ -400,14 +401,43 @@ pub async fn group_markers_only_move_forward<S: Store>(s: &S) {
     assert_eq!(s.read_marker(&alice, &c).await.unwrap(), Some(id6));
     assert_eq!(s.read_marker(&user("bob"), &c).await.unwrap(), None);
 
-    // 1:1 conversations keep read markers but no delivered markers; other groups are apart.
+    // 1:1 markers are kept apart from groups'; other groups are apart too.
     let ab = dm("alice", "bob");
     s.mark_delivered(&alice, &ab, id5).await.unwrap();
     s.mark_read(&alice, &ab, id3).await.unwrap();
     assert_eq!(s.read_marker(&alice, &ab).await.unwrap(), Some(id3));
     assert_eq!(s.group_markers(&g).await.unwrap().len(), 1);
+    let mine = s.receipt_markers(&alice, &c).await.unwrap();
+    assert_eq!((mine.delivered, mine.seen), (Some(id6), Some(id6)));
     let (other, _) = group("other");
     assert!(s.group_markers(&other).await.unwrap().is_empty());
+}
+
+pub async fn direct_markers_only_move_forward<S: Store>(s: &S) {
+    let ab = dm("alice", "bob");
+    let (id3, id5, id6) = (id_at(T0 + 3, 3), id_at(T0 + 5, 5), id_at(T0 + 6, 6));
+    let (alice, bob) = (user("alice"), user("bob"));
+    let markers = async |u: &UserId| {
+        let m = s.receipt_markers(u, &ab).await.unwrap();
+        (m.delivered, m.seen)
+    };
+    assert_eq!(markers(&bob).await, (None, None));
+
+    s.mark_delivered(&bob, &ab, id5).await.unwrap();
+    s.mark_delivered(&bob, &ab, id3).await.unwrap();
+    assert_eq!(markers(&bob).await, (Some(id5), None), "never back");
+    s.mark_read(&bob, &ab, id3).await.unwrap();
+    assert_eq!(markers(&bob).await, (Some(id5), Some(id3)));
+    s.mark_read(&bob, &ab, id6).await.unwrap();
+    assert_eq!(
+        markers(&bob).await,
+        (Some(id6), Some(id6)),
+        "seen implies delivered"
+    );
+    // Each user's own, and groups apart.
+    assert_eq!(markers(&alice).await, (None, None));
+    let (g, _) = group("crew");
+    assert!(s.group_markers(&g).await.unwrap().is_empty());
 }
 
 pub async fn group_markers_count_who_received_and_read<S: Store>(s: &S) {
@@ -446,6 +476,7 @@ macro_rules! store_suite {
             group_events_survive_a_round_trip,
             group_lists_need_no_per_member_rows,
             group_markers_only_move_forward,
+            direct_markers_only_move_forward,
             group_markers_count_who_received_and_read);
     };
     (@case $make:expr, $($name:ident),*) => {

@@ -2,7 +2,7 @@
 
 use anyhow::bail;
 use clap::Args;
-use protocol::frames::{ClientFrame, ServerFrame};
+use protocol::frames::{ClientFrame, MessageState, ServerFrame};
 
 use super::{Login, conversation_arg, new_id, print_json};
 use crate::config::NatterConfig;
@@ -45,7 +45,12 @@ pub async fn run(args: HistoryArgs, config: &NatterConfig, json: bool) -> anyhow
         }));
     }
     for m in &messages {
-        println!("{} {}: {}", m.id, m.from, m.body);
+        // Your own messages say how far they got: sent, delivered or seen.
+        let state = m
+            .state
+            .map(|s| format!(" [{}]", state_name(s)))
+            .unwrap_or_default();
+        println!("{} {}: {}{state}", m.id, m.from, m.body);
     }
     if more {
         let (flag, edge) = match &args.after {
@@ -57,4 +62,12 @@ pub async fn run(args: HistoryArgs, config: &NatterConfig, json: bool) -> anyhow
         }
     }
     Ok(())
+}
+
+fn state_name(state: MessageState) -> &'static str {
+    match state {
+        MessageState::Sent => "sent",
+        MessageState::Delivered => "delivered",
+        MessageState::Seen => "seen",
+    }
 }

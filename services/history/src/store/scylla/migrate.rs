@@ -19,6 +19,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "002_groups",
         include_str!("../../../../../schema/002_groups.cql"),
     ),
+    (
+        3,
+        "003_direct_delivered",
+        include_str!("../../../../../schema/003_direct_delivered.cql"),
+    ),
 ];
 
 /// Applies every migration not yet recorded in `schema_migrations`, in order, and records it.

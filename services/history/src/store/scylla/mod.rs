@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 pub use self::migrate::{MIGRATIONS, migrate};
 use self::rows::{GroupRow, MessageRow, parse_id, to_group_message, to_message, to_summary};
 use self::statements::Statements;
-use super::{GroupMarkers, Page, Store, StoreError, bucket_of, newest_first, preview};
+use super::{Page, ReceiptMarkers, Store, StoreError, bucket_of, newest_first, preview};
 
 /// Unread counts computed at once when listing a user's conversations.
 const UNREAD_COUNTS_IN_FLIGHT: usize = 8;
@@ -364,13 +364,48 @@ impl Store for ScyllaStore {
         conversation: &ConversationId,
         up_to: MessageId,
     ) -> Result<(), StoreError> {
-        match conversation.group_id() {
-            Some(group) => {
-                self.set_group_marker(&self.st.set_group_delivered, &group, user, up_to)
-                    .await
-            }
-            None => Ok(()),
+        if let Some(group) = conversation.group_id() {
+            return self
+                .set_group_marker(&self.st.set_group_delivered, &group, user, up_to)
+                .await;
         }
+        // Written at the message's timestamp, like the read marker: it never moves back.
+        self.session
+            .execute_unpaged(
+                &self.st.set_direct_delivered,
+                (
+                    write_ts(up_to),
+                    up_to.to_string(),
+                    user.as_str(),
+                    conversation.as_str(),
+                ),
+            )
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
+    async fn receipt_markers(
+        &self,
+        user: &UserId,
+        conversation: &ConversationId,
+    ) -> Result<ReceiptMarkers, StoreError> {
+        let (delivered, read) = match conversation.group_id() {
+            Some(group) => self.group_marker(&group, user).await?,
+            None => {
+                let row: Option<(Option<String>, Option<String>)> = self
+                    .rows(
+                        &self.st.direct_markers,
+                        (user.as_str(), conversation.as_str()),
+                    )
+                    .await?
+                    .into_iter()
+                    .next();
+                let (delivered, read) = row.unwrap_or_default();
+                (parse_id(delivered)?, parse_id(read)?)
+            }
+        };
+        Ok(ReceiptMarkers::new(user.clone(), delivered, read))
     }
 
     async fn read_marker(
@@ -389,13 +424,13 @@ impl Store for ScyllaStore {
         parse_id(marker)
     }
 
-    async fn group_markers(&self, group: &GroupId) -> Result<Vec<GroupMarkers>, StoreError> {
+    async fn group_markers(&self, group: &GroupId) -> Result<Vec<ReceiptMarkers>, StoreError> {
         let rows: Vec<(String, Option<String>, Option<String>)> = self
             .all_rows(&self.st.group_markers, (group.as_str(),))
             .await?;
         rows.into_iter()
             .map(|(user, delivered, read)| {
-                Ok(GroupMarkers::new(
+                Ok(ReceiptMarkers::new(
                     UserId::new(&user).map_err(corrupt)?,
                     parse_id(delivered)?,
                     parse_id(read)?,

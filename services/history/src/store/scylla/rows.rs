@@ -28,6 +28,7 @@ pub(super) fn to_message(
         ts: ts as u64,
         cursor: None,
         event: None,
+        state: None,
     })
 }
 
