@@ -324,6 +324,24 @@ $('new-group').addEventListener('submit', async (e) => {
   }
 });
 
+// The message the next send answers ({id, from, preview}), chosen with its ↩ button.
+let replyTo = null;
+
+function setReplyTo(quote) {
+  replyTo = quote;
+  $('replying').hidden = !quote;
+  $('replying-text').textContent = quote ? `Replying to ${quote.from}: ${quote.preview}` : '';
+  if (quote) $('composer-text').focus();
+}
+
+$('messages').addEventListener('click', (e) => {
+  const button = e.target.closest('button.reply');
+  const c = button && store.openId && store.conversations.get(store.openId);
+  const m = c && c.messages.get(button.dataset.id);
+  if (m) setReplyTo({ conversation: c.id, id: m.id, from: m.from, preview: [...(m.body || '')].slice(0, 100).join('') });
+});
+$('replying-cancel').addEventListener('click', () => setReplyTo(null));
+
 $('composer').addEventListener('submit', (e) => {
   e.preventDefault();
   const c = store.openId && store.conversations.get(store.openId);
@@ -333,7 +351,12 @@ $('composer').addEventListener('submit', (e) => {
   const frame = { type: 'send', cid: newId('c'), body };
   if (c.kind === 'dm') frame.to = c.peer;
   else frame.group = c.group;
-  store.addMessage({ conversation: c.id, cid: frame.cid, from: store.user, body, ts: Date.now() }, { pending: true });
+  const reply = replyTo && replyTo.conversation === c.id ? replyTo : null;
+  if (reply) frame.reply_to = reply.id;
+  setReplyTo(null);
+  const pending = { conversation: c.id, cid: frame.cid, from: store.user, body, ts: Date.now() };
+  if (reply) pending.reply = { id: reply.id, from: reply.from, preview: reply.preview };
+  store.addMessage(pending, { pending: true });
   conn.sendMessage(frame);
 });
 

@@ -98,9 +98,11 @@ export function renderChat(store) {
       'li',
       { class: `message${own ? ' own' : ''}`, 'data-id': m.id || m.cid, 'data-from': m.from },
       c.kind === 'group' && !own ? el('span', { class: 'from', text: m.from }) : null,
+      m.reply ? el('blockquote', { class: 'quote', text: `${m.reply.from}: ${m.reply.preview}` }) : null,
       el('span', { class: 'body', text: m.body }),
       el('span', { class: 'meta', text: time(m.ts) }),
       own ? el('span', { class: 'tick', 'data-state': state, title: state, text: ` ${TICKS[state]}` }) : null,
+      m.pending ? null : el('button', { class: 'reply', type: 'button', title: 'Reply', 'data-id': m.id, text: '↩' }),
     );
   });
   $('messages').replaceChildren(...items);

@@ -96,6 +96,32 @@ async fn send_then_history_shows_the_message() {
     let theirs = json(&ok(&stack, &["history", "--as", "bob", "alice", "--json"]).await);
     assert!(theirs["messages"][0].get("state").is_none(), "{theirs}");
 
+    // bob answers the first message: his history line quotes it.
+    ok(
+        &stack,
+        &[
+            "send",
+            "--as",
+            "bob",
+            "--to",
+            "alice",
+            "sure",
+            "--reply-to",
+            &id,
+        ],
+    )
+    .await;
+    testkit::eventually(
+        "the reply in history",
+        Duration::from_secs(10),
+        async || {
+            let page = ok(&stack, &["history", "--as", "bob", "alice"]).await;
+            page.lines()
+                .any(|l| l.contains(&format!("bob: (re {id} alice: hi bob) sure [sent]")))
+        },
+    )
+    .await;
+
     let throughput = ok(
         &stack,
         &["send", "--as", "alice", "--to", "bob", "n", "--count", "20"],

@@ -71,6 +71,7 @@ fn send_payload(from: &str, to: &str, cid: &str) -> Vec<u8> {
         cid: cid.into(),
         body: "hi".into(),
         origin: None,
+        reply_to: None,
     };
     serde_json::to_vec(&request).unwrap()
 }

@@ -140,6 +140,7 @@ async fn a_delivery_to_a_closed_socket_is_reported_and_the_recipient_counts_as_o
         cursor: None,
         event: None,
         state: None,
+        reply: None,
     };
     let delivery = Delivery {
         targets: vec![bob_conn],

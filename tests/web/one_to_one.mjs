@@ -28,6 +28,13 @@ await scenario('one_to_one', async (browser) => {
   // Their message ends "is typing" at once, not when the indicator would have expired.
   await alice.waitForSelector('#typing:not(:has-text("bob is typing"))', { timeout: 1000 });
   await bob.waitForSelector('#messages li.own:has-text("hello alice") .tick[data-state="seen"]');
+  // bob answers alice's first message: both see the quote above his reply.
+  await bob.click('#messages li.message:has-text("hi bob") button.reply');
+  await bob.waitForSelector('#replying:has-text("Replying to alice: hi bob")');
+  await say(bob, 'that was quick');
+  const quoted = '#messages li.message:has-text("that was quick") blockquote.quote:has-text("alice: hi bob")';
+  await bob.waitForSelector(quoted);
+  await alice.waitForSelector(quoted);
   // Presence of the 1:1 peer.
   await alice.waitForSelector('#chat-presence[data-online="true"]');
 });

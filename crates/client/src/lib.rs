@@ -260,13 +260,7 @@ impl Connection {
 
     /// Sends a 1:1 message; `cid` is reused on retries.
     pub async fn send(&mut self, to: &str, cid: &str, body: &str) -> Result<(), ClientError> {
-        self.send_frame(&ClientFrame::Send {
-            to: to.into(),
-            group: None,
-            cid: cid.into(),
-            body: body.into(),
-        })
-        .await
+        self.send_message(to, None, cid, body, None).await
     }
 
     /// Sends a message to a group; `cid` is reused on retries.
@@ -276,11 +270,47 @@ impl Connection {
         cid: &str,
         body: &str,
     ) -> Result<(), ClientError> {
+        self.send_message("", Some(group), cid, body, None).await
+    }
+
+    /// Sends a 1:1 message answering message `reply_to` of the same conversation (the
+    /// delivered message carries its quote).
+    pub async fn send_reply(
+        &mut self,
+        to: &str,
+        cid: &str,
+        body: &str,
+        reply_to: &str,
+    ) -> Result<(), ClientError> {
+        self.send_message(to, None, cid, body, Some(reply_to)).await
+    }
+
+    /// Sends a group message answering message `reply_to` of the group.
+    pub async fn send_group_reply(
+        &mut self,
+        group: &str,
+        cid: &str,
+        body: &str,
+        reply_to: &str,
+    ) -> Result<(), ClientError> {
+        self.send_message("", Some(group), cid, body, Some(reply_to))
+            .await
+    }
+
+    async fn send_message(
+        &mut self,
+        to: &str,
+        group: Option<&str>,
+        cid: &str,
+        body: &str,
+        reply_to: Option<&str>,
+    ) -> Result<(), ClientError> {
         self.send_frame(&ClientFrame::Send {
-            to: String::new(),
-            group: Some(group.into()),
+            to: to.into(),
+            group: group.map(Into::into),
             cid: cid.into(),
             body: body.into(),
+            reply_to: reply_to.map(Into::into),
         })
         .await
     }

@@ -205,6 +205,7 @@ mod tests {
                 cursor,
                 event: None,
                 state: None,
+                reply: None,
             })
         };
         // Short and long cursors (MessagePack strings of each size class).
@@ -271,7 +272,8 @@ mod tests {
                 to: "bob".into(),
                 group: None,
                 cid: "c1".into(),
-                body: "hi".into()
+                body: "hi".into(),
+                reply_to: None,
             }
         );
         let sent = ServerFrame::Sent {
@@ -390,6 +392,7 @@ mod tests {
             cursor: Some("17-5".parse().unwrap()),
             event: None,
             state: None,
+            reply: None,
         });
         for f in [
             m,

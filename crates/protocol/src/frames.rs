@@ -24,6 +24,9 @@ pub enum ClientFrame {
         group: Option<String>,
         cid: String,
         body: String,
+        /// The id of the message of the same conversation this one answers (a reply).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reply_to: Option<String>,
     },
     /// This device received message `id` of `conversation`; the sender sees `delivered`.
     Ack { conversation: String, id: String },
@@ -133,6 +136,32 @@ pub struct Message {
     /// that reloads shows the ticks it showed live. Absent everywhere else.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<MessageState>,
+    /// On a reply: the message it answers, quoted as it was when the reply was sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply: Option<Quote>,
+}
+
+/// The message a reply answers: enough to show the quote without fetching it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quote {
+    pub id: MessageId,
+    pub from: UserId,
+    /// The start of its body (at most `limits::PREVIEW_CHARS` characters).
+    pub preview: String,
+}
+
+impl Quote {
+    pub fn of(message: &Message) -> Self {
+        Self {
+            id: message.id,
+            from: message.from.clone(),
+            preview: message
+                .body
+                .chars()
+                .take(crate::limits::PREVIEW_CHARS)
+                .collect(),
+        }
+    }
 }
 
 /// How far one of your messages got (see "Message states" in docs/protocol.md).

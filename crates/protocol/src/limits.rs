@@ -4,6 +4,10 @@
 
 /// Messages or conversations per `history`/`conversations` page unless the client asks
 /// otherwise, and the most it may ask for.
+/// Characters of a message body kept as a preview: the conversation list's, and a reply's
+/// quote.
+pub const PREVIEW_CHARS: usize = 100;
+
 pub const HISTORY_PAGE_DEFAULT: u32 = 50;
 pub const HISTORY_PAGE_MAX: u32 = 100;
 

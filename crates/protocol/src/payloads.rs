@@ -23,6 +23,9 @@ pub struct SendRequest {
     /// The device that sent it; it gets `sent` instead of an echo of the message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin: Option<ConnId>,
+    /// The id of the message of the same conversation this one answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<String>,
 }
 
 /// An entry of the messages stream: the message plus routing facts that are not shown to

@@ -69,12 +69,13 @@ pub enum Request {
     },
 }
 
-/// A `send`: who it is for, the client's id for it, and the text.
+/// A `send`: who it is for, the client's id for it, the text, and the message it answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outgoing {
     pub to: Recipient,
     pub cid: ClientMsgId,
     pub body: String,
+    pub reply_to: Option<MessageId>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,6 +94,8 @@ pub enum Fault {
     To,
     #[error("give a valid group id, or to, not both")]
     Recipient,
+    #[error("reply_to is not a valid message id")]
+    ReplyTo,
     #[error("qid is not a valid id")]
     Qid,
     #[error("invalid conversation or message id")]
@@ -205,6 +208,7 @@ impl ClientFrame {
                 group,
                 cid,
                 body,
+                reply_to,
             } => {
                 let cid = ClientMsgId::new(&cid).map_err(|_| Invalid::bare(Fault::Cid))?;
                 let to = match group {
@@ -217,7 +221,17 @@ impl ClientFrame {
                         _ => return Err(Invalid::send(Fault::Recipient, cid)),
                     },
                 };
-                Request::Send(Outgoing { to, cid, body })
+                let reply_to = match reply_to.map(|id| id.parse::<MessageId>()) {
+                    None => None,
+                    Some(Ok(id)) => Some(id),
+                    Some(Err(_)) => return Err(Invalid::send(Fault::ReplyTo, cid)),
+                };
+                Request::Send(Outgoing {
+                    to,
+                    cid,
+                    body,
+                    reply_to,
+                })
             }
             ClientFrame::Ack { conversation, id } => {
                 let (conversation, id) = receipt(&conversation, &id)?;
@@ -348,6 +362,7 @@ mod tests {
             group: group.map(Into::into),
             cid: cid.into(),
             body: "hi".into(),
+            reply_to: None,
         }
     }
 

@@ -33,6 +33,8 @@ pub struct Ingest {
     pub metrics: ChatMetrics,
     pub ids: Arc<MessageIds>,
     pub groups: Groups,
+    /// How far history has stored the messages streams (for replies, see `quote`).
+    pub history_floor: Arc<plumbing::bus::HistoryFloor>,
 }
 
 /// Joins the chat queue group on send requests.
@@ -89,6 +91,10 @@ impl Ingest {
             return Err(SendError::BodyTooLarge { max_bytes });
         }
         let (conversation, to) = self.addressee(&req).await?;
+        let reply = match &req.reply_to {
+            Some(reply_to) => Some(self.quote(&req.from, &conversation, reply_to).await?),
+            None => None,
+        };
         let id = self.ids.next();
         let stored = StoredMessage {
             message: Message {
@@ -102,6 +108,7 @@ impl Ingest {
                 cursor: None,
                 event: None,
                 state: None,
+                reply,
             },
             origin: req.origin,
             groups_revision: None,

@@ -10,6 +10,7 @@ mod ingest;
 mod metrics;
 mod notify;
 mod presence;
+mod quote;
 mod receipts;
 mod refusal;
 mod router;

@@ -31,6 +31,13 @@ pub enum SendError {
     InvalidGroupAddress,
     #[error("not a member of this group")]
     NotAMember,
+    #[error("reply_to is not a valid message id")]
+    InvalidReplyTo,
+    #[error("reply_to names no message of this conversation")]
+    UnknownReplyTo,
+    /// History did not answer whether the message replied to exists.
+    #[error("history unavailable to check reply_to; retry with the same cid")]
+    HistoryUnavailable(#[source] Cause),
     /// The groups bucket did not answer the membership check.
     #[error("group directory unavailable; retry with the same cid")]
     DirectoryUnavailable(#[source] Cause),
@@ -45,10 +52,15 @@ impl SendError {
         use SendError::*;
         let code = match self {
             NotARequest => ErrorCode::MalformedFrame,
-            InvalidCid | InvalidRecipient | InvalidGroupAddress => ErrorCode::InvalidId,
+            InvalidCid | InvalidRecipient | InvalidGroupAddress | InvalidReplyTo => {
+                ErrorCode::InvalidId
+            }
+            UnknownReplyTo => ErrorCode::NotFound,
             BodyTooLarge { .. } => ErrorCode::BodyTooLarge,
             NotAMember | NotTheSubjectsUser => ErrorCode::Forbidden,
-            DirectoryUnavailable(_) | StoreUnavailable(_) => ErrorCode::Unavailable,
+            DirectoryUnavailable(_) | StoreUnavailable(_) | HistoryUnavailable(_) => {
+                ErrorCode::Unavailable
+            }
         };
         (code, self.to_string())
     }
@@ -59,6 +71,9 @@ impl SendError {
         match &self {
             SendError::DirectoryUnavailable(cause) => {
                 tracing::warn!(error = %cause, "group directory unavailable");
+            }
+            SendError::HistoryUnavailable(cause) => {
+                tracing::warn!(error = %cause, "history unavailable for a reply");
             }
             SendError::StoreUnavailable(cause) => {
                 plumbing::jetstream_error("publish");

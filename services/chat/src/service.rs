@@ -141,6 +141,8 @@ impl Chat {
             roles.spawn(notify::serve(router.clone(), sub, stop.clone()));
         }
         if config.ingest {
+            // Contact checks and replies wait for history to catch up before saying no.
+            let history_floor = plumbing::bus::HistoryFloor::new(streams.clone());
             let sub = group_ops::subscribe(&nats).await?;
             let ops = Arc::new(GroupOps {
                 config: config.clone(),
@@ -151,7 +153,7 @@ impl Chat {
                 groups: groups.clone(),
                 ids: ids.clone(),
                 metrics: metrics.clone(),
-                history_floor: plumbing::bus::HistoryFloor::new(streams.clone()),
+                history_floor: history_floor.clone(),
             });
             roles.spawn(group_ops::serve(ops, sub, stop.clone()));
             let sub = ingest::subscribe(&nats).await?;
@@ -164,6 +166,7 @@ impl Chat {
                 metrics: metrics.clone(),
                 ids,
                 groups,
+                history_floor,
             });
             roles.spawn(ingest::serve(ingest, sub, stop.clone()));
         }

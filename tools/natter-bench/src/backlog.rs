@@ -39,6 +39,7 @@ pub async fn write_to(
                 cursor: None,
                 event: None,
                 state: None,
+                reply: None,
             },
             origin: None,
             groups_revision: None,

@@ -447,6 +447,7 @@ async fn relay_run(
         cursor: None,
         event: None,
         state: None,
+        reply: None,
     };
     let total = expected * pairs as u64;
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));

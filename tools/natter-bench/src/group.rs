@@ -371,6 +371,7 @@ async fn relay(
         cursor: None,
         event: None,
         state: None,
+        reply: None,
     };
     let frame = ServerFrame::Message(message);
     for (gw, conns) in targets {

@@ -36,6 +36,7 @@ impl GroupOps {
                 cursor: None,
                 event: Some(event),
                 state: None,
+                reply: None,
             },
             origin: None,
             groups_revision: Some(rev),

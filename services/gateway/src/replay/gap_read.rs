@@ -597,6 +597,7 @@ mod tests {
                 cursor: None,
                 event: None,
                 state: None,
+                reply: None,
             };
             let stored = StoredMessage {
                 message,

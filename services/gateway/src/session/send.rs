@@ -28,7 +28,12 @@ pub(super) enum SendFailure {
 
 impl Session {
     pub(super) fn on_send(&mut self, outgoing: Outgoing) {
-        let Outgoing { to, cid, body } = outgoing;
+        let Outgoing {
+            to,
+            cid,
+            body,
+            reply_to,
+        } = outgoing;
         let max = self.state.config.max_body_bytes;
         if body.len() > max {
             return self.refuse(Refusal::BodyTooLarge { max, cid });
@@ -53,6 +58,7 @@ impl Session {
             cid: cid.to_string(),
             body,
             origin: Some(self.conn),
+            reply_to: reply_to.map(|id| id.to_string()),
         };
         self.pending.push_back((cid, request));
         if self.in_flight.is_none() {

@@ -30,8 +30,7 @@ use protocol::{ConversationId, GroupId, MessageId, UserId};
 /// Unread counts stop at this number ("999+" in a client).
 pub const UNREAD_CAP: u32 = 1000;
 
-/// Characters of a message body kept as the conversation list preview.
-pub const PREVIEW_CHARS: usize = 100;
+pub use protocol::limits::PREVIEW_CHARS;
 
 /// Milliseconds in one `messages_by_group` bucket.
 pub const BUCKET_MS: u64 = 24 * 3600 * 1000;

@@ -25,6 +25,7 @@ pub fn message(from: &str, conversation: &ConversationId, to: &str, ts: u64, seq
         cursor: None,
         event: None,
         state: None,
+        reply: None,
     }
 }
 
@@ -371,6 +372,35 @@ fn markers_of(all: &[ReceiptMarkers], who: &str) -> (Option<MessageId>, Option<M
         .unwrap_or_default()
 }
 
+pub async fn replies_keep_their_quote<S: Store>(s: &S) {
+    use protocol::frames::Quote;
+    let ab = dm("alice", "bob");
+    let asked = message("alice", &ab, "bob", T0, 1);
+    let mut answer = message("bob", &ab, "alice", T0 + 1, 2);
+    answer.reply = Some(Quote::of(&asked));
+    let (_, c) = group("club");
+    let said = message("alice", &c, "club", T0 + 2, 3);
+    let mut echoed = message("carol", &c, "club", T0 + 3, 4);
+    echoed.reply = Some(Quote::of(&said));
+    s.append(&[asked.clone(), answer.clone(), said.clone(), echoed.clone()])
+        .await
+        .unwrap();
+    assert_eq!(
+        s.page(&ab, Page::Latest, 10).await.unwrap(),
+        vec![answer.clone(), asked]
+    );
+    assert_eq!(
+        s.page(&c, Page::Latest, 10).await.unwrap(),
+        vec![echoed.clone(), said]
+    );
+    let quote = echoed.reply.as_ref().unwrap();
+    assert_eq!(
+        (quote.from.as_str(), quote.preview.as_str()),
+        ("alice", "alice says 3")
+    );
+    assert_eq!(s.message(&ab, answer.id).await.unwrap(), Some(answer));
+}
+
 pub async fn group_markers_only_move_forward<S: Store>(s: &S) {
     let (g, c) = group("crew");
     let (id3, id5, id6) = (id_at(T0 + 3, 3), id_at(T0 + 5, 5), id_at(T0 + 6, 6));
@@ -474,6 +504,7 @@ macro_rules! store_suite {
             direct_conversations_list_each_partner_once_with_the_newest,
             replaying_a_batch_leaves_one_copy,
             group_events_survive_a_round_trip,
+            replies_keep_their_quote,
             group_lists_need_no_per_member_rows,
             group_markers_only_move_forward,
             direct_markers_only_move_forward,

@@ -50,7 +50,11 @@ pub async fn run(args: HistoryArgs, config: &NatterConfig, json: bool) -> anyhow
             .state
             .map(|s| format!(" [{}]", state_name(s)))
             .unwrap_or_default();
-        println!("{} {}: {}{state}", m.id, m.from, m.body);
+        // A reply names what it answers.
+        let quote = (m.reply.as_ref())
+            .map(|q| format!("(re {} {}: {}) ", q.id, q.from, q.preview))
+            .unwrap_or_default();
+        println!("{} {}: {quote}{}{state}", m.id, m.from, m.body);
     }
     if more {
         let (flag, edge) = match &args.after {

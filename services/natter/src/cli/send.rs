@@ -34,6 +34,10 @@ pub struct SendArgs {
     /// Send this many messages, with a progress bar, and print the throughput.
     #[arg(long, default_value_t = 1)]
     pub count: u64,
+    /// Answer this message (its id, from `natter history`) of the same conversation: the
+    /// message carries its quote.
+    #[arg(long)]
+    pub reply_to: Option<String>,
 }
 
 pub async fn run(args: SendArgs, config: &NatterConfig, json: bool) -> anyhow::Result<()> {
@@ -62,10 +66,15 @@ pub async fn run(args: SendArgs, config: &NatterConfig, json: bool) -> anyhow::R
     while done < args.count {
         while next < args.count && waiting.len() < WINDOW {
             let cid = cid_of(next);
-            match (&args.to, &args.group) {
-                (_, Some(group)) => session.conn.send_group(group, &cid, &args.body).await?,
-                (Some(to), None) => session.conn.send(to, &cid, &args.body).await?,
-                (None, None) => unreachable!("clap requires --to or --group"),
+            let body = &args.body;
+            match (&args.to, &args.group, &args.reply_to) {
+                (_, Some(group), None) => session.conn.send_group(group, &cid, body).await?,
+                (_, Some(group), Some(id)) => {
+                    session.conn.send_group_reply(group, &cid, body, id).await?
+                }
+                (Some(to), None, None) => session.conn.send(to, &cid, body).await?,
+                (Some(to), None, Some(id)) => session.conn.send_reply(to, &cid, body, id).await?,
+                (None, None, _) => unreachable!("clap requires --to or --group"),
             }
             waiting.insert(cid, next);
             next += 1;

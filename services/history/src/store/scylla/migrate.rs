@@ -24,6 +24,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "003_direct_delivered",
         include_str!("../../../../../schema/003_direct_delivered.cql"),
     ),
+    (
+        4,
+        "004_replies",
+        include_str!("../../../../../schema/004_replies.cql"),
+    ),
 ];
 
 /// Applies every migration not yet recorded in `schema_migrations`, in order, and records it.

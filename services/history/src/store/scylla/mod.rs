@@ -185,6 +185,7 @@ impl Store for ScyllaStore {
                                 m.to.to_string(),
                                 m.cid.to_string(),
                                 m.body.clone(),
+                                quote_json(m),
                             ),
                         )
                         .boxed(),
@@ -227,6 +228,7 @@ impl Store for ScyllaStore {
                             m.cid.to_string(),
                             m.body.clone(),
                             event,
+                            quote_json(m),
                         ),
                     )
                     .boxed(),
@@ -468,4 +470,11 @@ impl Store for ScyllaStore {
             }
         }
     }
+}
+
+/// A reply's quote as stored in the `reply` column (JSON), if the message is a reply.
+fn quote_json(m: &Message) -> Option<String> {
+    m.reply
+        .as_ref()
+        .map(|q| serde_json::to_string(q).expect("quote to JSON"))
 }

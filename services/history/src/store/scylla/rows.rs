@@ -1,15 +1,23 @@
 //! Decoding CQL rows into protocol types.
 
-use protocol::frames::{ConversationSummary, Message};
+use protocol::frames::{ConversationSummary, Message, Quote};
 use protocol::{ClientMsgId, ConversationId, GroupEvent, GroupId, MessageId, UserId};
 
 use super::corrupt;
 use crate::store::StoreError;
 
-/// A 1:1 row: (id, ts, from, to, cid, body).
-pub(super) type MessageRow = (String, i64, String, String, String, String);
-/// A group row: (id, ts, from, cid, body, event as JSON).
-pub(super) type GroupRow = (String, i64, String, String, String, Option<String>);
+/// A 1:1 row: (id, ts, from, to, cid, body, the quote of a reply as JSON).
+pub(super) type MessageRow = (String, i64, String, String, String, String, Option<String>);
+/// A group row: (id, ts, from, cid, body, event as JSON, the quote of a reply as JSON).
+pub(super) type GroupRow = (
+    String,
+    i64,
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+);
 /// A conversation summary row: (last id, last ts, last from, preview).
 pub(super) type SummaryRow = (String, i64, String, String);
 
@@ -17,7 +25,11 @@ pub(super) fn to_message(
     conversation: &ConversationId,
     row: MessageRow,
 ) -> Result<Message, StoreError> {
-    let (id, ts, from, to, cid, body) = row;
+    let (id, ts, from, to, cid, body, reply) = row;
+    let reply = reply
+        .map(|json| serde_json::from_str::<Quote>(&json))
+        .transpose()
+        .map_err(corrupt)?;
     Ok(Message {
         id: id.parse().map_err(corrupt)?,
         conversation: conversation.clone(),
@@ -29,6 +41,7 @@ pub(super) fn to_message(
         cursor: None,
         event: None,
         state: None,
+        reply,
     })
 }
 
@@ -38,14 +51,17 @@ pub(super) fn to_group_message(
     group: &GroupId,
     row: GroupRow,
 ) -> Result<Message, StoreError> {
-    let (id, ts, from, cid, body, event) = row;
+    let (id, ts, from, cid, body, event, reply) = row;
     let event = event
         .map(|json| serde_json::from_str::<GroupEvent>(&json))
         .transpose()
         .map_err(corrupt)?;
     Ok(Message {
         event,
-        ..to_message(conversation, (id, ts, from, group.to_string(), cid, body))?
+        ..to_message(
+            conversation,
+            (id, ts, from, group.to_string(), cid, body, reply),
+        )?
     })
 }
 

@@ -7,9 +7,9 @@ use super::err;
 use crate::store::StoreError;
 
 /// Columns of a 1:1 message row, in the order `MessageRow` decodes them.
-const COLS: &str = "message_id, ts, from_user, to_user, cid, body";
+const COLS: &str = "message_id, ts, from_user, to_user, cid, body, reply";
 /// Columns of a group message row: no recipient (the group is), and the system event.
-const GCOLS: &str = "message_id, ts, from_user, cid, body, event";
+const GCOLS: &str = "message_id, ts, from_user, cid, body, event, reply";
 
 pub(super) struct Statements {
     pub insert_message: PreparedStatement,
@@ -45,8 +45,8 @@ impl Statements {
     pub(super) async fn prepare(session: &Session, ks: &str) -> Result<Self, StoreError> {
         let prepare = |q: String| async move { session.prepare(q).await.map_err(err) };
         Ok(Self {
-            insert_message: prepare(format!("INSERT INTO {ks}.messages_by_conversation (conversation_id, message_id, ts, from_user, to_user, cid, body) VALUES (?, ?, ?, ?, ?, ?, ?)")).await?,
-            insert_group_message: prepare(format!("INSERT INTO {ks}.messages_by_group (group_id, bucket, message_id, ts, from_user, cid, body, event) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")).await?,
+            insert_message: prepare(format!("INSERT INTO {ks}.messages_by_conversation (conversation_id, message_id, ts, from_user, to_user, cid, body, reply) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")).await?,
+            insert_group_message: prepare(format!("INSERT INTO {ks}.messages_by_group (group_id, bucket, message_id, ts, from_user, cid, body, event, reply) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")).await?,
             insert_bucket: prepare(format!("INSERT INTO {ks}.group_buckets (group_id, bucket) VALUES (?, ?)")).await?,
             upsert_conversation: prepare(format!("INSERT INTO {ks}.user_conversations (user_id, conversation_id, last_id, last_ts, last_from, preview) VALUES (?, ?, ?, ?, ?, ?) USING TIMESTAMP ?")).await?,
             upsert_group_latest: prepare(format!("INSERT INTO {ks}.group_latest (group_id, last_id, last_ts, last_from, preview) VALUES (?, ?, ?, ?, ?) USING TIMESTAMP ?")).await?,
