@@ -18,7 +18,8 @@
 //! * `cost`: CPU time and NATS messages per persisted message, process by process (natter as
 //!   separate processes at a fixed rate);
 //! * `scale`: routing throughput and CPU per routed message with 1, 2, 3 routing chat
-//!   processes on a 3-node cluster (natter alone).
+//!   processes on a 3-node cluster (natter alone);
+//! * `reply`: send → sent of plain sends and of replies, alternating in one run.
 //!
 //! `--json` prints one JSON object per measurement, one per line.
 
@@ -28,6 +29,7 @@ mod cost;
 mod direct;
 mod directory;
 mod flood;
+mod reply;
 mod group;
 mod history;
 mod idle;
@@ -258,6 +260,13 @@ enum Scenario {
         #[arg(long)]
         shards: u32,
     },
+    /// What answering a message costs the sender: send → sent for plain sends and replies,
+    /// alternating in one run
+    Reply {
+        /// Sends of each kind.
+        #[arg(long, default_value_t = 2000)]
+        sends: usize,
+    },
     /// One user's delivery latency alone and while another user floods (per-user limits on).
     Flood {
         /// Messages per second alice sends bob.
@@ -332,6 +341,7 @@ async fn main() -> anyhow::Result<()> {
             group::run(&options, &peers, &out).await
         }
         Scenario::Flood { rate, seconds } => flood::run(rate, seconds, &out).await,
+        Scenario::Reply { sends } => reply::run(sends, &out).await,
         Scenario::Cost(options) => cost::run(&options, &out).await,
         Scenario::Directory {
             sessions,
