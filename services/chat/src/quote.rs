@@ -3,11 +3,14 @@
 //! read the conversation: ingest checked it), and quoted in the reply (`Quote`: its id,
 //! sender and the start of its body), so that clients show the quote without fetching it.
 //!
-//! History stores a message a few milliseconds after its `sent`: a "not found" is asked again
-//! once the history writers have stored the streams up to their head as it was then, so a
-//! reply to a message that just arrived is not refused.
+//! History stores a message a few milliseconds after its `sent`: a "not found" for a message
+//! id of the last `FRESH` is asked again once the history writers have stored the streams up
+//! to their head as it was then, so a reply to a message that just arrived is not refused.
+//! An older id (or one from the future) gets its answer at once: the wait reads the streams'
+//! heads and the writers' progress (JetStream API requests), which a client making up ids
+//! should not be able to cause for every send.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use protocol::frames::{Message, Quote, ServerFrame};
 use protocol::payloads::{HistoryQuery, HistoryRequest};
@@ -18,6 +21,11 @@ use crate::refusal::SendError;
 
 /// How long history may take to answer.
 const PATIENCE: Duration = Duration::from_secs(5);
+/// How recent a message must be for a "not found" to wait for history to catch up (it lags
+/// the streams by milliseconds when it is up).
+const FRESH: Duration = Duration::from_secs(30);
+/// Clocks of chat instances may disagree by this much.
+const CLOCK_SKEW: Duration = Duration::from_secs(2);
 
 impl Ingest {
     /// The quote of message `reply_to` of `conversation`, asked of history as `from`.
@@ -30,6 +38,9 @@ impl Ingest {
         let id: MessageId = reply_to.parse().map_err(|_| SendError::InvalidReplyTo)?;
         if let Some(found) = self.look_up(from, conversation, id).await? {
             return Ok(Quote::of(&found));
+        }
+        if !is_fresh(id, SystemTime::now()) {
+            return Err(SendError::UnknownReplyTo);
         }
         let head = plumbing::bus::heads(&self.js, self.partitions).await;
         if let Some(head) = head
@@ -80,5 +91,35 @@ impl Ingest {
             )),
             Err(e) => Err(SendError::HistoryUnavailable(e.into())),
         }
+    }
+}
+
+/// Whether `id` was given in the last `FRESH` (as far as clocks agree) at `now`.
+fn is_fresh(id: MessageId, now: SystemTime) -> bool {
+    let now_ms = now
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64;
+    let at = id.timestamp_ms();
+    at <= now_ms + CLOCK_SKEW.as_millis() as u64
+        && now_ms.saturating_sub(at) <= FRESH.as_millis() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_recent_ids_wait_for_history() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_750_000_000);
+        let at = |offset_ms: i64| {
+            let ms = 1_750_000_000_000i64 + offset_ms;
+            MessageId(ulid::Ulid::from_parts(ms as u64, 1))
+        };
+        assert!(is_fresh(at(0), now));
+        assert!(is_fresh(at(-29_000), now));
+        assert!(is_fresh(at(1_500), now), "a clock a little ahead");
+        assert!(!is_fresh(at(-31_000), now), "old");
+        assert!(!is_fresh(at(60_000), now), "from the future");
     }
 }

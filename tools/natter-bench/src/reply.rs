@@ -15,10 +15,17 @@ pub async fn run(sends: usize, out: &crate::report::Output) -> anyhow::Result<()
     let stack = Stack::new().start().await;
     stack.make_contacts("alice", &["bob"]).await;
     let mut alice = stack.connect("alice", 0).await;
-    alice.send("bob", "asked", "the message every reply answers").await?;
-    let asked = testkit::expect_sent(&mut alice, "asked").await.id.to_string();
+    alice
+        .send("bob", "asked", "the message every reply answers")
+        .await?;
+    let asked = testkit::expect_sent(&mut alice, "asked")
+        .await
+        .id
+        .to_string();
 
-    report.step(format!("{sends} plain sends and {sends} replies, alternating"));
+    report.step(format!(
+        "{sends} plain sends and {sends} replies, alternating"
+    ));
     let (mut plain, mut replies) = (Vec::with_capacity(sends), Vec::with_capacity(sends));
     for i in 0..sends {
         let started = Instant::now();
