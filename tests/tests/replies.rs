@@ -121,3 +121,24 @@ async fn a_group_reply_quotes_a_message_of_the_group() {
     let quote = answer.reply.expect("a quote");
     assert_eq!((quote.id, quote.preview.as_str()), (asked.id, "pizza?"));
 }
+
+#[tokio::test]
+async fn without_history_a_reply_is_refused_as_retryable_and_plain_sends_go_on() {
+    let mut stack = Stack::new().start().await;
+    stack.make_contacts("alice", &["bob"]).await;
+    let mut alice = stack.connect("alice", 0).await;
+    alice.send("bob", "q", "still there?").await.unwrap();
+    let asked = expect_sent(&mut alice, "q").await.id.to_string();
+    for history in &mut stack.histories {
+        history.kill();
+    }
+    // Nobody can say whether the message exists: retry later with the same cid.
+    alice.send_reply("bob", "a", "yes", &asked).await.unwrap();
+    assert_eq!(
+        expect_sent_or_error(&mut alice, "a").await.err(),
+        Some(ErrorCode::Unavailable)
+    );
+    // A plain send does not need history.
+    alice.send("bob", "p", "plain").await.unwrap();
+    expect_sent(&mut alice, "p").await;
+}
