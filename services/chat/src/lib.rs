@@ -5,6 +5,7 @@
 
 mod config;
 mod group_ops;
+mod history_page;
 mod ids;
 mod ingest;
 mod metrics;

@@ -12,15 +12,12 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use protocol::frames::{Message, Quote, ServerFrame};
-use protocol::payloads::{HistoryQuery, HistoryRequest};
-use protocol::{ClientMsgId, ConversationId, MessageId, UserId, subjects};
+use protocol::frames::{Message, Quote};
+use protocol::{ConversationId, MessageId, UserId};
 
 use crate::ingest::Ingest;
 use crate::refusal::SendError;
 
-/// How long history may take to answer.
-const PATIENCE: Duration = Duration::from_secs(5);
 /// How recent a message must be for a "not found" to wait for history to catch up (it lags
 /// the streams by milliseconds when it is up).
 const FRESH: Duration = Duration::from_secs(30);
@@ -42,9 +39,10 @@ impl Ingest {
         if !is_fresh(id, SystemTime::now()) {
             return Err(SendError::UnknownReplyTo);
         }
-        let head = plumbing::bus::heads(&self.js, self.partitions).await;
-        if let Some(head) = head
-            && self.history_floor.reach(&head).await
+        if self
+            .history_floor
+            .caught_up(&self.js, self.partitions)
+            .await
             && let Some(found) = self.look_up(from, conversation, id).await?
         {
             return Ok(Quote::of(&found));
@@ -61,36 +59,10 @@ impl Ingest {
         id: MessageId,
     ) -> Result<Option<Message>, SendError> {
         let next = MessageId(ulid::Ulid(id.0.0.saturating_add(1)));
-        let request = HistoryRequest {
-            user: from.clone(),
-            qid: ClientMsgId::new("reply").expect("valid id"),
-            query: HistoryQuery::Messages {
-                conversation: conversation.clone(),
-                before: Some(next),
-                after: None,
-                limit: 1,
-            },
-        };
-        let payload = serde_json::to_vec(&request).expect("history request to JSON");
-        let asked = self
-            .nats
-            .request(subjects::history_query(from), payload.into());
-        let reply = tokio::time::timeout(PATIENCE, asked)
+        let mut page = crate::history_page::newest(&self.nats, from, conversation, Some(next), 1)
             .await
-            .map_err(|_| SendError::HistoryUnavailable("history did not answer".into()))?
-            .map_err(|e| SendError::HistoryUnavailable(e.into()))?;
-        match serde_json::from_slice::<ServerFrame>(&reply.payload) {
-            Ok(ServerFrame::History { mut messages, .. }) => {
-                Ok(messages.pop().filter(|m| m.id == id))
-            }
-            Ok(ServerFrame::Error { code, .. }) => Err(SendError::HistoryUnavailable(
-                format!("history refused the question with {}", u16::from(code)).into(),
-            )),
-            Ok(_) => Err(SendError::HistoryUnavailable(
-                "history answered with another frame".into(),
-            )),
-            Err(e) => Err(SendError::HistoryUnavailable(e.into())),
-        }
+            .map_err(SendError::HistoryUnavailable)?;
+        Ok(page.pop().filter(|m| m.id == id))
     }
 }
 

@@ -82,6 +82,19 @@ impl HistoryFloor {
         reached.is_ok()
     }
 
+    /// Waits until the writers have stored every partition up to the streams' heads as they
+    /// are now (read here, one stream info per partition): whether they have.
+    pub async fn caught_up(
+        self: &Arc<Self>,
+        js: &async_nats::jetstream::Context,
+        partitions: u32,
+    ) -> bool {
+        match super::heads(js, partitions).await {
+            Some(head) => self.reach(&head).await,
+            None => false,
+        }
+    }
+
     /// Reads the writers' progress while anyone waits.
     async fn poll(self: Arc<Self>) {
         while self.waiters.load(Ordering::SeqCst) > 0 {

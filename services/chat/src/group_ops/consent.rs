@@ -7,19 +7,13 @@
 //! the history writers have stored the streams up to their head as it was then, so adding
 //! someone right after the first message with them is not refused.
 
-use std::time::Duration;
-
 use futures::StreamExt;
-use protocol::frames::ServerFrame;
-use protocol::payloads::{HistoryQuery, HistoryRequest};
-use protocol::{ClientMsgId, ConversationId, UserId, subjects};
+use protocol::{ConversationId, UserId};
 
 use super::GroupOps;
 use crate::config::GroupAdds;
 use crate::refusal::GroupError;
 
-/// How long the history service may take to say whether two users are contacts.
-const CONTACT_PATIENCE: Duration = Duration::from_secs(5);
 /// Contact questions one operation keeps in flight.
 const QUESTIONS_AT_ONCE: usize = 32;
 
@@ -37,8 +31,10 @@ impl GroupOps {
         }
         let mut strangers = self.not_contacts(actor, joining.to_vec()).await?;
         if !strangers.is_empty()
-            && let Some(head) = plumbing::bus::heads(&self.js, self.partitions).await
-            && self.history_floor.reach(&head).await
+            && self
+                .history_floor
+                .caught_up(&self.js, self.partitions)
+                .await
         {
             strangers = self.not_contacts(actor, strangers).await?;
         }
@@ -78,8 +74,7 @@ impl GroupOps {
     }
 }
 
-/// Whether `a` and `b` share a 1:1 conversation: its newest message, asked of the history
-/// service, asking as `a` (the chat identity may publish on `natter.history.query.*`).
+/// Whether `a` and `b` share a 1:1 conversation: it has a message, asked of history as `a`.
 async fn are_contacts(
     nats: async_nats::Client,
     a: &UserId,
@@ -88,30 +83,9 @@ async fn are_contacts(
     if a == b {
         return Ok(true);
     }
-    let request = HistoryRequest {
-        user: a.clone(),
-        qid: ClientMsgId::new("contact").expect("valid id"),
-        query: HistoryQuery::Messages {
-            conversation: ConversationId::direct(a, b),
-            before: None,
-            after: None,
-            limit: 1,
-        },
-    };
-    let payload = serde_json::to_vec(&request).expect("history request to JSON");
-    let asked = nats.request(subjects::history_query(a), payload.into());
-    let reply = tokio::time::timeout(CONTACT_PATIENCE, asked)
+    let conversation = ConversationId::direct(a, b);
+    crate::history_page::newest(&nats, a, &conversation, None, 1)
         .await
-        .map_err(|_| GroupError::ContactsUnavailable("history did not answer".into()))?
-        .map_err(|e| GroupError::ContactsUnavailable(e.into()))?;
-    match serde_json::from_slice::<ServerFrame>(&reply.payload) {
-        Ok(ServerFrame::History { messages, .. }) => Ok(!messages.is_empty()),
-        Ok(ServerFrame::Error { code, .. }) => Err(GroupError::ContactsUnavailable(
-            format!("history refused the question with {}", u16::from(code)).into(),
-        )),
-        Ok(_) => Err(GroupError::ContactsUnavailable(
-            "history answered with another frame".into(),
-        )),
-        Err(e) => Err(GroupError::ContactsUnavailable(e.into())),
-    }
+        .map(|messages| !messages.is_empty())
+        .map_err(GroupError::ContactsUnavailable)
 }
