@@ -117,6 +117,13 @@ function onFrame(f) {
       onMessage(f);
       break;
     case 'sent': {
+      // Our own edit or delete: this device gets `sent`, not the event, so it applies it.
+      const change = pendingChanges.get(f.cid);
+      if (change) {
+        pendingChanges.delete(f.cid);
+        store.applyChange(store.conversation(f.conversation), change.change, change.body, f.ts);
+        break;
+      }
       store.confirm(f);
       const c = store.conversation(f.conversation);
       if (c.kind === 'dm') watchPresence([c.peer]);
@@ -149,6 +156,7 @@ function onFrame(f) {
       resync(f).catch((err) => ui.showError(`could not refresh: ${err.message}`));
       break;
     case 'error':
+      if (f.cid) pendingChanges.delete(f.cid);
       if (!f.qid && f.code !== 1004) ui.showError(`${f.reason} (${f.code})`);
       break;
   }
@@ -185,7 +193,7 @@ async function loadConversations() {
   for (const e of list.conversations) {
     const c = store.conversation(e.conversation);
     if (!c.last || e.last_id >= c.last.id) {
-      c.last = { id: e.last_id, ts: e.last_ts, from: e.last_from, preview: e.preview };
+      c.last = { id: e.last_id, ts: e.last_ts, from: e.last_from, preview: e.preview, deleted: !!e.deleted };
     }
     c.unread = isVisible(c) ? 0 : e.unread;
   }
@@ -324,23 +332,54 @@ $('new-group').addEventListener('submit', async (e) => {
   }
 });
 
-// The message the next send answers ({id, from, preview}), chosen with its ↩ button.
+// The message the next send answers ({id, from, preview}), chosen with its ↩ button; or the
+// one it replaces ({id, conversation}), chosen with ✎.
 let replyTo = null;
+let editing = null;
+// Our edits and deletes waiting for `sent`, by cid: {change, body}.
+const pendingChanges = new Map();
 
 function setReplyTo(quote) {
   replyTo = quote;
+  if (quote) setEditing(null);
   $('replying').hidden = !quote;
   $('replying-text').textContent = quote ? `Replying to ${quote.from}: ${quote.preview}` : '';
   if (quote) $('composer-text').focus();
 }
 
+function setEditing(message) {
+  editing = message;
+  if (message) setReplyTo(null);
+  $('editing').hidden = !message;
+  if (message) {
+    $('composer-text').value = message.body;
+    $('composer-text').focus();
+  }
+}
+
+/** Sends an edit or delete; this device applies it when `sent` arrives. */
+function sendChange(c, change, body = '') {
+  const cid = newId('c');
+  const frame = { type: change.kind, conversation: c.id, cid, id: change.id };
+  if (change.kind === 'edit') frame.body = body;
+  pendingChanges.set(cid, { change, body });
+  conn.sendMessage(frame);
+}
+
 $('messages').addEventListener('click', (e) => {
-  const button = e.target.closest('button.reply');
+  const button = e.target.closest('button.reply, button.edit, button.delete');
   const c = button && store.openId && store.conversations.get(store.openId);
   const m = c && c.messages.get(button.dataset.id);
-  if (m) setReplyTo({ conversation: c.id, id: m.id, from: m.from, preview: [...(m.body || '')].slice(0, 100).join('') });
+  if (!m) return;
+  if (button.classList.contains('edit')) return setEditing({ conversation: c.id, id: m.id, body: m.body });
+  if (button.classList.contains('delete')) return sendChange(c, { kind: 'delete', id: m.id });
+  setReplyTo({ conversation: c.id, id: m.id, from: m.from, preview: [...(m.body || '')].slice(0, 100).join('') });
 });
 $('replying-cancel').addEventListener('click', () => setReplyTo(null));
+$('editing-cancel').addEventListener('click', () => {
+  setEditing(null);
+  $('composer-text').value = '';
+});
 
 $('composer').addEventListener('submit', (e) => {
   e.preventDefault();
@@ -348,6 +387,12 @@ $('composer').addEventListener('submit', (e) => {
   const body = $('composer-text').value;
   if (!c || !body) return;
   $('composer-text').value = '';
+  if (editing && editing.conversation === c.id) {
+    const id = editing.id;
+    setEditing(null);
+    return sendChange(c, { kind: 'edit', id }, body);
+  }
+  setEditing(null);
   const frame = { type: 'send', cid: newId('c'), body };
   if (c.kind === 'dm') frame.to = c.peer;
   else frame.group = c.group;

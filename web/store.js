@@ -97,18 +97,39 @@ export class Store extends EventTarget {
     return c.kind === 'dm' ? c.peer : c.name || 'group';
   }
 
-  /** Adds a message (live, replayed or from history); returns false for a repeat. */
+  /** Adds a message (live, replayed or from history); returns false for a repeat, and for
+   * an edit or delete event, which changes the message it names instead. */
   addMessage(m, { pending = false } = {}) {
     const c = this.conversation(m.conversation);
+    if (m.change) {
+      this.applyChange(c, m.change, m.body, m.ts);
+      return false;
+    }
     this.applyState(c, m);
     const key = pending ? m.cid : m.id;
     if (c.messages.has(key)) return false;
     c.messages.set(key, { ...m, pending });
     if (!pending && (!c.last || m.id > c.last.id)) {
-      c.last = { id: m.id, ts: m.ts, from: m.from, preview: (m.body || '').slice(0, 100) };
+      c.last = { id: m.id, ts: m.ts, from: m.from, preview: (m.body || '').slice(0, 100), deleted: !!m.deleted };
     }
     this.changed();
     return true;
+  }
+
+  /** An edit (new text) or delete of a message we hold; a delete is final. Applying one
+   * twice changes nothing. */
+  applyChange(c, change, body, ts) {
+    const m = c.messages.get(change.id);
+    if (!m || m.deleted) return;
+    if (change.kind === 'delete') {
+      Object.assign(m, { body: '', reply: null, deleted: true });
+    } else if (change.kind === 'edit' && !(m.edited > ts)) {
+      Object.assign(m, { body, edited: ts });
+    } else return;
+    if (c.last && c.last.id === m.id) {
+      c.last = { ...c.last, preview: [...m.body].slice(0, 100).join(''), deleted: m.deleted };
+    }
+    this.changed();
   }
 
   /** A history page's `state` of one of our messages: the ticks it had live. */

@@ -59,7 +59,8 @@ export function renderConversations(store) {
     .sort((a, b) => (b.last?.ts ?? Infinity) - (a.last?.ts ?? Infinity));
   const items = list.map((c) => {
     const presence = c.kind === 'dm' ? store.online.get(c.peer) : null;
-    const preview = c.last ? `${c.last.from === store.user ? 'you' : c.last.from}: ${c.last.preview}` : '';
+    const text = c.last?.deleted ? 'message deleted' : c.last?.preview;
+    const preview = c.last ? `${c.last.from === store.user ? 'you' : c.last.from}: ${text}` : '';
     return el(
       'li',
       { 'data-conversation': c.id, class: c.id === store.openId ? 'open' : '' },
@@ -94,15 +95,24 @@ export function renderChat(store) {
     const own = m.from === store.user;
     if (m.event) return el('li', { class: 'message event', 'data-id': m.id, text: m.body });
     const state = own ? store.tickState(c, m) : null;
+    const live = !m.pending && !m.deleted;
+    const button = (cls, title, text) => el('button', { class: cls, type: 'button', title, 'data-id': m.id, text });
     return el(
       'li',
-      { class: `message${own ? ' own' : ''}`, 'data-id': m.id || m.cid, 'data-from': m.from },
+      {
+        class: `message${own ? ' own' : ''}${m.deleted ? ' deleted' : ''}`,
+        'data-id': m.id || m.cid,
+        'data-from': m.from,
+      },
       c.kind === 'group' && !own ? el('span', { class: 'from', text: m.from }) : null,
       m.reply ? el('blockquote', { class: 'quote', text: `${m.reply.from}: ${m.reply.preview}` }) : null,
-      el('span', { class: 'body', text: m.body }),
+      el('span', { class: 'body', text: m.deleted ? 'message deleted' : m.body }),
+      m.edited && !m.deleted ? el('span', { class: 'edited', text: ' (edited)' }) : null,
       el('span', { class: 'meta', text: time(m.ts) }),
       own ? el('span', { class: 'tick', 'data-state': state, title: state, text: ` ${TICKS[state]}` }) : null,
-      m.pending ? null : el('button', { class: 'reply', type: 'button', title: 'Reply', 'data-id': m.id, text: '↩' }),
+      live ? button('reply', 'Reply', '↩') : null,
+      live && own ? button('edit', 'Edit', '✎') : null,
+      live && own ? button('delete', 'Delete for everyone', '🗑') : null,
     );
   });
   $('messages').replaceChildren(...items);

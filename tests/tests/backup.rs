@@ -10,11 +10,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use plumbing::nats_auth::Role;
-use protocol::frames::ServerFrame;
-use protocol::{ConversationId, GroupInfo, GroupOp, SyncGap, UserId, subjects};
+use protocol::{ConversationId, GroupInfo, SyncGap, UserId, subjects};
 use testkit::client::Connection;
 use testkit::{
-    Stack, eventually, expect_answer, expect_message, expect_sent, expect_synced, fetch_history,
+    Stack, create_group, eventually, expect_message, expect_sent, expect_synced, fetch_history,
 };
 
 /// How long the history writers may take to write the streams' messages again.
@@ -29,7 +28,7 @@ async fn a_lost_nats_and_store_come_back_from_their_backups() {
 
     // Before the store's backup.
     let mut alice = stack.connect("alice", 0).await;
-    let team = create_group(&mut alice, &["bob", "carol"]).await;
+    let team = create_group(&mut alice, "team", &["bob", "carol"]).await;
     let team_conversation = ConversationId::group(&team.group);
     send(&mut alice, "bob", "a1").await;
     send_group(&mut alice, &team, "g1").await;
@@ -166,18 +165,6 @@ async fn nats(stack: &Stack, args: &[&str]) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-async fn create_group(owner: &mut Connection, members: &[&str]) -> GroupInfo {
-    let create = GroupOp::Create {
-        name: "team".into(),
-        members: members.iter().map(|m| m.to_string()).collect(),
-    };
-    owner.group("create", create).await.unwrap();
-    match expect_answer(owner, "create").await {
-        ServerFrame::Group { group, .. } => group,
-        other => panic!("the group was not created: {other:?}"),
-    }
 }
 
 async fn send(from: &mut Connection, to: &str, body: &str) {

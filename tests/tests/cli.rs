@@ -122,6 +122,26 @@ async fn send_then_history_shows_the_message() {
     )
     .await;
 
+    // alice edits her first message, then deletes the second; history shows both.
+    let second = plain.trim();
+    ok(&stack, &["edit", "--as", "alice", "bob", &id, "hi bob!"]).await;
+    ok(&stack, &["delete", "--as", "alice", "dm:alice:bob", second]).await;
+    testkit::eventually(
+        "the edit and the delete in history",
+        Duration::from_secs(10),
+        async || {
+            let page = ok(&stack, &["history", "--as", "bob", "alice"]).await;
+            page.contains(&format!("{id} alice: hi bob! (edited)"))
+                && page.contains(&format!("{second} alice: (deleted)"))
+        },
+    )
+    .await;
+    // bob may change neither: the refusal says why.
+    let out = run(natter(&stack, &["delete", "--as", "bob", "alice", &id])).await;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("error 1004 forbidden"), "{stderr}");
+
     let throughput = ok(
         &stack,
         &["send", "--as", "alice", "--to", "bob", "n", "--count", "20"],

@@ -130,6 +130,9 @@ async fn a_delivery_to_a_closed_socket_is_reported_and_the_recipient_counts_as_o
     // A delivery routed before the chat service heard of the close.
     let (alice_id, bob_id) = (UserId::new("alice").unwrap(), UserId::new("bob").unwrap());
     let message = Message {
+        change: None,
+        deleted: false,
+        edited: None,
         id: "01JGGVSAKV7Y2XW9P4CQ8R6T3M".parse().unwrap(),
         conversation: ConversationId::direct(&alice_id, &bob_id),
         from: alice_id.clone(),

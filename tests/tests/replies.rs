@@ -3,10 +3,10 @@
 //! reply to a message that just arrived is accepted; a bad, unknown or foreign `reply_to` is
 //! refused with a clear code and nothing is stored.
 
+use protocol::ErrorCode;
 use protocol::frames::{ClientFrame, Quote};
-use protocol::{ErrorCode, GroupOp};
 use testkit::{
-    Stack, expect_answer, expect_message, expect_post, expect_sent, expect_sent_or_error,
+    Stack, create_group, expect_message, expect_post, expect_sent, expect_sent_or_error,
     fetch_history,
 };
 
@@ -95,21 +95,10 @@ async fn a_group_reply_quotes_a_message_of_the_group() {
     stack.make_contacts("alice", &["bob"]).await;
     let mut alice = stack.connect("alice", 0).await;
     let mut bob = stack.connect("bob", 0).await;
-    alice
-        .group(
-            "g1",
-            GroupOp::Create {
-                name: "Lunch".into(),
-                members: vec!["bob".into()],
-            },
-        )
+    let group = create_group(&mut alice, "Lunch", &["bob"])
         .await
-        .unwrap();
-    let protocol::frames::ServerFrame::Group { group, .. } = expect_answer(&mut alice, "g1").await
-    else {
-        panic!("create failed")
-    };
-    let group = group.group.to_string();
+        .group
+        .to_string();
     alice.send_group(&group, "q", "pizza?").await.unwrap();
     let asked = expect_sent(&mut alice, "q").await;
     let arrived = expect_post(&mut bob).await;

@@ -1,4 +1,5 @@
-// bob sees alice's message; alice's tick goes SENT → DELIVERED → SEEN once bob opens the chat.
+// bob sees alice's message; alice's tick goes SENT → DELIVERED → SEEN once bob opens the chat;
+// typing, a reply, an edit and a delete for everyone, live and after a reload.
 import { scenario, user, openChat, openConversation, say, sees } from './lib.mjs';
 
 await scenario('one_to_one', async (browser) => {
@@ -35,6 +36,23 @@ await scenario('one_to_one', async (browser) => {
   const quoted = '#messages li.message:has-text("that was quick") blockquote.quote:has-text("alice: hi bob")';
   await bob.waitForSelector(quoted);
   await alice.waitForSelector(quoted);
+  // alice edits her first message: both see the new text, marked edited.
+  await alice.click('#messages li.own:has-text("hi bob") button.edit');
+  await alice.waitForSelector('#editing:not([hidden])');
+  await alice.fill('#composer-text', 'hi bob, edited');
+  await alice.press('#composer-text', 'Enter');
+  const edited = '#messages li.message:has-text("hi bob, edited") .edited';
+  await alice.waitForSelector(edited);
+  await bob.waitForSelector(edited);
+  // bob deletes his reply for everyone: both see it gone, and so does a reload.
+  await bob.click('#messages li.own:has-text("that was quick") button.delete');
+  const gone = '#messages li.deleted:has-text("message deleted")';
+  await bob.waitForSelector(gone);
+  await alice.waitForSelector(gone);
+  await alice.waitForSelector('#messages li:has-text("that was quick")', { state: 'detached' });
+  await alice.reload();
+  await alice.waitForSelector(gone);
+  await alice.waitForSelector(edited);
   // Presence of the 1:1 peer.
   await alice.waitForSelector('#chat-presence[data-online="true"]');
 });

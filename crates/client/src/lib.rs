@@ -315,6 +315,39 @@ impl Connection {
         .await
     }
 
+    /// Replaces the text of your message `id` of `conversation`; answered like a send
+    /// (`sent` with the edit's own id, or an `error`), both carrying `cid`.
+    pub async fn edit(
+        &mut self,
+        conversation: &ConversationId,
+        cid: &str,
+        id: MessageId,
+        body: &str,
+    ) -> Result<(), ClientError> {
+        self.send_frame(&ClientFrame::Edit {
+            conversation: conversation.to_string(),
+            cid: cid.into(),
+            id: id.to_string(),
+            body: body.into(),
+        })
+        .await
+    }
+
+    /// Deletes message `id` of `conversation` for everyone; answered like a send.
+    pub async fn delete(
+        &mut self,
+        conversation: &ConversationId,
+        cid: &str,
+        id: MessageId,
+    ) -> Result<(), ClientError> {
+        self.send_frame(&ClientFrame::Delete {
+            conversation: conversation.to_string(),
+            cid: cid.into(),
+            id: id.to_string(),
+        })
+        .await
+    }
+
     /// Asks for a group operation; the answer carries `qid`.
     pub async fn group(&mut self, qid: &str, op: protocol::GroupOp) -> Result<(), ClientError> {
         self.send_frame(&ClientFrame::Group {

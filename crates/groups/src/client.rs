@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::kv;
 use protocol::payloads::{GroupFacts, GroupsAnswer, GroupsAsk, GroupsQuery};
-use protocol::{GroupId, Member, UserId, subjects};
+use protocol::{GroupId, Member, Role, UserId, subjects};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -89,6 +89,14 @@ impl Groups {
         Ok(membership(&self.bucket, group, user, self.shards)
             .await?
             .is_some())
+    }
+
+    /// `user`'s role in `group` now, none for a non-member: read from the bucket itself, for
+    /// an authorisation that must see the latest change (a member just made admin).
+    pub async fn role(&self, group: &GroupId, user: &UserId) -> anyhow::Result<Option<Role>> {
+        Ok(membership(&self.bucket, group, user, self.shards)
+            .await?
+            .map(|m| m.role))
     }
 
     /// The group as `user` sees it, once its shard has applied `revision`; none if it does

@@ -35,6 +35,8 @@ pub enum ErrorCode {
     /// A user named may be added to groups only by their contacts (users they have exchanged
     /// a 1:1 message with), and the one adding is not one.
     NotAContact = 1010,
+    /// The message is older than the server's edit (or delete) window.
+    TooLate = 1011,
     /// A backend is unavailable; retry the same frame with the same `cid`.
     Unavailable = 1500,
     /// The user is sending faster than the server's per-user limits; retry the same frame
@@ -70,6 +72,7 @@ impl TryFrom<u16> for ErrorCode {
             1008 => TooManyGroups,
             1009 => AnswerTooLarge,
             1010 => NotAContact,
+            1011 => TooLate,
             1500 => Unavailable,
             1501 => RateLimited,
             other => return Err(format!("unknown error code {other}")),
@@ -152,6 +155,7 @@ mod tests {
             ErrorCode::TooManyGroups,
             ErrorCode::AnswerTooLarge,
             ErrorCode::NotAContact,
+            ErrorCode::TooLate,
             ErrorCode::Unavailable,
             ErrorCode::RateLimited,
         ] {

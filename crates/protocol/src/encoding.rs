@@ -195,6 +195,9 @@ mod tests {
     fn a_cursor_added_to_an_encoded_message_decodes_as_if_encoded_with_it() {
         let message = |cursor: Option<Cursor>| {
             ServerFrame::Message(crate::frames::Message {
+                change: None,
+                deleted: false,
+                edited: None,
                 id: "01ARZ3NDEKTSV4RRFFQ69G5FAV".parse().unwrap(),
                 conversation: "dm:alice:bob".parse().unwrap(),
                 from: UserId::new("alice").unwrap(),
@@ -382,6 +385,9 @@ mod tests {
     #[test]
     fn msgpack_round_trips_every_server_frame_shape() {
         let m = ServerFrame::Message(crate::frames::Message {
+            change: None,
+            deleted: false,
+            edited: None,
             id: "01ARZ3NDEKTSV4RRFFQ69G5FAV".parse().unwrap(),
             conversation: "dm:alice:bob".parse().unwrap(),
             from: UserId::new("alice").unwrap(),

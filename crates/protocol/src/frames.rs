@@ -30,6 +30,22 @@ pub enum ClientFrame {
     },
     /// This device received message `id` of `conversation`; the sender sees `delivered`.
     Ack { conversation: String, id: String },
+    /// Replace the text of your message `id` of `conversation` (within the server's edit
+    /// window). Answered like a `send`: `accepted`, then `sent` with the edit's own id.
+    Edit {
+        conversation: String,
+        cid: String,
+        id: String,
+        body: String,
+    },
+    /// Delete message `id` of `conversation` for everyone: your own message (within the
+    /// server's delete window), or any member's message in a group you manage. Answered like
+    /// a `send`.
+    Delete {
+        conversation: String,
+        cid: String,
+        id: String,
+    },
     /// The user read `conversation` up to and including `up_to`; the sender sees `seen`.
     Read { conversation: String, up_to: String },
     /// The user is typing in `conversation`. Ephemeral: never stored, rate-limited by the
@@ -98,6 +114,8 @@ impl ClientFrame {
     /// Every `type` a client may send; used to tell an unknown type from a malformed frame.
     pub const TYPES: &'static [&'static str] = &[
         "send",
+        "edit",
+        "delete",
         "ack",
         "read",
         "typing",
@@ -139,6 +157,69 @@ pub struct Message {
     /// On a reply: the message it answers, quoted as it was when the reply was sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply: Option<Quote>,
+    /// On an edit or a delete: the message it changes. Such a message is an event in the
+    /// conversation's stream (delivered live and replayed like any other, each with its own
+    /// id and cursor); history pages never hold one: they show its effect instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change: Option<Change>,
+    /// In a history page: when the message was last edited (milliseconds since the Unix
+    /// epoch); its `body` is the edited text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edited: Option<u64>,
+    /// In a history page: the message was deleted for everyone; its `body` is empty and it
+    /// has no `reply`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
+}
+
+/// What an edit or delete event changes (see [`Message::change`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Change {
+    /// Message `id` now reads as this event's `body`.
+    Edit { id: MessageId },
+    /// Message `id` is deleted for everyone.
+    Delete { id: MessageId },
+}
+
+impl Change {
+    /// The message changed.
+    pub fn target(self) -> MessageId {
+        match self {
+            Change::Edit { id } | Change::Delete { id } => id,
+        }
+    }
+}
+
+impl Message {
+    /// Applies an edit or delete event to the message it changes, idempotently: an edit
+    /// replaces the text unless the message is deleted or holds a later edit; a delete
+    /// empties it for good. Whether the message changed.
+    pub fn apply(&mut self, event: &Message) -> bool {
+        match event.change {
+            Some(change) if change.target() == self.id && !self.deleted => match change {
+                Change::Edit { .. } => {
+                    // An earlier edit arriving late (a redelivery) changes nothing; one of the
+                    // same millisecond is taken as the later, as the stream orders them.
+                    let stale = self.edited.is_some_and(|at| at > event.ts);
+                    let applied = self.edited == Some(event.ts) && self.body == event.body;
+                    if stale || applied {
+                        return false;
+                    }
+                    self.body.clone_from(&event.body);
+                    self.edited = Some(event.ts);
+                    true
+                }
+                Change::Delete { .. } => {
+                    self.body.clear();
+                    self.reply = None;
+                    self.deleted = true;
+                    true
+                }
+            },
+            _ => false,
+        }
+    }
 }
 
 /// The message a reply answers: enough to show the quote without fetching it.
@@ -187,9 +268,15 @@ pub struct ConversationSummary {
     pub preview: String,
     /// Messages from others after the user's read marker (capped at 1000).
     pub unread: u32,
+    /// The newest message was deleted for everyone (its `preview` is empty).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
 }
 
 /// A frame from the gateway to a client.
+// Messages are most of the frames that exist at once (a replay's pages hold nothing else):
+// boxing the largest variant would cost each of them an allocation to shrink the rare others.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerFrame {
@@ -379,5 +466,58 @@ impl ServerFrame {
             qid: Some(qid),
             retry_after_ms: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(id: u64, ts: u64, body: &str, change: Option<Change>) -> Message {
+        Message {
+            id: MessageId(ulid::Ulid::from_parts(ts, id.into())),
+            conversation: "dm:alice:bob".parse().unwrap(),
+            from: UserId::new("alice").unwrap(),
+            to: UserId::new("bob").unwrap(),
+            cid: ClientMsgId::new(format!("c{id}")).unwrap(),
+            body: body.into(),
+            ts,
+            cursor: None,
+            event: None,
+            state: None,
+            reply: None,
+            change,
+            edited: None,
+            deleted: false,
+        }
+    }
+
+    #[test]
+    fn changes_apply_once_and_a_delete_is_final() {
+        let mut m = message(1, 100, "helo", None);
+        let target = m.id;
+        let edit = |id, ts, body: &str| message(id, ts, body, Some(Change::Edit { id: target }));
+        let (first, second) = (edit(2, 200, "hello"), edit(3, 300, "hello!"));
+        assert!(m.apply(&first));
+        assert!(!m.apply(&first), "a replay changes nothing");
+        assert!(m.apply(&second));
+        assert!(
+            !m.apply(&first),
+            "an earlier edit arriving late changes nothing"
+        );
+        assert_eq!((m.body.as_str(), m.edited), ("hello!", Some(300)));
+        let other = message(9, 300, "x", Some(Change::Edit { id: first.id }));
+        assert!(!m.apply(&other), "an edit of another message");
+        m.reply = Some(Quote::of(&first));
+        let delete = message(
+            4,
+            400,
+            "alice deleted a message",
+            Some(Change::Delete { id: target }),
+        );
+        assert!(m.apply(&delete));
+        assert!(m.deleted && m.body.is_empty() && m.reply.is_none());
+        assert!(!m.apply(&edit(5, 500, "back")), "deleted is final");
+        assert!(m.body.is_empty());
     }
 }

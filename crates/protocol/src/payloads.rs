@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::frames::{Message, ServerFrame};
+use crate::frames::{Change, Message, ServerFrame};
 use crate::groups::{Member, Role};
 use crate::ids::{ConnId, ConversationId, GatewayId, GroupId, MessageId, UserId};
 
@@ -26,6 +26,10 @@ pub struct SendRequest {
     /// The id of the message of the same conversation this one answers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply_to: Option<String>,
+    /// An edit (`body` is the new text) or a delete (`body` is ignored) of a message of the
+    /// same conversation, instead of a new message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change: Option<Change>,
 }
 
 /// An entry of the messages stream: the message plus routing facts that are not shown to
@@ -133,6 +137,10 @@ pub struct Undelivered {
     pub id: MessageId,
     /// Who sent the message.
     pub from: UserId,
+    /// The message is not worth a push (a system message, an edit or a delete): it only
+    /// removes the stale session.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub silent: bool,
 }
 
 /// `natter.user.offline_message`: a new message reached `users`, none of whose devices is

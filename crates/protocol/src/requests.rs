@@ -8,7 +8,7 @@
 
 use crate::codes::ErrorCode;
 use crate::cursor::Cursor;
-use crate::frames::{ClientFrame, ServerFrame};
+use crate::frames::{Change, ClientFrame, ServerFrame};
 use crate::groups::GroupOp;
 use crate::ids::{ClientMsgId, ConversationId, GroupId, MessageId, UserId};
 use crate::limits;
@@ -18,6 +18,14 @@ use crate::payloads::PushTokenEntry;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
     Send(Outgoing),
+    /// An `edit` or `delete`: sent like a message to the conversation's other participant
+    /// or group, which the gateway works out from `conversation` and the user.
+    Change {
+        conversation: ConversationId,
+        cid: ClientMsgId,
+        body: String,
+        change: Change,
+    },
     Ack {
         conversation: ConversationId,
         id: MessageId,
@@ -69,13 +77,15 @@ pub enum Request {
     },
 }
 
-/// A `send`: who it is for, the client's id for it, the text, and the message it answers.
+/// A `send`: who it is for, the client's id for it, the text, and the message it answers;
+/// or an edit or delete (`change`) of a message of the conversation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outgoing {
     pub to: Recipient,
     pub cid: ClientMsgId,
     pub body: String,
     pub reply_to: Option<MessageId>,
+    pub change: Option<Change>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,6 +106,8 @@ pub enum Fault {
     Recipient,
     #[error("reply_to is not a valid message id")]
     ReplyTo,
+    #[error("invalid conversation or message id")]
+    ChangeIds,
     #[error("qid is not a valid id")]
     Qid,
     #[error("invalid conversation or message id")]
@@ -231,7 +243,35 @@ impl ClientFrame {
                     cid,
                     body,
                     reply_to,
+                    change: None,
                 })
+            }
+            ClientFrame::Edit {
+                conversation,
+                cid,
+                id,
+                body,
+            } => {
+                let (conversation, cid, id) = change_ids(&conversation, &cid, &id)?;
+                Request::Change {
+                    conversation,
+                    cid,
+                    body,
+                    change: Change::Edit { id },
+                }
+            }
+            ClientFrame::Delete {
+                conversation,
+                cid,
+                id,
+            } => {
+                let (conversation, cid, id) = change_ids(&conversation, &cid, &id)?;
+                Request::Change {
+                    conversation,
+                    cid,
+                    body: String::new(),
+                    change: Change::Delete { id },
+                }
             }
             ClientFrame::Ack { conversation, id } => {
                 let (conversation, id) = receipt(&conversation, &id)?;
@@ -344,6 +384,19 @@ impl ClientFrame {
     }
 }
 
+/// The ids of an `edit` or `delete`; a fault in the conversation or message id names the cid.
+fn change_ids(
+    conversation: &str,
+    cid: &str,
+    id: &str,
+) -> Result<(ConversationId, ClientMsgId, MessageId), Invalid> {
+    let cid = ClientMsgId::new(cid).map_err(|_| Invalid::bare(Fault::Cid))?;
+    match (conversation.parse(), id.parse()) {
+        (Ok(conversation), Ok(id)) => Ok((conversation, cid, id)),
+        _ => Err(Invalid::send(Fault::ChangeIds, cid)),
+    }
+}
+
 fn history_page(asked: Option<u32>) -> u32 {
     limits::page(
         asked,
@@ -397,6 +450,46 @@ mod tests {
             Fault::Recipient
         );
         assert_eq!(refused(send("", Some("g>"), "c1")).fault, Fault::Recipient);
+    }
+
+    #[test]
+    fn edits_and_deletes_name_a_conversation_and_a_message() {
+        let id = "01JGGVSB0000000000000000AA";
+        let edit = |conversation: &str, id: &str| ClientFrame::Edit {
+            conversation: conversation.into(),
+            cid: "e1".into(),
+            id: id.into(),
+            body: "fixed".into(),
+        };
+        match edit("dm:alice:bob", id).validate() {
+            Ok(Request::Change { change, body, .. }) => {
+                assert_eq!(
+                    change,
+                    Change::Edit {
+                        id: id.parse().unwrap()
+                    }
+                );
+                assert_eq!(body, "fixed");
+            }
+            other => panic!("{other:?}"),
+        }
+        let delete = ClientFrame::Delete {
+            conversation: "g:team".into(),
+            cid: "d1".into(),
+            id: id.into(),
+        };
+        assert!(matches!(
+            delete.validate(),
+            Ok(Request::Change {
+                change: Change::Delete { .. },
+                ..
+            })
+        ));
+        for bad in [edit("dm:bob:alice", id), edit("dm:alice:bob", "x")] {
+            let refused = refused(bad);
+            assert_eq!(refused.fault, Fault::ChangeIds);
+            assert_eq!(refused.cid.as_ref().map(|c| c.as_str()), Some("e1"));
+        }
     }
 
     #[test]

@@ -300,3 +300,20 @@ pub async fn expect_closed(conn: &mut Connection) -> Option<u16> {
     })
     .await
 }
+
+/// `owner` creates a group named `name` with `members`; the group as `owner` now sees it.
+pub async fn create_group(
+    owner: &mut Connection,
+    name: &str,
+    members: &[&str],
+) -> protocol::GroupInfo {
+    let create = protocol::GroupOp::Create {
+        name: name.into(),
+        members: members.iter().map(|m| m.to_string()).collect(),
+    };
+    owner.group("create", create).await.expect("send create");
+    match expect_answer(owner, "create").await {
+        ServerFrame::Group { group, .. } => group,
+        other => panic!("the group was not created: {other:?}"),
+    }
+}

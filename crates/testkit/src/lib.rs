@@ -38,11 +38,11 @@ pub use cluster::TestCluster;
 /// The old name of [`expect_answer`], kept for `tools/natter-bench`.
 pub use expect::expect_answer as answer;
 pub use expect::{
-    PATIENCE, Sent, Synced, eventually, expect_accepted, expect_answer, expect_closed,
-    expect_conversations, expect_delivered, expect_error, expect_frame, expect_history,
-    expect_message, expect_pong, expect_post, expect_presence, expect_push_token, expect_seen,
-    expect_sent, expect_sent_or_error, expect_synced, expect_typing, expect_welcome, fetch_history,
-    within,
+    PATIENCE, Sent, Synced, create_group, eventually, expect_accepted, expect_answer,
+    expect_closed, expect_conversations, expect_delivered, expect_error, expect_frame,
+    expect_history, expect_message, expect_pong, expect_post, expect_presence, expect_push_token,
+    expect_seen, expect_sent, expect_sent_or_error, expect_synced, expect_typing, expect_welcome,
+    fetch_history, within,
 };
 pub use harness::{StackNats, TEST_BOT, TEST_INTEGRATOR, TestNats, test_auth};
 pub use link::Link;

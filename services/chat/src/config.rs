@@ -37,6 +37,11 @@ pub struct ChatConfig {
     /// Typing indicators are shown in groups up to this many members (beyond it they would
     /// cost more than they tell).
     pub typing_group_members: usize,
+    /// How long after sending it a user may edit a message (0: never).
+    pub edit_window_secs: u64,
+    /// How long after sending it a user may delete a message for everyone (0: never). Group
+    /// owners and admins may delete any member's message of their group at any time.
+    pub delete_window_secs: u64,
 }
 
 impl Default for ChatConfig {
@@ -54,6 +59,8 @@ impl Default for ChatConfig {
             group_adds: GroupAdds::Contacts,
             large_group_members: 1_000,
             typing_group_members: 256,
+            edit_window_secs: 15 * 60,
+            delete_window_secs: 2 * 24 * 3600,
         }
     }
 }

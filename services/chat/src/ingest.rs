@@ -91,19 +91,30 @@ impl Ingest {
             return Err(SendError::BodyTooLarge { max_bytes });
         }
         let (conversation, to) = self.addressee(&req).await?;
-        let reply = match &req.reply_to {
-            Some(reply_to) => Some(self.quote(&req.from, &conversation, reply_to).await?),
-            None => None,
+        let reply = match (&req.reply_to, req.change) {
+            (Some(_), Some(_)) => return Err(SendError::ReplyingChange),
+            (Some(reply_to), None) => Some(self.quote(&req.from, &conversation, reply_to).await?),
+            (None, _) => None,
+        };
+        let body = match req.change {
+            Some(change) => {
+                self.check_change(&req.from, &conversation, change, req.body)
+                    .await?
+            }
+            None => req.body,
         };
         let id = self.ids.next();
         let stored = StoredMessage {
             message: Message {
+                change: req.change,
+                deleted: false,
+                edited: None,
                 id,
                 conversation: conversation.clone(),
                 from: req.from.clone(),
                 to,
                 cid: cid.clone(),
-                body: req.body,
+                body,
                 ts: id.timestamp_ms(),
                 cursor: None,
                 event: None,

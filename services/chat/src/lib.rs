@@ -3,6 +3,7 @@
 //! from a durable consumer, and routes delivered/seen receipts back to senders.
 //! Instances share the work through a NATS queue group and a shared durable consumer.
 
+mod changes;
 mod config;
 mod group_ops;
 mod history_page;
@@ -11,13 +12,13 @@ mod ingest;
 mod metrics;
 mod notify;
 mod presence;
-mod quote;
 mod receipts;
 mod refusal;
 mod router;
 mod routers;
 mod service;
 mod stream_order;
+mod target;
 mod typing;
 mod undelivered;
 

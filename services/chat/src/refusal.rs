@@ -35,8 +35,26 @@ pub enum SendError {
     InvalidReplyTo,
     #[error("reply_to names no message of this conversation")]
     UnknownReplyTo,
-    /// History did not answer whether the message replied to exists.
-    #[error("history unavailable to check reply_to; retry with the same cid")]
+    /// An edit or delete that also names `reply_to`.
+    #[error("an edit or delete cannot be a reply")]
+    ReplyingChange,
+    #[error("id names no message of this conversation")]
+    UnknownTarget,
+    #[error("the message was deleted")]
+    TargetDeleted,
+    #[error("system messages cannot be edited or deleted")]
+    SystemMessage,
+    /// An edit of someone else's message, or a delete of it by someone who does not manage
+    /// the group.
+    #[error("only the sender may edit a message, or delete it outside a group they manage")]
+    NotTheSender,
+    #[error("the message is older than the {window_secs}-second window to {verb} it")]
+    TooLate {
+        verb: &'static str,
+        window_secs: u64,
+    },
+    /// History did not answer whether the message replied to (or changed) exists.
+    #[error("history unavailable to check the message named; retry with the same cid")]
     HistoryUnavailable(#[source] Cause),
     /// The groups bucket did not answer the membership check.
     #[error("group directory unavailable; retry with the same cid")]
@@ -51,11 +69,13 @@ impl SendError {
     pub fn to_client(&self) -> (ErrorCode, String) {
         use SendError::*;
         let code = match self {
-            NotARequest => ErrorCode::MalformedFrame,
+            NotARequest | ReplyingChange => ErrorCode::MalformedFrame,
             InvalidCid | InvalidRecipient | InvalidGroupAddress | InvalidReplyTo => {
                 ErrorCode::InvalidId
             }
-            UnknownReplyTo => ErrorCode::NotFound,
+            UnknownReplyTo | UnknownTarget | TargetDeleted => ErrorCode::NotFound,
+            SystemMessage | NotTheSender => ErrorCode::Forbidden,
+            TooLate { .. } => ErrorCode::TooLate,
             BodyTooLarge { .. } => ErrorCode::BodyTooLarge,
             NotAMember | NotTheSubjectsUser => ErrorCode::Forbidden,
             DirectoryUnavailable(_) | StoreUnavailable(_) | HistoryUnavailable(_) => {
@@ -73,7 +93,7 @@ impl SendError {
                 tracing::warn!(error = %cause, "group directory unavailable");
             }
             SendError::HistoryUnavailable(cause) => {
-                tracing::warn!(error = %cause, "history unavailable for a reply");
+                tracing::warn!(error = %cause, "history unavailable for a reply or change");
             }
             SendError::StoreUnavailable(cause) => {
                 plumbing::jetstream_error("publish");
@@ -252,6 +272,21 @@ mod tests {
             (InvalidRecipient, ErrorCode::InvalidId),
             (InvalidGroupAddress, ErrorCode::InvalidId),
             (NotAMember, ErrorCode::Forbidden),
+            (InvalidReplyTo, ErrorCode::InvalidId),
+            (UnknownReplyTo, ErrorCode::NotFound),
+            (ReplyingChange, ErrorCode::MalformedFrame),
+            (UnknownTarget, ErrorCode::NotFound),
+            (TargetDeleted, ErrorCode::NotFound),
+            (SystemMessage, ErrorCode::Forbidden),
+            (NotTheSender, ErrorCode::Forbidden),
+            (
+                TooLate {
+                    verb: "edit",
+                    window_secs: 900,
+                },
+                ErrorCode::TooLate,
+            ),
+            (HistoryUnavailable(cause()), ErrorCode::Unavailable),
             (DirectoryUnavailable(cause()), ErrorCode::Unavailable),
             (StoreUnavailable(cause()), ErrorCode::Unavailable),
         ];
@@ -260,6 +295,14 @@ mod tests {
         }
         let (_, text) = BodyTooLarge { max_bytes: 8 }.to_client();
         assert_eq!(text, "body exceeds 8 bytes");
+        let late = TooLate {
+            verb: "delete",
+            window_secs: 60,
+        };
+        assert_eq!(
+            late.to_client().1,
+            "the message is older than the 60-second window to delete it"
+        );
     }
 
     #[test]

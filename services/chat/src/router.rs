@@ -126,6 +126,7 @@ impl Router {
                     .iter()
                     .flat_map(|f| &f.offline)
                     .filter(|u| **u == message.to && message.to != message.from)
+                    .filter(|_| message.change.is_none())
                     .cloned()
                     .collect();
                 (found, offline)
@@ -149,10 +150,10 @@ impl Router {
                     .lookup_cached(members.iter().chain(&former), &mut numbering.routes, stop)
                     .await;
                 group_name = view.record(&group).map(|r| r.name);
-                let offline = match message.event {
-                    // Membership changes are not worth a push.
-                    Some(_) => Vec::new(),
-                    None => found
+                let offline = match (&message.event, message.change) {
+                    // Membership changes, edits and deletes are not worth a push.
+                    (Some(_), _) | (_, Some(_)) => Vec::new(),
+                    (None, None) => found
                         .iter()
                         .flat_map(|f| &f.offline)
                         .filter(|u| **u != message.from)

@@ -28,7 +28,10 @@ pub async fn serve(
             .directory
             .forget(&report.user, &report.gateway, report.conn)
             .await;
-        if report.user != report.from && router.offline_but(&report.user, report.conn).await {
+        if !report.silent
+            && report.user != report.from
+            && router.offline_but(&report.user, report.conn).await
+        {
             router.metrics.offline_recipients.inc();
             let offline = OfflineMessage {
                 users: vec![report.user],

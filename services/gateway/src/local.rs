@@ -120,6 +120,7 @@ impl Local {
                 conversation: message.conversation.clone(),
                 id: message.id,
                 from: message.from.clone(),
+                silent: message.event.is_some() || message.change.is_some(),
             };
             let payload = serde_json::to_vec(&report).expect("report to JSON");
             let nats = self.nats.clone();

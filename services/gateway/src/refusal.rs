@@ -30,6 +30,9 @@ pub enum Refusal {
     SyncRunning,
     #[error("not a participant of that conversation")]
     NotParticipant,
+    /// An `edit` or `delete` in a 1:1 conversation of other users.
+    #[error("not a participant of that conversation")]
+    ForeignChange { cid: ClientMsgId },
     #[error("no conversation shared with {}", names(.0))]
     NoSharedConversation(Vec<UserId>),
     #[error("presence of {0} unavailable; retry")]
@@ -61,7 +64,7 @@ impl Refusal {
             Invalid(invalid) => invalid.fault.code(),
             BodyTooLarge { .. } => ErrorCode::BodyTooLarge,
             SendsWaiting { .. } | QueriesWaiting { .. } | SyncRunning => ErrorCode::TooManyInFlight,
-            NotParticipant | NoSharedConversation(_) => ErrorCode::Forbidden,
+            NotParticipant | ForeignChange { .. } | NoSharedConversation(_) => ErrorCode::Forbidden,
             RateLimited { .. } => ErrorCode::RateLimited,
             PresenceUnavailable(_)
             | SyncFailed
@@ -90,6 +93,7 @@ impl Refusal {
             | RateLimited { cid, .. }
             | SendsWaiting { cid }
             | ChatUnavailable { cid }
+            | ForeignChange { cid }
             | ChatFailed { cid } => (Some(cid.clone()), None),
             ServiceUnavailable { qid } | ServiceFailed { qid } | PushTokensUnavailable { qid } => {
                 (None, Some(qid.clone()))

@@ -64,6 +64,21 @@ struct Recent {
 
 impl Recent {
     fn merge(&mut self, m: &Message, capacity: usize) {
+        if let Some(change) = m.change {
+            // Not a message of the page: applied to the one it names, if the page holds it.
+            let pos = self.messages.partition_point(|x| x.id < change.target());
+            if let Some(target) = self
+                .messages
+                .get_mut(pos)
+                .filter(|x| x.id == change.target())
+            {
+                let before = weight(target);
+                if target.apply(m) {
+                    self.bytes = self.bytes - before + weight(target);
+                }
+            }
+            return;
+        }
         let pos = self.messages.partition_point(|x| x.id < m.id);
         if self.messages.get(pos).is_some_and(|x| x.id == m.id) {
             return; // a replay

@@ -149,6 +149,49 @@ async fn a_written_message_is_served_from_the_cache() {
     );
 }
 
+#[tokio::test]
+async fn edits_and_deletes_change_the_cached_page_as_the_store() {
+    use protocol::frames::Change;
+    let (cache, _dir) = setup(None, 100);
+    let m = message("alice", &dm(), "bob", T0, 1);
+    cache.append(std::slice::from_ref(&m)).await.unwrap();
+    cache.page(&dm(), Page::Latest, 50).await.unwrap();
+    let mut edit = message("alice", &dm(), "bob", T0 + 5, 2);
+    edit.change = Some(Change::Edit { id: m.id });
+    edit.body = "better".into();
+    cache.append(std::slice::from_ref(&edit)).await.unwrap();
+    let page = cache.page(&dm(), Page::Latest, 50).await.unwrap();
+    assert_eq!(
+        page.len(),
+        1,
+        "the event is no message of the page: {page:?}"
+    );
+    assert_eq!(
+        (page[0].body.as_str(), page[0].edited),
+        ("better", Some(T0 + 5))
+    );
+    let mut delete = message("alice", &dm(), "bob", T0 + 9, 3);
+    delete.change = Some(Change::Delete { id: m.id });
+    cache.append(std::slice::from_ref(&delete)).await.unwrap();
+    let page = cache.page(&dm(), Page::Latest, 50).await.unwrap();
+    assert!(page[0].deleted && page[0].body.is_empty(), "{page:?}");
+    assert_eq!(
+        page,
+        cache
+            .store()
+            .inner
+            .page(&dm(), Page::Latest, 50)
+            .await
+            .unwrap(),
+        "the cache serves what the store holds"
+    );
+    assert_eq!(
+        cache.store().page_reads.load(Ordering::SeqCst),
+        1,
+        "served from memory"
+    );
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn concurrent_cold_reads_cost_one_store_read() {
     let gate = Arc::new(Notify::new());

@@ -40,6 +40,11 @@ enum Command {
     },
     /// Send a message (to a user or a group) and print its id once it is durable.
     Send(cli::send::SendArgs),
+    /// Edit one of your messages (within the server's edit window) and print the edit's id.
+    Edit(cli::change::EditArgs),
+    /// Delete a message for everyone: yours (within the server's delete window), or any
+    /// member's in a group you manage.
+    Delete(cli::change::DeleteArgs),
     /// Follow messages live, acknowledging them, resuming after disconnects.
     Tail(cli::tail::TailArgs),
     /// A page of a conversation's history.
@@ -93,6 +98,8 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         }
         Command::Token { user, ttl_secs } => cli::token::run(&user, ttl_secs, config, json)?,
         Command::Send(args) => cli::send::run(args, &config, json).await?,
+        Command::Edit(args) => cli::change::edit(args, &config, json).await?,
+        Command::Delete(args) => cli::change::delete(args, &config, json).await?,
         Command::Tail(args) => cli::tail::run(args, &config, json).await?,
         Command::History(args) => cli::history::run(args, &config, json).await?,
         Command::Conversations(args) => cli::conversations::run(args, &config, json).await?,

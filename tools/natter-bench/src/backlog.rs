@@ -29,6 +29,9 @@ pub async fn write_to(
         let id = MessageId(ids.generate()?);
         let stored = StoredMessage {
             message: Message {
+                change: None,
+                deleted: false,
+                edited: None,
                 id,
                 conversation: conversation.clone(),
                 from,

@@ -437,6 +437,9 @@ async fn relay_run(
         )));
     }
     let template = protocol::frames::Message {
+        change: None,
+        deleted: false,
+        edited: None,
         id: protocol::MessageId(ulid::Ulid::new()),
         conversation: "dm:relay:relay2".parse()?,
         from: protocol::UserId::new("relay")?,

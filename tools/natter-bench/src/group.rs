@@ -361,6 +361,9 @@ async fn relay(
     skip_sender: bool,
 ) -> anyhow::Result<()> {
     let message = Message {
+        change: None,
+        deleted: false,
+        edited: None,
         id: protocol::MessageId(ulid::Ulid::new()),
         conversation: "g:relay".parse()?,
         from: protocol::UserId::new("m000")?,

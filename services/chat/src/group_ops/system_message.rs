@@ -26,6 +26,9 @@ impl GroupOps {
         let id = self.ids.next();
         let stored = StoredMessage {
             message: Message {
+                change: None,
+                deleted: false,
+                edited: None,
                 id,
                 conversation: ConversationId::group(group),
                 from: actor.clone(),

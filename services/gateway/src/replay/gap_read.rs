@@ -587,6 +587,9 @@ mod tests {
         let (alice, bob, carol) = (user("alice"), user("bob"), user("carol"));
         let dm = |from: &UserId, to: &UserId, k: u32, seq: u64| {
             let message = Message {
+                change: None,
+                deleted: false,
+                edited: None,
                 id: ulid::Ulid::new().to_string().parse::<MessageId>().unwrap(),
                 conversation: ConversationId::direct(from, to),
                 from: from.clone(),

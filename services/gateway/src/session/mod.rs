@@ -309,6 +309,12 @@ impl Session {
     fn on_request(&mut self, request: Request) -> Step {
         match request {
             Request::Send(outgoing) => self.on_send(outgoing),
+            Request::Change {
+                conversation,
+                cid,
+                body,
+                change,
+            } => self.on_change(conversation, cid, body, change),
             Request::Ack { conversation, id } => {
                 return self.on_receipt(ReceiptKind::Delivered, conversation, id);
             }

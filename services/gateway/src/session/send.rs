@@ -8,9 +8,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use protocol::frames::ServerFrame;
+use protocol::frames::{Change, ServerFrame};
 use protocol::payloads::SendRequest;
-use protocol::{ClientMsgId, Outgoing, Recipient, subjects};
+use protocol::{ClientMsgId, ConversationId, Outgoing, Recipient, subjects};
 
 use super::Session;
 use crate::quota::SendQuota;
@@ -27,12 +27,36 @@ pub(super) enum SendFailure {
 }
 
 impl Session {
+    /// An `edit` or `delete`: sent to the conversation like a message, through the same
+    /// limits and queue, so it keeps its place among the user's sends.
+    pub(super) fn on_change(
+        &mut self,
+        conversation: ConversationId,
+        cid: ClientMsgId,
+        body: String,
+        change: Change,
+    ) {
+        let to = match (conversation.group_id(), conversation.peer_of(&self.user)) {
+            (Some(group), _) => Recipient::Group(group),
+            (None, Some(peer)) => Recipient::User(peer),
+            (None, None) => return self.refuse(Refusal::ForeignChange { cid }),
+        };
+        self.on_send(Outgoing {
+            to,
+            cid,
+            body,
+            reply_to: None,
+            change: Some(change),
+        });
+    }
+
     pub(super) fn on_send(&mut self, outgoing: Outgoing) {
         let Outgoing {
             to,
             cid,
             body,
             reply_to,
+            change,
         } = outgoing;
         let max = self.state.config.max_body_bytes;
         if body.len() > max {
@@ -59,6 +83,7 @@ impl Session {
             body,
             origin: Some(self.conn),
             reply_to: reply_to.map(|id| id.to_string()),
+            change,
         };
         self.pending.push_back((cid, request));
         if self.in_flight.is_none() {

@@ -48,12 +48,21 @@ const DELIVERED_MARKERS: TableDefinition<(&str, &str), u128> =
 const GROUP_MARKERS: TableDefinition<(&str, &str), (u128, u128)> =
     TableDefinition::new("group_markers");
 
+/// A conversation's newest message, as its list entry shows it. Encoded as an array: fields
+/// are only ever added at the end, with defaults for entries written before them.
 #[derive(Serialize, Deserialize)]
 struct Latest {
     id: u128,
     ts: u64,
     from: String,
     preview: String,
+    /// The newest message was deleted for everyone.
+    #[serde(default)]
+    deleted: bool,
+    /// In a 1:1 list entry: when the newest edit or delete of the conversation was made (ms),
+    /// which a replay must read like a message.
+    #[serde(default)]
+    changed_ts: u64,
 }
 
 /// The redb-backed store. Cloning shares the database.
@@ -198,14 +207,28 @@ fn write_messages<'m>(
         let mut lists = txn.open_table(USER_CONVERSATIONS).map_err(err)?;
         let mut group_latest = txn.open_table(GROUP_LATEST).map_err(err)?;
         for m in messages {
+            if m.change.is_some() {
+                let mut tables = Tables {
+                    rows: &mut rows,
+                    group_rows: &mut group_rows,
+                    lists: &mut lists,
+                    group_latest: &mut group_latest,
+                };
+                tables.apply(m)?;
+                continue;
+            }
             let id = m.id.0.0;
             let conversation = m.conversation.as_str();
             if let Some(group) = m.conversation.group_id() {
+                // A message is written once: written again (a replay), it would undo the edits
+                // and deletes applied to it since.
+                let key = (group.as_str(), bucket_of(m.id), id);
+                if group_rows.get(key).map_err(err)?.is_some() {
+                    continue;
+                }
                 // One summary per group, whatever its size: members' lists merge it in when
                 // they are read.
-                group_rows
-                    .insert((group.as_str(), bucket_of(m.id), id), encode(m).as_slice())
-                    .map_err(err)?;
+                group_rows.insert(key, encode(m).as_slice()).map_err(err)?;
                 let stored = group_latest.get(group.as_str()).map_err(err)?;
                 if newer_than(stored.as_ref().map(|v| v.value()), id)? {
                     drop(stored);
@@ -213,6 +236,9 @@ fn write_messages<'m>(
                         .insert(group.as_str(), summary_bytes(m).as_slice())
                         .map_err(err)?;
                 }
+                continue;
+            }
+            if rows.get((conversation, id)).map_err(err)?.is_some() {
                 continue;
             }
             rows.insert((conversation, id), encode(m).as_slice())
@@ -229,6 +255,89 @@ fn write_messages<'m>(
         }
     }
     txn.commit().map_err(err)
+}
+
+/// The tables an edit or delete touches, open in one write transaction.
+struct Tables<'a, 't> {
+    rows: &'a mut redb::Table<'t, (&'static str, u128), &'static [u8]>,
+    group_rows: &'a mut redb::Table<'t, (&'static str, u64, u128), &'static [u8]>,
+    lists: &'a mut redb::Table<'t, (&'static str, &'static str), &'static [u8]>,
+    group_latest: &'a mut redb::Table<'t, &'static str, &'static [u8]>,
+}
+
+impl Tables<'_, '_> {
+    /// Applies an edit or delete event to the message it names, and to the conversation
+    /// list's entry when that message is the newest; in 1:1 it also notes the change's time
+    /// in both participants' entries (`Latest::changed_ts`).
+    fn apply(&mut self, event: &Message) -> Result<(), StoreError> {
+        let Some(change) = event.change else {
+            return Ok(());
+        };
+        let target = change.target();
+        let conversation = event.conversation.as_str();
+        let group = event.conversation.group_id();
+        let stored = match &group {
+            Some(g) => self
+                .group_rows
+                .get((g.as_str(), bucket_of(target), target.0.0))
+                .map_err(err)?
+                .map(|v| decode(v.value())),
+            None => self
+                .rows
+                .get((conversation, target.0.0))
+                .map_err(err)?
+                .map(|v| decode(v.value())),
+        };
+        let Some(mut message) = stored.transpose()? else {
+            // Chat checked that history held it: only a store that lost it gets here.
+            tracing::warn!(id = %target, "an edit or delete names a message the store lacks");
+            return Ok(());
+        };
+        if message.apply(event) {
+            let bytes = encode(&message);
+            match &group {
+                Some(g) => self.group_rows.insert(
+                    (g.as_str(), bucket_of(target), target.0.0),
+                    bytes.as_slice(),
+                ),
+                None => self
+                    .rows
+                    .insert((conversation, target.0.0), bytes.as_slice()),
+            }
+            .map_err(err)?;
+        }
+        let show = |latest: &mut Latest| {
+            if latest.id == target.0.0 {
+                latest.preview = preview(&message.body);
+                latest.deleted = message.deleted;
+            }
+        };
+        if let Some(g) = &group {
+            let stored = self.group_latest.get(g.as_str()).map_err(err)?;
+            if let Some(bytes) = stored.map(|v| v.value().to_vec()) {
+                let mut latest: Latest = rmp_serde::from_slice(&bytes).map_err(corrupt)?;
+                show(&mut latest);
+                let bytes = rmp_serde::to_vec(&latest).expect("summary");
+                self.group_latest
+                    .insert(g.as_str(), bytes.as_slice())
+                    .map_err(err)?;
+            }
+            return Ok(());
+        }
+        for user in [event.from.as_str(), event.to.as_str()] {
+            let stored = self.lists.get((user, conversation)).map_err(err)?;
+            if let Some(bytes) = stored.map(|v| v.value().to_vec()) {
+                let mut latest: Latest = rmp_serde::from_slice(&bytes).map_err(corrupt)?;
+                show(&mut latest);
+                latest.changed_ts = latest.changed_ts.max(event.ts);
+                let bytes = rmp_serde::to_vec(&latest).expect("summary");
+                self.lists
+                    .insert((user, conversation), bytes.as_slice())
+                    .map_err(err)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 fn encode(m: &Message) -> Vec<u8> {
@@ -281,27 +390,42 @@ fn summary_bytes(m: &Message) -> Vec<u8> {
         ts: m.ts,
         from: m.from.to_string(),
         preview: preview(&m.body),
+        deleted: false,
+        changed_ts: 0,
     };
     rmp_serde::to_vec(&latest).expect("summary")
 }
 
 /// A conversation list entry from a stored summary, unread not yet counted.
 fn summary(conversation: ConversationId, bytes: &[u8]) -> Result<ConversationSummary, StoreError> {
+    Ok(summary_and_change(conversation, bytes)?.0)
+}
+
+/// [`summary`], and when the conversation's newest edit or delete was made (0: none).
+fn summary_and_change(
+    conversation: ConversationId,
+    bytes: &[u8],
+) -> Result<(ConversationSummary, u64), StoreError> {
     let latest: Latest = rmp_serde::from_slice(bytes).map_err(corrupt)?;
-    Ok(ConversationSummary {
+    let entry = ConversationSummary {
         conversation,
         last_id: MessageId(ulid::Ulid(latest.id)),
         last_ts: latest.ts,
         last_from: UserId::new(&latest.from).map_err(corrupt)?,
         preview: latest.preview,
         unread: 0,
-    })
+        deleted: latest.deleted,
+    };
+    Ok((entry, latest.changed_ts))
 }
 
-/// `user`'s 1:1 conversation list entries, unread not counted.
+/// `user`'s 1:1 conversation list entries, unread not counted. With `activity`, `last_ts` is
+/// the time of the newest message or change, whichever is later (see
+/// [`Store::direct_conversations`]).
 fn direct_rows(
     txn: &redb::ReadTransaction,
     user: &UserId,
+    activity: bool,
 ) -> Result<Vec<ConversationSummary>, StoreError> {
     let lists = txn.open_table(USER_CONVERSATIONS).map_err(err)?;
     let mut out = Vec::new();
@@ -313,7 +437,11 @@ fn direct_rows(
         }
         let conversation: ConversationId = conversation.parse().map_err(corrupt)?;
         if conversation.is_direct() {
-            out.push(summary(conversation, v.value())?);
+            let (mut entry, changed_ts) = summary_and_change(conversation, v.value())?;
+            if activity {
+                entry.last_ts = entry.last_ts.max(changed_ts);
+            }
+            out.push(entry);
         }
     }
     Ok(out)
@@ -481,7 +609,7 @@ impl Store for EmbeddedStore {
         self.blocking(move |db| {
             let txn = db.begin_read().map_err(err)?;
             let group_latest = txn.open_table(GROUP_LATEST).map_err(err)?;
-            let mut out = direct_rows(&txn, &user)?;
+            let mut out = direct_rows(&txn, &user, false)?;
             for group in &groups {
                 if let Some(v) = group_latest.get(group.as_str()).map_err(err)? {
                     out.push(summary(ConversationId::group(group), v.value())?);
@@ -526,7 +654,7 @@ impl Store for EmbeddedStore {
         user: &UserId,
     ) -> Result<Vec<ConversationSummary>, StoreError> {
         let user = user.clone();
-        self.blocking(move |db| direct_rows(&db.begin_read().map_err(err)?, &user))
+        self.blocking(move |db| direct_rows(&db.begin_read().map_err(err)?, &user, true))
             .await
     }
 
@@ -675,5 +803,23 @@ impl Store for EmbeddedStore {
             found.transpose()
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_entries_written_before_edits_existed_still_read() {
+        // The four fields entries had before `deleted` and `changed_ts`, as an array.
+        let old = rmp_serde::to_vec(&(7u128, 42u64, "alice", "hi")).unwrap();
+        let latest: Latest = rmp_serde::from_slice(&old).unwrap();
+        assert_eq!(
+            (latest.id, latest.ts, latest.preview.as_str()),
+            (7, 42, "hi")
+        );
+        assert!(!latest.deleted);
+        assert_eq!(latest.changed_ts, 0);
     }
 }

@@ -14,9 +14,10 @@
 //! Messages are ordered by their id: a ULID sorts by its millisecond timestamp first, so id
 //! order is time order, and a cursor is just a message id.
 //!
-//! Every write is idempotent: messages are immutable rows keyed by id, the conversation list
-//! keeps the newest message by id, and markers only move forward. Replaying a batch
-//! changes nothing. Unread counts are derived (messages from others after the read marker)
+//! Every write is idempotent: messages are rows keyed by id, written once and then changed
+//! only by the edit and delete events of their conversation (`Message::apply`: an edit never
+//! undoes a later edit or a delete), the conversation list keeps the newest message by id,
+//! and markers only move forward. Replaying a batch changes nothing. Unread counts are derived (messages from others after the read marker)
 //! rather than counted, which is what makes replays safe.
 
 pub mod embedded;
@@ -63,7 +64,10 @@ pub enum Page {
 /// The storage contract. Implementations must be safe to call concurrently.
 pub trait Store: Send + Sync + 'static {
     /// Writes messages and updates each 1:1 participant's conversation list, or the group's
-    /// newest message, idempotently.
+    /// newest message, idempotently. An edit or delete event (`Message::change`) is not
+    /// stored as a message: it is applied to the message it names, and to the list entry
+    /// whose newest message that is; in a 1:1 conversation its time also counts as activity
+    /// (see [`Store::direct_conversations`]).
     /// Returns once the store has confirmed every write.
     fn append(&self, messages: &[Message]) -> impl Future<Output = Result<(), StoreError>> + Send;
 
@@ -87,7 +91,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<ConversationSummary>, StoreError>> + Send;
 
     /// Every 1:1 conversation of `user`, with its newest message, unread counts not computed
-    /// (0), in no particular order.
+    /// (0), in no particular order; `last_ts` is the time of the newest message or of a later
+    /// edit or delete in the conversation: what a replay must read (the `changed` query).
     fn direct_conversations(
         &self,
         user: &UserId,

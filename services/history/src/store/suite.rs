@@ -2,7 +2,7 @@
 //! store in this crate's tests, and the ScyllaDB store against a real CQL server.
 //! Each function takes an empty store.
 
-use protocol::frames::Message;
+use protocol::frames::{Change, Message};
 use protocol::{ClientMsgId, ConversationId, GroupEvent, GroupId, MessageId, Role, UserId};
 
 use super::{BUCKET_MS, Page, ReceiptMarkers, Store};
@@ -15,6 +15,9 @@ fn user(s: &str) -> UserId {
 pub fn message(from: &str, conversation: &ConversationId, to: &str, ts: u64, seq: u64) -> Message {
     let id = MessageId(ulid::Ulid::from_parts(ts, seq as u128));
     Message {
+        change: None,
+        deleted: false,
+        edited: None,
         id,
         conversation: conversation.clone(),
         from: user(from),
@@ -401,6 +404,123 @@ pub async fn replies_keep_their_quote<S: Store>(s: &S) {
     assert_eq!(s.message(&ab, answer.id).await.unwrap(), Some(answer));
 }
 
+/// An edit or delete event of `target` by `from`, at `ts`.
+fn change_of(
+    target: &Message,
+    from: &str,
+    ts: u64,
+    seq: u64,
+    change: Change,
+    body: &str,
+) -> Message {
+    let to = if target.conversation.is_direct() && target.from == user(from) {
+        target.to.as_str()
+    } else if target.conversation.is_direct() {
+        target.from.as_str()
+    } else {
+        target.to.as_str()
+    };
+    let mut event = message(from, &target.conversation, to, ts, seq);
+    event.change = Some(change);
+    event.body = body.into();
+    event
+}
+
+pub async fn edits_and_deletes_apply_once_in_order<S: Store>(s: &S) {
+    let ab = dm("alice", "bob");
+    let first = message("alice", &ab, "bob", T0, 1);
+    let last = message("alice", &ab, "bob", T0 + 1, 2);
+    s.append(&[first.clone(), last.clone()]).await.unwrap();
+    let edit = |m: &Message, ts, seq, body| {
+        change_of(m, "alice", ts, seq, Change::Edit { id: m.id }, body)
+    };
+    let (early, late) = (
+        edit(&first, T0 + 10, 3, "fixed"),
+        edit(&first, T0 + 20, 4, "fixed again"),
+    );
+    s.append(&[early.clone(), late.clone()]).await.unwrap();
+    // A replay of the message, and of the earlier edit, changes nothing.
+    s.append(&[first.clone(), early.clone()]).await.unwrap();
+    let page = s.page(&ab, Page::Latest, 10).await.unwrap();
+    assert_eq!(
+        ids(&page),
+        vec![last.id, first.id],
+        "events are no messages of a page"
+    );
+    assert_eq!(
+        (page[1].body.as_str(), page[1].edited),
+        ("fixed again", Some(T0 + 20))
+    );
+    assert_eq!(
+        s.message(&ab, first.id).await.unwrap().unwrap().body,
+        "fixed again"
+    );
+    // The newest message's edit shows in both lists; any change counts as activity.
+    s.append(&[edit(&last, T0 + 30, 5, "newest, edited")])
+        .await
+        .unwrap();
+    for who in ["alice", "bob"] {
+        let listed = s.conversations(&user(who), &[], 10).await.unwrap();
+        assert_eq!(
+            (listed[0].preview.as_str(), listed[0].last_ts),
+            ("newest, edited", T0 + 1)
+        );
+        let active = s.direct_conversations(&user(who)).await.unwrap();
+        assert_eq!(
+            active[0].last_ts,
+            T0 + 30,
+            "{who}: the edit is activity to replay"
+        );
+    }
+    let delete = change_of(
+        &last,
+        "alice",
+        T0 + 40,
+        6,
+        Change::Delete { id: last.id },
+        "alice deleted a message",
+    );
+    s.append(std::slice::from_ref(&delete)).await.unwrap();
+    // Neither an edit after the delete nor a replay brings the text back.
+    s.append(&[edit(&last, T0 + 50, 7, "resurrected"), last.clone(), delete])
+        .await
+        .unwrap();
+    let gone = s.message(&ab, last.id).await.unwrap().unwrap();
+    assert!(
+        gone.deleted && gone.body.is_empty() && gone.reply.is_none(),
+        "{gone:?}"
+    );
+    let listed = s.conversations(&user("bob"), &[], 10).await.unwrap();
+    assert!(
+        listed[0].deleted && listed[0].preview.is_empty(),
+        "{listed:?}"
+    );
+    assert_eq!(listed[0].unread, 2, "events are not unread messages");
+
+    let (g, c) = group("editors");
+    let said = message("carol", &c, "editors", T0 + 60, 8);
+    s.append(std::slice::from_ref(&said)).await.unwrap();
+    let by_admin = change_of(
+        &said,
+        "dave",
+        T0 + 70,
+        9,
+        Change::Delete { id: said.id },
+        "dave deleted a message",
+    );
+    s.append(&[by_admin]).await.unwrap();
+    let page = s.page(&c, Page::Latest, 10).await.unwrap();
+    assert!(
+        page.len() == 1 && page[0].deleted && page[0].body.is_empty(),
+        "{page:?}"
+    );
+    let listed = s.conversations(&user("carol"), &[g], 10).await.unwrap();
+    assert!(
+        listed.iter().any(|e| e.conversation == c && e.deleted),
+        "{listed:?}"
+    );
+}
+
 pub async fn group_markers_only_move_forward<S: Store>(s: &S) {
     let (g, c) = group("crew");
     let (id3, id5, id6) = (id_at(T0 + 3, 3), id_at(T0 + 5, 5), id_at(T0 + 6, 6));
@@ -505,6 +625,7 @@ macro_rules! store_suite {
             replaying_a_batch_leaves_one_copy,
             group_events_survive_a_round_trip,
             replies_keep_their_quote,
+            edits_and_deletes_apply_once_in_order,
             group_lists_need_no_per_member_rows,
             group_markers_only_move_forward,
             direct_markers_only_move_forward,

@@ -31,9 +31,14 @@ pub async fn run(args: ConversationsArgs, config: &NatterConfig, json: bool) -> 
         return print_json(&conversations);
     }
     for c in &conversations {
+        let preview = if c.deleted {
+            "(deleted)"
+        } else {
+            c.preview.as_str()
+        };
         println!(
-            "{}  unread {}  {}: {}",
-            c.conversation, c.unread, c.last_from, c.preview
+            "{}  unread {}  {}: {preview}",
+            c.conversation, c.unread, c.last_from
         );
     }
     Ok(())

@@ -54,7 +54,13 @@ pub async fn run(args: HistoryArgs, config: &NatterConfig, json: bool) -> anyhow
         let quote = (m.reply.as_ref())
             .map(|q| format!("(re {} {}: {}) ", q.id, q.from, q.preview))
             .unwrap_or_default();
-        println!("{} {}: {quote}{}{state}", m.id, m.from, m.body);
+        // Edits and deletes show their effect.
+        let (body, edited) = match (m.deleted, m.edited) {
+            (true, _) => ("(deleted)", ""),
+            (false, Some(_)) => (m.body.as_str(), " (edited)"),
+            (false, None) => (m.body.as_str(), ""),
+        };
+        println!("{} {}: {quote}{body}{edited}{state}", m.id, m.from);
     }
     if more {
         let (flag, edge) = match &args.after {

@@ -2,6 +2,7 @@
 //! logging in to a gateway as a user, asking a query and waiting for its answer, and turning
 //! every failure into a sentence that says what went wrong and what to do.
 
+pub mod change;
 pub mod check;
 pub mod conversations;
 pub mod groups;
@@ -287,6 +288,10 @@ pub fn error_advice(code: ErrorCode, reason: &str) -> String {
             "not_a_contact",
             "users named can be added only by people they have exchanged a message with; \
              message them first, or ask them to join",
+        ),
+        ErrorCode::TooLate => (
+            "too_late",
+            "the message is older than the server's edit_window_secs (or delete_window_secs)",
         ),
         ErrorCode::RateLimited => (
             "rate_limited",

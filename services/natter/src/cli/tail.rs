@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::bail;
 use clap::Args;
 use client::{Backoff, ConnectError, Event};
-use protocol::frames::{Message, ServerFrame};
+use protocol::frames::{Change, Message, ServerFrame};
 use protocol::{CloseCode, ConversationId, Cursor, MessageId};
 
 use super::{Login, closed_advice, connect_advice, conversation_arg, error_advice, print_json};
@@ -138,7 +138,15 @@ fn print_message(m: &Message, json: bool) -> anyhow::Result<()> {
     if json {
         print_json(m)
     } else {
-        println!("{} {}: {}", m.conversation, m.from, m.body);
+        match m.change {
+            Some(Change::Edit { id }) => {
+                println!("{} {}: (edited {id}) {}", m.conversation, m.from, m.body)
+            }
+            Some(Change::Delete { id }) => {
+                println!("{} {}: (deleted {id})", m.conversation, m.from)
+            }
+            None => println!("{} {}: {}", m.conversation, m.from, m.body),
+        }
         Ok(())
     }
 }

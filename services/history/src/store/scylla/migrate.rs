@@ -29,6 +29,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "004_replies",
         include_str!("../../../../../schema/004_replies.cql"),
     ),
+    (
+        5,
+        "005_edits",
+        include_str!("../../../../../schema/005_edits.cql"),
+    ),
 ];
 
 /// Applies every migration not yet recorded in `schema_migrations`, in order, and records it.

@@ -169,7 +169,7 @@ impl ScyllaStore {
 impl Store for ScyllaStore {
     async fn append(&self, messages: &[Message]) -> Result<(), StoreError> {
         let mut writes = Vec::new();
-        for m in messages {
+        for m in messages.iter().filter(|m| m.change.is_none()) {
             let id = m.id.to_string();
             let ts = m.ts as i64;
             let Some(group) = m.conversation.group_id() else {
@@ -186,6 +186,7 @@ impl Store for ScyllaStore {
                                 m.cid.to_string(),
                                 m.body.clone(),
                                 quote_json(m),
+                                write_ts(m.id),
                             ),
                         )
                         .boxed(),
@@ -229,6 +230,7 @@ impl Store for ScyllaStore {
                             m.body.clone(),
                             event,
                             quote_json(m),
+                            write_ts(m.id),
                         ),
                     )
                     .boxed(),
@@ -261,6 +263,11 @@ impl Store for ScyllaStore {
             .try_collect::<Vec<_>>()
             .await
             .map_err(err)?;
+        // Then the edits and deletes, in order: each reads what it changes, which the
+        // messages above (or an earlier batch) wrote.
+        for event in messages.iter().filter(|m| m.change.is_some()) {
+            self.apply_change(event).await?;
+        }
         Ok(())
     }
 
@@ -297,7 +304,7 @@ impl Store for ScyllaStore {
         groups: &[GroupId],
         limit: usize,
     ) -> Result<Vec<ConversationSummary>, StoreError> {
-        let mut out = self.direct_conversations(user).await?;
+        let mut out = self.direct_rows(user, false).await?;
         out.extend(self.group_summaries(groups).await?);
         newest_first(&mut out, limit);
         let conversations: Vec<ConversationId> =
@@ -317,21 +324,7 @@ impl Store for ScyllaStore {
         &self,
         user: &UserId,
     ) -> Result<Vec<ConversationSummary>, StoreError> {
-        let rows: Vec<(String, String, i64, String, String)> = self
-            .all_rows(&self.st.conversations, (user.as_str(),))
-            .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for (conversation, last_id, last_ts, last_from, preview) in rows {
-            let conversation: ConversationId = conversation.parse().map_err(corrupt)?;
-            // Group rows written here before groups moved to group_latest are ignored.
-            if conversation.is_direct() {
-                out.push(to_summary(
-                    conversation,
-                    (last_id, last_ts, last_from, preview),
-                )?);
-            }
-        }
-        Ok(out)
+        self.direct_rows(user, true).await
     }
 
     async fn mark_read(
@@ -469,6 +462,143 @@ impl Store for ScyllaStore {
                 row.map(|r| to_message(conversation, r)).transpose()
             }
         }
+    }
+}
+
+impl ScyllaStore {
+    /// `user`'s 1:1 conversation list entries, unread not counted. With `activity`, `last_ts`
+    /// is the time of the newest message or change, whichever is later (see
+    /// [`Store::direct_conversations`]).
+    async fn direct_rows(
+        &self,
+        user: &UserId,
+        activity: bool,
+    ) -> Result<Vec<ConversationSummary>, StoreError> {
+        type Row = (
+            String,
+            String,
+            i64,
+            String,
+            String,
+            Option<bool>,
+            Option<i64>,
+        );
+        let rows: Vec<Row> = self
+            .all_rows(&self.st.conversations, (user.as_str(),))
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (conversation, last_id, last_ts, last_from, preview, deleted, changed_ts) in rows {
+            let conversation: ConversationId = conversation.parse().map_err(corrupt)?;
+            // Group rows written here before groups moved to group_latest are ignored.
+            if !conversation.is_direct() {
+                continue;
+            }
+            let mut entry = to_summary(
+                conversation,
+                (last_id, last_ts, last_from, preview, deleted),
+            )?;
+            if activity {
+                entry.last_ts = entry.last_ts.max(changed_ts.unwrap_or(0) as u64);
+            }
+            out.push(entry);
+        }
+        Ok(out)
+    }
+
+    /// Applies an edit or delete event to the message it names and, when that message is the
+    /// newest, to the conversation list; in 1:1 it notes the change's time in both
+    /// participants' entries. Every write is at the event's timestamp: a replay of it changes
+    /// nothing, and the message written again (at its own, earlier, timestamp) undoes nothing.
+    async fn apply_change(&self, event: &Message) -> Result<(), StoreError> {
+        let Some(change) = event.change else {
+            return Ok(());
+        };
+        let target = change.target();
+        let Some(mut message) = self.message(&event.conversation, target).await? else {
+            // Chat checked that history held it: only a store that lost it gets here.
+            tracing::warn!(id = %target, "an edit or delete names a message the store lacks");
+            return Ok(());
+        };
+        let at = write_ts(event.id);
+        if message.apply(event) {
+            let edited = message.edited.map(|ms| ms as i64);
+            let (body, reply) = (message.body.clone(), quote_json(&message));
+            let write = match event.conversation.group_id() {
+                Some(group) => {
+                    let bucket = bucket_of(target) as i64;
+                    let values = (
+                        at,
+                        body,
+                        reply,
+                        edited,
+                        message.deleted,
+                        group.to_string(),
+                        bucket,
+                        target.to_string(),
+                    );
+                    self.session
+                        .execute_unpaged(&self.st.change_group_message, values)
+                        .await
+                }
+                None => {
+                    let values = (
+                        at,
+                        body,
+                        reply,
+                        edited,
+                        message.deleted,
+                        event.conversation.to_string(),
+                        target.to_string(),
+                    );
+                    self.session
+                        .execute_unpaged(&self.st.change_message, values)
+                        .await
+                }
+            };
+            write.map_err(err)?;
+        }
+        let shown = (preview(&message.body), message.deleted);
+        if let Some(group) = event.conversation.group_id() {
+            let last: Option<(String,)> = self
+                .rows(&self.st.group_summary_last, (group.as_str(),))
+                .await?
+                .into_iter()
+                .next();
+            if last.is_some_and(|(id,)| id == target.to_string()) {
+                let values = (at, shown.0, shown.1, group.to_string());
+                self.session
+                    .execute_unpaged(&self.st.show_in_group_latest, values)
+                    .await
+                    .map_err(err)?;
+            }
+            return Ok(());
+        }
+        for user in [&event.from, &event.to] {
+            let key = (user.as_str(), event.conversation.as_str());
+            let Some((last,)) = self
+                .rows::<(String,)>(&self.st.conversation_last, key)
+                .await?
+                .into_iter()
+                .next()
+            else {
+                continue;
+            };
+            if last == target.to_string() {
+                let values = (at, shown.0.clone(), shown.1, key.0, key.1);
+                self.session
+                    .execute_unpaged(&self.st.show_in_conversation, values)
+                    .await
+                    .map_err(err)?;
+            }
+            self.session
+                .execute_unpaged(
+                    &self.st.touch_conversation,
+                    (at, event.ts as i64, key.0, key.1),
+                )
+                .await
+                .map_err(err)?;
+        }
+        Ok(())
     }
 }
 

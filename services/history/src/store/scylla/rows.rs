@@ -6,9 +6,20 @@ use protocol::{ClientMsgId, ConversationId, GroupEvent, GroupId, MessageId, User
 use super::corrupt;
 use crate::store::StoreError;
 
-/// A 1:1 row: (id, ts, from, to, cid, body, the quote of a reply as JSON).
-pub(super) type MessageRow = (String, i64, String, String, String, String, Option<String>);
-/// A group row: (id, ts, from, cid, body, event as JSON, the quote of a reply as JSON).
+/// A 1:1 row: (id, ts, from, to, cid, body, the quote of a reply as JSON, edited, deleted).
+pub(super) type MessageRow = (
+    String,
+    i64,
+    String,
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<i64>,
+    Option<bool>,
+);
+/// A group row: (id, ts, from, cid, body, event as JSON, the quote of a reply as JSON,
+/// edited, deleted).
 pub(super) type GroupRow = (
     String,
     i64,
@@ -17,15 +28,17 @@ pub(super) type GroupRow = (
     String,
     Option<String>,
     Option<String>,
+    Option<i64>,
+    Option<bool>,
 );
-/// A conversation summary row: (last id, last ts, last from, preview).
-pub(super) type SummaryRow = (String, i64, String, String);
+/// A conversation summary row: (last id, last ts, last from, preview, last deleted).
+pub(super) type SummaryRow = (String, i64, String, String, Option<bool>);
 
 pub(super) fn to_message(
     conversation: &ConversationId,
     row: MessageRow,
 ) -> Result<Message, StoreError> {
-    let (id, ts, from, to, cid, body, reply) = row;
+    let (id, ts, from, to, cid, body, reply, edited, deleted) = row;
     let reply = reply
         .map(|json| serde_json::from_str::<Quote>(&json))
         .transpose()
@@ -42,6 +55,9 @@ pub(super) fn to_message(
         event: None,
         state: None,
         reply,
+        change: None,
+        edited: edited.map(|ms| ms as u64),
+        deleted: deleted.unwrap_or(false),
     })
 }
 
@@ -51,7 +67,7 @@ pub(super) fn to_group_message(
     group: &GroupId,
     row: GroupRow,
 ) -> Result<Message, StoreError> {
-    let (id, ts, from, cid, body, event, reply) = row;
+    let (id, ts, from, cid, body, event, reply, edited, deleted) = row;
     let event = event
         .map(|json| serde_json::from_str::<GroupEvent>(&json))
         .transpose()
@@ -60,7 +76,17 @@ pub(super) fn to_group_message(
         event,
         ..to_message(
             conversation,
-            (id, ts, from, group.to_string(), cid, body, reply),
+            (
+                id,
+                ts,
+                from,
+                group.to_string(),
+                cid,
+                body,
+                reply,
+                edited,
+                deleted,
+            ),
         )?
     })
 }
@@ -69,7 +95,7 @@ pub(super) fn to_summary(
     conversation: ConversationId,
     row: SummaryRow,
 ) -> Result<ConversationSummary, StoreError> {
-    let (last_id, last_ts, last_from, preview) = row;
+    let (last_id, last_ts, last_from, preview, deleted) = row;
     Ok(ConversationSummary {
         conversation,
         last_id: last_id.parse().map_err(corrupt)?,
@@ -77,6 +103,7 @@ pub(super) fn to_summary(
         last_from: UserId::new(&last_from).map_err(corrupt)?,
         preview,
         unread: 0,
+        deleted: deleted.unwrap_or(false),
     })
 }
 

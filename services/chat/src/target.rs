@@ -1,14 +1,15 @@
-//! Replies: a send may name the message it answers (`reply_to`), which must be a message of
-//! the same conversation. The message is looked up in history, asking as the sender (who may
-//! read the conversation: ingest checked it), and quoted in the reply (`Quote`: its id,
-//! sender and the start of its body), so that clients show the quote without fetching it.
+//! The message a send names: the one a reply answers (`reply_to`), or the one an edit or a
+//! delete changes (`change`), which must be a message of the same conversation. It is looked
+//! up in history, asking as the sender (who may read the conversation: ingest checked it). A
+//! reply carries its quote (`Quote`: its id, sender and the start of its body), so that
+//! clients show the quote without fetching it.
 //!
 //! History stores a message a few milliseconds after its `sent`: a "not found" for a message
 //! id of the last `FRESH` is asked again once the history writers have stored the streams up
-//! to their head as it was then, so a reply to a message that just arrived is not refused.
-//! An older id (or one from the future) gets its answer at once: the wait reads the streams'
-//! heads and the writers' progress (JetStream API requests), which a client making up ids
-//! should not be able to cause for every send.
+//! to their head as it was then, so a reply to (or an edit of) a message that just arrived is
+//! not refused. An older id (or one from the future) gets its answer at once: the wait reads
+//! the streams' heads and the writers' progress (JetStream API requests), which a client
+//! making up ids should not be able to cause for every send.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -25,7 +26,8 @@ const FRESH: Duration = Duration::from_secs(30);
 const CLOCK_SKEW: Duration = Duration::from_secs(2);
 
 impl Ingest {
-    /// The quote of message `reply_to` of `conversation`, asked of history as `from`.
+    /// The quote of message `reply_to` of `conversation`, asked of history as `from`. A
+    /// deleted message cannot be answered.
     pub(crate) async fn quote(
         &self,
         from: &UserId,
@@ -33,21 +35,34 @@ impl Ingest {
         reply_to: &str,
     ) -> Result<Quote, SendError> {
         let id: MessageId = reply_to.parse().map_err(|_| SendError::InvalidReplyTo)?;
+        match self.target(from, conversation, id).await? {
+            Some(found) if !found.deleted => Ok(Quote::of(&found)),
+            _ => Err(SendError::UnknownReplyTo),
+        }
+    }
+
+    /// Message `id` of `conversation` as history shows it (edited, deleted), asked as `from`;
+    /// none when the conversation has no such message.
+    pub(crate) async fn target(
+        &self,
+        from: &UserId,
+        conversation: &ConversationId,
+        id: MessageId,
+    ) -> Result<Option<Message>, SendError> {
         if let Some(found) = self.look_up(from, conversation, id).await? {
-            return Ok(Quote::of(&found));
+            return Ok(Some(found));
         }
         if !is_fresh(id, SystemTime::now()) {
-            return Err(SendError::UnknownReplyTo);
+            return Ok(None);
         }
         if self
             .history_floor
             .caught_up(&self.js, self.partitions)
             .await
-            && let Some(found) = self.look_up(from, conversation, id).await?
         {
-            return Ok(Quote::of(&found));
+            return self.look_up(from, conversation, id).await;
         }
-        Err(SendError::UnknownReplyTo)
+        Ok(None)
     }
 
     /// Message `id` of `conversation`, if history holds it: the newest message before the

@@ -1,0 +1,115 @@
+//! Edits and deletes (`SendRequest.change`): who may change which message, and until when.
+//!
+//! A change is not applied here: it is stored as an event of the conversation (a message
+//! with `change` set, and its own id), so it keeps its place in the conversation's order, is
+//! routed live and replayed like any message, and is applied by history to the message it
+//! names (see `Message::apply`). This module only decides whether the sender may make it:
+//!
+//! * an edit: the sender's own message, not deleted, within `edit_window_secs`;
+//! * a delete: the sender's own message within `delete_window_secs`, or, in a group, any
+//!   member's message by an owner or admin of the group (moderation, at any time). Deleting
+//!   a deleted message is accepted and changes nothing, so a retry after the de-duplication
+//!   window still gets `sent`;
+//! * system messages (a group's membership changes) are neither edited nor deleted.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use protocol::frames::Change;
+use protocol::{ConversationId, UserId};
+
+use crate::ingest::Ingest;
+use crate::refusal::SendError;
+
+impl Ingest {
+    /// The body of the change's event, once `from` may make it: an edit's new text; for a
+    /// delete a readable summary (as a system message has), which a client that does not know
+    /// `change` shows in place of an empty message.
+    pub(crate) async fn check_change(
+        &self,
+        from: &UserId,
+        conversation: &ConversationId,
+        change: Change,
+        body: String,
+    ) -> Result<String, SendError> {
+        let target = self
+            .target(from, conversation, change.target())
+            .await?
+            .ok_or(SendError::UnknownTarget)?;
+        if target.event.is_some() {
+            return Err(SendError::SystemMessage);
+        }
+        let age_ms = now_ms().saturating_sub(target.ts);
+        match change {
+            Change::Edit { .. } => {
+                if target.deleted {
+                    return Err(SendError::TargetDeleted);
+                }
+                if target.from != *from {
+                    return Err(SendError::NotTheSender);
+                }
+                within(age_ms, self.config.edit_window_secs, "edit")?;
+                Ok(body)
+            }
+            Change::Delete { .. } => {
+                if target.from == *from {
+                    within(age_ms, self.config.delete_window_secs, "delete")?;
+                } else if !self.manages(from, conversation).await? {
+                    return Err(SendError::NotTheSender);
+                }
+                Ok(format!("{from} deleted a message"))
+            }
+        }
+    }
+
+    /// Whether `user` is an owner or admin of the group of `conversation` (never, in 1:1).
+    async fn manages(
+        &self,
+        user: &UserId,
+        conversation: &ConversationId,
+    ) -> Result<bool, SendError> {
+        let Some(group) = conversation.group_id() else {
+            return Ok(false);
+        };
+        let role = self
+            .groups
+            .role(&group, user)
+            .await
+            .map_err(|e| SendError::DirectoryUnavailable(e.into()))?;
+        Ok(role.is_some_and(|r| r.manages()))
+    }
+}
+
+/// A message `age_ms` old may still be changed within a window of `window_secs` (0: never).
+fn within(age_ms: u64, window_secs: u64, verb: &'static str) -> Result<(), SendError> {
+    if age_ms < window_secs.saturating_mul(1000) {
+        Ok(())
+    } else {
+        Err(SendError::TooLate { verb, window_secs })
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_are_open_until_they_close() {
+        assert!(within(0, 900, "edit").is_ok());
+        assert!(within(899_999, 900, "edit").is_ok());
+        assert!(matches!(
+            within(900_000, 900, "edit"),
+            Err(SendError::TooLate {
+                verb: "edit",
+                window_secs: 900
+            })
+        ));
+        assert!(within(0, 0, "delete").is_err(), "a window of 0 never opens");
+    }
+}
