@@ -121,7 +121,7 @@ function onFrame(f) {
       const change = pendingChanges.get(f.cid);
       if (change) {
         pendingChanges.delete(f.cid);
-        store.applyChange(store.conversation(f.conversation), change.change, change.body, f.ts);
+        store.applyChange(store.conversation(f.conversation), change.change, change.body, f.ts, store.user);
         break;
       }
       store.confirm(f);
@@ -362,15 +362,22 @@ function sendChange(c, change, body = '') {
   const cid = newId('c');
   const frame = { type: change.kind, conversation: c.id, cid, id: change.id };
   if (change.kind === 'edit') frame.body = body;
+  if (change.kind === 'react') frame.emoji = change.emoji;
   pendingChanges.set(cid, { change, body });
   conn.sendMessage(frame);
 }
 
 $('messages').addEventListener('click', (e) => {
-  const button = e.target.closest('button.reply, button.edit, button.delete');
+  const button = e.target.closest('button.reply, button.edit, button.delete, button.react, button.reaction');
   const c = button && store.openId && store.conversations.get(store.openId);
   const m = c && c.messages.get(button.dataset.id);
   if (!m) return;
+  if (button.classList.contains('react') || button.classList.contains('reaction')) {
+    // One reaction per user: it replaces ours; our own again (or its chip) removes it.
+    const mine = (m.reactions || []).find((r) => r.mine)?.emoji || '';
+    const emoji = button.dataset.emoji === mine ? '' : button.dataset.emoji;
+    return sendChange(c, { kind: 'react', id: m.id, emoji, replaces: mine });
+  }
   if (button.classList.contains('edit')) return setEditing({ conversation: c.id, id: m.id, body: m.body });
   if (button.classList.contains('delete')) return sendChange(c, { kind: 'delete', id: m.id });
   setReplyTo({ conversation: c.id, id: m.id, from: m.from, preview: [...(m.body || '')].slice(0, 100).join('') });

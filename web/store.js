@@ -102,7 +102,7 @@ export class Store extends EventTarget {
   addMessage(m, { pending = false } = {}) {
     const c = this.conversation(m.conversation);
     if (m.change) {
-      this.applyChange(c, m.change, m.body, m.ts);
+      this.applyChange(c, m.change, m.body, m.ts, m.from);
       return false;
     }
     this.applyState(c, m);
@@ -118,11 +118,16 @@ export class Store extends EventTarget {
 
   /** An edit (new text) or delete of a message we hold; a delete is final. Applying one
    * twice changes nothing. */
-  applyChange(c, change, body, ts) {
+  applyChange(c, change, body, ts, from) {
     const m = c.messages.get(change.id);
     if (!m || m.deleted) return;
+    if (change.kind === 'react') {
+      this.applyReaction(m, change, from === this.user);
+      this.changed();
+      return;
+    }
     if (change.kind === 'delete') {
-      Object.assign(m, { body: '', reply: null, deleted: true });
+      Object.assign(m, { body: '', reply: null, deleted: true, reactions: [] });
     } else if (change.kind === 'edit' && !(m.edited > ts)) {
       Object.assign(m, { body, edited: ts });
     } else return;
@@ -130,6 +135,21 @@ export class Store extends EventTarget {
       c.last = { ...c.last, preview: [...m.body].slice(0, 100).join(''), deleted: m.deleted };
     }
     this.changed();
+  }
+
+  /** Moves one reaction from `change.replaces` to `change.emoji` in the message's counts. */
+  applyReaction(m, change, mine) {
+    const counts = (m.reactions || []).map((r) => ({ ...r }));
+    const bump = (emoji, by) => {
+      if (!emoji) return;
+      let r = counts.find((x) => x.emoji === emoji);
+      if (!r) counts.push((r = { emoji, count: 0 }));
+      r.count += by;
+      if (mine) r.mine = by > 0;
+    };
+    bump(change.replaces, -1);
+    bump(change.emoji, 1);
+    m.reactions = counts.filter((r) => r.count > 0).sort((a, b) => b.count - a.count);
   }
 
   /** A history page's `state` of one of our messages: the ticks it had live. */

@@ -11,6 +11,9 @@ const STATUS_TEXT = {
   stopped: 'disconnected',
 };
 
+/** The reactions offered on every message; any other counted one can be joined. */
+const QUICK_REACTIONS = ['👍', '❤️', '😂'];
+
 const TICKS = { pending: '🕓', sent: '✓', delivered: '✓✓', seen: '✓✓' };
 
 function el(tag, props = {}, ...children) {
@@ -110,7 +113,24 @@ export function renderChat(store) {
       m.edited && !m.deleted ? el('span', { class: 'edited', text: ' (edited)' }) : null,
       el('span', { class: 'meta', text: time(m.ts) }),
       own ? el('span', { class: 'tick', 'data-state': state, title: state, text: ` ${TICKS[state]}` }) : null,
+      live && m.reactions?.length
+        ? el(
+            'span',
+            { class: 'reactions' },
+            ...m.reactions.map((r) =>
+              el('button', {
+                class: `reaction${r.mine ? ' mine' : ''}`,
+                type: 'button',
+                title: r.mine ? 'Remove your reaction' : `React ${r.emoji}`,
+                'data-id': m.id,
+                'data-emoji': r.mine ? '' : r.emoji,
+                text: `${r.emoji} ${r.count}`,
+              }),
+            ),
+          )
+        : null,
       live ? button('reply', 'Reply', '↩') : null,
+      ...(live ? QUICK_REACTIONS.map((e) => el('button', { class: 'react', type: 'button', title: `React ${e}`, 'data-id': m.id, 'data-emoji': e, text: e })) : []),
       live && own ? button('edit', 'Edit', '✎') : null,
       live && own ? button('delete', 'Delete for everyone', '🗑') : null,
     );

@@ -136,6 +136,18 @@ async fn send_then_history_shows_the_message() {
         },
     )
     .await;
+    // bob reacts to it: history counts it.
+    ok(&stack, &["react", "--as", "bob", "alice", &id, "👍"]).await;
+    testkit::eventually(
+        "the reaction in history",
+        Duration::from_secs(10),
+        async || {
+            let page = ok(&stack, &["history", "--as", "alice", "bob"]).await;
+            page.lines()
+                .any(|l| l.starts_with(&id) && l.ends_with(" 👍1"))
+        },
+    )
+    .await;
     // bob may change neither: the refusal says why.
     let out = run(natter(&stack, &["delete", "--as", "bob", "alice", &id])).await;
     assert!(!out.status.success());

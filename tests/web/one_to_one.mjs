@@ -1,5 +1,5 @@
 // bob sees alice's message; alice's tick goes SENT → DELIVERED → SEEN once bob opens the chat;
-// typing, a reply, an edit and a delete for everyone, live and after a reload.
+// typing, a reply, an edit, a delete for everyone and a reaction, live and after a reload.
 import { scenario, user, openChat, openConversation, say, sees } from './lib.mjs';
 
 await scenario('one_to_one', async (browser) => {
@@ -50,9 +50,18 @@ await scenario('one_to_one', async (browser) => {
   await bob.waitForSelector(gone);
   await alice.waitForSelector(gone);
   await alice.waitForSelector('#messages li:has-text("that was quick")', { state: 'detached' });
+  // bob reacts 👍 to alice's message, then changes it to ❤️: alice sees one reaction, his.
+  const hers = '#messages li.message:has-text("hi bob, edited")';
+  await bob.click(`${hers} button.react[data-emoji="👍"]`);
+  await alice.waitForSelector(`${hers} .reaction:has-text("👍 1")`);
+  await bob.click(`${hers} button.react[data-emoji="❤️"]`);
+  await alice.waitForSelector(`${hers} .reaction:has-text("❤️ 1")`);
+  await alice.waitForSelector(`${hers} .reaction:has-text("👍")`, { state: 'detached' });
+  await bob.waitForSelector(`${hers} .reaction.mine:has-text("❤️ 1")`);
   await alice.reload();
   await alice.waitForSelector(gone);
   await alice.waitForSelector(edited);
+  await alice.waitForSelector(`${hers} .reaction:not(.mine):has-text("❤️ 1")`);
   // Presence of the 1:1 peer.
   await alice.waitForSelector('#chat-presence[data-online="true"]');
 });

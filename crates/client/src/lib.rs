@@ -333,6 +333,24 @@ impl Connection {
         .await
     }
 
+    /// Reacts to message `id` of `conversation` with `emoji`, replacing this user's earlier
+    /// reaction (an empty `emoji` removes it); answered like a send.
+    pub async fn react(
+        &mut self,
+        conversation: &ConversationId,
+        cid: &str,
+        id: MessageId,
+        emoji: &str,
+    ) -> Result<(), ClientError> {
+        self.send_frame(&ClientFrame::React {
+            conversation: conversation.to_string(),
+            cid: cid.into(),
+            id: id.to_string(),
+            emoji: emoji.into(),
+        })
+        .await
+    }
+
     /// Deletes message `id` of `conversation` for everyone; answered like a send.
     pub async fn delete(
         &mut self,

@@ -37,6 +37,8 @@ pub enum ErrorCode {
     NotAContact = 1010,
     /// The message is older than the server's edit (or delete) window.
     TooLate = 1011,
+    /// The message already carries the most different reactions it may.
+    TooManyReactions = 1012,
     /// A backend is unavailable; retry the same frame with the same `cid`.
     Unavailable = 1500,
     /// The user is sending faster than the server's per-user limits; retry the same frame
@@ -73,6 +75,7 @@ impl TryFrom<u16> for ErrorCode {
             1009 => AnswerTooLarge,
             1010 => NotAContact,
             1011 => TooLate,
+            1012 => TooManyReactions,
             1500 => Unavailable,
             1501 => RateLimited,
             other => return Err(format!("unknown error code {other}")),
@@ -156,6 +159,7 @@ mod tests {
             ErrorCode::AnswerTooLarge,
             ErrorCode::NotAContact,
             ErrorCode::TooLate,
+            ErrorCode::TooManyReactions,
             ErrorCode::Unavailable,
             ErrorCode::RateLimited,
         ] {

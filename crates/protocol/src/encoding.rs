@@ -195,6 +195,8 @@ mod tests {
     fn a_cursor_added_to_an_encoded_message_decodes_as_if_encoded_with_it() {
         let message = |cursor: Option<Cursor>| {
             ServerFrame::Message(crate::frames::Message {
+                reacted: Vec::new(),
+                reactions: Vec::new(),
                 change: None,
                 deleted: false,
                 edited: None,
@@ -385,6 +387,8 @@ mod tests {
     #[test]
     fn msgpack_round_trips_every_server_frame_shape() {
         let m = ServerFrame::Message(crate::frames::Message {
+            reacted: Vec::new(),
+            reactions: Vec::new(),
             change: None,
             deleted: false,
             edited: None,

@@ -46,6 +46,14 @@ pub enum ClientFrame {
         cid: String,
         id: String,
     },
+    /// React to message `id` of `conversation` with `emoji` (one per user per message: it
+    /// replaces the user's earlier one; empty removes it). Answered like a `send`.
+    React {
+        conversation: String,
+        cid: String,
+        id: String,
+        emoji: String,
+    },
     /// The user read `conversation` up to and including `up_to`; the sender sees `seen`.
     Read { conversation: String, up_to: String },
     /// The user is typing in `conversation`. Ephemeral: never stored, rate-limited by the
@@ -116,6 +124,7 @@ impl ClientFrame {
         "send",
         "edit",
         "delete",
+        "react",
         "ack",
         "read",
         "typing",
@@ -170,23 +179,61 @@ pub struct Message {
     /// has no `reply`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub deleted: bool,
+    /// In a history page: the reactions to the message, one entry per emoji, most given
+    /// first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reactions: Vec<Reaction>,
+    /// Each user's reaction as the history store keeps it, from which a page's `reactions`
+    /// are counted for the asker. Never sent to clients.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reacted: Vec<Reacted>,
 }
 
-/// What an edit or delete event changes (see [`Message::change`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// One emoji's reactions to a message, in a history page.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reaction {
+    pub emoji: String,
+    pub count: u32,
+    /// The asker's own reaction is this one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mine: bool,
+}
+
+/// A user's reaction to a message as history keeps it: `emoji` is empty once removed, and
+/// `at` (the reaction's time) orders the user's changes, so an older one arriving late (a
+/// replay) changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reacted {
+    pub user: UserId,
+    pub emoji: String,
+    pub at: u64,
+}
+
+/// What an edit, delete or reaction event changes (see [`Message::change`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Change {
     /// Message `id` now reads as this event's `body`.
     Edit { id: MessageId },
     /// Message `id` is deleted for everyone.
     Delete { id: MessageId },
+    /// The event's sender reacts to message `id` with `emoji`, replacing their earlier
+    /// reaction; an empty `emoji` removes it. `replaces` is that earlier reaction, as the
+    /// server knew it when it accepted this one (absent: none), so a client holding counts
+    /// moves one from it to `emoji`.
+    React {
+        id: MessageId,
+        emoji: String,
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        replaces: String,
+    },
 }
 
 impl Change {
     /// The message changed.
-    pub fn target(self) -> MessageId {
+    pub fn target(&self) -> MessageId {
         match self {
-            Change::Edit { id } | Change::Delete { id } => id,
+            Change::Edit { id } | Change::Delete { id } | Change::React { id, .. } => *id,
         }
     }
 }
@@ -196,7 +243,7 @@ impl Message {
     /// replaces the text unless the message is deleted or holds a later edit; a delete
     /// empties it for good. Whether the message changed.
     pub fn apply(&mut self, event: &Message) -> bool {
-        match event.change {
+        match &event.change {
             Some(change) if change.target() == self.id && !self.deleted => match change {
                 Change::Edit { .. } => {
                     // An earlier edit arriving late (a redelivery) changes nothing; one of the
@@ -213,9 +260,11 @@ impl Message {
                 Change::Delete { .. } => {
                     self.body.clear();
                     self.reply = None;
+                    self.reacted.clear();
                     self.deleted = true;
                     true
                 }
+                Change::React { emoji, .. } => self.react(&event.from, emoji, event.ts),
             },
             _ => false,
         }
@@ -255,6 +304,70 @@ pub enum MessageState {
     Delivered,
     /// A recipient read the conversation up to it or beyond (`read`).
     Seen,
+}
+
+impl Message {
+    /// `user` reacts with `emoji` (empty: removes their reaction) at `at`, unless they changed
+    /// it later already; a new kind of reaction beyond `REACTION_KINDS_MAX` is dropped.
+    fn react(&mut self, user: &UserId, emoji: &str, at: u64) -> bool {
+        let kinds: std::collections::BTreeSet<&str> = self
+            .reacted
+            .iter()
+            .filter(|r| !r.emoji.is_empty())
+            .map(|r| r.emoji.as_str())
+            .collect();
+        if !emoji.is_empty()
+            && !kinds.contains(emoji)
+            && kinds.len() >= crate::limits::REACTION_KINDS_MAX
+        {
+            return false;
+        }
+        // Kept in user order, as every store reads them back.
+        match self.reacted.binary_search_by(|r| r.user.cmp(user)) {
+            Ok(i) => {
+                let r = &mut self.reacted[i];
+                if r.at > at || (r.at == at && r.emoji == emoji) {
+                    return false;
+                }
+                r.emoji = emoji.to_string();
+                r.at = at;
+                true
+            }
+            Err(i) => {
+                let reacted = Reacted {
+                    user: user.clone(),
+                    emoji: emoji.to_string(),
+                    at,
+                };
+                self.reacted.insert(i, reacted);
+                true
+            }
+        }
+    }
+
+    /// Replaces the stored reactions with their counts as `asker` sees them (a history page).
+    pub fn count_reactions(&mut self, asker: &UserId) {
+        let mut counts: Vec<Reaction> = Vec::new();
+        for r in std::mem::take(&mut self.reacted) {
+            if r.emoji.is_empty() || self.deleted {
+                continue;
+            }
+            let mine = &r.user == asker;
+            match counts.iter_mut().find(|c| c.emoji == r.emoji) {
+                Some(c) => {
+                    c.count += 1;
+                    c.mine |= mine;
+                }
+                None => counts.push(Reaction {
+                    emoji: r.emoji,
+                    count: 1,
+                    mine,
+                }),
+            }
+        }
+        counts.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.emoji.cmp(&b.emoji)));
+        self.reactions = counts;
+    }
 }
 
 /// One entry of a user's conversation list.
@@ -475,6 +588,8 @@ mod tests {
 
     fn message(id: u64, ts: u64, body: &str, change: Option<Change>) -> Message {
         Message {
+            reacted: Vec::new(),
+            reactions: Vec::new(),
             id: MessageId(ulid::Ulid::from_parts(ts, id.into())),
             conversation: "dm:alice:bob".parse().unwrap(),
             from: UserId::new("alice").unwrap(),
@@ -519,5 +634,56 @@ mod tests {
         assert!(m.deleted && m.body.is_empty() && m.reply.is_none());
         assert!(!m.apply(&edit(5, 500, "back")), "deleted is final");
         assert!(m.body.is_empty());
+    }
+
+    #[test]
+    fn one_reaction_per_user_changeable_removable_and_bounded() {
+        let mut m = message(1, 100, "lunch?", None);
+        let id = m.id;
+        let react = |from: &str, ts, emoji: &str| {
+            let change = Change::React {
+                id,
+                emoji: emoji.into(),
+                replaces: String::new(),
+            };
+            let mut event = message(ts, ts, "", Some(change));
+            event.from = UserId::new(from).unwrap();
+            event
+        };
+        let bob = UserId::new("bob").unwrap();
+        assert!(m.apply(&react("bob", 200, "👍")));
+        assert!(m.apply(&react("carol", 210, "👍")));
+        assert!(m.apply(&react("alice", 220, "❤")));
+        assert!(!m.apply(&react("bob", 200, "👍")), "a replay");
+        let counted = |m: &Message, asker: &UserId| {
+            let mut m = m.clone();
+            m.count_reactions(asker);
+            assert!(m.reacted.is_empty(), "who reacted is not shown");
+            m.reactions
+                .iter()
+                .map(|r| (r.emoji.clone(), r.count, r.mine))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            counted(&m, &bob),
+            vec![("👍".into(), 2, true), ("❤".into(), 1, false)]
+        );
+        // bob changes his mind, then removes it; an older reaction arriving late is ignored.
+        assert!(m.apply(&react("bob", 300, "❤")));
+        assert!(!m.apply(&react("bob", 250, "😂")));
+        assert_eq!(
+            counted(&m, &bob),
+            vec![("❤".into(), 2, true), ("👍".into(), 1, false)]
+        );
+        assert!(m.apply(&react("bob", 400, "")));
+        assert_eq!(counted(&m, &bob).len(), 2);
+        assert!(!counted(&m, &bob).iter().any(|r| r.2), "bob has none");
+        // At most REACTION_KINDS_MAX different ones; a known one is still accepted.
+        for i in 0..crate::limits::REACTION_KINDS_MAX {
+            m.apply(&react(&format!("u{i}"), 500 + i as u64, &format!("e{i}")));
+        }
+        assert_eq!(counted(&m, &bob).len(), crate::limits::REACTION_KINDS_MAX);
+        assert!(!m.apply(&react("dave", 900, "🆕")));
+        assert!(m.apply(&react("dave", 901, "e0")));
     }
 }

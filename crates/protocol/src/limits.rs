@@ -37,6 +37,18 @@ pub const USERS_PER_GROUP_OPERATION: usize = 1000;
 /// Users one connection may watch the presence of at once.
 pub const WATCHED_USERS_MAX: usize = 256;
 
+/// The most bytes of one reaction (meant to be one emoji, which may take several code points).
+pub const REACTION_MAX_BYTES: usize = 32;
+/// The most different reactions one message may carry; a new one beyond them is refused.
+pub const REACTION_KINDS_MAX: usize = 20;
+
+/// Whether `emoji` may be a reaction: 1 to `REACTION_MAX_BYTES` bytes without whitespace or
+/// control characters (empty removes one, and is checked by the caller).
+pub fn valid_reaction(emoji: &str) -> bool {
+    (1..=REACTION_MAX_BYTES).contains(&emoji.len())
+        && !emoji.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
 /// The page size a client asked for, defaulted and clamped to `1..=max`.
 pub fn page(asked: Option<u32>, default: u32, max: u32) -> u32 {
     asked.unwrap_or(default).clamp(1, max)

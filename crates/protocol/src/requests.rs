@@ -108,6 +108,11 @@ pub enum Fault {
     ReplyTo,
     #[error("invalid conversation or message id")]
     ChangeIds,
+    #[error(
+        "a reaction is 1 to {} bytes without spaces or control characters (empty removes it)",
+        limits::REACTION_MAX_BYTES
+    )]
+    Reaction,
     #[error("qid is not a valid id")]
     Qid,
     #[error("invalid conversation or message id")]
@@ -141,9 +146,11 @@ pub enum Fault {
 impl Fault {
     pub fn code(&self) -> ErrorCode {
         match self {
-            Fault::BeforeAndAfter | Fault::WatchCount | Fault::Platform | Fault::PushToken => {
-                ErrorCode::MalformedFrame
-            }
+            Fault::BeforeAndAfter
+            | Fault::WatchCount
+            | Fault::Platform
+            | Fault::PushToken
+            | Fault::Reaction => ErrorCode::MalformedFrame,
             _ => ErrorCode::InvalidId,
         }
     }
@@ -258,6 +265,27 @@ impl ClientFrame {
                     cid,
                     body,
                     change: Change::Edit { id },
+                }
+            }
+            ClientFrame::React {
+                conversation,
+                cid,
+                id,
+                emoji,
+            } => {
+                let (conversation, cid, id) = change_ids(&conversation, &cid, &id)?;
+                if !emoji.is_empty() && !limits::valid_reaction(&emoji) {
+                    return Err(Invalid::send(Fault::Reaction, cid));
+                }
+                Request::Change {
+                    conversation,
+                    cid,
+                    body: String::new(),
+                    change: Change::React {
+                        id,
+                        emoji,
+                        replaces: String::new(),
+                    },
                 }
             }
             ClientFrame::Delete {

@@ -10,27 +10,38 @@
 //!   member's message by an owner or admin of the group (moderation, at any time). Deleting
 //!   a deleted message is accepted and changes nothing, so a retry after the de-duplication
 //!   window still gets `sent`;
-//! * system messages (a group's membership changes) are neither edited nor deleted.
+//! * a reaction: any participant's (member's) to any message not deleted, one per user and
+//!   message (a new one replaces theirs, an empty one removes it), and at most
+//!   `REACTION_KINDS_MAX` different ones per message;
+//! * system messages (a group's membership changes) are neither edited, deleted nor reacted
+//!   to.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use protocol::frames::Change;
-use protocol::{ConversationId, UserId};
+use protocol::{ConversationId, UserId, limits};
 
 use crate::ingest::Ingest;
 use crate::refusal::SendError;
 
 impl Ingest {
-    /// The body of the change's event, once `from` may make it: an edit's new text; for a
-    /// delete a readable summary (as a system message has), which a client that does not know
-    /// `change` shows in place of an empty message.
+    /// The body and change of the event, once `from` may make it: an edit's new text; for a
+    /// delete or a reaction a readable summary (as a system message has), which a client that
+    /// does not know `change` shows in place of an empty message. A reaction names the one it
+    /// replaces, as history knows it.
     pub(crate) async fn check_change(
         &self,
         from: &UserId,
         conversation: &ConversationId,
-        change: Change,
+        change: &Change,
         body: String,
-    ) -> Result<String, SendError> {
+    ) -> Result<(String, Change), SendError> {
+        if let Change::React { emoji, .. } = change
+            && !emoji.is_empty()
+            && !limits::valid_reaction(emoji)
+        {
+            return Err(SendError::InvalidReaction);
+        }
         let target = self
             .target(from, conversation, change.target())
             .await?
@@ -48,7 +59,7 @@ impl Ingest {
                     return Err(SendError::NotTheSender);
                 }
                 within(age_ms, self.config.edit_window_secs, "edit")?;
-                Ok(body)
+                Ok((body, change.clone()))
             }
             Change::Delete { .. } => {
                 if target.from == *from {
@@ -56,7 +67,31 @@ impl Ingest {
                 } else if !self.manages(from, conversation).await? {
                     return Err(SendError::NotTheSender);
                 }
-                Ok(format!("{from} deleted a message"))
+                Ok((format!("{from} deleted a message"), change.clone()))
+            }
+            Change::React { id, emoji, .. } => {
+                if target.deleted {
+                    return Err(SendError::TargetDeleted);
+                }
+                let kinds = &target.reactions;
+                if !emoji.is_empty()
+                    && kinds.len() >= limits::REACTION_KINDS_MAX
+                    && !kinds.iter().any(|r| &r.emoji == emoji)
+                {
+                    return Err(SendError::TooManyReactions);
+                }
+                let body = match emoji.as_str() {
+                    "" => format!("{from} removed a reaction"),
+                    emoji => format!("{from} reacted {emoji}"),
+                };
+                // History counted the page for `from`: `mine` is their reaction now.
+                let replaces = kinds.iter().find(|r| r.mine).map(|r| r.emoji.clone());
+                let change = Change::React {
+                    id: *id,
+                    emoji: emoji.clone(),
+                    replaces: replaces.unwrap_or_default(),
+                };
+                Ok((body, change))
             }
         }
     }

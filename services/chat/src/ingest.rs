@@ -91,22 +91,26 @@ impl Ingest {
             return Err(SendError::BodyTooLarge { max_bytes });
         }
         let (conversation, to) = self.addressee(&req).await?;
-        let reply = match (&req.reply_to, req.change) {
+        let reply = match (&req.reply_to, &req.change) {
             (Some(_), Some(_)) => return Err(SendError::ReplyingChange),
             (Some(reply_to), None) => Some(self.quote(&req.from, &conversation, reply_to).await?),
             (None, _) => None,
         };
-        let body = match req.change {
+        let (body, change) = match &req.change {
             Some(change) => {
-                self.check_change(&req.from, &conversation, change, req.body)
-                    .await?
+                let (body, change) = self
+                    .check_change(&req.from, &conversation, change, req.body)
+                    .await?;
+                (body, Some(change))
             }
-            None => req.body,
+            None => (req.body, None),
         };
         let id = self.ids.next();
         let stored = StoredMessage {
             message: Message {
-                change: req.change,
+                reacted: Vec::new(),
+                reactions: Vec::new(),
+                change,
                 deleted: false,
                 edited: None,
                 id,

@@ -42,8 +42,18 @@ pub enum SendError {
     UnknownTarget,
     #[error("the message was deleted")]
     TargetDeleted,
-    #[error("system messages cannot be edited or deleted")]
+    #[error("system messages cannot be edited, deleted or reacted to")]
     SystemMessage,
+    #[error(
+        "a reaction is 1 to {} bytes without spaces or control characters (empty removes it)",
+        limits::REACTION_MAX_BYTES
+    )]
+    InvalidReaction,
+    #[error(
+        "the message has the most different reactions it may ({})",
+        limits::REACTION_KINDS_MAX
+    )]
+    TooManyReactions,
     /// An edit of someone else's message, or a delete of it by someone who does not manage
     /// the group.
     #[error("only the sender may edit a message, or delete it outside a group they manage")]
@@ -69,7 +79,8 @@ impl SendError {
     pub fn to_client(&self) -> (ErrorCode, String) {
         use SendError::*;
         let code = match self {
-            NotARequest | ReplyingChange => ErrorCode::MalformedFrame,
+            NotARequest | ReplyingChange | InvalidReaction => ErrorCode::MalformedFrame,
+            TooManyReactions => ErrorCode::TooManyReactions,
             InvalidCid | InvalidRecipient | InvalidGroupAddress | InvalidReplyTo => {
                 ErrorCode::InvalidId
             }
@@ -278,6 +289,8 @@ mod tests {
             (UnknownTarget, ErrorCode::NotFound),
             (TargetDeleted, ErrorCode::NotFound),
             (SystemMessage, ErrorCode::Forbidden),
+            (InvalidReaction, ErrorCode::MalformedFrame),
+            (TooManyReactions, ErrorCode::TooManyReactions),
             (NotTheSender, ErrorCode::Forbidden),
             (
                 TooLate {

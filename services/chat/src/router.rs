@@ -150,8 +150,8 @@ impl Router {
                     .lookup_cached(members.iter().chain(&former), &mut numbering.routes, stop)
                     .await;
                 group_name = view.record(&group).map(|r| r.name);
-                let offline = match (&message.event, message.change) {
-                    // Membership changes, edits and deletes are not worth a push.
+                let offline = match (&message.event, &message.change) {
+                    // Membership changes, edits, deletes and reactions are not worth a push.
                     (Some(_), _) | (_, Some(_)) => Vec::new(),
                     (None, None) => found
                         .iter()

@@ -50,7 +50,12 @@ impl Default for CacheConfig {
 
 /// What a message costs the cache: its text and ids, plus the rest of its struct.
 fn weight(m: &Message) -> u64 {
-    (m.body.len() + m.cid.as_str().len() + m.from.as_str().len() + 160) as u64
+    let reactions: usize = m
+        .reacted
+        .iter()
+        .map(|r| r.user.as_str().len() + r.emoji.len() + 56)
+        .sum();
+    (m.body.len() + m.cid.as_str().len() + m.from.as_str().len() + reactions + 160) as u64
 }
 
 /// The newest messages of one conversation, oldest first.
@@ -64,7 +69,7 @@ struct Recent {
 
 impl Recent {
     fn merge(&mut self, m: &Message, capacity: usize) {
-        if let Some(change) = m.change {
+        if let Some(change) = &m.change {
             // Not a message of the page: applied to the one it names, if the page holds it.
             let pos = self.messages.partition_point(|x| x.id < change.target());
             if let Some(target) = self

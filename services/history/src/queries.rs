@@ -171,6 +171,10 @@ impl<S: Store> Queries<S> {
             .map_err(QueryError::unavailable("messages"))?;
         let mut more = messages.len() > limit;
         messages.truncate(limit);
+        // Who reacted with what stays here: the page says how many, and which is the asker's.
+        for m in &mut messages {
+            m.count_reactions(user);
+        }
         // Nearest the anchor first (newest for a latest or `before` page, oldest for
         // `after`), so the next page continues where this one stopped.
         let fits = fitting(&messages, self.page_max_bytes);

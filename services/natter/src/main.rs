@@ -45,6 +45,8 @@ enum Command {
     /// Delete a message for everyone: yours (within the server's delete window), or any
     /// member's in a group you manage.
     Delete(cli::change::DeleteArgs),
+    /// React to a message with an emoji (it replaces yours; "" removes it).
+    React(cli::change::ReactArgs),
     /// Follow messages live, acknowledging them, resuming after disconnects.
     Tail(cli::tail::TailArgs),
     /// A page of a conversation's history.
@@ -100,6 +102,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         Command::Send(args) => cli::send::run(args, &config, json).await?,
         Command::Edit(args) => cli::change::edit(args, &config, json).await?,
         Command::Delete(args) => cli::change::delete(args, &config, json).await?,
+        Command::React(args) => cli::change::react(args, &config, json).await?,
         Command::Tail(args) => cli::tail::run(args, &config, json).await?,
         Command::History(args) => cli::history::run(args, &config, json).await?,
         Command::Conversations(args) => cli::conversations::run(args, &config, json).await?,

@@ -29,6 +29,8 @@ pub async fn write_to(
         let id = MessageId(ids.generate()?);
         let stored = StoredMessage {
             message: Message {
+                reacted: Vec::new(),
+                reactions: Vec::new(),
                 change: None,
                 deleted: false,
                 edited: None,

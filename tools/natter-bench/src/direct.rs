@@ -437,6 +437,8 @@ async fn relay_run(
         )));
     }
     let template = protocol::frames::Message {
+        reacted: Vec::new(),
+        reactions: Vec::new(),
         change: None,
         deleted: false,
         edited: None,

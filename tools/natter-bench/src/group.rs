@@ -361,6 +361,8 @@ async fn relay(
     skip_sender: bool,
 ) -> anyhow::Result<()> {
     let message = Message {
+        reacted: Vec::new(),
+        reactions: Vec::new(),
         change: None,
         deleted: false,
         edited: None,

@@ -19,7 +19,7 @@
 //!   separate processes at a fixed rate);
 //! * `scale`: routing throughput and CPU per routed message with 1, 2, 3 routing chat
 //!   processes on a 3-node cluster (natter alone);
-//! * `reply`: send → sent of plain sends and of replies, alternating in one run.
+//! * `reply`: send → sent of plain sends, replies, edits and reactions, in turn in one run.
 //!
 //! `--json` prints one JSON object per measurement, one per line.
 
@@ -260,8 +260,8 @@ enum Scenario {
         #[arg(long)]
         shards: u32,
     },
-    /// What answering a message costs the sender: send → sent for plain sends and replies,
-    /// alternating in one run
+    /// What naming a message costs the sender: send → sent for plain sends, replies, edits
+    /// and reactions, in turn in one run
     Reply {
         /// Sends of each kind.
         #[arg(long, default_value_t = 2000)]

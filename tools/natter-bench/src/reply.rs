@@ -1,7 +1,8 @@
-//! Replies: what a `reply_to` costs the sender. alice sends bob plain messages and replies
-//! to one earlier message, one at a time and alternating in the same run, and the time from
-//! her `send` to its `sent` is measured for each kind. A reply's send also asks history for
-//! the message it answers (`chat::quote`), so the difference is that question.
+//! Sends that name a message: what a reply, an edit and a reaction cost the sender. alice
+//! sends bob plain messages, replies to one earlier message, edits of it and reactions to it,
+//! one at a time and in turn in the same run, and the time from her frame to its `sent` is
+//! measured for each kind. The three others also ask history for the message they name
+//! (`chat::target`), so the difference is that question (and, for a change, who may make it).
 
 use std::time::Instant;
 
@@ -23,10 +24,13 @@ pub async fn run(sends: usize, out: &crate::report::Output) -> anyhow::Result<()
         .id
         .to_string();
 
+    let asked_id: protocol::MessageId = asked.parse()?;
+    let conversation = protocol::ConversationId::direct(&"alice".parse()?, &"bob".parse()?);
     report.step(format!(
-        "{sends} plain sends and {sends} replies, alternating"
+        "{sends} each of plain sends, replies, edits and reactions, in turn"
     ));
     let (mut plain, mut replies) = (Vec::with_capacity(sends), Vec::with_capacity(sends));
+    let (mut edits, mut reactions) = (Vec::with_capacity(sends), Vec::with_capacity(sends));
     for i in 0..sends {
         let started = Instant::now();
         alice.send("bob", &format!("p{i}"), "plain").await?;
@@ -39,15 +43,38 @@ pub async fn run(sends: usize, out: &crate::report::Output) -> anyhow::Result<()
             .await?;
         testkit::expect_sent(&mut alice, &format!("r{i}")).await;
         replies.push(started.elapsed().as_micros() as u64);
+
+        let started = Instant::now();
+        let text = format!("edited {i}");
+        alice
+            .edit(&conversation, &format!("e{i}"), asked_id, &text)
+            .await?;
+        testkit::expect_sent(&mut alice, &format!("e{i}")).await;
+        edits.push(started.elapsed().as_micros() as u64);
+
+        let started = Instant::now();
+        let emoji = if i % 2 == 0 { "👍" } else { "❤️" };
+        alice
+            .react(&conversation, &format!("x{i}"), asked_id, emoji)
+            .await?;
+        testkit::expect_sent(&mut alice, &format!("x{i}")).await;
+        reactions.push(started.elapsed().as_micros() as u64);
     }
     let (plain, replies) = (Latencies::new(plain), Latencies::new(replies));
+    let (edits, reactions) = (Latencies::new(edits), Latencies::new(reactions));
     report.done();
 
     let mut table = Table::new(
         "send → sent, one at a time (in-process stack, embedded history)",
         &["send", "p50 ms", "p99 ms", "p50 ÷ plain"],
     );
-    for (kind, l) in [("plain", &plain), ("reply", &replies)] {
+    let kinds = [
+        ("plain", &plain),
+        ("reply", &replies),
+        ("edit", &edits),
+        ("reaction", &reactions),
+    ];
+    for (kind, l) in kinds {
         let (p50, p99) = (l.percentile_ms(0.5), l.percentile_ms(0.99));
         report.measurement(
             serde_json::json!({"scenario": "reply", "send": kind, "sends": sends,

@@ -26,6 +26,8 @@ impl GroupOps {
         let id = self.ids.next();
         let stored = StoredMessage {
             message: Message {
+                reacted: Vec::new(),
+                reactions: Vec::new(),
                 change: None,
                 deleted: false,
                 edited: None,

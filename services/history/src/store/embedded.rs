@@ -270,7 +270,7 @@ impl Tables<'_, '_> {
     /// list's entry when that message is the newest; in 1:1 it also notes the change's time
     /// in both participants' entries (`Latest::changed_ts`).
     fn apply(&mut self, event: &Message) -> Result<(), StoreError> {
-        let Some(change) = event.change else {
+        let Some(change) = &event.change else {
             return Ok(());
         };
         let target = change.target();

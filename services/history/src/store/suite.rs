@@ -15,6 +15,8 @@ fn user(s: &str) -> UserId {
 pub fn message(from: &str, conversation: &ConversationId, to: &str, ts: u64, seq: u64) -> Message {
     let id = MessageId(ulid::Ulid::from_parts(ts, seq as u128));
     Message {
+        reacted: Vec::new(),
+        reactions: Vec::new(),
         change: None,
         deleted: false,
         edited: None,
@@ -521,6 +523,51 @@ pub async fn edits_and_deletes_apply_once_in_order<S: Store>(s: &S) {
     );
 }
 
+pub async fn reactions_keep_one_per_user_and_the_newest<S: Store>(s: &S) {
+    let ab = dm("alice", "bob");
+    let asked = message("alice", &ab, "bob", T0, 1);
+    s.append(std::slice::from_ref(&asked)).await.unwrap();
+    let react = |from: &str, ts, seq, emoji: &str| {
+        let change = Change::React {
+            id: asked.id,
+            emoji: emoji.into(),
+            replaces: String::new(),
+        };
+        change_of(&asked, from, ts, seq, change, "")
+    };
+    let counts = async |asker: &str| {
+        let mut m = s.message(&ab, asked.id).await.unwrap().unwrap();
+        m.count_reactions(&user(asker));
+        m.reactions
+            .iter()
+            .map(|r| (r.emoji.clone(), r.count, r.mine))
+            .collect::<Vec<_>>()
+    };
+    let (first, changed) = (
+        react("bob", T0 + 10, 2, "👍"),
+        react("bob", T0 + 30, 4, "❤"),
+    );
+    s.append(&[first.clone(), react("alice", T0 + 20, 3, "👍"), changed])
+        .await
+        .unwrap();
+    // A replay of bob's first reaction does not bring it back.
+    s.append(std::slice::from_ref(&first)).await.unwrap();
+    assert_eq!(
+        counts("bob").await,
+        vec![("❤".into(), 1, true), ("👍".into(), 1, false)]
+    );
+    let active = s.direct_conversations(&user("bob")).await.unwrap();
+    assert_eq!(
+        active[0].last_ts,
+        T0 + 30,
+        "a reaction is activity to replay"
+    );
+    s.append(&[react("alice", T0 + 40, 5, "")]).await.unwrap();
+    assert_eq!(counts("alice").await, vec![("❤".into(), 1, false)]);
+    let page = s.page(&ab, Page::Latest, 10).await.unwrap();
+    assert_eq!(page.len(), 1, "reactions are no messages of a page");
+}
+
 pub async fn group_markers_only_move_forward<S: Store>(s: &S) {
     let (g, c) = group("crew");
     let (id3, id5, id6) = (id_at(T0 + 3, 3), id_at(T0 + 5, 5), id_at(T0 + 6, 6));
@@ -626,6 +673,7 @@ macro_rules! store_suite {
             group_events_survive_a_round_trip,
             replies_keep_their_quote,
             edits_and_deletes_apply_once_in_order,
+            reactions_keep_one_per_user_and_the_newest,
             group_lists_need_no_per_member_rows,
             group_markers_only_move_forward,
             direct_markers_only_move_forward,

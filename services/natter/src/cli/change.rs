@@ -1,5 +1,6 @@
-//! `natter edit` and `natter delete`: change one of your messages (a group manager may delete
-//! any member's), and wait for the change's `sent`, so a zero exit means it is durable.
+//! `natter edit`, `natter delete` and `natter react`: change one of your messages (a group
+//! manager may delete any member's), or react to any, and wait for the change's `sent`, so a
+//! zero exit means it is durable.
 
 use anyhow::{anyhow, bail};
 use clap::Args;
@@ -37,6 +38,40 @@ pub struct DeleteArgs {
     /// The client message id; resending with the same one is safe.
     #[arg(long)]
     pub cid: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ReactArgs {
+    #[command(flatten)]
+    pub login: Login,
+    /// The conversation (`dm:<a>:<b>`, `g:<group>`, or the other user's id).
+    pub conversation: String,
+    /// The message id (from `natter history`).
+    pub id: String,
+    /// The reaction (one emoji); it replaces yours. Empty (`""`) removes it.
+    pub emoji: String,
+    /// The client message id; resending with the same one is safe.
+    #[arg(long)]
+    pub cid: Option<String>,
+}
+
+pub async fn react(args: ReactArgs, config: &NatterConfig, json: bool) -> anyhow::Result<()> {
+    let cid = args.cid.unwrap_or_else(new_id);
+    let (login, conversation, id, emoji) = (args.login, args.conversation, args.id, args.emoji);
+    change(
+        login,
+        config,
+        json,
+        &cid,
+        |conversation| ClientFrame::React {
+            conversation,
+            cid: cid.clone(),
+            id,
+            emoji,
+        },
+        &conversation,
+    )
+    .await
 }
 
 pub async fn edit(args: EditArgs, config: &NatterConfig, json: bool) -> anyhow::Result<()> {

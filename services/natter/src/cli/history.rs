@@ -60,7 +60,16 @@ pub async fn run(args: HistoryArgs, config: &NatterConfig, json: bool) -> anyhow
             (false, Some(_)) => (m.body.as_str(), " (edited)"),
             (false, None) => (m.body.as_str(), ""),
         };
-        println!("{} {}: {quote}{body}{edited}{state}", m.id, m.from);
+        // Reactions, most given first: " 👍2 ❤1".
+        let reactions: String = m
+            .reactions
+            .iter()
+            .map(|r| format!(" {}{}", r.emoji, r.count))
+            .collect();
+        println!(
+            "{} {}: {quote}{body}{edited}{state}{reactions}",
+            m.id, m.from
+        );
     }
     if more {
         let (flag, edge) = match &args.after {

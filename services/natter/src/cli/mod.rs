@@ -293,6 +293,10 @@ pub fn error_advice(code: ErrorCode, reason: &str) -> String {
             "too_late",
             "the message is older than the server's edit_window_secs (or delete_window_secs)",
         ),
+        ErrorCode::TooManyReactions => (
+            "too_many_reactions",
+            "the message has the most different reactions it may; react with one it has",
+        ),
         ErrorCode::RateLimited => (
             "rate_limited",
             "you are over the gateway's per-user send limits; retry (same --cid) after retry_after_ms",

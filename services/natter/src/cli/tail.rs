@@ -138,12 +138,15 @@ fn print_message(m: &Message, json: bool) -> anyhow::Result<()> {
     if json {
         print_json(m)
     } else {
-        match m.change {
+        match &m.change {
             Some(Change::Edit { id }) => {
                 println!("{} {}: (edited {id}) {}", m.conversation, m.from, m.body)
             }
             Some(Change::Delete { id }) => {
                 println!("{} {}: (deleted {id})", m.conversation, m.from)
+            }
+            Some(Change::React { id, emoji, .. }) => {
+                println!("{} {}: (reacted {emoji:?} to {id})", m.conversation, m.from)
             }
             None => println!("{} {}: {}", m.conversation, m.from, m.body),
         }

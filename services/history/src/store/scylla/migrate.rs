@@ -34,6 +34,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "005_edits",
         include_str!("../../../../../schema/005_edits.cql"),
     ),
+    (
+        6,
+        "006_reactions",
+        include_str!("../../../../../schema/006_reactions.cql"),
+    ),
 ];
 
 /// Applies every migration not yet recorded in `schema_migrations`, in order, and records it.

@@ -11,7 +11,7 @@ mod statements;
 use std::sync::Arc;
 
 use futures::{FutureExt, StreamExt, TryStreamExt};
-use protocol::frames::{ConversationSummary, Message};
+use protocol::frames::{Change, ConversationSummary, Message};
 use protocol::{ConversationId, GroupId, MessageId, UserId};
 use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
@@ -510,7 +510,7 @@ impl ScyllaStore {
     /// participants' entries. Every write is at the event's timestamp: a replay of it changes
     /// nothing, and the message written again (at its own, earlier, timestamp) undoes nothing.
     async fn apply_change(&self, event: &Message) -> Result<(), StoreError> {
-        let Some(change) = event.change else {
+        let Some(change) = &event.change else {
             return Ok(());
         };
         let target = change.target();
@@ -521,42 +521,10 @@ impl ScyllaStore {
         };
         let at = write_ts(event.id);
         if message.apply(event) {
-            let edited = message.edited.map(|ms| ms as i64);
-            let (body, reply) = (message.body.clone(), quote_json(&message));
-            let write = match event.conversation.group_id() {
-                Some(group) => {
-                    let bucket = bucket_of(target) as i64;
-                    let values = (
-                        at,
-                        body,
-                        reply,
-                        edited,
-                        message.deleted,
-                        group.to_string(),
-                        bucket,
-                        target.to_string(),
-                    );
-                    self.session
-                        .execute_unpaged(&self.st.change_group_message, values)
-                        .await
-                }
-                None => {
-                    let values = (
-                        at,
-                        body,
-                        reply,
-                        edited,
-                        message.deleted,
-                        event.conversation.to_string(),
-                        target.to_string(),
-                    );
-                    self.session
-                        .execute_unpaged(&self.st.change_message, values)
-                        .await
-                }
-            };
-            write.map_err(err)?;
+            self.write_change(event, change, &message, at).await?;
         }
+        // A reaction changes no preview; it is still activity a replay must read.
+        let shows = !matches!(change, Change::React { .. });
         let shown = (preview(&message.body), message.deleted);
         if let Some(group) = event.conversation.group_id() {
             let last: Option<(String,)> = self
@@ -564,7 +532,7 @@ impl ScyllaStore {
                 .await?
                 .into_iter()
                 .next();
-            if last.is_some_and(|(id,)| id == target.to_string()) {
+            if shows && last.is_some_and(|(id,)| id == target.to_string()) {
                 let values = (at, shown.0, shown.1, group.to_string());
                 self.session
                     .execute_unpaged(&self.st.show_in_group_latest, values)
@@ -583,7 +551,7 @@ impl ScyllaStore {
             else {
                 continue;
             };
-            if last == target.to_string() {
+            if shows && last == target.to_string() {
                 let values = (at, shown.0.clone(), shown.1, key.0, key.1);
                 self.session
                     .execute_unpaged(&self.st.show_in_conversation, values)
@@ -599,6 +567,64 @@ impl ScyllaStore {
                 .map_err(err)?;
         }
         Ok(())
+    }
+
+    /// Writes what `event` changed of `message` (already applied): its text and state for an
+    /// edit or delete, the sender's cell of its reactions for a reaction.
+    async fn write_change(
+        &self,
+        event: &Message,
+        change: &Change,
+        message: &Message,
+        at: i64,
+    ) -> Result<(), StoreError> {
+        let target = message.id.to_string();
+        let group = event.conversation.group_id();
+        let partition = match &group {
+            Some(g) => (g.to_string(), Some(bucket_of(message.id) as i64)),
+            None => (event.conversation.to_string(), None),
+        };
+        let write = match (change, partition) {
+            (Change::React { emoji, .. }, (key, bucket)) => {
+                // "<time>:<emoji>" (empty once removed): the time orders a user's changes
+                // wherever the row is read (see `Reacted`).
+                let (user, value) = (event.from.to_string(), format!("{}:{emoji}", event.ts));
+                match bucket {
+                    Some(b) => {
+                        let values = (at, user, value, key, b, target);
+                        self.session
+                            .execute_unpaged(&self.st.react_group_message, values)
+                            .await
+                    }
+                    None => {
+                        let values = (at, user, value, key, target);
+                        self.session
+                            .execute_unpaged(&self.st.react_message, values)
+                            .await
+                    }
+                }
+            }
+            (_, (key, bucket)) => {
+                let edited = message.edited.map(|ms| ms as i64);
+                let (body, reply, deleted) =
+                    (message.body.clone(), quote_json(message), message.deleted);
+                match bucket {
+                    Some(b) => {
+                        let values = (at, body, reply, edited, deleted, key, b, target);
+                        self.session
+                            .execute_unpaged(&self.st.change_group_message, values)
+                            .await
+                    }
+                    None => {
+                        let values = (at, body, reply, edited, deleted, key, target);
+                        self.session
+                            .execute_unpaged(&self.st.change_message, values)
+                            .await
+                    }
+                }
+            }
+        };
+        write.map(|_| ()).map_err(err)
     }
 }
 

@@ -1,12 +1,17 @@
 //! Decoding CQL rows into protocol types.
 
-use protocol::frames::{ConversationSummary, Message, Quote};
+use std::collections::HashMap;
+
+use protocol::frames::{ConversationSummary, Message, Quote, Reacted};
 use protocol::{ClientMsgId, ConversationId, GroupEvent, GroupId, MessageId, UserId};
 
 use super::corrupt;
 use crate::store::StoreError;
 
-/// A 1:1 row: (id, ts, from, to, cid, body, the quote of a reply as JSON, edited, deleted).
+/// The `reactions` column: user → "<time>:<emoji>".
+pub(super) type ReactionsCell = Option<HashMap<String, String>>;
+/// A 1:1 row: (id, ts, from, to, cid, body, the quote of a reply as JSON, edited, deleted,
+/// reactions).
 pub(super) type MessageRow = (
     String,
     i64,
@@ -17,9 +22,10 @@ pub(super) type MessageRow = (
     Option<String>,
     Option<i64>,
     Option<bool>,
+    ReactionsCell,
 );
 /// A group row: (id, ts, from, cid, body, event as JSON, the quote of a reply as JSON,
-/// edited, deleted).
+/// edited, deleted, reactions).
 pub(super) type GroupRow = (
     String,
     i64,
@@ -30,6 +36,7 @@ pub(super) type GroupRow = (
     Option<String>,
     Option<i64>,
     Option<bool>,
+    ReactionsCell,
 );
 /// A conversation summary row: (last id, last ts, last from, preview, last deleted).
 pub(super) type SummaryRow = (String, i64, String, String, Option<bool>);
@@ -38,12 +45,14 @@ pub(super) fn to_message(
     conversation: &ConversationId,
     row: MessageRow,
 ) -> Result<Message, StoreError> {
-    let (id, ts, from, to, cid, body, reply, edited, deleted) = row;
+    let (id, ts, from, to, cid, body, reply, edited, deleted, reactions) = row;
     let reply = reply
         .map(|json| serde_json::from_str::<Quote>(&json))
         .transpose()
         .map_err(corrupt)?;
     Ok(Message {
+        reacted: reacted(reactions)?,
+        reactions: Vec::new(),
         id: id.parse().map_err(corrupt)?,
         conversation: conversation.clone(),
         from: UserId::new(&from).map_err(corrupt)?,
@@ -67,7 +76,7 @@ pub(super) fn to_group_message(
     group: &GroupId,
     row: GroupRow,
 ) -> Result<Message, StoreError> {
-    let (id, ts, from, cid, body, event, reply, edited, deleted) = row;
+    let (id, ts, from, cid, body, event, reply, edited, deleted, reactions) = row;
     let event = event
         .map(|json| serde_json::from_str::<GroupEvent>(&json))
         .transpose()
@@ -86,6 +95,7 @@ pub(super) fn to_group_message(
                 reply,
                 edited,
                 deleted,
+                reactions,
             ),
         )?
     })
@@ -105,6 +115,23 @@ pub(super) fn to_summary(
         unread: 0,
         deleted: deleted.unwrap_or(false),
     })
+}
+
+/// Each user's reaction from the `reactions` column, in user order.
+fn reacted(cell: ReactionsCell) -> Result<Vec<Reacted>, StoreError> {
+    let mut out = Vec::new();
+    for (user, value) in cell.unwrap_or_default() {
+        let (at, emoji) = value
+            .split_once(':')
+            .ok_or_else(|| corrupt(format!("reaction {value:?}")))?;
+        out.push(Reacted {
+            user: UserId::new(&user).map_err(corrupt)?,
+            emoji: emoji.to_string(),
+            at: at.parse().map_err(corrupt)?,
+        });
+    }
+    out.sort_by(|a, b| a.user.cmp(&b.user));
+    Ok(out)
 }
 
 pub(super) fn parse_id(text: Option<String>) -> Result<Option<MessageId>, StoreError> {

@@ -7,9 +7,11 @@ use super::err;
 use crate::store::StoreError;
 
 /// Columns of a 1:1 message row, in the order `MessageRow` decodes them.
-const COLS: &str = "message_id, ts, from_user, to_user, cid, body, reply, edited, deleted";
+const COLS: &str =
+    "message_id, ts, from_user, to_user, cid, body, reply, edited, deleted, reactions";
 /// Columns of a group message row: no recipient (the group is), and the system event.
-const GCOLS: &str = "message_id, ts, from_user, cid, body, event, reply, edited, deleted";
+const GCOLS: &str =
+    "message_id, ts, from_user, cid, body, event, reply, edited, deleted, reactions";
 
 pub(super) struct Statements {
     pub insert_message: PreparedStatement,
@@ -18,6 +20,8 @@ pub(super) struct Statements {
     pub upsert_conversation: PreparedStatement,
     pub change_message: PreparedStatement,
     pub change_group_message: PreparedStatement,
+    pub react_message: PreparedStatement,
+    pub react_group_message: PreparedStatement,
     pub conversation_last: PreparedStatement,
     pub show_in_conversation: PreparedStatement,
     pub touch_conversation: PreparedStatement,
@@ -58,6 +62,8 @@ impl Statements {
             insert_group_message: prepare(format!("INSERT INTO {ks}.messages_by_group (group_id, bucket, message_id, ts, from_user, cid, body, event, reply) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?")).await?,
             change_message: prepare(format!("UPDATE {ks}.messages_by_conversation USING TIMESTAMP ? SET body = ?, reply = ?, edited = ?, deleted = ? WHERE conversation_id = ? AND message_id = ?")).await?,
             change_group_message: prepare(format!("UPDATE {ks}.messages_by_group USING TIMESTAMP ? SET body = ?, reply = ?, edited = ?, deleted = ? WHERE group_id = ? AND bucket = ? AND message_id = ?")).await?,
+            react_message: prepare(format!("UPDATE {ks}.messages_by_conversation USING TIMESTAMP ? SET reactions[?] = ? WHERE conversation_id = ? AND message_id = ?")).await?,
+            react_group_message: prepare(format!("UPDATE {ks}.messages_by_group USING TIMESTAMP ? SET reactions[?] = ? WHERE group_id = ? AND bucket = ? AND message_id = ?")).await?,
             conversation_last: prepare(format!("SELECT last_id FROM {ks}.user_conversations WHERE user_id = ? AND conversation_id = ?")).await?,
             show_in_conversation: prepare(format!("UPDATE {ks}.user_conversations USING TIMESTAMP ? SET preview = ?, last_deleted = ? WHERE user_id = ? AND conversation_id = ?")).await?,
             touch_conversation: prepare(format!("UPDATE {ks}.user_conversations USING TIMESTAMP ? SET changed_ts = ? WHERE user_id = ? AND conversation_id = ?")).await?,
