@@ -128,6 +128,10 @@ export class Store extends EventTarget {
     }
     if (change.kind === 'delete') {
       Object.assign(m, { body: '', reply: null, deleted: true, reactions: [] });
+      // Deleted for everyone: also where a reply quoted it.
+      for (const r of c.messages.values()) {
+        if (r.reply && r.reply.id === m.id) r.reply = { ...r.reply, preview: '', deleted: true };
+      }
     } else if (change.kind === 'edit' && !(m.edited > ts)) {
       Object.assign(m, { body, edited: ts });
     } else return;

@@ -108,7 +108,12 @@ export function renderChat(store) {
         'data-from': m.from,
       },
       c.kind === 'group' && !own ? el('span', { class: 'from', text: m.from }) : null,
-      m.reply ? el('blockquote', { class: 'quote', text: `${m.reply.from}: ${m.reply.preview}` }) : null,
+      m.reply
+        ? el('blockquote', {
+            class: `quote${m.reply.deleted ? ' deleted' : ''}`,
+            text: `${m.reply.from}: ${m.reply.deleted ? 'message deleted' : m.reply.preview}`,
+          })
+        : null,
       el('span', { class: 'body', text: m.deleted ? 'message deleted' : m.body }),
       m.edited && !m.deleted ? el('span', { class: 'edited', text: ' (edited)' }) : null,
       el('span', { class: 'meta', text: time(m.ts) }),

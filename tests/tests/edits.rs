@@ -61,7 +61,16 @@ async fn edits_and_deletes_reach_every_device_live_on_replay_and_in_history() {
     let listed = expect_list(&mut bob, "l1").await;
     assert_eq!(listed.preview, "hello bob");
 
-    // bob goes away; the delete is all he misses.
+    // bob answers it, quoting the edited text.
+    bob.send_reply("alice", "r1", "see you", &id.to_string())
+        .await
+        .unwrap();
+    let reply = expect_sent(&mut bob, "r1").await.id;
+    assert_eq!(expect_message(&mut alice).await.id, reply);
+    expect_message(&mut alice_tablet).await;
+
+    // bob goes away; the delete is all he misses (his reply is replayed too: his cursor
+    // moves only by what his device received).
     let cursor = bob.cursor().expect("a cursor");
     bob.close().await;
     alice.delete(&ab, "d1", id).await.unwrap();
@@ -73,8 +82,8 @@ async fn edits_and_deletes_reach_every_device_live_on_replay_and_in_history() {
     let (replayed, synced) = expect_synced(&mut bob).await;
     assert!(synced.recovered, "{synced:?}");
     let ids: Vec<MessageId> = replayed.iter().map(|m| m.id).collect();
-    assert_eq!(ids, vec![delete.id], "exactly the delete");
-    assert_eq!(replayed[0].change, Some(Change::Delete { id }));
+    assert_eq!(ids, vec![reply, delete.id], "his own reply, then the delete");
+    assert_eq!(replayed[1].change, Some(Change::Delete { id }));
     assert_eq!(
         gateway.metric("natter_gateway_replays_direct_total").await,
         direct + 1,
@@ -83,9 +92,11 @@ async fn edits_and_deletes_reach_every_device_live_on_replay_and_in_history() {
 
     let gone = stored(&mut bob, &ab, id, |m| m.deleted).await;
     assert!(gone.body.is_empty() && gone.edited.is_some(), "{gone:?}");
-    let listed = expect_list(&mut bob, "l2").await;
-    assert!(listed.deleted && listed.preview.is_empty(), "{listed:?}");
-    assert_eq!(listed.last_id, id, "a change is not the newest message");
+    // Deleted for everyone: also where bob's reply quoted it.
+    let answer = stored(&mut bob, &ab, reply, |_| true).await;
+    let quote = answer.reply.expect("a quote");
+    assert!(quote.deleted && quote.preview.is_empty(), "{quote:?}");
+    assert_eq!(answer.body, "see you");
 }
 
 /// bob's only conversation in his list.

@@ -29,6 +29,7 @@ async fn a_reply_carries_its_quote_live_and_in_history() {
         id: asked.id,
         from: "alice".parse().unwrap(),
         preview: "lunch at noon?".into(),
+        deleted: false,
     };
     assert_eq!(answer.reply.as_ref(), Some(&quote));
 

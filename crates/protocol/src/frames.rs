@@ -278,6 +278,10 @@ pub struct Quote {
     pub from: UserId,
     /// The start of its body (at most `limits::PREVIEW_CHARS` characters).
     pub preview: String,
+    /// In a history page: the quoted message was deleted for everyone since, so `preview` is
+    /// empty.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
 }
 
 impl Quote {
@@ -290,6 +294,7 @@ impl Quote {
                 .chars()
                 .take(crate::limits::PREVIEW_CHARS)
                 .collect(),
+            deleted: false,
         }
     }
 }

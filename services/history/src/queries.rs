@@ -2,10 +2,10 @@
 //! conversation, the conversation list, and who of a group received and read a message.
 //! Only participants of a 1:1 conversation and current members of a group may ask.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use protocol::frames::ServerFrame;
+use protocol::frames::{Message, ServerFrame};
 use protocol::limits;
 use protocol::payloads::{HistoryQuery, HistoryRequest};
 use protocol::{ClientMsgId, ConversationId, MessageId, UserId, subjects};
@@ -140,6 +140,43 @@ impl<S: Store> Queries<S> {
         Ok(ServerFrame::Conversations { qid, conversations })
     }
 
+    /// Empties the quotes of messages deleted since they were quoted: a delete is for
+    /// everyone, also where a reply quoted it. Quoted messages outside the page are read from
+    /// the cache (or the store): one read per such reply.
+    async fn blank_deleted_quotes(
+        &self,
+        conversation: &ConversationId,
+        messages: &mut [Message],
+    ) -> Result<(), QueryError> {
+        let mut deleted = HashMap::new();
+        for m in messages.iter() {
+            deleted.insert(m.id, m.deleted);
+        }
+        for m in messages.iter_mut() {
+            let Some(quote) = m.reply.as_mut() else {
+                continue;
+            };
+            let gone = match deleted.get(&quote.id) {
+                Some(gone) => *gone,
+                None => {
+                    let quoted = self
+                        .cache
+                        .message(conversation, quote.id)
+                        .await
+                        .map_err(QueryError::unavailable("quoted message"))?;
+                    let gone = quoted.is_some_and(|q| q.deleted);
+                    deleted.insert(quote.id, gone);
+                    gone
+                }
+            };
+            if gone {
+                quote.preview.clear();
+                quote.deleted = true;
+            }
+        }
+        Ok(())
+    }
+
     /// A page of a participant's conversation: the newest, or before or after an id.
     async fn messages(
         &self,
@@ -175,6 +212,8 @@ impl<S: Store> Queries<S> {
         for m in &mut messages {
             m.count_reactions(user);
         }
+        self.blank_deleted_quotes(&conversation, &mut messages)
+            .await?;
         // Nearest the anchor first (newest for a latest or `before` page, oldest for
         // `after`), so the next page continues where this one stopped.
         let fits = fitting(&messages, self.page_max_bytes);
