@@ -412,6 +412,59 @@ $('composer').addEventListener('submit', (e) => {
   conn.sendMessage(frame);
 });
 
+// ---- attachments ----
+
+/** The token of the signed-in session, for the attachment endpoints. */
+const bearer = () => ({ authorization: `Bearer ${storage.loadSession()?.token}` });
+
+// A file is uploaded for the open conversation (streamed by the browser), then sent in a
+// message whose text is what the composer holds, or the file's name.
+$('attach').addEventListener('change', async () => {
+  const c = store.openId && store.conversations.get(store.openId);
+  const file = $('attach').files[0];
+  $('attach').value = '';
+  if (!c || !file) return;
+  const query = new URLSearchParams({ conversation: c.id, name: file.name });
+  try {
+    const res = await fetch(`/v1/attachments?${query}`, {
+      method: 'POST',
+      headers: { ...bearer(), 'content-type': file.type || 'application/octet-stream' },
+      body: file,
+    });
+    if (res.status !== 201) throw new Error(await res.text());
+    const attachment = await res.json();
+    const body = $('composer-text').value || file.name;
+    $('composer-text').value = '';
+    const frame = { type: 'send', cid: newId('c'), body, attachment: attachment.id };
+    if (c.kind === 'dm') frame.to = c.peer;
+    else frame.group = c.group;
+    store.addMessage({ conversation: c.id, cid: frame.cid, from: store.user, body, ts: Date.now(), attachment }, { pending: true });
+    conn.sendMessage(frame);
+  } catch (err) {
+    ui.showError(`could not send the file: ${err.message}`);
+  }
+});
+
+// Downloads carry the token in a header, so the file comes through fetch and is saved from
+// memory on the browser's side.
+$('messages').addEventListener('click', async (e) => {
+  const link = e.target.closest('a.attachment');
+  if (!link) return;
+  e.preventDefault();
+  try {
+    const res = await fetch(`/v1/attachments/${link.dataset.attachment}`, { headers: bearer() });
+    if (!res.ok) throw new Error(await res.text());
+    const url = URL.createObjectURL(await res.blob());
+    const a = Object.assign(document.createElement('a'), { href: url, download: link.dataset.name });
+    document.body.append(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 60_000);
+  } catch (err) {
+    ui.showError(`could not download the file: ${err.message}`);
+  }
+});
+
 $('composer-text').addEventListener('input', () => {
   const c = store.openId;
   if (!c || Date.now() - lastTyping < TYPING_EVERY_MS) return;

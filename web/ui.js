@@ -54,6 +54,8 @@ export function showError(text) {
   $('app-error').textContent = text;
 }
 
+const size = (n) => (n < 1024 ? `${n} B` : n < 1 << 20 ? `${(n / 1024).toFixed(0)} KB` : `${(n / (1 << 20)).toFixed(1)} MB`);
+
 const time = (ts) => (ts ? new Date(ts).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' }) : '');
 
 export function renderConversations(store) {
@@ -115,6 +117,15 @@ export function renderChat(store) {
           })
         : null,
       el('span', { class: 'body', text: m.deleted ? 'message deleted' : m.body }),
+      m.attachment && !m.deleted
+        ? el('a', {
+            class: 'attachment',
+            href: '#',
+            'data-attachment': m.attachment.id,
+            'data-name': m.attachment.name,
+            text: `📎 ${m.attachment.name} (${size(m.attachment.size)})`,
+          })
+        : null,
       m.edited && !m.deleted ? el('span', { class: 'edited', text: ' (edited)' }) : null,
       el('span', { class: 'meta', text: time(m.ts) }),
       own ? el('span', { class: 'tick', 'data-state': state, title: state, text: ` ${TICKS[state]}` }) : null,

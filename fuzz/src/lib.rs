@@ -113,6 +113,21 @@ fn check_request(request: &Request) {
                 Recipient::User(user) => check_id(user),
                 Recipient::Group(group) => check_id(group),
             }
+            outgoing.reply_to.iter().for_each(check_id);
+            outgoing.attachment.iter().for_each(check_id);
+        }
+        Request::Change {
+            conversation,
+            cid,
+            change,
+            ..
+        } => {
+            check_conversation(conversation);
+            check_id(cid);
+            check_id(&change.target());
+            if let protocol::frames::Change::React { emoji, .. } = change {
+                assert!(emoji.is_empty() || limits::valid_reaction(emoji), "{emoji:?}");
+            }
         }
         Request::Ack { conversation, id }
         | Request::Read {

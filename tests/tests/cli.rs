@@ -148,6 +148,36 @@ async fn send_then_history_shows_the_message() {
         },
     )
     .await;
+    // alice sends a file; bob downloads it to disk.
+    let dir = tempfile::tempdir().unwrap();
+    let (sent_file, got_file) = (dir.path().join("notes.txt"), dir.path().join("got.txt"));
+    let content = "natter file ".repeat(30_000);
+    std::fs::write(&sent_file, &content).unwrap();
+    let path = sent_file.to_str().unwrap();
+    ok(
+        &stack,
+        &[
+            "send", "--as", "alice", "--to", "bob", "a file", "--attach", path,
+        ],
+    )
+    .await;
+    let mut file_id = String::new();
+    testkit::eventually("the file in history", Duration::from_secs(10), async || {
+        let page = json(&ok(&stack, &["history", "--as", "bob", "alice", "--json"]).await);
+        let last = &page["messages"].as_array().unwrap().last().unwrap().clone();
+        file_id = last["attachment"]["id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        !file_id.is_empty()
+    })
+    .await;
+    let out = got_file.to_str().unwrap();
+    ok(&stack, &["download", "--as", "bob", &file_id, "-o", out]).await;
+    assert!(
+        std::fs::read_to_string(&got_file).unwrap() == content,
+        "the file as sent"
+    );
     // bob may change neither: the refusal says why.
     let out = run(natter(&stack, &["delete", "--as", "bob", "alice", &id])).await;
     assert!(!out.status.success());

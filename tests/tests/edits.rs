@@ -82,7 +82,11 @@ async fn edits_and_deletes_reach_every_device_live_on_replay_and_in_history() {
     let (replayed, synced) = expect_synced(&mut bob).await;
     assert!(synced.recovered, "{synced:?}");
     let ids: Vec<MessageId> = replayed.iter().map(|m| m.id).collect();
-    assert_eq!(ids, vec![reply, delete.id], "his own reply, then the delete");
+    assert_eq!(
+        ids,
+        vec![reply, delete.id],
+        "his own reply, then the delete"
+    );
     assert_eq!(replayed[1].change, Some(Change::Delete { id }));
     assert_eq!(
         gateway.metric("natter_gateway_replays_direct_total").await,

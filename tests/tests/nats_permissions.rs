@@ -65,6 +65,7 @@ impl Intruder {
 
 fn send_payload(from: &str, to: &str, cid: &str) -> Vec<u8> {
     let request = SendRequest {
+        attachment: None,
         change: None,
         from: from.parse().unwrap(),
         to: to.into(),

@@ -130,6 +130,7 @@ async fn a_delivery_to_a_closed_socket_is_reported_and_the_recipient_counts_as_o
     // A delivery routed before the chat service heard of the close.
     let (alice_id, bob_id) = (UserId::new("alice").unwrap(), UserId::new("bob").unwrap());
     let message = Message {
+        attachment: None,
         reacted: Vec::new(),
         reactions: Vec::new(),
         change: None,

@@ -62,6 +62,7 @@ async fn a_bad_unknown_or_foreign_reply_to_is_refused() {
     // Not an id at all: the gateway refuses it, naming the send.
     alice
         .send_frame(&ClientFrame::Send {
+            attachment: None,
             to: "bob".into(),
             group: None,
             cid: "bad".into(),

@@ -1,5 +1,6 @@
 // bob sees alice's message; alice's tick goes SENT → DELIVERED → SEEN once bob opens the chat;
-// typing, a reply, an edit, a delete for everyone and a reaction, live and after a reload.
+// typing, a reply, an edit, a delete for everyone, a reaction and a file.
+import fs from 'node:fs/promises';
 import { scenario, user, openChat, openConversation, say, sees } from './lib.mjs';
 
 await scenario('one_to_one', async (browser) => {
@@ -62,6 +63,15 @@ await scenario('one_to_one', async (browser) => {
   await alice.waitForSelector(gone);
   await alice.waitForSelector(edited);
   await alice.waitForSelector(`${hers} .reaction:not(.mine):has-text("❤️ 1")`);
+  // alice sends a file; bob downloads exactly what she sent.
+  const content = 'natter attachment '.repeat(20_000);
+  await alice.setInputFiles('#attach', { name: 'notes.txt', mimeType: 'text/plain', buffer: Buffer.from(content) });
+  const link = '#messages li.message a.attachment:has-text("notes.txt")';
+  await bob.waitForSelector(link);
+  const [download] = await Promise.all([bob.waitForEvent('download'), bob.click(link)]);
+  const saved = await fs.readFile(await download.path(), 'utf8');
+  if (saved !== content) throw new Error(`downloaded ${saved.length} bytes, not the ${content.length} sent`);
+  if (download.suggestedFilename() !== 'notes.txt') throw new Error(download.suggestedFilename());
   // Presence of the 1:1 peer.
   await alice.waitForSelector('#chat-presence[data-online="true"]');
 });

@@ -306,6 +306,7 @@ impl Connection {
         reply_to: Option<&str>,
     ) -> Result<(), ClientError> {
         self.send_frame(&ClientFrame::Send {
+            attachment: None,
             to: to.into(),
             group: group.map(Into::into),
             cid: cid.into(),

@@ -195,6 +195,7 @@ mod tests {
     fn a_cursor_added_to_an_encoded_message_decodes_as_if_encoded_with_it() {
         let message = |cursor: Option<Cursor>| {
             ServerFrame::Message(crate::frames::Message {
+                attachment: None,
                 reacted: Vec::new(),
                 reactions: Vec::new(),
                 change: None,
@@ -274,6 +275,7 @@ mod tests {
         assert_eq!(
             f,
             ClientFrame::Send {
+                attachment: None,
                 to: "bob".into(),
                 group: None,
                 cid: "c1".into(),
@@ -387,6 +389,7 @@ mod tests {
     #[test]
     fn msgpack_round_trips_every_server_frame_shape() {
         let m = ServerFrame::Message(crate::frames::Message {
+            attachment: None,
             reacted: Vec::new(),
             reactions: Vec::new(),
             change: None,

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::codes::ErrorCode;
 use crate::cursor::{Cursor, SyncGap};
 use crate::groups::{GroupEvent, GroupInfo, GroupOp, Member};
-use crate::ids::{ClientMsgId, ConnId, ConversationId, GroupId, MessageId, UserId};
+use crate::ids::{AttachmentId, ClientMsgId, ConnId, ConversationId, GroupId, MessageId, UserId};
 
 /// A frame from a client to the gateway.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -27,6 +27,9 @@ pub enum ClientFrame {
         /// The id of the message of the same conversation this one answers (a reply).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reply_to: Option<String>,
+        /// The id of a file this user uploaded for this conversation (`POST /v1/attachments`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        attachment: Option<String>,
     },
     /// This device received message `id` of `conversation`; the sender sees `delivered`.
     Ack { conversation: String, id: String },
@@ -166,6 +169,9 @@ pub struct Message {
     /// On a reply: the message it answers, quoted as it was when the reply was sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply: Option<Quote>,
+    /// A file sent with the message (download it from `GET /v1/attachments/<id>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attachment: Option<Attachment>,
     /// On an edit or a delete: the message it changes. Such a message is an event in the
     /// conversation's stream (delivered live and replayed like any other, each with its own
     /// id and cursor); history pages never hold one: they show its effect instead.
@@ -260,6 +266,7 @@ impl Message {
                 Change::Delete { .. } => {
                     self.body.clear();
                     self.reply = None;
+                    self.attachment = None;
                     self.reacted.clear();
                     self.deleted = true;
                     true
@@ -269,6 +276,18 @@ impl Message {
             _ => false,
         }
     }
+}
+
+/// A file attached to a message: what a client shows before downloading it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    pub id: AttachmentId,
+    /// The file name the uploader gave (at most 255 bytes, no path).
+    pub name: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its media type, as the uploader gave it (`application/octet-stream` when none).
+    pub content_type: String,
 }
 
 /// The message a reply answers: enough to show the quote without fetching it.
@@ -593,6 +612,7 @@ mod tests {
 
     fn message(id: u64, ts: u64, body: &str, change: Option<Change>) -> Message {
         Message {
+            attachment: None,
             reacted: Vec::new(),
             reactions: Vec::new(),
             id: MessageId(ulid::Ulid::from_parts(ts, id.into())),

@@ -170,6 +170,11 @@ ulid_id!(
     MessageId
 );
 ulid_id!(
+    /// An uploaded attachment (an object of the attachments store), named by the gateway
+    /// that took the upload.
+    AttachmentId
+);
+ulid_id!(
     /// One WebSocket connection (one device session) on a gateway. Generated monotonically
     /// after the gateway's boot id, so ids older than the boot belong to a previous run.
     ConnId

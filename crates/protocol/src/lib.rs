@@ -21,6 +21,7 @@ pub use encoding::{DecodeError, Encoding};
 pub use frames::{ClientFrame, ServerFrame};
 pub use groups::{GroupEvent, GroupInfo, GroupOp, Member, Role};
 pub use ids::{
-    ClientMsgId, ConnId, ConversationId, GatewayId, GroupId, IdError, MessageId, UserId,
+    AttachmentId, ClientMsgId, ConnId, ConversationId, GatewayId, GroupId, IdError, MessageId,
+    UserId,
 };
 pub use requests::{Fault, Invalid, Outgoing, Recipient, Request};

@@ -26,6 +26,9 @@ pub struct SendRequest {
     /// The id of the message of the same conversation this one answers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply_to: Option<String>,
+    /// The id of a file `from` uploaded for this conversation, sent with the message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attachment: Option<String>,
     /// An edit (`body` is the new text) or a delete (`body` is ignored) of a message of the
     /// same conversation, instead of a new message.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -10,7 +10,7 @@ use crate::codes::ErrorCode;
 use crate::cursor::Cursor;
 use crate::frames::{Change, ClientFrame, ServerFrame};
 use crate::groups::GroupOp;
-use crate::ids::{ClientMsgId, ConversationId, GroupId, MessageId, UserId};
+use crate::ids::{AttachmentId, ClientMsgId, ConversationId, GroupId, MessageId, UserId};
 use crate::limits;
 use crate::payloads::PushTokenEntry;
 
@@ -85,6 +85,7 @@ pub struct Outgoing {
     pub cid: ClientMsgId,
     pub body: String,
     pub reply_to: Option<MessageId>,
+    pub attachment: Option<AttachmentId>,
     pub change: Option<Change>,
 }
 
@@ -106,6 +107,8 @@ pub enum Fault {
     Recipient,
     #[error("reply_to is not a valid message id")]
     ReplyTo,
+    #[error("attachment is not a valid attachment id")]
+    Attachment,
     #[error("invalid conversation or message id")]
     ChangeIds,
     #[error(
@@ -228,6 +231,7 @@ impl ClientFrame {
                 cid,
                 body,
                 reply_to,
+                attachment,
             } => {
                 let cid = ClientMsgId::new(&cid).map_err(|_| Invalid::bare(Fault::Cid))?;
                 let to = match group {
@@ -245,11 +249,17 @@ impl ClientFrame {
                     Some(Ok(id)) => Some(id),
                     Some(Err(_)) => return Err(Invalid::send(Fault::ReplyTo, cid)),
                 };
+                let attachment = match attachment.map(|id| id.parse::<AttachmentId>()) {
+                    None => None,
+                    Some(Ok(id)) => Some(id),
+                    Some(Err(_)) => return Err(Invalid::send(Fault::Attachment, cid)),
+                };
                 Request::Send(Outgoing {
                     to,
                     cid,
                     body,
                     reply_to,
+                    attachment,
                     change: None,
                 })
             }
@@ -439,6 +449,7 @@ mod tests {
 
     fn send(to: &str, group: Option<&str>, cid: &str) -> ClientFrame {
         ClientFrame::Send {
+            attachment: None,
             to: to.into(),
             group: group.map(Into::into),
             cid: cid.into(),

@@ -139,6 +139,18 @@ pub const NOTIFIER_CONSUMER: &str = "natter-notifier";
 /// KV bucket: devices' push tokens, `<user>.<token hash>` (written by gateways, read by the
 /// notifier).
 pub const PUSH_TOKENS_BUCKET: &str = "natter_push_tokens";
+/// JetStream object store: attachments, one object per upload, named by its id (written by
+/// gateways, read by gateways and the chat service, removed by the chat service).
+pub const ATTACHMENTS_BUCKET: &str = "natter_attachments";
+/// Metadata keys of an attachment object: who uploaded it, for which conversation, and the
+/// file name and media type they gave.
+pub const ATTACHMENT_OWNER: &str = "natter-owner";
+pub const ATTACHMENT_CONVERSATION: &str = "natter-conversation";
+pub const ATTACHMENT_NAME: &str = "natter-name";
+pub const ATTACHMENT_CONTENT_TYPE: &str = "natter-content-type";
+/// KV bucket: how many bytes of attachments each user has stored, `<user>` (gateways add,
+/// the chat service subtracts when a message's attachment is deleted).
+pub const ATTACHMENT_QUOTA_BUCKET: &str = "natter_attachment_quota";
 /// Wildcard selecting every user's presence events (the notifier's subscription).
 pub const PRESENCE_ALL: &str = "natter.presence.*";
 
@@ -387,6 +399,8 @@ pub fn catalogue() -> Vec<String> {
         OFFLINE_STREAM.into(),
         NOTIFIER_CONSUMER.into(),
         PUSH_TOKENS_BUCKET.into(),
+        ATTACHMENTS_BUCKET.into(),
+        ATTACHMENT_QUOTA_BUCKET.into(),
         PRESENCE_ALL.into(),
         "<user>.<hash>".into(),
     ]

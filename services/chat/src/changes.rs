@@ -18,11 +18,29 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use protocol::frames::Change;
+use protocol::frames::{Attachment, Change};
 use protocol::{ConversationId, UserId, limits};
 
 use crate::ingest::Ingest;
 use crate::refusal::SendError;
+
+/// A change the sender may make: its event's body and change, and the attachment a delete
+/// removes once stored (with its uploader, whose quota gets the bytes back).
+pub(crate) struct Checked {
+    pub body: String,
+    pub change: Change,
+    pub removes: Option<(UserId, Attachment)>,
+}
+
+impl Checked {
+    fn new(body: String, change: Change) -> Self {
+        Self {
+            body,
+            change,
+            removes: None,
+        }
+    }
+}
 
 impl Ingest {
     /// The body and change of the event, once `from` may make it: an edit's new text; for a
@@ -35,7 +53,7 @@ impl Ingest {
         conversation: &ConversationId,
         change: &Change,
         body: String,
-    ) -> Result<(String, Change), SendError> {
+    ) -> Result<Checked, SendError> {
         if let Change::React { emoji, .. } = change
             && !emoji.is_empty()
             && !limits::valid_reaction(emoji)
@@ -59,7 +77,7 @@ impl Ingest {
                     return Err(SendError::NotTheSender);
                 }
                 within(age_ms, self.config.edit_window_secs, "edit")?;
-                Ok((body, change.clone()))
+                Ok(Checked::new(body, change.clone()))
             }
             Change::Delete { .. } => {
                 if target.from == *from {
@@ -67,7 +85,12 @@ impl Ingest {
                 } else if !self.manages(from, conversation).await? {
                     return Err(SendError::NotTheSender);
                 }
-                Ok((format!("{from} deleted a message"), change.clone()))
+                let body = format!("{from} deleted a message");
+                let removes = target.attachment.map(|a| (target.from, a));
+                Ok(Checked {
+                    removes,
+                    ..Checked::new(body, change.clone())
+                })
             }
             Change::React { id, emoji, .. } => {
                 if target.deleted {
@@ -91,7 +114,7 @@ impl Ingest {
                     emoji: emoji.clone(),
                     replaces: replaces.unwrap_or_default(),
                 };
-                Ok((body, change))
+                Ok(Checked::new(body, change))
             }
         }
     }

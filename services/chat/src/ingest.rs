@@ -35,6 +35,8 @@ pub struct Ingest {
     pub groups: Groups,
     /// How far history has stored the messages streams (for replies, see `quote`).
     pub history_floor: Arc<plumbing::bus::HistoryFloor>,
+    /// The attachments a send may name, and their owners' quotas (`attachments.rs`).
+    pub attachments: plumbing::bus::Attachments,
 }
 
 /// Joins the chat queue group on send requests.
@@ -96,14 +98,19 @@ impl Ingest {
             (Some(reply_to), None) => Some(self.quote(&req.from, &conversation, reply_to).await?),
             (None, _) => None,
         };
-        let (body, change) = match &req.change {
+        let attachment = match (&req.attachment, &req.change) {
+            (None, _) => None,
+            (Some(_), Some(_)) => return Err(SendError::ReplyingChange),
+            (Some(id), None) => Some(self.attachment(&req.from, &conversation, id).await?),
+        };
+        let (body, change, removes) = match &req.change {
             Some(change) => {
-                let (body, change) = self
+                let checked = self
                     .check_change(&req.from, &conversation, change, req.body)
                     .await?;
-                (body, Some(change))
+                (checked.body, Some(checked.change), checked.removes)
             }
-            None => (req.body, None),
+            None => (req.body, None, None),
         };
         let id = self.ids.next();
         let stored = StoredMessage {
@@ -124,6 +131,7 @@ impl Ingest {
                 event: None,
                 state: None,
                 reply,
+                attachment,
             },
             origin: req.origin,
             groups_revision: None,
@@ -149,6 +157,10 @@ impl Ingest {
         };
         let ack = ack.map_err(|e| SendError::StoreUnavailable(e.into()))?;
         self.metrics.persist_latency.observe(started.elapsed());
+        // The delete is durable: its message's file goes (again, harmlessly, for a retry).
+        if let Some((owner, attachment)) = &removes {
+            self.remove_attachment(owner, attachment).await;
+        }
         if !ack.duplicate {
             self.metrics.sends.inc();
             return Ok(ServerFrame::Sent {

@@ -3,6 +3,7 @@
 //! from a durable consumer, and routes delivered/seen receipts back to senders.
 //! Instances share the work through a NATS queue group and a shared durable consumer.
 
+mod attachments;
 mod changes;
 mod config;
 mod group_ops;

@@ -35,9 +35,17 @@ pub enum SendError {
     InvalidReplyTo,
     #[error("reply_to names no message of this conversation")]
     UnknownReplyTo,
-    /// An edit or delete that also names `reply_to`.
-    #[error("an edit or delete cannot be a reply")]
+    /// An edit, delete or reaction that also names `reply_to` or an attachment.
+    #[error("an edit, delete or reaction cannot be a reply nor carry an attachment")]
     ReplyingChange,
+    #[error("attachment is not a valid attachment id")]
+    InvalidAttachment,
+    /// No such attachment, or not one the sender uploaded for this conversation.
+    #[error("attachment names no file you uploaded for this conversation")]
+    UnknownAttachment,
+    /// The attachments store did not answer.
+    #[error("attachments unavailable; retry with the same cid")]
+    AttachmentsUnavailable(#[source] Cause),
     #[error("id names no message of this conversation")]
     UnknownTarget,
     #[error("the message was deleted")]
@@ -81,17 +89,19 @@ impl SendError {
         let code = match self {
             NotARequest | ReplyingChange | InvalidReaction => ErrorCode::MalformedFrame,
             TooManyReactions => ErrorCode::TooManyReactions,
-            InvalidCid | InvalidRecipient | InvalidGroupAddress | InvalidReplyTo => {
-                ErrorCode::InvalidId
+            InvalidCid | InvalidRecipient | InvalidGroupAddress | InvalidReplyTo
+            | InvalidAttachment => ErrorCode::InvalidId,
+            UnknownReplyTo | UnknownTarget | TargetDeleted | UnknownAttachment => {
+                ErrorCode::NotFound
             }
-            UnknownReplyTo | UnknownTarget | TargetDeleted => ErrorCode::NotFound,
             SystemMessage | NotTheSender => ErrorCode::Forbidden,
             TooLate { .. } => ErrorCode::TooLate,
             BodyTooLarge { .. } => ErrorCode::BodyTooLarge,
             NotAMember | NotTheSubjectsUser => ErrorCode::Forbidden,
-            DirectoryUnavailable(_) | StoreUnavailable(_) | HistoryUnavailable(_) => {
-                ErrorCode::Unavailable
-            }
+            DirectoryUnavailable(_)
+            | StoreUnavailable(_)
+            | HistoryUnavailable(_)
+            | AttachmentsUnavailable(_) => ErrorCode::Unavailable,
         };
         (code, self.to_string())
     }
@@ -102,6 +112,9 @@ impl SendError {
         match &self {
             SendError::DirectoryUnavailable(cause) => {
                 tracing::warn!(error = %cause, "group directory unavailable");
+            }
+            SendError::AttachmentsUnavailable(cause) => {
+                tracing::warn!(error = %cause, "attachments unavailable");
             }
             SendError::HistoryUnavailable(cause) => {
                 tracing::warn!(error = %cause, "history unavailable for a reply or change");
@@ -300,6 +313,9 @@ mod tests {
                 ErrorCode::TooLate,
             ),
             (HistoryUnavailable(cause()), ErrorCode::Unavailable),
+            (InvalidAttachment, ErrorCode::InvalidId),
+            (UnknownAttachment, ErrorCode::NotFound),
+            (AttachmentsUnavailable(cause()), ErrorCode::Unavailable),
             (DirectoryUnavailable(cause()), ErrorCode::Unavailable),
             (StoreUnavailable(cause()), ErrorCode::Unavailable),
         ];

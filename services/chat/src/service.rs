@@ -156,8 +156,10 @@ impl Chat {
                 history_floor: history_floor.clone(),
             });
             roles.spawn(group_ops::serve(ops, sub, stop.clone()));
+            let attachments = plumbing::bus::ensure_attachments(&js, bus).await?;
             let sub = ingest::subscribe(&nats).await?;
             let ingest = Arc::new(Ingest {
+                attachments,
                 config: config.clone(),
                 nats,
                 js,

@@ -51,6 +51,11 @@ pub struct GatewayConfig {
     pub max_frame_bytes: usize,
     /// Largest message body; advertised in `welcome`, enforced by the chat service.
     pub max_body_bytes: usize,
+    /// Largest attachment one upload may store (`POST /v1/attachments`), in bytes.
+    pub max_attachment_bytes: u64,
+    /// The most bytes of attachments one user may have stored at once; uploads beyond it
+    /// are refused with 507 until some of the user's messages with attachments are deleted.
+    pub attachment_quota_bytes: u64,
     /// Connections above this number are refused with HTTP 503.
     pub max_connections: usize,
     /// Connections of one user on this gateway above this number are refused with HTTP 429
@@ -133,6 +138,8 @@ impl Default for GatewayConfig {
             receipts_per_sec: 20,
             max_frame_bytes: 128 * 1024,
             max_body_bytes: 64 * 1024,
+            max_attachment_bytes: 16 * 1024 * 1024,
+            attachment_quota_bytes: 1024 * 1024 * 1024,
             max_connections: 100_000,
             max_connections_per_user: 32,
             shutdown_grace_ms: 10_000,

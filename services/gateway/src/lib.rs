@@ -3,6 +3,7 @@
 //! deliveries addressed to it (`natter.gw.<id>.deliver`) to its local sessions.
 //! It knows no routing logic.
 
+mod attachments;
 mod auth;
 mod config;
 mod dev_token;

@@ -24,6 +24,8 @@ pub struct GatewayMetrics {
     pub delivery_latency: Histogram,
     pub replay_time: Histogram,
     pub undelivered: Counter,
+    pub attachment_bytes_in: Counter,
+    pub attachment_bytes_out: Counter,
     pub replays: Counter,
     pub replays_direct: Counter,
     pub replays_with_consumers: Counter,
@@ -102,6 +104,14 @@ impl GatewayMetrics {
             undelivered: m.counter(
                 "natter_gateway_undelivered_total",
                 "messages for connections that had just closed, reported to chat",
+            ),
+            attachment_bytes_in: m.counter(
+                "natter_gateway_attachment_bytes_in_total",
+                "bytes of attachments uploaded and stored",
+            ),
+            attachment_bytes_out: m.counter(
+                "natter_gateway_attachment_bytes_out_total",
+                "bytes of attachments downloads were started for",
             ),
             replays: m.counter("natter_gateway_replays_total", "sync requests answered"),
             replays_direct: m.counter(

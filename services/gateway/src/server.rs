@@ -76,6 +76,7 @@ impl Gateway {
             ..buckets
         };
         let push_tokens = plumbing::bus::ensure_push_tokens_bucket(&js, bus).await?;
+        let attachments = plumbing::bus::ensure_attachments(&js, bus).await?;
         // Session markers go to the messages streams, whoever starts first.
         let streams = plumbing::bus::messages_streams(&js, bus).await?;
         let mut conn_ids = ulid::Generator::new();
@@ -139,6 +140,7 @@ impl Gateway {
             nats,
             presence,
             push_tokens,
+            attachments,
             metrics,
             shutdown,
             sessions: TaskTracker::new(),
@@ -349,7 +351,10 @@ fn routes(state: Arc<GatewayState>) -> Routes {
     let web_client = crate::web_client::routes(state.config.web_client);
     let dev_token =
         crate::dev_token::routes(state.config.dev_tokens, state.config.jwt_secret.clone());
+    let attachments = crate::attachments::routes(state.clone());
     ws.or(healthz)
+        .unify()
+        .or(attachments)
         .unify()
         .or(metrics)
         .unify()

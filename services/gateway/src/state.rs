@@ -31,6 +31,8 @@ pub struct GatewayState {
     pub presence: Presence,
     /// Devices' push tokens (`push_tokens.rs`), read by the notifier.
     pub push_tokens: async_nats::jetstream::kv::Store,
+    /// The attachments object store and the users' quotas (`attachments.rs`).
+    pub attachments: plumbing::bus::Attachments,
     pub replayer: Replayer,
     pub watchers: Arc<Watchers>,
     pub metrics: GatewayMetrics,

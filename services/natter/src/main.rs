@@ -47,6 +47,8 @@ enum Command {
     Delete(cli::change::DeleteArgs),
     /// React to a message with an emoji (it replaces yours; "" removes it).
     React(cli::change::ReactArgs),
+    /// Write an attachment of one of your conversations to a file.
+    Download(cli::attachments::DownloadArgs),
     /// Follow messages live, acknowledging them, resuming after disconnects.
     Tail(cli::tail::TailArgs),
     /// A page of a conversation's history.
@@ -103,6 +105,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         Command::Edit(args) => cli::change::edit(args, &config, json).await?,
         Command::Delete(args) => cli::change::delete(args, &config, json).await?,
         Command::React(args) => cli::change::react(args, &config, json).await?,
+        Command::Download(args) => cli::attachments::download(args, &config).await?,
         Command::Tail(args) => cli::tail::run(args, &config, json).await?,
         Command::History(args) => cli::history::run(args, &config, json).await?,
         Command::Conversations(args) => cli::conversations::run(args, &config, json).await?,

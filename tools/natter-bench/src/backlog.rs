@@ -29,6 +29,7 @@ pub async fn write_to(
         let id = MessageId(ids.generate()?);
         let stored = StoredMessage {
             message: Message {
+                attachment: None,
                 reacted: Vec::new(),
                 reactions: Vec::new(),
                 change: None,

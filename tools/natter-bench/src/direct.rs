@@ -437,6 +437,7 @@ async fn relay_run(
         )));
     }
     let template = protocol::frames::Message {
+        attachment: None,
         reacted: Vec::new(),
         reactions: Vec::new(),
         change: None,

@@ -361,6 +361,7 @@ async fn relay(
     skip_sender: bool,
 ) -> anyhow::Result<()> {
     let message = Message {
+        attachment: None,
         reacted: Vec::new(),
         reactions: Vec::new(),
         change: None,

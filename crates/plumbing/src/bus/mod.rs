@@ -3,6 +3,7 @@
 //! loops that take messages off it (`serve`). Every service calls the `ensure_*` functions it
 //! depends on at startup; they are idempotent, so start order does not matter.
 
+pub mod attachment_quota;
 mod connect;
 pub mod consumer_metrics;
 mod durable;
@@ -27,6 +28,7 @@ pub use messages::{
     stream_epoch, stream_partitions,
 };
 pub use pulled::Pulled;
+pub use resources::{ATTACHMENT_QUOTA, Attachments, ensure_attachments};
 pub use resources::{
     BucketSpec, GATEWAYS, GROUPS, PRESENCE, PUSH_TOKENS, PresenceBuckets, SESSIONS, ensure_bucket,
     ensure_groups_bucket, ensure_offline_stream, ensure_presence_buckets,
@@ -60,6 +62,10 @@ pub struct BusConfig {
     /// JetStream reserves it in its store when the stream is created (a server without that
     /// much room refuses the stream), so a deployment raises it to the store it has.
     pub messages_max_bytes: i64,
+    /// The most bytes the attachments store keeps in all (-1: no limit but the per-user
+    /// quota, `gateway.attachment_quota_bytes`). Like `messages_max_bytes`, JetStream reserves
+    /// a set limit in its store when the store is created.
+    pub attachments_max_bytes: i64,
     /// The seed file of this service's NATS identity (an nkey user, as `natter nats-auth`
     /// writes them: `gateway.nk`, `chat.nk`, …). Unset: connect without credentials, which a
     /// natter NATS refuses (see docs/security.md).
@@ -94,6 +100,7 @@ impl Default for BusConfig {
             dedup_window_ms: 60_000,
             messages_max_age_ms: 7 * 24 * 3600 * 1000,
             messages_max_bytes: 1024 * 1024 * 1024,
+            attachments_max_bytes: -1,
             nkey_file: None,
             tls_ca_file: None,
         }

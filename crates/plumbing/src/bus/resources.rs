@@ -153,6 +153,52 @@ pub const GROUPS: BucketSpec = BucketSpec {
     marker_ttl: None,
 };
 
+/// Attachment quotas: bytes stored per user.
+pub const ATTACHMENT_QUOTA: BucketSpec = BucketSpec {
+    name: subjects::ATTACHMENT_QUOTA_BUCKET,
+    description: "bytes of attachments each user has stored: <user>",
+    max_age: None,
+    marker_ttl: None,
+};
+
+/// The attachments object store and the per-user byte counts that bound it.
+#[derive(Clone)]
+pub struct Attachments {
+    pub store: jetstream::object_store::ObjectStore,
+    pub quota: kv::Store,
+}
+
+/// Creates the attachments object store and the quota bucket if they do not exist yet.
+pub async fn ensure_attachments(
+    js: &jetstream::Context,
+    cfg: &BusConfig,
+) -> anyhow::Result<Attachments> {
+    let quota = ensure_bucket(js, &ATTACHMENT_QUOTA, cfg).await?;
+    let name = subjects::ATTACHMENTS_BUCKET;
+    let store = match js.get_object_store(name).await {
+        Ok(store) => store,
+        Err(_) => {
+            let config = jetstream::object_store::Config {
+                bucket: name.into(),
+                description: Some("attachments, one object per upload; see subjects.md".into()),
+                max_bytes: cfg.attachments_max_bytes,
+                storage: stream::StorageType::File,
+                num_replicas: cfg.replicas,
+                ..Default::default()
+            };
+            match js.create_object_store(config).await {
+                Ok(store) => store,
+                // Another service created it between our get and create.
+                Err(_) => js
+                    .get_object_store(name)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot create object store {name}: {e}"))?,
+            }
+        }
+    };
+    Ok(Attachments { store, quota })
+}
+
 /// Creates the bucket `spec` describes if it does not exist yet. An existing bucket is taken
 /// as it is (its shape is not updated).
 pub async fn ensure_bucket(

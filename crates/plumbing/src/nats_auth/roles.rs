@@ -85,6 +85,13 @@ impl Role {
                 }
                 p.ensure_bucket(s::PRESENCE_BUCKET);
                 p.read_bucket(s::PRESENCE_BUCKET);
+                // Uploads and downloads.
+                p.ensure_bucket(s::ATTACHMENT_QUOTA_BUCKET);
+                p.write_bucket(s::ATTACHMENT_QUOTA_BUCKET);
+                p.read_bucket(s::ATTACHMENT_QUOTA_BUCKET);
+                p.ensure_object_store(s::ATTACHMENTS_BUCKET);
+                p.write_objects(s::ATTACHMENTS_BUCKET);
+                p.read_objects(s::ATTACHMENTS_BUCKET);
             }
             Role::Chat => {
                 p.allow_responses = true;
@@ -140,11 +147,16 @@ impl Role {
                     s::GATEWAYS_BUCKET,
                     s::PRESENCE_BUCKET,
                     s::INSTANCES_BUCKET,
+                    s::ATTACHMENT_QUOTA_BUCKET,
                 ] {
                     p.ensure_bucket(bucket);
                     p.write_bucket(bucket);
                     p.read_bucket(bucket);
                 }
+                // Checks a sent attachment, and removes a deleted message's.
+                p.ensure_object_store(s::ATTACHMENTS_BUCKET);
+                p.write_objects(s::ATTACHMENTS_BUCKET);
+                p.read_objects(s::ATTACHMENTS_BUCKET);
             }
             Role::History => {
                 p.allow_responses = true;
@@ -324,6 +336,28 @@ impl Permissions {
     /// Get keys, list them and watch them.
     fn read_bucket(&mut self, bucket: &str) {
         let stream = format!("KV_{bucket}");
+        self.read_direct(&stream);
+        self.read_with_consumers(&stream);
+    }
+
+    /// Create the object store if it is missing.
+    fn ensure_object_store(&mut self, bucket: &str) {
+        self.ensure_stream(&format!("OBJ_{bucket}"));
+    }
+
+    /// Put and delete objects: their chunks and metadata, and the purge of an object's
+    /// chunks (a delete, or a put over an existing name).
+    fn write_objects(&mut self, bucket: &str) {
+        self.publish([
+            format!("$O.{bucket}.C.>"),
+            format!("$O.{bucket}.M.>"),
+            format!("$JS.API.STREAM.PURGE.OBJ_{bucket}"),
+        ]);
+    }
+
+    /// Read objects' metadata and contents (an ordered consumer per read).
+    fn read_objects(&mut self, bucket: &str) {
+        let stream = format!("OBJ_{bucket}");
         self.read_direct(&stream);
         self.read_with_consumers(&stream);
     }

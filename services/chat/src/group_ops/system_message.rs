@@ -26,6 +26,7 @@ impl GroupOps {
         let id = self.ids.next();
         let stored = StoredMessage {
             message: Message {
+                attachment: None,
                 reacted: Vec::new(),
                 reactions: Vec::new(),
                 change: None,

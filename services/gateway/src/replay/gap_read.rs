@@ -587,6 +587,7 @@ mod tests {
         let (alice, bob, carol) = (user("alice"), user("bob"), user("carol"));
         let dm = |from: &UserId, to: &UserId, k: u32, seq: u64| {
             let message = Message {
+                attachment: None,
                 reacted: Vec::new(),
                 reactions: Vec::new(),
                 change: None,

@@ -42,6 +42,7 @@ impl Session {
             (None, None) => return self.refuse(Refusal::ForeignChange { cid }),
         };
         self.on_send(Outgoing {
+            attachment: None,
             to,
             cid,
             body,
@@ -56,6 +57,7 @@ impl Session {
             cid,
             body,
             reply_to,
+            attachment,
             change,
         } = outgoing;
         let max = self.state.config.max_body_bytes;
@@ -83,6 +85,7 @@ impl Session {
             body,
             origin: Some(self.conn),
             reply_to: reply_to.map(|id| id.to_string()),
+            attachment: attachment.map(|id| id.to_string()),
             change,
         };
         self.pending.push_back((cid, request));

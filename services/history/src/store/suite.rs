@@ -15,6 +15,7 @@ fn user(s: &str) -> UserId {
 pub fn message(from: &str, conversation: &ConversationId, to: &str, ts: u64, seq: u64) -> Message {
     let id = MessageId(ulid::Ulid::from_parts(ts, seq as u128));
     Message {
+        attachment: None,
         reacted: Vec::new(),
         reactions: Vec::new(),
         change: None,

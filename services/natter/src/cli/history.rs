@@ -66,8 +66,12 @@ pub async fn run(args: HistoryArgs, config: &NatterConfig, json: bool) -> anyhow
             .iter()
             .map(|r| format!(" {}{}", r.emoji, r.count))
             .collect();
+        // A file: its name, size and the id `natter download` takes.
+        let file = (m.attachment.as_ref())
+            .map(|a| format!(" [file {} {} bytes {}]", a.name, a.size, a.id))
+            .unwrap_or_default();
         println!(
-            "{} {}: {quote}{body}{edited}{state}{reactions}",
+            "{} {}: {quote}{body}{file}{edited}{state}{reactions}",
             m.id, m.from
         );
     }

@@ -2,6 +2,7 @@
 //! logging in to a gateway as a user, asking a query and waiting for its answer, and turning
 //! every failure into a sentence that says what went wrong and what to do.
 
+pub mod attachments;
 pub mod change;
 pub mod check;
 pub mod conversations;

@@ -8,7 +8,7 @@ use anyhow::{anyhow, bail};
 use clap::Args;
 use client::Event;
 use protocol::ErrorCode;
-use protocol::frames::ServerFrame;
+use protocol::frames::{Attachment, ClientFrame, ServerFrame};
 
 use super::{ANSWER_TIMEOUT, Login, closed_advice, error_advice, new_id, print_json, progress};
 use crate::config::NatterConfig;
@@ -38,6 +38,9 @@ pub struct SendArgs {
     /// message carries its quote.
     #[arg(long)]
     pub reply_to: Option<String>,
+    /// Send this file with the message (uploaded first, streamed from disk).
+    #[arg(long, conflicts_with = "count")]
+    pub attach: Option<std::path::PathBuf>,
 }
 
 pub async fn run(args: SendArgs, config: &NatterConfig, json: bool) -> anyhow::Result<()> {
@@ -45,6 +48,18 @@ pub async fn run(args: SendArgs, config: &NatterConfig, json: bool) -> anyhow::R
         bail!("--count must be at least 1");
     }
     let mut session = args.login.connect(config).await?;
+    let attachment = match &args.attach {
+        Some(path) => {
+            let conversation = match (&args.to, &args.group) {
+                (_, Some(group)) => protocol::ConversationId::group(&group.parse()?),
+                (Some(to), None) => protocol::ConversationId::direct(&session.user, &to.parse()?),
+                (None, None) => unreachable!("clap requires --to or --group"),
+            };
+            let token = args.login.token(config)?;
+            Some(super::attachments::upload(&args.login.url, &token, &conversation, path).await?)
+        }
+        None => None,
+    };
     let base_cid = args.cid.clone().unwrap_or_else(new_id);
     let cid_of = |i: u64| {
         if args.count == 1 {
@@ -66,16 +81,10 @@ pub async fn run(args: SendArgs, config: &NatterConfig, json: bool) -> anyhow::R
     while done < args.count {
         while next < args.count && waiting.len() < WINDOW {
             let cid = cid_of(next);
-            let body = &args.body;
-            match (&args.to, &args.group, &args.reply_to) {
-                (_, Some(group), None) => session.conn.send_group(group, &cid, body).await?,
-                (_, Some(group), Some(id)) => {
-                    session.conn.send_group_reply(group, &cid, body, id).await?
-                }
-                (Some(to), None, None) => session.conn.send(to, &cid, body).await?,
-                (Some(to), None, Some(id)) => session.conn.send_reply(to, &cid, body, id).await?,
-                (None, None, _) => unreachable!("clap requires --to or --group"),
-            }
+            session
+                .conn
+                .send_frame(&send_frame(&args, &cid, attachment.as_ref()))
+                .await?;
             waiting.insert(cid, next);
             next += 1;
         }
@@ -121,16 +130,8 @@ pub async fn run(args: SendArgs, config: &NatterConfig, json: bool) -> anyhow::R
             }) if waiting.contains_key(cid.as_str()) => {
                 let wait = Duration::from_millis(retry_after_ms.unwrap_or(1_000));
                 tokio::time::sleep(wait).await;
-                match (&args.to, &args.group) {
-                    (_, Some(group)) => {
-                        session
-                            .conn
-                            .send_group(group, cid.as_str(), &args.body)
-                            .await?
-                    }
-                    (Some(to), None) => session.conn.send(to, cid.as_str(), &args.body).await?,
-                    (None, None) => unreachable!("clap requires --to or --group"),
-                }
+                let again = send_frame(&args, cid.as_str(), attachment.as_ref());
+                session.conn.send_frame(&again).await?;
             }
             Event::Frame(ServerFrame::Error {
                 code, reason, cid, ..
@@ -160,4 +161,17 @@ pub async fn run(args: SendArgs, config: &NatterConfig, json: bool) -> anyhow::R
     }
     session.close().await;
     Ok(())
+}
+
+/// The `send` frame of one message: to `--to` or `--group`, answering `--reply-to`, with the
+/// uploaded attachment.
+fn send_frame(args: &SendArgs, cid: &str, attachment: Option<&Attachment>) -> ClientFrame {
+    ClientFrame::Send {
+        to: args.to.clone().unwrap_or_default(),
+        group: args.group.clone(),
+        cid: cid.into(),
+        body: args.body.clone(),
+        reply_to: args.reply_to.clone(),
+        attachment: attachment.map(|a| a.id.to_string()),
+    }
 }

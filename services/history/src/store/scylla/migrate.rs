@@ -39,6 +39,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "006_reactions",
         include_str!("../../../../../schema/006_reactions.cql"),
     ),
+    (
+        7,
+        "007_attachments",
+        include_str!("../../../../../schema/007_attachments.cql"),
+    ),
 ];
 
 /// Applies every migration not yet recorded in `schema_migrations`, in order, and records it.

@@ -186,6 +186,7 @@ impl Store for ScyllaStore {
                                 m.cid.to_string(),
                                 m.body.clone(),
                                 quote_json(m),
+                                attachment_json(m),
                                 write_ts(m.id),
                             ),
                         )
@@ -230,6 +231,7 @@ impl Store for ScyllaStore {
                             m.body.clone(),
                             event,
                             quote_json(m),
+                            attachment_json(m),
                             write_ts(m.id),
                         ),
                     )
@@ -608,15 +610,16 @@ impl ScyllaStore {
                 let edited = message.edited.map(|ms| ms as i64);
                 let (body, reply, deleted) =
                     (message.body.clone(), quote_json(message), message.deleted);
+                let attachment = attachment_json(message);
                 match bucket {
                     Some(b) => {
-                        let values = (at, body, reply, edited, deleted, key, b, target);
+                        let values = (at, body, reply, attachment, edited, deleted, key, b, target);
                         self.session
                             .execute_unpaged(&self.st.change_group_message, values)
                             .await
                     }
                     None => {
-                        let values = (at, body, reply, edited, deleted, key, target);
+                        let values = (at, body, reply, attachment, edited, deleted, key, target);
                         self.session
                             .execute_unpaged(&self.st.change_message, values)
                             .await
@@ -626,6 +629,13 @@ impl ScyllaStore {
         };
         write.map(|_| ()).map_err(err)
     }
+}
+
+/// A message's attachment as stored in the `attachment` column (JSON), if it has one.
+fn attachment_json(m: &Message) -> Option<String> {
+    m.attachment
+        .as_ref()
+        .map(|a| serde_json::to_string(a).expect("attachment to JSON"))
 }
 
 /// A reply's quote as stored in the `reply` column (JSON), if the message is a reply.

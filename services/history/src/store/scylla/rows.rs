@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use protocol::frames::{ConversationSummary, Message, Quote, Reacted};
+use protocol::frames::{Attachment, ConversationSummary, Message, Quote, Reacted};
 use protocol::{ClientMsgId, ConversationId, GroupEvent, GroupId, MessageId, UserId};
 
 use super::corrupt;
@@ -23,6 +23,7 @@ pub(super) type MessageRow = (
     Option<i64>,
     Option<bool>,
     ReactionsCell,
+    Option<String>,
 );
 /// A group row: (id, ts, from, cid, body, event as JSON, the quote of a reply as JSON,
 /// edited, deleted, reactions).
@@ -37,6 +38,7 @@ pub(super) type GroupRow = (
     Option<i64>,
     Option<bool>,
     ReactionsCell,
+    Option<String>,
 );
 /// A conversation summary row: (last id, last ts, last from, preview, last deleted).
 pub(super) type SummaryRow = (String, i64, String, String, Option<bool>);
@@ -45,12 +47,17 @@ pub(super) fn to_message(
     conversation: &ConversationId,
     row: MessageRow,
 ) -> Result<Message, StoreError> {
-    let (id, ts, from, to, cid, body, reply, edited, deleted, reactions) = row;
+    let (id, ts, from, to, cid, body, reply, edited, deleted, reactions, attachment) = row;
+    let attachment = attachment
+        .map(|json| serde_json::from_str::<Attachment>(&json))
+        .transpose()
+        .map_err(corrupt)?;
     let reply = reply
         .map(|json| serde_json::from_str::<Quote>(&json))
         .transpose()
         .map_err(corrupt)?;
     Ok(Message {
+        attachment,
         reacted: reacted(reactions)?,
         reactions: Vec::new(),
         id: id.parse().map_err(corrupt)?,
@@ -76,7 +83,7 @@ pub(super) fn to_group_message(
     group: &GroupId,
     row: GroupRow,
 ) -> Result<Message, StoreError> {
-    let (id, ts, from, cid, body, event, reply, edited, deleted, reactions) = row;
+    let (id, ts, from, cid, body, event, reply, edited, deleted, reactions, attachment) = row;
     let event = event
         .map(|json| serde_json::from_str::<GroupEvent>(&json))
         .transpose()
@@ -96,6 +103,7 @@ pub(super) fn to_group_message(
                 edited,
                 deleted,
                 reactions,
+                attachment,
             ),
         )?
     })

@@ -8,10 +8,10 @@ use crate::store::StoreError;
 
 /// Columns of a 1:1 message row, in the order `MessageRow` decodes them.
 const COLS: &str =
-    "message_id, ts, from_user, to_user, cid, body, reply, edited, deleted, reactions";
+    "message_id, ts, from_user, to_user, cid, body, reply, edited, deleted, reactions, attachment";
 /// Columns of a group message row: no recipient (the group is), and the system event.
 const GCOLS: &str =
-    "message_id, ts, from_user, cid, body, event, reply, edited, deleted, reactions";
+    "message_id, ts, from_user, cid, body, event, reply, edited, deleted, reactions, attachment";
 
 pub(super) struct Statements {
     pub insert_message: PreparedStatement,
@@ -58,10 +58,10 @@ impl Statements {
         Ok(Self {
             // Written at the message's own time, so that writing it again (a replay) does not
             // undo the edits and deletes applied since, which are written at theirs.
-            insert_message: prepare(format!("INSERT INTO {ks}.messages_by_conversation (conversation_id, message_id, ts, from_user, to_user, cid, body, reply) VALUES (?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?")).await?,
-            insert_group_message: prepare(format!("INSERT INTO {ks}.messages_by_group (group_id, bucket, message_id, ts, from_user, cid, body, event, reply) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?")).await?,
-            change_message: prepare(format!("UPDATE {ks}.messages_by_conversation USING TIMESTAMP ? SET body = ?, reply = ?, edited = ?, deleted = ? WHERE conversation_id = ? AND message_id = ?")).await?,
-            change_group_message: prepare(format!("UPDATE {ks}.messages_by_group USING TIMESTAMP ? SET body = ?, reply = ?, edited = ?, deleted = ? WHERE group_id = ? AND bucket = ? AND message_id = ?")).await?,
+            insert_message: prepare(format!("INSERT INTO {ks}.messages_by_conversation (conversation_id, message_id, ts, from_user, to_user, cid, body, reply, attachment) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?")).await?,
+            insert_group_message: prepare(format!("INSERT INTO {ks}.messages_by_group (group_id, bucket, message_id, ts, from_user, cid, body, event, reply, attachment) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?")).await?,
+            change_message: prepare(format!("UPDATE {ks}.messages_by_conversation USING TIMESTAMP ? SET body = ?, reply = ?, attachment = ?, edited = ?, deleted = ? WHERE conversation_id = ? AND message_id = ?")).await?,
+            change_group_message: prepare(format!("UPDATE {ks}.messages_by_group USING TIMESTAMP ? SET body = ?, reply = ?, attachment = ?, edited = ?, deleted = ? WHERE group_id = ? AND bucket = ? AND message_id = ?")).await?,
             react_message: prepare(format!("UPDATE {ks}.messages_by_conversation USING TIMESTAMP ? SET reactions[?] = ? WHERE conversation_id = ? AND message_id = ?")).await?,
             react_group_message: prepare(format!("UPDATE {ks}.messages_by_group USING TIMESTAMP ? SET reactions[?] = ? WHERE group_id = ? AND bucket = ? AND message_id = ?")).await?,
             conversation_last: prepare(format!("SELECT last_id FROM {ks}.user_conversations WHERE user_id = ? AND conversation_id = ?")).await?,
