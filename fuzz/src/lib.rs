@@ -126,7 +126,10 @@ fn check_request(request: &Request) {
             check_id(cid);
             check_id(&change.target());
             if let protocol::frames::Change::React { emoji, .. } = change {
-                assert!(emoji.is_empty() || limits::valid_reaction(emoji), "{emoji:?}");
+                assert!(
+                    emoji.is_empty() || limits::valid_reaction(emoji),
+                    "{emoji:?}"
+                );
             }
         }
         Request::Ack { conversation, id }

@@ -1,5 +1,7 @@
 //! A Rust client for natter's WebSocket protocol (`docs/protocol.md`), used by the CLI, the
-//! benchmark and the tests.
+//! benchmark and the tests; and for its attachment endpoints over HTTP (`attachments`).
+
+pub mod attachments;
 
 use futures::{SinkExt, StreamExt};
 use protocol::encoding::Encoded;

@@ -142,6 +142,14 @@ pub const PUSH_TOKENS_BUCKET: &str = "natter_push_tokens";
 /// JetStream object store: attachments, one object per upload, named by its id (written by
 /// gateways, read by gateways and the chat service, removed by the chat service).
 pub const ATTACHMENTS_BUCKET: &str = "natter_attachments";
+/// The stream behind [`ATTACHMENTS_BUCKET`].
+pub const ATTACHMENTS_STREAM: &str = "OBJ_natter_attachments";
+
+/// `$O.natter_attachments.C.<nuid>`: the chunks of one object (its `nuid`), in order.
+pub fn attachment_chunks(nuid: &str) -> String {
+    format!("$O.{ATTACHMENTS_BUCKET}.C.{nuid}")
+}
+
 /// Metadata keys of an attachment object: who uploaded it, for which conversation, and the
 /// file name and media type they gave.
 pub const ATTACHMENT_OWNER: &str = "natter-owner";

@@ -165,6 +165,8 @@ pub const ATTACHMENT_QUOTA: BucketSpec = BucketSpec {
 #[derive(Clone)]
 pub struct Attachments {
     pub store: jetstream::object_store::ObjectStore,
+    /// The store's stream, whose chunks downloads read one at a time (`attachment_chunks`).
+    pub stream: stream::Stream,
     pub quota: kv::Store,
 }
 
@@ -196,7 +198,12 @@ pub async fn ensure_attachments(
             }
         }
     };
-    Ok(Attachments { store, quota })
+    let stream = js.get_stream(subjects::ATTACHMENTS_STREAM).await?;
+    Ok(Attachments {
+        store,
+        stream,
+        quota,
+    })
 }
 
 /// Creates the bucket `spec` describes if it does not exist yet. An existing bucket is taken

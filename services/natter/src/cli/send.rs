@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail};
+use anyhow::{Context, anyhow, bail};
 use clap::Args;
 use client::Event;
 use protocol::ErrorCode;
@@ -56,7 +56,9 @@ pub async fn run(args: SendArgs, config: &NatterConfig, json: bool) -> anyhow::R
                 (None, None) => unreachable!("clap requires --to or --group"),
             };
             let token = args.login.token(config)?;
-            Some(super::attachments::upload(&args.login.url, &token, &conversation, path).await?)
+            let url = &args.login.url;
+            let uploaded = client::attachments::upload(url, &token, &conversation, path).await;
+            Some(uploaded.with_context(|| format!("cannot send {}", path.display()))?)
         }
         None => None,
     };
