@@ -222,3 +222,43 @@ async fn uploads_and_sends_are_bounded_and_checked() {
         .unwrap();
     assert_eq!(bytes.len(), 2000);
 }
+
+#[tokio::test]
+async fn an_upload_nobody_sends_is_swept_and_its_quota_returned() {
+    let stack = stack()
+        .chat_config(|c| {
+            c.unsent_attachment_ttl_secs = 2;
+            c.attachment_sweep_secs = 1;
+        })
+        .start()
+        .await;
+    stack.make_contacts("alice", &["bob"]).await;
+    let mut alice = stack.connect("alice", 0).await;
+    let ab = "dm:alice:bob";
+    let sent = upload(&stack, "alice", ab, file(200_000)).await.unwrap();
+    send_with(&mut alice, "bob", "m1", &sent).await;
+    expect_sent(&mut alice, "m1").await;
+    let forgotten = upload(&stack, "alice", ab, file(250_000)).await.unwrap();
+    // The quota (500,000) is full until the unsent one goes.
+    assert_eq!(
+        upload(&stack, "alice", ab, file(250_000)).await.err(),
+        Some(StatusCode::INSUFFICIENT_STORAGE)
+    );
+    let forgotten = forgotten.id.to_string();
+    testkit::eventually(
+        "the unsent upload is swept",
+        std::time::Duration::from_secs(15),
+        async || {
+            download(&stack, Some("alice"), &forgotten).await.err() == Some(StatusCode::NOT_FOUND)
+        },
+    )
+    .await;
+    // The sent one stays, and the quota has room again.
+    let (bytes, _) = download(&stack, Some("bob"), &sent.id.to_string())
+        .await
+        .unwrap();
+    assert_eq!(bytes.len(), 200_000);
+    upload(&stack, "alice", ab, file(250_000))
+        .await
+        .expect("room again");
+}

@@ -156,6 +156,11 @@ pub const ATTACHMENT_OWNER: &str = "natter-owner";
 pub const ATTACHMENT_CONVERSATION: &str = "natter-conversation";
 pub const ATTACHMENT_NAME: &str = "natter-name";
 pub const ATTACHMENT_CONTENT_TYPE: &str = "natter-content-type";
+/// The start of an attachment object's description once a message carries it (followed by
+/// that message's id). An upload without it is swept away after
+/// `chat.unsent_attachment_ttl_secs`. (The description, not a metadata key: the object store
+/// client updates only an object's name and description.)
+pub const ATTACHMENT_SENT_IN: &str = "sent in ";
 /// KV bucket: how many bytes of attachments each user has stored, `<user>` (gateways add,
 /// the chat service subtracts when a message's attachment is deleted).
 pub const ATTACHMENT_QUOTA_BUCKET: &str = "natter_attachment_quota";

@@ -42,6 +42,12 @@ pub struct ChatConfig {
     /// How long after sending it a user may delete a message for everyone (0: never). Group
     /// owners and admins may delete any member's message of their group at any time.
     pub delete_window_secs: u64,
+    /// An uploaded attachment no message carries after this long is removed, and its bytes
+    /// given back to the uploader's quota.
+    pub unsent_attachment_ttl_secs: u64,
+    /// How often the chat service looks for such uploads (each instance reads the list of
+    /// attachments once per period).
+    pub attachment_sweep_secs: u64,
 }
 
 impl Default for ChatConfig {
@@ -61,6 +67,8 @@ impl Default for ChatConfig {
             typing_group_members: 256,
             edit_window_secs: 15 * 60,
             delete_window_secs: 2 * 24 * 3600,
+            unsent_attachment_ttl_secs: 24 * 3600,
+            attachment_sweep_secs: 3600,
         }
     }
 }

@@ -161,6 +161,11 @@ impl Ingest {
         if let Some((owner, attachment)) = &removes {
             self.remove_attachment(owner, attachment).await;
         }
+        if let Some(attachment) = &stored.message.attachment
+            && !ack.duplicate
+        {
+            self.mark_sent(attachment, id).await;
+        }
         if !ack.duplicate {
             self.metrics.sends.inc();
             return Ok(ServerFrame::Sent {

@@ -157,6 +157,12 @@ impl Chat {
             });
             roles.spawn(group_ops::serve(ops, sub, stop.clone()));
             let attachments = plumbing::bus::ensure_attachments(&js, bus).await?;
+            roles.spawn(crate::attachments::sweep(
+                attachments.clone(),
+                Duration::from_secs(config.unsent_attachment_ttl_secs),
+                Duration::from_secs(config.attachment_sweep_secs.max(1)),
+                stop.clone(),
+            ));
             let sub = ingest::subscribe(&nats).await?;
             let ingest = Arc::new(Ingest {
                 attachments,
